@@ -1,0 +1,153 @@
+// Command gateway holds client WebSockets, registers them in etcd under its
+// lease, applies their room memberships from etcd and delivers messages that
+// membership-servers send it over its internal gRPC API.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/socketrooms/membership/internal/app"
+	"github.com/socketrooms/membership/internal/gateway"
+	"github.com/socketrooms/membership/internal/store"
+)
+
+const envPrefix = "GATEWAY_"
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "gateway:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
+	wsAddr := fs.String("ws-addr", "127.0.0.1:8080", "address serving /ws (WebSocket) and /healthz")
+	grpcAddr := fs.String("grpc-addr", "127.0.0.1:50061", "address serving the internal delivery API")
+	advertise := fs.String("advertise-addr", "", "internal API address membership-servers dial (default: the --grpc-addr listener)")
+	endpoints := fs.String("etcd-endpoints", "127.0.0.1:2379", "comma-separated etcd client URLs")
+	prefix := fs.String("etcd-prefix", store.DefaultPrefix, "prefix of every etcd key")
+	leaseTTL := fs.Duration("lease-ttl", 10*time.Second, "TTL of the gateway's etcd lease; its sockets vanish this long after a crash (at least 2s)")
+	gatewayID := fs.String("gateway-id", "", "unique gateway id, [A-Za-z0-9_-]{1,64} (default: host name and a random suffix)")
+	sendQueue := fs.Int("send-queue", 256, "frames queued per socket before a slow socket is disconnected")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: gateway [flags]\nEach flag can also be set as %sFLAG_NAME.\n", envPrefix)
+		fs.PrintDefaults()
+	}
+	if err := app.ParseFlags(fs, envPrefix, args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	log, err := app.NewLogger(*logLevel)
+	if err != nil {
+		return err
+	}
+	id := *gatewayID
+	if id == "" {
+		id = defaultGatewayID()
+	}
+
+	grpcLis, err := net.Listen("tcp", *grpcAddr)
+	if err != nil {
+		return err
+	}
+	wsLis, err := net.Listen("tcp", *wsAddr)
+	if err != nil {
+		grpcLis.Close()
+		return err
+	}
+	adv := *advertise
+	if adv == "" {
+		adv = grpcLis.Addr().String()
+	}
+
+	cli, err := clientv3.New(clientv3.Config{Endpoints: strings.Split(*endpoints, ","), DialTimeout: 5 * time.Second, Logger: app.EtcdLogger()})
+	if err != nil {
+		return fmt.Errorf("etcd client: %w", err)
+	}
+	defer cli.Close()
+	gw, err := gateway.New(gateway.Config{
+		ID:            id,
+		AdvertiseAddr: adv,
+		Prefix:        *prefix,
+		LeaseTTL:      *leaseTTL,
+		Version:       app.Version(),
+		SendQueue:     *sendQueue,
+		Logger:        log,
+	}, cli)
+	if err != nil {
+		return err
+	}
+
+	gsrv := grpc.NewServer(app.ServerOptions(log, 10*time.Second)...)
+	gw.RegisterGRPC(gsrv)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(gsrv, hs)
+	hsrv := &http.Server{Handler: gw.Handler(), ReadHeaderTimeout: 10 * time.Second}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	runCtx, cancelRun := context.WithCancel(context.Background())
+	runDone := make(chan error, 1)
+	go func() { runDone <- gw.Run(runCtx) }()
+	errc := make(chan error, 2)
+	go func() { errc <- gsrv.Serve(grpcLis) }()
+	go func() { errc <- hsrv.Serve(wsLis) }()
+	log.Info("gateway serving", "gateway", id, "ws_addr", wsLis.Addr().String(), "grpc_addr", grpcLis.Addr().String(), "advertise", adv)
+
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+		log.Error("server failed", "err", err)
+	}
+	log.Info("shutting down")
+	hs.Shutdown()
+	cancelRun() // closes every socket (1001) and revokes the lease
+	<-runDone
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = hsrv.Shutdown(shutdownCtx)
+	gsrv.GracefulStop()
+	return err
+}
+
+func defaultGatewayID() string {
+	host, _ := os.Hostname()
+	var b strings.Builder
+	for _, r := range host {
+		if r < 0x80 && (r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+			b.WriteRune(r)
+		}
+	}
+	name := b.String()
+	if len(name) > 50 {
+		name = name[:50]
+	}
+	if name == "" {
+		name = "gw"
+	}
+	var suffix [3]byte
+	_, _ = rand.Read(suffix[:])
+	return name + "-" + hex.EncodeToString(suffix[:])
+}
+

@@ -1,0 +1,131 @@
+// Command membership-server serves membership.v1.MembershipService over gRPC.
+// Without --etcd-endpoints it runs an embedded single-member etcd that gateways
+// can use too (development, one machine).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	membershipv1 "github.com/socketrooms/membership/gen/membership/v1"
+	"github.com/socketrooms/membership/internal/app"
+	"github.com/socketrooms/membership/internal/etcdembed"
+	"github.com/socketrooms/membership/internal/service"
+	"github.com/socketrooms/membership/internal/store"
+)
+
+const envPrefix = "MEMBERSHIP_"
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "membership-server:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("membership-server", flag.ContinueOnError)
+	grpcAddr := fs.String("grpc-addr", "127.0.0.1:50051", "address serving the gRPC API, health and reflection")
+	endpoints := fs.String("etcd-endpoints", "", "comma-separated etcd client URLs; empty starts an embedded etcd")
+	embeddedAddr := fs.String("embedded-etcd-addr", "127.0.0.1:2379", "client address of the embedded etcd (gateways connect here)")
+	embeddedPeer := fs.String("embedded-etcd-peer-addr", "127.0.0.1:2380", "peer address of the embedded etcd")
+	dataDir := fs.String("data-dir", "membership.etcd", "data directory of the embedded etcd")
+	prefix := fs.String("etcd-prefix", store.DefaultPrefix, "prefix of every etcd key")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	callTimeout := fs.Duration("default-call-timeout", 10*time.Second, "deadline for calls that carry none")
+	shutdownTimeout := fs.Duration("shutdown-timeout", 10*time.Second, "how long in-flight calls may finish on SIGTERM")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: membership-server [flags]\nEach flag can also be set as %sFLAG_NAME.\n", envPrefix)
+		fs.PrintDefaults()
+	}
+	if err := app.ParseFlags(fs, envPrefix, args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	log, err := app.NewLogger(*logLevel)
+	if err != nil {
+		return err
+	}
+
+	var eps []string
+	var embedded *etcdembed.Server
+	if strings.TrimSpace(*endpoints) == "" {
+		embedded, err = etcdembed.Start(etcdembed.Config{Dir: *dataDir, ClientAddr: *embeddedAddr, PeerAddr: *embeddedPeer})
+		if err != nil {
+			return err
+		}
+		defer embedded.Close()
+		log.Info("embedded etcd started", "endpoint", embedded.Endpoint, "data_dir", *dataDir)
+		eps = []string{embedded.Endpoint}
+	} else {
+		eps = strings.Split(*endpoints, ",")
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 5 * time.Second, Logger: app.EtcdLogger()})
+	if err != nil {
+		return fmt.Errorf("etcd client: %w", err)
+	}
+	defer cli.Close()
+
+	svc := service.New(cli, *prefix, log)
+	defer svc.Close()
+	srv := grpc.NewServer(app.ServerOptions(log, *callTimeout)...)
+	membershipv1.RegisterMembershipServiceServer(srv, svc)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(srv, hs)
+	reflection.Register(srv)
+
+	lis, err := net.Listen("tcp", *grpcAddr)
+	if err != nil {
+		return err
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(lis) }()
+	log.Info("membership-server serving", "grpc_addr", lis.Addr().String(), "etcd", eps)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	var embeddedErr <-chan error
+	if embedded != nil {
+		embeddedErr = embedded.Err()
+	}
+	select {
+	case <-ctx.Done():
+	case err := <-serveErr:
+		return err
+	case err := <-embeddedErr:
+		srv.Stop()
+		return fmt.Errorf("embedded etcd failed: %w", err)
+	}
+	log.Info("shutting down")
+	hs.Shutdown() // NOT_SERVING first, so balancers stop sending
+	gracefulStop(srv, *shutdownTimeout, log)
+	return nil
+}
+
+func gracefulStop(srv *grpc.Server, timeout time.Duration, log *slog.Logger) {
+	done := make(chan struct{})
+	go func() { srv.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		log.Warn("in-flight calls did not finish in time; stopping")
+		srv.Stop()
+	}
+}

@@ -1,0 +1,174 @@
+package e2e
+
+import (
+	"context"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"google.golang.org/grpc/codes"
+
+	membershipv1 "github.com/socketrooms/membership/gen/membership/v1"
+	"github.com/socketrooms/membership/internal/testutil"
+)
+
+var (
+	binOnce sync.Once
+	binDir  string
+	binErr  error
+)
+
+// binary builds the project's commands once per test run and returns the path
+// of one of them.
+func binary(t *testing.T, name string) string {
+	t.Helper()
+	binOnce.Do(func() {
+		binDir, binErr = os.MkdirTemp("", "membership-e2e-bin")
+		if binErr != nil {
+			return
+		}
+		out, err := exec.Command("go", "build", "-o", binDir+string(os.PathSeparator),
+			"github.com/socketrooms/membership/cmd/gateway",
+			"github.com/socketrooms/membership/cmd/membership-server").CombinedOutput()
+		if err != nil {
+			binErr = &buildError{out: string(out), err: err}
+		}
+	})
+	if binErr != nil {
+		t.Fatal(binErr)
+	}
+	return filepath.Join(binDir, name)
+}
+
+type buildError struct {
+	out string
+	err error
+}
+
+func (e *buildError) Error() string { return "go build: " + e.err.Error() + "\n" + e.out }
+
+func removeBinaries() {
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+}
+
+// proc is a gateway running as its own process.
+type proc struct {
+	cmd   *exec.Cmd
+	wsURL string
+	done  chan struct{}
+}
+
+func startGatewayProcess(t *testing.T, e *testutil.Etcd, id string, ttl time.Duration) *proc {
+	t.Helper()
+	wsAddr := testutil.FreeAddr(t)
+	cmd := exec.Command(binary(t, "gateway"),
+		"--ws-addr", wsAddr,
+		"--grpc-addr", testutil.FreeAddr(t),
+		"--etcd-endpoints", e.Endpoint,
+		"--lease-ttl", ttl.String(),
+		"--gateway-id", id,
+		"--log-level", "warn")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{cmd: cmd, wsURL: "ws://" + wsAddr + "/ws", done: make(chan struct{})}
+	go func() { cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-p.done
+	})
+	waitFor(t, 15*time.Second, "gateway process healthy", func() bool {
+		resp, err := http.Get("http://" + wsAddr + "/healthz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	return p
+}
+
+func TestGatewayKilledLosesItsMembershipsWithinTTL(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	api := startMembershipServer(t, e)
+	const ttl = 2 * time.Second
+	doomed := startGatewayProcess(t, e, "doomed", ttl)
+	survivor := startGateway(t, e, "survivor", 10*time.Second)
+	ctx := context.Background()
+
+	var victims []*sock
+	for i := 0; i < 3; i++ {
+		s := dial(t, doomed.wsURL)
+		for _, room := range []string{"r", "s"} {
+			if _, err := api.Join(ctx, &membershipv1.JoinRequest{SocketId: s.id, Room: room}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		victims = append(victims, s)
+	}
+	keeper := dial(t, survivor.wsURL)
+	if _, err := api.Join(ctx, &membershipv1.JoinRequest{SocketId: keeper.id, Room: "r"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := members(t, api, "r"); len(got) != 4 {
+		t.Fatalf("members before the crash: %v", got)
+	}
+
+	if err := doomed.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	waitFor(t, ttl+time.Second, "the dead gateway's memberships to go", func() bool {
+		return len(members(t, api, "r")) == 1 && len(members(t, api, "s")) == 0
+	})
+	t.Logf("memberships gone %v after SIGKILL (lease TTL %v)", time.Since(killed).Round(time.Millisecond), ttl)
+
+	if got := members(t, api, "r"); got[0] != keeper.id {
+		t.Fatalf("survivor's membership lost: %v", got)
+	}
+	for _, s := range victims {
+		_, err := api.Join(ctx, &membershipv1.JoinRequest{SocketId: s.id, Room: "r"})
+		wantStatus(t, err, codes.NotFound, "SOCKET_NOT_FOUND", "")
+	}
+	br, err := api.Broadcast(ctx, &membershipv1.BroadcastRequest{Rooms: []string{"r", "s"}})
+	if err != nil || br.Delivered != 1 || br.FailedGateways != 0 {
+		t.Fatalf("broadcast after the crash: %v %v", br, err)
+	}
+	keeper.expect("joined", "r")
+	keeper.expect("message", "r")
+}
+
+func TestGatewaySIGTERMClosesSocketsAndRemovesThem(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	api := startMembershipServer(t, e)
+	g := startGatewayProcess(t, e, "leaving", 30*time.Second)
+	s := dial(t, g.wsURL)
+	if _, err := api.Join(context.Background(), &membershipv1.JoinRequest{SocketId: s.id, Room: "r"}); err != nil {
+		t.Fatal(err)
+	}
+	s.expect("joined", "r")
+	if err := g.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-g.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("gateway did not exit on SIGTERM")
+	}
+	if ce := <-s.closed; ce == nil || ce.Code != websocket.CloseGoingAway {
+		t.Fatalf("close frame %v, want 1001", ce)
+	}
+	// Revoking the lease removed everything at once, long before the TTL.
+	if got := members(t, api, "r"); len(got) != 0 {
+		t.Fatalf("members after shutdown: %v", got)
+	}
+}

@@ -1,0 +1,78 @@
+// Package etcdembed runs a single-member etcd inside the process, for
+// development stacks (membership-server without --etcd-endpoints) and tests.
+package etcdembed
+
+import (
+	"fmt"
+	"net/url"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+)
+
+// Config says where the embedded etcd listens and keeps its data.
+type Config struct {
+	Name       string // member name; "default" when empty
+	Dir        string // data directory
+	ClientAddr string // host:port for clients
+	PeerAddr   string // host:port for raft peers
+	// LogLevel of etcd's own logger; "error" when empty.
+	LogLevel string
+}
+
+// Server is a running embedded etcd.
+type Server struct {
+	e *embed.Etcd
+	// Endpoint is the client URL, e.g. "http://127.0.0.1:2379".
+	Endpoint string
+}
+
+// Start launches etcd and waits until it serves clients (at most a minute).
+func Start(c Config) (*Server, error) {
+	cfg := embed.NewConfig()
+	if c.Name != "" {
+		cfg.Name = c.Name
+	}
+	cfg.Dir = c.Dir
+	cfg.LogLevel = c.LogLevel
+	if cfg.LogLevel == "" {
+		cfg.LogLevel = "error"
+	}
+	client, err := url.Parse("http://" + c.ClientAddr)
+	if err != nil {
+		return nil, fmt.Errorf("embedded etcd client address: %w", err)
+	}
+	peer, err := url.Parse("http://" + c.PeerAddr)
+	if err != nil {
+		return nil, fmt.Errorf("embedded etcd peer address: %w", err)
+	}
+	cfg.ListenClientUrls = []url.URL{*client}
+	cfg.AdvertiseClientUrls = []url.URL{*client}
+	cfg.ListenPeerUrls = []url.URL{*peer}
+	cfg.AdvertisePeerUrls = []url.URL{*peer}
+	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	// Keep history bounded in long-running development stacks.
+	cfg.AutoCompactionMode = "periodic"
+	cfg.AutoCompactionRetention = "1h"
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("start embedded etcd: %w", err)
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+	case err := <-e.Err():
+		e.Close()
+		return nil, fmt.Errorf("embedded etcd: %w", err)
+	case <-time.After(time.Minute):
+		e.Server.Stop()
+		e.Close()
+		return nil, fmt.Errorf("embedded etcd not ready after a minute")
+	}
+	return &Server{e: e, Endpoint: client.String()}, nil
+}
+
+// Err reports a fatal error of the running server.
+func (s *Server) Err() <-chan error { return s.e.Err() }
+
+// Close stops etcd and waits for it.
+func (s *Server) Close() { s.e.Close() }

@@ -1,0 +1,200 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/socketrooms/membership/internal/store"
+)
+
+// client is one WebSocket. Its handler goroutine reads; one writer goroutine
+// owns all writes and drains a bounded queue, so producers never block: a
+// socket that falls a full queue behind is disconnected.
+type client struct {
+	id   string
+	sid  store.SocketID
+	conn *websocket.Conn
+	send chan []byte
+	done chan struct{} // closed by shutdown
+
+	once        sync.Once
+	closeCode   int
+	closeReason string
+
+	rooms map[string]struct{} // guarded by hub.mu
+}
+
+func newClient(sid store.SocketID, conn *websocket.Conn, queue int) *client {
+	return &client{
+		id:    sid.String(),
+		sid:   sid,
+		conn:  conn,
+		send:  make(chan []byte, queue),
+		done:  make(chan struct{}),
+		rooms: map[string]struct{}{},
+	}
+}
+
+// enqueue queues a frame without blocking. A full queue disconnects the client.
+func (c *client) enqueue(b []byte) bool {
+	select {
+	case <-c.done:
+		return false
+	default:
+	}
+	select {
+	case c.send <- b:
+		return true
+	default:
+		c.shutdown(closeTryAgainLater, "send queue full")
+		return false
+	}
+}
+
+// shutdown asks the writer to send a close frame and drop the connection. The
+// first call's code wins.
+func (c *client) shutdown(code int, reason string) {
+	c.once.Do(func() {
+		c.closeCode, c.closeReason = code, reason
+		close(c.done)
+	})
+}
+
+// writeLoop is the only writer of the connection.
+func (c *client) writeLoop(writeTimeout, pingEvery time.Duration) {
+	ping := time.NewTicker(pingEvery)
+	defer ping.Stop()
+	defer c.conn.Close()
+	for {
+		select {
+		case <-c.done:
+			c.writeClose(writeTimeout)
+			return
+		case b := <-c.send:
+			// Nothing is written once the client is told to go: a gateway that
+			// lost its lease must not deliver a single further frame.
+			select {
+			case <-c.done:
+				c.writeClose(writeTimeout)
+				return
+			default:
+			}
+			_ = c.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+			if err := c.conn.WriteMessage(websocket.TextMessage, b); err != nil {
+				c.shutdown(websocket.CloseAbnormalClosure, "write failed")
+				return
+			}
+		case <-ping.C:
+			if err := c.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeTimeout)); err != nil {
+				c.shutdown(websocket.CloseAbnormalClosure, "ping failed")
+				return
+			}
+		}
+	}
+}
+
+func (c *client) writeClose(timeout time.Duration) {
+	msg := websocket.FormatCloseMessage(c.closeCode, c.closeReason)
+	_ = c.conn.WriteControl(websocket.CloseMessage, msg, time.Now().Add(timeout))
+}
+
+// serveWS upgrades a request to a socket, registers it in etcd on the
+// gateway's current lease, and reads from it until it goes. On the way out the
+// socket and its memberships are removed from etcd at once.
+func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
+	sess := g.currentSession()
+	if sess == nil || !sess.alive() {
+		http.Error(w, "gateway is not registered in etcd", http.StatusServiceUnavailable)
+		return
+	}
+	conn, err := g.upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		return // the upgrader already answered
+	}
+	g.wg.Add(1)
+	defer g.wg.Done()
+
+	sid := store.NewSocketID(g.cfg.ID, sess.lease)
+	c := newClient(sid, conn, g.cfg.SendQueue)
+	log := g.log.With("socket", c.id)
+	// Queued before the socket exists in etcd, so no joined frame can precede it.
+	c.enqueue(encode(frame{Type: "connected", SocketID: c.id}))
+	if !g.hub.add(c) {
+		c.shutdown(closeServiceRestart, "gateway is re-registering")
+		c.writeLoop(g.cfg.WriteTimeout, g.cfg.PingInterval)
+		return
+	}
+	ctx, cancel := context.WithTimeout(sess.ctx, g.cfg.EtcdTimeout)
+	_, err = g.store.AddSocket(ctx, sid, store.SocketRecord{Gateway: g.cfg.ID, ConnectedAt: time.Now().UTC()})
+	cancel()
+	if err != nil {
+		log.Warn("register socket failed", "err", err)
+		g.hub.remove(c)
+		c.shutdown(closeInternal, "cannot register socket")
+		c.writeLoop(g.cfg.WriteTimeout, g.cfg.PingInterval)
+		return
+	}
+	log.Debug("socket connected")
+
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		c.writeLoop(g.cfg.WriteTimeout, g.cfg.PingInterval)
+	}()
+	g.readLoop(c, log)
+	c.shutdown(websocket.CloseNormalClosure, "")
+	<-writerDone
+	g.hub.remove(c)
+
+	// A lost or ended session takes the socket's keys with its lease.
+	if sess.ctx.Err() == nil {
+		ctx, cancel := context.WithTimeout(sess.ctx, g.cfg.EtcdTimeout)
+		if err := g.store.RemoveSocket(ctx, sid); err != nil {
+			log.Warn("remove socket failed; its keys go with the lease", "err", err)
+		}
+		cancel()
+	}
+	log.Debug("socket disconnected")
+}
+
+// readLoop reads client frames until the connection fails or closes.
+func (g *Gateway) readLoop(c *client, log *slog.Logger) {
+	c.conn.SetReadLimit(g.cfg.MaxFrameBytes)
+	pongWait := 2 * g.cfg.PingInterval
+	_ = c.conn.SetReadDeadline(time.Now().Add(pongWait))
+	c.conn.SetPongHandler(func(string) error {
+		return c.conn.SetReadDeadline(time.Now().Add(pongWait))
+	})
+	for {
+		typ, data, err := c.conn.ReadMessage()
+		if err != nil {
+			return
+		}
+		_ = c.conn.SetReadDeadline(time.Now().Add(pongWait))
+		if typ != websocket.TextMessage {
+			c.shutdown(websocket.CloseUnsupportedData, "text frames only")
+			return
+		}
+		var f struct {
+			Type string          `json:"type"`
+			ID   json.RawMessage `json:"id"`
+		}
+		if err := json.Unmarshal(data, &f); err != nil {
+			c.shutdown(closeBadData, "frames must be JSON objects")
+			return
+		}
+		switch f.Type {
+		case "request":
+			c.enqueue(encode(frame{Type: "response", ID: f.ID, Status: http.StatusNotImplemented,
+				Body: json.RawMessage(`{"error":"socket requests are not configured on this gateway"}`)}))
+		default:
+			log.Debug("ignoring client frame", "type", f.Type)
+		}
+	}
+}

@@ -1,0 +1,336 @@
+// Package gateway holds client WebSockets and applies their room memberships
+// from etcd.
+//
+// Shape:
+//   - A session is one etcd lease with everything on it: the gateway record,
+//     every socket record and membership of this gateway. Run owns the session
+//     loop: grant, register, watch and keep alive until the lease cannot be
+//     proven alive, then close every socket (code 1012) and start over with a
+//     new lease. Sockets never outlive the session whose lease they live on.
+//   - Each socket has a handler goroutine (reads; owned by the HTTP server and
+//     counted in Gateway.wg) and a writer goroutine (owned by the handler)
+//     that drains a bounded queue.
+//   - One watch goroutine per session follows gwm/{gateway}/ from the
+//     registration revision and is the only writer of the room index (hub).
+//     It records the revision it has applied; Deliver and WaitApplied wait for
+//     that revision to reach the caller's, asking etcd for watch progress so an
+//     idle prefix does not stall them. After a compaction the watch re-lists
+//     the prefix at a revision, applies the difference and resumes after it.
+//   - Deliver queues frames without blocking; the per-socket writer does the
+//     I/O.
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/socketrooms/membership/internal/store"
+)
+
+// Config configures a Gateway. Zero values take the defaults noted.
+type Config struct {
+	ID            string        // gateway id, [A-Za-z0-9_-]{1,64}; required
+	AdvertiseAddr string        // internal gRPC address membership-servers dial; required
+	Prefix        string        // etcd key prefix; store.DefaultPrefix
+	LeaseTTL      time.Duration // 10s; etcd's floor is 2s
+	Version       string
+	SendQueue     int           // frames queued per socket before it is dropped; 256
+	WriteTimeout  time.Duration // 10s
+	PingInterval  time.Duration // 25s; a socket silent for two intervals is dropped
+	EtcdTimeout   time.Duration // per etcd request made on a socket's behalf; 5s
+	MaxFrameBytes int64         // largest client frame; 64 KiB
+	Logger        *slog.Logger
+}
+
+func (c *Config) setDefaults() error {
+	if err := store.ValidateGatewayID(c.ID); err != nil {
+		return fmt.Errorf("gateway id %q: %w", c.ID, err)
+	}
+	if c.AdvertiseAddr == "" {
+		return errors.New("gateway: advertise address is required")
+	}
+	if c.LeaseTTL == 0 {
+		c.LeaseTTL = 10 * time.Second
+	}
+	if c.LeaseTTL < 2*time.Second {
+		return fmt.Errorf("lease TTL %v is below etcd's floor of 2s", c.LeaseTTL)
+	}
+	if c.SendQueue == 0 {
+		c.SendQueue = 256
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = 10 * time.Second
+	}
+	if c.PingInterval == 0 {
+		c.PingInterval = 25 * time.Second
+	}
+	if c.EtcdTimeout == 0 {
+		c.EtcdTimeout = 5 * time.Second
+	}
+	if c.MaxFrameBytes == 0 {
+		c.MaxFrameBytes = 64 << 10
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// Gateway is one gateway process's sockets, lease and watch.
+type Gateway struct {
+	cfg      Config
+	cli      *clientv3.Client
+	store    *store.Store
+	log      *slog.Logger
+	hub      *hub
+	applied  *revWaiter
+	upgrader websocket.Upgrader
+
+	mu   sync.Mutex
+	sess *session
+
+	wg sync.WaitGroup // socket handlers
+}
+
+// New returns a Gateway using cli; call Run to start it.
+func New(cfg Config, cli *clientv3.Client) (*Gateway, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	g := &Gateway{
+		cfg:     cfg,
+		cli:     cli,
+		store:   store.New(cli, cfg.Prefix),
+		log:     cfg.Logger.With("gateway", cfg.ID),
+		hub:     newHub(),
+		applied: newRevWaiter(),
+		upgrader: websocket.Upgrader{
+			ReadBufferSize:  1024,
+			WriteBufferSize: 1024,
+			// Origins are not restricted yet: any page may connect.
+			CheckOrigin: func(*http.Request) bool { return true },
+		},
+	}
+	return g, nil
+}
+
+// Handler serves /ws (the client WebSocket) and /healthz.
+func (g *Gateway) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/ws", g.serveWS)
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		if s := g.currentSession(); s == nil || !s.alive() {
+			http.Error(w, "not registered", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	return mux
+}
+
+// Ready reports whether the gateway holds a live lease and accepts sockets.
+func (g *Gateway) Ready() bool {
+	s := g.currentSession()
+	return s != nil && s.alive()
+}
+
+// Sockets is how many sockets are open.
+func (g *Gateway) Sockets() int { return g.hub.count() }
+
+// session is one lease and what hangs on it.
+type session struct {
+	lease  clientv3.LeaseID
+	ctx    context.Context // canceled when the session ends
+	cancel context.CancelFunc
+
+	mu         sync.Mutex
+	aliveUntil time.Time       // the lease is provably alive before this instant
+	watchCtx   context.Context // the live watch's context, for progress requests
+	watchFrom  int64
+}
+
+// alive reports whether the lease is provably alive now. Uses the monotonic
+// clock, so a process frozen past its TTL sees itself expired on resuming.
+func (s *session) alive() bool {
+	if s.ctx.Err() != nil {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return time.Now().Before(s.aliveUntil)
+}
+
+func (s *session) extend(until time.Time) {
+	s.mu.Lock()
+	if until.After(s.aliveUntil) {
+		s.aliveUntil = until
+	}
+	s.mu.Unlock()
+}
+
+func (g *Gateway) currentSession() *session {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.sess
+}
+
+func (g *Gateway) setSession(s *session) {
+	g.mu.Lock()
+	g.sess = s
+	g.mu.Unlock()
+}
+
+var errLeaseLost = errors.New("lease can no longer be proven alive")
+
+// Run registers the gateway and serves sessions until ctx is done. On return
+// every socket is closed and the lease revoked.
+func (g *Gateway) Run(ctx context.Context) error {
+	backoff := newBackoff(100*time.Millisecond, 5*time.Second)
+	for ctx.Err() == nil {
+		sess, err := g.startSession(ctx)
+		if err != nil {
+			g.log.Warn("cannot register gateway; retrying", "err", err)
+			sleepCtx(ctx, backoff.next())
+			continue
+		}
+		backoff.reset()
+		err = g.serveSession(sess)
+		g.endSession(sess, ctx.Err() != nil)
+		if ctx.Err() == nil {
+			g.log.Error("session ended; sockets closed, registering again", "err", err, "lease", fmt.Sprintf("%x", int64(sess.lease)))
+		}
+	}
+	g.wg.Wait()
+	return nil
+}
+
+func (g *Gateway) startSession(parent context.Context) (*session, error) {
+	ctx, cancel := context.WithTimeout(parent, g.cfg.EtcdTimeout)
+	defer cancel()
+	start := time.Now()
+	lease, err := g.cli.Grant(ctx, int64(g.cfg.LeaseTTL/time.Second))
+	if err != nil {
+		return nil, fmt.Errorf("grant lease: %w", err)
+	}
+	sctx, scancel := context.WithCancel(parent)
+	s := &session{lease: lease.ID, ctx: sctx, cancel: scancel}
+	// The lease was granted no earlier than start.
+	s.extend(start.Add(time.Duration(lease.TTL)*time.Second - leaseMargin))
+	rev, err := g.store.RegisterGateway(ctx, store.GatewayRecord{
+		ID:        g.cfg.ID,
+		GRPCAddr:  g.cfg.AdvertiseAddr,
+		Version:   g.cfg.Version,
+		StartedAt: time.Now().UTC(),
+		Lease:     lease.ID,
+	})
+	if err != nil {
+		scancel()
+		g.revoke(lease.ID)
+		return nil, err
+	}
+	// Nothing of this lease existed before rev: the index is complete up to it.
+	g.applied.advance(rev)
+	g.setSession(s)
+	g.hub.setOpen(true)
+	g.log.Info("gateway registered", "lease", fmt.Sprintf("%x", int64(lease.ID)), "revision", rev, "advertise", g.cfg.AdvertiseAddr)
+	s.watchFrom = rev + 1
+	return s, nil
+}
+
+// leaseMargin is subtracted from every lease deadline the gateway computes, for
+// the request's own transit and clock rate differences.
+const leaseMargin = 500 * time.Millisecond
+
+// serveSession keeps the lease alive and follows memberships until either fails.
+func (g *Gateway) serveSession(s *session) error {
+	errc := make(chan error, 2)
+	go func() { errc <- g.keepAlive(s) }()
+	go func() { errc <- g.watchLoop(s) }()
+	err := <-errc
+	s.cancel()
+	<-errc
+	return err
+}
+
+// keepAlive renews the lease and fences the session: once the last renewal is
+// older than the TTL, the session ends even if etcd is silent.
+func (g *Gateway) keepAlive(s *session) error {
+	ch, err := g.cli.KeepAlive(s.ctx, s.lease)
+	if err != nil {
+		return fmt.Errorf("keep alive: %w", err)
+	}
+	for {
+		s.mu.Lock()
+		wait := time.Until(s.aliveUntil)
+		s.mu.Unlock()
+		timer := time.NewTimer(wait)
+		select {
+		case <-s.ctx.Done():
+			timer.Stop()
+			return s.ctx.Err()
+		case resp, ok := <-ch:
+			timer.Stop()
+			if !ok {
+				return errLeaseLost
+			}
+			// Renewed at the server no earlier than the previous deadline check;
+			// counting from now minus the margin keeps the bound conservative.
+			s.extend(time.Now().Add(time.Duration(resp.TTL)*time.Second - leaseMargin))
+		case <-timer.C:
+			if !s.alive() {
+				return errLeaseLost
+			}
+		}
+	}
+}
+
+// endSession closes every socket of s and revokes its lease.
+func (g *Gateway) endSession(s *session, shutdown bool) {
+	s.cancel()
+	g.setSession(nil)
+	if shutdown {
+		g.hub.closeAll(closeGoingAway, "gateway shutting down")
+	} else {
+		g.hub.closeAll(closeServiceRestart, "gateway lost its registration; reconnect")
+	}
+	g.revoke(s.lease)
+}
+
+func (g *Gateway) revoke(lease clientv3.LeaseID) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := g.cli.Revoke(ctx, lease); err != nil {
+		g.log.Debug("revoke lease", "err", err)
+	}
+}
+
+type backoff struct {
+	min, max, cur time.Duration
+}
+
+func newBackoff(min, max time.Duration) *backoff { return &backoff{min: min, max: max, cur: min} }
+
+func (b *backoff) next() time.Duration {
+	d := b.cur
+	b.cur = min(2*b.cur, b.max)
+	return d
+}
+
+func (b *backoff) reset() { b.cur = b.min }
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}

@@ -1,0 +1,83 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	gatewayv1 "github.com/socketrooms/membership/gen/gateway/v1"
+)
+
+// RegisterGRPC serves the internal delivery API on s.
+func (g *Gateway) RegisterGRPC(s grpc.ServiceRegistrar) {
+	gatewayv1.RegisterGatewayServiceServer(s, &grpcService{g: g})
+}
+
+type grpcService struct {
+	gatewayv1.UnimplementedGatewayServiceServer
+	g *Gateway
+}
+
+// Deliver waits until membership is applied up to the request's revision and
+// queues the message for the local target sockets.
+func (s *grpcService) Deliver(ctx context.Context, req *gatewayv1.DeliverRequest) (*gatewayv1.DeliverResponse, error) {
+	if len(req.DataJson) > 0 && !json.Valid(req.DataJson) {
+		return nil, status.Error(codes.InvalidArgument, "data_json is not valid JSON")
+	}
+	sess, err := s.live()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := s.g.waitApplied(ctx, req.Revision); err != nil {
+		return nil, waitError(err)
+	}
+	// Re-check after waiting: a lease that expired meanwhile must not deliver.
+	if !sess.alive() || s.g.currentSession() != sess {
+		return nil, status.Error(codes.Unavailable, "gateway lost its lease")
+	}
+	d := delivery{
+		rooms: req.Rooms,
+		all:   req.AllSockets,
+		event: req.Event,
+		data:  req.DataJson,
+	}
+	if len(req.ExceptSocketIds) > 0 {
+		d.except = make(map[string]struct{}, len(req.ExceptSocketIds))
+		for _, id := range req.ExceptSocketIds {
+			d.except[id] = struct{}{}
+		}
+	}
+	delivered, dropped := s.g.hub.deliver(d)
+	return &gatewayv1.DeliverResponse{Delivered: delivered, Dropped: dropped}, nil
+}
+
+// WaitApplied returns once membership is applied up to the revision.
+func (s *grpcService) WaitApplied(ctx context.Context, req *gatewayv1.WaitAppliedRequest) (*gatewayv1.WaitAppliedResponse, error) {
+	if _, err := s.live(); err != nil {
+		return nil, err
+	}
+	rev, err := s.g.waitApplied(ctx, req.Revision)
+	if err != nil {
+		return nil, waitError(err)
+	}
+	return &gatewayv1.WaitAppliedResponse{AppliedRevision: rev}, nil
+}
+
+func (s *grpcService) live() (*session, error) {
+	sess := s.g.currentSession()
+	if sess == nil || !sess.alive() {
+		return nil, status.Error(codes.Unavailable, "gateway holds no live lease")
+	}
+	return sess, nil
+}
+
+func waitError(err error) error {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return status.Error(codes.DeadlineExceeded, "membership not applied up to the revision before the deadline")
+	}
+	return status.FromContextError(err).Err()
+}

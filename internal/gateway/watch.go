@@ -1,0 +1,159 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// revWaiter tracks the revision up to which the room index is applied and
+// wakes waiters as it grows.
+type revWaiter struct {
+	mu  sync.Mutex
+	rev int64
+	ch  chan struct{} // closed and replaced on every advance
+}
+
+func newRevWaiter() *revWaiter { return &revWaiter{ch: make(chan struct{})} }
+
+func (w *revWaiter) advance(rev int64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if rev > w.rev {
+		w.rev = rev
+		close(w.ch)
+		w.ch = make(chan struct{})
+	}
+}
+
+func (w *revWaiter) get() (int64, <-chan struct{}) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.rev, w.ch
+}
+
+// progressEvery is how often a waiter behind etcd asks for watch progress.
+const progressEvery = 50 * time.Millisecond
+
+// waitApplied returns once the index is applied up to rev.
+func (g *Gateway) waitApplied(ctx context.Context, rev int64) (int64, error) {
+	var tick *time.Ticker
+	for {
+		cur, ch := g.applied.get()
+		if cur >= rev {
+			if tick != nil {
+				tick.Stop()
+			}
+			return cur, nil
+		}
+		if tick == nil {
+			// Events for other gateways' keys do not reach this watch, so an
+			// idle prefix only moves on through a progress notification.
+			tick = time.NewTicker(progressEvery)
+			defer tick.Stop()
+			g.requestProgress()
+		}
+		select {
+		case <-ch:
+		case <-tick.C:
+			g.requestProgress()
+		case <-ctx.Done():
+			return cur, ctx.Err()
+		}
+	}
+}
+
+func (g *Gateway) requestProgress() {
+	s := g.currentSession()
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	wctx := s.watchCtx
+	s.mu.Unlock()
+	if wctx == nil {
+		return
+	}
+	if err := g.cli.RequestProgress(wctx); err != nil {
+		g.log.Debug("watch progress request failed", "err", err)
+	}
+}
+
+// watchLoop follows this gateway's memberships for the session's life,
+// resuming after errors from the last applied revision.
+func (g *Gateway) watchLoop(s *session) error {
+	prefix := g.store.MembershipWatchPrefix(g.cfg.ID)
+	next := s.watchFrom
+	backoff := newBackoff(50*time.Millisecond, 2*time.Second)
+	for s.ctx.Err() == nil {
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(s.ctx))
+		s.mu.Lock()
+		s.watchCtx = wctx
+		s.mu.Unlock()
+		wch := g.cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(next), clientv3.WithProgressNotify())
+		var err error
+		next, err = g.consume(s, wch, next)
+		cancel()
+		if s.ctx.Err() != nil {
+			break
+		}
+		if err != nil {
+			g.log.Warn("membership watch interrupted; resuming", "err", err, "revision", next)
+			sleepCtx(s.ctx, backoff.next())
+		} else {
+			backoff.reset()
+		}
+	}
+	return s.ctx.Err()
+}
+
+// consume applies watch responses until the channel ends; it returns the
+// revision to resume from.
+func (g *Gateway) consume(s *session, wch clientv3.WatchChan, next int64) (int64, error) {
+	for resp := range wch {
+		if resp.CompactRevision != 0 {
+			rev, err := g.resync(s)
+			if err != nil {
+				return next, err
+			}
+			return rev + 1, nil
+		}
+		if err := resp.Err(); err != nil {
+			return next, err
+		}
+		applied := int64(0)
+		for _, ev := range resp.Events {
+			if ch, ok := g.store.DecodeMembershipEvent(g.cfg.ID, ev); ok {
+				g.hub.apply(ch.Socket, ch.Room, ch.Joined)
+			}
+			applied = ev.Kv.ModRevision
+		}
+		if resp.IsProgressNotify() {
+			// Every event up to the header revision has been delivered.
+			applied = resp.Header.Revision
+		}
+		if applied >= next {
+			next = applied + 1
+			g.applied.advance(applied)
+		}
+	}
+	return next, fmt.Errorf("watch channel closed")
+}
+
+// resync rebuilds the index from a listing after the watch history it needed
+// was compacted away, and returns the listing's revision.
+func (g *Gateway) resync(s *session) (int64, error) {
+	ctx, cancel := context.WithTimeout(s.ctx, g.cfg.EtcdTimeout)
+	defer cancel()
+	want, rev, err := g.store.GatewayMemberships(ctx, g.cfg.ID)
+	if err != nil {
+		return 0, fmt.Errorf("re-list after compaction: %w", err)
+	}
+	g.hub.reconcile(want)
+	g.applied.advance(rev)
+	g.log.Info("membership index rebuilt after compaction", "revision", rev)
+	return rev, nil
+}

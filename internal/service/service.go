@@ -1,0 +1,348 @@
+// Package service implements membership.v1.MembershipService: each handler
+// validates its request, makes one narrow call to the store (and, for
+// deliveries, to the gateways), and returns through the one error mapper in
+// errors.go. The service keeps no state of its own beyond connections to
+// gateways, so any number of replicas can serve the same etcd cluster.
+package service
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"unicode/utf8"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	gatewayv1 "github.com/socketrooms/membership/gen/gateway/v1"
+	membershipv1 "github.com/socketrooms/membership/gen/membership/v1"
+	"github.com/socketrooms/membership/internal/store"
+)
+
+// SocketIDMetadata is the call metadata naming the requesting socket (the
+// socket-request form of Join/Leave, and the socket a Broadcast skips).
+const SocketIDMetadata = "x-socket-id"
+
+// Limits on requests.
+const (
+	defaultPageSize  = 100
+	maxPageSize      = 1000
+	maxBroadcastRoom = 100
+	maxEventBytes    = 256
+	maxExceptSockets = 1000
+)
+
+// Server serves MembershipService.
+type Server struct {
+	membershipv1.UnimplementedMembershipServiceServer
+
+	store    *store.Store
+	log      *slog.Logger
+	gateways *gatewayPool
+}
+
+// New returns a Server over an etcd client, with keys under prefix.
+func New(kv store.KV, prefix string, log *slog.Logger) *Server {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Server{store: store.New(kv, prefix), log: log, gateways: newGatewayPool()}
+}
+
+// Close drops the connections to gateways.
+func (s *Server) Close() { s.gateways.close() }
+
+// Join adds a socket to a room.
+func (s *Server) Join(ctx context.Context, req *membershipv1.JoinRequest) (*membershipv1.JoinResponse, error) {
+	sid, err := socketFromRequest(ctx, req.GetSocketId())
+	if err == nil {
+		err = validateRoom("room", req.GetRoom())
+	}
+	if err == nil {
+		err = validateWaitFor(req.GetWaitFor())
+	}
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	res, err := s.store.Join(etcdCtx(ctx), sid, req.GetRoom())
+	if err == nil && req.GetWaitFor() == membershipv1.WaitFor_WAIT_FOR_APPLY {
+		err = s.waitApplied(ctx, sid.Gateway, res.Revision)
+	}
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	return &membershipv1.JoinResponse{AlreadyMember: res.AlreadyMember, Revision: res.Revision}, nil
+}
+
+// Leave removes a socket from a room.
+func (s *Server) Leave(ctx context.Context, req *membershipv1.LeaveRequest) (*membershipv1.LeaveResponse, error) {
+	sid, err := socketFromRequest(ctx, req.GetSocketId())
+	if err == nil {
+		err = validateRoom("room", req.GetRoom())
+	}
+	if err == nil {
+		err = validateWaitFor(req.GetWaitFor())
+	}
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	res, err := s.store.Leave(etcdCtx(ctx), sid, req.GetRoom())
+	if err == nil && req.GetWaitFor() == membershipv1.WaitFor_WAIT_FOR_APPLY {
+		err = s.waitApplied(ctx, sid.Gateway, res.Revision)
+	}
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	return &membershipv1.LeaveResponse{WasMember: res.WasMember, Revision: res.Revision}, nil
+}
+
+// ListRooms lists all rooms with their sizes, or one socket's rooms.
+func (s *Server) ListRooms(ctx context.Context, req *membershipv1.ListRoomsRequest) (*membershipv1.ListRoomsResponse, error) {
+	size, err := pageSize(req.GetPageSize())
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	after, err := decodePageToken(req.GetPageToken())
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	if req.GetSocketId() != "" {
+		sid, err := parseSocketID("socket_id", req.GetSocketId())
+		if err != nil {
+			return nil, toStatus(ctx, s.log, err)
+		}
+		info, rev, err := s.store.GetSocket(etcdCtx(ctx), sid)
+		if err != nil {
+			return nil, toStatus(ctx, s.log, err)
+		}
+		resp := &membershipv1.ListRoomsResponse{Revision: rev}
+		for _, room := range info.Rooms {
+			if after != "" && room <= after {
+				continue
+			}
+			if len(resp.Rooms) == size {
+				resp.NextPageToken = encodePageToken(resp.Rooms[size-1].Name)
+				break
+			}
+			resp.Rooms = append(resp.Rooms, &membershipv1.Room{Name: room})
+		}
+		return resp, nil
+	}
+	if strings.Contains(after, "/") {
+		return nil, toStatus(ctx, s.log, invalid("page_token", "not a token from a previous page"))
+	}
+	rooms, next, rev, err := s.store.ListRooms(etcdCtx(ctx), after, size)
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	resp := &membershipv1.ListRoomsResponse{Revision: rev, NextPageToken: encodePageToken(next)}
+	for _, r := range rooms {
+		resp.Rooms = append(resp.Rooms, &membershipv1.Room{Name: r.Room, MemberCount: r.Members})
+	}
+	return resp, nil
+}
+
+// ListMembers lists a room's sockets.
+func (s *Server) ListMembers(ctx context.Context, req *membershipv1.ListMembersRequest) (*membershipv1.ListMembersResponse, error) {
+	err := validateRoom("room", req.GetRoom())
+	size, perr := pageSize(req.GetPageSize())
+	if err == nil {
+		err = perr
+	}
+	after, terr := decodePageToken(req.GetPageToken())
+	if err == nil {
+		err = terr
+	}
+	if err == nil && (strings.Contains(after, "/") || len(after) > store.MaxSocketIDBytes) {
+		err = invalid("page_token", "not a token from a previous page")
+	}
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	members, next, rev, err := s.store.ListMembers(etcdCtx(ctx), req.GetRoom(), after, size)
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	resp := &membershipv1.ListMembersResponse{Revision: rev, NextPageToken: encodePageToken(next)}
+	for _, m := range members {
+		resp.Members = append(resp.Members, &membershipv1.Member{SocketId: m.SocketID, Gateway: m.Gateway})
+	}
+	return resp, nil
+}
+
+// GetSocket describes one socket.
+func (s *Server) GetSocket(ctx context.Context, req *membershipv1.GetSocketRequest) (*membershipv1.GetSocketResponse, error) {
+	sid, err := parseSocketID("socket_id", req.GetSocketId())
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	info, rev, err := s.store.GetSocket(etcdCtx(ctx), sid)
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	return &membershipv1.GetSocketResponse{Revision: rev, Socket: &membershipv1.Socket{
+		SocketId:    info.ID,
+		Gateway:     info.Gateway,
+		ConnectedAt: timestamppb.New(info.ConnectedAt),
+		Rooms:       info.Rooms,
+	}}, nil
+}
+
+// Broadcast delivers an event to the members of some rooms.
+func (s *Server) Broadcast(ctx context.Context, req *membershipv1.BroadcastRequest) (*membershipv1.BroadcastResponse, error) {
+	rooms, err := validateRooms(req.GetRooms())
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	msg, err := s.message(ctx, req.GetEvent(), req.GetData(), req.GetExceptSocketIds())
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	msg.Rooms = rooms
+	targets, err := s.store.BroadcastTargets(etcdCtx(ctx), rooms)
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	delivered, failed := s.deliver(ctx, targets, msg)
+	return &membershipv1.BroadcastResponse{Delivered: delivered, Revision: targets.Revision, FailedGateways: failed}, nil
+}
+
+// Blast delivers an event to every connected socket.
+func (s *Server) Blast(ctx context.Context, req *membershipv1.BlastRequest) (*membershipv1.BlastResponse, error) {
+	msg, err := s.message(ctx, req.GetEvent(), req.GetData(), req.GetExceptSocketIds())
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	msg.AllSockets = true
+	targets, err := s.store.BroadcastTargets(etcdCtx(ctx), nil)
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	delivered, failed := s.deliver(ctx, targets, msg)
+	return &membershipv1.BlastResponse{Delivered: delivered, Revision: targets.Revision, FailedGateways: failed}, nil
+}
+
+// message validates and encodes the common part of a delivery, once.
+func (s *Server) message(ctx context.Context, event string, data *structpb.Value, except []string) (*gatewayv1.DeliverRequest, error) {
+	if event == "" {
+		event = "message"
+	}
+	if len(event) > maxEventBytes || !utf8.ValidString(event) {
+		return nil, invalid("event", "must be at most 256 bytes of UTF-8")
+	}
+	if len(except) > maxExceptSockets {
+		return nil, invalid("except_socket_ids", "at most 1000 sockets")
+	}
+	if caller := metadataSocket(ctx); caller != "" {
+		except = append(append([]string(nil), except...), caller)
+	}
+	msg := &gatewayv1.DeliverRequest{Event: event, ExceptSocketIds: except, DataJson: []byte("null")}
+	if data != nil {
+		b, err := protojson.Marshal(data)
+		if err != nil {
+			return nil, invalid("data", err.Error())
+		}
+		msg.DataJson = b
+	}
+	return msg, nil
+}
+
+// deliver hands msg to every target gateway in parallel and sums what they
+// delivered. Unreachable gateways are counted, not fatal: their sockets miss
+// the message, the others do not wait for them.
+func (s *Server) deliver(ctx context.Context, t store.Targets, msg *gatewayv1.DeliverRequest) (delivered int64, failed int32) {
+	msg.Revision = t.Revision
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for id, gw := range t.Gateways {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := s.gateways.deliver(ctx, gw.GRPCAddr, msg)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				failed++
+				s.log.Warn("deliver to gateway failed", "gateway", id, "addr", gw.GRPCAddr, "revision", t.Revision, "err", err)
+				return
+			}
+			delivered += resp.Delivered
+		}()
+	}
+	wg.Wait()
+	return delivered, failed
+}
+
+// waitApplied waits until the socket's gateway applied the change at rev.
+func (s *Server) waitApplied(ctx context.Context, gateway string, rev int64) error {
+	rec, err := s.store.Gateway(etcdCtx(ctx), gateway)
+	if err != nil {
+		return &applyError{revision: rev, err: err}
+	}
+	if err := s.gateways.waitApplied(ctx, rec.GRPCAddr, rev); err != nil {
+		if ctx.Err() != nil {
+			err = ctx.Err()
+		}
+		return &applyError{revision: rev, err: err}
+	}
+	return nil
+}
+
+// etcdCtx makes etcd requests fail fast (UNAVAILABLE) when the member they reach
+// has no leader, instead of waiting for one.
+func etcdCtx(ctx context.Context) context.Context { return clientv3.WithRequireLeader(ctx) }
+
+// gatewayPool keeps one client connection per gateway address.
+type gatewayPool struct {
+	mu    sync.Mutex
+	conns map[string]*grpc.ClientConn
+}
+
+func newGatewayPool() *gatewayPool { return &gatewayPool{conns: map[string]*grpc.ClientConn{}} }
+
+func (p *gatewayPool) client(addr string) (gatewayv1.GatewayServiceClient, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	cc := p.conns[addr]
+	if cc == nil {
+		var err error
+		// NewClient connects lazily; it fails only for a malformed target.
+		cc, err = grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return nil, err
+		}
+		p.conns[addr] = cc
+	}
+	return gatewayv1.NewGatewayServiceClient(cc), nil
+}
+
+func (p *gatewayPool) deliver(ctx context.Context, addr string, msg *gatewayv1.DeliverRequest) (*gatewayv1.DeliverResponse, error) {
+	c, err := p.client(addr)
+	if err != nil {
+		return nil, err
+	}
+	return c.Deliver(ctx, msg)
+}
+
+func (p *gatewayPool) waitApplied(ctx context.Context, addr string, rev int64) error {
+	c, err := p.client(addr)
+	if err != nil {
+		return err
+	}
+	_, err = c.WaitApplied(ctx, &gatewayv1.WaitAppliedRequest{Revision: rev})
+	return err
+}
+
+func (p *gatewayPool) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for addr, cc := range p.conns {
+		_ = cc.Close()
+		delete(p.conns, addr)
+	}
+}

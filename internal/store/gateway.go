@@ -1,0 +1,154 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// This file holds what a gateway does with the keyspace: publish itself and its
+// sockets on its lease, and follow the memberships of its sockets.
+
+// RegisterGateway publishes rec on rec.Lease and returns the revision of the write.
+func (s *Store) RegisterGateway(ctx context.Context, rec GatewayRecord) (int64, error) {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := s.kv.Put(ctx, s.k.gateway(rec.ID), string(b), clientv3.WithLease(rec.Lease))
+	if err != nil {
+		return 0, fmt.Errorf("register gateway: %w", err)
+	}
+	return resp.Header.Revision, nil
+}
+
+// AddSocket publishes a connected socket on its lease.
+func (s *Store) AddSocket(ctx context.Context, socket SocketID, rec SocketRecord) (int64, error) {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := s.kv.Put(ctx, s.k.socket(socket.String()), string(b), clientv3.WithLease(socket.Lease))
+	if err != nil {
+		return 0, fmt.Errorf("add socket: %w", err)
+	}
+	return resp.Header.Revision, nil
+}
+
+// RemoveSocket deletes a socket and all its memberships. The socket record goes
+// first, in the same transaction that reads the socket's rooms: from then on
+// the Join guard fails, so the room list read there is complete and the second
+// step leaves nothing behind.
+func (s *Store) RemoveSocket(ctx context.Context, socket SocketID) error {
+	id := socket.String()
+	roomsPrefix := s.k.socketRoomsPrefix(socket)
+	resp, err := s.kv.Txn(ctx).Then(
+		clientv3.OpDelete(s.k.socket(id)),
+		clientv3.OpGet(roomsPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly()),
+	).Commit()
+	if err != nil {
+		return fmt.Errorf("remove socket: %w", err)
+	}
+	var ops []clientv3.Op
+	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
+		room, err := unescapeRoom(strings.TrimPrefix(string(kv.Key), roomsPrefix))
+		if err != nil {
+			return err
+		}
+		ops = append(ops, clientv3.OpDelete(s.k.room(room, id)))
+	}
+	ops = append(ops, clientv3.OpDelete(roomsPrefix, clientv3.WithPrefix()))
+	for len(ops) > 0 {
+		n := min(len(ops), maxTxnOps)
+		if _, err := s.kv.Txn(ctx).Then(ops[:n]...).Commit(); err != nil {
+			return fmt.Errorf("remove memberships of socket: %w", err)
+		}
+		ops = ops[n:]
+	}
+	return nil
+}
+
+// MembershipChange is one membership of a gateway's socket appearing or going.
+type MembershipChange struct {
+	Socket string
+	Room   string
+	Joined bool
+	// Revision is the etcd revision of the change.
+	Revision int64
+}
+
+// MembershipWatchPrefix is the prefix a gateway watches to learn its sockets'
+// memberships; decode its events with DecodeMembershipEvent.
+func (s *Store) MembershipWatchPrefix(gateway string) string { return s.k.gwmPrefix(gateway) }
+
+// DecodeMembershipEvent turns an event under MembershipWatchPrefix(gateway)
+// into a change; ok is false for keys that are not memberships.
+func (s *Store) DecodeMembershipEvent(gateway string, ev *clientv3.Event) (MembershipChange, bool) {
+	socket, room, ok := s.decodeMembershipKey(gateway, string(ev.Kv.Key))
+	if !ok {
+		return MembershipChange{}, false
+	}
+	return MembershipChange{
+		Socket:   socket,
+		Room:     room,
+		Joined:   ev.Type == mvccpb.PUT,
+		Revision: ev.Kv.ModRevision,
+	}, true
+}
+
+func (s *Store) decodeMembershipKey(gateway, key string) (socket, room string, ok bool) {
+	rest, ok := strings.CutPrefix(key, s.k.gwmPrefix(gateway))
+	if !ok {
+		return "", "", false
+	}
+	socket, seg, ok := strings.Cut(rest, "/")
+	if !ok {
+		return "", "", false
+	}
+	room, err := unescapeRoom(seg)
+	if err != nil {
+		return "", "", false
+	}
+	return socket, room, true
+}
+
+// GatewayMemberships lists every membership of a gateway's sockets at one
+// revision, as socket id → set of rooms. A gateway that lost its watch history
+// (compaction) rebuilds its room index from this and resumes watching at rev+1.
+func (s *Store) GatewayMemberships(ctx context.Context, gateway string) (map[string]map[string]struct{}, int64, error) {
+	prefix := s.k.gwmPrefix(gateway)
+	end := clientv3.GetPrefixRangeEnd(prefix)
+	out := map[string]map[string]struct{}{}
+	start, rev := prefix, int64(0)
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithKeysOnly(), clientv3.WithLimit(1000)}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		resp, err := s.kv.Get(ctx, start, opts...)
+		if err != nil {
+			return nil, 0, fmt.Errorf("list gateway memberships: %w", err)
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		for _, kv := range resp.Kvs {
+			socket, room, ok := s.decodeMembershipKey(gateway, string(kv.Key))
+			if !ok {
+				continue
+			}
+			if out[socket] == nil {
+				out[socket] = map[string]struct{}{}
+			}
+			out[socket][room] = struct{}{}
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return out, rev, nil
+		}
+		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+}

@@ -1,0 +1,172 @@
+package store
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Limits on names, shared by every caller so that keys stay well formed.
+const (
+	MaxRoomBytes    = 256
+	MaxGatewayBytes = 64
+	// MaxSocketIDBytes bounds a socket id: gateway, lease (16 hex digits), nonce.
+	MaxSocketIDBytes = MaxGatewayBytes + 1 + 16 + 1 + nonceChars
+	nonceBytes       = 16 // 128 random bits
+	nonceChars       = 22 // base64url without padding of nonceBytes
+)
+
+var (
+	// ErrInvalidRoom reports a room name outside 1–256 bytes of UTF-8 without
+	// control characters.
+	ErrInvalidRoom = errors.New("room must be 1 to 256 bytes of UTF-8 without control characters")
+	// ErrInvalidSocketID reports a string that cannot be a socket id.
+	ErrInvalidSocketID = errors.New("malformed socket id")
+	// ErrInvalidGatewayID reports a gateway id outside [A-Za-z0-9_-]{1,64}.
+	ErrInvalidGatewayID = errors.New("gateway id must be 1 to 64 characters of [A-Za-z0-9_-]")
+)
+
+// ValidateRoom checks a room name.
+func ValidateRoom(room string) error {
+	if len(room) == 0 || len(room) > MaxRoomBytes || !utf8.ValidString(room) {
+		return ErrInvalidRoom
+	}
+	for _, r := range room {
+		if r < 0x20 || (r >= 0x7f && r < 0xa0) {
+			return ErrInvalidRoom
+		}
+	}
+	return nil
+}
+
+// ValidateGatewayID checks a gateway id. The charset keeps ids free of the
+// separators used in keys and socket ids.
+func ValidateGatewayID(id string) error {
+	if len(id) == 0 || len(id) > MaxGatewayBytes {
+		return ErrInvalidGatewayID
+	}
+	for i := 0; i < len(id); i++ {
+		if !isIDChar(id[i]) {
+			return ErrInvalidGatewayID
+		}
+	}
+	return nil
+}
+
+func isIDChar(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-'
+}
+
+// SocketID is a parsed socket id. The gateway and its lease are embedded in the
+// id so that a membership change needs no read before its transaction; 128
+// random bits make ids unguessable.
+type SocketID struct {
+	Gateway string
+	Lease   clientv3.LeaseID
+	Nonce   string
+}
+
+// NewSocketID makes a fresh socket id for a socket held by gateway under lease.
+func NewSocketID(gateway string, lease clientv3.LeaseID) SocketID {
+	var b [nonceBytes]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on supported platforms
+	return SocketID{Gateway: gateway, Lease: lease, Nonce: base64.RawURLEncoding.EncodeToString(b[:])}
+}
+
+// String encodes the id as "{gateway}.{lease hex}.{nonce}".
+func (s SocketID) String() string {
+	return s.Gateway + "." + fmt.Sprintf("%016x", int64(s.Lease)) + "." + s.Nonce
+}
+
+// ParseSocketID decodes a socket id made by NewSocketID.
+func ParseSocketID(id string) (SocketID, error) {
+	if len(id) > MaxSocketIDBytes {
+		return SocketID{}, ErrInvalidSocketID
+	}
+	gw, rest, ok := strings.Cut(id, ".")
+	if !ok || ValidateGatewayID(gw) != nil {
+		return SocketID{}, ErrInvalidSocketID
+	}
+	leaseHex, nonce, ok := strings.Cut(rest, ".")
+	if !ok || len(leaseHex) != 16 || len(nonce) != nonceChars {
+		return SocketID{}, ErrInvalidSocketID
+	}
+	lease, err := strconv.ParseUint(leaseHex, 16, 64)
+	if err != nil || lease == 0 {
+		return SocketID{}, ErrInvalidSocketID
+	}
+	if _, err := base64.RawURLEncoding.DecodeString(nonce); err != nil {
+		return SocketID{}, ErrInvalidSocketID
+	}
+	return SocketID{Gateway: gw, Lease: clientv3.LeaseID(lease), Nonce: nonce}, nil
+}
+
+// escapeRoom makes a room name safe as one key segment: "%" and "/" are
+// percent-encoded, nothing else changes, so the mapping is reversible.
+func escapeRoom(room string) string {
+	if !strings.ContainsAny(room, "%/") {
+		return room
+	}
+	var b strings.Builder
+	b.Grow(len(room) + 8)
+	for i := 0; i < len(room); i++ {
+		switch c := room[i]; c {
+		case '%':
+			b.WriteString("%25")
+		case '/':
+			b.WriteString("%2F")
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}
+
+// unescapeRoom inverts escapeRoom.
+func unescapeRoom(s string) (string, error) {
+	if !strings.Contains(s, "%") {
+		return s, nil
+	}
+	var b strings.Builder
+	b.Grow(len(s))
+	for i := 0; i < len(s); i++ {
+		if s[i] != '%' {
+			b.WriteByte(s[i])
+			continue
+		}
+		switch {
+		case strings.HasPrefix(s[i:], "%25"):
+			b.WriteByte('%')
+		case strings.HasPrefix(s[i:], "%2F"):
+			b.WriteByte('/')
+		default:
+			return "", fmt.Errorf("bad escape in room key segment %q", s)
+		}
+		i += 2
+	}
+	return b.String(), nil
+}
+
+// keys names every key of the keyspace under one prefix.
+type keys struct{ prefix string }
+
+func (k keys) gatewaysPrefix() string        { return k.prefix + "gateways/" }
+func (k keys) gateway(gw string) string      { return k.gatewaysPrefix() + gw }
+func (k keys) socketsPrefix() string         { return k.prefix + "sockets/" }
+func (k keys) socket(id string) string       { return k.socketsPrefix() + id }
+func (k keys) gwmPrefix(gw string) string    { return k.prefix + "gwm/" + gw + "/" }
+func (k keys) roomsPrefix() string           { return k.prefix + "rooms/" }
+func (k keys) roomPrefix(room string) string { return k.roomsPrefix() + escapeRoom(room) + "/" }
+func (k keys) room(room, socket string) string {
+	return k.roomPrefix(room) + socket
+}
+func (k keys) socketRoomsPrefix(s SocketID) string { return k.gwmPrefix(s.Gateway) + s.String() + "/" }
+func (k keys) gwm(s SocketID, room string) string {
+	return k.socketRoomsPrefix(s) + escapeRoom(room)
+}

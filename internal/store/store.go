@@ -1,0 +1,347 @@
+// Package store is the only code that knows the etcd keyspace of the membership
+// service. Its API speaks the domain (join a socket to a room, register a
+// gateway); keys, transactions and leases stay inside.
+//
+// Keyspace, under a configurable prefix (default "/membership/"):
+//
+//	gateways/{gateway}               gateway record (JSON)     gateway's lease
+//	sockets/{socket}                 socket record (JSON)      gateway's lease
+//	gwm/{gateway}/{socket}/{room}    membership, per gateway   gateway's lease
+//	rooms/{room}/{socket}            membership, per room      gateway's lease
+//
+// Every key of a socket lives on the lease of the gateway holding it, so a dead
+// gateway's sockets and memberships vanish with its lease. A membership change
+// writes both membership keys in one transaction guarded by the socket record,
+// so no membership can outlive or predate its socket. Room names are escaped
+// reversibly ("%" and "/" percent-encoded) so that each is one key segment.
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// DefaultPrefix is the key prefix used when none is configured.
+const DefaultPrefix = "/membership/"
+
+// maxTxnOps stays under etcd's default --max-txn-ops (128).
+const maxTxnOps = 128
+
+// ErrSocketNotFound reports a socket that is not connected (never was, or its
+// gateway removed it or died).
+var ErrSocketNotFound = errors.New("socket not found")
+
+// KV is the slice of the etcd client the store needs.
+type KV interface {
+	clientv3.KV
+}
+
+// Store reads and writes the membership keyspace.
+type Store struct {
+	kv KV
+	k  keys
+}
+
+// New returns a Store over kv with all keys under prefix ("" means DefaultPrefix).
+func New(kv KV, prefix string) *Store {
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	if !strings.HasSuffix(prefix, "/") {
+		prefix += "/"
+	}
+	return &Store{kv: kv, k: keys{prefix: prefix}}
+}
+
+// GatewayRecord is what a gateway publishes about itself.
+type GatewayRecord struct {
+	ID        string           `json:"id"`
+	GRPCAddr  string           `json:"grpc_addr"`
+	Version   string           `json:"version"`
+	StartedAt time.Time        `json:"started_at"`
+	Lease     clientv3.LeaseID `json:"lease"`
+}
+
+// SocketRecord is what is stored about a connected socket.
+type SocketRecord struct {
+	ID          string    `json:"-"`
+	Gateway     string    `json:"gateway"`
+	ConnectedAt time.Time `json:"connected_at"`
+	User        string    `json:"user,omitempty"`
+}
+
+// SocketInfo is a socket with the rooms it is in.
+type SocketInfo struct {
+	SocketRecord
+	Rooms []string
+}
+
+// JoinResult reports a committed Join.
+type JoinResult struct {
+	AlreadyMember bool
+	Revision      int64
+}
+
+// LeaveResult reports a committed Leave.
+type LeaveResult struct {
+	WasMember bool
+	Revision  int64
+}
+
+func socketExists(key string) clientv3.Cmp {
+	return clientv3.Compare(clientv3.CreateRevision(key), ">", 0)
+}
+
+// Join adds socket to room in one transaction: if the socket record exists and
+// the membership does not, both membership keys are written on the socket's
+// lease. Joining twice writes nothing the second time.
+func (s *Store) Join(ctx context.Context, socket SocketID, room string) (JoinResult, error) {
+	id := socket.String()
+	roomKey := s.k.room(room, id)
+	resp, err := s.kv.Txn(ctx).
+		If(socketExists(s.k.socket(id))).
+		Then(clientv3.OpTxn(
+			[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(roomKey), ">", 0)},
+			nil,
+			[]clientv3.Op{
+				clientv3.OpPut(s.k.gwm(socket, room), "", clientv3.WithLease(socket.Lease)),
+				clientv3.OpPut(roomKey, "", clientv3.WithLease(socket.Lease)),
+			})).
+		Commit()
+	if err != nil {
+		return JoinResult{}, fmt.Errorf("join: %w", err)
+	}
+	if !resp.Succeeded {
+		return JoinResult{}, ErrSocketNotFound
+	}
+	inner := resp.Responses[0].GetResponseTxn()
+	return JoinResult{AlreadyMember: inner.Succeeded, Revision: resp.Header.Revision}, nil
+}
+
+// Leave removes socket from room in one transaction guarded like Join.
+func (s *Store) Leave(ctx context.Context, socket SocketID, room string) (LeaveResult, error) {
+	id := socket.String()
+	roomKey := s.k.room(room, id)
+	resp, err := s.kv.Txn(ctx).
+		If(socketExists(s.k.socket(id))).
+		Then(clientv3.OpTxn(
+			[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(roomKey), ">", 0)},
+			[]clientv3.Op{
+				clientv3.OpDelete(s.k.gwm(socket, room)),
+				clientv3.OpDelete(roomKey),
+			},
+			nil)).
+		Commit()
+	if err != nil {
+		return LeaveResult{}, fmt.Errorf("leave: %w", err)
+	}
+	if !resp.Succeeded {
+		return LeaveResult{}, ErrSocketNotFound
+	}
+	inner := resp.Responses[0].GetResponseTxn()
+	return LeaveResult{WasMember: inner.Succeeded, Revision: resp.Header.Revision}, nil
+}
+
+// GetSocket reads a socket record and its rooms at one revision.
+func (s *Store) GetSocket(ctx context.Context, socket SocketID) (SocketInfo, int64, error) {
+	id := socket.String()
+	resp, err := s.kv.Txn(ctx).
+		If(socketExists(s.k.socket(id))).
+		Then(
+			clientv3.OpGet(s.k.socket(id)),
+			clientv3.OpGet(s.k.socketRoomsPrefix(socket), clientv3.WithPrefix(), clientv3.WithKeysOnly()),
+		).
+		Commit()
+	if err != nil {
+		return SocketInfo{}, 0, fmt.Errorf("get socket: %w", err)
+	}
+	if !resp.Succeeded {
+		return SocketInfo{}, 0, ErrSocketNotFound
+	}
+	var info SocketInfo
+	rec := resp.Responses[0].GetResponseRange().Kvs[0]
+	if err := json.Unmarshal(rec.Value, &info.SocketRecord); err != nil {
+		return SocketInfo{}, 0, fmt.Errorf("decode socket record %q: %w", rec.Key, err)
+	}
+	info.ID = id
+	prefix := s.k.socketRoomsPrefix(socket)
+	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
+		room, err := unescapeRoom(strings.TrimPrefix(string(kv.Key), prefix))
+		if err != nil {
+			return SocketInfo{}, 0, err
+		}
+		info.Rooms = append(info.Rooms, room)
+	}
+	sort.Strings(info.Rooms)
+	return info, resp.Header.Revision, nil
+}
+
+// RoomCount is a room and how many sockets are in it.
+type RoomCount struct {
+	Room    string
+	Members int64
+}
+
+// ListRooms returns up to limit rooms that have members, in key order, starting
+// after the room named by the cursor after ("" for the first page); next is the
+// cursor of the following page, "" on the last. All chunks are read at one
+// revision, so counts are a consistent snapshot.
+func (s *Store) ListRooms(ctx context.Context, after string, limit int) (rooms []RoomCount, next string, rev int64, err error) {
+	prefix := s.k.roomsPrefix()
+	start := prefix
+	if after != "" {
+		// "0" sorts right after "/", so this skips every key of room `after`.
+		start = prefix + after + "0"
+	}
+	end := clientv3.GetPrefixRangeEnd(prefix)
+	var escaped []string // escaped names of rooms, parallel to rooms
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithKeysOnly(), clientv3.WithLimit(1000)}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		resp, err := s.kv.Get(ctx, start, opts...)
+		if err != nil {
+			return nil, "", 0, fmt.Errorf("list rooms: %w", err)
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		for _, kv := range resp.Kvs {
+			seg, _, ok := strings.Cut(strings.TrimPrefix(string(kv.Key), prefix), "/")
+			if !ok {
+				continue
+			}
+			if n := len(escaped); n > 0 && escaped[n-1] == seg {
+				rooms[n-1].Members++
+				continue
+			}
+			if len(rooms) == limit {
+				// A further room exists: this page is full.
+				return rooms, escaped[len(escaped)-1], rev, nil
+			}
+			room, err := unescapeRoom(seg)
+			if err != nil {
+				return nil, "", 0, err
+			}
+			escaped = append(escaped, seg)
+			rooms = append(rooms, RoomCount{Room: room, Members: 1})
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return rooms, "", rev, nil
+		}
+		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+}
+
+// Member is a socket in a room.
+type Member struct {
+	SocketID string
+	Gateway  string
+}
+
+// ListMembers returns up to limit members of room ordered by socket id,
+// starting after socket id after; next is the cursor of the following page.
+func (s *Store) ListMembers(ctx context.Context, room, after string, limit int) (members []Member, next string, rev int64, err error) {
+	prefix := s.k.roomPrefix(room)
+	start := prefix
+	if after != "" {
+		start = prefix + after + "\x00"
+	}
+	resp, err := s.kv.Get(ctx, start,
+		clientv3.WithRange(clientv3.GetPrefixRangeEnd(prefix)),
+		clientv3.WithKeysOnly(),
+		clientv3.WithLimit(int64(limit)+1))
+	if err != nil {
+		return nil, "", 0, fmt.Errorf("list members: %w", err)
+	}
+	for i, kv := range resp.Kvs {
+		if i == limit {
+			next = members[limit-1].SocketID
+			break
+		}
+		id := strings.TrimPrefix(string(kv.Key), prefix)
+		m := Member{SocketID: id}
+		if sid, err := ParseSocketID(id); err == nil {
+			m.Gateway = sid.Gateway
+		}
+		members = append(members, m)
+	}
+	return members, next, resp.Header.Revision, nil
+}
+
+// Targets is who must receive a broadcast, read at one revision.
+type Targets struct {
+	Revision int64
+	// Gateways maps each gateway holding at least one target socket to its record.
+	Gateways map[string]GatewayRecord
+}
+
+// BroadcastTargets reads, at one revision, the gateways holding members of any
+// of rooms (all gateways when rooms is nil). A gateway told to deliver at that
+// revision sees exactly the memberships committed up to it.
+func (s *Store) BroadcastTargets(ctx context.Context, rooms []string) (Targets, error) {
+	if len(rooms)+1 > maxTxnOps {
+		return Targets{}, fmt.Errorf("broadcast to %d rooms: at most %d per call", len(rooms), maxTxnOps-1)
+	}
+	ops := []clientv3.Op{clientv3.OpGet(s.k.gatewaysPrefix(), clientv3.WithPrefix())}
+	for _, room := range rooms {
+		ops = append(ops, clientv3.OpGet(s.k.roomPrefix(room), clientv3.WithPrefix(), clientv3.WithKeysOnly()))
+	}
+	resp, err := s.kv.Txn(ctx).Then(ops...).Commit()
+	if err != nil {
+		return Targets{}, fmt.Errorf("read broadcast targets: %w", err)
+	}
+	all := map[string]GatewayRecord{}
+	for _, kv := range resp.Responses[0].GetResponseRange().Kvs {
+		var rec GatewayRecord
+		if err := json.Unmarshal(kv.Value, &rec); err != nil {
+			return Targets{}, fmt.Errorf("decode gateway record %q: %w", kv.Key, err)
+		}
+		all[rec.ID] = rec
+	}
+	t := Targets{Revision: resp.Header.Revision, Gateways: all}
+	if rooms == nil {
+		return t, nil
+	}
+	t.Gateways = map[string]GatewayRecord{}
+	for i, room := range rooms {
+		prefix := s.k.roomPrefix(room)
+		for _, kv := range resp.Responses[i+1].GetResponseRange().Kvs {
+			sid, err := ParseSocketID(strings.TrimPrefix(string(kv.Key), prefix))
+			if err != nil {
+				continue
+			}
+			if rec, ok := all[sid.Gateway]; ok {
+				t.Gateways[sid.Gateway] = rec
+			}
+		}
+	}
+	return t, nil
+}
+
+// Gateway reads one gateway's record.
+func (s *Store) Gateway(ctx context.Context, id string) (GatewayRecord, error) {
+	resp, err := s.kv.Get(ctx, s.k.gateway(id))
+	if err != nil {
+		return GatewayRecord{}, fmt.Errorf("get gateway: %w", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return GatewayRecord{}, fmt.Errorf("gateway %q: %w", id, ErrGatewayNotFound)
+	}
+	var rec GatewayRecord
+	if err := json.Unmarshal(resp.Kvs[0].Value, &rec); err != nil {
+		return GatewayRecord{}, fmt.Errorf("decode gateway record: %w", err)
+	}
+	return rec, nil
+}
+
+// ErrGatewayNotFound reports a gateway with no live record.
+var ErrGatewayNotFound = errors.New("gateway not registered")

@@ -1,0 +1,185 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/goleak"
+
+	"github.com/socketrooms/membership/internal/store"
+	"github.com/socketrooms/membership/internal/testutil"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, testutil.EtcdLeakOptions()...) }
+
+// connect registers a gateway and one socket on a fresh lease.
+func connect(t *testing.T, cli *clientv3.Client, s *store.Store, gw string) store.SocketID {
+	t.Helper()
+	ctx := context.Background()
+	lease, err := cli.Grant(ctx, 30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.RegisterGateway(ctx, store.GatewayRecord{ID: gw, GRPCAddr: "127.0.0.1:1", Lease: lease.ID}); err != nil {
+		t.Fatal(err)
+	}
+	id := store.NewSocketID(gw, lease.ID)
+	if _, err := s.AddSocket(ctx, id, store.SocketRecord{Gateway: gw, ConnectedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func TestJoinLeaveIdempotentAndGuarded(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	s := store.New(e.Client, "/t/")
+	ctx := context.Background()
+	sock := connect(t, e.Client, s, "gw1")
+
+	r1, err := s.Join(ctx, sock, "fun")
+	if err != nil || r1.AlreadyMember {
+		t.Fatalf("first join: %+v %v", r1, err)
+	}
+	r2, err := s.Join(ctx, sock, "fun")
+	if err != nil || !r2.AlreadyMember || r2.Revision != r1.Revision {
+		t.Fatalf("second join must change nothing: %+v %v (first %+v)", r2, err, r1)
+	}
+	l1, err := s.Leave(ctx, sock, "fun")
+	if err != nil || !l1.WasMember || l1.Revision <= r2.Revision {
+		t.Fatalf("leave: %+v %v", l1, err)
+	}
+	l2, err := s.Leave(ctx, sock, "fun")
+	if err != nil || l2.WasMember {
+		t.Fatalf("second leave: %+v %v", l2, err)
+	}
+
+	ghost := store.NewSocketID("gw1", sock.Lease)
+	if _, err := s.Join(ctx, ghost, "fun"); !errors.Is(err, store.ErrSocketNotFound) {
+		t.Fatalf("join of unknown socket: %v", err)
+	}
+	if _, err := s.Leave(ctx, ghost, "fun"); !errors.Is(err, store.ErrSocketNotFound) {
+		t.Fatalf("leave of unknown socket: %v", err)
+	}
+}
+
+func TestRemoveSocketLeavesNothing(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	s := store.New(e.Client, "/t/")
+	ctx := context.Background()
+	sock := connect(t, e.Client, s, "gw1")
+	other := connect(t, e.Client, s, "gw2")
+	// More rooms than one transaction may hold.
+	for i := 0; i < 150; i++ {
+		if _, err := s.Join(ctx, sock, "room-"+string(rune('a'+i%26))+string(rune('a'+i/26))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.Join(ctx, other, "room-aa"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RemoveSocket(ctx, sock); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := e.Client.Get(ctx, "/t/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range resp.Kvs {
+		if contains(string(kv.Key), sock.String()) {
+			t.Errorf("key left behind: %s", kv.Key)
+		}
+	}
+	if resp.Count != 5 { // 2 gateways, 1 socket, 2 membership keys
+		t.Errorf("got %d keys, want 5", resp.Count)
+	}
+	if _, err := s.Join(ctx, sock, "x"); !errors.Is(err, store.ErrSocketNotFound) {
+		t.Fatalf("join after removal: %v", err)
+	}
+}
+
+func contains(s, sub string) bool {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		if s[i:i+len(sub)] == sub {
+			return true
+		}
+	}
+	return false
+}
+
+func TestRoomNamesRoundTrip(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	s := store.New(e.Client, "")
+	ctx := context.Background()
+	sock := connect(t, e.Client, s, "gw1")
+	names := []string{"a/b", "100%", "with space", "%2F", "a", "a!", "a0", "ünï/cødé %25", "a/", "/"}
+	for _, n := range names {
+		if _, err := s.Join(ctx, sock, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Page through with a small page size to exercise the cursor.
+	seen := map[string]int64{}
+	after := ""
+	for pages := 0; ; pages++ {
+		rooms, next, _, err := s.ListRooms(ctx, after, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rooms {
+			if _, dup := seen[r.Room]; dup {
+				t.Fatalf("room %q listed twice", r.Room)
+			}
+			seen[r.Room] = r.Members
+		}
+		if next == "" {
+			break
+		}
+		after = next
+		if pages > 10 {
+			t.Fatal("paging does not end")
+		}
+	}
+	if len(seen) != len(names) {
+		t.Fatalf("listed %v, want %v", seen, names)
+	}
+	for _, n := range names {
+		if seen[n] != 1 {
+			t.Errorf("room %q: count %d", n, seen[n])
+		}
+	}
+	info, _, err := s.GetSocket(ctx, sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(info.Rooms) != len(names) {
+		t.Fatalf("socket rooms %q", info.Rooms)
+	}
+}
+
+func TestSocketIDAndRoomValidation(t *testing.T) {
+	id := store.NewSocketID("gw-1", 0x1234)
+	got, err := store.ParseSocketID(id.String())
+	if err != nil || got != id {
+		t.Fatalf("round trip %q: %+v %v", id, got, err)
+	}
+	for _, bad := range []string{"", "x", "gw.0000000000001234.short", "g/w.0000000000001234." + id.Nonce, "gw.zz00000000001234." + id.Nonce, "gw.0000000000000000." + id.Nonce} {
+		if _, err := store.ParseSocketID(bad); err == nil {
+			t.Errorf("ParseSocketID(%q) accepted", bad)
+		}
+	}
+	long := make([]byte, 257)
+	for i := range long {
+		long[i] = 'a'
+	}
+	for _, bad := range []string{"", string(long), "a\nb", "\x7f", "\xff"} {
+		if store.ValidateRoom(bad) == nil {
+			t.Errorf("ValidateRoom(%q) accepted", bad)
+		}
+	}
+	if err := store.ValidateRoom(string(long[:256])); err != nil {
+		t.Errorf("256-byte room refused: %v", err)
+	}
+}
