@@ -6,7 +6,7 @@ export PATH := $(BIN):$(PATH)
 
 GO_TEST_FLAGS ?= -race -count=1 -timeout 15m
 
-.PHONY: all build run test test-go generate check-generated lint tools clean bench
+.PHONY: all build run test generate check-generated lint tools grpcurl clean
 
 all: build
 
@@ -15,6 +15,9 @@ $(BIN)/%: tools/go.mod tools/go.sum
 	cd tools && go build -o $(BIN)/$* $$(go list -modfile=go.mod -f '{{.ImportPath}}' tool | grep '/$*$$')
 
 tools: $(TOOLS)
+
+## grpcurl: build the pinned grpcurl into .bin/.
+grpcurl: $(BIN)/grpcurl
 
 build:
 	go build -o $(BIN)/membership-server ./cmd/membership-server

@@ -150,4 +150,3 @@ func defaultGatewayID() string {
 	_, _ = rand.Read(suffix[:])
 	return name + "-" + hex.EncodeToString(suffix[:])
 }
-

@@ -5,7 +5,12 @@ package etcdembed
 import (
 	"fmt"
 	"net/url"
+	"os"
+	"sync/atomic"
 	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"go.etcd.io/etcd/server/v3/embed"
 )
@@ -22,7 +27,8 @@ type Config struct {
 
 // Server is a running embedded etcd.
 type Server struct {
-	e *embed.Etcd
+	e       *embed.Etcd
+	closing atomic.Bool
 	// Endpoint is the client URL, e.g. "http://127.0.0.1:2379".
 	Endpoint string
 }
@@ -54,6 +60,10 @@ func Start(c Config) (*Server, error) {
 	// Keep history bounded in long-running development stacks.
 	cfg.AutoCompactionMode = "periodic"
 	cfg.AutoCompactionRetention = "1h"
+	srv := &Server{}
+	// etcd reports its own listeners closing as errors; once Close has begun
+	// those are expected and dropped.
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.New(&closingFilter{Core: zapCore(cfg.LogLevel), closing: &srv.closing}))
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("start embedded etcd: %w", err)
@@ -68,11 +78,41 @@ func Start(c Config) (*Server, error) {
 		e.Close()
 		return nil, fmt.Errorf("embedded etcd not ready after a minute")
 	}
-	return &Server{e: e, Endpoint: client.String()}, nil
+	srv.e, srv.Endpoint = e, client.String()
+	return srv, nil
+}
+
+func zapCore(level string) zapcore.Core {
+	lvl, err := zapcore.ParseLevel(level)
+	if err != nil {
+		lvl = zapcore.ErrorLevel
+	}
+	enc := zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
+	return zapcore.NewCore(enc, zapcore.Lock(os.Stderr), lvl)
+}
+
+// closingFilter drops every entry logged after Close began.
+type closingFilter struct {
+	zapcore.Core
+	closing *atomic.Bool
+}
+
+func (f *closingFilter) With(fields []zapcore.Field) zapcore.Core {
+	return &closingFilter{Core: f.Core.With(fields), closing: f.closing}
+}
+
+func (f *closingFilter) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	if f.closing.Load() || !f.Enabled(e.Level) {
+		return ce
+	}
+	return ce.AddCore(e, f)
 }
 
 // Err reports a fatal error of the running server.
 func (s *Server) Err() <-chan error { return s.e.Err() }
 
 // Close stops etcd and waits for it.
-func (s *Server) Close() { s.e.Close() }
+func (s *Server) Close() {
+	s.closing.Store(true)
+	s.e.Close()
+}
