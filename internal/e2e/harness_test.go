@@ -28,7 +28,7 @@ import (
 // returns a client to it.
 func startMembershipServer(t *testing.T, e *testutil.Etcd) membershipv1.MembershipServiceClient {
 	t.Helper()
-	svc := service.New(e.Client, "", nil)
+	svc := service.New(e.Client, "", testLogger())
 	srv := grpc.NewServer(app.ServerOptions(testLogger(), 10*time.Second)...)
 	membershipv1.RegisterMembershipServiceServer(srv, svc)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -86,15 +87,21 @@ func startGatewayProcess(t *testing.T, e *testutil.Etcd, id string, ttl time.Dur
 		cmd.Process.Kill()
 		<-p.done
 	})
+	p.waitHealthy(t)
+	return p
+}
+
+func (p *proc) waitHealthy(t *testing.T) {
+	t.Helper()
+	url := "http" + strings.TrimSuffix(strings.TrimPrefix(p.wsURL, "ws"), "/ws") + "/healthz"
 	waitFor(t, 15*time.Second, "gateway process healthy", func() bool {
-		resp, err := http.Get("http://" + wsAddr + "/healthz")
+		resp, err := http.Get(url)
 		if err != nil {
 			return false
 		}
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	})
-	return p
 }
 
 func TestGatewayKilledLosesItsMembershipsWithinTTL(t *testing.T) {
@@ -171,4 +178,86 @@ func TestGatewaySIGTERMClosesSocketsAndRemovesThem(t *testing.T) {
 	if got := members(t, api, "r"); len(got) != 0 {
 		t.Fatalf("members after shutdown: %v", got)
 	}
+}
+
+func TestFrozenGatewayNeverDeliversOnExpiredMemberships(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	api := startMembershipServer(t, e)
+	const ttl = 2 * time.Second
+	g := startGatewayProcess(t, e, "frozen", ttl)
+	s := dial(t, g.wsURL)
+	ctx := context.Background()
+	if _, err := api.Join(ctx, &membershipv1.JoinRequest{SocketId: s.id, Room: "r"}); err != nil {
+		t.Fatal(err)
+	}
+	s.expect("joined", "r")
+
+	if err := g.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer g.cmd.Process.Signal(syscall.SIGCONT)
+	// Begun while the membership still holds, this broadcast targets the frozen
+	// gateway and waits for it.
+	type result struct {
+		resp *membershipv1.BroadcastResponse
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		bctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		resp, err := api.Broadcast(bctx, &membershipv1.BroadcastRequest{Rooms: []string{"r"}})
+		done <- result{resp, err}
+	}()
+	waitFor(t, ttl+2*time.Second, "the frozen gateway's lease to expire", func() bool {
+		return len(members(t, api, "r")) == 0
+	})
+	time.Sleep(200 * time.Millisecond)
+	if err := g.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+
+	for f := range s.frames {
+		if f.Type == "message" {
+			t.Fatalf("delivered %+v on an expired membership", f)
+		}
+	}
+	if ce := <-s.closed; ce == nil || ce.Code != websocket.CloseServiceRestart {
+		t.Fatalf("close %v, want 1012", ce)
+	}
+	r := <-done
+	if r.err != nil || r.resp.Delivered != 0 || r.resp.FailedGateways != 1 {
+		t.Fatalf("broadcast to the frozen gateway: %v %v", r.resp, r.err)
+	}
+	// It registers again with a new lease and serves new sockets.
+	g.waitHealthy(t)
+	s2 := dial(t, g.wsURL)
+	if _, err := api.Join(ctx, &membershipv1.JoinRequest{SocketId: s2.id, Room: "r", WaitFor: membershipv1.WaitFor_WAIT_FOR_APPLY}); err != nil {
+		t.Fatal(err)
+	}
+	if br, err := api.Broadcast(ctx, &membershipv1.BroadcastRequest{Rooms: []string{"r"}}); err != nil || br.Delivered != 1 {
+		t.Fatalf("broadcast after re-registration: %v %v", br, err)
+	}
+}
+
+func TestWaitForApplyPastDeadlineKeepsTheChange(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	api := startMembershipServer(t, e)
+	g := startGatewayProcess(t, e, "stalled", 10*time.Second)
+	s := dial(t, g.wsURL)
+	if err := g.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer g.cmd.Process.Signal(syscall.SIGCONT)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_, err := api.Join(ctx, &membershipv1.JoinRequest{SocketId: s.id, Room: "r", WaitFor: membershipv1.WaitFor_WAIT_FOR_APPLY})
+	wantStatus(t, err, codes.DeadlineExceeded, "APPLY_TIMEOUT", "")
+	if got := members(t, api, "r"); len(got) != 1 || got[0] != s.id {
+		t.Fatalf("the committed join is gone: %v", got)
+	}
+	if err := g.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	s.expect("joined", "r")
 }

@@ -20,8 +20,11 @@ type client struct {
 	id   string
 	sid  store.SocketID
 	conn *websocket.Conn
-	send chan []byte
-	done chan struct{} // closed by shutdown
+	// alive reports whether the session the socket lives on can still prove
+	// its lease; the writer checks it before every frame.
+	alive func() bool
+	send  chan []byte
+	done  chan struct{} // closed by shutdown
 
 	once        sync.Once
 	closeCode   int
@@ -30,11 +33,12 @@ type client struct {
 	rooms map[string]struct{} // guarded by hub.mu
 }
 
-func newClient(sid store.SocketID, conn *websocket.Conn, queue int) *client {
+func newClient(sid store.SocketID, conn *websocket.Conn, queue int, alive func() bool) *client {
 	return &client{
 		id:    sid.String(),
 		sid:   sid,
 		conn:  conn,
+		alive: alive,
 		send:  make(chan []byte, queue),
 		done:  make(chan struct{}),
 		rooms: map[string]struct{}{},
@@ -77,13 +81,19 @@ func (c *client) writeLoop(writeTimeout, pingEvery time.Duration) {
 			c.writeClose(writeTimeout)
 			return
 		case b := <-c.send:
-			// Nothing is written once the client is told to go: a gateway that
-			// lost its lease must not deliver a single further frame.
+			// Nothing is written once the client is told to go, or once the
+			// lease its memberships live on may have expired: a frozen gateway
+			// that resumes must not deliver a single frame it queued before.
 			select {
 			case <-c.done:
 				c.writeClose(writeTimeout)
 				return
 			default:
+			}
+			if !c.alive() {
+				c.shutdown(closeServiceRestart, "gateway lost its registration; reconnect")
+				c.writeClose(writeTimeout)
+				return
 			}
 			_ = c.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
 			if err := c.conn.WriteMessage(websocket.TextMessage, b); err != nil {
@@ -121,7 +131,7 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 	defer g.wg.Done()
 
 	sid := store.NewSocketID(g.cfg.ID, sess.lease)
-	c := newClient(sid, conn, g.cfg.SendQueue)
+	c := newClient(sid, conn, g.cfg.SendQueue, sess.alive)
 	log := g.log.With("socket", c.id)
 	// Queued before the socket exists in etcd, so no joined frame can precede it.
 	c.enqueue(encode(frame{Type: "connected", SocketID: c.id}))

@@ -27,9 +27,11 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/socketrooms/membership/internal/store"
@@ -151,29 +153,38 @@ type session struct {
 	ctx    context.Context // canceled when the session ends
 	cancel context.CancelFunc
 
-	mu         sync.Mutex
-	aliveUntil time.Time       // the lease is provably alive before this instant
-	watchCtx   context.Context // the live watch's context, for progress requests
-	watchFrom  int64
+	// aliveUntil is the monotonic instant (see monoNow) before which the lease
+	// is provably alive: the send time of the last successful renewal plus the
+	// TTL it granted, less a margin.
+	aliveUntil atomic.Int64
+
+	mu        sync.Mutex
+	watchCtx  context.Context // the live watch's context, for progress requests
+	watchFrom int64
 }
 
-// alive reports whether the lease is provably alive now. Uses the monotonic
-// clock, so a process frozen past its TTL sees itself expired on resuming.
+// monoBase anchors monoNow; time.Since reads the monotonic clock, which keeps
+// running while the process is frozen (SIGSTOP), so a resumed gateway sees its
+// lease expired.
+var monoBase = time.Now()
+
+func monoNow() int64 { return int64(time.Since(monoBase)) }
+
+// alive reports whether the lease is provably alive now.
 func (s *session) alive() bool {
-	if s.ctx.Err() != nil {
-		return false
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return time.Now().Before(s.aliveUntil)
+	return s.ctx.Err() == nil && monoNow() < s.aliveUntil.Load()
 }
 
-func (s *session) extend(until time.Time) {
-	s.mu.Lock()
-	if until.After(s.aliveUntil) {
-		s.aliveUntil = until
+// renewed records a renewal whose request left at sent (a monoNow value): etcd
+// renewed the lease after that, so it lives at least ttl past it.
+func (s *session) renewed(sent int64, ttl time.Duration) {
+	until := sent + int64(ttl-leaseMargin)
+	for {
+		cur := s.aliveUntil.Load()
+		if until <= cur || s.aliveUntil.CompareAndSwap(cur, until) {
+			return
+		}
 	}
-	s.mu.Unlock()
 }
 
 func (g *Gateway) currentSession() *session {
@@ -215,15 +226,14 @@ func (g *Gateway) Run(ctx context.Context) error {
 func (g *Gateway) startSession(parent context.Context) (*session, error) {
 	ctx, cancel := context.WithTimeout(parent, g.cfg.EtcdTimeout)
 	defer cancel()
-	start := time.Now()
+	sent := monoNow()
 	lease, err := g.cli.Grant(ctx, int64(g.cfg.LeaseTTL/time.Second))
 	if err != nil {
 		return nil, fmt.Errorf("grant lease: %w", err)
 	}
 	sctx, scancel := context.WithCancel(parent)
 	s := &session{lease: lease.ID, ctx: sctx, cancel: scancel}
-	// The lease was granted no earlier than start.
-	s.extend(start.Add(time.Duration(lease.TTL)*time.Second - leaseMargin))
+	s.renewed(sent, time.Duration(lease.TTL)*time.Second)
 	rev, err := g.store.RegisterGateway(ctx, store.GatewayRecord{
 		ID:        g.cfg.ID,
 		GRPCAddr:  g.cfg.AdvertiseAddr,
@@ -260,34 +270,44 @@ func (g *Gateway) serveSession(s *session) error {
 	return err
 }
 
-// keepAlive renews the lease and fences the session: once the last renewal is
-// older than the TTL, the session ends even if etcd is silent.
+// keepAlive renews the lease every third of its TTL and fences the session:
+// each renewal proves the lease alive for one TTL from the moment its request
+// was sent, and once that proof runs out the session ends, whatever etcd says
+// or fails to say. Renewals are single requests (not the client's keep-alive
+// stream) so that the send time of each is known: a reply that sat in a buffer
+// while the process was frozen proves nothing beyond its send time plus TTL.
 func (g *Gateway) keepAlive(s *session) error {
-	ch, err := g.cli.KeepAlive(s.ctx, s.lease)
-	if err != nil {
-		return fmt.Errorf("keep alive: %w", err)
-	}
+	interval := g.cfg.LeaseTTL / 3
 	for {
-		s.mu.Lock()
-		wait := time.Until(s.aliveUntil)
-		s.mu.Unlock()
-		timer := time.NewTimer(wait)
-		select {
-		case <-s.ctx.Done():
-			timer.Stop()
+		sent := monoNow()
+		timeout := min(interval, time.Duration(s.aliveUntil.Load()-sent))
+		if timeout <= 0 {
+			return errLeaseLost
+		}
+		ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(s.ctx), timeout)
+		resp, err := g.cli.KeepAliveOnce(ctx, s.lease)
+		cancel()
+		switch {
+		case s.ctx.Err() != nil:
 			return s.ctx.Err()
-		case resp, ok := <-ch:
-			timer.Stop()
-			if !ok {
-				return errLeaseLost
-			}
-			// Renewed at the server no earlier than the previous deadline check;
-			// counting from now minus the margin keeps the bound conservative.
-			s.extend(time.Now().Add(time.Duration(resp.TTL)*time.Second - leaseMargin))
-		case <-timer.C:
-			if !s.alive() {
-				return errLeaseLost
-			}
+		case errors.Is(err, rpctypes.ErrLeaseNotFound):
+			return errLeaseLost
+		case err != nil:
+			g.log.Warn("lease renewal failed", "err", err, "lease", fmt.Sprintf("%x", int64(s.lease)))
+		case resp.TTL <= 0:
+			return errLeaseLost
+		default:
+			s.renewed(sent, time.Duration(resp.TTL)*time.Second)
+		}
+		if !s.alive() {
+			return errLeaseLost
+		}
+		next := interval - time.Duration(monoNow()-sent)
+		if err != nil {
+			next = min(next, 100*time.Millisecond) // retry soon; the proof is running out
+		}
+		if next > 0 {
+			sleepCtx(s.ctx, next)
 		}
 	}
 }

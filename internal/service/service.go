@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"time"
 	"unicode/utf8"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -280,6 +281,13 @@ func (s *Server) deliver(ctx context.Context, t store.Targets, msg *gatewayv1.De
 
 // waitApplied waits until the socket's gateway applied the change at rev.
 func (s *Server) waitApplied(ctx context.Context, gateway string, rev int64) error {
+	// Give up a little before the caller does, so that the caller gets the
+	// APPLY_TIMEOUT answer rather than only its own deadline.
+	if dl, ok := ctx.Deadline(); ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, dl.Add(-min(100*time.Millisecond, time.Until(dl)/10)))
+		defer cancel()
+	}
 	rec, err := s.store.Gateway(etcdCtx(ctx), gateway)
 	if err != nil {
 		return &applyError{revision: rev, err: err}

@@ -1,0 +1,88 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/structpb"
+
+	membershipv1 "github.com/socketrooms/membership/gen/membership/v1"
+	"github.com/socketrooms/membership/internal/testutil"
+)
+
+// Join on one replica, then Broadcast on another: the new member gets it.
+// Leave on one, then Broadcast on the other: the old member does not. No
+// WAIT_FOR_APPLY anywhere; ordering comes from revisions alone.
+func TestBroadcastOrderedAfterMembershipAcrossReplicas(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	replicaA := startMembershipServer(t, e)
+	replicaB := startMembershipServer(t, e)
+	g1 := startGateway(t, e, "gw1", 10*time.Second)
+	g2 := startGateway(t, e, "gw2", 10*time.Second)
+	// One socket per gateway takes part in every round; a third stays a member
+	// throughout, so every broadcast has somewhere to go.
+	movers := []*sock{dial(t, g1.wsURL), dial(t, g2.wsURL)}
+	anchor := dial(t, g2.wsURL)
+	ctx := context.Background()
+	if _, err := replicaA.Join(ctx, &membershipv1.JoinRequest{SocketId: anchor.id, Room: "game"}); err != nil {
+		t.Fatal(err)
+	}
+	anchor.expect("joined", "game")
+
+	const rounds = 200
+	for i := 0; i < rounds; i++ {
+		for _, s := range movers {
+			if _, err := replicaA.Join(ctx, &membershipv1.JoinRequest{SocketId: s.id, Room: "game"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		in := fmt.Sprintf("in-%d", i)
+		if br, err := replicaB.Broadcast(ctx, &membershipv1.BroadcastRequest{Rooms: []string{"game"}, Data: structpb.NewStringValue(in)}); err != nil || br.Delivered != 3 {
+			t.Fatalf("round %d: broadcast after join: %v %v", i, br, err)
+		}
+		for _, s := range movers {
+			if _, err := replicaB.Leave(ctx, &membershipv1.LeaveRequest{SocketId: s.id, Room: "game"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		out := fmt.Sprintf("out-%d", i)
+		if br, err := replicaA.Broadcast(ctx, &membershipv1.BroadcastRequest{Rooms: []string{"game"}, Data: structpb.NewStringValue(out)}); err != nil || br.Delivered != 1 {
+			t.Fatalf("round %d: broadcast after leave: %v %v", i, br, err)
+		}
+	}
+
+	// Each mover saw exactly, per round: joined, the "in" message, left.
+	missed, leaked := 0, 0
+	for _, s := range movers {
+		for i := 0; i < rounds; i++ {
+			want := []string{"joined", "message:" + fmt.Sprintf(`"in-%d"`, i), "left"}
+			for _, w := range want {
+				f := s.next(5 * time.Second)
+				got := f.Type
+				if f.Type == "message" {
+					got += ":" + string(f.Data)
+				}
+				if got != w {
+					if f.Type == "message" {
+						leaked++
+					} else {
+						missed++
+					}
+					t.Errorf("socket %s round %d: got %s, want %s", s.id, i, got, w)
+				}
+			}
+		}
+		s.expectNothing(100 * time.Millisecond)
+	}
+	for i := 0; i < rounds; i++ {
+		for _, prefix := range []string{"in", "out"} {
+			f := anchor.expect("message", "game")
+			if want := fmt.Sprintf(`"%s-%d"`, prefix, i); string(f.Data) != want {
+				t.Fatalf("anchor got %s, want %s", f.Data, want)
+			}
+		}
+	}
+	t.Logf("%d rounds over 2 gateways and 2 replicas: %d missed, %d leaked", rounds, missed, leaked)
+}
