@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	membershipv1 "github.com/socketrooms/membership/gen/membership/v1"
@@ -85,4 +86,53 @@ func TestBroadcastOrderedAfterMembershipAcrossReplicas(t *testing.T) {
 		}
 	}
 	t.Logf("%d rounds over 2 gateways and 2 replicas: %d missed, %d leaked", rounds, missed, leaked)
+}
+
+// A gateway cut off from etcd while its membership changed and the history was
+// compacted re-lists on reconnect and applies what it missed.
+func TestGatewayConvergesAfterCompactionWhileDisconnected(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	api := startMembershipServer(t, e)
+	proxy := testutil.StartProxy(t, e.Endpoint)
+	g := startGatewayVia(t, proxy.Endpoint(), "gw1", 10*time.Second)
+	s := dial(t, g.wsURL)
+	ctx := context.Background()
+	for _, room := range []string{"a", "b"} {
+		if _, err := api.Join(ctx, &membershipv1.JoinRequest{SocketId: s.id, Room: room}); err != nil {
+			t.Fatal(err)
+		}
+		s.expect("joined", room)
+	}
+
+	proxy.Pause()
+	if lr, err := api.Leave(ctx, &membershipv1.LeaveRequest{SocketId: s.id, Room: "a"}); err != nil || !lr.WasMember {
+		t.Fatalf("leave while the gateway is cut off: %v %v", lr, err)
+	}
+	jr, err := api.Join(ctx, &membershipv1.JoinRequest{SocketId: s.id, Room: "c"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Client.Compact(ctx, jr.Revision, clientv3.WithCompactPhysical()); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	proxy.Resume()
+
+	got := map[string]bool{}
+	for i := 0; i < 2; i++ {
+		f := s.next(15 * time.Second)
+		got[f.Type+" "+f.Room] = true
+	}
+	if !got["left a"] || !got["joined c"] {
+		t.Fatalf("after reconnecting the socket saw %v, want left a and joined c", got)
+	}
+	for room, want := range map[string]int64{"a": 0, "b": 1, "c": 1} {
+		br, err := api.Broadcast(ctx, &membershipv1.BroadcastRequest{Rooms: []string{room}})
+		if err != nil || br.Delivered != want {
+			t.Fatalf("broadcast to %s: %v %v, want %d delivered", room, br, err, want)
+		}
+		if want == 1 {
+			s.expect("message", room)
+		}
+	}
 }

@@ -58,6 +58,12 @@ type gw struct {
 
 func startGateway(t *testing.T, e *testutil.Etcd, id string, ttl time.Duration) *gw {
 	t.Helper()
+	return startGatewayVia(t, e.Endpoint, id, ttl)
+}
+
+// startGatewayVia starts a gateway that reaches etcd at endpoint.
+func startGatewayVia(t *testing.T, endpoint, id string, ttl time.Duration) *gw {
+	t.Helper()
 	grpcLis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -66,7 +72,7 @@ func startGateway(t *testing.T, e *testutil.Etcd, id string, ttl time.Duration) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	cli := testutil.NewClient(t, e.Endpoint)
+	cli := testutil.NewClient(t, endpoint)
 	g, err := gateway.New(gateway.Config{ID: id, AdvertiseAddr: grpcLis.Addr().String(), LeaseTTL: ttl, Logger: testLogger()}, cli)
 	if err != nil {
 		t.Fatal(err)

@@ -2,18 +2,25 @@ package e2e
 
 import (
 	"context"
+	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 
 	membershipv1 "github.com/socketrooms/membership/gen/membership/v1"
 	"github.com/socketrooms/membership/internal/testutil"
@@ -260,4 +267,112 @@ func TestWaitForApplyPastDeadlineKeepsTheChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.expect("joined", "r")
+}
+
+// startServerProcess runs a membership-server binary against e and returns a
+// client to it and its process.
+func startServerProcess(t *testing.T, endpoints string) (membershipv1.MembershipServiceClient, *exec.Cmd) {
+	t.Helper()
+	addr := testutil.FreeAddr(t)
+	cmd := exec.Command(binary(t, "membership-server"),
+		"--grpc-addr", addr, "--etcd-endpoints", endpoints, "--log-level", "error")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+	})
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	hc := healthpb.NewHealthClient(cc)
+	waitFor(t, 15*time.Second, "membership-server serving", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		resp, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
+		return err == nil && resp.Status == healthpb.HealthCheckResponse_SERVING
+	})
+	return membershipv1.NewMembershipServiceClient(cc), cmd
+}
+
+func TestClientsRetryingOnAnotherReplicaEndWithIntendedState(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	replicas := make([]membershipv1.MembershipServiceClient, 2)
+	var victim *exec.Cmd
+	replicas[0], victim = startServerProcess(t, e.Endpoint)
+	replicas[1], _ = startServerProcess(t, e.Endpoint)
+	g := startGateway(t, e, "gw1", 10*time.Second)
+
+	const workers, opsEach, rooms = 8, 60, 4
+	socks := make([]*sock, workers)
+	for i := range socks {
+		socks[i] = dial(t, g.wsURL)
+	}
+	var killOnce sync.Once
+	var opsDone atomic.Int64
+	var retried atomic.Int64
+	intended := make([]map[string]bool, workers)
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		intended[w] = map[string]bool{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(w), 7))
+			cur := w % 2
+			for op := 0; op < opsEach; op++ {
+				room := fmt.Sprintf("room-%d", rng.IntN(rooms))
+				join := rng.IntN(2) == 0
+				// An idempotent call, retried on the other replica until it lands.
+				for attempt := 0; ; attempt++ {
+					if attempt == 50 {
+						t.Errorf("worker %d: op %d never succeeded", w, op)
+						return
+					}
+					ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+					var err error
+					if join {
+						_, err = replicas[cur].Join(ctx, &membershipv1.JoinRequest{SocketId: socks[w].id, Room: room})
+					} else {
+						_, err = replicas[cur].Leave(ctx, &membershipv1.LeaveRequest{SocketId: socks[w].id, Room: room})
+					}
+					cancel()
+					if err == nil {
+						break
+					}
+					if c := status.Code(err); c != codes.Unavailable && c != codes.DeadlineExceeded {
+						t.Errorf("worker %d: %v", w, err)
+						return
+					}
+					retried.Add(1)
+					cur = 1 - cur
+					time.Sleep(10 * time.Millisecond)
+				}
+				intended[w][room] = join
+				if opsDone.Add(1) == workers*opsEach/3 {
+					killOnce.Do(func() { victim.Process.Signal(syscall.SIGKILL) })
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	for r := 0; r < rooms; r++ {
+		room := fmt.Sprintf("room-%d", r)
+		got := members(t, replicas[1], room)
+		for w, s := range socks {
+			if intended[w][room] != hasMember(got, s.id) {
+				t.Errorf("%s: socket %d member=%v, intended %v", room, w, hasMember(got, s.id), intended[w][room])
+			}
+		}
+	}
+	t.Logf("%d ops by %d clients, replica killed after a third; %d calls retried on the other replica", workers*opsEach, workers, retried.Load())
 }

@@ -1,0 +1,104 @@
+package testutil
+
+import (
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// Proxy is a TCP forwarder on loopback that a test can cut: Pause drops every
+// connection through it and refuses new ones until Resume, as a network
+// partition between a process and etcd would.
+type Proxy struct {
+	l      net.Listener
+	target string
+
+	mu     sync.Mutex
+	paused bool
+	conns  map[net.Conn]struct{}
+	wg     sync.WaitGroup
+}
+
+// StartProxy forwards a new loopback port to target ("host:port" or a URL);
+// it stops when the test ends.
+func StartProxy(t testing.TB, target string) *Proxy {
+	t.Helper()
+	if i := strings.Index(target, "://"); i >= 0 {
+		target = target[i+3:]
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Proxy{l: l, target: target, conns: map[net.Conn]struct{}{}}
+	p.wg.Add(1)
+	go p.accept()
+	t.Cleanup(p.close)
+	return p
+}
+
+// Endpoint is the proxy's address as an etcd endpoint URL.
+func (p *Proxy) Endpoint() string { return "http://" + p.l.Addr().String() }
+
+// Pause cuts every connection and refuses new ones.
+func (p *Proxy) Pause() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.paused = true
+	for c := range p.conns {
+		c.Close()
+	}
+}
+
+// Resume lets connections through again.
+func (p *Proxy) Resume() {
+	p.mu.Lock()
+	p.paused = false
+	p.mu.Unlock()
+}
+
+func (p *Proxy) close() {
+	p.l.Close()
+	p.Pause()
+	p.wg.Wait()
+}
+
+func (p *Proxy) accept() {
+	defer p.wg.Done()
+	for {
+		in, err := p.l.Accept()
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		if p.paused {
+			p.mu.Unlock()
+			in.Close()
+			continue
+		}
+		out, err := net.Dial("tcp", p.target)
+		if err != nil {
+			p.mu.Unlock()
+			in.Close()
+			continue
+		}
+		p.conns[in], p.conns[out] = struct{}{}, struct{}{}
+		p.wg.Add(2)
+		p.mu.Unlock()
+		go p.pipe(in, out)
+		go p.pipe(out, in)
+	}
+}
+
+func (p *Proxy) pipe(dst, src net.Conn) {
+	defer p.wg.Done()
+	_, _ = io.Copy(dst, src)
+	dst.Close()
+	src.Close()
+	p.mu.Lock()
+	delete(p.conns, dst)
+	delete(p.conns, src)
+	p.mu.Unlock()
+}
