@@ -3,6 +3,7 @@ module github.com/socketrooms/membership
 go 1.26.0
 
 require (
+	github.com/anishathalye/porcupine v1.3.1
 	github.com/gorilla/websocket v1.5.3
 	github.com/grpc-ecosystem/go-grpc-middleware/v2 v2.3.4
 	go.etcd.io/etcd/api/v3 v3.7.3

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -28,7 +29,13 @@ import (
 // returns a client to it.
 func startMembershipServer(t *testing.T, e *testutil.Etcd) membershipv1.MembershipServiceClient {
 	t.Helper()
-	svc := service.New(e.Client, "", testLogger())
+	return startMembershipServerWith(t, e.Client)
+}
+
+// startMembershipServerWith serves the API over the given etcd client.
+func startMembershipServerWith(t *testing.T, kv *clientv3.Client) membershipv1.MembershipServiceClient {
+	t.Helper()
+	svc := service.New(kv, "", testLogger())
 	srv := grpc.NewServer(app.ServerOptions(testLogger(), 10*time.Second)...)
 	membershipv1.RegisterMembershipServiceServer(srv, svc)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -61,7 +68,8 @@ func startGateway(t *testing.T, e *testutil.Etcd, id string, ttl time.Duration) 
 	return startGatewayVia(t, e.Endpoint, id, ttl)
 }
 
-// startGatewayVia starts a gateway that reaches etcd at endpoint.
+// startGatewayVia starts a gateway that reaches etcd at endpoint (a
+// comma-separated list for a cluster).
 func startGatewayVia(t *testing.T, endpoint, id string, ttl time.Duration) *gw {
 	t.Helper()
 	grpcLis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -72,7 +80,7 @@ func startGatewayVia(t *testing.T, endpoint, id string, ttl time.Duration) *gw {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cli := testutil.NewClient(t, endpoint)
+	cli := testutil.NewClient(t, strings.Split(endpoint, ",")...)
 	g, err := gateway.New(gateway.Config{ID: id, AdvertiseAddr: grpcLis.Addr().String(), LeaseTTL: ttl, Logger: testLogger()}, cli)
 	if err != nil {
 		t.Fatal(err)
@@ -247,5 +255,3 @@ func hasMember(ids []string, id string) bool {
 	}
 	return false
 }
-
-var _ = strings.Contains

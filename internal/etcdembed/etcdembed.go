@@ -23,6 +23,10 @@ type Config struct {
 	PeerAddr   string // host:port for raft peers
 	// LogLevel of etcd's own logger; "error" when empty.
 	LogLevel string
+	// InitialCluster lists every member as "name=http://peer,…" for a
+	// multi-member cluster; empty means a cluster of this member alone. It is
+	// read only when Dir holds no data yet.
+	InitialCluster string
 }
 
 // Server is a running embedded etcd.
@@ -56,7 +60,10 @@ func Start(c Config) (*Server, error) {
 	cfg.AdvertiseClientUrls = []url.URL{*client}
 	cfg.ListenPeerUrls = []url.URL{*peer}
 	cfg.AdvertisePeerUrls = []url.URL{*peer}
-	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	cfg.InitialCluster = c.InitialCluster
+	if cfg.InitialCluster == "" {
+		cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	}
 	// Keep history bounded in long-running development stacks.
 	cfg.AutoCompactionMode = "periodic"
 	cfg.AutoCompactionRetention = "1h"
