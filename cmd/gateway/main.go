@@ -81,7 +81,7 @@ func run(args []string) error {
 		adv = grpcLis.Addr().String()
 	}
 
-	cli, err := clientv3.New(clientv3.Config{Endpoints: strings.Split(*endpoints, ","), DialTimeout: 5 * time.Second, Logger: app.EtcdLogger()})
+	cli, err := clientv3.New(app.EtcdConfig(strings.Split(*endpoints, ","), app.EtcdLogger()))
 	if err != nil {
 		return fmt.Errorf("etcd client: %w", err)
 	}

@@ -77,7 +77,7 @@ func run(args []string) error {
 	} else {
 		eps = strings.Split(*endpoints, ",")
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 5 * time.Second, Logger: app.EtcdLogger()})
+	cli, err := clientv3.New(app.EtcdConfig(eps, app.EtcdLogger()))
 	if err != nil {
 		return fmt.Errorf("etcd client: %w", err)
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -107,6 +108,19 @@ func ServerOptions(log *slog.Logger, defaultTimeout time.Duration) []grpc.Server
 			logging.StreamServerInterceptor(logger, logOpts...),
 			recovery.StreamServerInterceptor(recoverOpt),
 		),
+	}
+}
+
+// EtcdConfig is how both binaries (and the tests) configure their etcd
+// client. Unary calls are retried only a few times inside the client: a member
+// that has lost its leader then yields UNAVAILABLE within ~100ms, which callers
+// retry, instead of a silent wait until their deadline.
+func EtcdConfig(endpoints []string, log *zap.Logger) clientv3.Config {
+	return clientv3.Config{
+		Endpoints:       endpoints,
+		DialTimeout:     5 * time.Second,
+		MaxUnaryRetries: 3,
+		Logger:          log,
 	}
 }
 

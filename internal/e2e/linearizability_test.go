@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/anishathalye/porcupine"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	membershipv1 "github.com/socketrooms/membership/gen/membership/v1"
 	"github.com/socketrooms/membership/internal/testutil"
@@ -198,5 +200,76 @@ func TestMembershipHistoryIsLinearizableWhileAMemberRestarts(t *testing.T) {
 	}
 	if res := porcupine.CheckOperationsTimeout(roomModel, history, time.Minute); res != porcupine.Ok {
 		t.Fatalf("history of %d operations is not linearizable: %v", len(history), res)
+	}
+}
+
+// A replica whose etcd member has lost its quorum answers UNAVAILABLE, quickly
+// and retryably, and never a stale answer.
+func TestNoQuorumIsUnavailableNotWrong(t *testing.T) {
+	cluster := testutil.StartCluster(t, 3)
+	eps := cluster.Endpoints()
+	g := startGatewayVia(t, strings.Join(eps, ","), "gw1", 10*time.Second)
+	s := dial(t, g.wsURL)
+	// This replica only talks to member 0.
+	api := startMembershipServerWith(t, testutil.NewClient(t, eps[0]))
+	ctx := context.Background()
+	if _, err := api.Join(ctx, &membershipv1.JoinRequest{SocketId: s.id, Room: "r"}); err != nil {
+		t.Fatal(err)
+	}
+	cluster.Stop(1)
+	cluster.Stop(2)
+	calls := map[string]func(context.Context) error{
+		"Join": func(ctx context.Context) error {
+			_, err := api.Join(ctx, &membershipv1.JoinRequest{SocketId: s.id, Room: "r2"})
+			return err
+		},
+		"Leave": func(ctx context.Context) error {
+			_, err := api.Leave(ctx, &membershipv1.LeaveRequest{SocketId: s.id, Room: "r"})
+			return err
+		},
+		"ListMembers": func(ctx context.Context) error {
+			_, err := api.ListMembers(ctx, &membershipv1.ListMembersRequest{Room: "r"})
+			return err
+		},
+		"Broadcast": func(ctx context.Context) error {
+			_, err := api.Broadcast(ctx, &membershipv1.BroadcastRequest{Rooms: []string{"r"}})
+			return err
+		},
+	}
+	// The member notices the lost leader after an election timeout; until
+	// then a call may wait out its deadline (its outcome unknown). From then on
+	// every call fails fast, before anything is proposed.
+	waitFor(t, 15*time.Second, "the member to notice it has no leader", func() bool {
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		return status.Code(calls["ListMembers"](cctx)) == codes.Unavailable
+	})
+	for name, call := range calls {
+		t.Run(name, func(t *testing.T) {
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			start := time.Now()
+			err := call(cctx)
+			wantStatus(t, err, codes.Unavailable, "ETCD_UNAVAILABLE", "")
+			if d := time.Since(start); d > time.Second {
+				t.Errorf("took %v to fail", d)
+			}
+		})
+	}
+	// Quorum back: the committed membership is there, the failed calls changed nothing.
+	if err := cluster.Restart(1); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 15*time.Second, "quorum", func() bool {
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		_, err := api.ListMembers(cctx, &membershipv1.ListMembersRequest{Room: "r"})
+		return err == nil
+	})
+	if got := members(t, api, "r"); len(got) != 1 || got[0] != s.id {
+		t.Fatalf("members of r: %v", got)
+	}
+	if got := members(t, api, "r2"); len(got) != 0 {
+		t.Fatalf("a failed join took effect: %v", got)
 	}
 }

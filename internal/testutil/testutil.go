@@ -4,12 +4,12 @@ package testutil
 import (
 	"net"
 	"testing"
-	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
 
+	"github.com/socketrooms/membership/internal/app"
 	"github.com/socketrooms/membership/internal/etcdembed"
 )
 
@@ -59,7 +59,7 @@ func StartEtcd(t testing.TB) *Etcd {
 // NewClient returns an etcd client closed when the test ends.
 func NewClient(t testing.TB, endpoints ...string) *clientv3.Client {
 	t.Helper()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	cli, err := clientv3.New(app.EtcdConfig(endpoints, zap.NewNop()))
 	if err != nil {
 		t.Fatal(err)
 	}
