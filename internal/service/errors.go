@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"strconv"
+	"strings"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
@@ -61,8 +62,16 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 			&errdetails.ErrorInfo{Reason: ReasonInvalidArgument, Domain: ErrorDomain, Metadata: map[string]string{"field": fe.field}},
 			&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: fe.field, Description: fe.msg}}})
 	case errors.Is(err, store.ErrSocketNotFound):
-		return withDetails(status.New(codes.NotFound, "socket is not connected"),
-			&errdetails.ErrorInfo{Reason: ReasonSocketNotFound, Domain: ErrorDomain})
+		info := &errdetails.ErrorInfo{Reason: ReasonSocketNotFound, Domain: ErrorDomain}
+		msg := "socket is not connected"
+		var nf *store.SocketsNotFoundError
+		if errors.As(err, &nf) {
+			info.Metadata = map[string]string{"socket_ids": strings.Join(nf.IDs, ",")}
+			if len(nf.IDs) > 1 {
+				msg = itoa(int64(len(nf.IDs))) + " sockets are not connected"
+			}
+		}
+		return withDetails(status.New(codes.NotFound, msg), info)
 	case errors.As(err, &ae):
 		code := codes.DeadlineExceeded
 		if !errors.Is(err, context.DeadlineExceeded) {

@@ -33,7 +33,7 @@ const SocketIDMetadata = "x-socket-id"
 const (
 	defaultPageSize  = 100
 	maxPageSize      = 1000
-	maxBroadcastRoom = 100
+	maxRoomsPerCall  = 100
 	maxEventBytes    = 256
 	maxExceptSockets = 1000
 )
@@ -58,48 +58,121 @@ func New(kv store.KV, prefix string, log *slog.Logger) *Server {
 // Close drops the connections to gateways.
 func (s *Server) Close() { s.gateways.close() }
 
-// Join adds a socket to a room.
+// Join adds sockets to a room.
 func (s *Server) Join(ctx context.Context, req *membershipv1.JoinRequest) (*membershipv1.JoinResponse, error) {
-	sid, err := socketFromRequest(ctx, req.GetSocketId())
-	if err == nil {
-		err = validateRoom("room", req.GetRoom())
-	}
-	if err == nil {
-		err = validateWaitFor(req.GetWaitFor())
-	}
+	res, socks, err := s.change(ctx, req.GetSocketId(), req.GetSocketIds(), req.GetRoom(), req.GetWaitFor(), true)
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	}
-	res, err := s.store.Join(etcdCtx(ctx), sid, req.GetRoom())
-	if err == nil && req.GetWaitFor() == membershipv1.WaitFor_WAIT_FOR_APPLY {
-		err = s.waitApplied(ctx, sid.Gateway, res.Revision)
+	resp := &membershipv1.JoinResponse{AlreadyMember: true, Revision: res.Revision}
+	for i, sock := range socks {
+		resp.AlreadyMember = resp.AlreadyMember && res.WasMember[i]
+		resp.Results = append(resp.Results, &membershipv1.SocketResult{SocketId: sock.String(), WasMember: res.WasMember[i]})
 	}
-	if err != nil {
-		return nil, toStatus(ctx, s.log, err)
-	}
-	return &membershipv1.JoinResponse{AlreadyMember: res.AlreadyMember, Revision: res.Revision}, nil
+	return resp, nil
 }
 
-// Leave removes a socket from a room.
+// Leave removes sockets from a room.
 func (s *Server) Leave(ctx context.Context, req *membershipv1.LeaveRequest) (*membershipv1.LeaveResponse, error) {
-	sid, err := socketFromRequest(ctx, req.GetSocketId())
-	if err == nil {
-		err = validateRoom("room", req.GetRoom())
-	}
-	if err == nil {
-		err = validateWaitFor(req.GetWaitFor())
-	}
+	res, socks, err := s.change(ctx, req.GetSocketId(), req.GetSocketIds(), req.GetRoom(), req.GetWaitFor(), false)
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	}
-	res, err := s.store.Leave(etcdCtx(ctx), sid, req.GetRoom())
-	if err == nil && req.GetWaitFor() == membershipv1.WaitFor_WAIT_FOR_APPLY {
-		err = s.waitApplied(ctx, sid.Gateway, res.Revision)
+	resp := &membershipv1.LeaveResponse{Revision: res.Revision}
+	for i, sock := range socks {
+		resp.WasMember = resp.WasMember || res.WasMember[i]
+		resp.Results = append(resp.Results, &membershipv1.SocketResult{SocketId: sock.String(), WasMember: res.WasMember[i]})
 	}
+	return resp, nil
+}
+
+// change validates and commits a Join or Leave, then waits for the sockets'
+// gateways when asked to.
+func (s *Server) change(ctx context.Context, one string, many []string, room string, wait membershipv1.WaitFor, join bool) (store.ChangeResult, []store.SocketID, error) {
+	socks, err := socketsFromRequest(ctx, one, many)
+	if err == nil {
+		err = validateRoom("room", room)
+	}
+	if err == nil {
+		err = validateWaitFor(wait)
+	}
+	if err != nil {
+		return store.ChangeResult{}, nil, err
+	}
+	var res store.ChangeResult
+	if join {
+		res, err = s.store.Join(etcdCtx(ctx), socks, room)
+	} else {
+		res, err = s.store.Leave(etcdCtx(ctx), socks, room)
+	}
+	if err == nil && wait == membershipv1.WaitFor_WAIT_FOR_APPLY {
+		err = s.waitApplied(ctx, socks, res.Revision)
+	}
+	return res, socks, err
+}
+
+// LeaveAll makes every member of a room leave every room.
+func (s *Server) LeaveAll(ctx context.Context, req *membershipv1.LeaveAllRequest) (*membershipv1.LeaveAllResponse, error) {
+	if err := validateRoom("room", req.GetRoom()); err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	members, rev, err := s.store.RoomMembers(etcdCtx(ctx), req.GetRoom(), 0)
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	}
-	return &membershipv1.LeaveResponse{WasMember: res.WasMember, Revision: res.Revision}, nil
+	changed, err := s.store.LeaveAllRooms(etcdCtx(ctx), members, rev)
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	return &membershipv1.LeaveAllResponse{Sockets: int64(len(members)), Changed: changed, Revision: rev}, nil
+}
+
+// AddRoomMembersToRooms joins the members of a room (or one socket) to rooms.
+func (s *Server) AddRoomMembersToRooms(ctx context.Context, req *membershipv1.AddRoomMembersToRoomsRequest) (*membershipv1.AddRoomMembersToRoomsResponse, error) {
+	socks, dests, rev, err := s.roomWide(ctx, req.GetSourceRoom(), req.GetDestRooms())
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	changed, err := s.store.AddToRooms(etcdCtx(ctx), socks, dests)
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	return &membershipv1.AddRoomMembersToRoomsResponse{Sockets: int64(len(socks)), Changed: changed, Revision: rev}, nil
+}
+
+// RemoveRoomMembersFromRooms makes the members of a room (or one socket) leave rooms.
+func (s *Server) RemoveRoomMembersFromRooms(ctx context.Context, req *membershipv1.RemoveRoomMembersFromRoomsRequest) (*membershipv1.RemoveRoomMembersFromRoomsResponse, error) {
+	socks, dests, rev, err := s.roomWide(ctx, req.GetSourceRoom(), req.GetDestRooms())
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	changed, err := s.store.RemoveFromRooms(etcdCtx(ctx), socks, dests)
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	return &membershipv1.RemoveRoomMembersFromRoomsResponse{Sockets: int64(len(socks)), Changed: changed, Revision: rev}, nil
+}
+
+// roomWide validates a room-wide request and reads its sockets: the members
+// of source at one revision or, when source is a socket id (as Sails allows),
+// that socket.
+func (s *Server) roomWide(ctx context.Context, source string, dests []string) ([]store.SocketID, []string, int64, error) {
+	dests, err := validateRooms("dest_rooms", dests)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	if sid, perr := store.ParseSocketID(source); perr == nil {
+		_, rev, err := s.store.GetSocket(etcdCtx(ctx), sid)
+		if err != nil {
+			return nil, nil, 0, err
+		}
+		return []store.SocketID{sid}, dests, rev, nil
+	}
+	if err := validateRoom("source_room", source); err != nil {
+		return nil, nil, 0, err
+	}
+	members, rev, err := s.store.RoomMembers(etcdCtx(ctx), source, 0)
+	return members, dests, rev, err
 }
 
 // ListRooms lists all rooms with their sizes, or one socket's rooms.
@@ -196,7 +269,7 @@ func (s *Server) GetSocket(ctx context.Context, req *membershipv1.GetSocketReque
 
 // Broadcast delivers an event to the members of some rooms.
 func (s *Server) Broadcast(ctx context.Context, req *membershipv1.BroadcastRequest) (*membershipv1.BroadcastResponse, error) {
-	rooms, err := validateRooms(req.GetRooms())
+	rooms, err := validateRooms("rooms", req.GetRooms())
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	}
@@ -279,8 +352,8 @@ func (s *Server) deliver(ctx context.Context, t store.Targets, msg *gatewayv1.De
 	return delivered, failed
 }
 
-// waitApplied waits until the socket's gateway applied the change at rev.
-func (s *Server) waitApplied(ctx context.Context, gateway string, rev int64) error {
+// waitApplied waits until the gateways of socks applied the change at rev.
+func (s *Server) waitApplied(ctx context.Context, socks []store.SocketID, rev int64) error {
 	// Give up a little before the caller does, so that the caller gets the
 	// APPLY_TIMEOUT answer rather than only its own deadline.
 	if dl, ok := ctx.Deadline(); ok {
@@ -288,15 +361,22 @@ func (s *Server) waitApplied(ctx context.Context, gateway string, rev int64) err
 		ctx, cancel = context.WithDeadline(ctx, dl.Add(-min(100*time.Millisecond, time.Until(dl)/10)))
 		defer cancel()
 	}
-	rec, err := s.store.Gateway(etcdCtx(ctx), gateway)
-	if err != nil {
-		return &applyError{revision: rev, err: err}
-	}
-	if err := s.gateways.waitApplied(ctx, rec.GRPCAddr, rev); err != nil {
-		if ctx.Err() != nil {
-			err = ctx.Err()
+	done := map[string]bool{}
+	for _, sock := range socks {
+		if done[sock.Gateway] {
+			continue
 		}
-		return &applyError{revision: rev, err: err}
+		done[sock.Gateway] = true
+		rec, err := s.store.Gateway(etcdCtx(ctx), sock.Gateway)
+		if err != nil {
+			return &applyError{revision: rev, err: err}
+		}
+		if err := s.gateways.waitApplied(ctx, rec.GRPCAddr, rev); err != nil {
+			if ctx.Err() != nil {
+				err = ctx.Err()
+			}
+			return &applyError{revision: rev, err: err}
+		}
 	}
 	return nil
 }

@@ -17,18 +17,18 @@ func validateRoom(field, room string) error {
 	return nil
 }
 
-// validateRooms checks a broadcast's target rooms and drops repeats, keeping order.
-func validateRooms(rooms []string) ([]string, error) {
+// validateRooms checks a list of rooms and drops repeats, keeping order.
+func validateRooms(field string, rooms []string) ([]string, error) {
 	if len(rooms) == 0 {
-		return nil, invalid("rooms", "at least one room is required")
+		return nil, invalid(field, "at least one room is required")
 	}
-	if len(rooms) > maxBroadcastRoom {
-		return nil, invalid("rooms", "at most 100 rooms per call")
+	if len(rooms) > maxRoomsPerCall {
+		return nil, invalid(field, "at most 100 rooms per call")
 	}
 	seen := make(map[string]struct{}, len(rooms))
 	out := make([]string, 0, len(rooms))
 	for i, r := range rooms {
-		if err := validateRoom("rooms["+itoa(int64(i))+"]", r); err != nil {
+		if err := validateRoom(field+"["+itoa(int64(i))+"]", r); err != nil {
 			return nil, err
 		}
 		if _, dup := seen[r]; !dup {
@@ -65,16 +65,46 @@ func metadataSocket(ctx context.Context) string {
 	return ""
 }
 
-// socketFromRequest takes the socket from the request field or, when that is
-// empty, from the x-socket-id metadata (the socket-request form).
-func socketFromRequest(ctx context.Context, field string) (store.SocketID, error) {
-	if field != "" {
-		return parseSocketID("socket_id", field)
+// socketsFromRequest takes the sockets of a Join or Leave from socket_id and
+// socket_ids or, when both are empty, from the x-socket-id metadata (the
+// socket-request form). Repeats are dropped, keeping order.
+func socketsFromRequest(ctx context.Context, one string, many []string) ([]store.SocketID, error) {
+	if one == "" && len(many) == 0 {
+		md := metadataSocket(ctx)
+		if md == "" {
+			return nil, invalid("socket_id", "required (or socket_ids, or x-socket-id metadata)")
+		}
+		sid, err := parseSocketID(SocketIDMetadata, md)
+		return []store.SocketID{sid}, err
 	}
-	if md := metadataSocket(ctx); md != "" {
-		return parseSocketID(SocketIDMetadata, md)
+	if len(many) > store.MaxSocketsPerChange {
+		return nil, invalid("socket_ids", "at most 100 sockets per call")
 	}
-	return store.SocketID{}, invalid("socket_id", "required (or x-socket-id metadata)")
+	seen := make(map[string]bool, len(many)+1)
+	var out []store.SocketID
+	add := func(field, id string) error {
+		if seen[id] {
+			return nil
+		}
+		seen[id] = true
+		sid, err := parseSocketID(field, id)
+		out = append(out, sid)
+		return err
+	}
+	if one != "" {
+		if err := add("socket_id", one); err != nil {
+			return nil, err
+		}
+	}
+	for i, id := range many {
+		if err := add("socket_ids["+itoa(int64(i))+"]", id); err != nil {
+			return nil, err
+		}
+	}
+	if len(out) > store.MaxSocketsPerChange {
+		return nil, invalid("socket_ids", "at most 100 sockets per call")
+	}
+	return out, nil
 }
 
 func pageSize(n int32) (int, error) {

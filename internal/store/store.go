@@ -83,70 +83,98 @@ type SocketInfo struct {
 	Rooms []string
 }
 
-// JoinResult reports a committed Join.
-type JoinResult struct {
-	AlreadyMember bool
-	Revision      int64
-}
-
-// LeaveResult reports a committed Leave.
-type LeaveResult struct {
-	WasMember bool
+// ChangeResult reports a committed Join or Leave of several sockets.
+type ChangeResult struct {
+	// WasMember tells, per socket in call order, whether it was in the room
+	// before the call.
+	WasMember []bool
 	Revision  int64
 }
+
+// SocketsNotFoundError names the sockets that made a Join or Leave fail.
+type SocketsNotFoundError struct{ IDs []string }
+
+func (e *SocketsNotFoundError) Error() string {
+	return fmt.Sprintf("%d socket(s) not connected: %s", len(e.IDs), strings.Join(e.IDs, ", "))
+}
+
+// Is makes errors.Is(err, ErrSocketNotFound) hold.
+func (e *SocketsNotFoundError) Is(target error) bool { return target == ErrSocketNotFound }
+
+// MaxSocketsPerChange is how many distinct sockets one Join or Leave may
+// name: each takes one compare and one two-operation nested transaction of the
+// single etcd transaction that makes the call atomic, and etcd's default limit
+// of 128 operations per level leaves nested ones what the parent does not use.
+const MaxSocketsPerChange = 100
 
 func socketExists(key string) clientv3.Cmp {
 	return clientv3.Compare(clientv3.CreateRevision(key), ">", 0)
 }
 
-// Join adds socket to room in one transaction: if the socket record exists and
-// the membership does not, both membership keys are written on the socket's
-// lease. Joining twice writes nothing the second time.
-func (s *Store) Join(ctx context.Context, socket SocketID, room string) (JoinResult, error) {
-	id := socket.String()
-	roomKey := s.k.room(room, id)
-	resp, err := s.kv.Txn(ctx).
-		If(socketExists(s.k.socket(id))).
-		Then(clientv3.OpTxn(
-			[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(roomKey), ">", 0)},
-			nil,
-			[]clientv3.Op{
-				clientv3.OpPut(s.k.gwm(socket, room), "", clientv3.WithLease(socket.Lease)),
-				clientv3.OpPut(roomKey, "", clientv3.WithLease(socket.Lease)),
-			})).
-		Commit()
-	if err != nil {
-		return JoinResult{}, fmt.Errorf("join: %w", err)
-	}
-	if !resp.Succeeded {
-		return JoinResult{}, ErrSocketNotFound
-	}
-	inner := resp.Responses[0].GetResponseTxn()
-	return JoinResult{AlreadyMember: inner.Succeeded, Revision: resp.Header.Revision}, nil
+// Join adds sockets to room in one transaction: if every socket record exists,
+// each socket's membership keys are written on its lease unless it already is
+// a member. Joining twice writes nothing the second time. If any socket is
+// missing nothing is written and the error is a *SocketsNotFoundError.
+func (s *Store) Join(ctx context.Context, sockets []SocketID, room string) (ChangeResult, error) {
+	return s.change(ctx, sockets, room, true)
 }
 
-// Leave removes socket from room in one transaction guarded like Join.
-func (s *Store) Leave(ctx context.Context, socket SocketID, room string) (LeaveResult, error) {
-	id := socket.String()
-	roomKey := s.k.room(room, id)
-	resp, err := s.kv.Txn(ctx).
-		If(socketExists(s.k.socket(id))).
-		Then(clientv3.OpTxn(
-			[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(roomKey), ">", 0)},
-			[]clientv3.Op{
-				clientv3.OpDelete(s.k.gwm(socket, room)),
-				clientv3.OpDelete(roomKey),
-			},
-			nil)).
-		Commit()
+// Leave removes sockets from room in one transaction guarded like Join.
+func (s *Store) Leave(ctx context.Context, sockets []SocketID, room string) (ChangeResult, error) {
+	return s.change(ctx, sockets, room, false)
+}
+
+func (s *Store) change(ctx context.Context, sockets []SocketID, room string, join bool) (ChangeResult, error) {
+	if len(sockets) == 0 || len(sockets) > MaxSocketsPerChange {
+		return ChangeResult{}, fmt.Errorf("%d sockets in one change: 1 to %d allowed", len(sockets), MaxSocketsPerChange)
+	}
+	guards := make([]clientv3.Cmp, len(sockets))
+	then := make([]clientv3.Op, len(sockets))
+	orElse := make([]clientv3.Op, len(sockets))
+	for i, sock := range sockets {
+		id := sock.String()
+		guards[i] = socketExists(s.k.socket(id))
+		orElse[i] = clientv3.OpGet(s.k.socket(id), clientv3.WithKeysOnly())
+		then[i] = s.membershipOp(sock, room, join)
+	}
+	resp, err := s.kv.Txn(ctx).If(guards...).Then(then...).Else(orElse...).Commit()
 	if err != nil {
-		return LeaveResult{}, fmt.Errorf("leave: %w", err)
+		return ChangeResult{}, fmt.Errorf("change membership: %w", err)
 	}
 	if !resp.Succeeded {
-		return LeaveResult{}, ErrSocketNotFound
+		nf := &SocketsNotFoundError{}
+		for i, r := range resp.Responses {
+			if len(r.GetResponseRange().Kvs) == 0 {
+				nf.IDs = append(nf.IDs, sockets[i].String())
+			}
+		}
+		return ChangeResult{}, nf
 	}
-	inner := resp.Responses[0].GetResponseTxn()
-	return LeaveResult{WasMember: inner.Succeeded, Revision: resp.Header.Revision}, nil
+	res := ChangeResult{Revision: resp.Header.Revision, WasMember: make([]bool, len(sockets))}
+	for i, r := range resp.Responses {
+		inner := r.GetResponseTxn().Succeeded
+		// The nested transaction succeeds when the socket was a member for a
+		// Leave; for a Join it writes on failure of "is a member".
+		res.WasMember[i] = inner
+	}
+	return res, nil
+}
+
+// membershipOp is a nested transaction that adds (join) or removes one
+// membership and succeeds when the socket was a member before.
+func (s *Store) membershipOp(sock SocketID, room string, join bool) clientv3.Op {
+	roomKey := s.k.room(room, sock.String())
+	isMember := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(roomKey), ">", 0)}
+	if join {
+		return clientv3.OpTxn(isMember, nil, []clientv3.Op{
+			clientv3.OpPut(s.k.gwm(sock, room), "", clientv3.WithLease(sock.Lease)),
+			clientv3.OpPut(roomKey, "", clientv3.WithLease(sock.Lease)),
+		})
+	}
+	return clientv3.OpTxn(isMember, []clientv3.Op{
+		clientv3.OpDelete(s.k.gwm(sock, room)),
+		clientv3.OpDelete(roomKey),
+	}, nil)
 }
 
 // GetSocket reads a socket record and its rooms at one revision.

@@ -39,29 +39,83 @@ func TestJoinLeaveIdempotentAndGuarded(t *testing.T) {
 	ctx := context.Background()
 	sock := connect(t, e.Client, s, "gw1")
 
-	r1, err := s.Join(ctx, sock, "fun")
-	if err != nil || r1.AlreadyMember {
+	r1, err := s.Join(ctx, []store.SocketID{sock}, "fun")
+	if err != nil || r1.WasMember[0] {
 		t.Fatalf("first join: %+v %v", r1, err)
 	}
-	r2, err := s.Join(ctx, sock, "fun")
-	if err != nil || !r2.AlreadyMember || r2.Revision != r1.Revision {
+	r2, err := s.Join(ctx, []store.SocketID{sock}, "fun")
+	if err != nil || !r2.WasMember[0] || r2.Revision != r1.Revision {
 		t.Fatalf("second join must change nothing: %+v %v (first %+v)", r2, err, r1)
 	}
-	l1, err := s.Leave(ctx, sock, "fun")
-	if err != nil || !l1.WasMember || l1.Revision <= r2.Revision {
+	l1, err := s.Leave(ctx, []store.SocketID{sock}, "fun")
+	if err != nil || !l1.WasMember[0] || l1.Revision <= r2.Revision {
 		t.Fatalf("leave: %+v %v", l1, err)
 	}
-	l2, err := s.Leave(ctx, sock, "fun")
-	if err != nil || l2.WasMember {
+	l2, err := s.Leave(ctx, []store.SocketID{sock}, "fun")
+	if err != nil || l2.WasMember[0] {
 		t.Fatalf("second leave: %+v %v", l2, err)
 	}
 
 	ghost := store.NewSocketID("gw1", sock.Lease)
-	if _, err := s.Join(ctx, ghost, "fun"); !errors.Is(err, store.ErrSocketNotFound) {
+	if _, err := s.Join(ctx, []store.SocketID{ghost}, "fun"); !errors.Is(err, store.ErrSocketNotFound) {
 		t.Fatalf("join of unknown socket: %v", err)
 	}
-	if _, err := s.Leave(ctx, ghost, "fun"); !errors.Is(err, store.ErrSocketNotFound) {
+	if _, err := s.Leave(ctx, []store.SocketID{ghost}, "fun"); !errors.Is(err, store.ErrSocketNotFound) {
 		t.Fatalf("leave of unknown socket: %v", err)
+	}
+
+	// Several sockets: atomic, and a missing one is named.
+	other := connect(t, e.Client, s, "gw2")
+	if _, err := s.Join(ctx, []store.SocketID{sock, ghost, other}, "many"); err == nil {
+		t.Fatal("join with a missing socket succeeded")
+	} else if nf, ok := err.(*store.SocketsNotFoundError); !ok || len(nf.IDs) != 1 || nf.IDs[0] != ghost.String() {
+		t.Fatalf("error %v does not name the missing socket", err)
+	}
+	if members, _, _, _ := s.ListMembers(ctx, "many", "", 10); len(members) != 0 {
+		t.Fatalf("a failed multi-socket join wrote %v", members)
+	}
+	if _, err := s.Join(ctx, []store.SocketID{sock}, "many"); err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.Join(ctx, []store.SocketID{sock, other}, "many")
+	if err != nil || !res.WasMember[0] || res.WasMember[1] {
+		t.Fatalf("multi-socket join: %+v %v", res, err)
+	}
+}
+
+func TestRoomWideOperationsPastOneTransaction(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	s := store.New(e.Client, "/t/")
+	ctx := context.Background()
+	var socks []store.SocketID
+	for i := 0; i < 300; i++ {
+		socks = append(socks, connect(t, e.Client, s, "gw1"))
+	}
+	added, err := s.AddToRooms(ctx, socks, []string{"src", "other"})
+	if err != nil || added != 600 {
+		t.Fatalf("added %d, %v", added, err)
+	}
+	members, rev, err := s.RoomMembers(ctx, "src", 0)
+	if err != nil || len(members) != 300 {
+		t.Fatalf("members %d %v", len(members), err)
+	}
+	if again, err := s.AddToRooms(ctx, members, []string{"src", "dst"}); err != nil || again != 300 {
+		t.Fatalf("second add changed %d, %v", again, err)
+	}
+	removed, err := s.RemoveFromRooms(ctx, members[:100], []string{"dst", "nowhere"})
+	if err != nil || removed != 100 {
+		t.Fatalf("removed %d, %v", removed, err)
+	}
+	// Rooms as of rev: src and other (dst came later and stays).
+	left, err := s.LeaveAllRooms(ctx, members, rev)
+	if err != nil || left != 600 {
+		t.Fatalf("leave all removed %d, %v", left, err)
+	}
+	for room, want := range map[string]int{"src": 0, "other": 0, "dst": 200} {
+		got, _, err := s.RoomMembers(ctx, room, 0)
+		if err != nil || len(got) != want {
+			t.Errorf("room %s: %d members, want %d (%v)", room, len(got), want, err)
+		}
 	}
 }
 
@@ -73,11 +127,11 @@ func TestRemoveSocketLeavesNothing(t *testing.T) {
 	other := connect(t, e.Client, s, "gw2")
 	// More rooms than one transaction may hold.
 	for i := 0; i < 150; i++ {
-		if _, err := s.Join(ctx, sock, "room-"+string(rune('a'+i%26))+string(rune('a'+i/26))); err != nil {
+		if _, err := s.Join(ctx, []store.SocketID{sock}, "room-"+string(rune('a'+i%26))+string(rune('a'+i/26))); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := s.Join(ctx, other, "room-aa"); err != nil {
+	if _, err := s.Join(ctx, []store.SocketID{other}, "room-aa"); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.RemoveSocket(ctx, sock); err != nil {
@@ -95,7 +149,7 @@ func TestRemoveSocketLeavesNothing(t *testing.T) {
 	if resp.Count != 5 { // 2 gateways, 1 socket, 2 membership keys
 		t.Errorf("got %d keys, want 5", resp.Count)
 	}
-	if _, err := s.Join(ctx, sock, "x"); !errors.Is(err, store.ErrSocketNotFound) {
+	if _, err := s.Join(ctx, []store.SocketID{sock}, "x"); !errors.Is(err, store.ErrSocketNotFound) {
 		t.Fatalf("join after removal: %v", err)
 	}
 }
@@ -116,7 +170,7 @@ func TestRoomNamesRoundTrip(t *testing.T) {
 	sock := connect(t, e.Client, s, "gw1")
 	names := []string{"a/b", "100%", "with space", "%2F", "a", "a!", "a0", "ünï/cødé %25", "a/", "/"}
 	for _, n := range names {
-		if _, err := s.Join(ctx, sock, n); err != nil {
+		if _, err := s.Join(ctx, []store.SocketID{sock}, n); err != nil {
 			t.Fatal(err)
 		}
 	}

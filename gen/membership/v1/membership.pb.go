@@ -78,16 +78,19 @@ func (WaitFor) EnumDescriptor() ([]byte, []int) {
 	return file_membership_v1_membership_proto_rawDescGZIP(), []int{0}
 }
 
-// JoinRequest adds socket_id to room.
+// JoinRequest adds socket_id (and socket_ids) to room.
 type JoinRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The socket to add. Empty means the socket named by the call's x-socket-id
-	// metadata (the socket-request form).
+	// The socket to add. Empty (with socket_ids empty too) means the socket named
+	// by the call's x-socket-id metadata (the socket-request form).
 	SocketId string `protobuf:"bytes,1,opt,name=socket_id,json=socketId,proto3" json:"socket_id,omitempty"`
 	// The room: 1 to 256 bytes of UTF-8 without control characters.
 	Room string `protobuf:"bytes,2,opt,name=room,proto3" json:"room,omitempty"`
 	// When the call returns; WAIT_FOR_COMMIT when unspecified.
-	WaitFor       WaitFor `protobuf:"varint,3,opt,name=wait_for,json=waitFor,proto3,enum=membership.v1.WaitFor" json:"wait_for,omitempty"`
+	WaitFor WaitFor `protobuf:"varint,3,opt,name=wait_for,json=waitFor,proto3,enum=membership.v1.WaitFor" json:"wait_for,omitempty"`
+	// More sockets to add in the same transaction (Sails takes arrays); at most
+	// 100 sockets per call in all.
+	SocketIds     []string `protobuf:"bytes,4,rep,name=socket_ids,json=socketIds,proto3" json:"socket_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -143,20 +146,84 @@ func (x *JoinRequest) GetWaitFor() WaitFor {
 	return WaitFor_WAIT_FOR_UNSPECIFIED
 }
 
+func (x *JoinRequest) GetSocketIds() []string {
+	if x != nil {
+		return x.SocketIds
+	}
+	return nil
+}
+
+// SocketResult is what a Join or Leave did to one socket.
+type SocketResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The socket.
+	SocketId string `protobuf:"bytes,1,opt,name=socket_id,json=socketId,proto3" json:"socket_id,omitempty"`
+	// Whether the socket was in the room before the call.
+	WasMember     bool `protobuf:"varint,2,opt,name=was_member,json=wasMember,proto3" json:"was_member,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SocketResult) Reset() {
+	*x = SocketResult{}
+	mi := &file_membership_v1_membership_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SocketResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SocketResult) ProtoMessage() {}
+
+func (x *SocketResult) ProtoReflect() protoreflect.Message {
+	mi := &file_membership_v1_membership_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SocketResult.ProtoReflect.Descriptor instead.
+func (*SocketResult) Descriptor() ([]byte, []int) {
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *SocketResult) GetSocketId() string {
+	if x != nil {
+		return x.SocketId
+	}
+	return ""
+}
+
+func (x *SocketResult) GetWasMember() bool {
+	if x != nil {
+		return x.WasMember
+	}
+	return false
+}
+
 // JoinResponse reports a committed Join.
 type JoinResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The socket was already in the room; nothing changed.
+	// Every socket was already in the room; nothing changed.
 	AlreadyMember bool `protobuf:"varint,1,opt,name=already_member,json=alreadyMember,proto3" json:"already_member,omitempty"`
 	// The etcd revision at which the membership holds.
-	Revision      int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	Revision int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// One entry per socket, in request order (socket_id first).
+	Results       []*SocketResult `protobuf:"bytes,3,rep,name=results,proto3" json:"results,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_membership_v1_membership_proto_msgTypes[1]
+	mi := &file_membership_v1_membership_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -168,7 +235,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_membership_v1_membership_proto_msgTypes[1]
+	mi := &file_membership_v1_membership_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -181,7 +248,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_membership_v1_membership_proto_rawDescGZIP(), []int{1}
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *JoinResponse) GetAlreadyMember() bool {
@@ -198,23 +265,33 @@ func (x *JoinResponse) GetRevision() int64 {
 	return 0
 }
 
-// LeaveRequest removes socket_id from room.
+func (x *JoinResponse) GetResults() []*SocketResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// LeaveRequest removes socket_id (and socket_ids) from room.
 type LeaveRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The socket to remove. Empty means the socket named by the call's x-socket-id
-	// metadata (the socket-request form).
+	// The socket to remove. Empty (with socket_ids empty too) means the socket
+	// named by the call's x-socket-id metadata (the socket-request form).
 	SocketId string `protobuf:"bytes,1,opt,name=socket_id,json=socketId,proto3" json:"socket_id,omitempty"`
 	// The room: 1 to 256 bytes of UTF-8 without control characters.
 	Room string `protobuf:"bytes,2,opt,name=room,proto3" json:"room,omitempty"`
 	// When the call returns; WAIT_FOR_COMMIT when unspecified.
-	WaitFor       WaitFor `protobuf:"varint,3,opt,name=wait_for,json=waitFor,proto3,enum=membership.v1.WaitFor" json:"wait_for,omitempty"`
+	WaitFor WaitFor `protobuf:"varint,3,opt,name=wait_for,json=waitFor,proto3,enum=membership.v1.WaitFor" json:"wait_for,omitempty"`
+	// More sockets to remove in the same transaction; at most 100 sockets per
+	// call in all.
+	SocketIds     []string `protobuf:"bytes,4,rep,name=socket_ids,json=socketIds,proto3" json:"socket_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *LeaveRequest) Reset() {
 	*x = LeaveRequest{}
-	mi := &file_membership_v1_membership_proto_msgTypes[2]
+	mi := &file_membership_v1_membership_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -226,7 +303,7 @@ func (x *LeaveRequest) String() string {
 func (*LeaveRequest) ProtoMessage() {}
 
 func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_membership_v1_membership_proto_msgTypes[2]
+	mi := &file_membership_v1_membership_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -239,7 +316,7 @@ func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveRequest.ProtoReflect.Descriptor instead.
 func (*LeaveRequest) Descriptor() ([]byte, []int) {
-	return file_membership_v1_membership_proto_rawDescGZIP(), []int{2}
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *LeaveRequest) GetSocketId() string {
@@ -263,20 +340,29 @@ func (x *LeaveRequest) GetWaitFor() WaitFor {
 	return WaitFor_WAIT_FOR_UNSPECIFIED
 }
 
+func (x *LeaveRequest) GetSocketIds() []string {
+	if x != nil {
+		return x.SocketIds
+	}
+	return nil
+}
+
 // LeaveResponse reports a committed Leave.
 type LeaveResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The socket was in the room and has left it.
+	// At least one socket was in the room and has left it.
 	WasMember bool `protobuf:"varint,1,opt,name=was_member,json=wasMember,proto3" json:"was_member,omitempty"`
-	// The etcd revision from which the socket is not in the room.
-	Revision      int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// The etcd revision from which the sockets are not in the room.
+	Revision int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// One entry per socket, in request order (socket_id first).
+	Results       []*SocketResult `protobuf:"bytes,3,rep,name=results,proto3" json:"results,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *LeaveResponse) Reset() {
 	*x = LeaveResponse{}
-	mi := &file_membership_v1_membership_proto_msgTypes[3]
+	mi := &file_membership_v1_membership_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -288,7 +374,7 @@ func (x *LeaveResponse) String() string {
 func (*LeaveResponse) ProtoMessage() {}
 
 func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_membership_v1_membership_proto_msgTypes[3]
+	mi := &file_membership_v1_membership_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -301,7 +387,7 @@ func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveResponse.ProtoReflect.Descriptor instead.
 func (*LeaveResponse) Descriptor() ([]byte, []int) {
-	return file_membership_v1_membership_proto_rawDescGZIP(), []int{3}
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *LeaveResponse) GetWasMember() bool {
@@ -316,6 +402,13 @@ func (x *LeaveResponse) GetRevision() int64 {
 		return x.Revision
 	}
 	return 0
+}
+
+func (x *LeaveResponse) GetResults() []*SocketResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
 }
 
 // ListRoomsRequest asks for all rooms, or for one socket's rooms.
@@ -333,7 +426,7 @@ type ListRoomsRequest struct {
 
 func (x *ListRoomsRequest) Reset() {
 	*x = ListRoomsRequest{}
-	mi := &file_membership_v1_membership_proto_msgTypes[4]
+	mi := &file_membership_v1_membership_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -345,7 +438,7 @@ func (x *ListRoomsRequest) String() string {
 func (*ListRoomsRequest) ProtoMessage() {}
 
 func (x *ListRoomsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_membership_v1_membership_proto_msgTypes[4]
+	mi := &file_membership_v1_membership_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -358,7 +451,7 @@ func (x *ListRoomsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRoomsRequest.ProtoReflect.Descriptor instead.
 func (*ListRoomsRequest) Descriptor() ([]byte, []int) {
-	return file_membership_v1_membership_proto_rawDescGZIP(), []int{4}
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ListRoomsRequest) GetSocketId() string {
@@ -395,7 +488,7 @@ type Room struct {
 
 func (x *Room) Reset() {
 	*x = Room{}
-	mi := &file_membership_v1_membership_proto_msgTypes[5]
+	mi := &file_membership_v1_membership_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -407,7 +500,7 @@ func (x *Room) String() string {
 func (*Room) ProtoMessage() {}
 
 func (x *Room) ProtoReflect() protoreflect.Message {
-	mi := &file_membership_v1_membership_proto_msgTypes[5]
+	mi := &file_membership_v1_membership_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -420,7 +513,7 @@ func (x *Room) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Room.ProtoReflect.Descriptor instead.
 func (*Room) Descriptor() ([]byte, []int) {
-	return file_membership_v1_membership_proto_rawDescGZIP(), []int{5}
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Room) GetName() string {
@@ -452,7 +545,7 @@ type ListRoomsResponse struct {
 
 func (x *ListRoomsResponse) Reset() {
 	*x = ListRoomsResponse{}
-	mi := &file_membership_v1_membership_proto_msgTypes[6]
+	mi := &file_membership_v1_membership_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -464,7 +557,7 @@ func (x *ListRoomsResponse) String() string {
 func (*ListRoomsResponse) ProtoMessage() {}
 
 func (x *ListRoomsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_membership_v1_membership_proto_msgTypes[6]
+	mi := &file_membership_v1_membership_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -477,7 +570,7 @@ func (x *ListRoomsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRoomsResponse.ProtoReflect.Descriptor instead.
 func (*ListRoomsResponse) Descriptor() ([]byte, []int) {
-	return file_membership_v1_membership_proto_rawDescGZIP(), []int{6}
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListRoomsResponse) GetRooms() []*Room {
@@ -516,7 +609,7 @@ type ListMembersRequest struct {
 
 func (x *ListMembersRequest) Reset() {
 	*x = ListMembersRequest{}
-	mi := &file_membership_v1_membership_proto_msgTypes[7]
+	mi := &file_membership_v1_membership_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -528,7 +621,7 @@ func (x *ListMembersRequest) String() string {
 func (*ListMembersRequest) ProtoMessage() {}
 
 func (x *ListMembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_membership_v1_membership_proto_msgTypes[7]
+	mi := &file_membership_v1_membership_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -541,7 +634,7 @@ func (x *ListMembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMembersRequest.ProtoReflect.Descriptor instead.
 func (*ListMembersRequest) Descriptor() ([]byte, []int) {
-	return file_membership_v1_membership_proto_rawDescGZIP(), []int{7}
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListMembersRequest) GetRoom() string {
@@ -578,7 +671,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_membership_v1_membership_proto_msgTypes[8]
+	mi := &file_membership_v1_membership_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -590,7 +683,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_membership_v1_membership_proto_msgTypes[8]
+	mi := &file_membership_v1_membership_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -603,7 +696,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_membership_v1_membership_proto_rawDescGZIP(), []int{8}
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Member) GetSocketId() string {
@@ -635,7 +728,7 @@ type ListMembersResponse struct {
 
 func (x *ListMembersResponse) Reset() {
 	*x = ListMembersResponse{}
-	mi := &file_membership_v1_membership_proto_msgTypes[9]
+	mi := &file_membership_v1_membership_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -647,7 +740,7 @@ func (x *ListMembersResponse) String() string {
 func (*ListMembersResponse) ProtoMessage() {}
 
 func (x *ListMembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_membership_v1_membership_proto_msgTypes[9]
+	mi := &file_membership_v1_membership_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -660,7 +753,7 @@ func (x *ListMembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMembersResponse.ProtoReflect.Descriptor instead.
 func (*ListMembersResponse) Descriptor() ([]byte, []int) {
-	return file_membership_v1_membership_proto_rawDescGZIP(), []int{9}
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListMembersResponse) GetMembers() []*Member {
@@ -695,7 +788,7 @@ type GetSocketRequest struct {
 
 func (x *GetSocketRequest) Reset() {
 	*x = GetSocketRequest{}
-	mi := &file_membership_v1_membership_proto_msgTypes[10]
+	mi := &file_membership_v1_membership_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -707,7 +800,7 @@ func (x *GetSocketRequest) String() string {
 func (*GetSocketRequest) ProtoMessage() {}
 
 func (x *GetSocketRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_membership_v1_membership_proto_msgTypes[10]
+	mi := &file_membership_v1_membership_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -720,7 +813,7 @@ func (x *GetSocketRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSocketRequest.ProtoReflect.Descriptor instead.
 func (*GetSocketRequest) Descriptor() ([]byte, []int) {
-	return file_membership_v1_membership_proto_rawDescGZIP(), []int{10}
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetSocketRequest) GetSocketId() string {
@@ -747,7 +840,7 @@ type Socket struct {
 
 func (x *Socket) Reset() {
 	*x = Socket{}
-	mi := &file_membership_v1_membership_proto_msgTypes[11]
+	mi := &file_membership_v1_membership_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -759,7 +852,7 @@ func (x *Socket) String() string {
 func (*Socket) ProtoMessage() {}
 
 func (x *Socket) ProtoReflect() protoreflect.Message {
-	mi := &file_membership_v1_membership_proto_msgTypes[11]
+	mi := &file_membership_v1_membership_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -772,7 +865,7 @@ func (x *Socket) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Socket.ProtoReflect.Descriptor instead.
 func (*Socket) Descriptor() ([]byte, []int) {
-	return file_membership_v1_membership_proto_rawDescGZIP(), []int{11}
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Socket) GetSocketId() string {
@@ -816,7 +909,7 @@ type GetSocketResponse struct {
 
 func (x *GetSocketResponse) Reset() {
 	*x = GetSocketResponse{}
-	mi := &file_membership_v1_membership_proto_msgTypes[12]
+	mi := &file_membership_v1_membership_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -828,7 +921,7 @@ func (x *GetSocketResponse) String() string {
 func (*GetSocketResponse) ProtoMessage() {}
 
 func (x *GetSocketResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_membership_v1_membership_proto_msgTypes[12]
+	mi := &file_membership_v1_membership_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -841,7 +934,7 @@ func (x *GetSocketResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSocketResponse.ProtoReflect.Descriptor instead.
 func (*GetSocketResponse) Descriptor() ([]byte, []int) {
-	return file_membership_v1_membership_proto_rawDescGZIP(), []int{12}
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetSocketResponse) GetSocket() *Socket {
@@ -876,7 +969,7 @@ type BroadcastRequest struct {
 
 func (x *BroadcastRequest) Reset() {
 	*x = BroadcastRequest{}
-	mi := &file_membership_v1_membership_proto_msgTypes[13]
+	mi := &file_membership_v1_membership_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -888,7 +981,7 @@ func (x *BroadcastRequest) String() string {
 func (*BroadcastRequest) ProtoMessage() {}
 
 func (x *BroadcastRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_membership_v1_membership_proto_msgTypes[13]
+	mi := &file_membership_v1_membership_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -901,7 +994,7 @@ func (x *BroadcastRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BroadcastRequest.ProtoReflect.Descriptor instead.
 func (*BroadcastRequest) Descriptor() ([]byte, []int) {
-	return file_membership_v1_membership_proto_rawDescGZIP(), []int{13}
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *BroadcastRequest) GetRooms() []string {
@@ -949,7 +1042,7 @@ type BroadcastResponse struct {
 
 func (x *BroadcastResponse) Reset() {
 	*x = BroadcastResponse{}
-	mi := &file_membership_v1_membership_proto_msgTypes[14]
+	mi := &file_membership_v1_membership_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -961,7 +1054,7 @@ func (x *BroadcastResponse) String() string {
 func (*BroadcastResponse) ProtoMessage() {}
 
 func (x *BroadcastResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_membership_v1_membership_proto_msgTypes[14]
+	mi := &file_membership_v1_membership_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -974,7 +1067,7 @@ func (x *BroadcastResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BroadcastResponse.ProtoReflect.Descriptor instead.
 func (*BroadcastResponse) Descriptor() ([]byte, []int) {
-	return file_membership_v1_membership_proto_rawDescGZIP(), []int{14}
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *BroadcastResponse) GetDelivered() int64 {
@@ -1014,7 +1107,7 @@ type BlastRequest struct {
 
 func (x *BlastRequest) Reset() {
 	*x = BlastRequest{}
-	mi := &file_membership_v1_membership_proto_msgTypes[15]
+	mi := &file_membership_v1_membership_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1026,7 +1119,7 @@ func (x *BlastRequest) String() string {
 func (*BlastRequest) ProtoMessage() {}
 
 func (x *BlastRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_membership_v1_membership_proto_msgTypes[15]
+	mi := &file_membership_v1_membership_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1039,7 +1132,7 @@ func (x *BlastRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlastRequest.ProtoReflect.Descriptor instead.
 func (*BlastRequest) Descriptor() ([]byte, []int) {
-	return file_membership_v1_membership_proto_rawDescGZIP(), []int{15}
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *BlastRequest) GetEvent() string {
@@ -1078,7 +1171,7 @@ type BlastResponse struct {
 
 func (x *BlastResponse) Reset() {
 	*x = BlastResponse{}
-	mi := &file_membership_v1_membership_proto_msgTypes[16]
+	mi := &file_membership_v1_membership_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1090,7 +1183,7 @@ func (x *BlastResponse) String() string {
 func (*BlastResponse) ProtoMessage() {}
 
 func (x *BlastResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_membership_v1_membership_proto_msgTypes[16]
+	mi := &file_membership_v1_membership_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1103,7 +1196,7 @@ func (x *BlastResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlastResponse.ProtoReflect.Descriptor instead.
 func (*BlastResponse) Descriptor() ([]byte, []int) {
-	return file_membership_v1_membership_proto_rawDescGZIP(), []int{16}
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *BlastResponse) GetDelivered() int64 {
@@ -1127,26 +1220,384 @@ func (x *BlastResponse) GetFailedGateways() int32 {
 	return 0
 }
 
+// LeaveAllRequest names the room whose members leave every room.
+type LeaveAllRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The room: 1 to 256 bytes of UTF-8 without control characters.
+	Room          string `protobuf:"bytes,1,opt,name=room,proto3" json:"room,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaveAllRequest) Reset() {
+	*x = LeaveAllRequest{}
+	mi := &file_membership_v1_membership_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaveAllRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaveAllRequest) ProtoMessage() {}
+
+func (x *LeaveAllRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_membership_v1_membership_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaveAllRequest.ProtoReflect.Descriptor instead.
+func (*LeaveAllRequest) Descriptor() ([]byte, []int) {
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *LeaveAllRequest) GetRoom() string {
+	if x != nil {
+		return x.Room
+	}
+	return ""
+}
+
+// LeaveAllResponse counts what a LeaveAll changed.
+type LeaveAllResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How many sockets were members of the room at revision.
+	Sockets int64 `protobuf:"varint,1,opt,name=sockets,proto3" json:"sockets,omitempty"`
+	// How many memberships were removed.
+	Changed int64 `protobuf:"varint,2,opt,name=changed,proto3" json:"changed,omitempty"`
+	// The etcd revision the members and their rooms were read at.
+	Revision      int64 `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaveAllResponse) Reset() {
+	*x = LeaveAllResponse{}
+	mi := &file_membership_v1_membership_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaveAllResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaveAllResponse) ProtoMessage() {}
+
+func (x *LeaveAllResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_membership_v1_membership_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaveAllResponse.ProtoReflect.Descriptor instead.
+func (*LeaveAllResponse) Descriptor() ([]byte, []int) {
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *LeaveAllResponse) GetSockets() int64 {
+	if x != nil {
+		return x.Sockets
+	}
+	return 0
+}
+
+func (x *LeaveAllResponse) GetChanged() int64 {
+	if x != nil {
+		return x.Changed
+	}
+	return 0
+}
+
+func (x *LeaveAllResponse) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+// AddRoomMembersToRoomsRequest names a source and the rooms to join.
+type AddRoomMembersToRoomsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A room whose members are added, or a socket id.
+	SourceRoom string `protobuf:"bytes,1,opt,name=source_room,json=sourceRoom,proto3" json:"source_room,omitempty"`
+	// The rooms to join; at least one, at most 100.
+	DestRooms     []string `protobuf:"bytes,2,rep,name=dest_rooms,json=destRooms,proto3" json:"dest_rooms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddRoomMembersToRoomsRequest) Reset() {
+	*x = AddRoomMembersToRoomsRequest{}
+	mi := &file_membership_v1_membership_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddRoomMembersToRoomsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddRoomMembersToRoomsRequest) ProtoMessage() {}
+
+func (x *AddRoomMembersToRoomsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_membership_v1_membership_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddRoomMembersToRoomsRequest.ProtoReflect.Descriptor instead.
+func (*AddRoomMembersToRoomsRequest) Descriptor() ([]byte, []int) {
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *AddRoomMembersToRoomsRequest) GetSourceRoom() string {
+	if x != nil {
+		return x.SourceRoom
+	}
+	return ""
+}
+
+func (x *AddRoomMembersToRoomsRequest) GetDestRooms() []string {
+	if x != nil {
+		return x.DestRooms
+	}
+	return nil
+}
+
+// AddRoomMembersToRoomsResponse counts what the call changed.
+type AddRoomMembersToRoomsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How many sockets the source named (members at revision).
+	Sockets int64 `protobuf:"varint,1,opt,name=sockets,proto3" json:"sockets,omitempty"`
+	// How many memberships were added (sockets already in a room do not count).
+	Changed int64 `protobuf:"varint,2,opt,name=changed,proto3" json:"changed,omitempty"`
+	// The etcd revision the source was read at.
+	Revision      int64 `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddRoomMembersToRoomsResponse) Reset() {
+	*x = AddRoomMembersToRoomsResponse{}
+	mi := &file_membership_v1_membership_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddRoomMembersToRoomsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddRoomMembersToRoomsResponse) ProtoMessage() {}
+
+func (x *AddRoomMembersToRoomsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_membership_v1_membership_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddRoomMembersToRoomsResponse.ProtoReflect.Descriptor instead.
+func (*AddRoomMembersToRoomsResponse) Descriptor() ([]byte, []int) {
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *AddRoomMembersToRoomsResponse) GetSockets() int64 {
+	if x != nil {
+		return x.Sockets
+	}
+	return 0
+}
+
+func (x *AddRoomMembersToRoomsResponse) GetChanged() int64 {
+	if x != nil {
+		return x.Changed
+	}
+	return 0
+}
+
+func (x *AddRoomMembersToRoomsResponse) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+// RemoveRoomMembersFromRoomsRequest names a source and the rooms to leave.
+type RemoveRoomMembersFromRoomsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A room whose members are removed, or a socket id.
+	SourceRoom string `protobuf:"bytes,1,opt,name=source_room,json=sourceRoom,proto3" json:"source_room,omitempty"`
+	// The rooms to leave; at least one, at most 100.
+	DestRooms     []string `protobuf:"bytes,2,rep,name=dest_rooms,json=destRooms,proto3" json:"dest_rooms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveRoomMembersFromRoomsRequest) Reset() {
+	*x = RemoveRoomMembersFromRoomsRequest{}
+	mi := &file_membership_v1_membership_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveRoomMembersFromRoomsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveRoomMembersFromRoomsRequest) ProtoMessage() {}
+
+func (x *RemoveRoomMembersFromRoomsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_membership_v1_membership_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveRoomMembersFromRoomsRequest.ProtoReflect.Descriptor instead.
+func (*RemoveRoomMembersFromRoomsRequest) Descriptor() ([]byte, []int) {
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *RemoveRoomMembersFromRoomsRequest) GetSourceRoom() string {
+	if x != nil {
+		return x.SourceRoom
+	}
+	return ""
+}
+
+func (x *RemoveRoomMembersFromRoomsRequest) GetDestRooms() []string {
+	if x != nil {
+		return x.DestRooms
+	}
+	return nil
+}
+
+// RemoveRoomMembersFromRoomsResponse counts what the call changed.
+type RemoveRoomMembersFromRoomsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How many sockets the source named (members at revision).
+	Sockets int64 `protobuf:"varint,1,opt,name=sockets,proto3" json:"sockets,omitempty"`
+	// How many memberships were removed.
+	Changed int64 `protobuf:"varint,2,opt,name=changed,proto3" json:"changed,omitempty"`
+	// The etcd revision the source was read at.
+	Revision      int64 `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveRoomMembersFromRoomsResponse) Reset() {
+	*x = RemoveRoomMembersFromRoomsResponse{}
+	mi := &file_membership_v1_membership_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveRoomMembersFromRoomsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveRoomMembersFromRoomsResponse) ProtoMessage() {}
+
+func (x *RemoveRoomMembersFromRoomsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_membership_v1_membership_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveRoomMembersFromRoomsResponse.ProtoReflect.Descriptor instead.
+func (*RemoveRoomMembersFromRoomsResponse) Descriptor() ([]byte, []int) {
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *RemoveRoomMembersFromRoomsResponse) GetSockets() int64 {
+	if x != nil {
+		return x.Sockets
+	}
+	return 0
+}
+
+func (x *RemoveRoomMembersFromRoomsResponse) GetChanged() int64 {
+	if x != nil {
+		return x.Changed
+	}
+	return 0
+}
+
+func (x *RemoveRoomMembersFromRoomsResponse) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
 var File_membership_v1_membership_proto protoreflect.FileDescriptor
 
 const file_membership_v1_membership_proto_rawDesc = "" +
 	"\n" +
-	"\x1emembership/v1/membership.proto\x12\rmembership.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"q\n" +
+	"\x1emembership/v1/membership.proto\x12\rmembership.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x01\n" +
 	"\vJoinRequest\x12\x1b\n" +
 	"\tsocket_id\x18\x01 \x01(\tR\bsocketId\x12\x12\n" +
 	"\x04room\x18\x02 \x01(\tR\x04room\x121\n" +
-	"\bwait_for\x18\x03 \x01(\x0e2\x16.membership.v1.WaitForR\awaitFor\"Q\n" +
+	"\bwait_for\x18\x03 \x01(\x0e2\x16.membership.v1.WaitForR\awaitFor\x12\x1d\n" +
+	"\n" +
+	"socket_ids\x18\x04 \x03(\tR\tsocketIds\"J\n" +
+	"\fSocketResult\x12\x1b\n" +
+	"\tsocket_id\x18\x01 \x01(\tR\bsocketId\x12\x1d\n" +
+	"\n" +
+	"was_member\x18\x02 \x01(\bR\twasMember\"\x88\x01\n" +
 	"\fJoinResponse\x12%\n" +
 	"\x0ealready_member\x18\x01 \x01(\bR\ralreadyMember\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x03R\brevision\"r\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\x125\n" +
+	"\aresults\x18\x03 \x03(\v2\x1b.membership.v1.SocketResultR\aresults\"\x91\x01\n" +
 	"\fLeaveRequest\x12\x1b\n" +
 	"\tsocket_id\x18\x01 \x01(\tR\bsocketId\x12\x12\n" +
 	"\x04room\x18\x02 \x01(\tR\x04room\x121\n" +
-	"\bwait_for\x18\x03 \x01(\x0e2\x16.membership.v1.WaitForR\awaitFor\"J\n" +
+	"\bwait_for\x18\x03 \x01(\x0e2\x16.membership.v1.WaitForR\awaitFor\x12\x1d\n" +
+	"\n" +
+	"socket_ids\x18\x04 \x03(\tR\tsocketIds\"\x81\x01\n" +
 	"\rLeaveResponse\x12\x1d\n" +
 	"\n" +
 	"was_member\x18\x01 \x01(\bR\twasMember\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x03R\brevision\"k\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\x125\n" +
+	"\aresults\x18\x03 \x03(\v2\x1b.membership.v1.SocketResultR\aresults\"k\n" +
 	"\x10ListRoomsRequest\x12\x1b\n" +
 	"\tsocket_id\x18\x01 \x01(\tR\bsocketId\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
@@ -1197,11 +1648,35 @@ const file_membership_v1_membership_proto_rawDesc = "" +
 	"\rBlastResponse\x12\x1c\n" +
 	"\tdelivered\x18\x01 \x01(\x03R\tdelivered\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x12'\n" +
-	"\x0ffailed_gateways\x18\x03 \x01(\x05R\x0efailedGateways*L\n" +
+	"\x0ffailed_gateways\x18\x03 \x01(\x05R\x0efailedGateways\"%\n" +
+	"\x0fLeaveAllRequest\x12\x12\n" +
+	"\x04room\x18\x01 \x01(\tR\x04room\"b\n" +
+	"\x10LeaveAllResponse\x12\x18\n" +
+	"\asockets\x18\x01 \x01(\x03R\asockets\x12\x18\n" +
+	"\achanged\x18\x02 \x01(\x03R\achanged\x12\x1a\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\"^\n" +
+	"\x1cAddRoomMembersToRoomsRequest\x12\x1f\n" +
+	"\vsource_room\x18\x01 \x01(\tR\n" +
+	"sourceRoom\x12\x1d\n" +
+	"\n" +
+	"dest_rooms\x18\x02 \x03(\tR\tdestRooms\"o\n" +
+	"\x1dAddRoomMembersToRoomsResponse\x12\x18\n" +
+	"\asockets\x18\x01 \x01(\x03R\asockets\x12\x18\n" +
+	"\achanged\x18\x02 \x01(\x03R\achanged\x12\x1a\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\"c\n" +
+	"!RemoveRoomMembersFromRoomsRequest\x12\x1f\n" +
+	"\vsource_room\x18\x01 \x01(\tR\n" +
+	"sourceRoom\x12\x1d\n" +
+	"\n" +
+	"dest_rooms\x18\x02 \x03(\tR\tdestRooms\"t\n" +
+	"\"RemoveRoomMembersFromRoomsResponse\x12\x18\n" +
+	"\asockets\x18\x01 \x01(\x03R\asockets\x12\x18\n" +
+	"\achanged\x18\x02 \x01(\x03R\achanged\x12\x1a\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision*L\n" +
 	"\aWaitFor\x12\x18\n" +
 	"\x14WAIT_FOR_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fWAIT_FOR_COMMIT\x10\x01\x12\x12\n" +
-	"\x0eWAIT_FOR_APPLY\x10\x022\xbb\x04\n" +
+	"\x0eWAIT_FOR_APPLY\x10\x022\x8f\a\n" +
 	"\x11MembershipService\x12D\n" +
 	"\x04Join\x12\x1a.membership.v1.JoinRequest\x1a\x1b.membership.v1.JoinResponse\"\x03\x90\x02\x02\x12G\n" +
 	"\x05Leave\x12\x1b.membership.v1.LeaveRequest\x1a\x1c.membership.v1.LeaveResponse\"\x03\x90\x02\x02\x12S\n" +
@@ -1209,7 +1684,10 @@ const file_membership_v1_membership_proto_rawDesc = "" +
 	"\vListMembers\x12!.membership.v1.ListMembersRequest\x1a\".membership.v1.ListMembersResponse\"\x03\x90\x02\x01\x12S\n" +
 	"\tGetSocket\x12\x1f.membership.v1.GetSocketRequest\x1a .membership.v1.GetSocketResponse\"\x03\x90\x02\x01\x12N\n" +
 	"\tBroadcast\x12\x1f.membership.v1.BroadcastRequest\x1a .membership.v1.BroadcastResponse\x12B\n" +
-	"\x05Blast\x12\x1b.membership.v1.BlastRequest\x1a\x1c.membership.v1.BlastResponseBBZ@github.com/socketrooms/membership/gen/membership/v1;membershipv1b\x06proto3"
+	"\x05Blast\x12\x1b.membership.v1.BlastRequest\x1a\x1c.membership.v1.BlastResponse\x12P\n" +
+	"\bLeaveAll\x12\x1e.membership.v1.LeaveAllRequest\x1a\x1f.membership.v1.LeaveAllResponse\"\x03\x90\x02\x02\x12w\n" +
+	"\x15AddRoomMembersToRooms\x12+.membership.v1.AddRoomMembersToRoomsRequest\x1a,.membership.v1.AddRoomMembersToRoomsResponse\"\x03\x90\x02\x02\x12\x86\x01\n" +
+	"\x1aRemoveRoomMembersFromRooms\x120.membership.v1.RemoveRoomMembersFromRoomsRequest\x1a1.membership.v1.RemoveRoomMembersFromRoomsResponse\"\x03\x90\x02\x02BBZ@github.com/socketrooms/membership/gen/membership/v1;membershipv1b\x06proto3"
 
 var (
 	file_membership_v1_membership_proto_rawDescOnce sync.Once
@@ -1224,57 +1702,72 @@ func file_membership_v1_membership_proto_rawDescGZIP() []byte {
 }
 
 var file_membership_v1_membership_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_membership_v1_membership_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_membership_v1_membership_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_membership_v1_membership_proto_goTypes = []any{
-	(WaitFor)(0),                  // 0: membership.v1.WaitFor
-	(*JoinRequest)(nil),           // 1: membership.v1.JoinRequest
-	(*JoinResponse)(nil),          // 2: membership.v1.JoinResponse
-	(*LeaveRequest)(nil),          // 3: membership.v1.LeaveRequest
-	(*LeaveResponse)(nil),         // 4: membership.v1.LeaveResponse
-	(*ListRoomsRequest)(nil),      // 5: membership.v1.ListRoomsRequest
-	(*Room)(nil),                  // 6: membership.v1.Room
-	(*ListRoomsResponse)(nil),     // 7: membership.v1.ListRoomsResponse
-	(*ListMembersRequest)(nil),    // 8: membership.v1.ListMembersRequest
-	(*Member)(nil),                // 9: membership.v1.Member
-	(*ListMembersResponse)(nil),   // 10: membership.v1.ListMembersResponse
-	(*GetSocketRequest)(nil),      // 11: membership.v1.GetSocketRequest
-	(*Socket)(nil),                // 12: membership.v1.Socket
-	(*GetSocketResponse)(nil),     // 13: membership.v1.GetSocketResponse
-	(*BroadcastRequest)(nil),      // 14: membership.v1.BroadcastRequest
-	(*BroadcastResponse)(nil),     // 15: membership.v1.BroadcastResponse
-	(*BlastRequest)(nil),          // 16: membership.v1.BlastRequest
-	(*BlastResponse)(nil),         // 17: membership.v1.BlastResponse
-	(*timestamppb.Timestamp)(nil), // 18: google.protobuf.Timestamp
-	(*structpb.Value)(nil),        // 19: google.protobuf.Value
+	(WaitFor)(0),                               // 0: membership.v1.WaitFor
+	(*JoinRequest)(nil),                        // 1: membership.v1.JoinRequest
+	(*SocketResult)(nil),                       // 2: membership.v1.SocketResult
+	(*JoinResponse)(nil),                       // 3: membership.v1.JoinResponse
+	(*LeaveRequest)(nil),                       // 4: membership.v1.LeaveRequest
+	(*LeaveResponse)(nil),                      // 5: membership.v1.LeaveResponse
+	(*ListRoomsRequest)(nil),                   // 6: membership.v1.ListRoomsRequest
+	(*Room)(nil),                               // 7: membership.v1.Room
+	(*ListRoomsResponse)(nil),                  // 8: membership.v1.ListRoomsResponse
+	(*ListMembersRequest)(nil),                 // 9: membership.v1.ListMembersRequest
+	(*Member)(nil),                             // 10: membership.v1.Member
+	(*ListMembersResponse)(nil),                // 11: membership.v1.ListMembersResponse
+	(*GetSocketRequest)(nil),                   // 12: membership.v1.GetSocketRequest
+	(*Socket)(nil),                             // 13: membership.v1.Socket
+	(*GetSocketResponse)(nil),                  // 14: membership.v1.GetSocketResponse
+	(*BroadcastRequest)(nil),                   // 15: membership.v1.BroadcastRequest
+	(*BroadcastResponse)(nil),                  // 16: membership.v1.BroadcastResponse
+	(*BlastRequest)(nil),                       // 17: membership.v1.BlastRequest
+	(*BlastResponse)(nil),                      // 18: membership.v1.BlastResponse
+	(*LeaveAllRequest)(nil),                    // 19: membership.v1.LeaveAllRequest
+	(*LeaveAllResponse)(nil),                   // 20: membership.v1.LeaveAllResponse
+	(*AddRoomMembersToRoomsRequest)(nil),       // 21: membership.v1.AddRoomMembersToRoomsRequest
+	(*AddRoomMembersToRoomsResponse)(nil),      // 22: membership.v1.AddRoomMembersToRoomsResponse
+	(*RemoveRoomMembersFromRoomsRequest)(nil),  // 23: membership.v1.RemoveRoomMembersFromRoomsRequest
+	(*RemoveRoomMembersFromRoomsResponse)(nil), // 24: membership.v1.RemoveRoomMembersFromRoomsResponse
+	(*timestamppb.Timestamp)(nil),              // 25: google.protobuf.Timestamp
+	(*structpb.Value)(nil),                     // 26: google.protobuf.Value
 }
 var file_membership_v1_membership_proto_depIdxs = []int32{
 	0,  // 0: membership.v1.JoinRequest.wait_for:type_name -> membership.v1.WaitFor
-	0,  // 1: membership.v1.LeaveRequest.wait_for:type_name -> membership.v1.WaitFor
-	6,  // 2: membership.v1.ListRoomsResponse.rooms:type_name -> membership.v1.Room
-	9,  // 3: membership.v1.ListMembersResponse.members:type_name -> membership.v1.Member
-	18, // 4: membership.v1.Socket.connected_at:type_name -> google.protobuf.Timestamp
-	12, // 5: membership.v1.GetSocketResponse.socket:type_name -> membership.v1.Socket
-	19, // 6: membership.v1.BroadcastRequest.data:type_name -> google.protobuf.Value
-	19, // 7: membership.v1.BlastRequest.data:type_name -> google.protobuf.Value
-	1,  // 8: membership.v1.MembershipService.Join:input_type -> membership.v1.JoinRequest
-	3,  // 9: membership.v1.MembershipService.Leave:input_type -> membership.v1.LeaveRequest
-	5,  // 10: membership.v1.MembershipService.ListRooms:input_type -> membership.v1.ListRoomsRequest
-	8,  // 11: membership.v1.MembershipService.ListMembers:input_type -> membership.v1.ListMembersRequest
-	11, // 12: membership.v1.MembershipService.GetSocket:input_type -> membership.v1.GetSocketRequest
-	14, // 13: membership.v1.MembershipService.Broadcast:input_type -> membership.v1.BroadcastRequest
-	16, // 14: membership.v1.MembershipService.Blast:input_type -> membership.v1.BlastRequest
-	2,  // 15: membership.v1.MembershipService.Join:output_type -> membership.v1.JoinResponse
-	4,  // 16: membership.v1.MembershipService.Leave:output_type -> membership.v1.LeaveResponse
-	7,  // 17: membership.v1.MembershipService.ListRooms:output_type -> membership.v1.ListRoomsResponse
-	10, // 18: membership.v1.MembershipService.ListMembers:output_type -> membership.v1.ListMembersResponse
-	13, // 19: membership.v1.MembershipService.GetSocket:output_type -> membership.v1.GetSocketResponse
-	15, // 20: membership.v1.MembershipService.Broadcast:output_type -> membership.v1.BroadcastResponse
-	17, // 21: membership.v1.MembershipService.Blast:output_type -> membership.v1.BlastResponse
-	15, // [15:22] is the sub-list for method output_type
-	8,  // [8:15] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	2,  // 1: membership.v1.JoinResponse.results:type_name -> membership.v1.SocketResult
+	0,  // 2: membership.v1.LeaveRequest.wait_for:type_name -> membership.v1.WaitFor
+	2,  // 3: membership.v1.LeaveResponse.results:type_name -> membership.v1.SocketResult
+	7,  // 4: membership.v1.ListRoomsResponse.rooms:type_name -> membership.v1.Room
+	10, // 5: membership.v1.ListMembersResponse.members:type_name -> membership.v1.Member
+	25, // 6: membership.v1.Socket.connected_at:type_name -> google.protobuf.Timestamp
+	13, // 7: membership.v1.GetSocketResponse.socket:type_name -> membership.v1.Socket
+	26, // 8: membership.v1.BroadcastRequest.data:type_name -> google.protobuf.Value
+	26, // 9: membership.v1.BlastRequest.data:type_name -> google.protobuf.Value
+	1,  // 10: membership.v1.MembershipService.Join:input_type -> membership.v1.JoinRequest
+	4,  // 11: membership.v1.MembershipService.Leave:input_type -> membership.v1.LeaveRequest
+	6,  // 12: membership.v1.MembershipService.ListRooms:input_type -> membership.v1.ListRoomsRequest
+	9,  // 13: membership.v1.MembershipService.ListMembers:input_type -> membership.v1.ListMembersRequest
+	12, // 14: membership.v1.MembershipService.GetSocket:input_type -> membership.v1.GetSocketRequest
+	15, // 15: membership.v1.MembershipService.Broadcast:input_type -> membership.v1.BroadcastRequest
+	17, // 16: membership.v1.MembershipService.Blast:input_type -> membership.v1.BlastRequest
+	19, // 17: membership.v1.MembershipService.LeaveAll:input_type -> membership.v1.LeaveAllRequest
+	21, // 18: membership.v1.MembershipService.AddRoomMembersToRooms:input_type -> membership.v1.AddRoomMembersToRoomsRequest
+	23, // 19: membership.v1.MembershipService.RemoveRoomMembersFromRooms:input_type -> membership.v1.RemoveRoomMembersFromRoomsRequest
+	3,  // 20: membership.v1.MembershipService.Join:output_type -> membership.v1.JoinResponse
+	5,  // 21: membership.v1.MembershipService.Leave:output_type -> membership.v1.LeaveResponse
+	8,  // 22: membership.v1.MembershipService.ListRooms:output_type -> membership.v1.ListRoomsResponse
+	11, // 23: membership.v1.MembershipService.ListMembers:output_type -> membership.v1.ListMembersResponse
+	14, // 24: membership.v1.MembershipService.GetSocket:output_type -> membership.v1.GetSocketResponse
+	16, // 25: membership.v1.MembershipService.Broadcast:output_type -> membership.v1.BroadcastResponse
+	18, // 26: membership.v1.MembershipService.Blast:output_type -> membership.v1.BlastResponse
+	20, // 27: membership.v1.MembershipService.LeaveAll:output_type -> membership.v1.LeaveAllResponse
+	22, // 28: membership.v1.MembershipService.AddRoomMembersToRooms:output_type -> membership.v1.AddRoomMembersToRoomsResponse
+	24, // 29: membership.v1.MembershipService.RemoveRoomMembersFromRooms:output_type -> membership.v1.RemoveRoomMembersFromRoomsResponse
+	20, // [20:30] is the sub-list for method output_type
+	10, // [10:20] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_membership_v1_membership_proto_init() }
@@ -1288,7 +1781,7 @@ func file_membership_v1_membership_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_membership_v1_membership_proto_rawDesc), len(file_membership_v1_membership_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   17,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,13 +19,16 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	MembershipService_Join_FullMethodName        = "/membership.v1.MembershipService/Join"
-	MembershipService_Leave_FullMethodName       = "/membership.v1.MembershipService/Leave"
-	MembershipService_ListRooms_FullMethodName   = "/membership.v1.MembershipService/ListRooms"
-	MembershipService_ListMembers_FullMethodName = "/membership.v1.MembershipService/ListMembers"
-	MembershipService_GetSocket_FullMethodName   = "/membership.v1.MembershipService/GetSocket"
-	MembershipService_Broadcast_FullMethodName   = "/membership.v1.MembershipService/Broadcast"
-	MembershipService_Blast_FullMethodName       = "/membership.v1.MembershipService/Blast"
+	MembershipService_Join_FullMethodName                       = "/membership.v1.MembershipService/Join"
+	MembershipService_Leave_FullMethodName                      = "/membership.v1.MembershipService/Leave"
+	MembershipService_ListRooms_FullMethodName                  = "/membership.v1.MembershipService/ListRooms"
+	MembershipService_ListMembers_FullMethodName                = "/membership.v1.MembershipService/ListMembers"
+	MembershipService_GetSocket_FullMethodName                  = "/membership.v1.MembershipService/GetSocket"
+	MembershipService_Broadcast_FullMethodName                  = "/membership.v1.MembershipService/Broadcast"
+	MembershipService_Blast_FullMethodName                      = "/membership.v1.MembershipService/Blast"
+	MembershipService_LeaveAll_FullMethodName                   = "/membership.v1.MembershipService/LeaveAll"
+	MembershipService_AddRoomMembersToRooms_FullMethodName      = "/membership.v1.MembershipService/AddRoomMembersToRooms"
+	MembershipService_RemoveRoomMembersFromRooms_FullMethodName = "/membership.v1.MembershipService/RemoveRoomMembersFromRooms"
 )
 
 // MembershipServiceClient is the client API for MembershipService service.
@@ -40,13 +43,15 @@ const (
 // one of: INVALID_ARGUMENT (metadata "field" names the offending field),
 // SOCKET_NOT_FOUND, ETCD_UNAVAILABLE, GATEWAY_UNAVAILABLE, APPLY_TIMEOUT.
 type MembershipServiceClient interface {
-	// Join adds a socket to a room. It returns once the membership is committed in
-	// etcd (or, with WAIT_FOR_APPLY, once the socket's gateway applied it). Joining a
-	// room the socket is already in succeeds with already_member set. A socket that
-	// is not connected gives NOT_FOUND (reason SOCKET_NOT_FOUND).
+	// Join adds a socket (or several, atomically) to a room. It returns once the
+	// membership is committed in etcd (or, with WAIT_FOR_APPLY, once the sockets'
+	// gateways applied it). Joining a room the socket is already in succeeds with
+	// already_member set. A socket that is not connected gives NOT_FOUND (reason
+	// SOCKET_NOT_FOUND, metadata "socket_ids" lists them) and nothing changes.
 	Join(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*JoinResponse, error)
-	// Leave removes a socket from a room. Leaving a room the socket is not in
-	// succeeds with was_member unset. A socket that is not connected gives NOT_FOUND.
+	// Leave removes a socket (or several, atomically) from a room. Leaving a room
+	// the socket is not in succeeds with was_member unset. A socket that is not
+	// connected gives NOT_FOUND and nothing changes.
 	Leave(ctx context.Context, in *LeaveRequest, opts ...grpc.CallOption) (*LeaveResponse, error)
 	// ListRooms lists every room with its member count, or, when socket_id is set,
 	// the rooms of that socket. Results are ordered by room name and paged.
@@ -64,6 +69,16 @@ type MembershipServiceClient interface {
 	Broadcast(ctx context.Context, in *BroadcastRequest, opts ...grpc.CallOption) (*BroadcastResponse, error)
 	// Blast sends an event to every connected socket.
 	Blast(ctx context.Context, in *BlastRequest, opts ...grpc.CallOption) (*BlastResponse, error)
+	// LeaveAll makes every member of a room leave every room it is in (Sails'
+	// leaveAll). Members are read at one revision; rooms of any size are handled
+	// in pages of etcd transactions. An unknown room is a no-op.
+	LeaveAll(ctx context.Context, in *LeaveAllRequest, opts ...grpc.CallOption) (*LeaveAllResponse, error)
+	// AddRoomMembersToRooms joins every member of source_room to each of
+	// dest_rooms. When source_room is a socket id, that socket is joined instead.
+	AddRoomMembersToRooms(ctx context.Context, in *AddRoomMembersToRoomsRequest, opts ...grpc.CallOption) (*AddRoomMembersToRoomsResponse, error)
+	// RemoveRoomMembersFromRooms makes every member of source_room leave each of
+	// dest_rooms. When source_room is a socket id, that socket leaves instead.
+	RemoveRoomMembersFromRooms(ctx context.Context, in *RemoveRoomMembersFromRoomsRequest, opts ...grpc.CallOption) (*RemoveRoomMembersFromRoomsResponse, error)
 }
 
 type membershipServiceClient struct {
@@ -144,6 +159,36 @@ func (c *membershipServiceClient) Blast(ctx context.Context, in *BlastRequest, o
 	return out, nil
 }
 
+func (c *membershipServiceClient) LeaveAll(ctx context.Context, in *LeaveAllRequest, opts ...grpc.CallOption) (*LeaveAllResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LeaveAllResponse)
+	err := c.cc.Invoke(ctx, MembershipService_LeaveAll_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *membershipServiceClient) AddRoomMembersToRooms(ctx context.Context, in *AddRoomMembersToRoomsRequest, opts ...grpc.CallOption) (*AddRoomMembersToRoomsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AddRoomMembersToRoomsResponse)
+	err := c.cc.Invoke(ctx, MembershipService_AddRoomMembersToRooms_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *membershipServiceClient) RemoveRoomMembersFromRooms(ctx context.Context, in *RemoveRoomMembersFromRoomsRequest, opts ...grpc.CallOption) (*RemoveRoomMembersFromRoomsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveRoomMembersFromRoomsResponse)
+	err := c.cc.Invoke(ctx, MembershipService_RemoveRoomMembersFromRooms_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MembershipServiceServer is the server API for MembershipService service.
 // All implementations must embed UnimplementedMembershipServiceServer
 // for forward compatibility.
@@ -156,13 +201,15 @@ func (c *membershipServiceClient) Blast(ctx context.Context, in *BlastRequest, o
 // one of: INVALID_ARGUMENT (metadata "field" names the offending field),
 // SOCKET_NOT_FOUND, ETCD_UNAVAILABLE, GATEWAY_UNAVAILABLE, APPLY_TIMEOUT.
 type MembershipServiceServer interface {
-	// Join adds a socket to a room. It returns once the membership is committed in
-	// etcd (or, with WAIT_FOR_APPLY, once the socket's gateway applied it). Joining a
-	// room the socket is already in succeeds with already_member set. A socket that
-	// is not connected gives NOT_FOUND (reason SOCKET_NOT_FOUND).
+	// Join adds a socket (or several, atomically) to a room. It returns once the
+	// membership is committed in etcd (or, with WAIT_FOR_APPLY, once the sockets'
+	// gateways applied it). Joining a room the socket is already in succeeds with
+	// already_member set. A socket that is not connected gives NOT_FOUND (reason
+	// SOCKET_NOT_FOUND, metadata "socket_ids" lists them) and nothing changes.
 	Join(context.Context, *JoinRequest) (*JoinResponse, error)
-	// Leave removes a socket from a room. Leaving a room the socket is not in
-	// succeeds with was_member unset. A socket that is not connected gives NOT_FOUND.
+	// Leave removes a socket (or several, atomically) from a room. Leaving a room
+	// the socket is not in succeeds with was_member unset. A socket that is not
+	// connected gives NOT_FOUND and nothing changes.
 	Leave(context.Context, *LeaveRequest) (*LeaveResponse, error)
 	// ListRooms lists every room with its member count, or, when socket_id is set,
 	// the rooms of that socket. Results are ordered by room name and paged.
@@ -180,6 +227,16 @@ type MembershipServiceServer interface {
 	Broadcast(context.Context, *BroadcastRequest) (*BroadcastResponse, error)
 	// Blast sends an event to every connected socket.
 	Blast(context.Context, *BlastRequest) (*BlastResponse, error)
+	// LeaveAll makes every member of a room leave every room it is in (Sails'
+	// leaveAll). Members are read at one revision; rooms of any size are handled
+	// in pages of etcd transactions. An unknown room is a no-op.
+	LeaveAll(context.Context, *LeaveAllRequest) (*LeaveAllResponse, error)
+	// AddRoomMembersToRooms joins every member of source_room to each of
+	// dest_rooms. When source_room is a socket id, that socket is joined instead.
+	AddRoomMembersToRooms(context.Context, *AddRoomMembersToRoomsRequest) (*AddRoomMembersToRoomsResponse, error)
+	// RemoveRoomMembersFromRooms makes every member of source_room leave each of
+	// dest_rooms. When source_room is a socket id, that socket leaves instead.
+	RemoveRoomMembersFromRooms(context.Context, *RemoveRoomMembersFromRoomsRequest) (*RemoveRoomMembersFromRoomsResponse, error)
 	mustEmbedUnimplementedMembershipServiceServer()
 }
 
@@ -210,6 +267,15 @@ func (UnimplementedMembershipServiceServer) Broadcast(context.Context, *Broadcas
 }
 func (UnimplementedMembershipServiceServer) Blast(context.Context, *BlastRequest) (*BlastResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Blast not implemented")
+}
+func (UnimplementedMembershipServiceServer) LeaveAll(context.Context, *LeaveAllRequest) (*LeaveAllResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method LeaveAll not implemented")
+}
+func (UnimplementedMembershipServiceServer) AddRoomMembersToRooms(context.Context, *AddRoomMembersToRoomsRequest) (*AddRoomMembersToRoomsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AddRoomMembersToRooms not implemented")
+}
+func (UnimplementedMembershipServiceServer) RemoveRoomMembersFromRooms(context.Context, *RemoveRoomMembersFromRoomsRequest) (*RemoveRoomMembersFromRoomsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveRoomMembersFromRooms not implemented")
 }
 func (UnimplementedMembershipServiceServer) mustEmbedUnimplementedMembershipServiceServer() {}
 func (UnimplementedMembershipServiceServer) testEmbeddedByValue()                           {}
@@ -358,6 +424,60 @@ func _MembershipService_Blast_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _MembershipService_LeaveAll_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LeaveAllRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MembershipServiceServer).LeaveAll(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MembershipService_LeaveAll_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MembershipServiceServer).LeaveAll(ctx, req.(*LeaveAllRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MembershipService_AddRoomMembersToRooms_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AddRoomMembersToRoomsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MembershipServiceServer).AddRoomMembersToRooms(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MembershipService_AddRoomMembersToRooms_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MembershipServiceServer).AddRoomMembersToRooms(ctx, req.(*AddRoomMembersToRoomsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MembershipService_RemoveRoomMembersFromRooms_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveRoomMembersFromRoomsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MembershipServiceServer).RemoveRoomMembersFromRooms(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MembershipService_RemoveRoomMembersFromRooms_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MembershipServiceServer).RemoveRoomMembersFromRooms(ctx, req.(*RemoveRoomMembersFromRoomsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // MembershipService_ServiceDesc is the grpc.ServiceDesc for MembershipService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -392,6 +512,18 @@ var MembershipService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Blast",
 			Handler:    _MembershipService_Blast_Handler,
+		},
+		{
+			MethodName: "LeaveAll",
+			Handler:    _MembershipService_LeaveAll_Handler,
+		},
+		{
+			MethodName: "AddRoomMembersToRooms",
+			Handler:    _MembershipService_AddRoomMembersToRooms_Handler,
+		},
+		{
+			MethodName: "RemoveRoomMembersFromRooms",
+			Handler:    _MembershipService_RemoveRoomMembersFromRooms_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
