@@ -47,6 +47,8 @@ func run(args []string) error {
 	leaseTTL := fs.Duration("lease-ttl", 10*time.Second, "TTL of the gateway's etcd lease; its sockets vanish this long after a crash (at least 2s)")
 	gatewayID := fs.String("gateway-id", "", "unique gateway id, [A-Za-z0-9_-]{1,64} (default: host name and a random suffix)")
 	sendQueue := fs.Int("send-queue", 256, "frames queued per socket before a slow socket is disconnected")
+	upstreamURL := fs.String("upstream-url", "", "app that socket requests are forwarded to, e.g. http://127.0.0.1:3000 (empty: requests answer 501)")
+	upstreamTimeout := fs.Duration("upstream-timeout", 10*time.Second, "how long a socket request may take upstream before it is answered 504")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: gateway [flags]\nEach flag can also be set as %sFLAG_NAME.\n", envPrefix)
@@ -87,13 +89,15 @@ func run(args []string) error {
 	}
 	defer cli.Close()
 	gw, err := gateway.New(gateway.Config{
-		ID:            id,
-		AdvertiseAddr: adv,
-		Prefix:        *prefix,
-		LeaseTTL:      *leaseTTL,
-		Version:       app.Version(),
-		SendQueue:     *sendQueue,
-		Logger:        log,
+		ID:              id,
+		AdvertiseAddr:   adv,
+		Prefix:          *prefix,
+		LeaseTTL:        *leaseTTL,
+		Version:         app.Version(),
+		SendQueue:       *sendQueue,
+		UpstreamURL:     *upstreamURL,
+		UpstreamTimeout: *upstreamTimeout,
+		Logger:          log,
 	}, cli)
 	if err != nil {
 		return err

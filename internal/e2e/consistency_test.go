@@ -24,18 +24,18 @@ func TestBroadcastOrderedAfterMembershipAcrossReplicas(t *testing.T) {
 	g2 := startGateway(t, e, "gw2", 10*time.Second)
 	// One socket per gateway takes part in every round; a third stays a member
 	// throughout, so every broadcast has somewhere to go.
-	movers := []*sock{dial(t, g1.wsURL), dial(t, g2.wsURL)}
-	anchor := dial(t, g2.wsURL)
+	movers := []*sock{dial(t, g1.WSURL), dial(t, g2.WSURL)}
+	anchor := dial(t, g2.WSURL)
 	ctx := context.Background()
-	if _, err := replicaA.Join(ctx, &membershipv1.JoinRequest{SocketId: anchor.id, Room: "game"}); err != nil {
+	if _, err := replicaA.Join(ctx, &membershipv1.JoinRequest{SocketId: anchor.ID, Room: "game"}); err != nil {
 		t.Fatal(err)
 	}
-	anchor.expect("joined", "game")
+	anchor.Expect("joined", "game")
 
 	const rounds = 200
 	for i := 0; i < rounds; i++ {
 		for _, s := range movers {
-			if _, err := replicaA.Join(ctx, &membershipv1.JoinRequest{SocketId: s.id, Room: "game"}); err != nil {
+			if _, err := replicaA.Join(ctx, &membershipv1.JoinRequest{SocketId: s.ID, Room: "game"}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -44,7 +44,7 @@ func TestBroadcastOrderedAfterMembershipAcrossReplicas(t *testing.T) {
 			t.Fatalf("round %d: broadcast after join: %v %v", i, br, err)
 		}
 		for _, s := range movers {
-			if _, err := replicaB.Leave(ctx, &membershipv1.LeaveRequest{SocketId: s.id, Room: "game"}); err != nil {
+			if _, err := replicaB.Leave(ctx, &membershipv1.LeaveRequest{SocketId: s.ID, Room: "game"}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -60,7 +60,7 @@ func TestBroadcastOrderedAfterMembershipAcrossReplicas(t *testing.T) {
 		for i := 0; i < rounds; i++ {
 			want := []string{"joined", "message:" + fmt.Sprintf(`"in-%d"`, i), "left"}
 			for _, w := range want {
-				f := s.next(5 * time.Second)
+				f := s.Next(5 * time.Second)
 				got := f.Type
 				if f.Type == "message" {
 					got += ":" + string(f.Data)
@@ -71,15 +71,15 @@ func TestBroadcastOrderedAfterMembershipAcrossReplicas(t *testing.T) {
 					} else {
 						missed++
 					}
-					t.Errorf("socket %s round %d: got %s, want %s", s.id, i, got, w)
+					t.Errorf("socket %s round %d: got %s, want %s", s.ID, i, got, w)
 				}
 			}
 		}
-		s.expectNothing(100 * time.Millisecond)
+		s.ExpectNothing(100 * time.Millisecond)
 	}
 	for i := 0; i < rounds; i++ {
 		for _, prefix := range []string{"in", "out"} {
-			f := anchor.expect("message", "game")
+			f := anchor.Expect("message", "game")
 			if want := fmt.Sprintf(`"%s-%d"`, prefix, i); string(f.Data) != want {
 				t.Fatalf("anchor got %s, want %s", f.Data, want)
 			}
@@ -95,20 +95,20 @@ func TestGatewayConvergesAfterCompactionWhileDisconnected(t *testing.T) {
 	api := startMembershipServer(t, e)
 	proxy := testutil.StartProxy(t, e.Endpoint)
 	g := startGatewayVia(t, proxy.Endpoint(), "gw1", 10*time.Second)
-	s := dial(t, g.wsURL)
+	s := dial(t, g.WSURL)
 	ctx := context.Background()
 	for _, room := range []string{"a", "b"} {
-		if _, err := api.Join(ctx, &membershipv1.JoinRequest{SocketId: s.id, Room: room}); err != nil {
+		if _, err := api.Join(ctx, &membershipv1.JoinRequest{SocketId: s.ID, Room: room}); err != nil {
 			t.Fatal(err)
 		}
-		s.expect("joined", room)
+		s.Expect("joined", room)
 	}
 
 	proxy.Pause()
-	if lr, err := api.Leave(ctx, &membershipv1.LeaveRequest{SocketId: s.id, Room: "a"}); err != nil || !lr.WasMember {
+	if lr, err := api.Leave(ctx, &membershipv1.LeaveRequest{SocketId: s.ID, Room: "a"}); err != nil || !lr.WasMember {
 		t.Fatalf("leave while the gateway is cut off: %v %v", lr, err)
 	}
-	jr, err := api.Join(ctx, &membershipv1.JoinRequest{SocketId: s.id, Room: "c"})
+	jr, err := api.Join(ctx, &membershipv1.JoinRequest{SocketId: s.ID, Room: "c"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +120,7 @@ func TestGatewayConvergesAfterCompactionWhileDisconnected(t *testing.T) {
 
 	got := map[string]bool{}
 	for i := 0; i < 2; i++ {
-		f := s.next(15 * time.Second)
+		f := s.Next(15 * time.Second)
 		got[f.Type+" "+f.Room] = true
 	}
 	if !got["left a"] || !got["joined c"] {
@@ -132,7 +132,7 @@ func TestGatewayConvergesAfterCompactionWhileDisconnected(t *testing.T) {
 			t.Fatalf("broadcast to %s: %v %v, want %d delivered", room, br, err, want)
 		}
 		if want == 1 {
-			s.expect("message", room)
+			s.Expect("message", room)
 		}
 	}
 }

@@ -87,8 +87,8 @@ func TestMembershipHistoryIsLinearizableWhileAMemberRestarts(t *testing.T) {
 	socks := make([]*sock, nSockets)
 	index := map[string]int{}
 	for i := range socks {
-		socks[i] = dial(t, g.wsURL)
-		index[socks[i].id] = i
+		socks[i] = dial(t, g.WSURL)
+		index[socks[i].ID] = i
 	}
 
 	start := time.Now()
@@ -119,12 +119,12 @@ func TestMembershipHistoryIsLinearizableWhileAMemberRestarts(t *testing.T) {
 				switch in.kind {
 				case opJoin:
 					var r *membershipv1.JoinResponse
-					if r, err = api.Join(ctx, &membershipv1.JoinRequest{SocketId: socks[in.socket].id, Room: in.room}); err == nil {
+					if r, err = api.Join(ctx, &membershipv1.JoinRequest{SocketId: socks[in.socket].ID, Room: in.room}); err == nil {
 						out.flag = r.AlreadyMember
 					}
 				case opLeave:
 					var r *membershipv1.LeaveResponse
-					if r, err = api.Leave(ctx, &membershipv1.LeaveRequest{SocketId: socks[in.socket].id, Room: in.room}); err == nil {
+					if r, err = api.Leave(ctx, &membershipv1.LeaveRequest{SocketId: socks[in.socket].ID, Room: in.room}); err == nil {
 						out.flag = r.WasMember
 					}
 				case opList:
@@ -209,22 +209,22 @@ func TestNoQuorumIsUnavailableNotWrong(t *testing.T) {
 	cluster := testutil.StartCluster(t, 3)
 	eps := cluster.Endpoints()
 	g := startGatewayVia(t, strings.Join(eps, ","), "gw1", 10*time.Second)
-	s := dial(t, g.wsURL)
+	s := dial(t, g.WSURL)
 	// This replica only talks to member 0.
 	api := startMembershipServerWith(t, testutil.NewClient(t, eps[0]))
 	ctx := context.Background()
-	if _, err := api.Join(ctx, &membershipv1.JoinRequest{SocketId: s.id, Room: "r"}); err != nil {
+	if _, err := api.Join(ctx, &membershipv1.JoinRequest{SocketId: s.ID, Room: "r"}); err != nil {
 		t.Fatal(err)
 	}
 	cluster.Stop(1)
 	cluster.Stop(2)
 	calls := map[string]func(context.Context) error{
 		"Join": func(ctx context.Context) error {
-			_, err := api.Join(ctx, &membershipv1.JoinRequest{SocketId: s.id, Room: "r2"})
+			_, err := api.Join(ctx, &membershipv1.JoinRequest{SocketId: s.ID, Room: "r2"})
 			return err
 		},
 		"Leave": func(ctx context.Context) error {
-			_, err := api.Leave(ctx, &membershipv1.LeaveRequest{SocketId: s.id, Room: "r"})
+			_, err := api.Leave(ctx, &membershipv1.LeaveRequest{SocketId: s.ID, Room: "r"})
 			return err
 		},
 		"ListMembers": func(ctx context.Context) error {
@@ -266,7 +266,7 @@ func TestNoQuorumIsUnavailableNotWrong(t *testing.T) {
 		_, err := api.ListMembers(cctx, &membershipv1.ListMembersRequest{Room: "r"})
 		return err == nil
 	})
-	if got := members(t, api, "r"); len(got) != 1 || got[0] != s.id {
+	if got := members(t, api, "r"); len(got) != 1 || got[0] != s.ID {
 		t.Fatalf("members of r: %v", got)
 	}
 	if got := members(t, api, "r2"); len(got) != 0 {

@@ -70,7 +70,7 @@ func removeBinaries() {
 // proc is a gateway running as its own process.
 type proc struct {
 	cmd   *exec.Cmd
-	wsURL string
+	WSURL string
 	done  chan struct{}
 }
 
@@ -88,7 +88,7 @@ func startGatewayProcess(t *testing.T, e *testutil.Etcd, id string, ttl time.Dur
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &proc{cmd: cmd, wsURL: "ws://" + wsAddr + "/ws", done: make(chan struct{})}
+	p := &proc{cmd: cmd, WSURL: "ws://" + wsAddr + "/ws", done: make(chan struct{})}
 	go func() { cmd.Wait(); close(p.done) }()
 	t.Cleanup(func() {
 		cmd.Process.Kill()
@@ -100,7 +100,7 @@ func startGatewayProcess(t *testing.T, e *testutil.Etcd, id string, ttl time.Dur
 
 func (p *proc) waitHealthy(t *testing.T) {
 	t.Helper()
-	url := "http" + strings.TrimSuffix(strings.TrimPrefix(p.wsURL, "ws"), "/ws") + "/healthz"
+	url := "http" + strings.TrimSuffix(strings.TrimPrefix(p.WSURL, "ws"), "/ws") + "/healthz"
 	waitFor(t, 15*time.Second, "gateway process healthy", func() bool {
 		resp, err := http.Get(url)
 		if err != nil {
@@ -121,16 +121,16 @@ func TestGatewayKilledLosesItsMembershipsWithinTTL(t *testing.T) {
 
 	var victims []*sock
 	for i := 0; i < 3; i++ {
-		s := dial(t, doomed.wsURL)
+		s := dial(t, doomed.WSURL)
 		for _, room := range []string{"r", "s"} {
-			if _, err := api.Join(ctx, &membershipv1.JoinRequest{SocketId: s.id, Room: room}); err != nil {
+			if _, err := api.Join(ctx, &membershipv1.JoinRequest{SocketId: s.ID, Room: room}); err != nil {
 				t.Fatal(err)
 			}
 		}
 		victims = append(victims, s)
 	}
-	keeper := dial(t, survivor.wsURL)
-	if _, err := api.Join(ctx, &membershipv1.JoinRequest{SocketId: keeper.id, Room: "r"}); err != nil {
+	keeper := dial(t, survivor.WSURL)
+	if _, err := api.Join(ctx, &membershipv1.JoinRequest{SocketId: keeper.ID, Room: "r"}); err != nil {
 		t.Fatal(err)
 	}
 	if got := members(t, api, "r"); len(got) != 4 {
@@ -146,30 +146,30 @@ func TestGatewayKilledLosesItsMembershipsWithinTTL(t *testing.T) {
 	})
 	t.Logf("memberships gone %v after SIGKILL (lease TTL %v)", time.Since(killed).Round(time.Millisecond), ttl)
 
-	if got := members(t, api, "r"); got[0] != keeper.id {
+	if got := members(t, api, "r"); got[0] != keeper.ID {
 		t.Fatalf("survivor's membership lost: %v", got)
 	}
 	for _, s := range victims {
-		_, err := api.Join(ctx, &membershipv1.JoinRequest{SocketId: s.id, Room: "r"})
+		_, err := api.Join(ctx, &membershipv1.JoinRequest{SocketId: s.ID, Room: "r"})
 		wantStatus(t, err, codes.NotFound, "SOCKET_NOT_FOUND", "")
 	}
 	br, err := api.Broadcast(ctx, &membershipv1.BroadcastRequest{Rooms: []string{"r", "s"}})
 	if err != nil || br.Delivered != 1 || br.FailedGateways != 0 {
 		t.Fatalf("broadcast after the crash: %v %v", br, err)
 	}
-	keeper.expect("joined", "r")
-	keeper.expect("message", "r")
+	keeper.Expect("joined", "r")
+	keeper.Expect("message", "r")
 }
 
 func TestGatewaySIGTERMClosesSocketsAndRemovesThem(t *testing.T) {
 	e := testutil.StartEtcd(t)
 	api := startMembershipServer(t, e)
 	g := startGatewayProcess(t, e, "leaving", 30*time.Second)
-	s := dial(t, g.wsURL)
-	if _, err := api.Join(context.Background(), &membershipv1.JoinRequest{SocketId: s.id, Room: "r"}); err != nil {
+	s := dial(t, g.WSURL)
+	if _, err := api.Join(context.Background(), &membershipv1.JoinRequest{SocketId: s.ID, Room: "r"}); err != nil {
 		t.Fatal(err)
 	}
-	s.expect("joined", "r")
+	s.Expect("joined", "r")
 	if err := g.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -178,7 +178,7 @@ func TestGatewaySIGTERMClosesSocketsAndRemovesThem(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("gateway did not exit on SIGTERM")
 	}
-	if ce := <-s.closed; ce == nil || ce.Code != websocket.CloseGoingAway {
+	if ce := <-s.Closed; ce == nil || ce.Code != websocket.CloseGoingAway {
 		t.Fatalf("close frame %v, want 1001", ce)
 	}
 	// Revoking the lease removed everything at once, long before the TTL.
@@ -192,12 +192,12 @@ func TestFrozenGatewayNeverDeliversOnExpiredMemberships(t *testing.T) {
 	api := startMembershipServer(t, e)
 	const ttl = 2 * time.Second
 	g := startGatewayProcess(t, e, "frozen", ttl)
-	s := dial(t, g.wsURL)
+	s := dial(t, g.WSURL)
 	ctx := context.Background()
-	if _, err := api.Join(ctx, &membershipv1.JoinRequest{SocketId: s.id, Room: "r"}); err != nil {
+	if _, err := api.Join(ctx, &membershipv1.JoinRequest{SocketId: s.ID, Room: "r"}); err != nil {
 		t.Fatal(err)
 	}
-	s.expect("joined", "r")
+	s.Expect("joined", "r")
 
 	if err := g.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
@@ -224,12 +224,12 @@ func TestFrozenGatewayNeverDeliversOnExpiredMemberships(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	for f := range s.frames {
+	for f := range s.Frames {
 		if f.Type == "message" {
 			t.Fatalf("delivered %+v on an expired membership", f)
 		}
 	}
-	if ce := <-s.closed; ce == nil || ce.Code != websocket.CloseServiceRestart {
+	if ce := <-s.Closed; ce == nil || ce.Code != websocket.CloseServiceRestart {
 		t.Fatalf("close %v, want 1012", ce)
 	}
 	r := <-done
@@ -238,8 +238,8 @@ func TestFrozenGatewayNeverDeliversOnExpiredMemberships(t *testing.T) {
 	}
 	// It registers again with a new lease and serves new sockets.
 	g.waitHealthy(t)
-	s2 := dial(t, g.wsURL)
-	if _, err := api.Join(ctx, &membershipv1.JoinRequest{SocketId: s2.id, Room: "r", WaitFor: membershipv1.WaitFor_WAIT_FOR_APPLY}); err != nil {
+	s2 := dial(t, g.WSURL)
+	if _, err := api.Join(ctx, &membershipv1.JoinRequest{SocketId: s2.ID, Room: "r", WaitFor: membershipv1.WaitFor_WAIT_FOR_APPLY}); err != nil {
 		t.Fatal(err)
 	}
 	if br, err := api.Broadcast(ctx, &membershipv1.BroadcastRequest{Rooms: []string{"r"}}); err != nil || br.Delivered != 1 {
@@ -251,22 +251,22 @@ func TestWaitForApplyPastDeadlineKeepsTheChange(t *testing.T) {
 	e := testutil.StartEtcd(t)
 	api := startMembershipServer(t, e)
 	g := startGatewayProcess(t, e, "stalled", 10*time.Second)
-	s := dial(t, g.wsURL)
+	s := dial(t, g.WSURL)
 	if err := g.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
 	defer g.cmd.Process.Signal(syscall.SIGCONT)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	_, err := api.Join(ctx, &membershipv1.JoinRequest{SocketId: s.id, Room: "r", WaitFor: membershipv1.WaitFor_WAIT_FOR_APPLY})
+	_, err := api.Join(ctx, &membershipv1.JoinRequest{SocketId: s.ID, Room: "r", WaitFor: membershipv1.WaitFor_WAIT_FOR_APPLY})
 	wantStatus(t, err, codes.DeadlineExceeded, "APPLY_TIMEOUT", "")
-	if got := members(t, api, "r"); len(got) != 1 || got[0] != s.id {
+	if got := members(t, api, "r"); len(got) != 1 || got[0] != s.ID {
 		t.Fatalf("the committed join is gone: %v", got)
 	}
 	if err := g.cmd.Process.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}
-	s.expect("joined", "r")
+	s.Expect("joined", "r")
 }
 
 // startServerProcess runs a membership-server binary against e and returns a
@@ -312,7 +312,7 @@ func TestClientsRetryingOnAnotherReplicaEndWithIntendedState(t *testing.T) {
 	const workers, opsEach, rooms = 8, 60, 4
 	socks := make([]*sock, workers)
 	for i := range socks {
-		socks[i] = dial(t, g.wsURL)
+		socks[i] = dial(t, g.WSURL)
 	}
 	var killOnce sync.Once
 	var opsDone atomic.Int64
@@ -338,9 +338,9 @@ func TestClientsRetryingOnAnotherReplicaEndWithIntendedState(t *testing.T) {
 					ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 					var err error
 					if join {
-						_, err = replicas[cur].Join(ctx, &membershipv1.JoinRequest{SocketId: socks[w].id, Room: room})
+						_, err = replicas[cur].Join(ctx, &membershipv1.JoinRequest{SocketId: socks[w].ID, Room: room})
 					} else {
-						_, err = replicas[cur].Leave(ctx, &membershipv1.LeaveRequest{SocketId: socks[w].id, Room: room})
+						_, err = replicas[cur].Leave(ctx, &membershipv1.LeaveRequest{SocketId: socks[w].ID, Room: room})
 					}
 					cancel()
 					if err == nil {
@@ -369,8 +369,8 @@ func TestClientsRetryingOnAnotherReplicaEndWithIntendedState(t *testing.T) {
 		room := fmt.Sprintf("room-%d", r)
 		got := members(t, replicas[1], room)
 		for w, s := range socks {
-			if intended[w][room] != hasMember(got, s.id) {
-				t.Errorf("%s: socket %d member=%v, intended %v", room, w, hasMember(got, s.id), intended[w][room])
+			if intended[w][room] != hasMember(got, s.ID) {
+				t.Errorf("%s: socket %d member=%v, intended %v", room, w, hasMember(got, s.ID), intended[w][room])
 			}
 		}
 	}

@@ -31,17 +31,21 @@ type client struct {
 	closeReason string
 
 	rooms map[string]struct{} // guarded by hub.mu
+
+	inflight chan struct{}  // a slot per socket request in flight
+	requests sync.WaitGroup // socket request goroutines
 }
 
-func newClient(sid store.SocketID, conn *websocket.Conn, queue int, alive func() bool) *client {
+func newClient(sid store.SocketID, conn *websocket.Conn, queue, inflight int, alive func() bool) *client {
 	return &client{
-		id:    sid.String(),
-		sid:   sid,
-		conn:  conn,
-		alive: alive,
-		send:  make(chan []byte, queue),
-		done:  make(chan struct{}),
-		rooms: map[string]struct{}{},
+		id:       sid.String(),
+		sid:      sid,
+		conn:     conn,
+		alive:    alive,
+		send:     make(chan []byte, queue),
+		done:     make(chan struct{}),
+		rooms:    map[string]struct{}{},
+		inflight: make(chan struct{}, inflight),
 	}
 }
 
@@ -131,7 +135,7 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 	defer g.wg.Done()
 
 	sid := store.NewSocketID(g.cfg.ID, sess.lease)
-	c := newClient(sid, conn, g.cfg.SendQueue, sess.alive)
+	c := newClient(sid, conn, g.cfg.SendQueue, g.cfg.MaxInflight, sess.alive)
 	log := g.log.With("socket", c.id)
 	// Queued before the socket exists in etcd, so no joined frame can precede it.
 	c.enqueue(encode(frame{Type: "connected", SocketID: c.id}))
@@ -157,8 +161,11 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 		defer close(writerDone)
 		c.writeLoop(g.cfg.WriteTimeout, g.cfg.PingInterval)
 	}()
-	g.readLoop(c, log)
+	reqCtx, cancelRequests := context.WithCancel(context.Background())
+	g.readLoop(reqCtx, c, log)
 	c.shutdown(websocket.CloseNormalClosure, "")
+	cancelRequests()
+	c.requests.Wait()
 	<-writerDone
 	g.hub.remove(c)
 
@@ -174,7 +181,7 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 }
 
 // readLoop reads client frames until the connection fails or closes.
-func (g *Gateway) readLoop(c *client, log *slog.Logger) {
+func (g *Gateway) readLoop(ctx context.Context, c *client, log *slog.Logger) {
 	c.conn.SetReadLimit(g.cfg.MaxFrameBytes)
 	pongWait := 2 * g.cfg.PingInterval
 	_ = c.conn.SetReadDeadline(time.Now().Add(pongWait))
@@ -201,8 +208,7 @@ func (g *Gateway) readLoop(c *client, log *slog.Logger) {
 		}
 		switch f.Type {
 		case "request":
-			c.enqueue(encode(frame{Type: "response", ID: f.ID, Status: http.StatusNotImplemented,
-				Body: json.RawMessage(`{"error":"socket requests are not configured on this gateway"}`)}))
+			g.handleRequest(ctx, c, data)
 		default:
 			log.Debug("ignoring client frame", "type", f.Type)
 		}

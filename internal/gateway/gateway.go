@@ -26,6 +26,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -48,8 +49,14 @@ type Config struct {
 	WriteTimeout  time.Duration // 10s
 	PingInterval  time.Duration // 25s; a socket silent for two intervals is dropped
 	EtcdTimeout   time.Duration // per etcd request made on a socket's behalf; 5s
-	MaxFrameBytes int64         // largest client frame; 64 KiB
-	Logger        *slog.Logger
+	MaxFrameBytes int64         // largest client frame; larger ones close the socket (1009); 1 MiB
+	// Socket requests: forwarded to UpstreamURL ("" answers 501).
+	UpstreamURL     string
+	UpstreamTimeout time.Duration // 10s
+	MaxRequestBody  int64         // larger bodies are answered 413; 64 KiB
+	MaxResponseBody int64         // larger answers become 502; 1 MiB
+	MaxInflight     int           // requests in flight per socket, past which 429; 16
+	Logger          *slog.Logger
 }
 
 func (c *Config) setDefaults() error {
@@ -78,7 +85,19 @@ func (c *Config) setDefaults() error {
 		c.EtcdTimeout = 5 * time.Second
 	}
 	if c.MaxFrameBytes == 0 {
-		c.MaxFrameBytes = 64 << 10
+		c.MaxFrameBytes = 1 << 20
+	}
+	if c.UpstreamTimeout == 0 {
+		c.UpstreamTimeout = 10 * time.Second
+	}
+	if c.MaxRequestBody == 0 {
+		c.MaxRequestBody = 64 << 10
+	}
+	if c.MaxResponseBody == 0 {
+		c.MaxResponseBody = 1 << 20
+	}
+	if c.MaxInflight == 0 {
+		c.MaxInflight = 16
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -96,6 +115,9 @@ type Gateway struct {
 	applied  *revWaiter
 	upgrader websocket.Upgrader
 
+	upstream   *url.URL // nil: socket requests answer 501
+	httpClient *http.Client
+
 	mu   sync.Mutex
 	sess *session
 
@@ -107,13 +129,23 @@ func New(cfg Config, cli *clientv3.Client) (*Gateway, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
+	var upstream *url.URL
+	if cfg.UpstreamURL != "" {
+		u, err := url.Parse(cfg.UpstreamURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, fmt.Errorf("upstream URL %q: want http(s)://host[:port][/path]", cfg.UpstreamURL)
+		}
+		upstream = u
+	}
 	g := &Gateway{
-		cfg:     cfg,
-		cli:     cli,
-		store:   store.New(cli, cfg.Prefix),
-		log:     cfg.Logger.With("gateway", cfg.ID),
-		hub:     newHub(),
-		applied: newRevWaiter(),
+		upstream:   upstream,
+		httpClient: &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()},
+		cfg:        cfg,
+		cli:        cli,
+		store:      store.New(cli, cfg.Prefix),
+		log:        cfg.Logger.With("gateway", cfg.ID),
+		hub:        newHub(),
+		applied:    newRevWaiter(),
 		upgrader: websocket.Upgrader{
 			ReadBufferSize:  1024,
 			WriteBufferSize: 1024,
@@ -220,6 +252,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 		}
 	}
 	g.wg.Wait()
+	g.httpClient.CloseIdleConnections()
 	return nil
 }
 

@@ -1,0 +1,157 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+)
+
+// Socket requests (the Sails virtual request): a client frame
+//
+//	{"type":"request","id":1,"method":"POST","path":"/leaveFunRoom","body":{…}}
+//
+// is forwarded to the upstream app beside the gateway with header X-Socket-Id,
+// and the app's answer comes back as
+//
+//	{"type":"response","id":1,"status":200,"body":…}
+//
+// Every failure is a response with a status, never a dead socket: 400 for a
+// malformed request, 413 for an oversized body, 429 past the per-socket limit
+// of requests in flight, 501 without an upstream, 502 when the upstream is
+// unreachable or answers too much, 504 when it is too slow.
+
+type requestFrame struct {
+	ID     json.RawMessage `json:"id"`
+	Method string          `json:"method"`
+	Path   string          `json:"path"`
+	Body   json.RawMessage `json:"body"`
+}
+
+var allowedMethods = map[string]bool{
+	http.MethodGet: true, http.MethodPost: true, http.MethodPut: true, http.MethodPatch: true,
+	http.MethodDelete: true, http.MethodHead: true, http.MethodOptions: true,
+}
+
+// errorBody is a JSON body {"error": msg}.
+func errorBody(msg string) json.RawMessage {
+	b, _ := json.Marshal(map[string]string{"error": msg})
+	return b
+}
+
+func (c *client) respond(id json.RawMessage, status int, body json.RawMessage) {
+	if len(id) == 0 {
+		id = json.RawMessage("null")
+	}
+	c.enqueue(encode(frame{Type: "response", ID: id, Status: status, Body: body}))
+}
+
+// handleRequest validates a request frame and forwards it in the background.
+// The goroutine belongs to the socket: serveWS cancels and waits for it.
+func (g *Gateway) handleRequest(ctx context.Context, c *client, data []byte) {
+	var r requestFrame
+	if err := json.Unmarshal(data, &r); err != nil {
+		c.respond(nil, http.StatusBadRequest, errorBody("malformed request frame"))
+		return
+	}
+	if len(r.ID) == 0 || r.ID[0] == '{' || r.ID[0] == '[' {
+		c.respond(nil, http.StatusBadRequest, errorBody("id must be a string or a number"))
+		return
+	}
+	if r.Method == "" {
+		r.Method = http.MethodGet
+	}
+	r.Method = strings.ToUpper(r.Method)
+	if !allowedMethods[r.Method] {
+		c.respond(r.ID, http.StatusBadRequest, errorBody("unsupported method"))
+		return
+	}
+	target, err := g.upstreamURL(r.Path)
+	if err != nil {
+		c.respond(r.ID, http.StatusBadRequest, errorBody(err.Error()))
+		return
+	}
+	if target == nil {
+		c.respond(r.ID, http.StatusNotImplemented, errorBody("socket requests are not configured on this gateway"))
+		return
+	}
+	if int64(len(r.Body)) > g.cfg.MaxRequestBody {
+		c.respond(r.ID, http.StatusRequestEntityTooLarge, errorBody("request body too large"))
+		return
+	}
+	select {
+	case c.inflight <- struct{}{}:
+	default:
+		c.respond(r.ID, http.StatusTooManyRequests, errorBody("too many requests in flight"))
+		return
+	}
+	c.requests.Add(1)
+	go func() {
+		defer func() { <-c.inflight; c.requests.Done() }()
+		status, body := g.forward(ctx, c.id, r.Method, target, r.Body)
+		c.respond(r.ID, status, body)
+	}()
+}
+
+// upstreamURL resolves a request path against the upstream; nil without one.
+func (g *Gateway) upstreamURL(path string) (*url.URL, error) {
+	ref, err := url.Parse(path)
+	if err != nil || !strings.HasPrefix(path, "/") || ref.Scheme != "" || ref.Host != "" || strings.HasPrefix(path, "//") {
+		return nil, errors.New("path must be an absolute path such as /things?x=1")
+	}
+	if g.upstream == nil {
+		return nil, nil
+	}
+	u := *g.upstream
+	u.Path = strings.TrimSuffix(u.Path, "/") + ref.Path
+	u.RawPath = ""
+	u.RawQuery = ref.RawQuery
+	return &u, nil
+}
+
+func (g *Gateway) forward(ctx context.Context, socket, method string, target *url.URL, body json.RawMessage) (int, json.RawMessage) {
+	ctx, cancel := context.WithTimeout(ctx, g.cfg.UpstreamTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, target.String(), bytes.NewReader(body))
+	if err != nil {
+		return http.StatusBadRequest, errorBody("cannot build the request")
+	}
+	req.Header.Set("X-Socket-Id", socket)
+	req.Header.Set("Accept", "application/json")
+	if len(body) > 0 {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := g.httpClient.Do(req)
+	if err != nil {
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return http.StatusGatewayTimeout, errorBody("upstream did not answer in time")
+		}
+		g.log.Warn("socket request failed", "socket", socket, "err", err)
+		return http.StatusBadGateway, errorBody("upstream unreachable")
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, g.cfg.MaxResponseBody+1))
+	switch {
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		return http.StatusGatewayTimeout, errorBody("upstream did not answer in time")
+	case err != nil:
+		return http.StatusBadGateway, errorBody("reading the upstream response failed")
+	case int64(len(raw)) > g.cfg.MaxResponseBody:
+		return http.StatusBadGateway, errorBody("upstream response too large")
+	}
+	raw = bytes.TrimSpace(raw)
+	switch {
+	case len(raw) == 0:
+		return resp.StatusCode, nil
+	case json.Valid(raw):
+		return resp.StatusCode, raw
+	default:
+		// Not JSON (text, HTML): hand it over as a JSON string.
+		s, _ := json.Marshal(string(raw))
+		return resp.StatusCode, s
+	}
+}
