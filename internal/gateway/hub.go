@@ -53,15 +53,19 @@ func (h *hub) remove(c *client) {
 	}
 }
 
-// closeAll refuses new sockets and tells every open socket to close with code.
-// Their handlers remove them.
+// closeAll refuses new sockets, forgets every open one with its memberships,
+// and tells each to close with code. Their handlers finish the rest.
 func (h *hub) closeAll(code int, reason string) {
 	h.mu.Lock()
 	h.open = false
 	all := make([]*client, 0, len(h.sockets))
 	for _, c := range h.sockets {
 		all = append(all, c)
+		for room := range c.rooms {
+			h.leaveLocked(c, room)
+		}
 	}
+	clear(h.sockets)
 	h.mu.Unlock()
 	for _, c := range all {
 		c.shutdown(code, reason)
