@@ -42,9 +42,10 @@ const (
 type Server struct {
 	membershipv1.UnimplementedMembershipServiceServer
 
-	store    *store.Store
-	log      *slog.Logger
-	gateways *gatewayPool
+	store     *store.Store
+	stopBatch func()
+	log       *slog.Logger
+	gateways  *gatewayPool
 }
 
 // New returns a Server over an etcd client, with keys under prefix.
@@ -52,11 +53,20 @@ func New(kv store.KV, prefix string, log *slog.Logger) *Server {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Server{store: store.New(kv, prefix), log: log, gateways: newGatewayPool()}
+	st := store.New(kv, prefix)
+	stop := st.StartBatching(batchCommitters)
+	return &Server{store: st, stopBatch: stop, log: log, gateways: newGatewayPool()}
 }
 
-// Close drops the connections to gateways.
-func (s *Server) Close() { s.gateways.close() }
+// batchCommitters is how many coalesced Join/Leave transactions may be in
+// flight at once (see store.StartBatching).
+const batchCommitters = 4
+
+// Close stops coalescing and drops the connections to gateways.
+func (s *Server) Close() {
+	s.stopBatch()
+	s.gateways.close()
+}
 
 // Join adds sockets to a room.
 func (s *Server) Join(ctx context.Context, req *membershipv1.JoinRequest) (*membershipv1.JoinResponse, error) {

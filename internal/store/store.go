@@ -25,6 +25,7 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -45,8 +46,9 @@ type KV interface {
 
 // Store reads and writes the membership keyspace.
 type Store struct {
-	kv KV
-	k  keys
+	kv    KV
+	k     keys
+	batch *batcher // nil: one etcd transaction per Join/Leave
 }
 
 // New returns a Store over kv with all keys under prefix ("" means DefaultPrefix).
@@ -137,9 +139,24 @@ func (s *Store) change(ctx context.Context, sockets []SocketID, room string, joi
 		orElse[i] = clientv3.OpGet(s.k.socket(id), clientv3.WithKeysOnly())
 		then[i] = s.membershipOp(sock, room, join)
 	}
-	resp, err := s.kv.Txn(ctx).If(guards...).Then(then...).Else(orElse...).Commit()
-	if err != nil {
-		return ChangeResult{}, fmt.Errorf("change membership: %w", err)
+	var resp *etcdserverpb.TxnResponse
+	var rev int64
+	if s.batch != nil {
+		keys := make([]string, len(sockets))
+		for i, sock := range sockets {
+			keys[i] = s.k.room(room, sock.String())
+		}
+		var err error
+		resp, rev, err = s.batch.do(ctx, clientv3.OpTxn(guards, then, orElse), keys, len(sockets))
+		if err != nil {
+			return ChangeResult{}, err
+		}
+	} else {
+		r, err := s.kv.Txn(ctx).If(guards...).Then(then...).Else(orElse...).Commit()
+		if err != nil {
+			return ChangeResult{}, fmt.Errorf("change membership: %w", err)
+		}
+		resp, rev = (*etcdserverpb.TxnResponse)(r), r.Header.Revision
 	}
 	if !resp.Succeeded {
 		nf := &SocketsNotFoundError{}
@@ -150,7 +167,7 @@ func (s *Store) change(ctx context.Context, sockets []SocketID, room string, joi
 		}
 		return ChangeResult{}, nf
 	}
-	res := ChangeResult{Revision: resp.Header.Revision, WasMember: make([]bool, len(sockets))}
+	res := ChangeResult{Revision: rev, WasMember: make([]bool, len(sockets))}
 	for i, r := range resp.Responses {
 		inner := r.GetResponseTxn().Succeeded
 		// The nested transaction succeeds when the socket was a member for a
