@@ -7,9 +7,12 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	membershipv1 "github.com/socketrooms/membership/gen/membership/v1"
+	"github.com/socketrooms/membership/internal/gateway"
+	"github.com/socketrooms/membership/internal/stacktest"
 	"github.com/socketrooms/membership/internal/testutil"
 )
 
@@ -135,4 +138,31 @@ func TestGatewayConvergesAfterCompactionWhileDisconnected(t *testing.T) {
 			s.Expect("message", room)
 		}
 	}
+}
+
+// A socket that closes while its gateway cannot reach etcd is removed once it
+// can: the lease would otherwise keep its keys for as long as the gateway runs.
+func TestSocketClosedDuringAnEtcdOutageIsRemovedAfterIt(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	api := startMembershipServer(t, e)
+	proxy := testutil.StartProxy(t, e.Endpoint)
+	g := stacktest.StartGatewayVia(t, proxy.Endpoint(), gateway.Config{ID: "gw1", LeaseTTL: 10 * time.Second, EtcdTimeout: 500 * time.Millisecond})
+	s := dial(t, g.WSURL)
+	ctx := context.Background()
+	if _, err := api.Join(ctx, &membershipv1.JoinRequest{SocketId: s.ID, Room: "r"}); err != nil {
+		t.Fatal(err)
+	}
+	s.Expect("joined", "r")
+	proxy.Pause()
+	s.Conn.Close()
+	time.Sleep(2 * time.Second) // the gateway's first removal attempts fail meanwhile
+	if got := members(t, api, "r"); len(got) != 1 {
+		t.Fatalf("members during the outage: %v", got)
+	}
+	proxy.Resume()
+	waitFor(t, 10*time.Second, "the closed socket's keys to go", func() bool {
+		return len(members(t, api, "r")) == 0
+	})
+	_, err := api.GetSocket(ctx, &membershipv1.GetSocketRequest{SocketId: s.ID})
+	wantStatus(t, err, codes.NotFound, "SOCKET_NOT_FOUND", "")
 }

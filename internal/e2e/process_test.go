@@ -74,16 +74,18 @@ type proc struct {
 	done  chan struct{}
 }
 
-func startGatewayProcess(t *testing.T, e *testutil.Etcd, id string, ttl time.Duration) *proc {
+func startGatewayProcess(t *testing.T, e *testutil.Etcd, id string, ttl time.Duration, flags ...string) *proc {
 	t.Helper()
 	wsAddr := testutil.FreeAddr(t)
-	cmd := exec.Command(binary(t, "gateway"),
+	args := []string{
 		"--ws-addr", wsAddr,
 		"--grpc-addr", testutil.FreeAddr(t),
 		"--etcd-endpoints", e.Endpoint,
 		"--lease-ttl", ttl.String(),
 		"--gateway-id", id,
-		"--log-level", "warn")
+		"--log-level", "warn",
+	}
+	cmd := exec.Command(binary(t, "gateway"), append(args, flags...)...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -375,4 +377,45 @@ func TestClientsRetryingOnAnotherReplicaEndWithIntendedState(t *testing.T) {
 		}
 	}
 	t.Logf("%d ops by %d clients, replica killed after a third; %d calls retried on the other replica", workers*opsEach, workers, retried.Load())
+}
+
+// A gateway restarted on the address of one that just crashed must not take
+// the dead one's deliveries: its sockets would get messages twice, and a
+// WAIT_FOR_APPLY for the dead one's sockets a false "applied".
+func TestReusedGatewayAddressGetsOnlyItsOwnDeliveries(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	api := startMembershipServer(t, e)
+	addr := testutil.FreeAddr(t)
+	old := startGatewayProcess(t, e, "old", 10*time.Second, "--grpc-addr", addr)
+	gone := dial(t, old.WSURL)
+	ctx := context.Background()
+	if _, err := api.Join(ctx, &membershipv1.JoinRequest{SocketId: gone.ID, Room: "r"}); err != nil {
+		t.Fatal(err)
+	}
+	old.cmd.Process.Signal(syscall.SIGKILL)
+	<-old.done
+	// Within the dead one's TTL, so its records are still in etcd.
+	next := startGatewayProcess(t, e, "new", 10*time.Second, "--grpc-addr", addr)
+	s := dial(t, next.WSURL)
+	if _, err := api.Join(ctx, &membershipv1.JoinRequest{SocketId: s.ID, Room: "r"}); err != nil {
+		t.Fatal(err)
+	}
+	s.Expect("joined", "r")
+	bl, err := api.Blast(ctx, &membershipv1.BlastRequest{Event: "once"})
+	if err != nil || bl.Delivered != 1 || bl.FailedGateways != 1 {
+		t.Fatalf("blast: %v %v", bl, err)
+	}
+	br, err := api.Broadcast(ctx, &membershipv1.BroadcastRequest{Rooms: []string{"r"}, Event: "twice?"})
+	if err != nil || br.Delivered != 1 || br.FailedGateways != 1 {
+		t.Fatalf("broadcast: %v %v", br, err)
+	}
+	if f := s.Expect("message", ""); f.Event != "once" {
+		t.Fatalf("%+v", f)
+	}
+	if f := s.Expect("message", "r"); f.Event != "twice?" {
+		t.Fatalf("%+v", f)
+	}
+	s.ExpectNothing(300 * time.Millisecond)
+	_, err = api.Leave(ctx, &membershipv1.LeaveRequest{SocketId: gone.ID, Room: "r", WaitFor: membershipv1.WaitFor_WAIT_FOR_APPLY})
+	wantStatus(t, err, codes.Unavailable, "GATEWAY_UNAVAILABLE", "")
 }

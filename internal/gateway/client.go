@@ -123,16 +123,15 @@ func (c *client) writeClose(timeout time.Duration) {
 // socket and its memberships are removed from etcd at once.
 func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 	sess := g.currentSession()
-	if sess == nil || !sess.alive() {
+	if sess == nil || !sess.alive() || !g.startHandler() {
 		http.Error(w, "gateway is not registered in etcd", http.StatusServiceUnavailable)
 		return
 	}
+	defer g.wg.Done()
 	conn, err := g.upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		return // the upgrader already answered
 	}
-	g.wg.Add(1)
-	defer g.wg.Done()
 
 	sid := store.NewSocketID(g.cfg.ID, sess.lease)
 	c := newClient(sid, conn, g.cfg.SendQueue, g.cfg.MaxInflight, sess.alive)
@@ -150,6 +149,8 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		log.Warn("register socket failed", "err", err)
 		g.hub.remove(c)
+		// The put may have committed after all.
+		g.removeSocket(sess, sid)
 		c.shutdown(closeInternal, "cannot register socket")
 		c.writeLoop(g.cfg.WriteTimeout, g.cfg.PingInterval)
 		return
@@ -169,14 +170,7 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 	<-writerDone
 	g.hub.remove(c)
 
-	// A lost or ended session takes the socket's keys with its lease.
-	if sess.ctx.Err() == nil {
-		ctx, cancel := context.WithTimeout(sess.ctx, g.cfg.EtcdTimeout)
-		if err := g.store.RemoveSocket(ctx, sid); err != nil {
-			log.Warn("remove socket failed; its keys go with the lease", "err", err)
-		}
-		cancel()
-	}
+	g.removeSocket(sess, sid)
 	log.Debug("socket disconnected")
 }
 

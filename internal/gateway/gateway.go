@@ -118,10 +118,10 @@ type Gateway struct {
 	upstream   *url.URL // nil: socket requests answer 501
 	httpClient *http.Client
 
-	mu   sync.Mutex
-	sess *session
-
-	wg sync.WaitGroup // socket handlers
+	mu       sync.Mutex
+	sess     *session
+	stopping bool           // set once Run is ending; no handler may start after
+	wg       sync.WaitGroup // socket handlers, counted under mu
 }
 
 // New returns a Gateway using cli; call Run to start it.
@@ -185,7 +185,7 @@ type session struct {
 	ctx    context.Context // canceled when the session ends
 	cancel context.CancelFunc
 
-	// aliveUntil is the monotonic instant (see monoNow) before which the lease
+	// aliveUntil is the instant (see monoNow) before which the lease
 	// is provably alive: the send time of the last successful renewal plus the
 	// TTL it granted, less a margin.
 	aliveUntil atomic.Int64
@@ -193,14 +193,11 @@ type session struct {
 	mu        sync.Mutex
 	watchCtx  context.Context // the live watch's context, for progress requests
 	watchFrom int64
+
+	// cleanup holds sockets whose removal from etcd failed; the session's
+	// janitor retries them until they are gone or the lease is.
+	cleanup chan store.SocketID
 }
-
-// monoBase anchors monoNow; time.Since reads the monotonic clock, which keeps
-// running while the process is frozen (SIGSTOP), so a resumed gateway sees its
-// lease expired.
-var monoBase = time.Now()
-
-func monoNow() int64 { return int64(time.Since(monoBase)) }
 
 // alive reports whether the lease is provably alive now.
 func (s *session) alive() bool {
@@ -251,9 +248,23 @@ func (g *Gateway) Run(ctx context.Context) error {
 			g.log.Error("session ended; sockets closed, registering again", "err", err, "lease", fmt.Sprintf("%x", int64(sess.lease)))
 		}
 	}
+	g.mu.Lock()
+	g.stopping = true
+	g.mu.Unlock()
 	g.wg.Wait()
 	g.httpClient.CloseIdleConnections()
 	return nil
+}
+
+// startHandler counts a socket handler unless Run is ending.
+func (g *Gateway) startHandler() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.stopping {
+		return false
+	}
+	g.wg.Add(1)
+	return true
 }
 
 func (g *Gateway) startSession(parent context.Context) (*session, error) {
@@ -265,7 +276,7 @@ func (g *Gateway) startSession(parent context.Context) (*session, error) {
 		return nil, fmt.Errorf("grant lease: %w", err)
 	}
 	sctx, scancel := context.WithCancel(parent)
-	s := &session{lease: lease.ID, ctx: sctx, cancel: scancel}
+	s := &session{lease: lease.ID, ctx: sctx, cancel: scancel, cleanup: make(chan store.SocketID, 4096)}
 	s.renewed(sent, time.Duration(lease.TTL)*time.Second)
 	rev, err := g.store.RegisterGateway(ctx, store.GatewayRecord{
 		ID:        g.cfg.ID,
@@ -292,15 +303,65 @@ func (g *Gateway) startSession(parent context.Context) (*session, error) {
 // the request's own transit and clock rate differences.
 const leaseMargin = 500 * time.Millisecond
 
-// serveSession keeps the lease alive and follows memberships until either fails.
+// serveSession keeps the lease alive, follows memberships and retries failed
+// socket removals until the lease or the watch fails.
 func (g *Gateway) serveSession(s *session) error {
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	go func() { errc <- g.keepAlive(s) }()
 	go func() { errc <- g.watchLoop(s) }()
+	go func() { errc <- g.janitor(s) }()
 	err := <-errc
 	s.cancel()
 	<-errc
+	<-errc
 	return err
+}
+
+// removeSocket deletes a socket's keys, handing them to the session's janitor
+// when etcd cannot be reached: the lease outlives the socket by as long as the
+// gateway runs, so nothing else would.
+func (g *Gateway) removeSocket(s *session, sid store.SocketID) {
+	if s.ctx.Err() != nil {
+		return // the lease takes the keys with it
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, g.cfg.EtcdTimeout)
+	err := g.store.RemoveSocket(ctx, sid)
+	cancel()
+	if err == nil {
+		return
+	}
+	select {
+	case s.cleanup <- sid:
+		g.log.Warn("remove socket failed; retrying", "socket", sid.String(), "err", err)
+	default:
+		g.log.Error("remove socket failed and the retry queue is full; its keys stay until the lease ends", "socket", sid.String(), "err", err)
+	}
+}
+
+// janitor retries failed socket removals with backoff for the session's life.
+func (g *Gateway) janitor(s *session) error {
+	backoff := newBackoff(100*time.Millisecond, 5*time.Second)
+	for {
+		var sid store.SocketID
+		select {
+		case <-s.ctx.Done():
+			return s.ctx.Err()
+		case sid = <-s.cleanup:
+		}
+		for {
+			ctx, cancel := context.WithTimeout(s.ctx, g.cfg.EtcdTimeout)
+			err := g.store.RemoveSocket(ctx, sid)
+			cancel()
+			if err == nil {
+				backoff.reset()
+				break
+			}
+			if s.ctx.Err() != nil {
+				return s.ctx.Err()
+			}
+			sleepCtx(s.ctx, backoff.next())
+		}
+	}
 }
 
 // keepAlive renews the lease every third of its TTL and fences the session:

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -28,11 +29,11 @@ func (s *grpcService) Deliver(ctx context.Context, req *gatewayv1.DeliverRequest
 	if len(req.DataJson) > 0 && !json.Valid(req.DataJson) {
 		return nil, status.Error(codes.InvalidArgument, "data_json is not valid JSON")
 	}
-	sess, err := s.live()
+	sess, err := s.live(req.GatewayId, req.Lease)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := s.g.waitApplied(ctx, req.Revision); err != nil {
+	if _, err := s.g.waitApplied(ctx, sess, req.Revision); err != nil {
 		return nil, waitError(err)
 	}
 	// Re-check after waiting: a lease that expired meanwhile must not deliver.
@@ -57,25 +58,37 @@ func (s *grpcService) Deliver(ctx context.Context, req *gatewayv1.DeliverRequest
 
 // WaitApplied returns once membership is applied up to the revision.
 func (s *grpcService) WaitApplied(ctx context.Context, req *gatewayv1.WaitAppliedRequest) (*gatewayv1.WaitAppliedResponse, error) {
-	if _, err := s.live(); err != nil {
+	sess, err := s.live(req.GatewayId, req.Lease)
+	if err != nil {
 		return nil, err
 	}
-	rev, err := s.g.waitApplied(ctx, req.Revision)
+	rev, err := s.g.waitApplied(ctx, sess, req.Revision)
 	if err != nil {
 		return nil, waitError(err)
 	}
 	return &gatewayv1.WaitAppliedResponse{AppliedRevision: rev}, nil
 }
 
-func (s *grpcService) live() (*session, error) {
+// live returns the current session if the caller means this gateway and
+// this lease (0: any).
+func (s *grpcService) live(gatewayID string, lease int64) (*session, error) {
+	if gatewayID != "" && gatewayID != s.g.cfg.ID {
+		return nil, status.Errorf(codes.FailedPrecondition, "this is gateway %q, not %q", s.g.cfg.ID, gatewayID)
+	}
 	sess := s.g.currentSession()
 	if sess == nil || !sess.alive() {
 		return nil, status.Error(codes.Unavailable, "gateway holds no live lease")
+	}
+	if lease != 0 && clientv3.LeaseID(lease) != sess.lease {
+		return nil, status.Error(codes.FailedPrecondition, "that registration of this gateway has ended; its sockets are gone")
 	}
 	return sess, nil
 }
 
 func waitError(err error) error {
+	if errors.Is(err, errSessionEnded) {
+		return status.Error(codes.Unavailable, err.Error())
+	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		return status.Error(codes.DeadlineExceeded, "membership not applied up to the revision before the deadline")
 	}

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -38,8 +39,11 @@ func (w *revWaiter) get() (int64, <-chan struct{}) {
 // progressEvery is how often a waiter behind etcd asks for watch progress.
 const progressEvery = 50 * time.Millisecond
 
-// waitApplied returns once the index is applied up to rev.
-func (g *Gateway) waitApplied(ctx context.Context, rev int64) (int64, error) {
+var errSessionEnded = errors.New("gateway lost its lease while waiting")
+
+// waitApplied returns once the index is applied up to rev, or fails when the
+// session s ends first: its sockets are gone then, and waiting is pointless.
+func (g *Gateway) waitApplied(ctx context.Context, s *session, rev int64) (int64, error) {
 	var tick *time.Ticker
 	for {
 		cur, ch := g.applied.get()
@@ -60,6 +64,8 @@ func (g *Gateway) waitApplied(ctx context.Context, rev int64) (int64, error) {
 		case <-ch:
 		case <-tick.C:
 			g.requestProgress()
+		case <-s.ctx.Done():
+			return cur, errSessionEnded
 		case <-ctx.Done():
 			return cur, ctx.Err()
 		}
@@ -88,6 +94,7 @@ func (g *Gateway) watchLoop(s *session) error {
 	prefix := g.store.MembershipWatchPrefix(g.cfg.ID)
 	next := s.watchFrom
 	backoff := newBackoff(50*time.Millisecond, 2*time.Second)
+	resyncFailures := 0
 	for s.ctx.Err() == nil {
 		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(s.ctx))
 		s.mu.Lock()
@@ -99,6 +106,15 @@ func (g *Gateway) watchLoop(s *session) error {
 		cancel()
 		if s.ctx.Err() != nil {
 			break
+		}
+		if errors.Is(err, errResync) {
+			// Sockets that cannot learn their memberships must not stay
+			// connected looking healthy: after a few tries, start over.
+			if resyncFailures++; resyncFailures >= 3 {
+				return err
+			}
+		} else if err == nil {
+			resyncFailures = 0
 		}
 		if err != nil {
 			g.log.Warn("membership watch interrupted; resuming", "err", err, "revision", next)
@@ -143,14 +159,17 @@ func (g *Gateway) consume(s *session, wch clientv3.WatchChan, next int64) (int64
 	return next, fmt.Errorf("watch channel closed")
 }
 
+var errResync = errors.New("re-list after compaction failed")
+
 // resync rebuilds the index from a listing after the watch history it needed
 // was compacted away, and returns the listing's revision.
 func (g *Gateway) resync(s *session) (int64, error) {
-	ctx, cancel := context.WithTimeout(s.ctx, g.cfg.EtcdTimeout)
+	// A large gateway lists many pages: allow far more than one request's time.
+	ctx, cancel := context.WithTimeout(s.ctx, 12*g.cfg.EtcdTimeout)
 	defer cancel()
 	want, rev, err := g.store.GatewayMemberships(ctx, g.cfg.ID)
 	if err != nil {
-		return 0, fmt.Errorf("re-list after compaction: %w", err)
+		return 0, fmt.Errorf("%w: %w", errResync, err)
 	}
 	g.hub.reconcile(want)
 	g.applied.advance(rev)

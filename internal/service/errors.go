@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -25,6 +26,9 @@ const (
 	ReasonEtcdUnavailable    = "ETCD_UNAVAILABLE"
 	ReasonGatewayUnavailable = "GATEWAY_UNAVAILABLE"
 	ReasonApplyTimeout       = "APPLY_TIMEOUT"
+	ReasonInternal           = "INTERNAL"
+	// ReasonEtcdPermissionDenied: etcd's auth refused this membership-server.
+	ReasonEtcdPermissionDenied = "ETCD_PERMISSION_DENIED"
 )
 
 // fieldError is bad input in one request field.
@@ -44,7 +48,13 @@ type applyError struct {
 	err      error
 }
 
-func (e *applyError) Error() string { return "change committed but not yet applied: " + e.err.Error() }
+func (e *applyError) Error() string {
+	why := "the socket's gateway could not be reached"
+	if errors.Is(e.err, context.DeadlineExceeded) {
+		why = "the deadline passed first"
+	}
+	return "change committed at revision " + itoa(e.revision) + " but not confirmed applied by the socket's gateway: " + why
+}
 func (e *applyError) Unwrap() error { return e.err }
 
 // toStatus is the one place where errors become gRPC statuses. Raw etcd errors
@@ -73,17 +83,29 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 		}
 		return withDetails(status.New(codes.NotFound, msg), info)
 	case errors.As(err, &ae):
-		code := codes.DeadlineExceeded
+		code, reason := codes.DeadlineExceeded, ReasonApplyTimeout
 		if !errors.Is(err, context.DeadlineExceeded) {
-			code = codes.Unavailable
+			code, reason = codes.Unavailable, ReasonGatewayUnavailable
+			log.Warn("waiting for a gateway to apply failed", "revision", ae.revision, "err", ae.err)
 		}
 		return withDetails(status.New(code, ae.Error()),
-			&errdetails.ErrorInfo{Reason: ReasonApplyTimeout, Domain: ErrorDomain,
+			&errdetails.ErrorInfo{Reason: reason, Domain: ErrorDomain,
 				Metadata: map[string]string{"revision": itoa(ae.revision)}})
 	case errors.Is(err, context.DeadlineExceeded) || ctx.Err() == context.DeadlineExceeded:
 		return status.Error(codes.DeadlineExceeded, "deadline exceeded")
 	case errors.Is(err, context.Canceled) || ctx.Err() == context.Canceled:
 		return status.Error(codes.Canceled, "canceled")
+	case errors.Is(err, rpctypes.ErrTooManyOps), errors.Is(err, rpctypes.ErrRequestTooLarge), errors.Is(err, rpctypes.ErrDuplicateKey):
+		// Requests are validated to stay inside etcd's limits: this is a bug,
+		// and retrying would not help.
+		log.Error("etcd refused a request", "err", err)
+		return withDetails(status.New(codes.Internal, "internal error"),
+			&errdetails.ErrorInfo{Reason: ReasonInternal, Domain: ErrorDomain})
+	case errors.Is(err, rpctypes.ErrPermissionDenied), errors.Is(err, rpctypes.ErrUserEmpty),
+		errors.Is(err, rpctypes.ErrAuthFailed), errors.Is(err, rpctypes.ErrInvalidAuthToken):
+		log.Error("etcd refused the service's credentials", "err", err)
+		return withDetails(status.New(codes.PermissionDenied, "the membership store refused this service"),
+			&errdetails.ErrorInfo{Reason: ReasonEtcdPermissionDenied, Domain: ErrorDomain})
 	default:
 		log.Warn("etcd request failed", "err", err)
 		return withDetails(status.New(codes.Unavailable, "membership store unavailable; retry"),

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -57,6 +58,9 @@ func New(kv store.KV, prefix string, log *slog.Logger) *Server {
 	stop := st.StartBatching(batchCommitters)
 	return &Server{store: st, stopBatch: stop, log: log, gateways: newGatewayPool()}
 }
+
+// deliverTimeout caps one gateway's part of a Broadcast or Blast.
+const deliverTimeout = 5 * time.Second
 
 // batchCommitters is how many coalesced Join/Leave transactions may be in
 // flight at once (see store.StartBatching).
@@ -347,7 +351,13 @@ func (s *Server) deliver(ctx context.Context, t store.Targets, msg *gatewayv1.De
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			resp, err := s.gateways.deliver(ctx, gw.GRPCAddr, msg)
+			// One slow gateway costs its own sockets the message, not the
+			// caller its whole deadline.
+			ctx, cancel := context.WithTimeout(ctx, deliverTimeout)
+			defer cancel()
+			m := proto.CloneOf(msg)
+			m.GatewayId, m.Lease = id, int64(gw.Lease)
+			resp, err := s.gateways.deliver(ctx, gw.GRPCAddr, m)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -371,17 +381,19 @@ func (s *Server) waitApplied(ctx context.Context, socks []store.SocketID, rev in
 		ctx, cancel = context.WithDeadline(ctx, dl.Add(-min(100*time.Millisecond, time.Until(dl)/10)))
 		defer cancel()
 	}
-	done := map[string]bool{}
+	done := map[store.SocketID]bool{}
 	for _, sock := range socks {
-		if done[sock.Gateway] {
+		key := store.SocketID{Gateway: sock.Gateway, Lease: sock.Lease}
+		if done[key] {
 			continue
 		}
-		done[sock.Gateway] = true
+		done[key] = true
 		rec, err := s.store.Gateway(etcdCtx(ctx), sock.Gateway)
 		if err != nil {
 			return &applyError{revision: rev, err: err}
 		}
-		if err := s.gateways.waitApplied(ctx, rec.GRPCAddr, rev); err != nil {
+		req := &gatewayv1.WaitAppliedRequest{Revision: rev, GatewayId: sock.Gateway, Lease: int64(sock.Lease)}
+		if err := s.gateways.waitApplied(ctx, rec.GRPCAddr, req); err != nil {
 			if ctx.Err() != nil {
 				err = ctx.Err()
 			}
@@ -427,12 +439,12 @@ func (p *gatewayPool) deliver(ctx context.Context, addr string, msg *gatewayv1.D
 	return c.Deliver(ctx, msg)
 }
 
-func (p *gatewayPool) waitApplied(ctx context.Context, addr string, rev int64) error {
+func (p *gatewayPool) waitApplied(ctx context.Context, addr string, req *gatewayv1.WaitAppliedRequest) error {
 	c, err := p.client(addr)
 	if err != nil {
 		return err
 	}
-	_, err = c.WaitApplied(ctx, &gatewayv1.WaitAppliedRequest{Revision: rev})
+	_, err = c.WaitApplied(ctx, req)
 	return err
 }
 

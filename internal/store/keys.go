@@ -104,7 +104,13 @@ func ParseSocketID(id string) (SocketID, error) {
 	if _, err := base64.RawURLEncoding.DecodeString(nonce); err != nil {
 		return SocketID{}, ErrInvalidSocketID
 	}
-	return SocketID{Gateway: gw, Lease: clientv3.LeaseID(lease), Nonce: nonce}, nil
+	sid := SocketID{Gateway: gw, Lease: clientv3.LeaseID(lease), Nonce: nonce}
+	// Only the canonical spelling is an id: "ABC" and "abc" as lease digits
+	// would name the same socket with two different keys.
+	if sid.String() != id {
+		return SocketID{}, ErrInvalidSocketID
+	}
+	return sid, nil
 }
 
 // escapeRoom makes a room name safe as one key segment: "%" and "/" are

@@ -2,6 +2,8 @@ package store_test
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"errors"
 	"testing"
 	"time"
@@ -219,7 +221,8 @@ func TestSocketIDAndRoomValidation(t *testing.T) {
 	if err != nil || got != id {
 		t.Fatalf("round trip %q: %+v %v", id, got, err)
 	}
-	for _, bad := range []string{"", "x", "gw.0000000000001234.short", "g/w.0000000000001234." + id.Nonce, "gw.zz00000000001234." + id.Nonce, "gw.0000000000000000." + id.Nonce} {
+	upper := id.Gateway + "." + strings.ToUpper(fmt.Sprintf("%016x", int64(id.Lease)|0xabc)) + "." + id.Nonce
+	for _, bad := range []string{upper, "", "x", "gw.0000000000001234.short", "g/w.0000000000001234." + id.Nonce, "gw.zz00000000001234." + id.Nonce, "gw.0000000000000000." + id.Nonce} {
 		if _, err := store.ParseSocketID(bad); err == nil {
 			t.Errorf("ParseSocketID(%q) accepted", bad)
 		}

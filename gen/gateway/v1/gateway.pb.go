@@ -35,7 +35,14 @@ type DeliverRequest struct {
 	// The event name.
 	Event string `protobuf:"bytes,5,opt,name=event,proto3" json:"event,omitempty"`
 	// The payload, already encoded as JSON.
-	DataJson      []byte `protobuf:"bytes,6,opt,name=data_json,json=dataJson,proto3" json:"data_json,omitempty"`
+	DataJson []byte `protobuf:"bytes,6,opt,name=data_json,json=dataJson,proto3" json:"data_json,omitempty"`
+	// The gateway the caller means, and the lease its record was read with. A
+	// gateway that is not this one, or no longer holds this lease (it registered
+	// again, so those sockets are gone), refuses with FAILED_PRECONDITION: an
+	// address can outlive the gateway it was published by.
+	GatewayId string `protobuf:"bytes,7,opt,name=gateway_id,json=gatewayId,proto3" json:"gateway_id,omitempty"`
+	// See gateway_id.
+	Lease         int64 `protobuf:"varint,8,opt,name=lease,proto3" json:"lease,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -112,6 +119,20 @@ func (x *DeliverRequest) GetDataJson() []byte {
 	return nil
 }
 
+func (x *DeliverRequest) GetGatewayId() string {
+	if x != nil {
+		return x.GatewayId
+	}
+	return ""
+}
+
+func (x *DeliverRequest) GetLease() int64 {
+	if x != nil {
+		return x.Lease
+	}
+	return 0
+}
+
 // DeliverResponse counts what a Deliver did.
 type DeliverResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -171,7 +192,13 @@ func (x *DeliverResponse) GetDropped() int64 {
 type WaitAppliedRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The etcd revision to wait for.
-	Revision      int64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	Revision int64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	// The gateway the caller means and the lease of the socket whose change is
+	// awaited; a mismatch is refused with FAILED_PRECONDITION (see
+	// DeliverRequest.gateway_id).
+	GatewayId string `protobuf:"bytes,2,opt,name=gateway_id,json=gatewayId,proto3" json:"gateway_id,omitempty"`
+	// See gateway_id.
+	Lease         int64 `protobuf:"varint,3,opt,name=lease,proto3" json:"lease,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -209,6 +236,20 @@ func (*WaitAppliedRequest) Descriptor() ([]byte, []int) {
 func (x *WaitAppliedRequest) GetRevision() int64 {
 	if x != nil {
 		return x.Revision
+	}
+	return 0
+}
+
+func (x *WaitAppliedRequest) GetGatewayId() string {
+	if x != nil {
+		return x.GatewayId
+	}
+	return ""
+}
+
+func (x *WaitAppliedRequest) GetLease() int64 {
+	if x != nil {
+		return x.Lease
 	}
 	return 0
 }
@@ -264,7 +305,7 @@ var File_gateway_v1_gateway_proto protoreflect.FileDescriptor
 const file_gateway_v1_gateway_proto_rawDesc = "" +
 	"\n" +
 	"\x18gateway/v1/gateway.proto\x12\n" +
-	"gateway.v1\"\xc2\x01\n" +
+	"gateway.v1\"\xf7\x01\n" +
 	"\x0eDeliverRequest\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x14\n" +
 	"\x05rooms\x18\x02 \x03(\tR\x05rooms\x12\x1f\n" +
@@ -272,12 +313,18 @@ const file_gateway_v1_gateway_proto_rawDesc = "" +
 	"allSockets\x12*\n" +
 	"\x11except_socket_ids\x18\x04 \x03(\tR\x0fexceptSocketIds\x12\x14\n" +
 	"\x05event\x18\x05 \x01(\tR\x05event\x12\x1b\n" +
-	"\tdata_json\x18\x06 \x01(\fR\bdataJson\"I\n" +
+	"\tdata_json\x18\x06 \x01(\fR\bdataJson\x12\x1d\n" +
+	"\n" +
+	"gateway_id\x18\a \x01(\tR\tgatewayId\x12\x14\n" +
+	"\x05lease\x18\b \x01(\x03R\x05lease\"I\n" +
 	"\x0fDeliverResponse\x12\x1c\n" +
 	"\tdelivered\x18\x01 \x01(\x03R\tdelivered\x12\x18\n" +
-	"\adropped\x18\x02 \x01(\x03R\adropped\"0\n" +
+	"\adropped\x18\x02 \x01(\x03R\adropped\"e\n" +
 	"\x12WaitAppliedRequest\x12\x1a\n" +
-	"\brevision\x18\x01 \x01(\x03R\brevision\"@\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x1d\n" +
+	"\n" +
+	"gateway_id\x18\x02 \x01(\tR\tgatewayId\x12\x14\n" +
+	"\x05lease\x18\x03 \x01(\x03R\x05lease\"@\n" +
 	"\x13WaitAppliedResponse\x12)\n" +
 	"\x10applied_revision\x18\x01 \x01(\x03R\x0fappliedRevision2\xa9\x01\n" +
 	"\x0eGatewayService\x12B\n" +

@@ -41,7 +41,10 @@ const (
 //
 // Errors carry a google.rpc.ErrorInfo detail (domain "membership.v1") whose reason is
 // one of: INVALID_ARGUMENT (metadata "field" names the offending field),
-// SOCKET_NOT_FOUND, ETCD_UNAVAILABLE, GATEWAY_UNAVAILABLE, APPLY_TIMEOUT.
+// SOCKET_NOT_FOUND (metadata "socket_ids"), ETCD_UNAVAILABLE (retry; a failed
+// Join/Leave may or may not have taken effect), GATEWAY_UNAVAILABLE and
+// APPLY_TIMEOUT (the change is committed; metadata "revision"),
+// ETCD_PERMISSION_DENIED, INTERNAL.
 type MembershipServiceClient interface {
 	// Join adds a socket (or several, atomically) to a room. It returns once the
 	// membership is committed in etcd (or, with WAIT_FOR_APPLY, once the sockets'
@@ -199,7 +202,10 @@ func (c *membershipServiceClient) RemoveRoomMembersFromRooms(ctx context.Context
 //
 // Errors carry a google.rpc.ErrorInfo detail (domain "membership.v1") whose reason is
 // one of: INVALID_ARGUMENT (metadata "field" names the offending field),
-// SOCKET_NOT_FOUND, ETCD_UNAVAILABLE, GATEWAY_UNAVAILABLE, APPLY_TIMEOUT.
+// SOCKET_NOT_FOUND (metadata "socket_ids"), ETCD_UNAVAILABLE (retry; a failed
+// Join/Leave may or may not have taken effect), GATEWAY_UNAVAILABLE and
+// APPLY_TIMEOUT (the change is committed; metadata "revision"),
+// ETCD_PERMISSION_DENIED, INTERNAL.
 type MembershipServiceServer interface {
 	// Join adds a socket (or several, atomically) to a room. It returns once the
 	// membership is committed in etcd (or, with WAIT_FOR_APPLY, once the sockets'

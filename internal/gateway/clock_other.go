@@ -1,0 +1,12 @@
+//go:build !linux
+
+package gateway
+
+import "time"
+
+var monoBase = time.Now()
+
+// monoNow reads the monotonic clock in nanoseconds. It keeps running while the
+// process is frozen; on Linux the gateway uses CLOCK_BOOTTIME, which also
+// counts machine suspension.
+func monoNow() int64 { return int64(time.Since(monoBase)) }
