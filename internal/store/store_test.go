@@ -2,9 +2,9 @@ package store_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
-	"errors"
 	"testing"
 	"time"
 
