@@ -49,6 +49,7 @@ func run(args []string) error {
 	sendQueue := fs.Int("send-queue", 256, "frames queued per socket before a slow socket is disconnected")
 	upstreamURL := fs.String("upstream-url", "", "app that socket requests are forwarded to, e.g. http://127.0.0.1:3000 (empty: requests answer 501)")
 	upstreamTimeout := fs.Duration("upstream-timeout", 10*time.Second, "how long a socket request may take upstream before it is answered 504")
+	pprofAddr := fs.String("pprof-addr", "", "serve net/http/pprof on this address (empty: off)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: gateway [flags]\nEach flag can also be set as %sFLAG_NAME.\n", envPrefix)
@@ -62,6 +63,9 @@ func run(args []string) error {
 	}
 	log, err := app.NewLogger(*logLevel)
 	if err != nil {
+		return err
+	}
+	if err := app.ServePprof(*pprofAddr, log); err != nil {
 		return err
 	}
 	id := *gatewayID

@@ -48,6 +48,7 @@ func run(args []string) error {
 	prefix := fs.String("etcd-prefix", store.DefaultPrefix, "prefix of every etcd key")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	callTimeout := fs.Duration("default-call-timeout", 10*time.Second, "deadline for calls that carry none")
+	pprofAddr := fs.String("pprof-addr", "", "serve net/http/pprof on this address (empty: off)")
 	shutdownTimeout := fs.Duration("shutdown-timeout", 10*time.Second, "how long in-flight calls may finish on SIGTERM")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: membership-server [flags]\nEach flag can also be set as %sFLAG_NAME.\n", envPrefix)
@@ -61,6 +62,9 @@ func run(args []string) error {
 	}
 	log, err := app.NewLogger(*logLevel)
 	if err != nil {
+		return err
+	}
+	if err := app.ServePprof(*pprofAddr, log); err != nil {
 		return err
 	}
 

@@ -2,8 +2,9 @@ package gateway
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
-	"log/slog"
+	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -13,20 +14,31 @@ import (
 	"github.com/socketrooms/membership/internal/store"
 )
 
-// client is one WebSocket. Its handler goroutine reads; one writer goroutine
-// owns all writes and drains a bounded queue, so producers never block: a
-// socket that falls a full queue behind is disconnected.
+// client is one WebSocket. Its reader goroutine (owned by Gateway.wg) reads
+// and, when the socket goes, cleans up. Writes go through a bounded queue
+// that producers never block on: a socket that falls a full queue behind is
+// disconnected. A writer goroutine exists only while there is something to
+// write, so an idle socket costs one goroutine, and the queue holds no memory
+// while empty.
 type client struct {
 	id   string
 	sid  store.SocketID
 	conn *websocket.Conn
 	// alive reports whether the session the socket lives on can still prove
-	// its lease; the writer checks it before every frame.
-	alive func() bool
-	send  chan []byte
-	done  chan struct{} // closed by shutdown
+	// its lease; the writer checks it before every batch of frames.
+	alive        func() bool
+	maxQueue     int
+	writeTimeout time.Duration
 
-	once        sync.Once
+	mu      sync.Mutex
+	queue   [][]byte // frames waiting for the writer
+	ctrl    uint8    // control frames waiting: ctrlPing, ctrlPong
+	writing bool     // a writer goroutine is running
+	held    bool     // frames wait until the socket is registered (release)
+	closing bool     // shutdown was called; the writer sends the close frame
+
+	done        chan struct{} // closed by shutdown
+	connClosed  chan struct{} // closed once the close frame went and the conn is closed
 	closeCode   int
 	closeReason string
 
@@ -36,152 +48,275 @@ type client struct {
 	requests sync.WaitGroup // socket request goroutines
 }
 
-func newClient(sid store.SocketID, conn *websocket.Conn, queue, inflight int, alive func() bool) *client {
+const (
+	ctrlPing = 1 << iota
+	ctrlPong
+)
+
+func newClient(sid store.SocketID, conn *websocket.Conn, maxQueue, inflight int, writeTimeout time.Duration, alive func() bool) *client {
 	return &client{
-		id:       sid.String(),
-		sid:      sid,
-		conn:     conn,
-		alive:    alive,
-		send:     make(chan []byte, queue),
-		done:     make(chan struct{}),
-		rooms:    map[string]struct{}{},
-		inflight: make(chan struct{}, inflight),
+		id:           sid.String(),
+		sid:          sid,
+		conn:         conn,
+		alive:        alive,
+		maxQueue:     maxQueue,
+		writeTimeout: writeTimeout,
+		held:         true,
+		done:         make(chan struct{}),
+		connClosed:   make(chan struct{}),
+		rooms:        map[string]struct{}{},
+		inflight:     make(chan struct{}, inflight),
 	}
 }
 
 // enqueue queues a frame without blocking. A full queue disconnects the client.
 func (c *client) enqueue(b []byte) bool {
-	select {
-	case <-c.done:
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
 		return false
-	default:
 	}
-	select {
-	case c.send <- b:
-		return true
-	default:
+	if len(c.queue) >= c.maxQueue {
+		c.mu.Unlock()
 		c.shutdown(closeTryAgainLater, "send queue full")
+		// A writer stuck on this client's full buffers gives up now.
+		_ = c.conn.NetConn().SetWriteDeadline(time.Now())
 		return false
+	}
+	c.queue = append(c.queue, b)
+	start := c.startWriterLocked()
+	c.mu.Unlock()
+	if start {
+		go c.writeLoop()
+	}
+	return true
+}
+
+// control asks the writer for a ping or a pong.
+func (c *client) control(bit uint8) {
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return
+	}
+	c.ctrl |= bit
+	start := c.startWriterLocked()
+	c.mu.Unlock()
+	if start {
+		go c.writeLoop()
 	}
 }
 
-// shutdown asks the writer to send a close frame and drop the connection. The
-// first call's code wins.
-func (c *client) shutdown(code int, reason string) {
-	c.once.Do(func() {
-		c.closeCode, c.closeReason = code, reason
-		close(c.done)
-	})
+// release lets queued frames go out: the socket is registered.
+func (c *client) release() {
+	c.mu.Lock()
+	c.held = false
+	start := len(c.queue) > 0 && c.startWriterLocked()
+	c.mu.Unlock()
+	if start {
+		go c.writeLoop()
+	}
 }
 
-// writeLoop is the only writer of the connection.
-func (c *client) writeLoop(writeTimeout, pingEvery time.Duration) {
-	ping := time.NewTicker(pingEvery)
-	defer ping.Stop()
-	defer c.conn.Close()
+func (c *client) startWriterLocked() bool {
+	if c.writing || (c.held && !c.closing) {
+		return false
+	}
+	c.writing = true
+	return true
+}
+
+// shutdown makes the writer send a close frame and drop the connection;
+// queued frames are not sent. The first call's code wins.
+func (c *client) shutdown(code int, reason string) {
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return
+	}
+	c.closing = true
+	c.closeCode, c.closeReason = code, reason
+	close(c.done)
+	start := c.startWriterLocked()
+	c.mu.Unlock()
+	if start {
+		go c.writeLoop()
+	}
+}
+
+// writeLoop writes what is queued, then exits; at most one runs at a time.
+// Frames queued together go out in one writev: a gateway that falls behind a
+// burst of broadcasts spends one system call on many frames rather than one
+// on each.
+func (c *client) writeLoop() {
+	var headers []byte
+	var bufs net.Buffers
 	for {
-		select {
-		case <-c.done:
-			c.writeClose(writeTimeout)
+		c.mu.Lock()
+		if c.closing {
+			c.queue = nil
+			c.mu.Unlock()
+			c.writeClose()
 			return
-		case b := <-c.send:
-			// Nothing is written once the client is told to go, or once the
-			// lease its memberships live on may have expired: a frozen gateway
-			// that resumes must not deliver a single frame it queued before.
-			select {
-			case <-c.done:
-				c.writeClose(writeTimeout)
-				return
-			default:
+		}
+		batch, ctrl := c.queue, c.ctrl
+		c.queue, c.ctrl = nil, 0
+		if len(batch) == 0 && ctrl == 0 {
+			c.writing = false
+			c.mu.Unlock()
+			return
+		}
+		c.mu.Unlock()
+		deadline := time.Now().Add(c.writeTimeout)
+		if ctrl&ctrlPong != 0 {
+			if err := c.conn.WriteControl(websocket.PongMessage, nil, deadline); err != nil {
+				c.shutdown(websocket.CloseAbnormalClosure, "pong failed")
+				continue
 			}
-			if !c.alive() {
-				c.shutdown(closeServiceRestart, "gateway lost its registration; reconnect")
-				c.writeClose(writeTimeout)
-				return
-			}
-			_ = c.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
-			if err := c.conn.WriteMessage(websocket.TextMessage, b); err != nil {
-				c.shutdown(websocket.CloseAbnormalClosure, "write failed")
-				return
-			}
-		case <-ping.C:
-			if err := c.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeTimeout)); err != nil {
+		}
+		if ctrl&ctrlPing != 0 {
+			if err := c.conn.WriteControl(websocket.PingMessage, nil, deadline); err != nil {
 				c.shutdown(websocket.CloseAbnormalClosure, "ping failed")
-				return
+				continue
 			}
+		}
+		if len(batch) == 0 {
+			continue
+		}
+		// Nothing is written once the lease the socket's memberships live on
+		// may have expired: a frozen gateway that resumes must not deliver a
+		// single frame it queued before.
+		if !c.alive() {
+			c.shutdown(closeServiceRestart, "gateway lost its registration; reconnect")
+			continue
+		}
+		headers, bufs = appendFrames(headers[:0], bufs[:0], batch)
+		nc := c.conn.NetConn()
+		_ = nc.SetWriteDeadline(deadline)
+		if _, err := bufs.WriteTo(nc); err != nil {
+			c.shutdown(websocket.CloseAbnormalClosure, "write failed")
 		}
 	}
 }
 
-func (c *client) writeClose(timeout time.Duration) {
+func (c *client) writeClose() {
 	msg := websocket.FormatCloseMessage(c.closeCode, c.closeReason)
-	_ = c.conn.WriteControl(websocket.CloseMessage, msg, time.Now().Add(timeout))
+	// A close frame is a courtesy: a peer that cannot take it within a
+	// second is not waited for.
+	_ = c.conn.WriteControl(websocket.CloseMessage, msg, time.Now().Add(min(c.writeTimeout, time.Second)))
+	c.conn.Close()
+	close(c.connClosed)
+}
+
+// appendFrames lays out unmasked, final text frames (RFC 6455 §5.2) for
+// payloads: the headers go in one buffer, the payloads are not copied.
+func appendFrames(headers []byte, bufs net.Buffers, payloads [][]byte) ([]byte, net.Buffers) {
+	for _, p := range payloads {
+		headers = appendFrameHeader(headers, len(p))
+	}
+	off := 0
+	for _, p := range payloads {
+		n := frameHeaderLen(len(p))
+		bufs = append(bufs, headers[off:off+n], p)
+		off += n
+	}
+	return headers, bufs
+}
+
+func frameHeaderLen(n int) int {
+	switch {
+	case n < 126:
+		return 2
+	case n < 1<<16:
+		return 4
+	default:
+		return 10
+	}
+}
+
+func appendFrameHeader(b []byte, n int) []byte {
+	const finText = 0x80 | websocket.TextMessage
+	switch {
+	case n < 126:
+		return append(b, finText, byte(n))
+	case n < 1<<16:
+		return append(b, finText, 126, byte(n>>8), byte(n))
+	default:
+		return binary.BigEndian.AppendUint64(append(b, finText, 127), uint64(n))
+	}
 }
 
 // serveWS upgrades a request to a socket, registers it in etcd on the
-// gateway's current lease, and reads from it until it goes. On the way out the
-// socket and its memberships are removed from etcd at once.
+// gateway's current lease, and hands it to a reader goroutine. The HTTP
+// handler returns at once, so net/http's per-connection buffers are freed.
 func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 	sess := g.currentSession()
 	if sess == nil || !sess.alive() || !g.startHandler() {
 		http.Error(w, "gateway is not registered in etcd", http.StatusServiceUnavailable)
 		return
 	}
-	defer g.wg.Done()
 	conn, err := g.upgrader.Upgrade(w, r, nil)
 	if err != nil {
+		g.wg.Done()
 		return // the upgrader already answered
 	}
+	go g.runSocket(sess, conn)
+}
 
+// runSocket registers the socket, reads from it until it goes, and then
+// removes it from etcd at once.
+func (g *Gateway) runSocket(sess *session, conn *websocket.Conn) {
+	defer g.wg.Done()
 	sid := store.NewSocketID(g.cfg.ID, sess.lease)
-	c := newClient(sid, conn, g.cfg.SendQueue, g.cfg.MaxInflight, sess.alive)
-	log := g.log.With("socket", c.id)
-	// Queued before the socket exists in etcd, so no joined frame can precede it.
+	c := newClient(sid, conn, g.cfg.SendQueue, g.cfg.MaxInflight, g.cfg.WriteTimeout, sess.alive)
+	// Queued (and held) before the socket exists in etcd, so no joined frame
+	// can precede it, and none is written before the socket can be joined.
 	c.enqueue(encode(frame{Type: "connected", SocketID: c.id}))
 	if !g.hub.add(c) {
 		c.shutdown(closeServiceRestart, "gateway is re-registering")
-		c.writeLoop(g.cfg.WriteTimeout, g.cfg.PingInterval)
+		<-c.connClosed
 		return
 	}
 	ctx, cancel := context.WithTimeout(sess.ctx, g.cfg.EtcdTimeout)
-	_, err = g.store.AddSocket(ctx, sid, store.SocketRecord{Gateway: g.cfg.ID, ConnectedAt: time.Now().UTC()})
+	_, err := g.store.AddSocket(ctx, sid, store.SocketRecord{Gateway: g.cfg.ID, ConnectedAt: time.Now().UTC()})
 	cancel()
 	if err != nil {
-		log.Warn("register socket failed", "err", err)
+		g.log.Warn("register socket failed", "socket", c.id, "err", err)
 		g.hub.remove(c)
 		// The put may have committed after all.
 		g.removeSocket(sess, sid)
 		c.shutdown(closeInternal, "cannot register socket")
-		c.writeLoop(g.cfg.WriteTimeout, g.cfg.PingInterval)
+		<-c.connClosed
 		return
 	}
-	log.Debug("socket connected")
+	c.release()
 
-	writerDone := make(chan struct{})
-	go func() {
-		defer close(writerDone)
-		c.writeLoop(g.cfg.WriteTimeout, g.cfg.PingInterval)
-	}()
 	reqCtx, cancelRequests := context.WithCancel(context.Background())
-	g.readLoop(reqCtx, c, log)
+	g.readLoop(reqCtx, c)
 	c.shutdown(websocket.CloseNormalClosure, "")
 	cancelRequests()
 	c.requests.Wait()
-	<-writerDone
+	<-c.connClosed
 	g.hub.remove(c)
-
 	g.removeSocket(sess, sid)
-	log.Debug("socket disconnected")
 }
 
 // readLoop reads client frames until the connection fails or closes.
-func (g *Gateway) readLoop(ctx context.Context, c *client, log *slog.Logger) {
+func (g *Gateway) readLoop(ctx context.Context, c *client) {
 	c.conn.SetReadLimit(g.cfg.MaxFrameBytes)
 	pongWait := 2 * g.cfg.PingInterval
 	_ = c.conn.SetReadDeadline(time.Now().Add(pongWait))
 	c.conn.SetPongHandler(func(string) error {
 		return c.conn.SetReadDeadline(time.Now().Add(pongWait))
 	})
+	// The writer goroutine writes frames straight to the connection, so the
+	// reader must never write: pings are answered, and closes acknowledged,
+	// by the writer.
+	c.conn.SetPingHandler(func(string) error {
+		c.control(ctrlPong) // one pong answers any number of pings
+		return c.conn.SetReadDeadline(time.Now().Add(pongWait))
+	})
+	c.conn.SetCloseHandler(func(int, string) error { return nil })
 	for {
 		typ, data, err := c.conn.ReadMessage()
 		if err != nil {
@@ -204,7 +339,7 @@ func (g *Gateway) readLoop(ctx context.Context, c *client, log *slog.Logger) {
 		case "request":
 			g.handleRequest(ctx, c, data)
 		default:
-			log.Debug("ignoring client frame", "type", f.Type)
+			g.log.Debug("ignoring client frame", "socket", c.id, "type", f.Type)
 		}
 	}
 }

@@ -147,8 +147,11 @@ func New(cfg Config, cli *clientv3.Client) (*Gateway, error) {
 		hub:        newHub(),
 		applied:    newRevWaiter(),
 		upgrader: websocket.Upgrader{
-			ReadBufferSize:  1024,
-			WriteBufferSize: 1024,
+			// Client frames are small; server frames are written by the
+			// client's writer straight to the connection, so the write buffer
+			// (taken from a pool only when used) stays unused.
+			ReadBufferSize:  512,
+			WriteBufferPool: &sync.Pool{},
 			// Origins are not restricted yet: any page may connect.
 			CheckOrigin: func(*http.Request) bool { return true },
 		},
@@ -306,15 +309,34 @@ const leaseMargin = 500 * time.Millisecond
 // serveSession keeps the lease alive, follows memberships and retries failed
 // socket removals until the lease or the watch fails.
 func (g *Gateway) serveSession(s *session) error {
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
 	go func() { errc <- g.keepAlive(s) }()
 	go func() { errc <- g.watchLoop(s) }()
 	go func() { errc <- g.janitor(s) }()
+	go func() { errc <- g.pinger(s) }()
 	err := <-errc
 	s.cancel()
-	<-errc
-	<-errc
+	for i := 0; i < 3; i++ {
+		<-errc
+	}
 	return err
+}
+
+// pinger pings every socket once per PingInterval, so that dead peers are
+// noticed (their read deadline passes) without a timer per socket.
+func (g *Gateway) pinger(s *session) error {
+	t := time.NewTicker(g.cfg.PingInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return s.ctx.Err()
+		case <-t.C:
+			for _, c := range g.hub.all() {
+				c.control(ctrlPing)
+			}
+		}
+	}
 }
 
 // removeSocket deletes a socket's keys, handing them to the session's janitor
@@ -327,8 +349,8 @@ func (g *Gateway) removeSocket(s *session, sid store.SocketID) {
 	ctx, cancel := context.WithTimeout(s.ctx, g.cfg.EtcdTimeout)
 	err := g.store.RemoveSocket(ctx, sid)
 	cancel()
-	if err == nil {
-		return
+	if err == nil || s.ctx.Err() != nil {
+		return // done, or the session ended and its lease takes the keys
 	}
 	select {
 	case s.cleanup <- sid:

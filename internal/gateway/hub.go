@@ -72,6 +72,17 @@ func (h *hub) closeAll(code int, reason string) {
 	}
 }
 
+// all returns the open sockets.
+func (h *hub) all() []*client {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	out := make([]*client, 0, len(h.sockets))
+	for _, c := range h.sockets {
+		out = append(out, c)
+	}
+	return out
+}
+
 func (h *hub) count() int {
 	h.mu.RLock()
 	defer h.mu.RUnlock()

@@ -50,7 +50,7 @@ type Server struct {
 }
 
 // New returns a Server over an etcd client, with keys under prefix.
-func New(kv store.KV, prefix string, log *slog.Logger) *Server {
+func New(kv *clientv3.Client, prefix string, log *slog.Logger) *Server {
 	if log == nil {
 		log = slog.Default()
 	}

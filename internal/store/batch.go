@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -30,7 +31,7 @@ import (
 
 // batcher owns the committer goroutines; StopBatching stops them.
 type batcher struct {
-	kv    KV
+	pb    etcdserverpb.KVClient
 	queue chan *batchCall
 	stop  chan struct{}
 	wg    sync.WaitGroup
@@ -40,7 +41,7 @@ type batcher struct {
 
 type batchCall struct {
 	ctx   context.Context
-	op    clientv3.Op
+	op    *etcdserverpb.TxnRequest
 	keys  []string
 	width int
 	done  chan batchResult // buffered: the committer never blocks on it
@@ -60,7 +61,7 @@ const batchTimeout = 10 * time.Second
 // committers etcd transactions in flight at once. Call the returned function
 // to stop; calls made after it fail.
 func (s *Store) StartBatching(committers int) (stop func()) {
-	b := &batcher{kv: s.kv, queue: make(chan *batchCall, 1024), stop: make(chan struct{})}
+	b := &batcher{pb: s.pb, queue: make(chan *batchCall, 1024), stop: make(chan struct{})}
 	for i := 0; i < committers; i++ {
 		b.wg.Add(1)
 		go b.run()
@@ -87,7 +88,7 @@ func (s *Store) BatchStats() (txns, calls int64) {
 var errBatcherStopped = fmt.Errorf("membership store is shutting down")
 
 // do queues one call and waits for its share of a coalesced transaction.
-func (b *batcher) do(ctx context.Context, op clientv3.Op, keys []string, width int) (*etcdserverpb.TxnResponse, int64, error) {
+func (b *batcher) do(ctx context.Context, op *etcdserverpb.TxnRequest, keys []string, width int) (*etcdserverpb.TxnResponse, int64, error) {
 	c := &batchCall{ctx: ctx, op: op, keys: keys, width: width, done: make(chan batchResult, 1)}
 	select {
 	case b.queue <- c:
@@ -162,14 +163,14 @@ func (b *batcher) run() {
 // commit sends one transaction holding every live call of batch.
 func (b *batcher) commit(batch []*batchCall) {
 	live := batch[:0:0]
-	ops := make([]clientv3.Op, 0, len(batch))
+	ops := make([]*etcdserverpb.RequestOp, 0, len(batch))
 	for _, c := range batch {
 		if err := c.ctx.Err(); err != nil {
 			c.done <- batchResult{err: err}
 			continue
 		}
 		live = append(live, c)
-		ops = append(ops, c.op)
+		ops = append(ops, &etcdserverpb.RequestOp{Request: &etcdserverpb.RequestOp_RequestTxn{RequestTxn: c.op}})
 	}
 	if len(live) == 0 {
 		return
@@ -178,10 +179,13 @@ func (b *batcher) commit(batch []*batchCall) {
 	defer cancel()
 	b.txns.Add(1)
 	b.calls.Add(int64(len(live)))
-	resp, err := b.kv.Txn(ctx).Then(ops...).Commit()
+	resp, err := b.pb.Txn(ctx, &etcdserverpb.TxnRequest{Success: ops})
+	if err != nil {
+		err = rpctypes.Error(err)
+	}
 	for i, c := range live {
 		if err != nil {
-			c.done <- batchResult{err: fmt.Errorf("change membership: %w", err)}
+			c.done <- batchResult{err: err}
 			continue
 		}
 		c.done <- batchResult{resp: resp.Responses[i].GetResponseTxn(), rev: resp.Header.Revision}

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -51,35 +52,35 @@ func (s *Store) RoomMembers(ctx context.Context, room string, rev int64) ([]Sock
 // AddToRooms joins every socket to every room, skipping sockets that are gone
 // and memberships that exist, and returns how many memberships it added.
 func (s *Store) AddToRooms(ctx context.Context, sockets []SocketID, rooms []string) (int64, error) {
-	ops := make([]clientv3.Op, 0, len(sockets)*len(rooms))
+	ops := make([]*etcdserverpb.RequestOp, 0, len(sockets)*len(rooms))
 	for _, sock := range sockets {
-		id := sock.String()
+		socketKey := []byte(s.k.socket(sock.String()))
 		for _, room := range rooms {
-			roomKey := s.k.room(room, id)
-			ops = append(ops, clientv3.OpTxn(
-				[]clientv3.Cmp{
-					socketExists(s.k.socket(id)),
-					clientv3.Compare(clientv3.CreateRevision(roomKey), "=", 0),
-				},
-				[]clientv3.Op{
-					clientv3.OpPut(s.k.gwm(sock, room), "", clientv3.WithLease(sock.Lease)),
-					clientv3.OpPut(roomKey, "", clientv3.WithLease(sock.Lease)),
-				}, nil))
+			// Join's membership transaction, under the socket's guard: it
+			// succeeds (and counts) only when it wrote.
+			ops = append(ops, &etcdserverpb.RequestOp{Request: &etcdserverpb.RequestOp_RequestTxn{RequestTxn: &etcdserverpb.TxnRequest{
+				Compare: []*etcdserverpb.Compare{pbExists(socketKey)},
+				Success: []*etcdserverpb.RequestOp{s.pbMembershipOp(sock, room, true)},
+			}}})
 		}
 	}
-	return s.commitNested(ctx, ops)
+	n, err := s.commitNested(ctx, ops, func(r *etcdserverpb.ResponseOp) bool {
+		t := r.GetResponseTxn()
+		return t.Succeeded && !t.Responses[0].GetResponseTxn().Succeeded
+	})
+	return n, err
 }
 
 // RemoveFromRooms makes every socket leave every room and returns how many
 // memberships it removed.
 func (s *Store) RemoveFromRooms(ctx context.Context, sockets []SocketID, rooms []string) (int64, error) {
-	ops := make([]clientv3.Op, 0, len(sockets)*len(rooms))
+	ops := make([]*etcdserverpb.RequestOp, 0, len(sockets)*len(rooms))
 	for _, sock := range sockets {
 		for _, room := range rooms {
-			ops = append(ops, s.membershipOp(sock, room, false))
+			ops = append(ops, s.pbMembershipOp(sock, room, false))
 		}
 	}
-	return s.commitNested(ctx, ops)
+	return s.commitNested(ctx, ops, wasMember)
 }
 
 // LeaveAllRooms makes every socket leave every room it was in at revision rev
@@ -112,32 +113,35 @@ func (s *Store) LeaveAllRooms(ctx context.Context, sockets []SocketID, rev int64
 		}()
 	}
 	wg.Wait()
-	var ops []clientv3.Op
+	var ops []*etcdserverpb.RequestOp
 	for i, sock := range sockets {
 		if errs[i] != nil {
 			return 0, errs[i]
 		}
 		for _, room := range roomsOf[i] {
-			ops = append(ops, s.membershipOp(sock, room, false))
+			ops = append(ops, s.pbMembershipOp(sock, room, false))
 		}
 	}
-	return s.commitNested(ctx, ops)
+	return s.commitNested(ctx, ops, wasMember)
 }
 
+// wasMember tells whether a membership transaction found the membership.
+func wasMember(r *etcdserverpb.ResponseOp) bool { return r.GetResponseTxn().Succeeded }
+
 // commitNested commits nested transactions, as many per etcd transaction as
-// its operation limit allows, and counts those whose guard held. etcd grants
-// a nested transaction only the limit its parent leaves unused, and ours need
-// two operations each.
-func (s *Store) commitNested(ctx context.Context, ops []clientv3.Op) (int64, error) {
+// its operation limit allows, and counts those for which changed holds. etcd
+// grants a nested transaction only the limit its parent leaves unused, and
+// ours need at most two operations at each level below.
+func (s *Store) commitNested(ctx context.Context, ops []*etcdserverpb.RequestOp, changed func(*etcdserverpb.ResponseOp) bool) (int64, error) {
 	var n int64
 	for len(ops) > 0 {
-		k := min(len(ops), maxTxnOps-2)
-		resp, err := s.kv.Txn(ctx).Then(ops[:k]...).Commit()
+		k := min(len(ops), maxTxnOps-4)
+		resp, err := s.pb.Txn(ctx, &etcdserverpb.TxnRequest{Success: ops[:k]})
 		if err != nil {
-			return n, fmt.Errorf("apply room-wide change (%d applied before): %w", n, err)
+			return n, fmt.Errorf("apply room-wide change (%d applied before): %w", n, etcdError(ctx, err))
 		}
 		for _, r := range resp.Responses {
-			if r.GetResponseTxn().Succeeded {
+			if changed(r) {
 				n++
 			}
 		}

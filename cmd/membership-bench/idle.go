@@ -1,0 +1,68 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// benchIdle: cfg.idleSockets idle sockets on one gateway; its resident memory
+// and goroutines per socket.
+func benchIdle(ctx context.Context, cfg config) error {
+	st, err := startStack(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer st.stop()
+	g, err := st.addGateway("idle-gw")
+	if err != nil {
+		return err
+	}
+	time.Sleep(time.Second)
+	rss0, _ := g.rssKiB()
+	heap0, _ := heapInuse(g)
+	gr0, _ := g.goroutines()
+	start := time.Now()
+	socks, err := dialMany(ctx, g.url(), cfg.idleSockets, 128, 20000)
+	if err != nil {
+		return err
+	}
+	defer closeAll(socks)
+	connectTime := time.Since(start)
+	time.Sleep(3 * time.Second)
+	rss1, err := g.rssKiB()
+	if err != nil {
+		return err
+	}
+	heap1, _ := heapInuse(g)
+	gr1, _ := g.goroutines()
+	n := float64(len(socks))
+	fmt.Printf("## Idle sockets: %d on one gateway\n\n", len(socks))
+	fmt.Println("| connect time | gateway RSS before → after | RSS per socket | Go heap in use per socket | goroutines per socket |")
+	fmt.Println("|---|---|---|---|---|")
+	fmt.Printf("| %.1f s (%.0f sockets/s) | %d → %d KiB | %.2f KiB | %.2f KiB | %.2f |\n\n", connectTime.Seconds(), n/connectTime.Seconds(),
+		rss0, rss1, float64(rss1-rss0)/n, float64(heap1-heap0)/1024/n, float64(gr1-gr0)/n)
+	time.Sleep(cfg.idleHold)
+	return nil
+}
+
+// heapInuse reads HeapInuse (bytes) from the gateway's heap profile, after a GC.
+func heapInuse(g *gatewayProc) (int64, error) {
+	resp, err := http.Get("http://" + g.pprof + "/debug/pprof/heap?debug=1&gc=1")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "# HeapInuse = "); ok {
+			return strconv.ParseInt(v, 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("no HeapInuse")
+}

@@ -1,0 +1,118 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	membershipv1 "github.com/socketrooms/membership/gen/membership/v1"
+	"github.com/socketrooms/membership/internal/store"
+)
+
+// benchThroughput: Join then Leave in a loop, each worker on its own socket,
+// through the API (gRPC → membership-server, which coalesces) and straight to
+// etcd with the same guarded transaction, one per call, from this process.
+func benchThroughput(ctx context.Context, cfg config) error {
+	st, err := startStack(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer st.stop()
+	g, err := st.addGateway("bench-gw", "--send-queue", "4096")
+	if err != nil {
+		return err
+	}
+	socks, err := dialMany(ctx, g.url(), 256, 32, 0)
+	if err != nil {
+		return err
+	}
+	defer closeAll(socks)
+	ids := make([]store.SocketID, len(socks))
+	for i, s := range socks {
+		drain(s)
+		if ids[i], err = store.ParseSocketID(s.id); err != nil {
+			return err
+		}
+	}
+	raw := store.New(st.cli, "") // no coalescing: one etcd transaction per call
+
+	fmt.Printf("## Join/Leave throughput (%v per point)\n\n", cfg.duration)
+	fmt.Println("| concurrency | raw etcd txn calls/s | raw p50 | raw p99 | API calls/s | API p50 | API p99 | API / raw |")
+	fmt.Println("|---|---|---|---|---|---|---|---|")
+	for _, level := range strings.Split(cfg.tpLevels, ",") {
+		c, err := strconv.Atoi(level)
+		if err != nil || c < 1 || c > len(socks) {
+			return fmt.Errorf("concurrency %q: 1 to %d", level, len(socks))
+		}
+		rawRate, rawLat := 0.0, &latencies{}
+		if strings.Contains(cfg.tpPaths, "raw") {
+			rawRate, rawLat = loop(ctx, c, cfg.duration, func(ctx context.Context, w int, join bool) error {
+				room := fmt.Sprintf("tp-%d", w%10)
+				if join {
+					_, err := raw.Join(ctx, ids[w:w+1], room)
+					return err
+				}
+				_, err := raw.Leave(ctx, ids[w:w+1], room)
+				return err
+			})
+		}
+		apiRate, apiLat := 0.0, &latencies{}
+		if strings.Contains(cfg.tpPaths, "api") {
+			apiRate, apiLat = loop(ctx, c, cfg.duration, func(ctx context.Context, w int, join bool) error {
+				room := fmt.Sprintf("tp-%d", w%10)
+				if join {
+					_, err := st.api.Join(ctx, &membershipv1.JoinRequest{SocketId: socks[w].id, Room: room})
+					return err
+				}
+				_, err := st.api.Leave(ctx, &membershipv1.LeaveRequest{SocketId: socks[w].id, Room: room})
+				return err
+			})
+		}
+		fmt.Printf("| %d | %.0f | %s | %s | %.0f | %s | %s | %.2f× |\n", c,
+			rawRate, ms(rawLat.pct(50)), ms(rawLat.pct(99)), apiRate, ms(apiLat.pct(50)), ms(apiLat.pct(99)), apiRate/rawRate)
+	}
+	fmt.Println()
+	return nil
+}
+
+// loop runs c workers alternating join and leave calls for d and returns the
+// completed calls per second and their latencies.
+func loop(ctx context.Context, c int, d time.Duration, call func(ctx context.Context, worker int, join bool) error) (float64, *latencies) {
+	var done atomic.Int64
+	var failed atomic.Int64
+	lat := &latencies{}
+	stop := time.Now().Add(d)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := 0; w < c; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var mine []time.Duration
+			join := true
+			for time.Now().Before(stop) {
+				cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				t0 := time.Now()
+				err := call(cctx, w, join)
+				cancel()
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				mine = append(mine, time.Since(t0))
+				join = !join
+			}
+			done.Add(int64(len(mine)))
+			lat.merge(mine)
+		}()
+	}
+	wg.Wait()
+	if n := failed.Load(); n > 0 {
+		fmt.Printf("<!-- %d calls failed -->\n", n)
+	}
+	return float64(done.Load()) / time.Since(start).Seconds(), lat
+}

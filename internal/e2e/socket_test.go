@@ -1,0 +1,130 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	membershipv1 "github.com/socketrooms/membership/gen/membership/v1"
+	"github.com/socketrooms/membership/internal/gateway"
+	"github.com/socketrooms/membership/internal/stacktest"
+	"github.com/socketrooms/membership/internal/testutil"
+)
+
+// Frames of every length class (7-bit, 16-bit and 64-bit lengths) arrive
+// intact, in order, and a client's ping is answered.
+func TestFramesOfEverySizeAndPings(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	api := startMembershipServer(t, e)
+	g := startGateway(t, e, "gw1", 10*time.Second)
+	s := dial(t, g.WSURL)
+	ctx := context.Background()
+	if _, err := api.Join(ctx, &membershipv1.JoinRequest{SocketId: s.ID, Room: "r"}); err != nil {
+		t.Fatal(err)
+	}
+	s.Expect("joined", "r")
+	pongs := make(chan struct{}, 1)
+	s.Conn.SetPongHandler(func(string) error { pongs <- struct{}{}; return nil })
+	sizes := []int{0, 90, 125, 126, 65535, 70000, 300000}
+	for _, n := range sizes {
+		if _, err := api.Broadcast(ctx, &membershipv1.BroadcastRequest{Rooms: []string{"r"}, Data: structpb.NewStringValue(strings.Repeat("x", n))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Conn.WriteControl(websocket.PingMessage, []byte("hi"), time.Now().Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range sizes {
+		f := s.Expect("message", "r")
+		var v string
+		if err := json.Unmarshal(f.Data, &v); err != nil || len(v) != n {
+			t.Fatalf("message of %d bytes arrived as %d (%v)", n, len(v), err)
+		}
+	}
+	select {
+	case <-pongs:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no pong")
+	}
+}
+
+// A client that stops reading is disconnected once its kernel buffers and
+// its queue are full; the others keep getting every message at once.
+func TestStalledClientIsDroppedWithoutSlowingOthers(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	api := startMembershipServer(t, e)
+	g := stacktest.StartGatewayVia(t, e.Endpoint, gateway.Config{ID: "gw1", LeaseTTL: 10 * time.Second, SendQueue: 4})
+	reader := dial(t, g.WSURL)
+	// A client that reads its first frame and nothing after.
+	conn, _, err := websocket.DefaultDialer.Dial(g.WSURL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var hello struct {
+		SocketID string `json:"socket_id"`
+	}
+	if err := conn.ReadJSON(&hello); err != nil {
+		t.Fatal(err)
+	}
+	stalled := hello.SocketID
+	ctx := context.Background()
+	if _, err := api.Join(ctx, &membershipv1.JoinRequest{SocketIds: []string{reader.ID, stalled}, Room: "r"}); err != nil {
+		t.Fatal(err)
+	}
+	reader.Expect("joined", "r")
+	big := structpb.NewStringValue(strings.Repeat("y", 256<<10))
+	dropped := false
+	for i := 0; i < 200 && !dropped; i++ {
+		start := time.Now()
+		br, err := api.Broadcast(ctx, &membershipv1.BroadcastRequest{Rooms: []string{"r"}, Data: big})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := time.Since(start); d > time.Second {
+			t.Fatalf("broadcast %d took %v: a stalled client held it up", i, d)
+		}
+		reader.Expect("message", "r")
+		_, err = api.GetSocket(ctx, &membershipv1.GetSocketRequest{SocketId: stalled})
+		dropped = err != nil && br.Delivered >= 1
+	}
+	if !dropped {
+		t.Fatal("the stalled client was never disconnected")
+	}
+	if got := members(t, api, "r"); len(got) != 1 || got[0] != reader.ID {
+		t.Fatalf("members after the drop: %v", got)
+	}
+}
+
+// The gateway pings every socket; one that answers stays, one that does not
+// is dropped after two intervals.
+func TestUnansweredPingsDropTheSocket(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	api := startMembershipServer(t, e)
+	g := stacktest.StartGatewayVia(t, e.Endpoint, gateway.Config{ID: "gw1", LeaseTTL: 10 * time.Second, PingInterval: 200 * time.Millisecond})
+	alive := dial(t, g.WSURL) // reads, so its library answers pings
+	conn, _, err := websocket.DefaultDialer.Dial(g.WSURL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var hello struct {
+		SocketID string `json:"socket_id"`
+	}
+	if err := conn.ReadJSON(&hello); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	waitFor(t, 5*time.Second, "the silent socket to be dropped", func() bool {
+		_, err := api.GetSocket(ctx, &membershipv1.GetSocketRequest{SocketId: hello.SocketID})
+		return err != nil
+	})
+	if _, err := api.GetSocket(ctx, &membershipv1.GetSocketRequest{SocketId: alive.ID}); err != nil {
+		t.Fatalf("the answering socket was dropped too: %v", err)
+	}
+}
