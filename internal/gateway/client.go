@@ -42,10 +42,11 @@ type client struct {
 	closeCode   int
 	closeReason string
 
-	rooms map[string]struct{} // guarded by hub.mu
+	rooms map[string]struct{} // guarded by hub.mu; nil until the first join
 
-	inflight chan struct{}  // a slot per socket request in flight
-	requests sync.WaitGroup // socket request goroutines
+	maxInflight int
+	inflight    chan struct{}  // a slot per socket request in flight; made by the reader on first use
+	requests    sync.WaitGroup // socket request goroutines
 }
 
 const (
@@ -64,8 +65,7 @@ func newClient(sid store.SocketID, conn *websocket.Conn, maxQueue, inflight int,
 		held:         true,
 		done:         make(chan struct{}),
 		connClosed:   make(chan struct{}),
-		rooms:        map[string]struct{}{},
-		inflight:     make(chan struct{}, inflight),
+		maxInflight:  inflight,
 	}
 }
 
@@ -263,10 +263,9 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 	go g.runSocket(sess, conn)
 }
 
-// runSocket registers the socket, reads from it until it goes, and then
-// removes it from etcd at once.
+// runSocket registers the socket and hands it to readSocket; the Gateway.wg
+// count it was started with passes on with it.
 func (g *Gateway) runSocket(sess *session, conn *websocket.Conn) {
-	defer g.wg.Done()
 	sid := store.NewSocketID(g.cfg.ID, sess.lease)
 	c := newClient(sid, conn, g.cfg.SendQueue, g.cfg.MaxInflight, g.cfg.WriteTimeout, sess.alive)
 	// Queued (and held) before the socket exists in etcd, so no joined frame
@@ -275,6 +274,7 @@ func (g *Gateway) runSocket(sess *session, conn *websocket.Conn) {
 	if !g.hub.add(c) {
 		c.shutdown(closeServiceRestart, "gateway is re-registering")
 		<-c.connClosed
+		g.wg.Done()
 		return
 	}
 	ctx, cancel := context.WithTimeout(sess.ctx, g.cfg.EtcdTimeout)
@@ -287,10 +287,20 @@ func (g *Gateway) runSocket(sess *session, conn *websocket.Conn) {
 		g.removeSocket(sess, sid)
 		c.shutdown(closeInternal, "cannot register socket")
 		<-c.connClosed
+		g.wg.Done()
 		return
 	}
 	c.release()
+	// Registering went deep into the etcd client and grew this goroutine's
+	// stack; the long-lived reader starts afresh with a small one (an idle
+	// socket's largest cost).
+	go g.readSocket(sess, c)
+}
 
+// readSocket reads until the socket goes, then removes it everywhere.
+func (g *Gateway) readSocket(sess *session, c *client) {
+	defer g.wg.Done()
+	sid := c.sid
 	reqCtx, cancelRequests := context.WithCancel(context.Background())
 	g.readLoop(reqCtx, c)
 	c.shutdown(websocket.CloseNormalClosure, "")

@@ -129,6 +129,9 @@ func (h *hub) reconcile(want map[string]map[string]struct{}) {
 }
 
 func (h *hub) joinLocked(c *client, room string) {
+	if c.rooms == nil {
+		c.rooms = map[string]struct{}{}
+	}
 	c.rooms[room] = struct{}{}
 	m := h.rooms[room]
 	if m == nil {

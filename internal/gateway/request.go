@@ -83,6 +83,9 @@ func (g *Gateway) handleRequest(ctx context.Context, c *client, data []byte) {
 		c.respond(r.ID, http.StatusRequestEntityTooLarge, errorBody("request body too large"))
 		return
 	}
+	if c.inflight == nil { // only the reader goroutine gets here
+		c.inflight = make(chan struct{}, c.maxInflight)
+	}
 	select {
 	case c.inflight <- struct{}{}:
 	default:
