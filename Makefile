@@ -6,7 +6,7 @@ export PATH := $(BIN):$(PATH)
 
 GO_TEST_FLAGS ?= -race -count=1 -timeout 15m
 
-.PHONY: all build run test generate check-generated lint tools grpcurl clean
+.PHONY: all build run test generate check-generated lint tools grpcurl bench clean
 
 all: build
 
@@ -47,6 +47,12 @@ lint: $(BIN)/buf
 ## test: every test, plus the generated-code and lint checks.
 test: check-generated lint
 	go test $(GO_TEST_FLAGS) ./...
+
+## bench: every scenario of cmd/membership-bench against a fresh local stack;
+## BENCH_ARGS passes flags (e.g. BENCH_ARGS="-scenario fanout -duration 10s").
+bench: build
+	go build -o $(BIN)/membership-bench ./cmd/membership-bench
+	$(BIN)/membership-bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(BIN)

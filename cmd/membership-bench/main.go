@@ -35,6 +35,7 @@ type config struct {
 	idleSockets   int
 	crashSockets  int
 	idleHold      time.Duration
+	serverArgs    string
 	tpLevels      string
 	tpPaths       string
 }
@@ -48,10 +49,11 @@ func main() {
 	// One process may hold at most RLIMIT_NOFILE sockets; where the hard limit
 	// cannot be raised (20,000 here), the defaults stay under it.
 	flag.IntVar(&cfg.idleSockets, "idle-sockets", 18000, "idle sockets on one gateway")
+	flag.StringVar(&cfg.serverArgs, "server-args", "", "extra flags for the membership-server, space-separated (e.g. \"--batch-committers 0\")")
 	flag.DurationVar(&cfg.idleHold, "idle-hold", 0, "keep the idle sockets open this long after measuring (to profile the gateway)")
 	flag.IntVar(&cfg.crashSockets, "crash-sockets", 17000, "sockets on the gateway that crashes; each joins 3 rooms")
 	flag.StringVar(&cfg.tpLevels, "tp-concurrency", "1,16,64,256", "throughput: concurrency levels")
-	flag.StringVar(&cfg.tpPaths, "tp-paths", "raw,api", "throughput: which paths to measure")
+	flag.StringVar(&cfg.tpPaths, "tp-paths", "raw,plain,api", "throughput: which paths to measure (raw etcd, API without coalescing, API)")
 	flag.Parse()
 	raiseFileLimit()
 	fmt.Printf("# membership-bench %s\n\nmachine: %s, %d cores, %s/%s; %s\n\n", time.Now().UTC().Format(time.RFC3339),

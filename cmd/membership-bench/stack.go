@@ -36,6 +36,8 @@ type stack struct {
 	gateways []*gatewayProc
 
 	serverPprof string
+	extra       []*exec.Cmd // further membership-servers
+	conns       []*grpc.ClientConn
 }
 
 type gatewayProc struct {
@@ -64,9 +66,10 @@ func startStack(ctx context.Context, cfg config) (*stack, error) {
 	fmt.Fprintf(os.Stderr, "membership-server pprof: http://%s/debug/pprof/\n", s.serverPprof)
 	etcdAddr, grpcAddr := freeAddr(), freeAddr()
 	s.etcd = "http://" + etcdAddr
-	s.server = exec.Command(filepath.Join(cfg.binDir, "membership-server"),
-		"--grpc-addr", grpcAddr, "--embedded-etcd-addr", etcdAddr, "--embedded-etcd-peer-addr", freeAddr(),
-		"--data-dir", filepath.Join(dir, "etcd"), "--log-level", "error", "--pprof-addr", s.serverPprof)
+	args := []string{"--grpc-addr", grpcAddr, "--embedded-etcd-addr", etcdAddr, "--embedded-etcd-peer-addr", freeAddr(),
+		"--data-dir", filepath.Join(dir, "etcd"), "--log-level", "error", "--pprof-addr", s.serverPprof}
+	args = append(args, strings.Fields(cfg.serverArgs)...)
+	s.server = exec.Command(filepath.Join(cfg.binDir, "membership-server"), args...)
 	s.server.Stderr = os.Stderr
 	if err := s.server.Start(); err != nil {
 		return nil, fmt.Errorf("start membership-server (run make build first): %w", err)
@@ -92,6 +95,31 @@ func startStack(ctx context.Context, cfg config) (*stack, error) {
 		return nil, fmt.Errorf("membership-server not serving: %w", err)
 	}
 	return s, nil
+}
+
+// addServer starts another membership-server on the same etcd, with extra
+// flags, and returns a client to it.
+func (s *stack) addServer(ctx context.Context, extra ...string) (membershipv1.MembershipServiceClient, error) {
+	addr := freeAddr()
+	cmd := exec.Command(filepath.Join(s.cfg.binDir, "membership-server"),
+		append([]string{"--grpc-addr", addr, "--etcd-endpoints", s.etcd, "--log-level", "error"}, extra...)...)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	s.extra = append(s.extra, cmd)
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	s.conns = append(s.conns, cc)
+	api := membershipv1.NewMembershipServiceClient(cc)
+	return api, waitUntil(30*time.Second, func() bool {
+		c, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		_, err := api.ListRooms(c, &membershipv1.ListRoomsRequest{PageSize: 1})
+		return err == nil
+	})
 }
 
 // addGateway starts a gateway process and waits until it is registered.
@@ -167,6 +195,13 @@ func (s *stack) stop() {
 		case <-time.After(10 * time.Second):
 			g.kill()
 		}
+	}
+	for _, cc := range s.conns {
+		cc.Close()
+	}
+	for _, cmd := range s.extra {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
 	}
 	if s.cc != nil {
 		s.cc.Close()

@@ -39,10 +39,15 @@ func benchThroughput(ctx context.Context, cfg config) error {
 		}
 	}
 	raw := store.New(st.cli, "") // no coalescing: one etcd transaction per call
+	// The same API without coalescing, in the same run, for the comparison.
+	plain, err := st.addServer(ctx, "--batch-committers", "0")
+	if err != nil {
+		return err
+	}
 
 	fmt.Printf("## Join/Leave throughput (%v per point)\n\n", cfg.duration)
-	fmt.Println("| concurrency | raw etcd txn calls/s | raw p50 | raw p99 | API calls/s | API p50 | API p99 | API / raw |")
-	fmt.Println("|---|---|---|---|---|---|---|---|")
+	fmt.Println("| concurrency | raw etcd txn calls/s | raw p50 | raw p99 | API uncoalesced calls/s | p50 | p99 | API calls/s | API p50 | API p99 | API / raw |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, level := range strings.Split(cfg.tpLevels, ",") {
 		c, err := strconv.Atoi(level)
 		if err != nil || c < 1 || c > len(socks) {
@@ -60,6 +65,18 @@ func benchThroughput(ctx context.Context, cfg config) error {
 				return err
 			})
 		}
+		plainRate, plainLat := 0.0, &latencies{}
+		if strings.Contains(cfg.tpPaths, "plain") {
+			plainRate, plainLat = loop(ctx, c, cfg.duration, func(ctx context.Context, w int, join bool) error {
+				room := fmt.Sprintf("tp-%d", w%10)
+				if join {
+					_, err := plain.Join(ctx, &membershipv1.JoinRequest{SocketId: socks[w].id, Room: room})
+					return err
+				}
+				_, err := plain.Leave(ctx, &membershipv1.LeaveRequest{SocketId: socks[w].id, Room: room})
+				return err
+			})
+		}
 		apiRate, apiLat := 0.0, &latencies{}
 		if strings.Contains(cfg.tpPaths, "api") {
 			apiRate, apiLat = loop(ctx, c, cfg.duration, func(ctx context.Context, w int, join bool) error {
@@ -72,8 +89,9 @@ func benchThroughput(ctx context.Context, cfg config) error {
 				return err
 			})
 		}
-		fmt.Printf("| %d | %.0f | %s | %s | %.0f | %s | %s | %.2f× |\n", c,
-			rawRate, ms(rawLat.pct(50)), ms(rawLat.pct(99)), apiRate, ms(apiLat.pct(50)), ms(apiLat.pct(99)), apiRate/rawRate)
+		fmt.Printf("| %d | %.0f | %s | %s | %.0f | %s | %s | %.0f | %s | %s | %.2f× |\n", c,
+			rawRate, ms(rawLat.pct(50)), ms(rawLat.pct(99)), plainRate, ms(plainLat.pct(50)), ms(plainLat.pct(99)),
+			apiRate, ms(apiLat.pct(50)), ms(apiLat.pct(99)), apiRate/rawRate)
 	}
 	fmt.Println()
 	return nil

@@ -48,6 +48,7 @@ func run(args []string) error {
 	prefix := fs.String("etcd-prefix", store.DefaultPrefix, "prefix of every etcd key")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	callTimeout := fs.Duration("default-call-timeout", 10*time.Second, "deadline for calls that carry none")
+	committers := fs.Int("batch-committers", 4, "coalesced Join/Leave etcd transactions in flight at once; 0 sends one transaction per call")
 	pprofAddr := fs.String("pprof-addr", "", "serve net/http/pprof on this address (empty: off)")
 	shutdownTimeout := fs.Duration("shutdown-timeout", 10*time.Second, "how long in-flight calls may finish on SIGTERM")
 	fs.Usage = func() {
@@ -87,7 +88,11 @@ func run(args []string) error {
 	}
 	defer cli.Close()
 
-	svc := service.New(cli, *prefix, log)
+	opts := service.Options{BatchCommitters: *committers}
+	if *committers == 0 {
+		opts.BatchCommitters = -1
+	}
+	svc := service.NewWithOptions(cli, *prefix, log, opts)
 	defer svc.Close()
 	srv := grpc.NewServer(app.ServerOptions(log, *callTimeout)...)
 	membershipv1.RegisterMembershipServiceServer(srv, svc)

@@ -49,21 +49,39 @@ type Server struct {
 	gateways  *gatewayPool
 }
 
+// Options tune a Server; the zero value is the default.
+type Options struct {
+	// BatchCommitters is how many coalesced Join/Leave transactions may be in
+	// flight at once (store.StartBatching); 0 means 4, negative turns
+	// coalescing off (one etcd transaction per call).
+	BatchCommitters int
+}
+
 // New returns a Server over an etcd client, with keys under prefix.
 func New(kv *clientv3.Client, prefix string, log *slog.Logger) *Server {
+	return NewWithOptions(kv, prefix, log, Options{})
+}
+
+// NewWithOptions is New with tuning.
+func NewWithOptions(kv *clientv3.Client, prefix string, log *slog.Logger, opts Options) *Server {
 	if log == nil {
 		log = slog.Default()
 	}
 	st := store.New(kv, prefix)
-	stop := st.StartBatching(batchCommitters)
+	stop := func() {}
+	switch {
+	case opts.BatchCommitters == 0:
+		stop = st.StartBatching(batchCommitters)
+	case opts.BatchCommitters > 0:
+		stop = st.StartBatching(opts.BatchCommitters)
+	}
 	return &Server{store: st, stopBatch: stop, log: log, gateways: newGatewayPool()}
 }
 
 // deliverTimeout caps one gateway's part of a Broadcast or Blast.
 const deliverTimeout = 5 * time.Second
 
-// batchCommitters is how many coalesced Join/Leave transactions may be in
-// flight at once (see store.StartBatching).
+// batchCommitters is the default of Options.BatchCommitters.
 const batchCommitters = 4
 
 // Close stops coalescing and drops the connections to gateways.

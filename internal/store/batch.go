@@ -29,12 +29,21 @@ import (
 // refuses a transaction that writes one key twice, so two calls touching the
 // same membership never share a batch: the later one waits for the next.
 
-// batcher owns the committer goroutines; StopBatching stops them.
+// batcher coalesces calls. There is no committer goroutine: a call that
+// finds fewer than max transactions in flight commits itself, together with
+// whatever else is waiting, in its own goroutine; so a lone call costs no
+// hand-off at all. A call that finds max in flight waits to be picked up. A
+// committer whose own call is done but sees calls still waiting passes the
+// role on to a new goroutine rather than delaying its caller's answer.
 type batcher struct {
-	pb    etcdserverpb.KVClient
-	queue chan *batchCall
-	stop  chan struct{}
-	wg    sync.WaitGroup
+	pb  etcdserverpb.KVClient
+	max int
+
+	mu      sync.Mutex
+	pending []*batchCall
+	active  int // transactions being built or in flight
+	stopped bool
+	idle    sync.Cond // signalled when active drops to 0
 
 	txns, calls atomic.Int64 // for BatchStats
 }
@@ -59,20 +68,22 @@ const batchTimeout = 10 * time.Second
 
 // StartBatching makes Join and Leave coalesce concurrent calls, with up to
 // committers etcd transactions in flight at once. Call the returned function
-// to stop; calls made after it fail.
+// to stop: it waits for transactions in flight; calls made after it fail.
 func (s *Store) StartBatching(committers int) (stop func()) {
-	b := &batcher{pb: s.pb, queue: make(chan *batchCall, 1024), stop: make(chan struct{})}
-	for i := 0; i < committers; i++ {
-		b.wg.Add(1)
-		go b.run()
-	}
+	b := &batcher{pb: s.pb, max: committers}
+	b.idle.L = &b.mu
 	s.batch = b
-	var once sync.Once
 	return func() {
-		once.Do(func() {
-			close(b.stop)
-			b.wg.Wait()
-		})
+		b.mu.Lock()
+		b.stopped = true
+		for b.active > 0 {
+			b.idle.Wait()
+		}
+		for _, c := range b.pending {
+			c.done <- batchResult{err: errBatcherStopped}
+		}
+		b.pending = nil
+		b.mu.Unlock()
 	}
 }
 
@@ -87,15 +98,22 @@ func (s *Store) BatchStats() (txns, calls int64) {
 
 var errBatcherStopped = fmt.Errorf("membership store is shutting down")
 
-// do queues one call and waits for its share of a coalesced transaction.
+// do commits one call, alone or with others, and returns its share.
 func (b *batcher) do(ctx context.Context, op *etcdserverpb.TxnRequest, keys []string, width int) (*etcdserverpb.TxnResponse, int64, error) {
 	c := &batchCall{ctx: ctx, op: op, keys: keys, width: width, done: make(chan batchResult, 1)}
-	select {
-	case b.queue <- c:
-	case <-ctx.Done():
-		return nil, 0, ctx.Err()
-	case <-b.stop:
+	b.mu.Lock()
+	if b.stopped {
+		b.mu.Unlock()
 		return nil, 0, errBatcherStopped
+	}
+	b.pending = append(b.pending, c)
+	lead := b.active < b.max
+	if lead {
+		b.active++
+	}
+	b.mu.Unlock()
+	if lead {
+		b.commitUntil(c)
 	}
 	select {
 	case r := <-c.done:
@@ -107,57 +125,68 @@ func (b *batcher) do(ctx context.Context, op *etcdserverpb.TxnRequest, keys []st
 	}
 }
 
-func (b *batcher) run() {
-	defer b.wg.Done()
-	var carry []*batchCall // calls that conflicted with the previous batch
+// commitUntil commits batches until own has its answer (own nil: until
+// nothing waits), then hands the role on if calls still wait.
+func (b *batcher) commitUntil(own *batchCall) {
 	for {
-		var batch []*batchCall
-		keys := map[string]bool{}
-		width := 0
-		add := func(c *batchCall) bool {
-			if len(batch)+1+max(width, c.width)+2 > maxTxnOps {
-				return false
-			}
-			for _, k := range c.keys {
-				if keys[k] {
-					return false
-				}
-			}
-			for _, k := range c.keys {
-				keys[k] = true
-			}
-			batch = append(batch, c)
-			width = max(width, c.width)
-			return true
-		}
-		rest := carry[:0:0]
-		for _, c := range carry {
-			if !add(c) {
-				rest = append(rest, c)
-			}
-		}
-		carry = rest
+		b.mu.Lock()
+		batch := b.takeLocked()
 		if len(batch) == 0 {
-			select {
-			case c := <-b.queue:
-				add(c)
-			case <-b.stop:
-				return
-			}
+			b.releaseLocked()
+			b.mu.Unlock()
+			return
 		}
-	drain:
-		for len(carry) == 0 {
-			select {
-			case c := <-b.queue:
-				if !add(c) {
-					carry = append(carry, c)
-				}
-			default:
-				break drain
-			}
-		}
+		b.mu.Unlock()
 		b.commit(batch)
+		if own != nil && len(own.done) > 0 {
+			b.mu.Lock()
+			more := len(b.pending) > 0 && !b.stopped
+			if !more {
+				b.releaseLocked()
+			}
+			b.mu.Unlock()
+			if more {
+				go b.commitUntil(nil)
+			}
+			return
+		}
 	}
+}
+
+func (b *batcher) releaseLocked() {
+	b.active--
+	if b.active == 0 {
+		b.idle.Broadcast()
+	}
+}
+
+// takeLocked removes from pending the calls that fit one transaction: within
+// etcd's per-level operation limits, and no two writing the same membership.
+func (b *batcher) takeLocked() []*batchCall {
+	var batch []*batchCall
+	keys := map[string]bool{}
+	width := 0
+	rest := b.pending[:0]
+	for _, c := range b.pending {
+		fits := len(batch)+1+max(width, c.width)+2 <= maxTxnOps
+		for _, k := range c.keys {
+			if keys[k] {
+				fits = false
+			}
+		}
+		if !fits {
+			rest = append(rest, c)
+			continue
+		}
+		for _, k := range c.keys {
+			keys[k] = true
+		}
+		batch = append(batch, c)
+		width = max(width, c.width)
+	}
+	clear(b.pending[len(rest):])
+	b.pending = rest
+	return batch
 }
 
 // commit sends one transaction holding every live call of batch.
