@@ -121,34 +121,18 @@ func (s *Store) decodeMembershipKey(gateway, key string) (socket, room string, o
 // (compaction) rebuilds its room index from this and resumes watching at rev+1.
 func (s *Store) GatewayMemberships(ctx context.Context, gateway string) (map[string]map[string]struct{}, int64, error) {
 	prefix := s.k.gwmPrefix(gateway)
-	end := clientv3.GetPrefixRangeEnd(prefix)
 	out := map[string]map[string]struct{}{}
-	start, rev := prefix, int64(0)
-	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithKeysOnly(), clientv3.WithLimit(1000)}
-		if rev != 0 {
-			opts = append(opts, clientv3.WithRev(rev))
-		}
-		resp, err := s.kv.Get(ctx, start, opts...)
-		if err != nil {
-			return nil, 0, fmt.Errorf("list gateway memberships: %w", err)
-		}
-		if rev == 0 {
-			rev = resp.Header.Revision
-		}
-		for _, kv := range resp.Kvs {
-			socket, room, ok := s.decodeMembershipKey(gateway, string(kv.Key))
-			if !ok {
-				continue
-			}
+	rev, err := s.scanKeys(ctx, prefix, prefix, 0, func(key string) bool {
+		if socket, room, ok := s.decodeMembershipKey(gateway, key); ok {
 			if out[socket] == nil {
 				out[socket] = map[string]struct{}{}
 			}
 			out[socket][room] = struct{}{}
 		}
-		if !resp.More || len(resp.Kvs) == 0 {
-			return out, rev, nil
-		}
-		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+		return true
+	})
+	if err != nil {
+		return nil, 0, fmt.Errorf("list gateway memberships: %w", err)
 	}
+	return out, rev, nil
 }

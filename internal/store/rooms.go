@@ -22,31 +22,17 @@ import (
 // one), reading in pages, and returns the revision read at.
 func (s *Store) RoomMembers(ctx context.Context, room string, rev int64) ([]SocketID, int64, error) {
 	prefix := s.k.roomPrefix(room)
-	end := clientv3.GetPrefixRangeEnd(prefix)
-	start := prefix
 	var out []SocketID
-	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithKeysOnly(), clientv3.WithLimit(1000)}
-		if rev != 0 {
-			opts = append(opts, clientv3.WithRev(rev))
+	rev, err := s.scanKeys(ctx, prefix, prefix, rev, func(key string) bool {
+		if sid, err := ParseSocketID(strings.TrimPrefix(key, prefix)); err == nil {
+			out = append(out, sid)
 		}
-		resp, err := s.kv.Get(ctx, start, opts...)
-		if err != nil {
-			return nil, 0, fmt.Errorf("list room members: %w", err)
-		}
-		if rev == 0 {
-			rev = resp.Header.Revision
-		}
-		for _, kv := range resp.Kvs {
-			if sid, err := ParseSocketID(strings.TrimPrefix(string(kv.Key), prefix)); err == nil {
-				out = append(out, sid)
-			}
-		}
-		if !resp.More || len(resp.Kvs) == 0 {
-			return out, rev, nil
-		}
-		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+		return true
+	})
+	if err != nil {
+		return nil, 0, fmt.Errorf("list room members: %w", err)
 	}
+	return out, rev, nil
 }
 
 // AddToRooms joins every socket to every room, skipping sockets that are gone

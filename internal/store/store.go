@@ -262,8 +262,45 @@ func (s *Store) ListRooms(ctx context.Context, after string, limit int) (rooms [
 		// "0" sorts right after "/", so this skips every key of room `after`.
 		start = prefix + after + "0"
 	}
-	end := clientv3.GetPrefixRangeEnd(prefix)
 	var escaped []string // escaped names of rooms, parallel to rooms
+	var bad error
+	rev, err = s.scanKeys(ctx, prefix, start, 0, func(key string) bool {
+		seg, _, ok := strings.Cut(strings.TrimPrefix(key, prefix), "/")
+		if !ok {
+			return true
+		}
+		if n := len(escaped); n > 0 && escaped[n-1] == seg {
+			rooms[n-1].Members++
+			return true
+		}
+		if len(rooms) == limit {
+			// A further room exists: this page is full.
+			next = escaped[len(escaped)-1]
+			return false
+		}
+		room, err := unescapeRoom(seg)
+		if err != nil {
+			bad = err
+			return false
+		}
+		escaped = append(escaped, seg)
+		rooms = append(rooms, RoomCount{Room: room, Members: 1})
+		return true
+	})
+	if err == nil {
+		err = bad
+	}
+	if err != nil {
+		return nil, "", 0, fmt.Errorf("list rooms: %w", err)
+	}
+	return rooms, next, rev, nil
+}
+
+// scanKeys visits the keys from start to the end of prefix, in order, at one
+// revision (rev 0: the current one), reading a page at a time, until visit
+// returns false. It returns the revision read at.
+func (s *Store) scanKeys(ctx context.Context, prefix, start string, rev int64, visit func(key string) bool) (int64, error) {
+	end := clientv3.GetPrefixRangeEnd(prefix)
 	for {
 		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithKeysOnly(), clientv3.WithLimit(1000)}
 		if rev != 0 {
@@ -271,33 +308,18 @@ func (s *Store) ListRooms(ctx context.Context, after string, limit int) (rooms [
 		}
 		resp, err := s.kv.Get(ctx, start, opts...)
 		if err != nil {
-			return nil, "", 0, fmt.Errorf("list rooms: %w", err)
+			return 0, err
 		}
 		if rev == 0 {
 			rev = resp.Header.Revision
 		}
 		for _, kv := range resp.Kvs {
-			seg, _, ok := strings.Cut(strings.TrimPrefix(string(kv.Key), prefix), "/")
-			if !ok {
-				continue
+			if !visit(string(kv.Key)) {
+				return rev, nil
 			}
-			if n := len(escaped); n > 0 && escaped[n-1] == seg {
-				rooms[n-1].Members++
-				continue
-			}
-			if len(rooms) == limit {
-				// A further room exists: this page is full.
-				return rooms, escaped[len(escaped)-1], rev, nil
-			}
-			room, err := unescapeRoom(seg)
-			if err != nil {
-				return nil, "", 0, err
-			}
-			escaped = append(escaped, seg)
-			rooms = append(rooms, RoomCount{Room: room, Members: 1})
 		}
 		if !resp.More || len(resp.Kvs) == 0 {
-			return rooms, "", rev, nil
+			return rev, nil
 		}
 		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
