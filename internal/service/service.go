@@ -44,6 +44,8 @@ type Server struct {
 	membershipv1.UnimplementedMembershipServiceServer
 
 	store     *store.Store
+	targets   *store.TargetIndex
+	stopIndex func()
 	stopBatch func()
 	log       *slog.Logger
 	gateways  *gatewayPool
@@ -75,7 +77,14 @@ func NewWithOptions(kv *clientv3.Client, prefix string, log *slog.Logger, opts O
 	case opts.BatchCommitters > 0:
 		stop = st.StartBatching(opts.BatchCommitters)
 	}
-	return &Server{store: st, stopBatch: stop, log: log, gateways: newGatewayPool()}
+	targets := st.NewTargetIndex(kv, log)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { targets.Run(ctx); close(done) }()
+	return &Server{
+		store: st, targets: targets, stopIndex: func() { cancel(); <-done },
+		stopBatch: stop, log: log, gateways: newGatewayPool(),
+	}
 }
 
 // deliverTimeout caps one gateway's part of a Broadcast or Blast.
@@ -86,6 +95,7 @@ const batchCommitters = 4
 
 // Close stops coalescing and drops the connections to gateways.
 func (s *Server) Close() {
+	s.stopIndex()
 	s.stopBatch()
 	s.gateways.close()
 }
@@ -310,7 +320,7 @@ func (s *Server) Broadcast(ctx context.Context, req *membershipv1.BroadcastReque
 		return nil, toStatus(ctx, s.log, err)
 	}
 	msg.Rooms = rooms
-	targets, err := s.store.BroadcastTargets(etcdCtx(ctx), rooms)
+	targets, err := s.targets.Targets(ctx, rooms)
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	}
@@ -325,7 +335,7 @@ func (s *Server) Blast(ctx context.Context, req *membershipv1.BlastRequest) (*me
 		return nil, toStatus(ctx, s.log, err)
 	}
 	msg.AllSockets = true
-	targets, err := s.store.BroadcastTargets(etcdCtx(ctx), nil)
+	targets, err := s.targets.Targets(ctx, nil)
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	}

@@ -368,49 +368,6 @@ type Targets struct {
 	Gateways map[string]GatewayRecord
 }
 
-// BroadcastTargets reads, at one revision, the gateways holding members of any
-// of rooms (all gateways when rooms is nil). A gateway told to deliver at that
-// revision sees exactly the memberships committed up to it.
-func (s *Store) BroadcastTargets(ctx context.Context, rooms []string) (Targets, error) {
-	if len(rooms)+1 > maxTxnOps {
-		return Targets{}, fmt.Errorf("broadcast to %d rooms: at most %d per call", len(rooms), maxTxnOps-1)
-	}
-	ops := []clientv3.Op{clientv3.OpGet(s.k.gatewaysPrefix(), clientv3.WithPrefix())}
-	for _, room := range rooms {
-		ops = append(ops, clientv3.OpGet(s.k.roomPrefix(room), clientv3.WithPrefix(), clientv3.WithKeysOnly()))
-	}
-	resp, err := s.kv.Txn(ctx).Then(ops...).Commit()
-	if err != nil {
-		return Targets{}, fmt.Errorf("read broadcast targets: %w", err)
-	}
-	all := map[string]GatewayRecord{}
-	for _, kv := range resp.Responses[0].GetResponseRange().Kvs {
-		var rec GatewayRecord
-		if err := json.Unmarshal(kv.Value, &rec); err != nil {
-			return Targets{}, fmt.Errorf("decode gateway record %q: %w", kv.Key, err)
-		}
-		all[rec.ID] = rec
-	}
-	t := Targets{Revision: resp.Header.Revision, Gateways: all}
-	if rooms == nil {
-		return t, nil
-	}
-	t.Gateways = map[string]GatewayRecord{}
-	for i, room := range rooms {
-		prefix := s.k.roomPrefix(room)
-		for _, kv := range resp.Responses[i+1].GetResponseRange().Kvs {
-			sid, err := ParseSocketID(strings.TrimPrefix(string(kv.Key), prefix))
-			if err != nil {
-				continue
-			}
-			if rec, ok := all[sid.Gateway]; ok {
-				t.Gateways[sid.Gateway] = rec
-			}
-		}
-	}
-	return t, nil
-}
-
 // Gateway reads one gateway's record.
 func (s *Store) Gateway(ctx context.Context, id string) (GatewayRecord, error) {
 	resp, err := s.kv.Get(ctx, s.k.gateway(id))
