@@ -60,19 +60,7 @@ func TestStalledClientIsDroppedWithoutSlowingOthers(t *testing.T) {
 	api := startMembershipServer(t, e)
 	g := stacktest.StartGatewayVia(t, e.Endpoint, gateway.Config{ID: "gw1", LeaseTTL: 10 * time.Second, SendQueue: 4})
 	reader := dial(t, g.WSURL)
-	// A client that reads its first frame and nothing after.
-	conn, _, err := websocket.DefaultDialer.Dial(g.WSURL, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	var hello struct {
-		SocketID string `json:"socket_id"`
-	}
-	if err := conn.ReadJSON(&hello); err != nil {
-		t.Fatal(err)
-	}
-	stalled := hello.SocketID
+	stalled := dialSilent(t, g.WSURL)
 	ctx := context.Background()
 	if _, err := api.Join(ctx, &membershipv1.JoinRequest{SocketIds: []string{reader.ID, stalled}, Room: "r"}); err != nil {
 		t.Fatal(err)
@@ -108,23 +96,31 @@ func TestUnansweredPingsDropTheSocket(t *testing.T) {
 	api := startMembershipServer(t, e)
 	g := stacktest.StartGatewayVia(t, e.Endpoint, gateway.Config{ID: "gw1", LeaseTTL: 10 * time.Second, PingInterval: 200 * time.Millisecond})
 	alive := dial(t, g.WSURL) // reads, so its library answers pings
-	conn, _, err := websocket.DefaultDialer.Dial(g.WSURL, nil)
+	silent := dialSilent(t, g.WSURL)
+	ctx := context.Background()
+	waitFor(t, 5*time.Second, "the silent socket to be dropped", func() bool {
+		_, err := api.GetSocket(ctx, &membershipv1.GetSocketRequest{SocketId: silent})
+		return err != nil
+	})
+	if _, err := api.GetSocket(ctx, &membershipv1.GetSocketRequest{SocketId: alive.ID}); err != nil {
+		t.Fatalf("the answering socket was dropped too: %v", err)
+	}
+}
+
+// dialSilent connects a client that reads its connected frame and nothing
+// after (so it answers no ping either), and returns its socket id.
+func dialSilent(t *testing.T, url string) string {
+	t.Helper()
+	conn, _, err := websocket.DefaultDialer.Dial(url, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	t.Cleanup(func() { conn.Close() })
 	var hello struct {
 		SocketID string `json:"socket_id"`
 	}
 	if err := conn.ReadJSON(&hello); err != nil {
 		t.Fatal(err)
 	}
-	ctx := context.Background()
-	waitFor(t, 5*time.Second, "the silent socket to be dropped", func() bool {
-		_, err := api.GetSocket(ctx, &membershipv1.GetSocketRequest{SocketId: hello.SocketID})
-		return err != nil
-	})
-	if _, err := api.GetSocket(ctx, &membershipv1.GetSocketRequest{SocketId: alive.ID}); err != nil {
-		t.Fatalf("the answering socket was dropped too: %v", err)
-	}
+	return hello.SocketID
 }
