@@ -45,6 +45,7 @@ func run(args []string) error {
 	endpoints := fs.String("etcd-endpoints", "127.0.0.1:2379", "comma-separated etcd client URLs")
 	prefix := fs.String("etcd-prefix", store.DefaultPrefix, "prefix of every etcd key")
 	leaseTTL := fs.Duration("lease-ttl", 10*time.Second, "TTL of the gateway's etcd lease; its sockets vanish this long after a crash (at least 2s)")
+	leaseShards := fs.Int("lease-shards", 1, "leases the gateway's sockets are spread over (1-64); more split the deletions when a crashed gateway's leases expire")
 	gatewayID := fs.String("gateway-id", "", "unique gateway id, [A-Za-z0-9_-]{1,64} (default: host name and a random suffix)")
 	sendQueue := fs.Int("send-queue", 256, "frames queued per socket before a slow socket is disconnected")
 	upstreamURL := fs.String("upstream-url", "", "app that socket requests are forwarded to, e.g. http://127.0.0.1:3000 (empty: requests answer 501)")
@@ -97,6 +98,7 @@ func run(args []string) error {
 		AdvertiseAddr:   adv,
 		Prefix:          *prefix,
 		LeaseTTL:        *leaseTTL,
+		LeaseShards:     *leaseShards,
 		Version:         app.Version(),
 		SendQueue:       *sendQueue,
 		UpstreamURL:     *upstreamURL,

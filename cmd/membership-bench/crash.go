@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
@@ -22,7 +23,7 @@ func benchCrash(ctx context.Context, cfg config) error {
 	}
 	defer st.stop()
 	const ttl = 10 * time.Second
-	doomed, err := st.addGateway("doomed", "--lease-ttl", ttl.String())
+	doomed, err := st.addGateway("doomed", "--lease-ttl", ttl.String(), "--lease-shards", strconv.Itoa(cfg.crashShards))
 	if err != nil {
 		return err
 	}
@@ -122,7 +123,7 @@ func benchCrash(ctx context.Context, cfg config) error {
 			}
 		}
 	}
-	fmt.Printf("## Gateway crash holding %d sockets and %d memberships (%d keys on its lease; TTL %v)\n\n", len(socks), 3*len(socks), 7*len(socks)+1, ttl)
+	fmt.Printf("## Gateway crash holding %d sockets and %d memberships (%d keys on %d lease(s); TTL %v)\n\n", len(socks), 3*len(socks), 7*len(socks)+1, cfg.crashShards, ttl)
 	fmt.Println("| gone after SIGKILL | other gateway's Join/Leave p50 / p99 before | after the kill: p50 / p99 / max | failed calls after the kill |")
 	fmt.Println("|---|---|---|---|")
 	goneText := "not within 3× TTL"

@@ -34,6 +34,7 @@ type config struct {
 	fanoutSockets int
 	idleSockets   int
 	crashSockets  int
+	crashShards   int
 	idleHold      time.Duration
 	serverArgs    string
 	tpLevels      string
@@ -52,6 +53,7 @@ func main() {
 	flag.StringVar(&cfg.serverArgs, "server-args", "", "extra flags for the membership-server, space-separated (e.g. \"--batch-committers 0\")")
 	flag.DurationVar(&cfg.idleHold, "idle-hold", 0, "keep the idle sockets open this long after measuring (to profile the gateway)")
 	flag.IntVar(&cfg.crashSockets, "crash-sockets", 17000, "sockets on the gateway that crashes; each joins 3 rooms")
+	flag.IntVar(&cfg.crashShards, "crash-lease-shards", 1, "the crashing gateway's --lease-shards")
 	flag.StringVar(&cfg.tpLevels, "tp-concurrency", "1,16,64,256", "throughput: concurrency levels")
 	flag.StringVar(&cfg.tpPaths, "tp-paths", "raw,plain,api", "throughput: which paths to measure (raw etcd, API without coalescing, API)")
 	flag.Parse()

@@ -114,15 +114,21 @@ func (p *proc) waitHealthy(t *testing.T) {
 }
 
 func TestGatewayKilledLosesItsMembershipsWithinTTL(t *testing.T) {
+	for _, shards := range []string{"1", "3"} {
+		t.Run("lease shards "+shards, func(t *testing.T) { testGatewayKilled(t, shards) })
+	}
+}
+
+func testGatewayKilled(t *testing.T, shards string) {
 	e := testutil.StartEtcd(t)
 	api := startMembershipServer(t, e)
 	const ttl = 2 * time.Second
-	doomed := startGatewayProcess(t, e, "doomed", ttl)
+	doomed := startGatewayProcess(t, e, "doomed", ttl, "--lease-shards", shards)
 	survivor := startGateway(t, e, "survivor", 10*time.Second)
 	ctx := context.Background()
 
 	var victims []*sock
-	for i := 0; i < 3; i++ {
+	for i := 0; i < 6; i++ {
 		s := dial(t, doomed.WSURL)
 		for _, room := range []string{"r", "s"} {
 			if _, err := api.Join(ctx, &membershipv1.JoinRequest{SocketId: s.ID, Room: room}); err != nil {
@@ -131,11 +137,18 @@ func TestGatewayKilledLosesItsMembershipsWithinTTL(t *testing.T) {
 		}
 		victims = append(victims, s)
 	}
+	leases := map[string]bool{}
+	for _, v := range victims {
+		leases[strings.Split(v.ID, ".")[1]] = true
+	}
+	if want := map[string]int{"1": 1, "3": 3}[shards]; len(leases) != want {
+		t.Fatalf("6 sockets over %d leases, want %d", len(leases), want)
+	}
 	keeper := dial(t, survivor.WSURL)
 	if _, err := api.Join(ctx, &membershipv1.JoinRequest{SocketId: keeper.ID, Room: "r"}); err != nil {
 		t.Fatal(err)
 	}
-	if got := members(t, api, "r"); len(got) != 4 {
+	if got := members(t, api, "r"); len(got) != 7 {
 		t.Fatalf("members before the crash: %v", got)
 	}
 

@@ -266,7 +266,7 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 // runSocket registers the socket and hands it to readSocket; the Gateway.wg
 // count it was started with passes on with it.
 func (g *Gateway) runSocket(sess *session, conn *websocket.Conn) {
-	sid := store.NewSocketID(g.cfg.ID, sess.lease)
+	sid := store.NewSocketID(g.cfg.ID, sess.leaseForSocket())
 	c := newClient(sid, conn, g.cfg.SendQueue, g.cfg.MaxInflight, g.cfg.WriteTimeout, sess.alive)
 	// Queued (and held) before the socket exists in etcd, so no joined frame
 	// can precede it, and none is written before the socket can be joined.

@@ -2,11 +2,14 @@
 // from etcd.
 //
 // Shape:
-//   - A session is one etcd lease with everything on it: the gateway record,
-//     every socket record and membership of this gateway. Run owns the session
-//     loop: grant, register, watch and keep alive until the lease cannot be
-//     proven alive, then close every socket (code 1012) and start over with a
-//     new lease. Sockets never outlive the session whose lease they live on.
+//   - A session is a set of etcd leases (Config.LeaseShards, usually one)
+//     with everything on them: the gateway record on the first, each socket
+//     with its memberships on one of them (socket ids name their lease). Run
+//     owns the session loop: grant, register, watch and keep alive until a
+//     lease cannot be proven alive, then close every socket (code 1012) and
+//     start over with new leases. Sockets never outlive the session whose
+//     lease they live on. Several leases split what etcd deletes when a
+//     crashed gateway's leases expire into several smaller transactions.
 //   - Each socket has a handler goroutine (reads; owned by the HTTP server and
 //     counted in Gateway.wg) and a writer goroutine (owned by the handler)
 //     that drains a bounded queue.
@@ -27,6 +30,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -44,6 +48,7 @@ type Config struct {
 	AdvertiseAddr string        // internal gRPC address membership-servers dial; required
 	Prefix        string        // etcd key prefix; store.DefaultPrefix
 	LeaseTTL      time.Duration // 10s; etcd's floor is 2s
+	LeaseShards   int           // leases the gateway's sockets are spread over; 1
 	Version       string
 	SendQueue     int           // frames queued per socket before it is dropped; 256
 	WriteTimeout  time.Duration // 10s
@@ -71,6 +76,12 @@ func (c *Config) setDefaults() error {
 	}
 	if c.LeaseTTL < 2*time.Second {
 		return fmt.Errorf("lease TTL %v is below etcd's floor of 2s", c.LeaseTTL)
+	}
+	if c.LeaseShards == 0 {
+		c.LeaseShards = 1
+	}
+	if c.LeaseShards < 1 || c.LeaseShards > 64 {
+		return fmt.Errorf("lease shards %d: 1 to 64", c.LeaseShards)
 	}
 	if c.SendQueue == 0 {
 		c.SendQueue = 256
@@ -182,15 +193,17 @@ func (g *Gateway) Ready() bool {
 // Sockets is how many sockets are open.
 func (g *Gateway) Sockets() int { return g.hub.count() }
 
-// session is one lease and what hangs on it.
+// session is one set of leases and what hangs on them.
 type session struct {
-	lease  clientv3.LeaseID
-	ctx    context.Context // canceled when the session ends
+	leases []clientv3.LeaseID // leases[0] holds the gateway record
+	next   atomic.Uint64      // round-robin over leases for new sockets
+	ctx    context.Context    // canceled when the session ends
 	cancel context.CancelFunc
 
-	// aliveUntil is the instant (see monoNow) before which the lease
-	// is provably alive: the send time of the last successful renewal plus the
-	// TTL it granted, less a margin.
+	// until[i] is the instant (see monoNow) before which leases[i] is
+	// provably alive: the send time of its last successful renewal plus the
+	// TTL granted, less a margin. aliveUntil is the earliest of them.
+	until      []atomic.Int64
 	aliveUntil atomic.Int64
 
 	mu        sync.Mutex
@@ -202,21 +215,52 @@ type session struct {
 	cleanup chan store.SocketID
 }
 
-// alive reports whether the lease is provably alive now.
+func newSession(parent context.Context, leases []clientv3.LeaseID) *session {
+	ctx, cancel := context.WithCancel(parent)
+	return &session{leases: leases, until: make([]atomic.Int64, len(leases)), ctx: ctx, cancel: cancel,
+		cleanup: make(chan store.SocketID, 4096)}
+}
+
+// alive reports whether every lease is provably alive now.
 func (s *session) alive() bool {
 	return s.ctx.Err() == nil && monoNow() < s.aliveUntil.Load()
 }
 
-// renewed records a renewal whose request left at sent (a monoNow value): etcd
-// renewed the lease after that, so it lives at least ttl past it.
-func (s *session) renewed(sent int64, ttl time.Duration) {
-	until := sent + int64(ttl-leaseMargin)
-	for {
-		cur := s.aliveUntil.Load()
-		if until <= cur || s.aliveUntil.CompareAndSwap(cur, until) {
-			return
+// renewed records a renewal of leases[i] whose request left at sent (a
+// monoNow value): etcd renewed the lease after that, so it lives at least ttl
+// past it. Only the keep-alive loop calls it.
+func (s *session) renewed(i int, sent int64, ttl time.Duration) {
+	if until := sent + int64(ttl-leaseMargin); until > s.until[i].Load() {
+		s.until[i].Store(until)
+	}
+	earliest := s.until[0].Load()
+	for j := range s.until {
+		earliest = min(earliest, s.until[j].Load())
+	}
+	s.aliveUntil.Store(earliest)
+}
+
+// leaseForSocket picks the lease a new socket lives on.
+func (s *session) leaseForSocket() clientv3.LeaseID {
+	return s.leases[s.next.Add(1)%uint64(len(s.leases))]
+}
+
+// holds reports whether lease is one of the session's.
+func (s *session) holds(lease clientv3.LeaseID) bool {
+	for _, l := range s.leases {
+		if l == lease {
+			return true
 		}
 	}
+	return false
+}
+
+func leasesText(leases []clientv3.LeaseID) string {
+	parts := make([]string, len(leases))
+	for i, l := range leases {
+		parts[i] = fmt.Sprintf("%x", int64(l))
+	}
+	return strings.Join(parts, ",")
 }
 
 func (g *Gateway) currentSession() *session {
@@ -248,7 +292,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 		err = g.serveSession(sess)
 		g.endSession(sess, ctx.Err() != nil)
 		if ctx.Err() == nil {
-			g.log.Error("session ended; sockets closed, registering again", "err", err, "lease", fmt.Sprintf("%x", int64(sess.lease)))
+			g.log.Error("session ended; sockets closed, registering again", "err", err, "leases", leasesText(sess.leases))
 		}
 	}
 	g.mu.Lock()
@@ -273,31 +317,39 @@ func (g *Gateway) startHandler() bool {
 func (g *Gateway) startSession(parent context.Context) (*session, error) {
 	ctx, cancel := context.WithTimeout(parent, g.cfg.EtcdTimeout)
 	defer cancel()
-	sent := monoNow()
-	lease, err := g.cli.Grant(ctx, int64(g.cfg.LeaseTTL/time.Second))
-	if err != nil {
-		return nil, fmt.Errorf("grant lease: %w", err)
+	leases := make([]clientv3.LeaseID, g.cfg.LeaseShards)
+	sent := make([]int64, len(leases))
+	ttls := make([]time.Duration, len(leases))
+	for i := range leases {
+		sent[i] = monoNow()
+		lease, err := g.cli.Grant(ctx, int64(g.cfg.LeaseTTL/time.Second))
+		if err != nil {
+			g.revoke(leases[:i]...)
+			return nil, fmt.Errorf("grant lease: %w", err)
+		}
+		leases[i], ttls[i] = lease.ID, time.Duration(lease.TTL)*time.Second
 	}
-	sctx, scancel := context.WithCancel(parent)
-	s := &session{lease: lease.ID, ctx: sctx, cancel: scancel, cleanup: make(chan store.SocketID, 4096)}
-	s.renewed(sent, time.Duration(lease.TTL)*time.Second)
+	s := newSession(parent, leases)
+	for i := range leases {
+		s.renewed(i, sent[i], ttls[i])
+	}
 	rev, err := g.store.RegisterGateway(ctx, store.GatewayRecord{
 		ID:        g.cfg.ID,
 		GRPCAddr:  g.cfg.AdvertiseAddr,
 		Version:   g.cfg.Version,
 		StartedAt: time.Now().UTC(),
-		Lease:     lease.ID,
+		Lease:     leases[0],
 	})
 	if err != nil {
-		scancel()
-		g.revoke(lease.ID)
+		s.cancel()
+		g.revoke(leases...)
 		return nil, err
 	}
-	// Nothing of this lease existed before rev: the index is complete up to it.
+	// Nothing of these leases existed before rev: the index is complete up to it.
 	g.applied.advance(rev)
 	g.setSession(s)
 	g.hub.setOpen(true)
-	g.log.Info("gateway registered", "lease", fmt.Sprintf("%x", int64(lease.ID)), "revision", rev, "advertise", g.cfg.AdvertiseAddr)
+	g.log.Info("gateway registered", "leases", leasesText(leases), "revision", rev, "advertise", g.cfg.AdvertiseAddr)
 	s.watchFrom = rev + 1
 	return s, nil
 }
@@ -395,31 +447,36 @@ func (g *Gateway) janitor(s *session) error {
 func (g *Gateway) keepAlive(s *session) error {
 	interval := g.cfg.LeaseTTL / 3
 	for {
-		sent := monoNow()
-		timeout := min(interval, time.Duration(s.aliveUntil.Load()-sent))
-		if timeout <= 0 {
-			return errLeaseLost
-		}
-		ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(s.ctx), timeout)
-		resp, err := g.cli.KeepAliveOnce(ctx, s.lease)
-		cancel()
-		switch {
-		case s.ctx.Err() != nil:
-			return s.ctx.Err()
-		case errors.Is(err, rpctypes.ErrLeaseNotFound):
-			return errLeaseLost
-		case err != nil:
-			g.log.Warn("lease renewal failed", "err", err, "lease", fmt.Sprintf("%x", int64(s.lease)))
-		case resp.TTL <= 0:
-			return errLeaseLost
-		default:
-			s.renewed(sent, time.Duration(resp.TTL)*time.Second)
+		start := monoNow()
+		failed := false
+		for i, lease := range s.leases {
+			sent := monoNow()
+			timeout := min(interval, time.Duration(s.aliveUntil.Load()-sent))
+			if timeout <= 0 {
+				return errLeaseLost
+			}
+			ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(s.ctx), timeout)
+			resp, err := g.cli.KeepAliveOnce(ctx, lease)
+			cancel()
+			switch {
+			case s.ctx.Err() != nil:
+				return s.ctx.Err()
+			case errors.Is(err, rpctypes.ErrLeaseNotFound):
+				return errLeaseLost
+			case err != nil:
+				failed = true
+				g.log.Warn("lease renewal failed", "err", err, "lease", fmt.Sprintf("%x", int64(lease)))
+			case resp.TTL <= 0:
+				return errLeaseLost
+			default:
+				s.renewed(i, sent, time.Duration(resp.TTL)*time.Second)
+			}
 		}
 		if !s.alive() {
 			return errLeaseLost
 		}
-		next := interval - time.Duration(monoNow()-sent)
-		if err != nil {
+		next := interval - time.Duration(monoNow()-start)
+		if failed {
 			next = min(next, 100*time.Millisecond) // retry soon; the proof is running out
 		}
 		if next > 0 {
@@ -428,7 +485,7 @@ func (g *Gateway) keepAlive(s *session) error {
 	}
 }
 
-// endSession closes every socket of s and revokes its lease.
+// endSession closes every socket of s and revokes its leases.
 func (g *Gateway) endSession(s *session, shutdown bool) {
 	s.cancel()
 	g.setSession(nil)
@@ -437,14 +494,16 @@ func (g *Gateway) endSession(s *session, shutdown bool) {
 	} else {
 		g.hub.closeAll(closeServiceRestart, "gateway lost its registration; reconnect")
 	}
-	g.revoke(s.lease)
+	g.revoke(s.leases...)
 }
 
-func (g *Gateway) revoke(lease clientv3.LeaseID) {
+func (g *Gateway) revoke(leases ...clientv3.LeaseID) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	if _, err := g.cli.Revoke(ctx, lease); err != nil {
-		g.log.Debug("revoke lease", "err", err)
+	for _, lease := range leases {
+		if _, err := g.cli.Revoke(ctx, lease); err != nil {
+			g.log.Debug("revoke lease", "err", err)
+		}
 	}
 }
 

@@ -79,7 +79,7 @@ func (s *grpcService) live(gatewayID string, lease int64) (*session, error) {
 	if sess == nil || !sess.alive() {
 		return nil, status.Error(codes.Unavailable, "gateway holds no live lease")
 	}
-	if lease != 0 && clientv3.LeaseID(lease) != sess.lease {
+	if lease != 0 && !sess.holds(clientv3.LeaseID(lease)) {
 		return nil, status.Error(codes.FailedPrecondition, "that registration of this gateway has ended; its sockets are gone")
 	}
 	return sess, nil
