@@ -88,7 +88,8 @@ func run(args []string) error {
 		adv = grpcLis.Addr().String()
 	}
 
-	cli, err := clientv3.New(app.EtcdConfig(strings.Split(*endpoints, ","), app.EtcdLogger()))
+	reg := app.NewRegistry()
+	cli, err := clientv3.New(app.EtcdConfig(strings.Split(*endpoints, ","), app.EtcdLogger(), app.EtcdRequestMetrics(reg)))
 	if err != nil {
 		return fmt.Errorf("etcd client: %w", err)
 	}
@@ -103,16 +104,19 @@ func run(args []string) error {
 		SendQueue:       *sendQueue,
 		UpstreamURL:     *upstreamURL,
 		UpstreamTimeout: *upstreamTimeout,
+		Registry:        reg,
 		Logger:          log,
 	}, cli)
 	if err != nil {
 		return err
 	}
 
-	gsrv := grpc.NewServer(app.ServerOptions(log, 10*time.Second)...)
+	grpcMetrics := app.GRPCServerMetrics(reg)
+	gsrv := grpc.NewServer(app.ServerOptions(log, 10*time.Second, grpcMetrics)...)
 	gw.RegisterGRPC(gsrv)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gsrv, hs)
+	grpcMetrics.InitializeMetrics(gsrv)
 	hsrv := &http.Server{Handler: gw.Handler(), ReadHeaderTimeout: 10 * time.Second}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)

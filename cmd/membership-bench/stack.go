@@ -67,7 +67,8 @@ func startStack(ctx context.Context, cfg config) (*stack, error) {
 	etcdAddr, grpcAddr := freeAddr(), freeAddr()
 	s.etcd = "http://" + etcdAddr
 	args := []string{"--grpc-addr", grpcAddr, "--embedded-etcd-addr", etcdAddr, "--embedded-etcd-peer-addr", freeAddr(),
-		"--data-dir", filepath.Join(dir, "etcd"), "--log-level", "error", "--pprof-addr", s.serverPprof}
+		"--data-dir", filepath.Join(dir, "etcd"), "--log-level", "error", "--pprof-addr", s.serverPprof,
+		"--metrics-addr", "127.0.0.1:0"}
 	args = append(args, strings.Fields(cfg.serverArgs)...)
 	s.server = exec.Command(filepath.Join(cfg.binDir, "membership-server"), args...)
 	s.server.Stderr = os.Stderr
@@ -102,7 +103,7 @@ func startStack(ctx context.Context, cfg config) (*stack, error) {
 func (s *stack) addServer(ctx context.Context, extra ...string) (membershipv1.MembershipServiceClient, error) {
 	addr := freeAddr()
 	cmd := exec.Command(filepath.Join(s.cfg.binDir, "membership-server"),
-		append([]string{"--grpc-addr", addr, "--etcd-endpoints", s.etcd, "--log-level", "error"}, extra...)...)
+		append([]string{"--grpc-addr", addr, "--etcd-endpoints", s.etcd, "--log-level", "error", "--metrics-addr", "127.0.0.1:0"}, extra...)...)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		return nil, err

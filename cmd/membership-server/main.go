@@ -10,9 +10,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -48,6 +50,7 @@ func run(args []string) error {
 	prefix := fs.String("etcd-prefix", store.DefaultPrefix, "prefix of every etcd key")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	callTimeout := fs.Duration("default-call-timeout", 10*time.Second, "deadline for calls that carry none")
+	metricsAddr := fs.String("metrics-addr", "127.0.0.1:9090", "serves /metrics (Prometheus) and /healthz; empty: off")
 	committers := fs.Int("batch-committers", 4, "coalesced Join/Leave etcd transactions in flight at once; 0 sends one transaction per call")
 	pprofAddr := fs.String("pprof-addr", "", "serve net/http/pprof on this address (empty: off)")
 	shutdownTimeout := fs.Duration("shutdown-timeout", 10*time.Second, "how long in-flight calls may finish on SIGTERM")
@@ -82,23 +85,46 @@ func run(args []string) error {
 	} else {
 		eps = strings.Split(*endpoints, ",")
 	}
-	cli, err := clientv3.New(app.EtcdConfig(eps, app.EtcdLogger()))
+	reg := app.NewRegistry()
+	cli, err := clientv3.New(app.EtcdConfig(eps, app.EtcdLogger(), app.EtcdRequestMetrics(reg)))
 	if err != nil {
 		return fmt.Errorf("etcd client: %w", err)
 	}
 	defer cli.Close()
 
-	opts := service.Options{BatchCommitters: *committers}
+	opts := service.Options{BatchCommitters: *committers, Registry: reg}
 	if *committers == 0 {
 		opts.BatchCommitters = -1
 	}
 	svc := service.NewWithOptions(cli, *prefix, log, opts)
 	defer svc.Close()
-	srv := grpc.NewServer(app.ServerOptions(log, *callTimeout)...)
+	grpcMetrics := app.GRPCServerMetrics(reg)
+	srv := grpc.NewServer(app.ServerOptions(log, *callTimeout, grpcMetrics)...)
 	membershipv1.RegisterMembershipServiceServer(srv, svc)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(srv, hs)
 	reflection.Register(srv)
+	grpcMetrics.InitializeMetrics(srv)
+	var serving atomic.Bool
+	if *metricsAddr != "" {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", app.MetricsHandler(reg))
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+			if !serving.Load() {
+				http.Error(w, "not serving", http.StatusServiceUnavailable)
+				return
+			}
+			_, _ = w.Write([]byte("ok\n"))
+		})
+		mlis, err := net.Listen("tcp", *metricsAddr)
+		if err != nil {
+			return fmt.Errorf("metrics listener: %w", err)
+		}
+		msrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go msrv.Serve(mlis)
+		defer msrv.Close()
+		log.Info("metrics serving", "addr", mlis.Addr().String())
+	}
 
 	lis, err := net.Listen("tcp", *grpcAddr)
 	if err != nil {
@@ -106,6 +132,7 @@ func run(args []string) error {
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(lis) }()
+	serving.Store(true)
 	log.Info("membership-server serving", "grpc_addr", lis.Addr().String(), "etcd", eps)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -123,6 +150,7 @@ func run(args []string) error {
 		return fmt.Errorf("embedded etcd failed: %w", err)
 	}
 	log.Info("shutting down")
+	serving.Store(false)
 	hs.Shutdown() // NOT_SERVING first, so balancers stop sending
 	gracefulStop(srv, *shutdownTimeout, log)
 	return nil

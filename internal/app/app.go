@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -77,7 +78,7 @@ func Version() string {
 // become INTERNAL (and are logged), every finished call is logged (successful
 // ones at debug level), and calls without a deadline get defaultTimeout so a
 // stalled dependency cannot hold them forever.
-func ServerOptions(log *slog.Logger, defaultTimeout time.Duration) []grpc.ServerOption {
+func ServerOptions(log *slog.Logger, defaultTimeout time.Duration, metrics ...*grpcprom.ServerMetrics) []grpc.ServerOption {
 	logger := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
 		log.Log(ctx, slog.Level(lvl), msg, fields...)
 	})
@@ -102,19 +103,20 @@ func ServerOptions(log *slog.Logger, defaultTimeout time.Duration) []grpc.Server
 		}
 		return h(ctx, req)
 	}
+	unary := []grpc.UnaryServerInterceptor{logging.UnaryServerInterceptor(logger, logOpts...)}
+	stream := []grpc.StreamServerInterceptor{logging.StreamServerInterceptor(logger, logOpts...)}
+	for _, m := range metrics {
+		unary = append(unary, m.UnaryServerInterceptor())
+		stream = append(stream, m.StreamServerInterceptor())
+	}
+	unary = append(unary, recovery.UnaryServerInterceptor(recoverOpt), timeout)
+	stream = append(stream, recovery.StreamServerInterceptor(recoverOpt))
 	return []grpc.ServerOption{
 		// Reused handler goroutines keep their grown stacks; a fresh goroutine
 		// per call spent an eighth of the CPU growing its stack.
 		grpc.NumStreamWorkers(uint32(4 * runtime.GOMAXPROCS(0))),
-		grpc.ChainUnaryInterceptor(
-			logging.UnaryServerInterceptor(logger, logOpts...),
-			recovery.UnaryServerInterceptor(recoverOpt),
-			timeout,
-		),
-		grpc.ChainStreamInterceptor(
-			logging.StreamServerInterceptor(logger, logOpts...),
-			recovery.StreamServerInterceptor(recoverOpt),
-		),
+		grpc.ChainUnaryInterceptor(unary...),
+		grpc.ChainStreamInterceptor(stream...),
 	}
 }
 
@@ -122,12 +124,13 @@ func ServerOptions(log *slog.Logger, defaultTimeout time.Duration) []grpc.Server
 // client. Unary calls are retried only a few times inside the client: a member
 // that has lost its leader then yields UNAVAILABLE within ~100ms, which callers
 // retry, instead of a silent wait until their deadline.
-func EtcdConfig(endpoints []string, log *zap.Logger) clientv3.Config {
+func EtcdConfig(endpoints []string, log *zap.Logger, dial ...grpc.DialOption) clientv3.Config {
 	return clientv3.Config{
 		Endpoints:       endpoints,
 		DialTimeout:     5 * time.Second,
 		MaxUnaryRetries: 3,
 		Logger:          log,
+		DialOptions:     dial,
 	}
 }
 

@@ -286,11 +286,12 @@ func TestWaitForApplyPastDeadlineKeepsTheChange(t *testing.T) {
 
 // startServerProcess runs a membership-server binary against e and returns a
 // client to it and its process.
-func startServerProcess(t *testing.T, endpoints string) (membershipv1.MembershipServiceClient, *exec.Cmd) {
+func startServerProcess(t *testing.T, endpoints string, flags ...string) (membershipv1.MembershipServiceClient, *exec.Cmd) {
 	t.Helper()
 	addr := testutil.FreeAddr(t)
-	cmd := exec.Command(binary(t, "membership-server"),
-		"--grpc-addr", addr, "--etcd-endpoints", endpoints, "--log-level", "error")
+	args := append([]string{"--grpc-addr", addr, "--etcd-endpoints", endpoints, "--log-level", "error",
+		"--metrics-addr", "127.0.0.1:0"}, flags...)
+	cmd := exec.Command(binary(t, "membership-server"), args...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

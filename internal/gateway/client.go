@@ -29,6 +29,7 @@ type client struct {
 	alive        func() bool
 	maxQueue     int
 	writeTimeout time.Duration
+	onSlow       func() // counts a disconnect for a full queue
 
 	mu      sync.Mutex
 	queue   [][]byte // frames waiting for the writer
@@ -78,6 +79,9 @@ func (c *client) enqueue(b []byte) bool {
 	}
 	if len(c.queue) >= c.maxQueue {
 		c.mu.Unlock()
+		if c.onSlow != nil {
+			c.onSlow()
+		}
 		c.shutdown(closeTryAgainLater, "send queue full")
 		// A writer stuck on this client's full buffers gives up now.
 		_ = c.conn.NetConn().SetWriteDeadline(time.Now())
@@ -268,6 +272,7 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 func (g *Gateway) runSocket(sess *session, conn *websocket.Conn) {
 	sid := store.NewSocketID(g.cfg.ID, sess.leaseForSocket())
 	c := newClient(sid, conn, g.cfg.SendQueue, g.cfg.MaxInflight, g.cfg.WriteTimeout, sess.alive)
+	c.onSlow = g.metrics.slowClients.Inc
 	// Queued (and held) before the socket exists in etcd, so no joined frame
 	// can precede it, and none is written before the socket can be joined.
 	c.enqueue(encode(frame{Type: "connected", SocketID: c.id}))

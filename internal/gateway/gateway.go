@@ -36,6 +36,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -61,7 +63,10 @@ type Config struct {
 	MaxRequestBody  int64         // larger bodies are answered 413; 64 KiB
 	MaxResponseBody int64         // larger answers become 502; 1 MiB
 	MaxInflight     int           // requests in flight per socket, past which 429; 16
-	Logger          *slog.Logger
+	// Registry receives the gateway's metrics and is served at /metrics;
+	// nil: a registry of its own.
+	Registry *prometheus.Registry
+	Logger   *slog.Logger
 }
 
 func (c *Config) setDefaults() error {
@@ -128,6 +133,7 @@ type Gateway struct {
 
 	upstream   *url.URL // nil: socket requests answer 501
 	httpClient *http.Client
+	metrics    *metrics
 
 	mu       sync.Mutex
 	sess     *session
@@ -167,13 +173,18 @@ func New(cfg Config, cli *clientv3.Client) (*Gateway, error) {
 			CheckOrigin: func(*http.Request) bool { return true },
 		},
 	}
+	if cfg.Registry == nil {
+		g.cfg.Registry = prometheus.NewRegistry()
+	}
+	g.metrics = newMetrics(g.cfg.Registry, g)
 	return g, nil
 }
 
-// Handler serves /ws (the client WebSocket) and /healthz.
+// Handler serves /ws (the client WebSocket), /healthz and /metrics.
 func (g *Gateway) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/ws", g.serveWS)
+	mux.Handle("/metrics", promhttp.HandlerFor(g.cfg.Registry, promhttp.HandlerOpts{Registry: g.cfg.Registry}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		if s := g.currentSession(); s == nil || !s.alive() {
 			http.Error(w, "not registered", http.StatusServiceUnavailable)
@@ -292,6 +303,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 		err = g.serveSession(sess)
 		g.endSession(sess, ctx.Err() != nil)
 		if ctx.Err() == nil {
+			g.metrics.sessionsLost.Inc()
 			g.log.Error("session ended; sockets closed, registering again", "err", err, "leases", leasesText(sess.leases))
 		}
 	}
@@ -465,6 +477,7 @@ func (g *Gateway) keepAlive(s *session) error {
 				return errLeaseLost
 			case err != nil:
 				failed = true
+				g.metrics.renewFailures.Inc()
 				g.log.Warn("lease renewal failed", "err", err, "lease", fmt.Sprintf("%x", int64(lease)))
 			case resp.TTL <= 0:
 				return errLeaseLost

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
@@ -33,7 +34,7 @@ func (s *grpcService) Deliver(ctx context.Context, req *gatewayv1.DeliverRequest
 	if err != nil {
 		return nil, err
 	}
-	if _, err := s.g.waitApplied(ctx, sess, req.Revision); err != nil {
+	if _, err := s.g.timedWait(ctx, sess, req.Revision); err != nil {
 		return nil, waitError(err)
 	}
 	// Re-check after waiting: a lease that expired meanwhile must not deliver.
@@ -53,6 +54,8 @@ func (s *grpcService) Deliver(ctx context.Context, req *gatewayv1.DeliverRequest
 		}
 	}
 	delivered, dropped := s.g.hub.deliver(d)
+	s.g.metrics.delivered.Add(float64(delivered))
+	s.g.metrics.dropped.Add(float64(dropped))
 	return &gatewayv1.DeliverResponse{Delivered: delivered, Dropped: dropped}, nil
 }
 
@@ -62,11 +65,19 @@ func (s *grpcService) WaitApplied(ctx context.Context, req *gatewayv1.WaitApplie
 	if err != nil {
 		return nil, err
 	}
-	rev, err := s.g.waitApplied(ctx, sess, req.Revision)
+	rev, err := s.g.timedWait(ctx, sess, req.Revision)
 	if err != nil {
 		return nil, waitError(err)
 	}
 	return &gatewayv1.WaitAppliedResponse{AppliedRevision: rev}, nil
+}
+
+// timedWait is waitApplied, observed.
+func (g *Gateway) timedWait(ctx context.Context, sess *session, rev int64) (int64, error) {
+	start := time.Now()
+	applied, err := g.waitApplied(ctx, sess, rev)
+	g.metrics.waitApplied.Observe(time.Since(start).Seconds())
+	return applied, err
 }
 
 // live returns the current session if the caller means this gateway and

@@ -16,6 +16,7 @@ type hub struct {
 	open    bool // false between sessions: no socket may be added
 	sockets map[string]*client
 	rooms   map[string]map[string]*client
+	members int // memberships of local sockets
 }
 
 func newHub() *hub {
@@ -83,6 +84,13 @@ func (h *hub) all() []*client {
 	return out
 }
 
+// sizes returns the number of rooms and of memberships.
+func (h *hub) sizes() (rooms, memberships int) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return len(h.rooms), h.members
+}
+
 func (h *hub) count() int {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
@@ -133,6 +141,7 @@ func (h *hub) joinLocked(c *client, room string) {
 		c.rooms = map[string]struct{}{}
 	}
 	c.rooms[room] = struct{}{}
+	h.members++
 	m := h.rooms[room]
 	if m == nil {
 		m = map[string]*client{}
@@ -143,6 +152,9 @@ func (h *hub) joinLocked(c *client, room string) {
 }
 
 func (h *hub) leaveLocked(c *client, room string) {
+	if _, ok := c.rooms[room]; ok {
+		h.members--
+	}
 	delete(c.rooms, room)
 	if m := h.rooms[room]; m != nil {
 		delete(m, c.id)

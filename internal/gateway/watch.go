@@ -155,6 +155,8 @@ func (g *Gateway) consume(s *session, wch clientv3.WatchChan, next int64) (int64
 			next = applied + 1
 			g.applied.advance(applied)
 		}
+		cur, _ := g.applied.get()
+		g.metrics.lagRevisions.Set(float64(max(0, resp.Header.Revision-cur)))
 	}
 	return next, fmt.Errorf("watch channel closed")
 }

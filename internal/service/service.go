@@ -13,6 +13,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -43,6 +44,7 @@ const (
 type Server struct {
 	membershipv1.UnimplementedMembershipServiceServer
 
+	metrics   *metrics
 	store     *store.Store
 	targets   *store.TargetIndex
 	stopIndex func()
@@ -57,6 +59,8 @@ type Options struct {
 	// flight at once (store.StartBatching); 0 means 4, negative turns
 	// coalescing off (one etcd transaction per call).
 	BatchCommitters int
+	// Registry receives the service's metrics; nil: none are kept.
+	Registry prometheus.Registerer
 }
 
 // New returns a Server over an etcd client, with keys under prefix.
@@ -81,10 +85,16 @@ func NewWithOptions(kv *clientv3.Client, prefix string, log *slog.Logger, opts O
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { targets.Run(ctx); close(done) }()
-	return &Server{
+	srv := &Server{
 		store: st, targets: targets, stopIndex: func() { cancel(); <-done },
 		stopBatch: stop, log: log, gateways: newGatewayPool(),
 	}
+	reg := opts.Registry
+	if reg == nil {
+		reg = prometheus.NewRegistry() // kept, never served
+	}
+	srv.metrics = newMetrics(reg, srv)
+	return srv
 }
 
 // deliverTimeout caps one gateway's part of a Broadcast or Blast.
@@ -390,10 +400,12 @@ func (s *Server) deliver(ctx context.Context, t store.Targets, msg *gatewayv1.De
 			defer mu.Unlock()
 			if err != nil {
 				failed++
+				s.metrics.failedGateways.Inc()
 				s.log.Warn("deliver to gateway failed", "gateway", id, "addr", gw.GRPCAddr, "revision", t.Revision, "err", err)
 				return
 			}
 			delivered += resp.Delivered
+			s.metrics.delivered.Add(float64(resp.Delivered))
 		}()
 	}
 	wg.Wait()

@@ -31,6 +31,7 @@ type TargetIndex struct {
 
 	mu      sync.RWMutex
 	counts  map[string]map[string]int // room → gateway → members
+	total   int                       // memberships, the sum of counts
 	records map[string]GatewayRecord  // gateway → record
 	applied int64
 	ready   bool
@@ -67,11 +68,13 @@ func (x *TargetIndex) Run(ctx context.Context) {
 // until the watch fails.
 func (x *TargetIndex) follow(ctx context.Context) error {
 	counts := map[string]map[string]int{}
+	total := 0
 	records := map[string]GatewayRecord{}
 	roomsPrefix := x.s.k.roomsPrefix()
 	rev, err := x.s.scanKeys(ctx, roomsPrefix, roomsPrefix, 0, func(key string) bool {
 		if room, gw, ok := x.s.decodeRoomKey(key); ok {
 			add(counts, room, gw, 1)
+			total++
 		}
 		return true
 	})
@@ -89,7 +92,7 @@ func (x *TargetIndex) follow(ctx context.Context) error {
 		}
 	}
 	x.mu.Lock()
-	x.counts, x.records, x.ready = counts, records, true
+	x.counts, x.total, x.records, x.ready = counts, total, records, true
 	x.mu.Unlock()
 	x.advance(rev)
 
@@ -127,8 +130,10 @@ func (x *TargetIndex) applyLocked(ev *clientv3.Event) {
 		switch {
 		case ev.Type == mvccpb.DELETE:
 			add(x.counts, room, gw, -1)
+			x.total--
 		case ev.IsCreate():
 			add(x.counts, room, gw, 1)
+			x.total++
 		}
 		return
 	}
@@ -156,6 +161,14 @@ func add(counts map[string]map[string]int, room, gw string, d int) {
 			delete(counts, room)
 		}
 	}
+}
+
+// Sizes returns how many rooms have members, how many memberships there are
+// and how many gateways are registered, as of the index's applied revision.
+func (x *TargetIndex) Sizes() (rooms, memberships, gateways int) {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return len(x.counts), x.total, len(x.records)
 }
 
 func (x *TargetIndex) advance(rev int64) {

@@ -1,0 +1,61 @@
+package gateway
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the gateway's own Prometheus metrics; sizes are read from the
+// hub when scraped, counters are bumped where things happen.
+type metrics struct {
+	delivered     prometheus.Counter
+	dropped       prometheus.Counter
+	slowClients   prometheus.Counter
+	renewFailures prometheus.Counter
+	waitApplied   prometheus.Histogram
+	lagRevisions  prometheus.Gauge
+	sessionsLost  prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer, g *Gateway) *metrics {
+	m := &metrics{
+		delivered: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gateway_broadcast_deliveries_total", Help: "Messages queued for local sockets by Deliver (broadcasts and blasts)."}),
+		dropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gateway_broadcast_dropped_total", Help: "Messages not queued because the socket's queue was full or it was closing."}),
+		slowClients: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gateway_slow_client_disconnects_total", Help: "Sockets disconnected because their send queue was full."}),
+		renewFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gateway_lease_keepalive_failures_total", Help: "Lease renewals that failed (the lease is still proven alive until its deadline)."}),
+		sessionsLost: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gateway_sessions_lost_total", Help: "Times the gateway could not prove its lease alive and closed every socket (1012)."}),
+		waitApplied: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "gateway_apply_wait_seconds",
+			Help:    "Time Deliver and WaitApplied waited for the membership index to reach the caller's revision.",
+			Buckets: []float64{.0001, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}),
+		lagRevisions: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "gateway_apply_lag_revisions", Help: "etcd's revision in the latest watch response minus the revision the membership index has applied."}),
+	}
+	reg.MustRegister(m.delivered, m.dropped, m.slowClients, m.renewFailures, m.sessionsLost, m.waitApplied, m.lagRevisions,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gateway_sockets", Help: "Open sockets."},
+			func() float64 { return float64(g.hub.count()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gateway_rooms", Help: "Rooms with at least one local member."},
+			func() float64 { r, _ := g.hub.sizes(); return float64(r) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gateway_memberships", Help: "Memberships of local sockets."},
+			func() float64 { _, m := g.hub.sizes(); return float64(m) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gateway_lease_proof_seconds",
+			Help: "How long the lease is still proven alive without another renewal (0: no live lease)."},
+			func() float64 {
+				s := g.currentSession()
+				if s == nil {
+					return 0
+				}
+				return max(0, time.Duration(s.aliveUntil.Load()-monoNow()).Seconds())
+			}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gateway_applied_revision", Help: "etcd revision the membership index has applied."},
+			func() float64 { rev, _ := g.applied.get(); return float64(rev) }),
+	)
+	return m
+}
