@@ -6,7 +6,7 @@ export PATH := $(BIN):$(PATH)
 
 GO_TEST_FLAGS ?= -race -count=1 -timeout 15m
 
-.PHONY: all build run test generate check-generated lint tools grpcurl bench clean
+.PHONY: all build run test fuzz generate check-generated lint tools grpcurl bench clean
 
 all: build
 
@@ -44,9 +44,19 @@ lint: $(BIN)/buf
 	go vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
 
-## test: every test, plus the generated-code and lint checks.
+## test: every test, plus the generated-code and lint checks and a short run
+## of each fuzz target.
 test: check-generated lint
 	go test $(GO_TEST_FLAGS) ./...
+	$(MAKE) fuzz
+
+FUZZ_TIME ?= 5s
+
+## fuzz: run each fuzz target for FUZZ_TIME (seed corpora run in every go test).
+fuzz:
+	go test -run '^$$' -fuzz '^FuzzRoomKey$$' -fuzztime $(FUZZ_TIME) ./internal/store
+	go test -run '^$$' -fuzz '^FuzzSocketID$$' -fuzztime $(FUZZ_TIME) ./internal/store
+	go test -run '^$$' -fuzz '^FuzzClientFrame$$' -fuzztime $(FUZZ_TIME) ./internal/gateway
 
 ## bench: every scenario of cmd/membership-bench against a fresh local stack;
 ## BENCH_ARGS passes flags (e.g. BENCH_ARGS="-scenario fanout -duration 10s").

@@ -338,23 +338,30 @@ func (g *Gateway) readLoop(ctx context.Context, c *client) {
 			return
 		}
 		_ = c.conn.SetReadDeadline(time.Now().Add(pongWait))
-		if typ != websocket.TextMessage {
-			c.shutdown(websocket.CloseUnsupportedData, "text frames only")
+		if code, reason := g.handleFrame(ctx, c, typ, data); code != 0 {
+			c.shutdown(code, reason)
 			return
-		}
-		var f struct {
-			Type string          `json:"type"`
-			ID   json.RawMessage `json:"id"`
-		}
-		if err := json.Unmarshal(data, &f); err != nil {
-			c.shutdown(closeBadData, "frames must be JSON objects")
-			return
-		}
-		switch f.Type {
-		case "request":
-			g.handleRequest(ctx, c, data)
-		default:
-			g.log.Debug("ignoring client frame", "socket", c.id, "type", f.Type)
 		}
 	}
+}
+
+// handleFrame acts on one client frame; a non-zero code means the socket
+// must be closed with it. It never writes to the connection itself.
+func (g *Gateway) handleFrame(ctx context.Context, c *client, typ int, data []byte) (code int, reason string) {
+	if typ != websocket.TextMessage {
+		return websocket.CloseUnsupportedData, "text frames only"
+	}
+	var f struct {
+		Type string `json:"type"`
+	}
+	if err := json.Unmarshal(data, &f); err != nil {
+		return closeBadData, "frames must be JSON objects"
+	}
+	switch f.Type {
+	case "request":
+		g.handleRequest(ctx, c, data)
+	default:
+		g.log.Debug("ignoring client frame", "socket", c.id, "type", f.Type)
+	}
+	return 0, ""
 }
