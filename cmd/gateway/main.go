@@ -45,6 +45,7 @@ func run(args []string) error {
 	endpoints := fs.String("etcd-endpoints", "127.0.0.1:2379", "comma-separated etcd client URLs")
 	prefix := fs.String("etcd-prefix", store.DefaultPrefix, "prefix of every etcd key")
 	leaseTTL := fs.Duration("lease-ttl", 10*time.Second, "TTL of the gateway's etcd lease; its sockets vanish this long after a crash (at least 2s)")
+	origins := fs.String("allowed-origins", "", "comma-separated browser origins (scheme://host[:port]) allowed to open sockets, or *; empty: same-origin and non-browser clients only")
 	leaseShards := fs.Int("lease-shards", 1, "leases the gateway's sockets are spread over (1-64); more split the deletions when a crashed gateway's leases expire")
 	gatewayID := fs.String("gateway-id", "", "unique gateway id, [A-Za-z0-9_-]{1,64} (default: host name and a random suffix)")
 	sendQueue := fs.Int("send-queue", 256, "frames queued per socket before a slow socket is disconnected")
@@ -105,6 +106,7 @@ func run(args []string) error {
 		UpstreamURL:     *upstreamURL,
 		UpstreamTimeout: *upstreamTimeout,
 		Registry:        reg,
+		AllowedOrigins:  splitList(*origins),
 		Logger:          log,
 	}, cli)
 	if err != nil {
@@ -163,4 +165,14 @@ func defaultGatewayID() string {
 	var suffix [3]byte
 	_, _ = rand.Read(suffix[:])
 	return name + "-" + hex.EncodeToString(suffix[:])
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
 }

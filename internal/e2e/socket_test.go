@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -123,4 +124,42 @@ func dialSilent(t *testing.T, url string) string {
 		t.Fatal(err)
 	}
 	return hello.SocketID
+}
+
+// Only allowed origins get a socket; a refused one is answered 403 before
+// any upgrade.
+func TestAllowedOrigins(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	g := stacktest.StartGatewayVia(t, e.Endpoint, gateway.Config{ID: "gw1", LeaseTTL: 10 * time.Second,
+		AllowedOrigins: []string{"https://app.example"}})
+	host := strings.TrimSuffix(strings.TrimPrefix(g.WSURL, "ws://"), "/ws")
+	for origin, ok := range map[string]bool{
+		"":                         true, // not a browser
+		"https://app.example":      true,
+		"https://APP.example":      true,
+		"http://" + host:           true, // the gateway's own origin
+		"https://evil.example":     false,
+		"https://app.example.evil": false,
+		"null":                     false,
+	} {
+		h := http.Header{}
+		if origin != "" {
+			h.Set("Origin", origin)
+		}
+		conn, resp, err := websocket.DefaultDialer.Dial(g.WSURL, h)
+		if ok {
+			if err != nil {
+				t.Errorf("origin %q refused: %v", origin, err)
+				continue
+			}
+			conn.Close()
+			continue
+		}
+		if err == nil {
+			conn.Close()
+			t.Errorf("origin %q got a socket", origin)
+		} else if resp == nil || resp.StatusCode != http.StatusForbidden {
+			t.Errorf("origin %q: %v, want 403", origin, err)
+		}
+	}
 }
