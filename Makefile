@@ -1,5 +1,6 @@
 # Tools are pinned in tools/go.mod and built into .bin/ on first use.
 SHELL := /bin/bash
+MAKEFLAGS += --no-print-directory
 BIN := $(CURDIR)/.bin
 TOOLS := $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc $(BIN)/grpcurl
 export PATH := $(BIN):$(PATH)
