@@ -45,6 +45,7 @@ func run(args []string) error {
 	endpoints := fs.String("etcd-endpoints", "127.0.0.1:2379", "comma-separated etcd client URLs")
 	prefix := fs.String("etcd-prefix", store.DefaultPrefix, "prefix of every etcd key")
 	leaseTTL := fs.Duration("lease-ttl", 10*time.Second, "TTL of the gateway's etcd lease; its sockets vanish this long after a crash (at least 2s)")
+	tokenFile := fs.String("auth-token-file", "", "file holding the bearer token membership-servers must present to the internal API (empty: none)")
 	origins := fs.String("allowed-origins", "", "comma-separated browser origins (scheme://host[:port]) allowed to open sockets, or *; empty: same-origin and non-browser clients only")
 	leaseShards := fs.Int("lease-shards", 1, "leases the gateway's sockets are spread over (1-64); more split the deletions when a crashed gateway's leases expire")
 	gatewayID := fs.String("gateway-id", "", "unique gateway id, [A-Za-z0-9_-]{1,64} (default: host name and a random suffix)")
@@ -114,7 +115,11 @@ func run(args []string) error {
 	}
 
 	grpcMetrics := app.GRPCServerMetrics(reg)
-	gsrv := grpc.NewServer(app.ServerOptions(log, 10*time.Second, grpcMetrics)...)
+	token, err := app.ReadToken(*tokenFile)
+	if err != nil {
+		return err
+	}
+	gsrv := grpc.NewServer(app.ServerOptions(log, 10*time.Second, token, grpcMetrics)...)
 	gw.RegisterGRPC(gsrv)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gsrv, hs)

@@ -51,6 +51,8 @@ func run(args []string) error {
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	callTimeout := fs.Duration("default-call-timeout", 10*time.Second, "deadline for calls that carry none")
 	metricsAddr := fs.String("metrics-addr", "127.0.0.1:9090", "serves /metrics (Prometheus) and /healthz; empty: off")
+	tokenFile := fs.String("auth-token-file", "", "file holding the bearer token callers must present (empty: none; health and reflection never need it)")
+	gatewayTokenFile := fs.String("gateway-auth-token-file", "", "file holding the bearer token to present to gateways' internal API")
 	committers := fs.Int("batch-committers", 4, "coalesced Join/Leave etcd transactions in flight at once; 0 sends one transaction per call")
 	pprofAddr := fs.String("pprof-addr", "", "serve net/http/pprof on this address (empty: off)")
 	shutdownTimeout := fs.Duration("shutdown-timeout", 10*time.Second, "how long in-flight calls may finish on SIGTERM")
@@ -92,14 +94,25 @@ func run(args []string) error {
 	}
 	defer cli.Close()
 
+	token, err := app.ReadToken(*tokenFile)
+	if err != nil {
+		return err
+	}
+	gatewayToken, err := app.ReadToken(*gatewayTokenFile)
+	if err != nil {
+		return err
+	}
 	opts := service.Options{BatchCommitters: *committers, Registry: reg}
+	if gatewayToken != "" {
+		opts.GatewayDialOptions = append(opts.GatewayDialOptions, grpc.WithPerRPCCredentials(app.BearerToken(gatewayToken)))
+	}
 	if *committers == 0 {
 		opts.BatchCommitters = -1
 	}
 	svc := service.NewWithOptions(cli, *prefix, log, opts)
 	defer svc.Close()
 	grpcMetrics := app.GRPCServerMetrics(reg)
-	srv := grpc.NewServer(app.ServerOptions(log, *callTimeout, grpcMetrics)...)
+	srv := grpc.NewServer(app.ServerOptions(log, *callTimeout, token, grpcMetrics)...)
 	membershipv1.RegisterMembershipServiceServer(srv, svc)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(srv, hs)

@@ -78,7 +78,10 @@ func Version() string {
 // become INTERNAL (and are logged), every finished call is logged (successful
 // ones at debug level), and calls without a deadline get defaultTimeout so a
 // stalled dependency cannot hold them forever.
-func ServerOptions(log *slog.Logger, defaultTimeout time.Duration, metrics ...*grpcprom.ServerMetrics) []grpc.ServerOption {
+//
+// With a non-empty token, every call but health and reflection must carry it
+// as a bearer token.
+func ServerOptions(log *slog.Logger, defaultTimeout time.Duration, token string, metrics ...*grpcprom.ServerMetrics) []grpc.ServerOption {
 	logger := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
 		log.Log(ctx, slog.Level(lvl), msg, fields...)
 	})
@@ -108,6 +111,10 @@ func ServerOptions(log *slog.Logger, defaultTimeout time.Duration, metrics ...*g
 	for _, m := range metrics {
 		unary = append(unary, m.UnaryServerInterceptor())
 		stream = append(stream, m.StreamServerInterceptor())
+	}
+	if token != "" {
+		u, st := tokenInterceptors(token)
+		unary, stream = append(unary, u), append(stream, st)
 	}
 	unary = append(unary, recovery.UnaryServerInterceptor(recoverOpt), timeout)
 	stream = append(stream, recovery.StreamServerInterceptor(recoverOpt))

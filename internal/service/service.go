@@ -61,6 +61,8 @@ type Options struct {
 	BatchCommitters int
 	// Registry receives the service's metrics; nil: none are kept.
 	Registry prometheus.Registerer
+	// GatewayDialOptions are added when dialing gateways (credentials).
+	GatewayDialOptions []grpc.DialOption
 }
 
 // New returns a Server over an etcd client, with keys under prefix.
@@ -87,7 +89,7 @@ func NewWithOptions(kv *clientv3.Client, prefix string, log *slog.Logger, opts O
 	go func() { targets.Run(ctx); close(done) }()
 	srv := &Server{
 		store: st, targets: targets, stopIndex: func() { cancel(); <-done },
-		stopBatch: stop, log: log, gateways: newGatewayPool(),
+		stopBatch: stop, log: log, gateways: newGatewayPool(opts.GatewayDialOptions...),
 	}
 	reg := opts.Registry
 	if reg == nil {
@@ -449,11 +451,14 @@ func etcdCtx(ctx context.Context) context.Context { return clientv3.WithRequireL
 
 // gatewayPool keeps one client connection per gateway address.
 type gatewayPool struct {
+	dial  []grpc.DialOption
 	mu    sync.Mutex
 	conns map[string]*grpc.ClientConn
 }
 
-func newGatewayPool() *gatewayPool { return &gatewayPool{conns: map[string]*grpc.ClientConn{}} }
+func newGatewayPool(dial ...grpc.DialOption) *gatewayPool {
+	return &gatewayPool{dial: dial, conns: map[string]*grpc.ClientConn{}}
+}
 
 func (p *gatewayPool) client(addr string) (gatewayv1.GatewayServiceClient, error) {
 	p.mu.Lock()
@@ -462,7 +467,8 @@ func (p *gatewayPool) client(addr string) (gatewayv1.GatewayServiceClient, error
 	if cc == nil {
 		var err error
 		// NewClient connects lazily; it fails only for a malformed target.
-		cc, err = grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, p.dial...)
+		cc, err = grpc.NewClient(addr, opts...)
 		if err != nil {
 			return nil, err
 		}

@@ -55,7 +55,7 @@ func StartMembershipServer(t testing.TB, e *testutil.Etcd) *Server {
 func StartMembershipServerWith(t testing.TB, kv *clientv3.Client) *Server {
 	t.Helper()
 	svc := service.New(kv, "", Logger())
-	srv := grpc.NewServer(app.ServerOptions(Logger(), 10*time.Second)...)
+	srv := grpc.NewServer(app.ServerOptions(Logger(), 10*time.Second, "")...)
 	membershipv1.RegisterMembershipServiceServer(srv, svc)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
