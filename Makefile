@@ -7,7 +7,7 @@ export PATH := $(BIN):$(PATH)
 
 GO_TEST_FLAGS ?= -race -count=1 -timeout 15m
 
-.PHONY: all build run test fuzz generate check-generated lint tools grpcurl bench clean
+.PHONY: all build run test fuzz generate check-generated lint tools grpcurl bench image clean
 
 all: build
 
@@ -64,6 +64,10 @@ fuzz:
 bench: build
 	go build -o $(BIN)/membership-bench ./cmd/membership-bench
 	$(BIN)/membership-bench $(BENCH_ARGS)
+
+## image: the container image with both binaries (needs a Docker engine).
+image:
+	docker build -t socketrooms:dev .
 
 clean:
 	rm -rf $(BIN)
