@@ -46,6 +46,9 @@ func run(args []string) error {
 	prefix := fs.String("etcd-prefix", store.DefaultPrefix, "prefix of every etcd key")
 	leaseTTL := fs.Duration("lease-ttl", 10*time.Second, "TTL of the gateway's etcd lease; its sockets vanish this long after a crash (at least 2s)")
 	tokenFile := fs.String("auth-token-file", "", "file holding the bearer token membership-servers must present to the internal API (empty: none)")
+	tlsCert := fs.String("tls-cert-file", "", "server certificate (PEM) for the internal API; empty: plaintext")
+	tlsKey := fs.String("tls-key-file", "", "key of --tls-cert-file")
+	tlsClientCA := fs.String("tls-client-ca-file", "", "CA bundle that membership-servers' client certificates must chain to (mutual TLS)")
 	origins := fs.String("allowed-origins", "", "comma-separated browser origins (scheme://host[:port]) allowed to open sockets, or *; empty: same-origin and non-browser clients only")
 	leaseShards := fs.Int("lease-shards", 1, "leases the gateway's sockets are spread over (1-64); more split the deletions when a crashed gateway's leases expire")
 	gatewayID := fs.String("gateway-id", "", "unique gateway id, [A-Za-z0-9_-]{1,64} (default: host name and a random suffix)")
@@ -119,7 +122,15 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	gsrv := grpc.NewServer(app.ServerOptions(log, 10*time.Second, token, grpcMetrics)...)
+	creds, err := app.ServerTLS(*tlsCert, *tlsKey, *tlsClientCA)
+	if err != nil {
+		return err
+	}
+	serverOpts := app.ServerOptions(log, 10*time.Second, token, grpcMetrics)
+	if creds != nil {
+		serverOpts = append(serverOpts, grpc.Creds(creds))
+	}
+	gsrv := grpc.NewServer(serverOpts...)
 	gw.RegisterGRPC(gsrv)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gsrv, hs)

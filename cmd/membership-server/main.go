@@ -53,6 +53,12 @@ func run(args []string) error {
 	metricsAddr := fs.String("metrics-addr", "127.0.0.1:9090", "serves /metrics (Prometheus) and /healthz; empty: off")
 	tokenFile := fs.String("auth-token-file", "", "file holding the bearer token callers must present (empty: none; health and reflection never need it)")
 	gatewayTokenFile := fs.String("gateway-auth-token-file", "", "file holding the bearer token to present to gateways' internal API")
+	tlsCert := fs.String("tls-cert-file", "", "server certificate (PEM) for the gRPC API; empty: plaintext")
+	tlsKey := fs.String("tls-key-file", "", "key of --tls-cert-file")
+	tlsClientCA := fs.String("tls-client-ca-file", "", "CA bundle that client certificates must chain to (mutual TLS)")
+	gwCA := fs.String("gateway-tls-ca-file", "", "CA bundle to verify gateways' internal API certificates; empty: plaintext to gateways")
+	gwCert := fs.String("gateway-tls-cert-file", "", "client certificate presented to gateways (mutual TLS)")
+	gwKey := fs.String("gateway-tls-key-file", "", "key of --gateway-tls-cert-file")
 	committers := fs.Int("batch-committers", 4, "coalesced Join/Leave etcd transactions in flight at once; 0 sends one transaction per call")
 	pprofAddr := fs.String("pprof-addr", "", "serve net/http/pprof on this address (empty: off)")
 	shutdownTimeout := fs.Duration("shutdown-timeout", 10*time.Second, "how long in-flight calls may finish on SIGTERM")
@@ -106,13 +112,28 @@ func run(args []string) error {
 	if gatewayToken != "" {
 		opts.GatewayDialOptions = append(opts.GatewayDialOptions, grpc.WithPerRPCCredentials(app.BearerToken(gatewayToken)))
 	}
+	gwCreds, err := app.ClientTLS(*gwCA, *gwCert, *gwKey)
+	if err != nil {
+		return err
+	}
+	if gwCreds != nil {
+		opts.GatewayDialOptions = append(opts.GatewayDialOptions, grpc.WithTransportCredentials(gwCreds))
+	}
+	creds, err := app.ServerTLS(*tlsCert, *tlsKey, *tlsClientCA)
+	if err != nil {
+		return err
+	}
 	if *committers == 0 {
 		opts.BatchCommitters = -1
 	}
 	svc := service.NewWithOptions(cli, *prefix, log, opts)
 	defer svc.Close()
 	grpcMetrics := app.GRPCServerMetrics(reg)
-	srv := grpc.NewServer(app.ServerOptions(log, *callTimeout, token, grpcMetrics)...)
+	serverOpts := app.ServerOptions(log, *callTimeout, token, grpcMetrics)
+	if creds != nil {
+		serverOpts = append(serverOpts, grpc.Creds(creds))
+	}
+	srv := grpc.NewServer(serverOpts...)
 	membershipv1.RegisterMembershipServiceServer(srv, svc)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(srv, hs)

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 
 	gatewayv1 "github.com/socketrooms/membership/gen/gateway/v1"
 	membershipv1 "github.com/socketrooms/membership/gen/membership/v1"
+	"github.com/socketrooms/membership/internal/app"
 	"github.com/socketrooms/membership/internal/testutil"
 )
 
@@ -72,6 +74,87 @@ func TestBearerTokensOnBothAPIs(t *testing.T) {
 	_, err = gatewayv1.NewGatewayServiceClient(cc).Deliver(ctx, &gatewayv1.DeliverRequest{AllSockets: true, Event: "forged"})
 	if status.Code(err) != codes.Unauthenticated {
 		t.Fatalf("unauthenticated deliver: %v", err)
+	}
+	s.ExpectNothing(200 * time.Millisecond)
+}
+
+// Mutual TLS on both APIs: the right client certificate works, a certificate
+// from another CA and a plaintext client are refused; the membership-server
+// reaches a gateway with its own client certificate.
+func TestMutualTLSOnBothAPIs(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	ca, other := testutil.NewCA(t, "cluster"), testutil.NewCA(t, "stranger")
+	gwCert, gwKey := ca.Issue("gateway")
+	srvCert, srvKey := ca.Issue("membership-server")
+	clientCert, clientKey := ca.Issue("client")
+	strangerCert, strangerKey := other.Issue("client")
+
+	gwAddr := testutil.FreeAddr(t)
+	g := startGatewayProcess(t, e, "gw1", 10*time.Second, "--grpc-addr", gwAddr,
+		"--tls-cert-file", gwCert, "--tls-key-file", gwKey, "--tls-client-ca-file", ca.File)
+	addr := testutil.FreeAddr(t)
+	cmd := exec.Command(binary(t, "membership-server"), "--grpc-addr", addr, "--etcd-endpoints", e.Endpoint,
+		"--log-level", "error", "--metrics-addr", "",
+		"--tls-cert-file", srvCert, "--tls-key-file", srvKey, "--tls-client-ca-file", ca.File,
+		"--gateway-tls-ca-file", ca.File, "--gateway-tls-cert-file", srvCert, "--gateway-tls-key-file", srvKey)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+
+	connect := func(certFile, keyFile string) membershipv1.MembershipServiceClient {
+		creds, err := app.ClientTLS(ca.File, certFile, keyFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cc.Close() })
+		return membershipv1.NewMembershipServiceClient(cc)
+	}
+	api := connect(clientCert, clientKey)
+	s := dial(t, g.WSURL)
+	ctx := context.Background()
+	waitFor(t, 15*time.Second, "the TLS server to serve", func() bool {
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		_, err := api.Join(cctx, &membershipv1.JoinRequest{SocketId: s.ID, Room: "r"})
+		return err == nil
+	})
+	s.Expect("joined", "r")
+	if br, err := api.Broadcast(ctx, &membershipv1.BroadcastRequest{Rooms: []string{"r"}}); err != nil || br.Delivered != 1 {
+		t.Fatalf("broadcast over mutual TLS to the gateway: %v %v", br, err)
+	}
+	s.Expect("message", "r")
+
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if _, err := connect(strangerCert, strangerKey).ListRooms(cctx, &membershipv1.ListRoomsRequest{}); err == nil {
+		t.Fatal("a certificate from another CA was accepted")
+	}
+	plain, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	if _, err := membershipv1.NewMembershipServiceClient(plain).ListRooms(cctx, &membershipv1.ListRoomsRequest{}); err == nil {
+		t.Fatal("a plaintext client was served")
+	}
+	// The gateway's internal API refuses a caller with a stranger's certificate.
+	strangerCreds, err := app.ClientTLS(ca.File, strangerCert, strangerKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gcc, err := grpc.NewClient(gwAddr, grpc.WithTransportCredentials(strangerCreds))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gcc.Close()
+	if _, err := gatewayv1.NewGatewayServiceClient(gcc).Deliver(cctx, &gatewayv1.DeliverRequest{AllSockets: true}); err == nil {
+		t.Fatal("the gateway served a stranger's certificate")
 	}
 	s.ExpectNothing(200 * time.Millisecond)
 }
