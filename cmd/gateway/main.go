@@ -46,6 +46,7 @@ func run(args []string) error {
 	prefix := fs.String("etcd-prefix", store.DefaultPrefix, "prefix of every etcd key")
 	leaseTTL := fs.Duration("lease-ttl", 10*time.Second, "TTL of the gateway's etcd lease; its sockets vanish this long after a crash (at least 2s)")
 	tokenFile := fs.String("auth-token-file", "", "file holding the bearer token membership-servers must present to the internal API (empty: none)")
+	etcdTLS := app.AddEtcdTLSFlags(fs)
 	tlsCert := fs.String("tls-cert-file", "", "server certificate (PEM) for the internal API; empty: plaintext")
 	tlsKey := fs.String("tls-key-file", "", "key of --tls-cert-file")
 	tlsClientCA := fs.String("tls-client-ca-file", "", "CA bundle that membership-servers' client certificates must chain to (mutual TLS)")
@@ -94,7 +95,11 @@ func run(args []string) error {
 	}
 
 	reg := app.NewRegistry()
-	cli, err := clientv3.New(app.EtcdConfig(strings.Split(*endpoints, ","), app.EtcdLogger(), app.EtcdRequestMetrics(reg)))
+	etcdCfg := app.EtcdConfig(strings.Split(*endpoints, ","), app.EtcdLogger(), app.EtcdRequestMetrics(reg))
+	if err := etcdTLS.Apply(&etcdCfg); err != nil {
+		return err
+	}
+	cli, err := clientv3.New(etcdCfg)
 	if err != nil {
 		return fmt.Errorf("etcd client: %w", err)
 	}

@@ -53,6 +53,7 @@ func run(args []string) error {
 	metricsAddr := fs.String("metrics-addr", "127.0.0.1:9090", "serves /metrics (Prometheus) and /healthz; empty: off")
 	tokenFile := fs.String("auth-token-file", "", "file holding the bearer token callers must present (empty: none; health and reflection never need it)")
 	gatewayTokenFile := fs.String("gateway-auth-token-file", "", "file holding the bearer token to present to gateways' internal API")
+	etcdTLS := app.AddEtcdTLSFlags(fs)
 	tlsCert := fs.String("tls-cert-file", "", "server certificate (PEM) for the gRPC API; empty: plaintext")
 	tlsKey := fs.String("tls-key-file", "", "key of --tls-cert-file")
 	tlsClientCA := fs.String("tls-client-ca-file", "", "CA bundle that client certificates must chain to (mutual TLS)")
@@ -94,7 +95,11 @@ func run(args []string) error {
 		eps = strings.Split(*endpoints, ",")
 	}
 	reg := app.NewRegistry()
-	cli, err := clientv3.New(app.EtcdConfig(eps, app.EtcdLogger(), app.EtcdRequestMetrics(reg)))
+	etcdCfg := app.EtcdConfig(eps, app.EtcdLogger(), app.EtcdRequestMetrics(reg))
+	if err := etcdTLS.Apply(&etcdCfg); err != nil {
+		return err
+	}
+	cli, err := clientv3.New(etcdCfg)
 	if err != nil {
 		return fmt.Errorf("etcd client: %w", err)
 	}

@@ -141,6 +141,28 @@ func EtcdConfig(endpoints []string, log *zap.Logger, dial ...grpc.DialOption) cl
 	}
 }
 
+// EtcdTLSFlags are the etcd client's TLS flags, the same on both binaries.
+type EtcdTLSFlags struct{ ca, cert, key *string }
+
+// AddEtcdTLSFlags defines --etcd-ca-file, --etcd-cert-file, --etcd-key-file.
+func AddEtcdTLSFlags(fs *flag.FlagSet) EtcdTLSFlags {
+	return EtcdTLSFlags{
+		ca:   fs.String("etcd-ca-file", "", "CA bundle to verify etcd's certificate (https:// endpoints)"),
+		cert: fs.String("etcd-cert-file", "", "client certificate presented to etcd"),
+		key:  fs.String("etcd-key-file", "", "key of --etcd-cert-file"),
+	}
+}
+
+// Apply sets cfg.TLS from the flags (no flags: no TLS).
+func (f EtcdTLSFlags) Apply(cfg *clientv3.Config) error {
+	t, err := ClientTLSConfig(*f.ca, *f.cert, *f.key)
+	if err != nil {
+		return fmt.Errorf("etcd TLS: %w", err)
+	}
+	cfg.TLS = t
+	return nil
+}
+
 // EtcdLogger is the zap logger handed to the etcd client: errors only, since
 // its retries are reported through the calls that make them.
 func EtcdLogger() *zap.Logger {

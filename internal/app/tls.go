@@ -38,6 +38,15 @@ func ServerTLS(certFile, keyFile, clientCAFile string) (credentials.TransportCre
 // ClientTLS verifies servers against caFile and, with certFile and keyFile,
 // presents a client certificate. All empty: no TLS (nil, nil).
 func ClientTLS(caFile, certFile, keyFile string) (credentials.TransportCredentials, error) {
+	cfg, err := ClientTLSConfig(caFile, certFile, keyFile)
+	if cfg == nil || err != nil {
+		return nil, err
+	}
+	return credentials.NewTLS(cfg), nil
+}
+
+// ClientTLSConfig is ClientTLS as a *tls.Config (for the etcd client).
+func ClientTLSConfig(caFile, certFile, keyFile string) (*tls.Config, error) {
 	if caFile == "" && certFile == "" && keyFile == "" {
 		return nil, nil
 	}
@@ -56,7 +65,7 @@ func ClientTLS(caFile, certFile, keyFile string) (credentials.TransportCredentia
 		}
 		cfg.Certificates = []tls.Certificate{cert}
 	}
-	return credentials.NewTLS(cfg), nil
+	return cfg, nil
 }
 
 func loadPool(file string) (*x509.CertPool, error) {

@@ -17,6 +17,7 @@ import (
 	gatewayv1 "github.com/socketrooms/membership/gen/gateway/v1"
 	membershipv1 "github.com/socketrooms/membership/gen/membership/v1"
 	"github.com/socketrooms/membership/internal/app"
+	"github.com/socketrooms/membership/internal/etcdembed"
 	"github.com/socketrooms/membership/internal/testutil"
 )
 
@@ -157,4 +158,36 @@ func TestMutualTLSOnBothAPIs(t *testing.T) {
 		t.Fatal("the gateway served a stranger's certificate")
 	}
 	s.ExpectNothing(200 * time.Millisecond)
+}
+
+// Both binaries reach an etcd that requires TLS client certificates.
+func TestEtcdOverMutualTLS(t *testing.T) {
+	ca := testutil.NewCA(t, "etcd")
+	etcdCert, etcdKey := ca.Issue("etcd")
+	clientCert, clientKey := ca.Issue("etcd-client")
+	addr := testutil.FreeAddr(t)
+	srv, err := etcdembed.Start(etcdembed.Config{Dir: t.TempDir(), ClientAddr: addr, PeerAddr: testutil.FreeAddr(t),
+		LogLevel: "panic", CertFile: etcdCert, KeyFile: etcdKey, ClientCAFile: ca.File})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	tlsFlags := []string{"--etcd-ca-file", ca.File, "--etcd-cert-file", clientCert, "--etcd-key-file", clientKey}
+	e := &testutil.Etcd{Endpoint: srv.Endpoint}
+	g := startGatewayProcess(t, e, "gw1", 10*time.Second, tlsFlags...)
+	api, _ := startServerProcess(t, srv.Endpoint, tlsFlags...)
+	s := dial(t, g.WSURL)
+	ctx := context.Background()
+	if _, err := api.Join(ctx, &membershipv1.JoinRequest{SocketId: s.ID, Room: "r", WaitFor: membershipv1.WaitFor_WAIT_FOR_APPLY}); err != nil {
+		t.Fatal(err)
+	}
+	s.Expect("joined", "r")
+
+	// Without a client certificate etcd refuses the server: UNAVAILABLE.
+	noCert, _ := startServerProcess(t, srv.Endpoint, "--etcd-ca-file", ca.File)
+	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if _, err := noCert.ListRooms(cctx, &membershipv1.ListRoomsRequest{}); err == nil {
+		t.Fatal("etcd served a client without a certificate")
+	}
 }

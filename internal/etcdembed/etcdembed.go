@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 )
 
@@ -27,6 +28,9 @@ type Config struct {
 	// multi-member cluster; empty means a cluster of this member alone. It is
 	// read only when Dir holds no data yet.
 	InitialCluster string
+	// CertFile, KeyFile and ClientCAFile, when set, make clients use TLS and
+	// present a certificate chaining to ClientCAFile.
+	CertFile, KeyFile, ClientCAFile string
 }
 
 // Server is a running embedded etcd.
@@ -48,7 +52,13 @@ func Start(c Config) (*Server, error) {
 	if cfg.LogLevel == "" {
 		cfg.LogLevel = "error"
 	}
-	client, err := url.Parse("http://" + c.ClientAddr)
+	scheme := "http://"
+	if c.CertFile != "" {
+		scheme = "https://"
+		cfg.ClientTLSInfo = transport.TLSInfo{CertFile: c.CertFile, KeyFile: c.KeyFile,
+			TrustedCAFile: c.ClientCAFile, ClientCertAuth: c.ClientCAFile != ""}
+	}
+	client, err := url.Parse(scheme + c.ClientAddr)
 	if err != nil {
 		return nil, fmt.Errorf("embedded etcd client address: %w", err)
 	}
