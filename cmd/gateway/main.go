@@ -50,6 +50,8 @@ func run(args []string) error {
 	tlsCert := fs.String("tls-cert-file", "", "server certificate (PEM) for the internal API; empty: plaintext")
 	tlsKey := fs.String("tls-key-file", "", "key of --tls-cert-file")
 	tlsClientCA := fs.String("tls-client-ca-file", "", "CA bundle that membership-servers' client certificates must chain to (mutual TLS)")
+	maxSockets := fs.Int("max-sockets", 0, "sockets this gateway holds at most; more are refused with HTTP 503 (0: no limit)")
+	framesPerSecond := fs.Float64("frames-per-second", 50, "client frames a socket may send per second (bursts of 2 s); past it requests get 429, far past it the socket is closed (1008)")
 	origins := fs.String("allowed-origins", "", "comma-separated browser origins (scheme://host[:port]) allowed to open sockets, or *; empty: same-origin and non-browser clients only")
 	leaseShards := fs.Int("lease-shards", 1, "leases the gateway's sockets are spread over (1-64); more split the deletions when a crashed gateway's leases expire")
 	gatewayID := fs.String("gateway-id", "", "unique gateway id, [A-Za-z0-9_-]{1,64} (default: host name and a random suffix)")
@@ -116,6 +118,8 @@ func run(args []string) error {
 		UpstreamTimeout: *upstreamTimeout,
 		Registry:        reg,
 		AllowedOrigins:  splitList(*origins),
+		MaxSockets:      *maxSockets,
+		FramesPerSecond: *framesPerSecond,
 		Logger:          log,
 	}, cli)
 	if err != nil {

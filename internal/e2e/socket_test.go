@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -161,5 +162,39 @@ func TestAllowedOrigins(t *testing.T) {
 		} else if resp == nil || resp.StatusCode != http.StatusForbidden {
 			t.Errorf("origin %q: %v, want 403", origin, err)
 		}
+	}
+}
+
+func TestGatewayLimits(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	g := stacktest.StartGatewayVia(t, e.Endpoint, gateway.Config{ID: "gw1", LeaseTTL: 10 * time.Second,
+		MaxSockets: 2, FramesPerSecond: 5})
+	a := dial(t, g.WSURL)
+	dial(t, g.WSURL)
+	if _, resp, err := websocket.DefaultDialer.Dial(g.WSURL, nil); err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("third socket on a gateway of 2: %v", err)
+	}
+
+	// A burst past the rate: the excess requests are answered 429.
+	for i := 0; i < 20; i++ {
+		a.Send(`{"type":"request","id":` + strconv.Itoa(i) + `,"path":"/x"}`)
+	}
+	statuses := map[int]int{}
+	for i := 0; i < 20; i++ {
+		statuses[a.Expect("response", "").Status]++
+	}
+	if statuses[http.StatusNotImplemented] != 10 || statuses[http.StatusTooManyRequests] != 10 {
+		t.Fatalf("statuses %v, want 10 served (the 2 s burst) and 10 refused", statuses)
+	}
+	// Far past it, the socket is closed.
+	for i := 0; i < 40; i++ {
+		if err := a.Conn.WriteMessage(websocket.TextMessage, []byte(`{"type":"noise"}`)); err != nil {
+			break
+		}
+	}
+	for range a.Frames {
+	}
+	if ce := <-a.Closed; ce == nil || ce.Code != websocket.ClosePolicyViolation {
+		t.Fatalf("close %v, want 1008", ce)
 	}
 }

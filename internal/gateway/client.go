@@ -255,8 +255,16 @@ func appendFrameHeader(b []byte, n int) []byte {
 // handler returns at once, so net/http's per-connection buffers are freed.
 func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 	sess := g.currentSession()
-	if sess == nil || !sess.alive() || !g.startHandler() {
+	if sess == nil || !sess.alive() {
 		http.Error(w, "gateway is not registered in etcd", http.StatusServiceUnavailable)
+		return
+	}
+	if g.cfg.MaxSockets > 0 && g.hub.count() >= g.cfg.MaxSockets {
+		http.Error(w, "gateway is full; try another", http.StatusServiceUnavailable)
+		return
+	}
+	if !g.startHandler() {
+		http.Error(w, "gateway is shutting down", http.StatusServiceUnavailable)
 		return
 	}
 	conn, err := g.upgrader.Upgrade(w, r, nil)
@@ -332,12 +340,28 @@ func (g *Gateway) readLoop(ctx context.Context, c *client) {
 		return c.conn.SetReadDeadline(time.Now().Add(pongWait))
 	})
 	c.conn.SetCloseHandler(func(int, string) error { return nil })
+	bucket := newTokenBucket(g.cfg.FramesPerSecond, 2*g.cfg.FramesPerSecond)
+	over := 0
 	for {
 		typ, data, err := c.conn.ReadMessage()
 		if err != nil {
 			return
 		}
 		_ = c.conn.SetReadDeadline(time.Now().Add(pongWait))
+		if !bucket.take(time.Now()) {
+			// Over the rate: a request is answered 429 and nothing else is
+			// done; a client that keeps going long past it is closed.
+			if over++; float64(over) > 4*g.cfg.FramesPerSecond {
+				c.shutdown(websocket.ClosePolicyViolation, "too many frames")
+				return
+			}
+			var f requestFrame
+			if json.Unmarshal(data, &f) == nil && len(f.ID) > 0 {
+				c.respond(f.ID, http.StatusTooManyRequests, errorBody("too many frames; slow down"))
+			}
+			continue
+		}
+		over = 0
 		if code, reason := g.handleFrame(ctx, c, typ, data); code != 0 {
 			c.shutdown(code, reason)
 			return
@@ -364,4 +388,27 @@ func (g *Gateway) handleFrame(ctx context.Context, c *client, typ int, data []by
 		g.log.Debug("ignoring client frame", "socket", c.id, "type", f.Type)
 	}
 	return 0, ""
+}
+
+// tokenBucket allows rate events per second with bursts up to burst. Only the
+// socket's reader uses it.
+type tokenBucket struct {
+	rate, burst, tokens float64
+	last                time.Time
+}
+
+func newTokenBucket(rate, burst float64) *tokenBucket {
+	return &tokenBucket{rate: rate, burst: burst, tokens: burst}
+}
+
+func (b *tokenBucket) take(now time.Time) bool {
+	if !b.last.IsZero() {
+		b.tokens = min(b.burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)
+	}
+	b.last = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
 }

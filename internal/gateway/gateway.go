@@ -63,6 +63,8 @@ type Config struct {
 	MaxRequestBody  int64         // larger bodies are answered 413; 64 KiB
 	MaxResponseBody int64         // larger answers become 502; 1 MiB
 	MaxInflight     int           // requests in flight per socket, past which 429; 16
+	MaxSockets      int           // sockets this gateway holds at most; more are refused 503 before upgrade; 0: no limit
+	FramesPerSecond float64       // client frames a socket may send per second (burst: 2 s worth); past it, requests get 429 and a socket far past it is closed (1008); 0: 50
 	// AllowedOrigins lists the browser origins (scheme://host[:port]) that may
 	// open sockets; "*" allows any. Empty: only requests without an Origin
 	// header (non-browser clients) or from the gateway's own origin.
@@ -118,6 +120,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.MaxInflight == 0 {
 		c.MaxInflight = 16
+	}
+	if c.FramesPerSecond == 0 {
+		c.FramesPerSecond = 50
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
