@@ -47,9 +47,7 @@ func run(args []string) error {
 	leaseTTL := fs.Duration("lease-ttl", 10*time.Second, "TTL of the gateway's etcd lease; its sockets vanish this long after a crash (at least 2s)")
 	tokenFile := fs.String("auth-token-file", "", "file holding the bearer token membership-servers must present to the internal API (empty: none)")
 	etcdTLS := app.AddEtcdTLSFlags(fs)
-	tlsCert := fs.String("tls-cert-file", "", "server certificate (PEM) for the internal API; empty: plaintext")
-	tlsKey := fs.String("tls-key-file", "", "key of --tls-cert-file")
-	tlsClientCA := fs.String("tls-client-ca-file", "", "CA bundle that membership-servers' client certificates must chain to (mutual TLS)")
+	serverTLS := app.AddServerTLSFlags(fs, "internal API")
 	maxSockets := fs.Int("max-sockets", 0, "sockets this gateway holds at most; more are refused with HTTP 503 (0: no limit)")
 	framesPerSecond := fs.Float64("frames-per-second", 50, "client frames a socket may send per second (bursts of 2 s); past it requests get 429, far past it the socket is closed (1008)")
 	origins := fs.String("allowed-origins", "", "comma-separated browser origins (scheme://host[:port]) allowed to open sockets, or *; empty: same-origin and non-browser clients only")
@@ -131,13 +129,9 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	creds, err := app.ServerTLS(*tlsCert, *tlsKey, *tlsClientCA)
+	serverOpts, err := serverTLS.Append(app.ServerOptions(log, 10*time.Second, token, grpcMetrics))
 	if err != nil {
 		return err
-	}
-	serverOpts := app.ServerOptions(log, 10*time.Second, token, grpcMetrics)
-	if creds != nil {
-		serverOpts = append(serverOpts, grpc.Creds(creds))
 	}
 	gsrv := grpc.NewServer(serverOpts...)
 	gw.RegisterGRPC(gsrv)

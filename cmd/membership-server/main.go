@@ -54,9 +54,7 @@ func run(args []string) error {
 	tokenFile := fs.String("auth-token-file", "", "file holding the bearer token callers must present (empty: none; health and reflection never need it)")
 	gatewayTokenFile := fs.String("gateway-auth-token-file", "", "file holding the bearer token to present to gateways' internal API")
 	etcdTLS := app.AddEtcdTLSFlags(fs)
-	tlsCert := fs.String("tls-cert-file", "", "server certificate (PEM) for the gRPC API; empty: plaintext")
-	tlsKey := fs.String("tls-key-file", "", "key of --tls-cert-file")
-	tlsClientCA := fs.String("tls-client-ca-file", "", "CA bundle that client certificates must chain to (mutual TLS)")
+	serverTLS := app.AddServerTLSFlags(fs, "gRPC API")
 	gwCA := fs.String("gateway-tls-ca-file", "", "CA bundle to verify gateways' internal API certificates; empty: plaintext to gateways")
 	gwCert := fs.String("gateway-tls-cert-file", "", "client certificate presented to gateways (mutual TLS)")
 	gwKey := fs.String("gateway-tls-key-file", "", "key of --gateway-tls-cert-file")
@@ -124,19 +122,15 @@ func run(args []string) error {
 	if gwCreds != nil {
 		opts.GatewayDialOptions = append(opts.GatewayDialOptions, grpc.WithTransportCredentials(gwCreds))
 	}
-	creds, err := app.ServerTLS(*tlsCert, *tlsKey, *tlsClientCA)
-	if err != nil {
-		return err
-	}
 	if *committers == 0 {
 		opts.BatchCommitters = -1
 	}
 	svc := service.NewWithOptions(cli, *prefix, log, opts)
 	defer svc.Close()
 	grpcMetrics := app.GRPCServerMetrics(reg)
-	serverOpts := app.ServerOptions(log, *callTimeout, token, grpcMetrics)
-	if creds != nil {
-		serverOpts = append(serverOpts, grpc.Creds(creds))
+	serverOpts, err := serverTLS.Append(app.ServerOptions(log, *callTimeout, token, grpcMetrics))
+	if err != nil {
+		return err
 	}
 	srv := grpc.NewServer(serverOpts...)
 	membershipv1.RegisterMembershipServiceServer(srv, svc)

@@ -4,11 +4,35 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 )
+
+// ServerTLSFlags are a gRPC server's TLS flags, the same on both binaries.
+type ServerTLSFlags struct{ cert, key, clientCA *string }
+
+// AddServerTLSFlags defines --tls-cert-file, --tls-key-file and
+// --tls-client-ca-file; api names the server in the help text.
+func AddServerTLSFlags(fs *flag.FlagSet, api string) ServerTLSFlags {
+	return ServerTLSFlags{
+		cert:     fs.String("tls-cert-file", "", "server certificate (PEM) for the "+api+"; empty: plaintext"),
+		key:      fs.String("tls-key-file", "", "key of --tls-cert-file"),
+		clientCA: fs.String("tls-client-ca-file", "", "CA bundle that client certificates must chain to (mutual TLS)"),
+	}
+}
+
+// Append adds the server credentials the flags ask for (none: plaintext).
+func (f ServerTLSFlags) Append(opts []grpc.ServerOption) ([]grpc.ServerOption, error) {
+	creds, err := ServerTLS(*f.cert, *f.key, *f.clientCA)
+	if err != nil || creds == nil {
+		return opts, err
+	}
+	return append(opts, grpc.Creds(creds)), nil
+}
 
 // ServerTLS loads a server certificate, and a CA bundle whose certificates
 // clients must present when clientCAFile is set (mutual TLS). Both empty: no

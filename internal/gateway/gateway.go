@@ -41,6 +41,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/socketrooms/membership/internal/revwait"
 	"github.com/socketrooms/membership/internal/store"
 )
 
@@ -137,7 +138,7 @@ type Gateway struct {
 	store    *store.Store
 	log      *slog.Logger
 	hub      *hub
-	applied  *revWaiter
+	applied  *revwait.Waiter
 	upgrader websocket.Upgrader
 
 	upstream   *url.URL // nil: socket requests answer 501
@@ -171,7 +172,7 @@ func New(cfg Config, cli *clientv3.Client) (*Gateway, error) {
 		store:      store.New(cli, cfg.Prefix),
 		log:        cfg.Logger.With("gateway", cfg.ID),
 		hub:        newHub(),
-		applied:    newRevWaiter(),
+		applied:    revwait.New(),
 		upgrader: websocket.Upgrader{
 			// Client frames are small; server frames are written by the
 			// client's writer straight to the connection, so the write buffer
@@ -386,7 +387,7 @@ func (g *Gateway) startSession(parent context.Context) (*session, error) {
 		return nil, err
 	}
 	// Nothing of these leases existed before rev: the index is complete up to it.
-	g.applied.advance(rev)
+	g.applied.Advance(rev)
 	g.setSession(s)
 	g.hub.setOpen(true)
 	g.log.Info("gateway registered", "leases", leasesText(leases), "revision", rev, "advertise", g.cfg.AdvertiseAddr)

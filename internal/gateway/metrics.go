@@ -55,7 +55,7 @@ func newMetrics(reg prometheus.Registerer, g *Gateway) *metrics {
 				return max(0, time.Duration(s.aliveUntil.Load()-monoNow()).Seconds())
 			}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gateway_applied_revision", Help: "etcd revision the membership index has applied."},
-			func() float64 { rev, _ := g.applied.get(); return float64(rev) }),
+			func() float64 { rev, _ := g.applied.Get(); return float64(rev) }),
 	)
 	return m
 }

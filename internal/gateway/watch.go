@@ -4,37 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/socketrooms/membership/internal/revwait"
 )
-
-// revWaiter tracks the revision up to which the room index is applied and
-// wakes waiters as it grows.
-type revWaiter struct {
-	mu  sync.Mutex
-	rev int64
-	ch  chan struct{} // closed and replaced on every advance
-}
-
-func newRevWaiter() *revWaiter { return &revWaiter{ch: make(chan struct{})} }
-
-func (w *revWaiter) advance(rev int64) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if rev > w.rev {
-		w.rev = rev
-		close(w.ch)
-		w.ch = make(chan struct{})
-	}
-}
-
-func (w *revWaiter) get() (int64, <-chan struct{}) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.rev, w.ch
-}
 
 // progressEvery is how often a waiter behind etcd asks for watch progress.
 const progressEvery = 50 * time.Millisecond
@@ -43,33 +18,14 @@ var errSessionEnded = errors.New("gateway lost its lease while waiting")
 
 // waitApplied returns once the index is applied up to rev, or fails when the
 // session s ends first: its sockets are gone then, and waiting is pointless.
+// Events for other gateways' keys do not reach this watch, so an idle prefix
+// only moves on through progress notifications, which the wait requests.
 func (g *Gateway) waitApplied(ctx context.Context, s *session, rev int64) (int64, error) {
-	var tick *time.Ticker
-	for {
-		cur, ch := g.applied.get()
-		if cur >= rev {
-			if tick != nil {
-				tick.Stop()
-			}
-			return cur, nil
-		}
-		if tick == nil {
-			// Events for other gateways' keys do not reach this watch, so an
-			// idle prefix only moves on through a progress notification.
-			tick = time.NewTicker(progressEvery)
-			defer tick.Stop()
-			g.requestProgress()
-		}
-		select {
-		case <-ch:
-		case <-tick.C:
-			g.requestProgress()
-		case <-s.ctx.Done():
-			return cur, errSessionEnded
-		case <-ctx.Done():
-			return cur, ctx.Err()
-		}
+	cur, err := g.applied.Wait(ctx, s.ctx.Done(), rev, progressEvery, g.requestProgress)
+	if errors.Is(err, revwait.ErrStopped) {
+		err = errSessionEnded
 	}
+	return cur, err
 }
 
 func (g *Gateway) requestProgress() {
@@ -153,9 +109,9 @@ func (g *Gateway) consume(s *session, wch clientv3.WatchChan, next int64) (int64
 		}
 		if applied >= next {
 			next = applied + 1
-			g.applied.advance(applied)
+			g.applied.Advance(applied)
 		}
-		cur, _ := g.applied.get()
+		cur, _ := g.applied.Get()
 		g.metrics.lagRevisions.Set(float64(max(0, resp.Header.Revision-cur)))
 	}
 	return next, fmt.Errorf("watch channel closed")
@@ -174,7 +130,7 @@ func (g *Gateway) resync(s *session) (int64, error) {
 		return 0, fmt.Errorf("%w: %w", errResync, err)
 	}
 	g.hub.reconcile(want)
-	g.applied.advance(rev)
+	g.applied.Advance(rev)
 	g.log.Info("membership index rebuilt after compaction", "revision", rev)
 	return rev, nil
 }

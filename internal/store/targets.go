@@ -12,6 +12,8 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/socketrooms/membership/internal/revwait"
 )
 
 // TargetIndex answers "which gateways hold members of these rooms" without
@@ -33,9 +35,8 @@ type TargetIndex struct {
 	counts  map[string]map[string]int // room → gateway → members
 	total   int                       // memberships, the sum of counts
 	records map[string]GatewayRecord  // gateway → record
-	applied int64
-	ready   bool
-	changed chan struct{} // closed and replaced when applied grows
+	// applied is 0 until the first listing is in; etcd revisions start at 1.
+	applied *revwait.Waiter
 
 	watchMu  sync.Mutex
 	watchCtx context.Context // the live watch's, for progress requests
@@ -43,7 +44,7 @@ type TargetIndex struct {
 
 // NewTargetIndex returns an index over s; Run keeps it current.
 func (s *Store) NewTargetIndex(cli *clientv3.Client, log *slog.Logger) *TargetIndex {
-	return &TargetIndex{s: s, cli: cli, log: log, changed: make(chan struct{})}
+	return &TargetIndex{s: s, cli: cli, log: log, applied: revwait.New()}
 }
 
 // Run lists and watches until ctx ends, rebuilding after any watch failure.
@@ -92,9 +93,9 @@ func (x *TargetIndex) follow(ctx context.Context) error {
 		}
 	}
 	x.mu.Lock()
-	x.counts, x.total, x.records, x.ready = counts, total, records, true
+	x.counts, x.total, x.records = counts, total, records
 	x.mu.Unlock()
-	x.advance(rev)
+	x.applied.Advance(rev)
 
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
@@ -119,7 +120,7 @@ func (x *TargetIndex) follow(ctx context.Context) error {
 		if resp.IsProgressNotify() {
 			last = resp.Header.Revision
 		}
-		x.advance(last)
+		x.applied.Advance(last)
 	}
 	return errors.New("watch ended")
 }
@@ -171,16 +172,6 @@ func (x *TargetIndex) Sizes() (rooms, memberships, gateways int) {
 	return len(x.counts), x.total, len(x.records)
 }
 
-func (x *TargetIndex) advance(rev int64) {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	if rev > x.applied {
-		x.applied = rev
-		close(x.changed)
-		x.changed = make(chan struct{})
-	}
-}
-
 // Targets returns the gateways holding members of any of rooms (every
 // gateway when rooms is nil), as of a revision at least etcd's current one
 // when the call began.
@@ -190,44 +181,25 @@ func (x *TargetIndex) Targets(ctx context.Context, rooms []string) (Targets, err
 		return Targets{}, fmt.Errorf("read revision: %w", err)
 	}
 	rev := resp.Header.Revision
-	var tick *time.Ticker
-	for {
-		x.mu.RLock()
-		applied, ready, ch := x.applied, x.ready, x.changed
-		if ready && applied >= rev {
-			t := Targets{Revision: rev, Gateways: map[string]GatewayRecord{}}
-			if rooms == nil {
-				for id, rec := range x.records {
-					t.Gateways[id] = rec
-				}
-			}
-			for _, room := range rooms {
-				for gw := range x.counts[room] {
-					if rec, ok := x.records[gw]; ok {
-						t.Gateways[gw] = rec
-					}
-				}
-			}
-			x.mu.RUnlock()
-			if tick != nil {
-				tick.Stop()
-			}
-			return t, nil
-		}
-		x.mu.RUnlock()
-		if tick == nil {
-			tick = time.NewTicker(50 * time.Millisecond)
-			defer tick.Stop()
-			x.requestProgress()
-		}
-		select {
-		case <-ch:
-		case <-tick.C:
-			x.requestProgress()
-		case <-ctx.Done():
-			return Targets{}, ctx.Err()
+	if _, err := x.applied.Wait(ctx, nil, rev, 50*time.Millisecond, x.requestProgress); err != nil {
+		return Targets{}, err
+	}
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	t := Targets{Revision: rev, Gateways: map[string]GatewayRecord{}}
+	if rooms == nil {
+		for id, rec := range x.records {
+			t.Gateways[id] = rec
 		}
 	}
+	for _, room := range rooms {
+		for gw := range x.counts[room] {
+			if rec, ok := x.records[gw]; ok {
+				t.Gateways[gw] = rec
+			}
+		}
+	}
+	return t, nil
 }
 
 func (x *TargetIndex) requestProgress() {
