@@ -26,6 +26,7 @@ import (
 	"github.com/socketrooms/membership/internal/app"
 	"github.com/socketrooms/membership/internal/gateway"
 	"github.com/socketrooms/membership/internal/store"
+	"github.com/socketrooms/membership/internal/wsauth"
 )
 
 const envPrefix = "GATEWAY_"
@@ -51,6 +52,10 @@ func run(args []string) error {
 	maxSockets := fs.Int("max-sockets", 0, "sockets this gateway holds at most; more are refused with HTTP 503 (0: no limit)")
 	framesPerSecond := fs.Float64("frames-per-second", 50, "client frames a socket may send per second (bursts of 2 s); past it requests get 429, far past it the socket is closed (1008)")
 	origins := fs.String("allowed-origins", "", "comma-separated browser origins (scheme://host[:port]) allowed to open sockets, or *; empty: same-origin and non-browser clients only")
+	jwtSecretFile := fs.String("jwt-hmac-secret-file", "", "file holding the HMAC secret (at least 32 bytes) that signs client tokens (HS256/384/512); sockets then need a token")
+	jwtKeyFile := fs.String("jwt-public-key-file", "", "PEM file with the public key (RSA, ECDSA or Ed25519) or certificate that verifies client tokens; sockets then need a token")
+	jwtIssuer := fs.String("jwt-issuer", "", "required iss claim of client tokens (empty: not checked)")
+	jwtAudience := fs.String("jwt-audience", "", "required aud claim of client tokens (empty: not checked)")
 	leaseShards := fs.Int("lease-shards", 1, "leases the gateway's sockets are spread over (1-64); more split the deletions when a crashed gateway's leases expire")
 	gatewayID := fs.String("gateway-id", "", "unique gateway id, [A-Za-z0-9_-]{1,64} (default: host name and a random suffix)")
 	sendQueue := fs.Int("send-queue", 256, "frames queued per socket before a slow socket is disconnected")
@@ -78,6 +83,14 @@ func run(args []string) error {
 	id := *gatewayID
 	if id == "" {
 		id = defaultGatewayID()
+	}
+	verifier, err := wsauth.Load(*jwtSecretFile, *jwtKeyFile, *jwtIssuer, *jwtAudience)
+	if err != nil {
+		return err
+	}
+	var authenticate func(*http.Request) (string, error)
+	if verifier != nil {
+		authenticate = verifier.Authenticate
 	}
 
 	grpcLis, err := net.Listen("tcp", *grpcAddr)
@@ -116,6 +129,7 @@ func run(args []string) error {
 		UpstreamTimeout: *upstreamTimeout,
 		Registry:        reg,
 		AllowedOrigins:  splitList(*origins),
+		Authenticate:    authenticate,
 		MaxSockets:      *maxSockets,
 		FramesPerSecond: *framesPerSecond,
 		Logger:          log,

@@ -23,6 +23,7 @@ import (
 type client struct {
 	id   string
 	sid  store.SocketID
+	user string // the authenticated user ("" without authentication)
 	conn *websocket.Conn
 	// alive reports whether the session the socket lives on can still prove
 	// its lease; the writer checks it before every batch of frames.
@@ -254,6 +255,16 @@ func appendFrameHeader(b []byte, n int) []byte {
 // gateway's current lease, and hands it to a reader goroutine. The HTTP
 // handler returns at once, so net/http's per-connection buffers are freed.
 func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
+	var user string
+	if g.cfg.Authenticate != nil {
+		var err error
+		if user, err = g.cfg.Authenticate(r); err != nil {
+			g.metrics.authFailures.Inc()
+			w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+			http.Error(w, "unauthorized: "+err.Error(), http.StatusUnauthorized)
+			return
+		}
+	}
 	sess := g.currentSession()
 	if sess == nil || !sess.alive() {
 		http.Error(w, "gateway is not registered in etcd", http.StatusServiceUnavailable)
@@ -272,18 +283,19 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 		g.wg.Done()
 		return // the upgrader already answered
 	}
-	go g.runSocket(sess, conn)
+	go g.runSocket(sess, conn, user)
 }
 
 // runSocket registers the socket and hands it to readSocket; the Gateway.wg
 // count it was started with passes on with it.
-func (g *Gateway) runSocket(sess *session, conn *websocket.Conn) {
+func (g *Gateway) runSocket(sess *session, conn *websocket.Conn, user string) {
 	sid := store.NewSocketID(g.cfg.ID, sess.leaseForSocket())
 	c := newClient(sid, conn, g.cfg.SendQueue, g.cfg.MaxInflight, g.cfg.WriteTimeout, sess.alive)
+	c.user = user
 	c.onSlow = g.metrics.slowClients.Inc
 	// Queued (and held) before the socket exists in etcd, so no joined frame
 	// can precede it, and none is written before the socket can be joined.
-	c.enqueue(encode(frame{Type: "connected", SocketID: c.id}))
+	c.enqueue(encode(frame{Type: "connected", SocketID: c.id, User: user}))
 	if !g.hub.add(c) {
 		c.shutdown(closeServiceRestart, "gateway is re-registering")
 		<-c.connClosed
@@ -291,7 +303,7 @@ func (g *Gateway) runSocket(sess *session, conn *websocket.Conn) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(sess.ctx, g.cfg.EtcdTimeout)
-	_, err := g.store.AddSocket(ctx, sid, store.SocketRecord{Gateway: g.cfg.ID, ConnectedAt: time.Now().UTC()})
+	_, err := g.store.AddSocket(ctx, sid, store.SocketRecord{Gateway: g.cfg.ID, ConnectedAt: time.Now().UTC(), User: user})
 	cancel()
 	if err != nil {
 		g.log.Warn("register socket failed", "socket", c.id, "err", err)

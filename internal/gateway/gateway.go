@@ -70,6 +70,10 @@ type Config struct {
 	// open sockets; "*" allows any. Empty: only requests without an Origin
 	// header (non-browser clients) or from the gateway's own origin.
 	AllowedOrigins []string
+	// Authenticate, when set, checks each WebSocket handshake before the
+	// upgrade and returns the user the socket is recorded under; an error
+	// answers 401 and no socket is created.
+	Authenticate func(*http.Request) (user string, err error)
 	// Registry receives the gateway's metrics and is served at /metrics;
 	// nil: a registry of its own.
 	Registry *prometheus.Registry

@@ -223,6 +223,7 @@ func (h *hub) deliver(d delivery) (delivered, dropped int64) {
 type frame struct {
 	Type     string          `json:"type"`
 	SocketID string          `json:"socket_id,omitempty"`
+	User     string          `json:"user,omitempty"`
 	Room     string          `json:"room,omitempty"`
 	Event    string          `json:"event,omitempty"`
 	Data     json.RawMessage `json:"data,omitempty"`

@@ -16,6 +16,7 @@ type metrics struct {
 	waitApplied   prometheus.Histogram
 	lagRevisions  prometheus.Gauge
 	sessionsLost  prometheus.Counter
+	authFailures  prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, g *Gateway) *metrics {
@@ -30,6 +31,8 @@ func newMetrics(reg prometheus.Registerer, g *Gateway) *metrics {
 			Name: "gateway_lease_keepalive_failures_total", Help: "Lease renewals that failed (the lease is still proven alive until its deadline)."}),
 		sessionsLost: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "gateway_sessions_lost_total", Help: "Times the gateway could not prove its lease alive and closed every socket (1012)."}),
+		authFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gateway_auth_failures_total", Help: "WebSocket handshakes refused with 401 for a missing or invalid token."}),
 		waitApplied: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "gateway_apply_wait_seconds",
 			Help:    "Time Deliver and WaitApplied waited for the membership index to reach the caller's revision.",
@@ -38,7 +41,7 @@ func newMetrics(reg prometheus.Registerer, g *Gateway) *metrics {
 		lagRevisions: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "gateway_apply_lag_revisions", Help: "etcd's revision in the latest watch response minus the revision the membership index has applied."}),
 	}
-	reg.MustRegister(m.delivered, m.dropped, m.slowClients, m.renewFailures, m.sessionsLost, m.waitApplied, m.lagRevisions,
+	reg.MustRegister(m.delivered, m.dropped, m.slowClients, m.renewFailures, m.sessionsLost, m.authFailures, m.waitApplied, m.lagRevisions,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gateway_sockets", Help: "Open sockets."},
 			func() float64 { return float64(g.hub.count()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gateway_rooms", Help: "Rooms with at least one local member."},

@@ -95,7 +95,7 @@ func (g *Gateway) handleRequest(ctx context.Context, c *client, data []byte) {
 	c.requests.Add(1)
 	go func() {
 		defer func() { <-c.inflight; c.requests.Done() }()
-		status, body := g.forward(ctx, c.id, r.Method, target, r.Body)
+		status, body := g.forward(ctx, c, r.Method, target, r.Body)
 		c.respond(r.ID, status, body)
 	}()
 }
@@ -116,7 +116,8 @@ func (g *Gateway) upstreamURL(path string) (*url.URL, error) {
 	return &u, nil
 }
 
-func (g *Gateway) forward(ctx context.Context, socket, method string, target *url.URL, body json.RawMessage) (int, json.RawMessage) {
+func (g *Gateway) forward(ctx context.Context, c *client, method string, target *url.URL, body json.RawMessage) (int, json.RawMessage) {
+	socket := c.id
 	ctx, cancel := context.WithTimeout(ctx, g.cfg.UpstreamTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, method, target.String(), bytes.NewReader(body))
@@ -124,6 +125,9 @@ func (g *Gateway) forward(ctx context.Context, socket, method string, target *ur
 		return http.StatusBadRequest, errorBody("cannot build the request")
 	}
 	req.Header.Set("X-Socket-Id", socket)
+	if c.user != "" {
+		req.Header.Set("X-Socket-User", c.user)
+	}
 	req.Header.Set("Accept", "application/json")
 	if len(body) > 0 {
 		req.Header.Set("Content-Type", "application/json")

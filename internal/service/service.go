@@ -298,7 +298,7 @@ func (s *Server) ListMembers(ctx context.Context, req *membershipv1.ListMembersR
 	}
 	resp := &membershipv1.ListMembersResponse{Revision: rev, NextPageToken: encodePageToken(next)}
 	for _, m := range members {
-		resp.Members = append(resp.Members, &membershipv1.Member{SocketId: m.SocketID, Gateway: m.Gateway})
+		resp.Members = append(resp.Members, &membershipv1.Member{SocketId: m.SocketID, Gateway: m.Gateway, User: m.User})
 	}
 	return resp, nil
 }
@@ -318,6 +318,7 @@ func (s *Server) GetSocket(ctx context.Context, req *membershipv1.GetSocketReque
 		Gateway:     info.Gateway,
 		ConnectedAt: timestamppb.New(info.ConnectedAt),
 		Rooms:       info.Rooms,
+		User:        info.User,
 	}}, nil
 }
 

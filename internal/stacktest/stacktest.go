@@ -135,6 +135,7 @@ func StartGatewayVia(t testing.TB, endpoints string, cfg gateway.Config) *Gatewa
 type Sock struct {
 	t      testing.TB
 	ID     string
+	User   string // the user the connected frame named
 	Conn   *websocket.Conn
 	Frames chan Frame
 	// Closed receives the close frame the server sent (nil for any other end)
@@ -146,6 +147,7 @@ type Sock struct {
 type Frame struct {
 	Type     string          `json:"type"`
 	SocketID string          `json:"socket_id"`
+	User     string          `json:"user"`
 	Room     string          `json:"room"`
 	Event    string          `json:"event"`
 	Data     json.RawMessage `json:"data"`
@@ -157,7 +159,13 @@ type Frame struct {
 // Dial connects a socket and reads its connected frame.
 func Dial(t testing.TB, url string) *Sock {
 	t.Helper()
-	conn, _, err := websocket.DefaultDialer.Dial(url, nil)
+	return DialWith(t, url, nil)
+}
+
+// DialWith is Dial with handshake headers.
+func DialWith(t testing.TB, url string, header http.Header) *Sock {
+	t.Helper()
+	conn, _, err := websocket.DefaultDialer.Dial(url, header)
 	if err != nil {
 		t.Fatalf("dial %s: %v", url, err)
 	}
@@ -189,6 +197,7 @@ func Dial(t testing.TB, url string) *Sock {
 		t.Fatalf("first frame %+v, want connected", f)
 	}
 	s.ID = f.SocketID
+	s.User = f.User
 	return s
 }
 

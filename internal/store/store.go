@@ -329,6 +329,7 @@ func (s *Store) scanKeys(ctx context.Context, prefix, start string, rev int64, v
 type Member struct {
 	SocketID string
 	Gateway  string
+	User     string // the socket's authenticated user, if any
 }
 
 // ListMembers returns up to limit members of room ordered by socket id,
@@ -358,7 +359,39 @@ func (s *Store) ListMembers(ctx context.Context, room, after string, limit int) 
 		}
 		members = append(members, m)
 	}
+	if err := s.fillUsers(ctx, members, resp.Header.Revision); err != nil {
+		return nil, "", 0, err
+	}
 	return members, next, resp.Header.Revision, nil
+}
+
+// fillUsers reads the socket records of members at revision rev, the one
+// their memberships were listed at, in read-only transactions of at most
+// maxTxnOps gets each, and copies each socket's user.
+func (s *Store) fillUsers(ctx context.Context, members []Member, rev int64) error {
+	for start := 0; start < len(members); start += maxTxnOps {
+		chunk := members[start:min(start+maxTxnOps, len(members))]
+		ops := make([]clientv3.Op, len(chunk))
+		for i, m := range chunk {
+			ops[i] = clientv3.OpGet(s.k.socket(m.SocketID), clientv3.WithRev(rev))
+		}
+		resp, err := s.kv.Txn(ctx).Then(ops...).Commit()
+		if err != nil {
+			return fmt.Errorf("list members: read socket records: %w", err)
+		}
+		for i, r := range resp.Responses {
+			kvs := r.GetResponseRange().GetKvs()
+			if len(kvs) == 0 {
+				continue // memberships go with their socket in one transaction; this cannot happen, and no user is shown if it does
+			}
+			var rec SocketRecord
+			if err := json.Unmarshal(kvs[0].Value, &rec); err != nil {
+				return fmt.Errorf("decode socket record %q: %w", kvs[0].Key, err)
+			}
+			chunk[i].User = rec.User
+		}
+	}
+	return nil
 }
 
 // Targets is who must receive a broadcast, read at one revision.

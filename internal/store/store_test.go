@@ -29,7 +29,7 @@ func connect(t *testing.T, cli *clientv3.Client, s *store.Store, gw string) stor
 		t.Fatal(err)
 	}
 	id := store.NewSocketID(gw, lease.ID)
-	if _, err := s.AddSocket(ctx, id, store.SocketRecord{Gateway: gw, ConnectedAt: time.Now()}); err != nil {
+	if _, err := s.AddSocket(ctx, id, store.SocketRecord{Gateway: gw, ConnectedAt: time.Now(), User: "user-" + id.String()}); err != nil {
 		t.Fatal(err)
 	}
 	return id
@@ -100,6 +100,16 @@ func TestRoomWideOperationsPastOneTransaction(t *testing.T) {
 	members, rev, err := s.RoomMembers(ctx, "src", 0)
 	if err != nil || len(members) != 300 {
 		t.Fatalf("members %d %v", len(members), err)
+	}
+	// One page of 300 reads the members' users in more than one transaction.
+	listed, next, _, err := s.ListMembers(ctx, "src", "", 1000)
+	if err != nil || len(listed) != 300 || next != "" {
+		t.Fatalf("ListMembers: %d members, next %q, %v", len(listed), next, err)
+	}
+	for _, m := range listed {
+		if m.User != "user-"+m.SocketID || m.Gateway != "gw1" {
+			t.Fatalf("member %+v", m)
+		}
 	}
 	if again, err := s.AddToRooms(ctx, members, []string{"src", "dst"}); err != nil || again != 300 {
 		t.Fatalf("second add changed %d, %v", again, err)

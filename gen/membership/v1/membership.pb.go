@@ -664,7 +664,10 @@ type Member struct {
 	// The socket's id.
 	SocketId string `protobuf:"bytes,1,opt,name=socket_id,json=socketId,proto3" json:"socket_id,omitempty"`
 	// The gateway holding the socket.
-	Gateway       string `protobuf:"bytes,2,opt,name=gateway,proto3" json:"gateway,omitempty"`
+	Gateway string `protobuf:"bytes,2,opt,name=gateway,proto3" json:"gateway,omitempty"`
+	// The user the socket authenticated as (the subject of the token it
+	// connected with); empty when the gateway does not authenticate sockets.
+	User          string `protobuf:"bytes,3,opt,name=user,proto3" json:"user,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -709,6 +712,13 @@ func (x *Member) GetSocketId() string {
 func (x *Member) GetGateway() string {
 	if x != nil {
 		return x.Gateway
+	}
+	return ""
+}
+
+func (x *Member) GetUser() string {
+	if x != nil {
+		return x.User
 	}
 	return ""
 }
@@ -833,7 +843,10 @@ type Socket struct {
 	// When the socket connected.
 	ConnectedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=connected_at,json=connectedAt,proto3" json:"connected_at,omitempty"`
 	// The rooms the socket is in, ordered by name.
-	Rooms         []string `protobuf:"bytes,4,rep,name=rooms,proto3" json:"rooms,omitempty"`
+	Rooms []string `protobuf:"bytes,4,rep,name=rooms,proto3" json:"rooms,omitempty"`
+	// The user the socket authenticated as (the subject of the token it
+	// connected with); empty when the gateway does not authenticate sockets.
+	User          string `protobuf:"bytes,5,opt,name=user,proto3" json:"user,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -894,6 +907,13 @@ func (x *Socket) GetRooms() []string {
 		return x.Rooms
 	}
 	return nil
+}
+
+func (x *Socket) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
 }
 
 // GetSocketResponse describes one socket.
@@ -1614,21 +1634,23 @@ const file_membership_v1_membership_proto_rawDesc = "" +
 	"\x04room\x18\x01 \x01(\tR\x04room\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x03 \x01(\tR\tpageToken\"?\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"S\n" +
 	"\x06Member\x12\x1b\n" +
 	"\tsocket_id\x18\x01 \x01(\tR\bsocketId\x12\x18\n" +
-	"\agateway\x18\x02 \x01(\tR\agateway\"\x8a\x01\n" +
+	"\agateway\x18\x02 \x01(\tR\agateway\x12\x12\n" +
+	"\x04user\x18\x03 \x01(\tR\x04user\"\x8a\x01\n" +
 	"\x13ListMembersResponse\x12/\n" +
 	"\amembers\x18\x01 \x03(\v2\x15.membership.v1.MemberR\amembers\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x1a\n" +
 	"\brevision\x18\x03 \x01(\x03R\brevision\"/\n" +
 	"\x10GetSocketRequest\x12\x1b\n" +
-	"\tsocket_id\x18\x01 \x01(\tR\bsocketId\"\x94\x01\n" +
+	"\tsocket_id\x18\x01 \x01(\tR\bsocketId\"\xa8\x01\n" +
 	"\x06Socket\x12\x1b\n" +
 	"\tsocket_id\x18\x01 \x01(\tR\bsocketId\x12\x18\n" +
 	"\agateway\x18\x02 \x01(\tR\agateway\x12=\n" +
 	"\fconnected_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\vconnectedAt\x12\x14\n" +
-	"\x05rooms\x18\x04 \x03(\tR\x05rooms\"^\n" +
+	"\x05rooms\x18\x04 \x03(\tR\x05rooms\x12\x12\n" +
+	"\x04user\x18\x05 \x01(\tR\x04user\"^\n" +
 	"\x11GetSocketResponse\x12-\n" +
 	"\x06socket\x18\x01 \x01(\v2\x15.membership.v1.SocketR\x06socket\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\"\x96\x01\n" +
