@@ -59,6 +59,8 @@ func run(args []string) error {
 	gwCert := fs.String("gateway-tls-cert-file", "", "client certificate presented to gateways (mutual TLS)")
 	gwKey := fs.String("gateway-tls-key-file", "", "key of --gateway-tls-cert-file")
 	committers := fs.Int("batch-committers", 4, "coalesced Join/Leave etcd transactions in flight at once; 0 sends one transaction per call")
+	maxRooms := fs.Int("max-rooms-per-socket", 0, "rooms a socket may be in; a Join past it fails with FAILED_PRECONDITION (0: no limit; a limit costs each Join one more etcd read and caps a Join at 60 sockets)")
+	maxPayload := fs.Int("max-payload-bytes", service.DefaultMaxPayloadBytes, "largest JSON encoding of a Broadcast's or Blast's data (at most 3 MiB: messages travel to gateways in gRPC requests of at most 4 MiB)")
 	pprofAddr := fs.String("pprof-addr", "", "serve net/http/pprof on this address (empty: off)")
 	shutdownTimeout := fs.Duration("shutdown-timeout", 10*time.Second, "how long in-flight calls may finish on SIGTERM")
 	fs.Usage = func() {
@@ -70,6 +72,12 @@ func run(args []string) error {
 			return nil
 		}
 		return err
+	}
+	if *maxRooms < 0 {
+		return fmt.Errorf("--max-rooms-per-socket %d: must be 0 (no limit) or more", *maxRooms)
+	}
+	if *maxPayload < 1 || *maxPayload > 3<<20 {
+		return fmt.Errorf("--max-payload-bytes %d: must be between 1 and %d", *maxPayload, 3<<20)
 	}
 	log, err := app.NewLogger(*logLevel)
 	if err != nil {
@@ -111,7 +119,7 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	opts := service.Options{BatchCommitters: *committers, Registry: reg}
+	opts := service.Options{BatchCommitters: *committers, Registry: reg, MaxRoomsPerSocket: *maxRooms, MaxPayloadBytes: *maxPayload}
 	if gatewayToken != "" {
 		opts.GatewayDialOptions = append(opts.GatewayDialOptions, grpc.WithPerRPCCredentials(app.BearerToken(gatewayToken)))
 	}

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 
 	membershipv1 "github.com/socketrooms/membership/gen/membership/v1"
@@ -44,9 +45,9 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 	stacktest.WaitFor(t, timeout, what, cond)
 }
 
-func wantStatus(t *testing.T, err error, code codes.Code, reason, field string) {
+func wantStatus(t *testing.T, err error, code codes.Code, reason, field string) *errdetails.ErrorInfo {
 	t.Helper()
-	stacktest.WantStatus(t, err, code, reason, field)
+	return stacktest.WantStatus(t, err, code, reason, field)
 }
 
 func members(t *testing.T, c membershipv1.MembershipServiceClient, room string) []string {

@@ -1,6 +1,7 @@
 package service
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"log/slog"
@@ -29,12 +30,22 @@ const (
 	ReasonInternal           = "INTERNAL"
 	// ReasonEtcdPermissionDenied: etcd's auth refused this membership-server.
 	ReasonEtcdPermissionDenied = "ETCD_PERMISSION_DENIED"
+	// ReasonPayloadTooLarge: a message's data is over the size limit
+	// (INVALID_ARGUMENT, field data).
+	ReasonPayloadTooLarge = "PAYLOAD_TOO_LARGE"
+	// ReasonRoomLimitExceeded: a Join would put sockets (metadata
+	// socket_ids) in more rooms than the limit (metadata limit) allows.
+	ReasonRoomLimitExceeded = "ROOM_LIMIT_EXCEEDED"
+	// ReasonConflict: concurrent Joins of the same sockets kept a Join under
+	// the rooms-per-socket limit from committing; retry.
+	ReasonConflict = "CONFLICT"
 )
 
 // fieldError is bad input in one request field.
 type fieldError struct {
-	field string
-	msg   string
+	field  string
+	msg    string
+	reason string // ReasonInvalidArgument when empty
 }
 
 func (e *fieldError) Error() string { return e.field + ": " + e.msg }
@@ -65,11 +76,12 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 	}
 	var fe *fieldError
 	var ae *applyError
+	var rl *store.RoomLimitError
 	switch {
 	case errors.As(err, &fe):
 		st := status.New(codes.InvalidArgument, fe.Error())
 		return withDetails(st,
-			&errdetails.ErrorInfo{Reason: ReasonInvalidArgument, Domain: ErrorDomain, Metadata: map[string]string{"field": fe.field}},
+			&errdetails.ErrorInfo{Reason: cmp.Or(fe.reason, ReasonInvalidArgument), Domain: ErrorDomain, Metadata: map[string]string{"field": fe.field}},
 			&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: fe.field, Description: fe.msg}}})
 	case errors.Is(err, store.ErrSocketNotFound):
 		info := &errdetails.ErrorInfo{Reason: ReasonSocketNotFound, Domain: ErrorDomain}
@@ -82,6 +94,13 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 			}
 		}
 		return withDetails(status.New(codes.NotFound, msg), info)
+	case errors.As(err, &rl):
+		return withDetails(status.New(codes.FailedPrecondition, rl.Error()+"; leave a room first"),
+			&errdetails.ErrorInfo{Reason: ReasonRoomLimitExceeded, Domain: ErrorDomain,
+				Metadata: map[string]string{"socket_ids": strings.Join(rl.IDs, ","), "limit": itoa(int64(rl.Limit))}})
+	case errors.Is(err, store.ErrConflict):
+		return withDetails(status.New(codes.Aborted, err.Error()+"; retry"),
+			&errdetails.ErrorInfo{Reason: ReasonConflict, Domain: ErrorDomain})
 	case errors.As(err, &ae):
 		code, reason := codes.DeadlineExceeded, ReasonApplyTimeout
 		if !errors.Is(err, context.DeadlineExceeded) {

@@ -6,6 +6,7 @@
 package service
 
 import (
+	"cmp"
 	"context"
 	"log/slog"
 	"strings"
@@ -51,6 +52,8 @@ type Server struct {
 	stopBatch func()
 	log       *slog.Logger
 	gateways  *gatewayPool
+	// maxPayload bounds the JSON of a message's data.
+	maxPayload int
 }
 
 // Options tune a Server; the zero value is the default.
@@ -63,7 +66,19 @@ type Options struct {
 	Registry prometheus.Registerer
 	// GatewayDialOptions are added when dialing gateways (credentials).
 	GatewayDialOptions []grpc.DialOption
+	// MaxRoomsPerSocket limits the rooms a socket may be in; a Join past it
+	// fails with FAILED_PRECONDITION/ROOM_LIMIT_EXCEEDED. 0: no limit (a
+	// limit costs each Join one more etcd read; see store/limit.go).
+	MaxRoomsPerSocket int
+	// MaxPayloadBytes limits the JSON encoding of a Broadcast's or Blast's
+	// data; 0 means DefaultMaxPayloadBytes.
+	MaxPayloadBytes int
 }
+
+// DefaultMaxPayloadBytes is the default of Options.MaxPayloadBytes: the
+// largest frame a gateway accepts from a client, so what a client may send
+// is also what it may be sent.
+const DefaultMaxPayloadBytes = 1 << 20
 
 // New returns a Server over an etcd client, with keys under prefix.
 func New(kv *clientv3.Client, prefix string, log *slog.Logger) *Server {
@@ -83,6 +98,7 @@ func NewWithOptions(kv *clientv3.Client, prefix string, log *slog.Logger, opts O
 	case opts.BatchCommitters > 0:
 		stop = st.StartBatching(opts.BatchCommitters)
 	}
+	st.SetMaxRoomsPerSocket(opts.MaxRoomsPerSocket)
 	targets := st.NewTargetIndex(kv, log)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -90,6 +106,7 @@ func NewWithOptions(kv *clientv3.Client, prefix string, log *slog.Logger, opts O
 	srv := &Server{
 		store: st, targets: targets, stopIndex: func() { cancel(); <-done },
 		stopBatch: stop, log: log, gateways: newGatewayPool(opts.GatewayDialOptions...),
+		maxPayload: cmp.Or(opts.MaxPayloadBytes, DefaultMaxPayloadBytes),
 	}
 	reg := opts.Registry
 	if reg == nil {
@@ -150,6 +167,9 @@ func (s *Server) change(ctx context.Context, one string, many []string, room str
 	if err == nil {
 		err = validateWaitFor(wait)
 	}
+	if limit := s.store.MaxRoomsPerSocket(); err == nil && join && limit > 0 && len(socks) > store.MaxSocketsPerLimitedJoin {
+		err = invalid("socket_ids", "at most "+itoa(store.MaxSocketsPerLimitedJoin)+" sockets per Join while rooms per socket are limited")
+	}
 	if err != nil {
 		return store.ChangeResult{}, nil, err
 	}
@@ -187,11 +207,11 @@ func (s *Server) AddRoomMembersToRooms(ctx context.Context, req *membershipv1.Ad
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	}
-	changed, err := s.store.AddToRooms(etcdCtx(ctx), socks, dests)
+	changed, over, err := s.store.AddToRooms(etcdCtx(ctx), socks, dests)
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	}
-	return &membershipv1.AddRoomMembersToRoomsResponse{Sockets: int64(len(socks)), Changed: changed, Revision: rev}, nil
+	return &membershipv1.AddRoomMembersToRoomsResponse{Sockets: int64(len(socks)), Changed: changed, Revision: rev, OverLimit: over}, nil
 }
 
 // RemoveRoomMembersFromRooms makes the members of a room (or one socket) leave rooms.
@@ -375,6 +395,10 @@ func (s *Server) message(ctx context.Context, event string, data *structpb.Value
 		b, err := protojson.Marshal(data)
 		if err != nil {
 			return nil, invalid("data", err.Error())
+		}
+		if len(b) > s.maxPayload {
+			return nil, &fieldError{field: "data", reason: ReasonPayloadTooLarge,
+				msg: "is " + itoa(int64(len(b))) + " bytes of JSON; at most " + itoa(int64(s.maxPayload)) + " allowed"}
 		}
 		msg.DataJson = b
 	}

@@ -37,7 +37,12 @@ func (s *Store) RoomMembers(ctx context.Context, room string, rev int64) ([]Sock
 
 // AddToRooms joins every socket to every room, skipping sockets that are gone
 // and memberships that exist, and returns how many memberships it added.
-func (s *Store) AddToRooms(ctx context.Context, sockets []SocketID, rooms []string) (int64, error) {
+// Under a rooms-per-socket limit, a socket that would pass it joins none of
+// the rooms and is counted in overLimit.
+func (s *Store) AddToRooms(ctx context.Context, sockets []SocketID, rooms []string) (added, overLimit int64, err error) {
+	if s.maxRooms > 0 {
+		return s.addToRoomsLimited(ctx, sockets, rooms)
+	}
 	ops := make([]*etcdserverpb.RequestOp, 0, len(sockets)*len(rooms))
 	for _, sock := range sockets {
 		socketKey := []byte(s.k.socket(sock.String()))
@@ -50,11 +55,11 @@ func (s *Store) AddToRooms(ctx context.Context, sockets []SocketID, rooms []stri
 			}}})
 		}
 	}
-	n, err := s.commitNested(ctx, ops, func(r *etcdserverpb.ResponseOp) bool {
+	added, err = s.commitNested(ctx, ops, func(r *etcdserverpb.ResponseOp) bool {
 		t := r.GetResponseTxn()
 		return t.Succeeded && !t.Responses[0].GetResponseTxn().Succeeded
 	})
-	return n, err
+	return added, 0, err
 }
 
 // RemoveFromRooms makes every socket leave every room and returns how many

@@ -49,6 +49,8 @@ type Store struct {
 	pb    etcdserverpb.KVClient
 	k     keys
 	batch *batcher // nil: one etcd transaction per Join/Leave
+	// maxRooms limits the rooms a socket may be in (0: no limit); see limit.go.
+	maxRooms int
 }
 
 // New returns a Store over cli with all keys under prefix ("" means DefaultPrefix).
@@ -130,8 +132,24 @@ func (s *Store) change(ctx context.Context, sockets []SocketID, room string, joi
 	if len(sockets) == 0 || len(sockets) > MaxSocketsPerChange {
 		return ChangeResult{}, fmt.Errorf("%d sockets in one change: 1 to %d allowed", len(sockets), MaxSocketsPerChange)
 	}
+	if join && s.maxRooms > 0 {
+		return s.joinLimited(ctx, sockets, room)
+	}
+	resp, rev, err := s.commitChange(ctx, sockets, room, join, nil)
+	if err != nil {
+		return ChangeResult{}, err
+	}
+	if !resp.Succeeded {
+		return ChangeResult{}, notFound(resp, sockets)
+	}
+	return changeResult(resp, rev), nil
+}
+
+// commitChange commits one Join or Leave: guarded by every socket's record
+// and by extra compares, with a membership transaction per socket.
+func (s *Store) commitChange(ctx context.Context, sockets []SocketID, room string, join bool, extra []*etcdserverpb.Compare) (*etcdserverpb.TxnResponse, int64, error) {
 	call := &etcdserverpb.TxnRequest{
-		Compare: make([]*etcdserverpb.Compare, len(sockets)),
+		Compare: make([]*etcdserverpb.Compare, len(sockets), len(sockets)+len(extra)),
 		Success: make([]*etcdserverpb.RequestOp, len(sockets)),
 		Failure: make([]*etcdserverpb.RequestOp, len(sockets)),
 	}
@@ -142,6 +160,7 @@ func (s *Store) change(ctx context.Context, sockets []SocketID, room string, joi
 			RequestRange: &etcdserverpb.RangeRequest{Key: key, KeysOnly: true}}}
 		call.Success[i] = s.pbMembershipOp(sock, room, join)
 	}
+	call.Compare = append(call.Compare, extra...)
 	var resp *etcdserverpb.TxnResponse
 	var rev int64
 	var err error
@@ -150,7 +169,7 @@ func (s *Store) change(ctx context.Context, sockets []SocketID, room string, joi
 		for i, sock := range sockets {
 			keys[i] = s.k.room(room, sock.String())
 		}
-		resp, rev, err = s.batch.do(ctx, call, keys, len(sockets))
+		resp, rev, err = s.batch.do(ctx, call, keys, len(call.Compare))
 	} else {
 		resp, err = s.pb.Txn(ctx, call)
 		if err == nil {
@@ -158,23 +177,33 @@ func (s *Store) change(ctx context.Context, sockets []SocketID, room string, joi
 		}
 	}
 	if err != nil {
-		return ChangeResult{}, fmt.Errorf("change membership: %w", etcdError(ctx, err))
+		return nil, 0, fmt.Errorf("change membership: %w", etcdError(ctx, err))
 	}
-	if !resp.Succeeded {
-		nf := &SocketsNotFoundError{}
-		for i, r := range resp.Responses {
-			if len(r.GetResponseRange().Kvs) == 0 {
-				nf.IDs = append(nf.IDs, sockets[i].String())
-			}
+	return resp, rev, nil
+}
+
+// notFound names the sockets whose records a failed change found missing;
+// nil when all were there (another compare failed).
+func notFound(resp *etcdserverpb.TxnResponse, sockets []SocketID) error {
+	nf := &SocketsNotFoundError{}
+	for i, r := range resp.Responses {
+		if len(r.GetResponseRange().Kvs) == 0 {
+			nf.IDs = append(nf.IDs, sockets[i].String())
 		}
-		return ChangeResult{}, nf
 	}
-	res := ChangeResult{Revision: rev, WasMember: make([]bool, len(sockets))}
+	if len(nf.IDs) == 0 {
+		return nil
+	}
+	return nf
+}
+
+func changeResult(resp *etcdserverpb.TxnResponse, rev int64) ChangeResult {
+	res := ChangeResult{Revision: rev, WasMember: make([]bool, len(resp.Responses))}
 	for i, r := range resp.Responses {
 		// Each membership transaction succeeds when the socket was a member.
 		res.WasMember[i] = r.GetResponseTxn().Succeeded
 	}
-	return res, nil
+	return res
 }
 
 // etcdError turns what the raw protobuf client returns into what clientv3

@@ -93,7 +93,7 @@ func TestRoomWideOperationsPastOneTransaction(t *testing.T) {
 	for i := 0; i < 300; i++ {
 		socks = append(socks, connect(t, e.Client, s, "gw1"))
 	}
-	added, err := s.AddToRooms(ctx, socks, []string{"src", "other"})
+	added, _, err := s.AddToRooms(ctx, socks, []string{"src", "other"})
 	if err != nil || added != 600 {
 		t.Fatalf("added %d, %v", added, err)
 	}
@@ -111,7 +111,7 @@ func TestRoomWideOperationsPastOneTransaction(t *testing.T) {
 			t.Fatalf("member %+v", m)
 		}
 	}
-	if again, err := s.AddToRooms(ctx, members, []string{"src", "dst"}); err != nil || again != 300 {
+	if again, _, err := s.AddToRooms(ctx, members, []string{"src", "dst"}); err != nil || again != 300 {
 		t.Fatalf("second add changed %d, %v", again, err)
 	}
 	removed, err := s.RemoveFromRooms(ctx, members[:100], []string{"dst", "nowhere"})

@@ -978,7 +978,8 @@ type BroadcastRequest struct {
 	Rooms []string `protobuf:"bytes,1,rep,name=rooms,proto3" json:"rooms,omitempty"`
 	// The event name sockets see; "message" when empty.
 	Event string `protobuf:"bytes,2,opt,name=event,proto3" json:"event,omitempty"`
-	// The payload, any JSON value.
+	// The payload, any JSON value; its JSON encoding may be at most the
+	// membership-server's --max-payload-bytes (default 1 MiB).
 	Data *structpb.Value `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`
 	// Sockets that must not get the message. The call's x-socket-id metadata, when
 	// set, is excluded too (the requesting socket).
@@ -1116,7 +1117,8 @@ type BlastRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The event name sockets see; "message" when empty.
 	Event string `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
-	// The payload, any JSON value.
+	// The payload, any JSON value; its JSON encoding may be at most the
+	// membership-server's --max-payload-bytes (default 1 MiB).
 	Data *structpb.Value `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
 	// Sockets that must not get the message. The call's x-socket-id metadata, when
 	// set, is excluded too.
@@ -1413,7 +1415,10 @@ type AddRoomMembersToRoomsResponse struct {
 	// How many memberships were added (sockets already in a room do not count).
 	Changed int64 `protobuf:"varint,2,opt,name=changed,proto3" json:"changed,omitempty"`
 	// The etcd revision the source was read at.
-	Revision      int64 `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
+	Revision int64 `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
+	// Sockets that joined none of the rooms because that would have put them
+	// in more rooms than the membership-server's --max-rooms-per-socket allows.
+	OverLimit     int64 `protobuf:"varint,4,opt,name=over_limit,json=overLimit,proto3" json:"over_limit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1465,6 +1470,13 @@ func (x *AddRoomMembersToRoomsResponse) GetChanged() int64 {
 func (x *AddRoomMembersToRoomsResponse) GetRevision() int64 {
 	if x != nil {
 		return x.Revision
+	}
+	return 0
+}
+
+func (x *AddRoomMembersToRoomsResponse) GetOverLimit() int64 {
+	if x != nil {
+		return x.OverLimit
 	}
 	return 0
 }
@@ -1681,11 +1693,13 @@ const file_membership_v1_membership_proto_rawDesc = "" +
 	"\vsource_room\x18\x01 \x01(\tR\n" +
 	"sourceRoom\x12\x1d\n" +
 	"\n" +
-	"dest_rooms\x18\x02 \x03(\tR\tdestRooms\"o\n" +
+	"dest_rooms\x18\x02 \x03(\tR\tdestRooms\"\x8e\x01\n" +
 	"\x1dAddRoomMembersToRoomsResponse\x12\x18\n" +
 	"\asockets\x18\x01 \x01(\x03R\asockets\x12\x18\n" +
 	"\achanged\x18\x02 \x01(\x03R\achanged\x12\x1a\n" +
-	"\brevision\x18\x03 \x01(\x03R\brevision\"c\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\x12\x1d\n" +
+	"\n" +
+	"over_limit\x18\x04 \x01(\x03R\toverLimit\"c\n" +
 	"!RemoveRoomMembersFromRoomsRequest\x12\x1f\n" +
 	"\vsource_room\x18\x01 \x01(\tR\n" +
 	"sourceRoom\x12\x1d\n" +

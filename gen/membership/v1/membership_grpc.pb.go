@@ -44,13 +44,18 @@ const (
 // SOCKET_NOT_FOUND (metadata "socket_ids"), ETCD_UNAVAILABLE (retry; a failed
 // Join/Leave may or may not have taken effect), GATEWAY_UNAVAILABLE and
 // APPLY_TIMEOUT (the change is committed; metadata "revision"),
-// ETCD_PERMISSION_DENIED, INTERNAL.
+// PAYLOAD_TOO_LARGE (INVALID_ARGUMENT on field "data"), ROOM_LIMIT_EXCEEDED
+// (FAILED_PRECONDITION; metadata "socket_ids" and "limit"), CONFLICT (ABORTED;
+// retry), ETCD_PERMISSION_DENIED, INTERNAL.
 type MembershipServiceClient interface {
 	// Join adds a socket (or several, atomically) to a room. It returns once the
 	// membership is committed in etcd (or, with WAIT_FOR_APPLY, once the sockets'
 	// gateways applied it). Joining a room the socket is already in succeeds with
 	// already_member set. A socket that is not connected gives NOT_FOUND (reason
 	// SOCKET_NOT_FOUND, metadata "socket_ids" lists them) and nothing changes.
+	// When the membership-server limits rooms per socket, a Join that would put a
+	// socket past the limit gives FAILED_PRECONDITION (ROOM_LIMIT_EXCEEDED) and
+	// nothing changes; such a Join takes at most 60 sockets.
 	Join(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*JoinResponse, error)
 	// Leave removes a socket (or several, atomically) from a room. Leaving a room
 	// the socket is not in succeeds with was_member unset. A socket that is not
@@ -205,13 +210,18 @@ func (c *membershipServiceClient) RemoveRoomMembersFromRooms(ctx context.Context
 // SOCKET_NOT_FOUND (metadata "socket_ids"), ETCD_UNAVAILABLE (retry; a failed
 // Join/Leave may or may not have taken effect), GATEWAY_UNAVAILABLE and
 // APPLY_TIMEOUT (the change is committed; metadata "revision"),
-// ETCD_PERMISSION_DENIED, INTERNAL.
+// PAYLOAD_TOO_LARGE (INVALID_ARGUMENT on field "data"), ROOM_LIMIT_EXCEEDED
+// (FAILED_PRECONDITION; metadata "socket_ids" and "limit"), CONFLICT (ABORTED;
+// retry), ETCD_PERMISSION_DENIED, INTERNAL.
 type MembershipServiceServer interface {
 	// Join adds a socket (or several, atomically) to a room. It returns once the
 	// membership is committed in etcd (or, with WAIT_FOR_APPLY, once the sockets'
 	// gateways applied it). Joining a room the socket is already in succeeds with
 	// already_member set. A socket that is not connected gives NOT_FOUND (reason
 	// SOCKET_NOT_FOUND, metadata "socket_ids" lists them) and nothing changes.
+	// When the membership-server limits rooms per socket, a Join that would put a
+	// socket past the limit gives FAILED_PRECONDITION (ROOM_LIMIT_EXCEEDED) and
+	// nothing changes; such a Join takes at most 60 sockets.
 	Join(context.Context, *JoinRequest) (*JoinResponse, error)
 	// Leave removes a socket (or several, atomically) from a room. Leaving a room
 	// the socket is not in succeeds with was_member unset. A socket that is not

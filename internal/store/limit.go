@@ -1,0 +1,202 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Rooms per socket.
+//
+// etcd cannot count keys inside a transaction, and a counter key would cost
+// every Join and Leave a read-modify-write. Instead, with a limit set, a Join
+// reads each socket's rooms (a count, and whether it is in the room) and then
+// commits the usual guarded transaction with one more compare per socket:
+// every key under the socket's rooms prefix has a mod revision at or before
+// that read. A room the socket joined meanwhile makes the compare fail, and
+// the Join reads again; a room it left meanwhile only lowers the count, which
+// is safe. The limit is thus exact, never overshot by concurrent Joins, and
+// costs one extra read per Join, only when it is set. Because each socket
+// adds a compare to the call's transaction, a limited Join takes at most
+// MaxSocketsPerLimitedJoin sockets.
+
+// MaxSocketsPerLimitedJoin is MaxSocketsPerChange when rooms per socket are
+// limited: two compares per socket must fit etcd's 128 operations per
+// transaction level, with room for the coalescing transaction above it.
+const MaxSocketsPerLimitedJoin = 60
+
+// limitAttempts bounds the read-and-commit rounds of a limited Join whose
+// sockets keep joining other rooms concurrently.
+const limitAttempts = 8
+
+// ErrRoomLimit is matched (errors.Is) by a *RoomLimitError.
+var ErrRoomLimit = errors.New("rooms per socket limit reached")
+
+// ErrConflict is returned when concurrent Joins of the same sockets kept a
+// limited Join from committing; retrying later can succeed.
+var ErrConflict = errors.New("the sockets' rooms changed concurrently on every attempt")
+
+// RoomLimitError names the sockets a Join would take past the limit.
+type RoomLimitError struct {
+	IDs   []string
+	Limit int
+}
+
+func (e *RoomLimitError) Error() string {
+	return fmt.Sprintf("%d socket(s) already in %d rooms, the most allowed: %s", len(e.IDs), e.Limit, strings.Join(e.IDs, ", "))
+}
+
+// Is makes errors.Is(err, ErrRoomLimit) hold.
+func (e *RoomLimitError) Is(target error) bool { return target == ErrRoomLimit }
+
+// SetMaxRoomsPerSocket limits how many rooms a socket may be in (0: no
+// limit). Call it before the Store is used.
+func (s *Store) SetMaxRoomsPerSocket(n int) { s.maxRooms = n }
+
+// MaxRoomsPerSocket is the limit set by SetMaxRoomsPerSocket.
+func (s *Store) MaxRoomsPerSocket() int { return s.maxRooms }
+
+// roomsUnchangedSince holds when no key under the socket's rooms prefix was
+// written after rev (true for an empty prefix).
+func (s *Store) roomsUnchangedSince(sock SocketID, rev int64) *etcdserverpb.Compare {
+	prefix := s.k.socketRoomsPrefix(sock)
+	return &etcdserverpb.Compare{
+		Key: []byte(prefix), RangeEnd: []byte(clientv3.GetPrefixRangeEnd(prefix)),
+		Target: etcdserverpb.Compare_MOD, Result: etcdserverpb.Compare_LESS,
+		TargetUnion: &etcdserverpb.Compare_ModRevision{ModRevision: rev + 1},
+	}
+}
+
+func (s *Store) joinLimited(ctx context.Context, sockets []SocketID, room string) (ChangeResult, error) {
+	if len(sockets) > MaxSocketsPerLimitedJoin {
+		return ChangeResult{}, fmt.Errorf("%d sockets in one limited join: at most %d allowed", len(sockets), MaxSocketsPerLimitedJoin)
+	}
+	for range limitAttempts {
+		// One read-only transaction: each socket's room count and whether it
+		// is in room, at one revision.
+		ops := make([]clientv3.Op, 0, 2*len(sockets))
+		for _, sock := range sockets {
+			ops = append(ops,
+				clientv3.OpGet(s.k.socketRoomsPrefix(sock), clientv3.WithPrefix(), clientv3.WithCountOnly()),
+				clientv3.OpGet(s.k.gwm(sock, room), clientv3.WithCountOnly()))
+		}
+		read, err := s.kv.Txn(ctx).Then(ops...).Commit()
+		if err != nil {
+			return ChangeResult{}, fmt.Errorf("read rooms per socket: %w", err)
+		}
+		rev := read.Header.Revision
+		over := &RoomLimitError{Limit: s.maxRooms}
+		guards := make([]*etcdserverpb.Compare, len(sockets))
+		for i, sock := range sockets {
+			rooms := read.Responses[2*i].GetResponseRange().Count
+			member := read.Responses[2*i+1].GetResponseRange().Count > 0
+			if !member && rooms >= int64(s.maxRooms) {
+				over.IDs = append(over.IDs, sock.String())
+			}
+			guards[i] = s.roomsUnchangedSince(sock, rev)
+		}
+		if len(over.IDs) > 0 {
+			return ChangeResult{}, over
+		}
+		resp, crev, err := s.commitChange(ctx, sockets, room, true, guards)
+		if err != nil {
+			return ChangeResult{}, err
+		}
+		if resp.Succeeded {
+			return changeResult(resp, crev), nil
+		}
+		if err := notFound(resp, sockets); err != nil {
+			return ChangeResult{}, err
+		}
+		// A socket joined another room since the read: read again.
+	}
+	return ChangeResult{}, ErrConflict
+}
+
+// addToRoomsLimited is AddToRooms under the rooms-per-socket limit: each
+// socket joins all of its missing rooms in one transaction guarded like a
+// limited Join, or none when that would take it past the limit.
+func (s *Store) addToRoomsLimited(ctx context.Context, sockets []SocketID, rooms []string) (added, overLimit int64, err error) {
+	var mu sync.Mutex
+	var firstErr error
+	sem := make(chan struct{}, 16)
+	var wg sync.WaitGroup
+	for _, sock := range sockets {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			n, over, err := s.addSocketToRooms(ctx, sock, rooms)
+			mu.Lock()
+			defer mu.Unlock()
+			added += n
+			if over {
+				overLimit++
+			}
+			if err != nil && firstErr == nil {
+				firstErr = err
+			}
+		}()
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return added, overLimit, fmt.Errorf("apply room-wide change (%d applied before): %w", added, firstErr)
+	}
+	return added, overLimit, nil
+}
+
+// addSocketToRooms joins one socket to the rooms it is not in yet, if it
+// stays within the limit; a socket that is gone is skipped.
+func (s *Store) addSocketToRooms(ctx context.Context, sock SocketID, rooms []string) (added int64, over bool, err error) {
+	prefix := s.k.socketRoomsPrefix(sock)
+	socketKey := []byte(s.k.socket(sock.String()))
+	for range limitAttempts {
+		resp, err := s.kv.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		if err != nil {
+			return 0, false, err
+		}
+		in := make(map[string]bool, len(resp.Kvs))
+		for _, kv := range resp.Kvs {
+			in[strings.TrimPrefix(string(kv.Key), prefix)] = true
+		}
+		var ops []*etcdserverpb.RequestOp
+		for _, room := range rooms {
+			if !in[escapeRoom(room)] {
+				ops = append(ops, s.pbMembershipOp(sock, room, true))
+			}
+		}
+		switch {
+		case len(ops) == 0:
+			return 0, false, nil
+		case len(in)+len(ops) > s.maxRooms:
+			return 0, true, nil
+		}
+		txn, err := s.pb.Txn(ctx, &etcdserverpb.TxnRequest{
+			Compare: []*etcdserverpb.Compare{pbExists(socketKey), s.roomsUnchangedSince(sock, resp.Header.Revision)},
+			Success: ops,
+			Failure: []*etcdserverpb.RequestOp{{Request: &etcdserverpb.RequestOp_RequestRange{
+				RequestRange: &etcdserverpb.RangeRequest{Key: socketKey, KeysOnly: true}}}},
+		})
+		if err != nil {
+			return 0, false, etcdError(ctx, err)
+		}
+		if !txn.Succeeded {
+			if len(txn.Responses[0].GetResponseRange().Kvs) == 0 {
+				return 0, false, nil // the socket is gone
+			}
+			continue // it joined a room meanwhile: read again
+		}
+		for _, r := range txn.Responses {
+			if !wasMember(r) {
+				added++
+			}
+		}
+		return added, false, nil
+	}
+	return 0, false, ErrConflict
+}
