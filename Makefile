@@ -47,8 +47,8 @@ lint: $(BIN)/buf
 
 ## test: every test, plus the generated-code and lint checks and a short run
 ## of each fuzz target.
-test: check-generated lint
-	go test $(GO_TEST_FLAGS) ./...
+test: check-generated lint $(BIN)/grpcurl
+	GRPCURL=$(BIN)/grpcurl go test $(GO_TEST_FLAGS) ./...
 	$(MAKE) fuzz
 
 # An iteration count rather than a duration: a time limit lets the fuzz engine

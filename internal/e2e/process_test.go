@@ -288,6 +288,13 @@ func TestWaitForApplyPastDeadlineKeepsTheChange(t *testing.T) {
 // client to it and its process.
 func startServerProcess(t *testing.T, endpoints string, flags ...string) (membershipv1.MembershipServiceClient, *exec.Cmd) {
 	t.Helper()
+	c, cmd, _ := startServerProcessAt(t, endpoints, flags...)
+	return c, cmd
+}
+
+// startServerProcessAt is startServerProcess that also returns the API's address.
+func startServerProcessAt(t *testing.T, endpoints string, flags ...string) (membershipv1.MembershipServiceClient, *exec.Cmd, string) {
+	t.Helper()
 	addr := testutil.FreeAddr(t)
 	args := append([]string{"--grpc-addr", addr, "--etcd-endpoints", endpoints, "--log-level", "error",
 		"--metrics-addr", "127.0.0.1:0"}, flags...)
@@ -314,7 +321,7 @@ func startServerProcess(t *testing.T, endpoints string, flags ...string) (member
 		resp, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
 		return err == nil && resp.Status == healthpb.HealthCheckResponse_SERVING
 	})
-	return membershipv1.NewMembershipServiceClient(cc), cmd
+	return membershipv1.NewMembershipServiceClient(cc), cmd, addr
 }
 
 func TestClientsRetryingOnAnotherReplicaEndWithIntendedState(t *testing.T) {
