@@ -43,12 +43,15 @@ lint: $(BIN)/buf
 	buf lint
 	buf format -d --exit-code
 	go vet ./...
+	cd deploy && go vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
 
-## test: every test, plus the generated-code and lint checks and a short run
+## test: every test (the Kubernetes manifests' in deploy/, a module of its
+## own, too), plus the generated-code and lint checks and a short run
 ## of each fuzz target.
 test: check-generated lint $(BIN)/grpcurl
 	GRPCURL=$(BIN)/grpcurl go test $(GO_TEST_FLAGS) ./...
+	cd deploy && go test -count=1 ./...
 	$(MAKE) fuzz
 
 # An iteration count rather than a duration: a time limit lets the fuzz engine
