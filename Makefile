@@ -7,7 +7,7 @@ export PATH := $(BIN):$(PATH)
 
 GO_TEST_FLAGS ?= -race -count=1 -timeout 15m
 
-.PHONY: all build run test fuzz generate check-generated lint tools grpcurl bench image clean
+.PHONY: all build run test test-js fuzz generate check-generated lint tools grpcurl bench image clean
 
 all: build
 
@@ -49,10 +49,17 @@ lint: $(BIN)/buf
 ## test: every test (the Kubernetes manifests' in deploy/, a module of its
 ## own, too), plus the generated-code and lint checks and a short run
 ## of each fuzz target.
-test: check-generated lint $(BIN)/grpcurl
+test: check-generated lint test-js $(BIN)/grpcurl
 	GRPCURL=$(BIN)/grpcurl go test $(GO_TEST_FLAGS) ./...
 	cd deploy && go test -count=1 ./...
 	$(MAKE) fuzz
+
+## test-js: the browser library's unit tests under Node's test runner (Node is
+## installed from the distribution when missing; the browser end-to-end test
+## installs Chromium the same way).
+test-js:
+	@command -v node >/dev/null || { apt-get update && apt-get install -y nodejs; }
+	node --test web/
 
 # An iteration count rather than a duration: a time limit lets the fuzz engine
 # fail with "context deadline exceeded" when a worker is busy as time runs out.

@@ -21,13 +21,15 @@ trap stop INT TERM EXIT
 
 setsid "$BIN/membership-server" --data-dir "$DATA/etcd" "$@" &
 server=$!
-# The gateway retries until the embedded etcd answers.
-setsid "$BIN/gateway" --gateway-id "${GATEWAY_ID:-gw-local}" &
+# The gateway retries until the embedded etcd answers. The demo page is off by
+# default in the binary; for a local stack it is the point.
+setsid "$BIN/gateway" --gateway-id "${GATEWAY_ID:-gw-local}" --demo-page &
 gateway=$!
 
 cat <<MSG
 membership API:  127.0.0.1:50051 (grpcurl -plaintext 127.0.0.1:50051 list)
 WebSocket:       ws://127.0.0.1:8080/ws
+demo page:       http://127.0.0.1:8080/ (browser library: http://127.0.0.1:8080/membership.js)
 etcd:            127.0.0.1:2379 (data in $DATA/etcd)
 Ctrl-C stops everything.
 MSG

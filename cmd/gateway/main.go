@@ -40,7 +40,7 @@ func main() {
 
 func run(args []string) error {
 	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
-	wsAddr := fs.String("ws-addr", "127.0.0.1:8080", "address serving /ws (WebSocket) and /healthz")
+	wsAddr := fs.String("ws-addr", "127.0.0.1:8080", "address serving /ws (WebSocket), /healthz, /metrics, /membership.js and the demo page")
 	grpcAddr := fs.String("grpc-addr", "127.0.0.1:50061", "address serving the internal delivery API")
 	advertise := fs.String("advertise-addr", "", "internal API address membership-servers dial (default: the --grpc-addr listener)")
 	endpoints := fs.String("etcd-endpoints", "127.0.0.1:2379", "comma-separated etcd client URLs")
@@ -61,6 +61,9 @@ func run(args []string) error {
 	sendQueue := fs.Int("send-queue", 256, "frames queued per socket before a slow socket is disconnected")
 	upstreamURL := fs.String("upstream-url", "", "app that socket requests are forwarded to, e.g. http://127.0.0.1:3000 (empty: requests answer 501)")
 	upstreamTimeout := fs.Duration("upstream-timeout", 10*time.Second, "how long a socket request may take upstream before it is answered 504")
+	demoPage := fs.Bool("demo-page", false, "serve a demo page at / that shows a socket's rooms and messages and the grpcurl commands to drive it (off by default: it names the membership API address to anyone who can reach the gateway); /membership.js is served either way")
+	demoAPIAddr := fs.String("demo-api-addr", "127.0.0.1:50051", "membership API address the demo page's grpcurl commands call")
+	demoGRPCurlFlags := fs.String("demo-grpcurl-flags", "-plaintext", "grpcurl flags in the demo page's commands, as shell words (e.g. \"-cacert ca.pem -H 'authorization: Bearer $TOKEN'\" for an API with TLS and a token)")
 	pprofAddr := fs.String("pprof-addr", "", "serve net/http/pprof on this address (empty: off)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	fs.Usage = func() {
@@ -118,21 +121,24 @@ func run(args []string) error {
 	}
 	defer cli.Close()
 	gw, err := gateway.New(gateway.Config{
-		ID:              id,
-		AdvertiseAddr:   adv,
-		Prefix:          *prefix,
-		LeaseTTL:        *leaseTTL,
-		LeaseShards:     *leaseShards,
-		Version:         app.Version(),
-		SendQueue:       *sendQueue,
-		UpstreamURL:     *upstreamURL,
-		UpstreamTimeout: *upstreamTimeout,
-		Registry:        reg,
-		AllowedOrigins:  splitList(*origins),
-		Authenticate:    authenticate,
-		MaxSockets:      *maxSockets,
-		FramesPerSecond: *framesPerSecond,
-		Logger:          log,
+		ID:               id,
+		AdvertiseAddr:    adv,
+		Prefix:           *prefix,
+		LeaseTTL:         *leaseTTL,
+		LeaseShards:      *leaseShards,
+		Version:          app.Version(),
+		SendQueue:        *sendQueue,
+		UpstreamURL:      *upstreamURL,
+		UpstreamTimeout:  *upstreamTimeout,
+		Registry:         reg,
+		AllowedOrigins:   splitList(*origins),
+		Authenticate:     authenticate,
+		MaxSockets:       *maxSockets,
+		FramesPerSecond:  *framesPerSecond,
+		DemoPage:         *demoPage,
+		DemoAPIAddr:      *demoAPIAddr,
+		DemoGRPCurlFlags: *demoGRPCurlFlags,
+		Logger:           log,
 	}, cli)
 	if err != nil {
 		return err

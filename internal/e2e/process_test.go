@@ -76,7 +76,13 @@ type proc struct {
 
 func startGatewayProcess(t *testing.T, e *testutil.Etcd, id string, ttl time.Duration, flags ...string) *proc {
 	t.Helper()
-	wsAddr := testutil.FreeAddr(t)
+	return startGatewayProcessAt(t, e, id, ttl, testutil.FreeAddr(t), flags...)
+}
+
+// startGatewayProcessAt is startGatewayProcess with the WebSocket address
+// given, so that a restarted gateway is where its clients reconnect to.
+func startGatewayProcessAt(t *testing.T, e *testutil.Etcd, id string, ttl time.Duration, wsAddr string, flags ...string) *proc {
+	t.Helper()
 	args := []string{
 		"--ws-addr", wsAddr,
 		"--grpc-addr", testutil.FreeAddr(t),

@@ -43,6 +43,7 @@ import (
 
 	"github.com/socketrooms/membership/internal/revwait"
 	"github.com/socketrooms/membership/internal/store"
+	"github.com/socketrooms/membership/web"
 )
 
 // Config configures a Gateway. Zero values take the defaults noted.
@@ -74,6 +75,12 @@ type Config struct {
 	// upgrade and returns the user the socket is recorded under; an error
 	// answers 401 and no socket is created.
 	Authenticate func(*http.Request) (user string, err error)
+	// Browser assets: /membership.js is always served; the demo page at /
+	// only with DemoPage, its grpcurl commands naming DemoAPIAddr (the
+	// membership API) with DemoGRPCurlFlags (e.g. "-plaintext") as given.
+	DemoPage         bool
+	DemoAPIAddr      string
+	DemoGRPCurlFlags string
 	// Registry receives the gateway's metrics and is served at /metrics;
 	// nil: a registry of its own.
 	Registry *prometheus.Registry
@@ -213,9 +220,11 @@ func originChecker(allowed []string) func(*http.Request) bool {
 	}
 }
 
-// Handler serves /ws (the client WebSocket), /healthz and /metrics.
+// Handler serves /ws (the client WebSocket), /healthz, /metrics,
+// /membership.js and, when Config.DemoPage is set, the demo page at /.
 func (g *Gateway) Handler() http.Handler {
 	mux := http.NewServeMux()
+	web.Register(mux, web.Options{DemoPage: g.cfg.DemoPage, APIAddr: g.cfg.DemoAPIAddr, GRPCurlFlags: g.cfg.DemoGRPCurlFlags})
 	mux.HandleFunc("/ws", g.serveWS)
 	mux.Handle("/metrics", promhttp.HandlerFor(g.cfg.Registry, promhttp.HandlerOpts{Registry: g.cfg.Registry}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
