@@ -55,6 +55,7 @@ func run(args []string) error {
 	gatewayTokenFile := fs.String("gateway-auth-token-file", "", "file holding the bearer token to present to gateways' internal API")
 	etcdTLS := app.AddEtcdTLSFlags(fs)
 	serverTLS := app.AddServerTLSFlags(fs, "gRPC API")
+	gwServerName := fs.String("gateway-tls-server-name", "", "name to verify in every gateway's certificate instead of its advertised host (one certificate for all gateways, e.g. on Kubernetes where they are dialled by pod IP)")
 	gwCA := fs.String("gateway-tls-ca-file", "", "CA bundle to verify gateways' internal API certificates; empty: plaintext to gateways")
 	gwCert := fs.String("gateway-tls-cert-file", "", "client certificate presented to gateways (mutual TLS)")
 	gwKey := fs.String("gateway-tls-key-file", "", "key of --gateway-tls-cert-file")
@@ -123,7 +124,7 @@ func run(args []string) error {
 	if gatewayToken != "" {
 		opts.GatewayDialOptions = append(opts.GatewayDialOptions, grpc.WithPerRPCCredentials(app.BearerToken(gatewayToken)))
 	}
-	gwCreds, err := app.ClientTLS(*gwCA, *gwCert, *gwKey)
+	gwCreds, err := app.ClientTLS(*gwCA, *gwCert, *gwKey, *gwServerName)
 	if err != nil {
 		return err
 	}

@@ -105,7 +105,7 @@ func TestMutualTLSOnBothAPIs(t *testing.T) {
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 
 	connect := func(certFile, keyFile string) membershipv1.MembershipServiceClient {
-		creds, err := app.ClientTLS(ca.File, certFile, keyFile)
+		creds, err := app.ClientTLS(ca.File, certFile, keyFile, "")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -145,7 +145,7 @@ func TestMutualTLSOnBothAPIs(t *testing.T) {
 		t.Fatal("a plaintext client was served")
 	}
 	// The gateway's internal API refuses a caller with a stranger's certificate.
-	strangerCreds, err := app.ClientTLS(ca.File, strangerCert, strangerKey)
+	strangerCreds, err := app.ClientTLS(ca.File, strangerCert, strangerKey, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,4 +190,35 @@ func TestEtcdOverMutualTLS(t *testing.T) {
 	if _, err := noCert.ListRooms(cctx, &membershipv1.ListRoomsRequest{}); err == nil {
 		t.Fatal("etcd served a client without a certificate")
 	}
+}
+
+// Gateways are dialled at their advertised address (a pod IP on Kubernetes),
+// so one certificate for all of them names a fixed DNS name instead, which
+// --gateway-tls-server-name makes the membership-server check.
+func TestGatewayTLSServerName(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	ca := testutil.NewCA(t, "cluster")
+	gwCert, gwKey := ca.IssueFor("gateway", "gateway.socketrooms.internal")
+	g := startGatewayProcess(t, e, "gw1", 10*time.Second, "--tls-cert-file", gwCert, "--tls-key-file", gwKey)
+	s := dial(t, g.WSURL)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name      string
+		flags     []string
+		delivered int64
+	}{
+		{"checked against the dialled IP", nil, 0},
+		{"checked against the shared name", []string{"--gateway-tls-server-name", "gateway.socketrooms.internal"}, 1},
+	} {
+		api, _ := startServerProcess(t, e.Endpoint, append([]string{"--gateway-tls-ca-file", ca.File}, tc.flags...)...)
+		if _, err := api.Join(ctx, &membershipv1.JoinRequest{SocketId: s.ID, Room: "r"}); err != nil {
+			t.Fatal(err)
+		}
+		br, err := api.Broadcast(ctx, &membershipv1.BroadcastRequest{Rooms: []string{"r"}})
+		if err != nil || br.Delivered != tc.delivered || br.FailedGateways != int32(1-tc.delivered) {
+			t.Fatalf("%s: broadcast %v %v", tc.name, br, err)
+		}
+	}
+	s.Expect("joined", "r")
+	s.Expect("message", "r")
 }

@@ -51,6 +51,18 @@ func NewCA(t testing.TB, name string) *CA {
 // the certificate and key files.
 func (ca *CA) Issue(name string) (certFile, keyFile string) {
 	ca.t.Helper()
+	return ca.issue(name, []net.IP{net.ParseIP("127.0.0.1")}, []string{"localhost"})
+}
+
+// IssueFor issues a certificate valid only for the given DNS names (no IP
+// address), as one certificate shared by servers dialled by IP would be.
+func (ca *CA) IssueFor(name string, dnsNames ...string) (certFile, keyFile string) {
+	ca.t.Helper()
+	return ca.issue(name, nil, dnsNames)
+}
+
+func (ca *CA) issue(name string, ips []net.IP, dnsNames []string) (certFile, keyFile string) {
+	ca.t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		ca.t.Fatal(err)
@@ -61,7 +73,7 @@ func (ca *CA) Issue(name string) (certFile, keyFile string) {
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
 		KeyUsage:    x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, DNSNames: []string{"localhost"},
+		IPAddresses: ips, DNSNames: dnsNames,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {
