@@ -165,9 +165,18 @@ func (s *Store) commitChange(ctx context.Context, sockets []SocketID, room strin
 	var rev int64
 	var err error
 	if s.batch != nil {
-		keys := make([]string, len(sockets))
+		keys := make([]string, len(sockets), 2*len(sockets))
 		for i, sock := range sockets {
 			keys[i] = s.k.room(room, sock.String())
+		}
+		if len(extra) > 0 {
+			// etcd evaluates every compare of a transaction, nested ones
+			// included, before it writes anything: two limited Joins of one
+			// socket in one transaction would both pass their guard. The
+			// socket's rooms prefix keeps them in separate transactions.
+			for _, sock := range sockets {
+				keys = append(keys, s.k.socketRoomsPrefix(sock))
+			}
 		}
 		resp, rev, err = s.batch.do(ctx, call, keys, len(call.Compare))
 	} else {
