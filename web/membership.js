@@ -78,9 +78,11 @@ export class MembershipSocket {
   #requestTimeout;
   #maxFrameBytes;
   #onListenerError;
+  #token; // undefined, a string, or a function returning one (or a Promise of one)
 
   #ws = null; // the connection being opened or open; null between attempts
   #socketId = null; // set while the current connection has said "connected"
+  #user = null; // the user the gateway authenticated the current connection as
   #lastSocketId = null; // the previous connection's id, for "reconnected"
   #everConnected = false;
   #closed = false;
@@ -103,6 +105,9 @@ export class MembershipSocket {
    * @param {number} [options.connectTimeout=10000] ms from opening to the "connected" frame
    * @param {number} [options.requestTimeout=10000] ms a request() may take, unless it says otherwise
    * @param {number} [options.maxFrameBytes=1048576] the gateway's frame limit (a larger frame would close the socket)
+   * @param {string|Function} [options.token] a JWT for gateways that check them, sent as ?token=;
+   *   a function (which may return a Promise) is called before every connection attempt,
+   *   so each reconnection can present a fresh token
    * @param {Function} [options.WebSocket] the WebSocket constructor (tests pass a stand-in)
    * @param {Function} [options.setTimeout] timers and randomness, injectable for tests
    * @param {Function} [options.clearTimeout]
@@ -140,12 +145,21 @@ export class MembershipSocket {
     this.#connectTimeout = positive(options, "connectTimeout", 10000);
     this.#requestTimeout = positive(options, "requestTimeout", 10000);
     this.#maxFrameBytes = positive(options, "maxFrameBytes", 1 << 20);
+    this.#token = options.token;
+    if (this.#token !== undefined && typeof this.#token !== "string" && typeof this.#token !== "function") {
+      throw new TypeError("membership.js: token must be a string or a function returning one");
+    }
     this.#open();
   }
 
   /** The current connection's socket id; null while (re)connecting or after close(). */
   get socketId() {
     return this.#socketId;
+  }
+
+  /** The user the gateway authenticated this connection as (the token's subject); null without one. */
+  get user() {
+    return this.#user;
   }
 
   /** Whether a connection is up and has its socket id. */
@@ -239,6 +253,7 @@ export class MembershipSocket {
     const ws = this.#ws;
     this.#ws = null;
     this.#socketId = null;
+    this.#user = null;
     this.#rooms.clear();
     if (ws) {
       try {
@@ -253,9 +268,39 @@ export class MembershipSocket {
 
   #open() {
     this.#retryTimer = null;
+    if (typeof this.#token === "function") {
+      // A token function may fetch a fresh token; a failure is retried with
+      // backoff like a failed connection.
+      let got;
+      try {
+        got = Promise.resolve(this.#token());
+      } catch {
+        this.#scheduleRetry();
+        return;
+      }
+      got.then(
+        (tok) => {
+          if (!this.#closed) this.#dial(this.#withToken(tok));
+        },
+        () => this.#scheduleRetry(),
+      );
+      return;
+    }
+    this.#dial(this.#withToken(this.#token));
+  }
+
+  // withToken is the gateway URL carrying tok as its token parameter.
+  #withToken(tok) {
+    if (tok === undefined || tok === null || tok === "") return this.#url;
+    const u = new URL(this.#url);
+    u.searchParams.set("token", String(tok));
+    return u.toString();
+  }
+
+  #dial(url) {
     let ws;
     try {
-      ws = new this.#WebSocket(this.#url);
+      ws = new this.#WebSocket(url);
     } catch {
       // The URL was checked up front; anything thrown here is transient.
       this.#scheduleRetry();
@@ -293,6 +338,7 @@ export class MembershipSocket {
     if (f === null || typeof f !== "object") return;
     if (f.type === "connected") {
       if (typeof f.socket_id === "string" && f.socket_id !== "" && this.#socketId === null) {
+        this.#user = typeof f.user === "string" && f.user !== "" ? f.user : null;
         this.#onConnected(f.socket_id);
       }
       return;
@@ -388,6 +434,7 @@ export class MembershipSocket {
     if (socketId !== null) {
       this.#lastSocketId = socketId;
       this.#socketId = null;
+      this.#user = null;
       this.#rooms.clear();
     }
     // Requests sent on the lost connection may or may not have reached the

@@ -436,3 +436,54 @@ test("close from a disconnected listener stops the reconnection it would have ma
   assert.equal(gw.sockets.length, 1);
   assert.deepEqual(clock.pending(), []);
 });
+
+test("a token is sent as ?token= and the connected frame's user is exposed", () => {
+  const { socket, gw } = setup({ token: "a.b c" });
+  assert.equal(gw.last().url, "ws://gw.test/ws?token=a.b+c");
+  gw.last().push({ type: "connected", socket_id: "gw.1.abc", user: "alice" });
+  assert.equal(socket.user, "alice");
+  gw.last().drop(1012);
+  assert.equal(socket.user, null, "no user between connections");
+});
+
+test("a token function is asked again before every attempt, and its failure is retried with backoff", async () => {
+  const tokens = ["t1", new Error("token service down"), "t3"];
+  let calls = 0;
+  const { socket, gw, clock, events } = setup({
+    token: async () => {
+      const t = tokens[calls++];
+      if (t instanceof Error) throw t;
+      return t;
+    },
+  });
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(gw.sockets.length, 1);
+  assert.equal(gw.last().url, "ws://gw.test/ws?token=t1");
+  gw.last().accept("gw.1.a");
+  gw.last().drop(1001);
+  clock.advance(30000); // the retry: the token function fails, so no socket
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(calls, 2);
+  assert.equal(gw.sockets.length, 1);
+  assert.ok(clock.pending().length > 0, "another retry is scheduled");
+  clock.advance(30000);
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(calls, 3);
+  assert.equal(gw.last().url, "ws://gw.test/ws?token=t3");
+  gw.last().accept("gw.1.b");
+  assert.deepEqual(events.at(-1), ["reconnected", { socketId: "gw.1.b", previousSocketId: "gw.1.a" }]);
+  socket.close();
+});
+
+test("close while a token function is pending opens nothing", async () => {
+  let release;
+  const { socket, gw } = setup({ token: () => new Promise((resolve) => (release = resolve)) });
+  socket.close();
+  release("late");
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(gw.sockets.length, 0);
+});
+
+test("a token that is neither a string nor a function is refused", () => {
+  assert.throws(() => setup({ token: 42 }), TypeError);
+});
