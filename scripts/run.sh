@@ -13,8 +13,10 @@ mkdir -p "$DATA"
 server= gateway=
 stop() {
   trap - INT TERM EXIT
-  [ -n "$gateway" ] && kill -TERM "$gateway" 2>/dev/null && wait "$gateway" 2>/dev/null
-  [ -n "$server" ] && kill -TERM "$server" 2>/dev/null && wait "$server" 2>/dev/null
+  # Each step tolerates failure (set -e would otherwise end the script when
+  # the gateway exits non-zero, leaving the membership-server running).
+  if [ -n "$gateway" ]; then kill -TERM "$gateway" 2>/dev/null || true; wait "$gateway" 2>/dev/null || true; fi
+  if [ -n "$server" ]; then kill -TERM "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
   return 0
 }
 trap stop INT TERM EXIT
