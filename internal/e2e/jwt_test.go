@@ -90,6 +90,10 @@ func TestJWTOnConnect(t *testing.T) {
 			t.Errorf("%s: %v, want 401 with WWW-Authenticate", name, err)
 		}
 	}
+	metrics := scrape(t, "http"+g.WSURL[2:len(g.WSURL)-3]+"/metrics")
+	if v := metricValue(t, metrics, `gateway_auth_failures_total`); v != 7 {
+		t.Errorf("gateway_auth_failures_total = %v after 7 refused tokens", v)
+	}
 	// A valid token from a refused origin gets no socket either.
 	h := http.Header{"Origin": {"https://evil.example"}, "Authorization": {"Bearer " + signToken(t, key, "alice", hour)}}
 	if conn, resp, err := websocket.DefaultDialer.Dial(g.WSURL, h); err == nil {
