@@ -4,8 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
+	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -24,6 +28,12 @@ import (
 // costs one extra read per Join, only when it is set. Because each socket
 // adds a compare to the call's transaction, a limited Join takes at most
 // MaxSocketsPerLimitedJoin sockets.
+//
+// Concurrent Joins of one socket (an app joining a new socket to its rooms in
+// parallel) would invalidate each other's reads, so within one process they
+// take turns: a striped lock per socket is held from the read to the commit.
+// Only Joins through other membership-servers can then make the guard fail,
+// and those are retried a few times with jittered pauses.
 
 // MaxSocketsPerLimitedJoin is MaxSocketsPerChange when rooms per socket are
 // limited: two compares per socket must fit etcd's 128 operations per
@@ -31,8 +41,68 @@ import (
 const MaxSocketsPerLimitedJoin = 60
 
 // limitAttempts bounds the read-and-commit rounds of a limited Join whose
-// sockets keep joining other rooms concurrently.
+// sockets keep joining other rooms through other membership-servers.
 const limitAttempts = 8
+
+// socketLocks serialise limited changes of the same socket in this process.
+// Striped: sockets that share a stripe merely wait for each other.
+type socketLocks [1024]sync.Mutex
+
+// lock takes the stripes of sockets in ascending order (no deadlock between
+// calls naming several sockets) and returns the function releasing them.
+func (l *socketLocks) lock(sockets []SocketID) (unlock func()) {
+	idx := make([]int, 0, len(sockets))
+	for _, sock := range sockets {
+		h := fnv.New32a()
+		h.Write([]byte(sock.String()))
+		idx = append(idx, int(h.Sum32()%uint32(len(l))))
+	}
+	slices.Sort(idx)
+	idx = slices.Compact(idx)
+	for _, i := range idx {
+		l[i].Lock()
+	}
+	return func() {
+		for _, i := range idx {
+			l[i].Unlock()
+		}
+	}
+}
+
+// conflictPause waits a random time that grows with attempt before a limited
+// change reads again, so that replicas racing on one socket fall out of step.
+func conflictPause(ctx context.Context, attempt int) error {
+	t := time.NewTimer(time.Duration(rand.Int64N(int64(attempt+1) * int64(2*time.Millisecond))))
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// missingSockets names those of sockets whose record does not exist.
+func (s *Store) missingSockets(ctx context.Context, sockets []SocketID) ([]string, error) {
+	var missing []string
+	for start := 0; start < len(sockets); start += maxTxnOps {
+		chunk := sockets[start:min(start+maxTxnOps, len(sockets))]
+		ops := make([]clientv3.Op, len(chunk))
+		for i, sock := range chunk {
+			ops[i] = clientv3.OpGet(s.k.socket(sock.String()), clientv3.WithCountOnly())
+		}
+		resp, err := s.kv.Txn(ctx).Then(ops...).Commit()
+		if err != nil {
+			return nil, fmt.Errorf("read socket records: %w", err)
+		}
+		for i, r := range resp.Responses {
+			if r.GetResponseRange().Count == 0 {
+				missing = append(missing, chunk[i].String())
+			}
+		}
+	}
+	return missing, nil
+}
 
 // ErrRoomLimit is matched (errors.Is) by a *RoomLimitError.
 var ErrRoomLimit = errors.New("rooms per socket limit reached")
@@ -56,7 +126,12 @@ func (e *RoomLimitError) Is(target error) bool { return target == ErrRoomLimit }
 
 // SetMaxRoomsPerSocket limits how many rooms a socket may be in (0: no
 // limit). Call it before the Store is used.
-func (s *Store) SetMaxRoomsPerSocket(n int) { s.maxRooms = n }
+func (s *Store) SetMaxRoomsPerSocket(n int) {
+	s.maxRooms = n
+	if n > 0 && s.locks == nil {
+		s.locks = new(socketLocks)
+	}
+}
 
 // MaxRoomsPerSocket is the limit set by SetMaxRoomsPerSocket.
 func (s *Store) MaxRoomsPerSocket() int { return s.maxRooms }
@@ -76,7 +151,13 @@ func (s *Store) joinLimited(ctx context.Context, sockets []SocketID, room string
 	if len(sockets) > MaxSocketsPerLimitedJoin {
 		return ChangeResult{}, fmt.Errorf("%d sockets in one limited join: at most %d allowed", len(sockets), MaxSocketsPerLimitedJoin)
 	}
-	for range limitAttempts {
+	defer s.locks.lock(sockets)()
+	for attempt := range limitAttempts {
+		if attempt > 0 {
+			if err := conflictPause(ctx, attempt); err != nil {
+				return ChangeResult{}, err
+			}
+		}
 		// One read-only transaction: each socket's room count and whether it
 		// is in room, at one revision.
 		ops := make([]clientv3.Op, 0, 2*len(sockets))
@@ -101,6 +182,15 @@ func (s *Store) joinLimited(ctx context.Context, sockets []SocketID, room string
 			guards[i] = s.roomsUnchangedSince(sock, rev)
 		}
 		if len(over.IDs) > 0 {
+			// A socket that is gone is NOT_FOUND, as for any Join, even while
+			// its memberships are still being removed.
+			missing, err := s.missingSockets(ctx, sockets)
+			if err != nil {
+				return ChangeResult{}, err
+			}
+			if len(missing) > 0 {
+				return ChangeResult{}, &SocketsNotFoundError{IDs: missing}
+			}
 			return ChangeResult{}, over
 		}
 		resp, crev, err := s.commitChange(ctx, sockets, room, true, guards)
@@ -155,7 +245,13 @@ func (s *Store) addToRoomsLimited(ctx context.Context, sockets []SocketID, rooms
 func (s *Store) addSocketToRooms(ctx context.Context, sock SocketID, rooms []string) (added int64, over bool, err error) {
 	prefix := s.k.socketRoomsPrefix(sock)
 	socketKey := []byte(s.k.socket(sock.String()))
-	for range limitAttempts {
+	defer s.locks.lock([]SocketID{sock})()
+	for attempt := range limitAttempts {
+		if attempt > 0 {
+			if err := conflictPause(ctx, attempt); err != nil {
+				return 0, false, err
+			}
+		}
 		resp, err := s.kv.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
 		if err != nil {
 			return 0, false, err
@@ -174,7 +270,9 @@ func (s *Store) addSocketToRooms(ctx context.Context, sock SocketID, rooms []str
 		case len(ops) == 0:
 			return 0, false, nil
 		case len(in)+len(ops) > s.maxRooms:
-			return 0, true, nil
+			// A socket that is gone is skipped, not counted over the limit.
+			missing, err := s.missingSockets(ctx, []SocketID{sock})
+			return 0, err == nil && len(missing) == 0, err
 		}
 		txn, err := s.pb.Txn(ctx, &etcdserverpb.TxnRequest{
 			Compare: []*etcdserverpb.Compare{pbExists(socketKey), s.roomsUnchangedSince(sock, resp.Header.Revision)},

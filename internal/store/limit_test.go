@@ -75,10 +75,43 @@ func TestRoomLimit(t *testing.T) {
 	}
 }
 
-// Concurrent Joins of one socket into different rooms never take it past the
-// limit, with and without coalescing (one committer, so that calls queue and
-// would share transactions if nothing kept them apart); each Join that
-// reported success is in effect.
+// concurrentJoins joins sock to joins different rooms at once, spread over
+// the given stores (membership-servers), and returns the rooms whose Join
+// succeeded and how many calls failed with ErrConflict.
+func concurrentJoins(t *testing.T, stores []*store.Store, sock store.SocketID, joins int) (joined []string, conflicts int) {
+	t.Helper()
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range joins {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			room := fmt.Sprintf("room%02d", i)
+			_, err := stores[i%len(stores)].Join(context.Background(), []store.SocketID{sock}, room)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				joined = append(joined, room)
+			case errors.Is(err, store.ErrConflict):
+				conflicts++
+			case errors.Is(err, store.ErrRoomLimit):
+			default:
+				t.Error(err)
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	return joined, conflicts
+}
+
+// Concurrent Joins of one socket through one membership-server take turns:
+// all that fit succeed, none conflicts, and the limit holds; with and
+// without coalescing (one committer, so that calls queue and would share
+// transactions if nothing kept them apart).
 func TestRoomLimitUnderConcurrentJoins(t *testing.T) {
 	for _, batched := range []bool{false, true} {
 		t.Run(fmt.Sprint("batched=", batched), func(t *testing.T) {
@@ -87,40 +120,68 @@ func TestRoomLimitUnderConcurrentJoins(t *testing.T) {
 			if batched {
 				defer s.StartBatching(1)()
 			}
-			const limit, joins, rounds = 5, 40, 10
+			const limit, joins = 5, 40
 			s.SetMaxRoomsPerSocket(limit)
-			ctx := context.Background()
-			for range rounds {
+			for range 5 {
 				sock := connect(t, e.Client, s, "gw1")
-				var mu sync.Mutex
-				var joined []string
-				var wg sync.WaitGroup
-				start := make(chan struct{})
-				for i := range joins {
-					wg.Add(1)
-					go func() {
-						defer wg.Done()
-						<-start
-						room := fmt.Sprintf("room%02d", i)
-						_, err := s.Join(ctx, []store.SocketID{sock}, room)
-						switch {
-						case err == nil:
-							mu.Lock()
-							joined = append(joined, room)
-							mu.Unlock()
-						case errors.Is(err, store.ErrRoomLimit), errors.Is(err, store.ErrConflict):
-						default:
-							t.Error(err)
-						}
-					}()
-				}
-				close(start)
-				wg.Wait()
+				joined, conflicts := concurrentJoins(t, []*store.Store{s}, sock, joins)
 				got := roomsOf(t, s, sock)
-				if len(got) > limit || len(got) != len(joined) {
-					t.Fatalf("socket in %d rooms %v; %d joins succeeded; limit %d", len(got), got, len(joined), limit)
+				if len(joined) != limit || len(got) != limit || conflicts != 0 {
+					t.Fatalf("%d joins succeeded, %d conflicted, socket in %v; want %d, 0", len(joined), conflicts, got, limit)
 				}
 			}
+			// Well under the limit, every concurrent Join succeeds.
+			sock := connect(t, e.Client, s, "gw1")
+			s.SetMaxRoomsPerSocket(100)
+			if joined, conflicts := concurrentJoins(t, []*store.Store{s}, sock, 20); len(joined) != 20 || conflicts != 0 {
+				t.Fatalf("under the limit: %d of 20 joins succeeded, %d conflicted", len(joined), conflicts)
+			}
 		})
+	}
+}
+
+// Through several membership-servers the Joins of one socket race; the guard
+// keeps the limit exact, and each Join that reported success is in effect.
+func TestRoomLimitAcrossServers(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	const limit, joins = 5, 40
+	var stores []*store.Store
+	for range 4 {
+		s := store.New(e.Client, "/t/")
+		defer s.StartBatching(1)()
+		s.SetMaxRoomsPerSocket(limit)
+		stores = append(stores, s)
+	}
+	conflicts := 0
+	for range 10 {
+		sock := connect(t, e.Client, stores[0], "gw1")
+		joined, c := concurrentJoins(t, stores, sock, joins)
+		conflicts += c
+		if got := roomsOf(t, stores[0], sock); len(got) > limit || len(got) != len(joined) {
+			t.Fatalf("socket in %d rooms %v; %d joins succeeded; limit %d", len(got), got, len(joined), limit)
+		}
+	}
+	t.Logf("%d of %d joins gave up on conflicts", conflicts, 10*joins)
+}
+
+// A socket that is gone is NOT_FOUND, not over the limit, even while its
+// memberships are still there.
+func TestRoomLimitMissingSocketIsNotFound(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	s := store.New(e.Client, "/t/")
+	s.SetMaxRoomsPerSocket(1)
+	ctx := context.Background()
+	sock := connect(t, e.Client, s, "gw1")
+	if _, err := s.Join(ctx, []store.SocketID{sock}, "r1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Client.Delete(ctx, "/t/sockets/"+sock.String()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Join(ctx, []store.SocketID{sock}, "r2"); !errors.Is(err, store.ErrSocketNotFound) {
+		t.Fatalf("join of a removed socket at the limit: %v", err)
+	}
+	if added, over, err := s.AddToRooms(ctx, []store.SocketID{sock}, []string{"r2"}); added != 0 || over != 0 || err != nil {
+		t.Fatalf("AddToRooms of a removed socket: added %d, over %d, %v", added, over, err)
 	}
 }

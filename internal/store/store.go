@@ -51,6 +51,7 @@ type Store struct {
 	batch *batcher // nil: one etcd transaction per Join/Leave
 	// maxRooms limits the rooms a socket may be in (0: no limit); see limit.go.
 	maxRooms int
+	locks    *socketLocks // with a limit: limited changes of a socket take turns
 }
 
 // New returns a Store over cli with all keys under prefix ("" means DefaultPrefix).
