@@ -94,6 +94,10 @@ func run(args []string) error {
 	var authenticate func(*http.Request) (string, error)
 	if verifier != nil {
 		authenticate = verifier.Authenticate
+		if *jwtKeyFile != "" && *jwtAudience == "" {
+			// An identity provider's key signs tokens for all its apps.
+			log.Warn("--jwt-public-key-file without --jwt-audience: a token the key signed for any other app opens sockets here too")
+		}
 	}
 
 	grpcLis, err := net.Listen("tcp", *grpcAddr)

@@ -28,6 +28,7 @@ import (
 	"os"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -115,8 +116,10 @@ func (v *Verifier) Verify(token string) (string, error) {
 	switch sub := claims.Subject; {
 	case sub == "":
 		return "", errors.New("token has no subject (sub)")
-	case len(sub) > MaxSubjectBytes || !utf8.ValidString(sub):
-		return "", fmt.Errorf("token subject must be valid UTF-8 of at most %d bytes", MaxSubjectBytes)
+	case len(sub) > MaxSubjectBytes || !utf8.ValidString(sub) || strings.ContainsFunc(sub, unicode.IsControl):
+		// The subject travels in the X-Socket-User header, which cannot
+		// carry control characters.
+		return "", fmt.Errorf("token subject must be at most %d bytes of UTF-8 without control characters", MaxSubjectBytes)
 	default:
 		return sub, nil
 	}

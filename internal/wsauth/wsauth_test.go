@@ -70,6 +70,7 @@ func TestHMAC(t *testing.T) {
 		{"no exp", sign(t, jwt.SigningMethodHS256, secret, with(good, "exp", nil)), "exp claim is required"},
 		{"no sub", sign(t, jwt.SigningMethodHS256, secret, with(good, "sub", nil)), "no subject"},
 		{"long sub", sign(t, jwt.SigningMethodHS256, secret, with(good, "sub", strings.Repeat("x", MaxSubjectBytes+1))), "at most"},
+		{"sub with a newline", sign(t, jwt.SigningMethodHS256, secret, with(good, "sub", "alice\nX-Evil: 1")), "control characters"},
 		{"wrong issuer", sign(t, jwt.SigningMethodHS256, secret, with(good, "iss", "other")), "issuer"},
 		{"wrong audience", sign(t, jwt.SigningMethodHS256, secret, with(good, "aud", "other")), "audience"},
 		{"alg none", sign(t, jwt.SigningMethodNone, jwt.UnsafeAllowNoneSignatureType, good), "signing method none is invalid"},
