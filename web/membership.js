@@ -278,11 +278,26 @@ export class MembershipSocket {
         this.#scheduleRetry();
         return;
       }
+      // A token that does not come within connectTimeout counts as a failed
+      // attempt; whatever it settles to later is ignored.
+      let settled = false;
+      const timer = this.#setTimeout(() => {
+        settled = true;
+        this.#scheduleRetry();
+      }, this.#connectTimeout);
       got.then(
         (tok) => {
+          if (settled) return;
+          settled = true;
+          this.#clearTimeout(timer);
           if (!this.#closed) this.#dial(this.#withToken(tok));
         },
-        () => this.#scheduleRetry(),
+        () => {
+          if (settled) return;
+          settled = true;
+          this.#clearTimeout(timer);
+          this.#scheduleRetry();
+        },
       );
       return;
     }

@@ -446,10 +446,18 @@ test("a token is sent as ?token= and the connected frame's user is exposed", () 
   assert.equal(socket.user, null, "no user between connections");
 });
 
+// runNext runs the earliest timer, then lets promises settle (a token
+// function's answer arrives in a microtask, not on the manual clock).
+async function runNext(clock) {
+  const at = Math.min(...[...clock.timers.values()].map((t) => t.at));
+  clock.advance(at - clock.now);
+  await new Promise((resolve) => setImmediate(resolve));
+}
+
 test("a token function is asked again before every attempt, and its failure is retried with backoff", async () => {
   const tokens = ["t1", new Error("token service down"), "t3"];
   let calls = 0;
-  const { socket, gw, clock, events } = setup({
+  const { socket, gw, events, clock } = setup({
     token: async () => {
       const t = tokens[calls++];
       if (t instanceof Error) throw t;
@@ -461,13 +469,11 @@ test("a token function is asked again before every attempt, and its failure is r
   assert.equal(gw.last().url, "ws://gw.test/ws?token=t1");
   gw.last().accept("gw.1.a");
   gw.last().drop(1001);
-  clock.advance(30000); // the retry: the token function fails, so no socket
-  await new Promise((resolve) => setImmediate(resolve));
+  await runNext(clock); // the retry: the token function fails, so no socket
   assert.equal(calls, 2);
   assert.equal(gw.sockets.length, 1);
-  assert.ok(clock.pending().length > 0, "another retry is scheduled");
-  clock.advance(30000);
-  await new Promise((resolve) => setImmediate(resolve));
+  assert.ok(events.filter((e) => e[0] === "reconnecting").length === 2, "another retry is scheduled");
+  await runNext(clock);
   assert.equal(calls, 3);
   assert.equal(gw.last().url, "ws://gw.test/ws?token=t3");
   gw.last().accept("gw.1.b");
@@ -486,4 +492,22 @@ test("close while a token function is pending opens nothing", async () => {
 
 test("a token that is neither a string nor a function is refused", () => {
   assert.throws(() => setup({ token: 42 }), TypeError);
+});
+
+test("a token function that never answers is given up after connectTimeout and asked again", async () => {
+  let calls = 0;
+  const { socket, gw, clock } = setup({
+    connectTimeout: 1000,
+    token: () => {
+      calls++;
+      return calls === 1 ? new Promise(() => {}) : Promise.resolve("t2");
+    },
+  });
+  assert.deepEqual(clock.pending(), [1000], "only the token timeout is set");
+  await runNext(clock); // the token timeout: a retry is scheduled
+  await runNext(clock); // the retry asks again, and gets one
+  assert.equal(calls, 2);
+  assert.equal(gw.sockets.length, 1);
+  assert.equal(gw.last().url, "ws://gw.test/ws?token=t2");
+  socket.close();
 });
