@@ -911,4 +911,9 @@ func (c *checker) checkEtcd(pt podTemplate, ctr corev1.Container, env map[string
 	if args["auto-compaction-retention"] == "" {
 		c.errorf("%s: no --auto-compaction-retention: history grows until the quota is hit", id)
 	}
+	// etcd maps its whole database: a memory limit under the quota gets the
+	// members OOM-killed, all together, as the database grows.
+	if mem, ok := ctr.Resources.Limits[corev1.ResourceMemory]; ok && mem.Value() <= quota {
+		c.errorf("%s: memory limit %s is not above --quota-backend-bytes=%d", id, mem.String(), quota)
+	}
 }

@@ -7,6 +7,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
@@ -146,6 +147,9 @@ func TestChecksCatch(t *testing.T) {
 		{"etcd quota", func(r *rendering) {
 			setArg(etcd(r), "--quota-backend-bytes=", "--quota-backend-bytes=17179869184")
 		}, "more than half the 20Gi volume"},
+		{"etcd memory under its quota", func(r *rendering) {
+			etcd(r).Resources.Limits[corev1.ResourceMemory] = resource.MustParse("4Gi")
+		}, "memory limit 4Gi is not above --quota-backend-bytes"},
 		{"etcd release", func(r *rendering) { etcd(r).Image = "gcr.io/etcd-development/etcd:v3.5.0" }, "not the etcd v3."},
 		{"etcd ordered start", func(r *rendering) {
 			sts, _ := find[*appsv1.StatefulSet](r, "", "etcd")
