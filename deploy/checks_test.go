@@ -654,7 +654,9 @@ func (c *checker) checkOurs(pt podTemplate, ctr corev1.Container, env map[string
 		c.checkEtcdEndpoints(pt, id, flags["etcd-endpoints"])
 	}
 
-	if v, set := flags["advertise-addr"]; set {
+	// The pod IP alone (the gateway adds its gRPC listener's port, with
+	// brackets for IPv6) or with that port.
+	if v, set := flags["advertise-addr"]; set && v != podIP {
 		_, port, err := net.SplitHostPort(v)
 		if err != nil || port != strconv.Itoa(int(listen[grpcFlag[name]])) {
 			c.errorf("%s: --advertise-addr=%s is not the gRPC listener's port %d", id, v, listen[grpcFlag[name]])

@@ -42,7 +42,7 @@ func run(args []string) error {
 	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
 	wsAddr := fs.String("ws-addr", "127.0.0.1:8080", "address serving /ws (WebSocket), /healthz, /metrics, /membership.js and the demo page")
 	grpcAddr := fs.String("grpc-addr", "127.0.0.1:50061", "address serving the internal delivery API")
-	advertise := fs.String("advertise-addr", "", "internal API address membership-servers dial (default: the --grpc-addr listener)")
+	advertise := fs.String("advertise-addr", "", "host:port membership-servers dial for the internal API; a bare host or IP (IPv6 too, without brackets) takes the --grpc-addr listener's port (default: the listener's address)")
 	endpoints := fs.String("etcd-endpoints", "127.0.0.1:2379", "comma-separated etcd client URLs")
 	prefix := fs.String("etcd-prefix", store.DefaultPrefix, "prefix of every etcd key")
 	leaseTTL := fs.Duration("lease-ttl", 10*time.Second, "TTL of the gateway's etcd lease; its sockets vanish this long after a crash (at least 2s)")
@@ -109,9 +109,11 @@ func run(args []string) error {
 		grpcLis.Close()
 		return err
 	}
-	adv := *advertise
-	if adv == "" {
-		adv = grpcLis.Addr().String()
+	adv, err := advertiseAddr(*advertise, grpcLis.Addr())
+	if err != nil {
+		grpcLis.Close()
+		wsLis.Close()
+		return err
 	}
 
 	reg := app.NewRegistry()
@@ -218,4 +220,28 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// advertiseAddr is the internal API's address as published in etcd: flag as
+// host:port, or a bare host or IP with the listener's port (so that a pod's
+// IPv6 address, which has colons of its own, can be passed as it is), or the
+// listener's address when flag is empty.
+func advertiseAddr(flag string, lis net.Addr) (string, error) {
+	if flag == "" {
+		return lis.String(), nil
+	}
+	if host, port, err := net.SplitHostPort(flag); err == nil {
+		if host == "" || port == "" {
+			return "", fmt.Errorf("--advertise-addr %q: needs a host and a port", flag)
+		}
+		return flag, nil
+	}
+	if strings.Contains(flag, ":") && net.ParseIP(flag) == nil {
+		return "", fmt.Errorf("--advertise-addr %q: not host:port, a host or an IP address", flag)
+	}
+	_, port, err := net.SplitHostPort(lis.String())
+	if err != nil {
+		return "", err
+	}
+	return net.JoinHostPort(flag, port), nil
 }
