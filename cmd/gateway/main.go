@@ -64,6 +64,7 @@ func run(args []string) error {
 	demoPage := fs.Bool("demo-page", false, "serve a demo page at / that shows a socket's rooms and messages and the grpcurl commands to drive it (off by default: it names the membership API address to anyone who can reach the gateway); /membership.js is served either way")
 	demoAPIAddr := fs.String("demo-api-addr", "127.0.0.1:50051", "membership API address the demo page's grpcurl commands call")
 	demoGRPCurlFlags := fs.String("demo-grpcurl-flags", "-plaintext", "grpcurl flags in the demo page's commands, as shell words (e.g. \"-cacert ca.pem -H 'authorization: Bearer $TOKEN'\" for an API with TLS and a token)")
+	metricsAddr := fs.String("metrics-addr", "", "serve /metrics (and /healthz) on this address instead of on --ws-addr, e.g. to keep them off a public port (empty: on --ws-addr)")
 	pprofAddr := fs.String("pprof-addr", "", "serve net/http/pprof on this address (empty: off)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	fs.Usage = func() {
@@ -144,6 +145,7 @@ func run(args []string) error {
 		DemoPage:         *demoPage,
 		DemoAPIAddr:      *demoAPIAddr,
 		DemoGRPCurlFlags: *demoGRPCurlFlags,
+		MetricsElsewhere: *metricsAddr != "",
 		Logger:           log,
 	}, cli)
 	if err != nil {
@@ -165,6 +167,16 @@ func run(args []string) error {
 	healthpb.RegisterHealthServer(gsrv, hs)
 	grpcMetrics.InitializeMetrics(gsrv)
 	hsrv := &http.Server{Handler: gw.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	if *metricsAddr != "" {
+		mlis, err := net.Listen("tcp", *metricsAddr)
+		if err != nil {
+			return fmt.Errorf("metrics listener: %w", err)
+		}
+		msrv := &http.Server{Handler: gw.MetricsHandler(), ReadHeaderTimeout: 10 * time.Second}
+		go msrv.Serve(mlis)
+		defer msrv.Close()
+		log.Info("metrics serving", "addr", mlis.Addr().String())
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

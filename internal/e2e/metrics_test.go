@@ -106,3 +106,23 @@ func TestBothBinariesExposeMetricsAfterTraffic(t *testing.T) {
 		}
 	}
 }
+
+// A gateway given --metrics-addr serves /metrics there and no longer on its
+// public --ws-addr.
+func TestGatewayMetricsAddr(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	metricsAddr := testutil.FreeAddr(t)
+	g := startGatewayProcess(t, e, "gw1", 10*time.Second, "--metrics-addr", metricsAddr)
+	dial(t, g.WSURL)
+	if v := metricValue(t, scrape(t, "http://"+metricsAddr+"/metrics"), `gateway_sockets`); v != 1 {
+		t.Fatalf("gateway_sockets = %v on --metrics-addr", v)
+	}
+	resp, err := http.Get("http" + g.WSURL[2:len(g.WSURL)-3] + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("/metrics on --ws-addr: %d, want 404", resp.StatusCode)
+	}
+}

@@ -84,7 +84,10 @@ type Config struct {
 	// Registry receives the gateway's metrics and is served at /metrics;
 	// nil: a registry of its own.
 	Registry *prometheus.Registry
-	Logger   *slog.Logger
+	// MetricsElsewhere keeps /metrics out of Handler: the caller serves
+	// MetricsHandler on a listener of its own, away from the public port.
+	MetricsElsewhere bool
+	Logger           *slog.Logger
 }
 
 func (c *Config) setDefaults() error {
@@ -220,21 +223,39 @@ func originChecker(allowed []string) func(*http.Request) bool {
 	}
 }
 
-// Handler serves /ws (the client WebSocket), /healthz, /metrics,
-// /membership.js and, when Config.DemoPage is set, the demo page at /.
+// Handler serves /ws (the client WebSocket), /healthz, /metrics (unless
+// Config.MetricsElsewhere), /membership.js and, when Config.DemoPage is set,
+// the demo page at /.
 func (g *Gateway) Handler() http.Handler {
 	mux := http.NewServeMux()
 	web.Register(mux, web.Options{DemoPage: g.cfg.DemoPage, APIAddr: g.cfg.DemoAPIAddr, GRPCurlFlags: g.cfg.DemoGRPCurlFlags})
 	mux.HandleFunc("/ws", g.serveWS)
-	mux.Handle("/metrics", promhttp.HandlerFor(g.cfg.Registry, promhttp.HandlerOpts{Registry: g.cfg.Registry}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
-		if s := g.currentSession(); s == nil || !s.alive() {
-			http.Error(w, "not registered", http.StatusServiceUnavailable)
-			return
-		}
-		_, _ = w.Write([]byte("ok\n"))
-	})
+	if !g.cfg.MetricsElsewhere {
+		mux.Handle("/metrics", g.metricsHandler())
+	}
+	mux.HandleFunc("/healthz", g.serveHealthz)
 	return mux
+}
+
+// MetricsHandler serves /metrics and /healthz, for a listener of their own.
+func (g *Gateway) MetricsHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", g.metricsHandler())
+	mux.HandleFunc("/healthz", g.serveHealthz)
+	return mux
+}
+
+func (g *Gateway) metricsHandler() http.Handler {
+	return promhttp.HandlerFor(g.cfg.Registry, promhttp.HandlerOpts{Registry: g.cfg.Registry})
+}
+
+// serveHealthz answers 200 while the gateway holds a live lease.
+func (g *Gateway) serveHealthz(w http.ResponseWriter, _ *http.Request) {
+	if s := g.currentSession(); s == nil || !s.alive() {
+		http.Error(w, "not registered", http.StatusServiceUnavailable)
+		return
+	}
+	_, _ = w.Write([]byte("ok\n"))
 }
 
 // Ready reports whether the gateway holds a live lease and accepts sockets.

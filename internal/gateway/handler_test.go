@@ -47,3 +47,34 @@ func TestHandlerRoutes(t *testing.T) {
 		srv.Close()
 	}
 }
+
+// With MetricsElsewhere, /metrics leaves the public handler for MetricsHandler.
+func TestMetricsElsewhere(t *testing.T) {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{"127.0.0.1:1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	g, err := New(Config{ID: "gw", AdvertiseAddr: "127.0.0.1:1", MetricsElsewhere: true}, cli)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name    string
+		h       http.Handler
+		metrics int
+	}{{"Handler", g.Handler(), http.StatusNotFound}, {"MetricsHandler", g.MetricsHandler(), http.StatusOK}} {
+		srv := httptest.NewServer(tc.h)
+		for path, want := range map[string]int{"/metrics": tc.metrics, "/healthz": http.StatusServiceUnavailable} {
+			resp, err := http.Get(srv.URL + path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != want {
+				t.Errorf("%s: GET %s: %d, want %d", tc.name, path, resp.StatusCode, want)
+			}
+		}
+		srv.Close()
+	}
+}
