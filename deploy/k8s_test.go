@@ -40,7 +40,7 @@ var kustomizations = []struct {
 	{dir: "k8s/base", externalSecrets: []string{"socketrooms-tokens"}},
 	{dir: "k8s/overlays/dev"},
 	// The base with components/tls, whose Secret is the operator's too.
-	{dir: "testdata/tls", externalSecrets: []string{"socketrooms-tokens", "socketrooms-tls"}},
+	{dir: "testdata/tls", externalSecrets: []string{"socketrooms-tokens", "socketrooms-tls", "socketrooms-gateway-tls"}},
 }
 
 // newTyped maps each apiVersion/kind the manifests may use to its Go type.
