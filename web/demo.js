@@ -57,7 +57,10 @@ export function start(doc) {
     while (list.children.length > MAX_LOG) list.lastElementChild.remove();
   }
 
-  const socket = new MembershipSocket();
+  // A gateway that checks JWTs gets the one this page was opened with
+  // (/?token=…), for a try of authentication by hand.
+  const token = new URLSearchParams(doc.defaultView?.location?.search ?? "").get("token") || undefined;
+  const socket = new MembershipSocket(undefined, { token });
 
   function renderRooms() {
     const list = $("rooms");
@@ -92,6 +95,7 @@ export function start(doc) {
 
   function showSocket() {
     $("socket-id").textContent = socket.socketId ?? "—";
+    $("user").textContent = socket.user ?? "—";
     renderRooms();
     renderCommands();
   }

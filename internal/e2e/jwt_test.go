@@ -12,9 +12,11 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/gorilla/websocket"
 
@@ -137,5 +139,42 @@ func TestJWTOnConnect(t *testing.T) {
 	}
 	if u := <-users; u != "bob@example.com" {
 		t.Fatalf("upstream saw X-Socket-User %q", u)
+	}
+}
+
+// In a browser: the demo page passes the token it was opened with to
+// membership.js; without one the gateway refuses the handshake and the page
+// never gets a socket, with a valid one it connects as the token's user.
+func TestBrowserJWT(t *testing.T) {
+	secret := []byte("a secret of at least thirty-two bytes!!")
+	secretFile := filepath.Join(t.TempDir(), "jwt-secret")
+	if err := os.WriteFile(secretFile, secret, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e := testutil.StartEtcd(t)
+	wsAddr := testutil.FreeAddr(t)
+	startGatewayProcessAt(t, e, "web", 10*time.Second, wsAddr, "--demo-page", "--jwt-hmac-secret-file", secretFile)
+	page := startBrowser(t, 60*time.Second)
+
+	bad, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "mallory", "exp": time.Now().Add(time.Hour).Unix()}).
+		SignedString([]byte("another secret of at least 32 bytes!!"))
+	for _, tok := range []string{"", bad} {
+		page.do("open the demo page without a valid token", chromedp.Navigate("http://"+wsAddr+"/?token="+url.QueryEscape(tok)))
+		page.waitUntil(10*time.Second, "a refused connection being retried", func() bool {
+			return strings.HasPrefix(page.text("status"), "reconnecting")
+		})
+		if id := page.text("socket-id"); id != "—" {
+			t.Fatalf("the page got socket %q without a valid token", id)
+		}
+	}
+
+	good, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "alice", "exp": time.Now().Add(time.Hour).Unix()}).SignedString(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	page.do("open the demo page with a valid token", chromedp.Navigate("http://"+wsAddr+"/?token="+url.QueryEscape(good)))
+	page.waitUntil(10*time.Second, "a socket", func() bool { return strings.HasPrefix(page.text("socket-id"), "web.") })
+	if user := page.text("user"); user != "alice" {
+		t.Fatalf("the page shows user %q, want alice", user)
 	}
 }
