@@ -84,21 +84,18 @@ func conflictPause(ctx context.Context, attempt int) error {
 
 // missingSockets names those of sockets whose record does not exist.
 func (s *Store) missingSockets(ctx context.Context, sockets []SocketID) ([]string, error) {
+	ids := make([]string, len(sockets))
+	for i, sock := range sockets {
+		ids[i] = sock.String()
+	}
+	records, err := s.readSocketRecords(ctx, ids, clientv3.WithCountOnly())
+	if err != nil {
+		return nil, err
+	}
 	var missing []string
-	for start := 0; start < len(sockets); start += maxTxnOps {
-		chunk := sockets[start:min(start+maxTxnOps, len(sockets))]
-		ops := make([]clientv3.Op, len(chunk))
-		for i, sock := range chunk {
-			ops[i] = clientv3.OpGet(s.k.socket(sock.String()), clientv3.WithCountOnly())
-		}
-		resp, err := s.kv.Txn(ctx).Then(ops...).Commit()
-		if err != nil {
-			return nil, fmt.Errorf("read socket records: %w", err)
-		}
-		for i, r := range resp.Responses {
-			if r.GetResponseRange().Count == 0 {
-				missing = append(missing, chunk[i].String())
-			}
+	for i, r := range records {
+		if r.Count == 0 {
+			missing = append(missing, ids[i])
 		}
 	}
 	return missing, nil

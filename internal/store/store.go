@@ -405,32 +405,49 @@ func (s *Store) ListMembers(ctx context.Context, room, after string, limit int) 
 }
 
 // fillUsers reads the socket records of members at revision rev, the one
-// their memberships were listed at, in read-only transactions of at most
-// maxTxnOps gets each, and copies each socket's user.
+// their memberships were listed at, and copies each socket's user.
 func (s *Store) fillUsers(ctx context.Context, members []Member, rev int64) error {
-	for start := 0; start < len(members); start += maxTxnOps {
-		chunk := members[start:min(start+maxTxnOps, len(members))]
+	ids := make([]string, len(members))
+	for i, m := range members {
+		ids[i] = m.SocketID
+	}
+	records, err := s.readSocketRecords(ctx, ids, clientv3.WithRev(rev))
+	if err != nil {
+		return fmt.Errorf("list members: %w", err)
+	}
+	for i, r := range records {
+		kvs := r.GetKvs()
+		if len(kvs) == 0 {
+			continue // memberships go with their socket in one transaction; this cannot happen, and no user is shown if it does
+		}
+		var rec SocketRecord
+		if err := json.Unmarshal(kvs[0].Value, &rec); err != nil {
+			return fmt.Errorf("decode socket record %q: %w", kvs[0].Key, err)
+		}
+		members[i].User = rec.User
+	}
+	return nil
+}
+
+// readSocketRecords gets the records of the sockets ids (one range response
+// each, in order) in read-only transactions of at most maxTxnOps gets.
+func (s *Store) readSocketRecords(ctx context.Context, ids []string, opts ...clientv3.OpOption) ([]*etcdserverpb.RangeResponse, error) {
+	out := make([]*etcdserverpb.RangeResponse, 0, len(ids))
+	for start := 0; start < len(ids); start += maxTxnOps {
+		chunk := ids[start:min(start+maxTxnOps, len(ids))]
 		ops := make([]clientv3.Op, len(chunk))
-		for i, m := range chunk {
-			ops[i] = clientv3.OpGet(s.k.socket(m.SocketID), clientv3.WithRev(rev))
+		for i, id := range chunk {
+			ops[i] = clientv3.OpGet(s.k.socket(id), opts...)
 		}
 		resp, err := s.kv.Txn(ctx).Then(ops...).Commit()
 		if err != nil {
-			return fmt.Errorf("list members: read socket records: %w", err)
+			return nil, fmt.Errorf("read socket records: %w", err)
 		}
-		for i, r := range resp.Responses {
-			kvs := r.GetResponseRange().GetKvs()
-			if len(kvs) == 0 {
-				continue // memberships go with their socket in one transaction; this cannot happen, and no user is shown if it does
-			}
-			var rec SocketRecord
-			if err := json.Unmarshal(kvs[0].Value, &rec); err != nil {
-				return fmt.Errorf("decode socket record %q: %w", kvs[0].Key, err)
-			}
-			chunk[i].User = rec.User
+		for _, r := range resp.Responses {
+			out = append(out, r.GetResponseRange())
 		}
 	}
-	return nil
+	return out, nil
 }
 
 // Targets is who must receive a broadcast, read at one revision.
