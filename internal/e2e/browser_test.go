@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -267,6 +268,12 @@ func (p *browserPage) waitUntil(timeout time.Duration, what string, cond func() 
 	}
 }
 
+// waitForRooms waits until the page lists exactly rooms.
+func (p *browserPage) waitForRooms(what string, rooms ...string) {
+	p.t.Helper()
+	p.waitUntil(10*time.Second, what, func() bool { return slices.Equal(p.listItems("rooms"), rooms) })
+}
+
 // runShownCommand runs a grpcurl command line that the page shows, as
 // grpcurl would: it must be one shell command with nothing for the shell to
 // expand, call a method of the membership API at wantAddr, and carry a body
@@ -412,10 +419,7 @@ func TestBrowserDemoPage(t *testing.T) {
 		t.Fatalf("join command %q lacks the socket id %s", join, first)
 	}
 	runShownCommand(t, join, api.Addr)
-	page.waitUntil(10*time.Second, "the room on the page", func() bool {
-		rooms := page.listItems("rooms")
-		return len(rooms) == 1 && rooms[0] == room
-	})
+	page.waitForRooms("the room on the page", room)
 
 	br := runShownCommand(t, page.text("cmd-broadcast"), api.Addr).(*membershipv1.BroadcastResponse)
 	if br.Delivered != 1 {
@@ -477,9 +481,6 @@ func TestBrowserDemoPage(t *testing.T) {
 		t.Fatalf("join command %q does not follow the new socket id %s", join, second)
 	}
 	runShownCommand(t, join, api.Addr)
-	page.waitUntil(10*time.Second, "the room on the page after reconnecting", func() bool {
-		rooms := page.listItems("rooms")
-		return len(rooms) == 1 && rooms[0] == room
-	})
+	page.waitForRooms("the room on the page after reconnecting", room)
 	t.Logf("socket %s, then %s after the restart; %v in all", first, second, time.Since(started).Round(time.Millisecond))
 }
