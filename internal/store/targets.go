@@ -232,6 +232,12 @@ func (x *TargetIndex) ListRooms(ctx context.Context, after string, limit int) (r
 	if _, err := x.catchUp(ctx); err != nil {
 		return nil, "", 0, err
 	}
+	rooms, next, rev = x.page(after, limit)
+	return rooms, next, rev, nil
+}
+
+// page reads one page of ListRooms from the index as it is.
+func (x *TargetIndex) page(after string, limit int) (rooms []RoomCount, next string, rev int64) {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
 	rooms = make([]RoomCount, 0, min(limit, x.byName.Len()))
@@ -246,7 +252,7 @@ func (x *TargetIndex) ListRooms(ctx context.Context, after string, limit int) (r
 		rooms = append(rooms, RoomCount{Room: e.name, Members: int64(e.members)})
 		return true
 	})
-	return rooms, next, x.rev, nil
+	return rooms, next, x.rev
 }
 
 // catchUp reads etcd's current revision with a linearizable request and
