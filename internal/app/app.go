@@ -131,15 +131,37 @@ func ServerOptions(log *slog.Logger, defaultTimeout time.Duration, token string,
 // client. Unary calls are retried only a few times inside the client: a member
 // that has lost its leader then yields UNAVAILABLE within ~100ms, which callers
 // retry, instead of a silent wait until their deadline.
+//
+// gRPC keepalive: after EtcdKeepAliveTime without anything received the
+// client pings, and closes the connection when EtcdKeepAliveTimeout passes
+// without an answer; the client then reconnects and its watches resume. A
+// connection whose peer vanished without a reset (a crashed host, a dropped
+// NAT entry) would otherwise hold every watch silent until TCP gives up,
+// minutes later. etcd's server enforces a minimum ping interval
+// (--grpc-keepalive-min-time, 5s by default) and, with its
+// PermitWithoutStream off, counts pings on a connection without streams as
+// abuse: more than two such strikes and it sends GOAWAY "too_many_pings". So
+// the interval stays above 5s and the client pings only while calls or
+// watches are open (PermitWithoutStream false), which is whenever a gateway
+// or membership-server runs: each keeps a watch open.
 func EtcdConfig(endpoints []string, log *zap.Logger, dial ...grpc.DialOption) clientv3.Config {
 	return clientv3.Config{
-		Endpoints:       endpoints,
-		DialTimeout:     5 * time.Second,
-		MaxUnaryRetries: 3,
-		Logger:          log,
-		DialOptions:     dial,
+		Endpoints:            endpoints,
+		DialTimeout:          5 * time.Second,
+		DialKeepAliveTime:    EtcdKeepAliveTime,
+		DialKeepAliveTimeout: EtcdKeepAliveTimeout,
+		PermitWithoutStream:  false,
+		MaxUnaryRetries:      3,
+		Logger:               log,
+		DialOptions:          dial,
 	}
 }
+
+// Keepalive of the etcd client's connections; see EtcdConfig.
+const (
+	EtcdKeepAliveTime    = 10 * time.Second
+	EtcdKeepAliveTimeout = 3 * time.Second
+)
 
 // EtcdTLSFlags are the etcd client's TLS flags, the same on both binaries.
 type EtcdTLSFlags struct{ ca, cert, key *string }

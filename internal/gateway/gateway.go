@@ -13,12 +13,14 @@
 //   - Each socket has a handler goroutine (reads; owned by the HTTP server and
 //     counted in Gateway.wg) and a writer goroutine (owned by the handler)
 //     that drains a bounded queue.
-//   - One watch goroutine per session follows gwm/{gateway}/ from the
-//     registration revision and is the only writer of the room index (hub).
-//     It records the revision it has applied; Deliver and WaitApplied wait for
-//     that revision to reach the caller's, asking etcd for watch progress so an
-//     idle prefix does not stall them. After a compaction the watch re-lists
-//     the prefix at a revision, applies the difference and resumes after it.
+//   - One watch goroutine per session (a watchfollow.Follower's Run) follows
+//     gwm/{gateway}/ from the registration revision and is the only writer of
+//     the room index (hub). It records the revision it has applied; Deliver
+//     and WaitApplied wait for that revision to reach the caller's, asking
+//     etcd for watch progress so an idle prefix does not stall them. A failed
+//     watch resumes from the applied revision; only after a compaction does it
+//     re-list the prefix at a revision, apply the difference and resume after
+//     it.
 //   - Deliver queues frames without blocking; the per-socket writer does the
 //     I/O.
 package gateway
@@ -43,6 +45,7 @@ import (
 
 	"github.com/socketrooms/membership/internal/revwait"
 	"github.com/socketrooms/membership/internal/store"
+	"github.com/socketrooms/membership/internal/watchfollow"
 	"github.com/socketrooms/membership/web"
 )
 
@@ -281,7 +284,7 @@ type session struct {
 	aliveUntil atomic.Int64
 
 	mu        sync.Mutex
-	watchCtx  context.Context // the live watch's context, for progress requests
+	follower  *watchfollow.Follower // the session's watch, for progress requests
 	watchFrom int64
 
 	// cleanup holds sockets whose removal from etcd failed; the session's

@@ -9,10 +9,16 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/socketrooms/membership/internal/revwait"
+	"github.com/socketrooms/membership/internal/watchfollow"
 )
 
 // progressEvery is how often a waiter behind etcd asks for watch progress.
 const progressEvery = 50 * time.Millisecond
+
+// maxResyncFailures is how many re-listings after a compaction may fail in a
+// row before the session ends: sockets that cannot learn their memberships
+// must not stay connected looking healthy.
+const maxResyncFailures = 3
 
 var errSessionEnded = errors.New("gateway lost its lease while waiting")
 
@@ -34,103 +40,56 @@ func (g *Gateway) requestProgress() {
 		return
 	}
 	s.mu.Lock()
-	wctx := s.watchCtx
+	f := s.follower
 	s.mu.Unlock()
-	if wctx == nil {
-		return
-	}
-	if err := g.cli.RequestProgress(wctx); err != nil {
-		g.log.Debug("watch progress request failed", "err", err)
+	if f != nil {
+		f.RequestProgress()
 	}
 }
 
-// watchLoop follows this gateway's memberships for the session's life,
-// resuming after errors from the last applied revision.
+// watchLoop follows this gateway's memberships for the session's life from
+// the registration revision, resuming after errors from the last applied
+// revision and re-listing only after a compaction. It ends the session when
+// maxResyncFailures re-listings in a row fail.
 func (g *Gateway) watchLoop(s *session) error {
-	prefix := g.store.MembershipWatchPrefix(g.cfg.ID)
-	next := s.watchFrom
-	backoff := newBackoff(50*time.Millisecond, 2*time.Second)
-	resyncFailures := 0
-	for s.ctx.Err() == nil {
-		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(s.ctx))
-		s.mu.Lock()
-		s.watchCtx = wctx
-		s.mu.Unlock()
-		wch := g.cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(next), clientv3.WithProgressNotify())
-		var err error
-		next, err = g.consume(s, wch, next)
-		cancel()
-		if s.ctx.Err() != nil {
-			break
-		}
-		if errors.Is(err, errResync) {
-			// Sockets that cannot learn their memberships must not stay
-			// connected looking healthy: after a few tries, start over.
-			if resyncFailures++; resyncFailures >= 3 {
-				return err
+	f := watchfollow.New(watchfollow.Config{
+		Client: g.cli,
+		Prefix: g.store.MembershipWatchPrefix(g.cfg.ID),
+		// Nothing of the session's leases existed before registration: the
+		// (empty) index is complete up to watchFrom-1.
+		From: s.watchFrom,
+		List: func(ctx context.Context) (int64, error) { return g.resync(ctx, s) },
+		Apply: func(events []*clientv3.Event, _ int64) {
+			for _, ev := range events {
+				if ch, ok := g.store.DecodeMembershipEvent(g.cfg.ID, ev); ok {
+					g.hub.apply(ch.Socket, ch.Room, ch.Joined)
+				}
 			}
-		} else if err == nil {
-			resyncFailures = 0
-		}
-		if err != nil {
-			g.log.Warn("membership watch interrupted; resuming", "err", err, "revision", next)
-			sleepCtx(s.ctx, backoff.next())
-		} else {
-			backoff.reset()
-		}
-	}
-	return s.ctx.Err()
+		},
+		Applied: g.applied,
+		OnResponse: func(header, applied int64) {
+			g.metrics.lagRevisions.Set(float64(max(0, header-applied)))
+		},
+		MaxListFailures: maxResyncFailures,
+		Logger:          g.log.With("view", "room index"),
+	})
+	s.mu.Lock()
+	s.follower = f
+	s.mu.Unlock()
+	return f.Run(s.ctx)
 }
-
-// consume applies watch responses until the channel ends; it returns the
-// revision to resume from.
-func (g *Gateway) consume(s *session, wch clientv3.WatchChan, next int64) (int64, error) {
-	for resp := range wch {
-		if resp.CompactRevision != 0 {
-			rev, err := g.resync(s)
-			if err != nil {
-				return next, err
-			}
-			return rev + 1, nil
-		}
-		if err := resp.Err(); err != nil {
-			return next, err
-		}
-		applied := int64(0)
-		for _, ev := range resp.Events {
-			if ch, ok := g.store.DecodeMembershipEvent(g.cfg.ID, ev); ok {
-				g.hub.apply(ch.Socket, ch.Room, ch.Joined)
-			}
-			applied = ev.Kv.ModRevision
-		}
-		if resp.IsProgressNotify() {
-			// Every event up to the header revision has been delivered.
-			applied = resp.Header.Revision
-		}
-		if applied >= next {
-			next = applied + 1
-			g.applied.Advance(applied)
-		}
-		cur, _ := g.applied.Get()
-		g.metrics.lagRevisions.Set(float64(max(0, resp.Header.Revision-cur)))
-	}
-	return next, fmt.Errorf("watch channel closed")
-}
-
-var errResync = errors.New("re-list after compaction failed")
 
 // resync rebuilds the index from a listing after the watch history it needed
 // was compacted away, and returns the listing's revision.
-func (g *Gateway) resync(s *session) (int64, error) {
+func (g *Gateway) resync(ctx context.Context, s *session) (int64, error) {
 	// A large gateway lists many pages: allow far more than one request's time.
-	ctx, cancel := context.WithTimeout(s.ctx, 12*g.cfg.EtcdTimeout)
+	ctx, cancel := context.WithTimeout(ctx, 12*g.cfg.EtcdTimeout)
 	defer cancel()
 	want, rev, err := g.store.GatewayMemberships(ctx, g.cfg.ID)
 	if err != nil {
-		return 0, fmt.Errorf("%w: %w", errResync, err)
+		return 0, fmt.Errorf("re-list after compaction: %w", err)
 	}
 	g.hub.reconcile(want)
-	g.applied.Advance(rev)
-	g.log.Info("membership index rebuilt after compaction", "revision", rev)
+	g.log.Info("membership index rebuilt after compaction", "revision", rev, "leases", leasesText(s.leases))
 	return rev, nil
 }

@@ -284,55 +284,12 @@ func (s *Store) GetSocket(ctx context.Context, socket SocketID) (SocketInfo, int
 	return info, resp.Header.Revision, nil
 }
 
-// RoomCount is a room and how many sockets are in it.
+// RoomCount is a room and how many sockets are in it. TargetIndex.ListRooms
+// lists them in name order: the keyspace's order of escaped room segments is
+// not the order of names (' ' < '/' < "%2F"), so etcd cannot page by name.
 type RoomCount struct {
 	Room    string
 	Members int64
-}
-
-// ListRooms returns up to limit rooms that have members, in key order, starting
-// after the room named by the cursor after ("" for the first page); next is the
-// cursor of the following page, "" on the last. All chunks are read at one
-// revision, so counts are a consistent snapshot.
-func (s *Store) ListRooms(ctx context.Context, after string, limit int) (rooms []RoomCount, next string, rev int64, err error) {
-	prefix := s.k.roomsPrefix()
-	start := prefix
-	if after != "" {
-		// "0" sorts right after "/", so this skips every key of room `after`.
-		start = prefix + after + "0"
-	}
-	var escaped []string // escaped names of rooms, parallel to rooms
-	var bad error
-	rev, err = s.scanKeys(ctx, prefix, start, 0, func(key string) bool {
-		seg, _, ok := strings.Cut(strings.TrimPrefix(key, prefix), "/")
-		if !ok {
-			return true
-		}
-		if n := len(escaped); n > 0 && escaped[n-1] == seg {
-			rooms[n-1].Members++
-			return true
-		}
-		if len(rooms) == limit {
-			// A further room exists: this page is full.
-			next = escaped[len(escaped)-1]
-			return false
-		}
-		room, err := unescapeRoom(seg)
-		if err != nil {
-			bad = err
-			return false
-		}
-		escaped = append(escaped, seg)
-		rooms = append(rooms, RoomCount{Room: room, Members: 1})
-		return true
-	})
-	if err == nil {
-		err = bad
-	}
-	if err != nil {
-		return nil, "", 0, fmt.Errorf("list rooms: %w", err)
-	}
-	return rooms, next, rev, nil
 }
 
 // scanKeys visits the keys from start to the end of prefix, in order, at one

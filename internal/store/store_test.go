@@ -187,10 +187,11 @@ func TestRoomNamesRoundTrip(t *testing.T) {
 		}
 	}
 	// Page through with a small page size to exercise the cursor.
+	x := startIndex(t, e.Client, s)
 	seen := map[string]int64{}
 	after := ""
 	for pages := 0; ; pages++ {
-		rooms, next, _, err := s.ListRooms(ctx, after, 3)
+		rooms, next, _, err := x.ListRooms(ctx, after, 3)
 		if err != nil {
 			t.Fatal(err)
 		}

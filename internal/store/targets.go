@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -12,79 +11,103 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"k8s.io/utils/third_party/forked/golang/btree"
 
 	"github.com/socketrooms/membership/internal/revwait"
+	"github.com/socketrooms/membership/internal/watchfollow"
 )
 
-// TargetIndex answers "which gateways hold members of these rooms" without
-// reading the rooms' member keys on every broadcast. It is derived from etcd
-// alone: a listing of rooms/ and gateways/ at one revision, then a watch from
-// the next, so it can always be rebuilt, and every replica has its own.
+// TargetIndex answers "which gateways hold members of these rooms" and
+// "which rooms exist, in name order, with how many members" without reading
+// the rooms' member keys on every call. It is derived from etcd alone: a
+// listing of rooms/ and gateways/ at one revision, then a watch from the next
+// (internal/watchfollow), so it can always be rebuilt, and every replica has
+// its own. A watch interrupted by an election or a lost connection resumes
+// from the applied revision; only a compaction of the history it needs makes
+// it list again.
 //
-// Consistency: Targets first reads etcd's current revision R with a
-// linearizable request, then waits until the index has applied every change
-// up to R (asking for watch progress when nothing changes). Any membership
-// committed before the broadcast began is therefore counted, exactly as if
-// the member keys had been read at R.
+// Consistency: Targets and ListRooms first read etcd's current revision R
+// with a linearizable request, then wait until the index has applied every
+// change up to R (asking for watch progress when nothing changes). Any
+// membership committed before the call began is therefore counted, exactly
+// as if the member keys had been read at R.
 type TargetIndex struct {
 	s   *Store
 	cli *clientv3.Client
 	log *slog.Logger
 
 	mu      sync.RWMutex
-	counts  map[string]map[string]int // room → gateway → members
-	total   int                       // memberships, the sum of counts
-	records map[string]GatewayRecord  // gateway → record
+	rooms   map[string]*roomEntry    // room → its entry, also in byName
+	byName  *btree.BTree[*roomEntry] // rooms with members, by name (byte-wise)
+	total   int                      // memberships, the sum of members
+	records map[string]GatewayRecord // gateway → record
+	rev     int64                    // the revision the fields above reflect
 	// applied is 0 until the first listing is in; etcd revisions start at 1.
+	// It is advanced after rev, outside mu.
 	applied *revwait.Waiter
+	follow  *watchfollow.Follower
+}
 
-	watchMu  sync.Mutex
-	watchCtx context.Context // the live watch's, for progress requests
+// roomEntry is one room with members: how many, and on which gateways.
+type roomEntry struct {
+	name     string
+	members  int
+	gateways map[string]int // gateway → members there
+}
+
+// btreeDegree is the B-tree's degree: nodes of up to 63 rooms.
+const btreeDegree = 32
+
+func newRoomTree() *btree.BTree[*roomEntry] {
+	return btree.New(btreeDegree, func(a, b *roomEntry) bool { return a.name < b.name })
 }
 
 // NewTargetIndex returns an index over s; Run keeps it current.
 func (s *Store) NewTargetIndex(cli *clientv3.Client, log *slog.Logger) *TargetIndex {
-	return &TargetIndex{s: s, cli: cli, log: log, applied: revwait.New()}
+	x := &TargetIndex{s: s, cli: cli, log: log, applied: revwait.New(),
+		rooms: map[string]*roomEntry{}, byName: newRoomTree(), records: map[string]GatewayRecord{}}
+	// One watch over the whole keyspace: rooms/ and gateways/ changes, in
+	// revision order, on one stream whose progress covers both.
+	x.follow = watchfollow.New(watchfollow.Config{
+		Client:  cli,
+		Prefix:  s.k.prefix,
+		List:    x.list,
+		Apply:   x.apply,
+		Applied: x.applied,
+		Logger:  log.With("view", "broadcast target index"),
+	})
+	return x
 }
 
-// Run lists and watches until ctx ends, rebuilding after any watch failure.
+// Run lists and watches until ctx ends; see watchfollow.Follower.Run.
 func (x *TargetIndex) Run(ctx context.Context) {
-	backoff := 50 * time.Millisecond
-	for ctx.Err() == nil {
-		err := x.follow(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		x.log.Warn("broadcast target index rebuilding", "err", err)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 2*time.Second)
-	}
+	_ = x.follow.Run(ctx) // retries listings forever: ends only with ctx
 }
 
-// follow loads the index at one revision and applies the watch from there
-// until the watch fails.
-func (x *TargetIndex) follow(ctx context.Context) error {
-	counts := map[string]map[string]int{}
+// Listings is how many times the index has listed etcd: once at start, then
+// once per compaction that outran its watch.
+func (x *TargetIndex) Listings() int64 { return x.follow.Listings() }
+
+// list loads the index at one revision, replacing what it held.
+func (x *TargetIndex) list(ctx context.Context) (int64, error) {
+	rooms := map[string]*roomEntry{}
+	byName := newRoomTree()
 	total := 0
 	records := map[string]GatewayRecord{}
 	roomsPrefix := x.s.k.roomsPrefix()
 	rev, err := x.s.scanKeys(ctx, roomsPrefix, roomsPrefix, 0, func(key string) bool {
 		if room, gw, ok := x.s.decodeRoomKey(key); ok {
-			add(counts, room, gw, 1)
+			add(rooms, byName, room, gw, 1)
 			total++
 		}
 		return true
 	})
 	if err != nil {
-		return fmt.Errorf("list rooms: %w", err)
+		return 0, fmt.Errorf("list rooms: %w", err)
 	}
 	gws, err := x.cli.Get(ctx, x.s.k.gatewaysPrefix(), clientv3.WithPrefix(), clientv3.WithRev(rev))
 	if err != nil {
-		return fmt.Errorf("list gateways: %w", err)
+		return 0, fmt.Errorf("list gateways: %w", err)
 	}
 	for _, kv := range gws.Kvs {
 		var rec GatewayRecord
@@ -93,36 +116,19 @@ func (x *TargetIndex) follow(ctx context.Context) error {
 		}
 	}
 	x.mu.Lock()
-	x.counts, x.total, x.records = counts, total, records
+	x.rooms, x.byName, x.total, x.records, x.rev = rooms, byName, total, records, rev
 	x.mu.Unlock()
-	x.applied.Advance(rev)
+	return rev, nil
+}
 
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
-	x.watchMu.Lock()
-	x.watchCtx = wctx
-	x.watchMu.Unlock()
-	// One watch over the whole keyspace: rooms/ and gateways/ changes, in
-	// revision order, on one stream whose progress covers both.
-	for resp := range x.cli.Watch(wctx, x.s.k.prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1), clientv3.WithProgressNotify()) {
-		if err := resp.Err(); err != nil {
-			return err
-		}
-		last := int64(0)
-		if len(resp.Events) > 0 {
-			x.mu.Lock()
-			for _, ev := range resp.Events {
-				x.applyLocked(ev)
-				last = ev.Kv.ModRevision
-			}
-			x.mu.Unlock()
-		}
-		if resp.IsProgressNotify() {
-			last = resp.Header.Revision
-		}
-		x.applied.Advance(last)
+// apply applies watch events; the index then reflects rev.
+func (x *TargetIndex) apply(events []*clientv3.Event, rev int64) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for _, ev := range events {
+		x.applyLocked(ev)
 	}
-	return errors.New("watch ended")
+	x.rev = max(x.rev, rev)
 }
 
 func (x *TargetIndex) applyLocked(ev *clientv3.Event) {
@@ -130,10 +136,10 @@ func (x *TargetIndex) applyLocked(ev *clientv3.Event) {
 	if room, gw, ok := x.s.decodeRoomKey(key); ok {
 		switch {
 		case ev.Type == mvccpb.DELETE:
-			add(x.counts, room, gw, -1)
+			add(x.rooms, x.byName, room, gw, -1)
 			x.total--
 		case ev.IsCreate():
-			add(x.counts, room, gw, 1)
+			add(x.rooms, x.byName, room, gw, 1)
 			x.total++
 		}
 		return
@@ -150,17 +156,29 @@ func (x *TargetIndex) applyLocked(ev *clientv3.Event) {
 	}
 }
 
-func add(counts map[string]map[string]int, room, gw string, d int) {
-	m := counts[room]
-	if m == nil {
-		m = map[string]int{}
-		counts[room] = m
-	}
-	if m[gw] += d; m[gw] <= 0 {
-		delete(m, gw)
-		if len(m) == 0 {
-			delete(counts, room)
+// add changes the members of room on gateway gw by d, keeping rooms and
+// byName holding exactly the rooms with members.
+func add(rooms map[string]*roomEntry, byName *btree.BTree[*roomEntry], room, gw string, d int) {
+	e := rooms[room]
+	if e == nil {
+		if d <= 0 {
+			return
 		}
+		e = &roomEntry{name: room, gateways: map[string]int{}}
+		rooms[room] = e
+		byName.ReplaceOrInsert(e)
+	}
+	n := e.gateways[gw] + d
+	if n <= 0 {
+		e.members -= e.gateways[gw]
+		delete(e.gateways, gw)
+	} else {
+		e.members += d
+		e.gateways[gw] = n
+	}
+	if len(e.gateways) == 0 {
+		delete(rooms, room)
+		byName.Delete(e)
 	}
 }
 
@@ -169,19 +187,15 @@ func add(counts map[string]map[string]int, room, gw string, d int) {
 func (x *TargetIndex) Sizes() (rooms, memberships, gateways int) {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	return len(x.counts), x.total, len(x.records)
+	return len(x.rooms), x.total, len(x.records)
 }
 
 // Targets returns the gateways holding members of any of rooms (every
 // gateway when rooms is nil), as of a revision at least etcd's current one
-// when the call began.
+// when the call began; Revision is that revision.
 func (x *TargetIndex) Targets(ctx context.Context, rooms []string) (Targets, error) {
-	resp, err := x.cli.Get(clientv3.WithRequireLeader(ctx), x.s.k.gatewaysPrefix(), clientv3.WithPrefix(), clientv3.WithCountOnly())
+	rev, err := x.catchUp(ctx)
 	if err != nil {
-		return Targets{}, fmt.Errorf("read revision: %w", err)
-	}
-	rev := resp.Header.Revision
-	if _, err := x.applied.Wait(ctx, nil, rev, 50*time.Millisecond, x.requestProgress); err != nil {
 		return Targets{}, err
 	}
 	x.mu.RLock()
@@ -193,7 +207,11 @@ func (x *TargetIndex) Targets(ctx context.Context, rooms []string) (Targets, err
 		}
 	}
 	for _, room := range rooms {
-		for gw := range x.counts[room] {
+		e := x.rooms[room]
+		if e == nil {
+			continue
+		}
+		for gw := range e.gateways {
 			if rec, ok := x.records[gw]; ok {
 				t.Gateways[gw] = rec
 			}
@@ -202,13 +220,53 @@ func (x *TargetIndex) Targets(ctx context.Context, rooms []string) (Targets, err
 	return t, nil
 }
 
-func (x *TargetIndex) requestProgress() {
-	x.watchMu.Lock()
-	wctx := x.watchCtx
-	x.watchMu.Unlock()
-	if wctx != nil {
-		_ = x.cli.RequestProgress(wctx)
+// ListRooms returns up to limit (≥ 1) rooms that have members, with their
+// member counts, in byte-wise order of their names, starting after the room
+// named after ("" for the first page); next is the last room of the page when
+// more follow ("" on the last page). The page is one snapshot of the index at
+// revision rev, at least etcd's current revision when the call began. Paging
+// with next visits every room that has members throughout exactly once, in
+// order, whatever joins and leaves happen between pages. A page costs
+// O(log rooms + limit).
+func (x *TargetIndex) ListRooms(ctx context.Context, after string, limit int) (rooms []RoomCount, next string, rev int64, err error) {
+	if _, err := x.catchUp(ctx); err != nil {
+		return nil, "", 0, err
 	}
+	rooms, next, rev = x.page(after, limit)
+	return rooms, next, rev, nil
+}
+
+// page reads one page of ListRooms from the index as it is.
+func (x *TargetIndex) page(after string, limit int) (rooms []RoomCount, next string, rev int64) {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	rooms = make([]RoomCount, 0, min(limit, x.byName.Len()))
+	x.byName.AscendGreaterOrEqual(&roomEntry{name: after}, func(e *roomEntry) bool {
+		if e.name == after {
+			return true
+		}
+		if len(rooms) == limit {
+			next = rooms[limit-1].Room // a further room exists
+			return false
+		}
+		rooms = append(rooms, RoomCount{Room: e.name, Members: int64(e.members)})
+		return true
+	})
+	return rooms, next, x.rev
+}
+
+// catchUp reads etcd's current revision with a linearizable request and
+// waits until the index has applied it; it returns that revision.
+func (x *TargetIndex) catchUp(ctx context.Context) (int64, error) {
+	resp, err := x.cli.Get(clientv3.WithRequireLeader(ctx), x.s.k.gatewaysPrefix(), clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		return 0, fmt.Errorf("read revision: %w", err)
+	}
+	rev := resp.Header.Revision
+	if _, err := x.applied.Wait(ctx, nil, rev, 50*time.Millisecond, x.follow.RequestProgress); err != nil {
+		return 0, err
+	}
+	return rev, nil
 }
 
 // decodeRoomKey splits rooms/{room}/{socket} into the room and the socket's

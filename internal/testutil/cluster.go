@@ -24,12 +24,22 @@ func StartCluster(t testing.TB, n int) *Cluster {
 	t.Helper()
 	c := &Cluster{t: t, configs: make([]etcdembed.Config, n), members: make([]*etcdembed.Server, n)}
 	var peers []string
+	// A port freed by FreeAddr may be handed out again at once: take distinct ones.
+	used := map[string]bool{}
+	distinct := func() string {
+		for {
+			if a := FreeAddr(t); !used[a] {
+				used[a] = true
+				return a
+			}
+		}
+	}
 	for i := range c.configs {
 		c.configs[i] = etcdembed.Config{
 			Name:       fmt.Sprintf("m%d", i),
 			Dir:        t.TempDir(),
-			ClientAddr: FreeAddr(t),
-			PeerAddr:   FreeAddr(t),
+			ClientAddr: distinct(),
+			PeerAddr:   distinct(),
 			LogLevel:   "panic",
 		}
 		peers = append(peers, fmt.Sprintf("m%d=http://%s", i, c.configs[i].PeerAddr))

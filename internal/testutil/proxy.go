@@ -1,7 +1,6 @@
 package testutil
 
 import (
-	"io"
 	"net"
 	"strings"
 	"sync"
@@ -10,15 +9,17 @@ import (
 
 // Proxy is a TCP forwarder on loopback that a test can cut: Pause drops every
 // connection through it and refuses new ones until Resume, as a network
-// partition between a process and etcd would.
+// partition between a process and etcd would. Stall black-holes the open
+// connections instead, as a peer that vanished without a reset would.
 type Proxy struct {
 	l      net.Listener
 	target string
 
-	mu     sync.Mutex
-	paused bool
-	conns  map[net.Conn]struct{}
-	wg     sync.WaitGroup
+	mu      sync.Mutex
+	paused  bool
+	conns   map[net.Conn]struct{}
+	stalled map[net.Conn]bool // connections whose bytes are discarded
+	wg      sync.WaitGroup
 }
 
 // StartProxy forwards a new loopback port to target ("host:port" or a URL);
@@ -32,7 +33,7 @@ func StartProxy(t testing.TB, target string) *Proxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &Proxy{l: l, target: target, conns: map[net.Conn]struct{}{}}
+	p := &Proxy{l: l, target: target, conns: map[net.Conn]struct{}{}, stalled: map[net.Conn]bool{}}
 	p.wg.Add(1)
 	go p.accept()
 	t.Cleanup(p.close)
@@ -49,6 +50,18 @@ func (p *Proxy) Pause() {
 	p.paused = true
 	for c := range p.conns {
 		c.Close()
+	}
+}
+
+// Stall black-holes every open connection without closing it: both ends stay
+// connected, their writes succeed, and nothing they send arrives, for as long
+// as the connection lasts. New connections are forwarded normally, so only a
+// client that replaces its connection gets through again.
+func (p *Proxy) Stall() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.conns {
+		p.stalled[c] = true
 	}
 }
 
@@ -94,11 +107,29 @@ func (p *Proxy) accept() {
 
 func (p *Proxy) pipe(dst, src net.Conn) {
 	defer p.wg.Done()
-	_, _ = io.Copy(dst, src)
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			p.mu.Lock()
+			stalled := p.stalled[src]
+			p.mu.Unlock()
+			if !stalled {
+				if _, werr := dst.Write(buf[:n]); werr != nil {
+					break
+				}
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
 	dst.Close()
 	src.Close()
 	p.mu.Lock()
 	delete(p.conns, dst)
 	delete(p.conns, src)
+	delete(p.stalled, dst)
+	delete(p.stalled, src)
 	p.mu.Unlock()
 }

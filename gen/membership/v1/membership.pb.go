@@ -533,11 +533,15 @@ func (x *Room) GetMemberCount() int64 {
 // ListRoomsResponse is one page of rooms.
 type ListRoomsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Rooms ordered by name.
+	// Rooms in byte-wise order of their names.
 	Rooms []*Room `protobuf:"bytes,1,rep,name=rooms,proto3" json:"rooms,omitempty"`
 	// Token for the next page; empty on the last page.
 	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
-	// The etcd revision this page was read at.
+	// The etcd revision this page is a snapshot of. Listing all rooms: the
+	// revision of the serving replica's room index, which is at least etcd's
+	// revision when the call began (every change committed before the call is
+	// reflected); successive pages may come from different revisions. With
+	// socket_id: the revision the socket's rooms were read at.
 	Revision      int64 `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

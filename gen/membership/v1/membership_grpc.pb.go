@@ -62,7 +62,11 @@ type MembershipServiceClient interface {
 	// connected gives NOT_FOUND and nothing changes.
 	Leave(ctx context.Context, in *LeaveRequest, opts ...grpc.CallOption) (*LeaveResponse, error)
 	// ListRooms lists every room with its member count, or, when socket_id is set,
-	// the rooms of that socket. Results are ordered by room name and paged.
+	// the rooms of that socket. Results are ordered by room name, byte-wise
+	// (the UTF-8 bytes compared as unsigned bytes), and paged: the page token
+	// resumes after the last room of the previous page, so paging visits every
+	// room that has members throughout exactly once, whatever joins and leaves
+	// happen between pages.
 	ListRooms(ctx context.Context, in *ListRoomsRequest, opts ...grpc.CallOption) (*ListRoomsResponse, error)
 	// ListMembers lists the sockets in a room with the gateway holding each. An
 	// unknown room has no members. Results are ordered by socket id and paged.
@@ -228,7 +232,11 @@ type MembershipServiceServer interface {
 	// connected gives NOT_FOUND and nothing changes.
 	Leave(context.Context, *LeaveRequest) (*LeaveResponse, error)
 	// ListRooms lists every room with its member count, or, when socket_id is set,
-	// the rooms of that socket. Results are ordered by room name and paged.
+	// the rooms of that socket. Results are ordered by room name, byte-wise
+	// (the UTF-8 bytes compared as unsigned bytes), and paged: the page token
+	// resumes after the last room of the previous page, so paging visits every
+	// room that has members throughout exactly once, whatever joins and leaves
+	// happen between pages.
 	ListRooms(context.Context, *ListRoomsRequest) (*ListRoomsResponse, error)
 	// ListMembers lists the sockets in a room with the gateway holding each. An
 	// unknown room has no members. Results are ordered by socket id and paged.
