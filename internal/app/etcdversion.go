@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -113,26 +114,44 @@ func CheckEtcdVersion(ctx context.Context, cli *clientv3.Client, skip bool, wait
 	}
 	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
+	eps := cli.Endpoints()
 	for {
+		// All endpoints at once: a member that is down costs the start one
+		// timeout, not one each.
+		versions := make([]string, len(eps))
+		errs := make([]error, len(eps))
+		var wg sync.WaitGroup
+		for i, ep := range eps {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				callCtx, callCancel := context.WithTimeout(ctx, etcdStatusTimeout)
+				defer callCancel()
+				st, err := cli.Status(callCtx, ep)
+				if err != nil {
+					errs[i] = fmt.Errorf("%s: %w", ep, err)
+					return
+				}
+				versions[i] = st.Version
+			}()
+		}
+		wg.Wait()
 		answered := 0
-		var errs []error
-		for _, ep := range cli.Endpoints() {
-			callCtx, callCancel := context.WithTimeout(ctx, etcdStatusTimeout)
-			st, err := cli.Status(callCtx, ep)
-			callCancel()
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", ep, err))
+		for i, ep := range eps {
+			if errs[i] != nil {
 				continue
 			}
 			answered++
-			if err := CheckEtcdServerVersion(st.Version); err != nil {
+			if err := CheckEtcdServerVersion(versions[i]); err != nil {
 				return fmt.Errorf("etcd endpoint %s: %w", ep, err)
 			}
-			log.Debug("etcd server version", "endpoint", ep, "version", st.Version)
+			log.Debug("etcd server version", "endpoint", ep, "version", versions[i])
 		}
 		if answered > 0 {
 			for _, err := range errs {
-				log.Warn("etcd endpoint did not answer the version check; not checked", "err", err)
+				if err != nil {
+					log.Warn("etcd endpoint did not answer the version check; not checked", "err", err)
+				}
 			}
 			return nil
 		}
