@@ -152,7 +152,7 @@ func unescapeRoom(s string) (string, error) {
 		case strings.HasPrefix(s[i:], "%2F"):
 			b.WriteByte('/')
 		default:
-			return "", fmt.Errorf("bad escape in room key segment %q", s)
+			return "", fmt.Errorf("%w: bad escape in room key segment %q", ErrCorruptRecord, s)
 		}
 		i += 2
 	}
