@@ -52,6 +52,10 @@ const (
 	// ReasonShuttingDown: this membership-server replica is stopping
 	// (UNAVAILABLE); retry on another replica.
 	ReasonShuttingDown = "SHUTTING_DOWN"
+	// ReasonRoomNameReserved: a room name has the shape of a socket id,
+	// which names that socket's own room (INVALID_ARGUMENT, field names the
+	// room field).
+	ReasonRoomNameReserved = "ROOM_NAME_RESERVED"
 )
 
 // fieldError is bad input in one request field.
