@@ -85,6 +85,11 @@ func TestCorruptRecordIsInternal(t *testing.T) {
 	}
 	_, err = api.GetSocket(ctx, &membershipv1.GetSocketRequest{SocketId: sock2.String()})
 	stacktest.WantStatus(t, err, codes.Internal, service.ReasonCorruptRecord, "")
+	if _, err := e.Client.Put(ctx, store.DefaultPrefix+"rooms/bad%ZZescape/"+sock2.String(), ""); err != nil {
+		t.Fatal(err)
+	}
+	_, err = api.ListRooms(ctx, &membershipv1.ListRoomsRequest{})
+	stacktest.WantStatus(t, err, codes.Internal, service.ReasonCorruptRecord, "")
 }
 
 // A call that reads at one revision over several etcd requests, and finds
