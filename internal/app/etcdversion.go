@@ -30,11 +30,14 @@ import (
 //     releases) as "Watch on future revision returns old events or
 //     notifications".
 //
-// So the first releases carrying all three are v3.5.22 and v3.6.2; 3.7 and
-// later branched from main after all three merged. 3.4 and older are refused.
+// So the first releases carrying all three are v3.5.22 and v3.6.2. 3.7 was
+// released from main, where v3.7.0-alpha.0 predates #20229 (v3.7.0-beta.0 is
+// the first 3.7 tag with it): 3.7.0 pre-releases are refused, releases from
+// 3.7.0 on accepted. 3.4 and older are refused.
 var minEtcdPatch = map[[2]int]int{
 	{3, 5}: 22,
 	{3, 6}: 2,
+	{3, 7}: 0,
 }
 
 // etcdVersionWhy is the reason given when a server is refused.
@@ -47,21 +50,21 @@ var ErrEtcdVersion = errors.New("unsupported etcd server version")
 
 // CheckEtcdServerVersion refuses etcd server versions older than the first
 // release of their minor series with the watch fixes above: 3.5.22 for 3.5,
-// 3.6.2 for 3.6; 3.4 and older are refused, 3.7 and later accepted. A
-// version that does not parse as major.minor.patch[-pre][+build] is refused
-// too: nothing says it has the fixes. A pre-release sorts before its release
-// (3.6.2-rc.0 is refused), except on 3.7 and later.
+// 3.6.2 for 3.6, 3.7.0 for 3.7; 3.4 and older are refused, 3.8 and later
+// accepted. A version that does not parse as major.minor.patch[-pre][+build]
+// is refused too: nothing says it has the fixes. A pre-release sorts before
+// its release (3.6.2-rc.0 and 3.7.0-alpha.0 are refused).
 func CheckEtcdServerVersion(v string) error {
 	major, minor, patch, pre, ok := parseVersion(v)
 	if !ok {
-		return fmt.Errorf("%w: etcd server reports version %q, which is not major.minor.patch; need 3.5.22+, 3.6.2+ or 3.7+, since %s", ErrEtcdVersion, v, etcdVersionWhy)
+		return fmt.Errorf("%w: etcd server reports version %q, which is not major.minor.patch; need 3.5.22+, 3.6.2+ or 3.7.0+, since %s", ErrEtcdVersion, v, etcdVersionWhy)
 	}
-	if major > 3 || major == 3 && minor >= 7 {
+	if major > 3 || major == 3 && minor > 7 {
 		return nil
 	}
 	min, known := minEtcdPatch[[2]int{major, minor}]
 	if !known {
-		return fmt.Errorf("%w: etcd server version %s is not supported (need 3.5.22+, 3.6.2+ or 3.7+), since %s", ErrEtcdVersion, v, etcdVersionWhy)
+		return fmt.Errorf("%w: etcd server version %s is not supported (need 3.5.22+, 3.6.2+ or 3.7.0+), since %s", ErrEtcdVersion, v, etcdVersionWhy)
 	}
 	if patch > min || patch == min && !pre {
 		return nil
@@ -171,5 +174,5 @@ const EtcdVersionCheckWait = 30 * time.Second
 // binaries.
 func AddEtcdVersionCheckFlag(fs *flag.FlagSet) *bool {
 	return fs.Bool("etcd-skip-version-check", false,
-		"start without checking that etcd is 3.5.22+, 3.6.2+ or 3.7+ (only for an etcd build known to carry the watch fixes of etcd-io/etcd#15237, #17557 and #20229 under another version)")
+		"start without checking that etcd is 3.5.22+, 3.6.2+ or 3.7.0+ (only for an etcd build known to carry the watch fixes of etcd-io/etcd#15237, #17557 and #20229 under another version)")
 }

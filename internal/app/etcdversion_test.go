@@ -15,7 +15,8 @@ import (
 
 func TestCheckEtcdServerVersion(t *testing.T) {
 	for v, ok := range map[string]bool{
-		"3.7.3": true, "3.7.0": true, "3.7.0-alpha.0": true, "3.8.1": true, "4.0.0": true,
+		"3.7.3": true, "3.7.0": true, "3.7.1-rc.0": true, "3.8.1": true, "3.8.0-alpha.0": true, "4.0.0": true,
+		"3.7.0-alpha.0": false, "3.7.0-rc.0": false,
 		"3.6.2": true, "3.6.3": true, "3.6.15": true, "3.6.2+build.7": true,
 		"3.6.1": false, "3.6.0": false, "3.6.0-rc.5": false, "3.6.2-rc.0": false,
 		"3.5.22": true, "3.5.33": true, "3.5.23-rc.1": true,
