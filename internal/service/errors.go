@@ -122,17 +122,17 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 		return withDetails(status.New(codes.Aborted, err.Error()+"; retry"),
 			&errdetails.ErrorInfo{Reason: ReasonConflict, Domain: ErrorDomain})
 	case errors.As(err, &ae):
-		code, reason := codes.DeadlineExceeded, ReasonApplyTimeout
-		if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, store.ErrCorruptRecord) {
-			code, reason = codes.Unavailable, ReasonGatewayUnavailable
-			log.Warn("waiting for a gateway to apply failed", "revision", ae.revision, "err", ae.err)
-		}
-		msg := ae.Error()
-		if errors.Is(err, store.ErrCorruptRecord) {
+		code, reason, msg := codes.DeadlineExceeded, ReasonApplyTimeout, ae.Error()
+		switch {
+		case errors.Is(err, store.ErrCorruptRecord):
 			// The gateway's record cannot be read: the change is committed,
 			// but no one can tell when it is applied.
-			code, reason, msg = codes.Internal, ReasonCorruptRecord, "change committed at revision "+itoa(ae.revision)+" but the socket's gateway record is corrupt"
+			code, reason = codes.Internal, ReasonCorruptRecord
+			msg = "change committed at revision " + itoa(ae.revision) + " but the socket's gateway record is corrupt"
 			log.Error("corrupt record in etcd", "err", ae.err)
+		case !errors.Is(err, context.DeadlineExceeded):
+			code, reason = codes.Unavailable, ReasonGatewayUnavailable
+			log.Warn("waiting for a gateway to apply failed", "revision", ae.revision, "err", ae.err)
 		}
 		return withDetails(status.New(code, msg),
 			&errdetails.ErrorInfo{Reason: reason, Domain: ErrorDomain,
