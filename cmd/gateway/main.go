@@ -48,6 +48,7 @@ func run(args []string) error {
 	leaseTTL := fs.Duration("lease-ttl", 10*time.Second, "TTL of the gateway's etcd lease; its sockets vanish this long after a crash (at least 2s)")
 	tokenFile := fs.String("auth-token-file", "", "file holding the bearer token membership-servers must present to the internal API (empty: none)")
 	etcdTLS := app.AddEtcdTLSFlags(fs)
+	skipVersionCheck := app.AddEtcdVersionCheckFlag(fs)
 	serverTLS := app.AddServerTLSFlags(fs, "internal API")
 	maxSockets := fs.Int("max-sockets", 0, "sockets this gateway holds at most; more are refused with HTTP 503 (0: no limit)")
 	framesPerSecond := fs.Float64("frames-per-second", 50, "client frames a socket may send per second (bursts of 2 s); past it requests get 429, far past it the socket is closed (1008)")
@@ -127,6 +128,11 @@ func run(args []string) error {
 		return fmt.Errorf("etcd client: %w", err)
 	}
 	defer cli.Close()
+	if err := app.CheckEtcdVersion(context.Background(), cli, *skipVersionCheck, app.EtcdVersionCheckWait, log); err != nil {
+		grpcLis.Close()
+		wsLis.Close()
+		return err
+	}
 	gw, err := gateway.New(gateway.Config{
 		ID:               id,
 		AdvertiseAddr:    adv,

@@ -1,10 +1,16 @@
 package main
 
 import (
+	"errors"
 	"net"
+	"strings"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/socketrooms/membership/internal/app"
+	"github.com/socketrooms/membership/internal/testutil"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -34,5 +40,24 @@ func TestAdvertiseAddr(t *testing.T) {
 		if err != nil || got != want {
 			t.Errorf("advertiseAddr(%q) = %q, %v; want %q", flag, got, err, want)
 		}
+	}
+}
+
+// The gateway refuses to start against an etcd older than the watch fixes it
+// relies on. No old etcd release can run here: StartEtcdStatusOnly answers
+// only Maintenance.Status, which is all the check reads.
+func TestStartRefusesOldEtcd(t *testing.T) {
+	old := testutil.StartEtcdStatusOnly(t, "3.5.21")
+	errc := make(chan error, 1)
+	go func() {
+		errc <- run([]string{"--etcd-endpoints", old, "--grpc-addr", "127.0.0.1:0", "--ws-addr", "127.0.0.1:0", "--log-level", "error"})
+	}()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, app.ErrEtcdVersion) || !strings.Contains(err.Error(), "3.5.21") || !strings.Contains(err.Error(), "3.5.22") {
+			t.Fatalf("run = %v; want a refusal naming 3.5.21 and 3.5.22", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("gateway started against etcd 3.5.21")
 	}
 }

@@ -54,6 +54,7 @@ func run(args []string) error {
 	tokenFile := fs.String("auth-token-file", "", "file holding the bearer token callers must present (empty: none; health and reflection never need it)")
 	gatewayTokenFile := fs.String("gateway-auth-token-file", "", "file holding the bearer token to present to gateways' internal API")
 	etcdTLS := app.AddEtcdTLSFlags(fs)
+	skipVersionCheck := app.AddEtcdVersionCheckFlag(fs)
 	serverTLS := app.AddServerTLSFlags(fs, "gRPC API")
 	gwServerName := fs.String("gateway-tls-server-name", "", "name to verify in every gateway's certificate instead of its advertised host (one certificate for all gateways, e.g. on Kubernetes where they are dialled by pod IP)")
 	gwCA := fs.String("gateway-tls-ca-file", "", "CA bundle to verify gateways' internal API certificates; empty: plaintext to gateways")
@@ -111,6 +112,9 @@ func run(args []string) error {
 		return fmt.Errorf("etcd client: %w", err)
 	}
 	defer cli.Close()
+	if err := app.CheckEtcdVersion(context.Background(), cli, *skipVersionCheck, app.EtcdVersionCheckWait, log); err != nil {
+		return err
+	}
 
 	token, err := app.ReadToken(*tokenFile)
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -39,6 +40,22 @@ const (
 	// ReasonConflict: concurrent Joins of the same sockets kept a Join under
 	// the rooms-per-socket limit from committing; retry.
 	ReasonConflict = "CONFLICT"
+	// ReasonCorruptRecord: a record in etcd does not decode (INTERNAL): a
+	// socket or gateway record that is not its JSON, a room key with a bad
+	// escape. Something other than this service wrote it; retrying reads the
+	// same bytes.
+	ReasonCorruptRecord = "CORRUPT_RECORD"
+	// ReasonRevisionCompacted: the call read at one etcd revision across
+	// several requests, and etcd compacted that revision in between
+	// (ABORTED); retry.
+	ReasonRevisionCompacted = "REVISION_COMPACTED"
+	// ReasonShuttingDown: this membership-server replica is stopping
+	// (UNAVAILABLE); retry on another replica.
+	ReasonShuttingDown = "SHUTTING_DOWN"
+	// ReasonRoomNameReserved: a room name has the shape of a socket id,
+	// which names that socket's own room (INVALID_ARGUMENT, field names the
+	// room field).
+	ReasonRoomNameReserved = "ROOM_NAME_RESERVED"
 )
 
 // fieldError is bad input in one request field.
@@ -69,7 +86,10 @@ func (e *applyError) Error() string {
 func (e *applyError) Unwrap() error { return e.err }
 
 // toStatus is the one place where errors become gRPC statuses. Raw etcd errors
-// never reach callers: they are logged and reported as UNAVAILABLE.
+// never reach callers: they are logged, and those that say etcd cannot
+// answer now (etcdUnavailable) are reported as UNAVAILABLE/ETCD_UNAVAILABLE,
+// which callers retry. An error nothing here recognizes is a bug, not a
+// reason to retry: INTERNAL.
 func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 	if err == nil {
 		return nil
@@ -102,18 +122,39 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 		return withDetails(status.New(codes.Aborted, err.Error()+"; retry"),
 			&errdetails.ErrorInfo{Reason: ReasonConflict, Domain: ErrorDomain})
 	case errors.As(err, &ae):
-		code, reason := codes.DeadlineExceeded, ReasonApplyTimeout
-		if !errors.Is(err, context.DeadlineExceeded) {
+		code, reason, msg := codes.DeadlineExceeded, ReasonApplyTimeout, ae.Error()
+		switch {
+		case errors.Is(err, store.ErrCorruptRecord):
+			// The gateway's record cannot be read: the change is committed,
+			// but no one can tell when it is applied.
+			code, reason = codes.Internal, ReasonCorruptRecord
+			msg = "change committed at revision " + itoa(ae.revision) + " but the socket's gateway record is corrupt"
+			log.Error("corrupt record in etcd", "err", ae.err)
+		case !errors.Is(err, context.DeadlineExceeded):
 			code, reason = codes.Unavailable, ReasonGatewayUnavailable
 			log.Warn("waiting for a gateway to apply failed", "revision", ae.revision, "err", ae.err)
 		}
-		return withDetails(status.New(code, ae.Error()),
+		return withDetails(status.New(code, msg),
 			&errdetails.ErrorInfo{Reason: reason, Domain: ErrorDomain,
 				Metadata: map[string]string{"revision": itoa(ae.revision)}})
 	case errors.Is(err, context.DeadlineExceeded) || ctx.Err() == context.DeadlineExceeded:
 		return status.Error(codes.DeadlineExceeded, "deadline exceeded")
 	case errors.Is(err, context.Canceled) || ctx.Err() == context.Canceled:
 		return status.Error(codes.Canceled, "canceled")
+	case errors.Is(err, store.ErrShuttingDown):
+		return withDetails(status.New(codes.Unavailable, "this membership-server is shutting down; retry on another replica"),
+			&errdetails.ErrorInfo{Reason: ReasonShuttingDown, Domain: ErrorDomain})
+	case errors.Is(err, store.ErrCorruptRecord):
+		// The error names the key, for the operator; the caller gets no bytes
+		// of what is stored.
+		log.Error("corrupt record in etcd", "err", err)
+		return withDetails(status.New(codes.Internal, "a membership record in etcd is corrupt"),
+			&errdetails.ErrorInfo{Reason: ReasonCorruptRecord, Domain: ErrorDomain})
+	// Cases for a compaction met by a particular call, with more to say,
+	// go above this generic one.
+	case errors.Is(err, rpctypes.ErrCompacted):
+		return withDetails(status.New(codes.Aborted, "the revision this call read at was compacted; retry"),
+			&errdetails.ErrorInfo{Reason: ReasonRevisionCompacted, Domain: ErrorDomain})
 	case errors.Is(err, rpctypes.ErrTooManyOps), errors.Is(err, rpctypes.ErrRequestTooLarge), errors.Is(err, rpctypes.ErrDuplicateKey):
 		// Requests are validated to stay inside etcd's limits: this is a bug,
 		// and retrying would not help.
@@ -125,11 +166,53 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 		log.Error("etcd refused the service's credentials", "err", err)
 		return withDetails(status.New(codes.PermissionDenied, "the membership store refused this service"),
 			&errdetails.ErrorInfo{Reason: ReasonEtcdPermissionDenied, Domain: ErrorDomain})
-	default:
+	case etcdUnavailable(err):
 		log.Warn("etcd request failed", "err", err)
 		return withDetails(status.New(codes.Unavailable, "membership store unavailable; retry"),
 			&errdetails.ErrorInfo{Reason: ReasonEtcdUnavailable, Domain: ErrorDomain})
+	default:
+		log.Error("unexpected error", "err", err)
+		return withDetails(status.New(codes.Internal, "internal error"),
+			&errdetails.ErrorInfo{Reason: ReasonInternal, Domain: ErrorDomain})
 	}
+}
+
+// etcdRetryErrors are etcd's errors that say it cannot answer now but will:
+// no leader or a leader change, a request that timed out in raft, a stopped
+// or unhealthy member, a cluster mid-upgrade (not capable), too many
+// requests, and a full database (writes resume once it is compacted and
+// defragmented).
+var etcdRetryErrors = []error{
+	rpctypes.ErrNoLeader, rpctypes.ErrNotLeader, rpctypes.ErrLeaderChanged,
+	rpctypes.ErrTimeout, rpctypes.ErrTimeoutDueToLeaderFail, rpctypes.ErrTimeoutDueToConnectionLost,
+	rpctypes.ErrTimeoutWaitAppliedIndex, rpctypes.ErrStopped, rpctypes.ErrUnhealthy,
+	rpctypes.ErrNotCapable, rpctypes.ErrTooManyRequests, rpctypes.ErrNoSpace,
+}
+
+// etcdUnavailable tells whether err says etcd cannot be reached or cannot
+// answer now: one of etcdRetryErrors, another etcd error with code
+// UNAVAILABLE or DEADLINE_EXCEEDED, a gRPC transport error of the etcd
+// connection (UNAVAILABLE: refused, reset, no endpoint), or the client
+// finding no endpoint.
+func etcdUnavailable(err error) bool {
+	for _, e := range etcdRetryErrors {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	if errors.Is(err, clientv3.ErrNoAvailableEndpoints) {
+		return true
+	}
+	var ee rpctypes.EtcdError
+	if errors.As(err, &ee) {
+		return ee.Code() == codes.Unavailable || ee.Code() == codes.DeadlineExceeded
+	}
+	var se interface{ GRPCStatus() *status.Status }
+	if errors.As(err, &se) {
+		c := se.GRPCStatus().Code()
+		return c == codes.Unavailable || c == codes.DeadlineExceeded
+	}
+	return false
 }
 
 func withDetails(st *status.Status, details ...protoadapt.MessageV1) error {

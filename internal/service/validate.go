@@ -3,6 +3,7 @@ package service
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 
 	"google.golang.org/grpc/metadata"
 
@@ -10,8 +11,13 @@ import (
 	"github.com/socketrooms/membership/internal/store"
 )
 
+// validateRoom checks a room name taken from field (store.ValidateRoom); a
+// name shaped like a socket id gets its own reason, ROOM_NAME_RESERVED.
 func validateRoom(field, room string) error {
-	if err := store.ValidateRoom(room); err != nil {
+	switch err := store.ValidateRoom(room); {
+	case errors.Is(err, store.ErrRoomLikeSocketID):
+		return &fieldError{field: field, msg: err.Error(), reason: ReasonRoomNameReserved}
+	case err != nil:
 		return invalid(field, err.Error())
 	}
 	return nil

@@ -96,7 +96,7 @@ func (s *Store) BatchStats() (txns, calls int64) {
 	return s.batch.txns.Load(), s.batch.calls.Load()
 }
 
-var errBatcherStopped = fmt.Errorf("membership store is shutting down")
+var errBatcherStopped = fmt.Errorf("batcher stopped: %w", ErrShuttingDown)
 
 // do commits one call, alone or with others, and returns its share.
 func (b *batcher) do(ctx context.Context, op *etcdserverpb.TxnRequest, keys []string, width int) (*etcdserverpb.TxnResponse, int64, error) {

@@ -1,20 +1,30 @@
 package store
 
 import (
+	"errors"
 	"strings"
 	"testing"
 )
 
 // FuzzRoomKey: every valid room name maps to one key segment without "/"
-// and back to itself, and distinct names never share a segment.
+// and back to itself, distinct names never share a segment, and no valid
+// room name is a socket id, in any spelling.
 func FuzzRoomKey(f *testing.F) {
-	for _, seed := range []string{"fun", "a/b", "100%", "%2F", "%25", "/", "ünï/cødé %", " ", strings.Repeat("é", 128)} {
+	id := NewSocketID("gw-a", 1).String()
+	for _, seed := range []string{"fun", "a/b", "100%", "%2F", "%25", "/", "ünï/cødé %", " ", strings.Repeat("é", 128),
+		id, strings.ToUpper(id), "gw-a.0000000000000001.AAAAAAAAAAAAAAAAAAAAAA", "gw-a.0000000000000001.AAAAAAAAAAAAAAAAAAAAA"} {
 		f.Add(seed, seed+"/")
 	}
 	f.Fuzz(func(t *testing.T, a, b string) {
 		for _, room := range []string{a, b} {
 			if ValidateRoom(room) != nil {
 				return
+			}
+			if _, err := ParseSocketID(room); err == nil {
+				t.Fatalf("valid room %q parses as a socket id", room)
+			}
+			if _, err := ParseSocketID(strings.ToLower(room)); err == nil && hasSocketIDShape(room) {
+				t.Fatalf("valid room %q is a socket id spelled otherwise", room)
 			}
 			seg := escapeRoom(room)
 			if strings.Contains(seg, "/") {
@@ -48,6 +58,9 @@ func FuzzSocketID(f *testing.F) {
 		}
 		if strings.ContainsAny(s, "/%") || len(s) > MaxSocketIDBytes {
 			t.Fatalf("%q is not one safe key segment", s)
+		}
+		if !errors.Is(ValidateRoom(s), ErrRoomLikeSocketID) {
+			t.Fatalf("socket id %q is accepted as a room name: %v", s, ValidateRoom(s))
 		}
 	})
 }

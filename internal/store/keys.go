@@ -30,9 +30,18 @@ var (
 	ErrInvalidSocketID = errors.New("malformed socket id")
 	// ErrInvalidGatewayID reports a gateway id outside [A-Za-z0-9_-]{1,64}.
 	ErrInvalidGatewayID = errors.New("gateway id must be 1 to 64 characters of [A-Za-z0-9_-]")
+	// ErrRoomLikeSocketID reports a room name with the shape of a socket id.
+	ErrRoomLikeSocketID = errors.New("room must not have the shape of a socket id ({gateway}.{16 hex digits}.{22 base64url characters}): such a name is reserved for the socket's own room")
 )
 
-// ValidateRoom checks a room name.
+// ValidateRoom checks a room name: 1 to 256 bytes of UTF-8 without control
+// characters (else ErrInvalidRoom), and not shaped like a socket id (else
+// ErrRoomLikeSocketID). As in Socket.IO, where every socket is in a room
+// named by its own id, a socket id names that socket wherever a room is
+// expected (AddRoomMembersToRooms' source): a room spelled like one would be
+// mistaken for it. The shape is the socket id grammar, canonical or not
+// (upper-case hex digits, a zero lease), so no room is ever confused with a
+// socket id, whatever spellings ParseSocketID accepts.
 func ValidateRoom(room string) error {
 	if len(room) == 0 || len(room) > MaxRoomBytes || !utf8.ValidString(room) {
 		return ErrInvalidRoom
@@ -42,7 +51,39 @@ func ValidateRoom(room string) error {
 			return ErrInvalidRoom
 		}
 	}
+	if hasSocketIDShape(room) {
+		return ErrRoomLikeSocketID
+	}
 	return nil
+}
+
+// hasSocketIDShape tells whether s is "{gateway}.{lease}.{nonce}" with a
+// gateway of [A-Za-z0-9_-]{1,64}, a lease of 16 hex digits of either case
+// and a nonce of 22 base64url characters: every string ParseSocketID
+// accepts, and the other spellings of the same shape.
+func hasSocketIDShape(s string) bool {
+	if len(s) > MaxSocketIDBytes {
+		return false
+	}
+	gw, rest, ok := strings.Cut(s, ".")
+	if !ok || ValidateGatewayID(gw) != nil {
+		return false
+	}
+	lease, nonce, ok := strings.Cut(rest, ".")
+	if !ok || len(lease) != 16 || len(nonce) != nonceChars {
+		return false
+	}
+	for i := 0; i < len(lease); i++ {
+		if c := lease[i]; !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
+			return false
+		}
+	}
+	for i := 0; i < len(nonce); i++ {
+		if !isIDChar(nonce[i]) { // base64url's alphabet is [A-Za-z0-9_-]
+			return false
+		}
+	}
+	return true
 }
 
 // ValidateGatewayID checks a gateway id. The charset keeps ids free of the
@@ -152,7 +193,7 @@ func unescapeRoom(s string) (string, error) {
 		case strings.HasPrefix(s[i:], "%2F"):
 			b.WriteByte('/')
 		default:
-			return "", fmt.Errorf("bad escape in room key segment %q", s)
+			return "", fmt.Errorf("%w: bad escape in room key segment %q", ErrCorruptRecord, s)
 		}
 		i += 2
 	}

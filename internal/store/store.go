@@ -269,7 +269,7 @@ func (s *Store) GetSocket(ctx context.Context, socket SocketID) (SocketInfo, int
 	var info SocketInfo
 	rec := resp.Responses[0].GetResponseRange().Kvs[0]
 	if err := json.Unmarshal(rec.Value, &info.SocketRecord); err != nil {
-		return SocketInfo{}, 0, fmt.Errorf("decode socket record %q: %w", rec.Key, err)
+		return SocketInfo{}, 0, corrupt("socket record", rec.Key, err)
 	}
 	info.ID = id
 	prefix := s.k.socketRoomsPrefix(socket)
@@ -379,7 +379,7 @@ func (s *Store) fillUsers(ctx context.Context, members []Member, rev int64) erro
 		}
 		var rec SocketRecord
 		if err := json.Unmarshal(kvs[0].Value, &rec); err != nil {
-			return fmt.Errorf("decode socket record %q: %w", kvs[0].Key, err)
+			return corrupt("socket record", kvs[0].Key, err)
 		}
 		members[i].User = rec.User
 	}
@@ -425,7 +425,7 @@ func (s *Store) Gateway(ctx context.Context, id string) (GatewayRecord, error) {
 	}
 	var rec GatewayRecord
 	if err := json.Unmarshal(resp.Kvs[0].Value, &rec); err != nil {
-		return GatewayRecord{}, fmt.Errorf("decode gateway record: %w", err)
+		return GatewayRecord{}, corrupt("gateway record", resp.Kvs[0].Key, err)
 	}
 	return rec, nil
 }

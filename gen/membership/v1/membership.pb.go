@@ -84,7 +84,8 @@ type JoinRequest struct {
 	// The socket to add. Empty (with socket_ids empty too) means the socket named
 	// by the call's x-socket-id metadata (the socket-request form).
 	SocketId string `protobuf:"bytes,1,opt,name=socket_id,json=socketId,proto3" json:"socket_id,omitempty"`
-	// The room: 1 to 256 bytes of UTF-8 without control characters.
+	// The room: 1 to 256 bytes of UTF-8 without control characters, not shaped
+	// like a socket id (ROOM_NAME_RESERVED).
 	Room string `protobuf:"bytes,2,opt,name=room,proto3" json:"room,omitempty"`
 	// When the call returns; WAIT_FOR_COMMIT when unspecified.
 	WaitFor WaitFor `protobuf:"varint,3,opt,name=wait_for,json=waitFor,proto3,enum=membership.v1.WaitFor" json:"wait_for,omitempty"`
@@ -278,7 +279,8 @@ type LeaveRequest struct {
 	// The socket to remove. Empty (with socket_ids empty too) means the socket
 	// named by the call's x-socket-id metadata (the socket-request form).
 	SocketId string `protobuf:"bytes,1,opt,name=socket_id,json=socketId,proto3" json:"socket_id,omitempty"`
-	// The room: 1 to 256 bytes of UTF-8 without control characters.
+	// The room: 1 to 256 bytes of UTF-8 without control characters, not shaped
+	// like a socket id (ROOM_NAME_RESERVED).
 	Room string `protobuf:"bytes,2,opt,name=room,proto3" json:"room,omitempty"`
 	// When the call returns; WAIT_FOR_COMMIT when unspecified.
 	WaitFor WaitFor `protobuf:"varint,3,opt,name=wait_for,json=waitFor,proto3,enum=membership.v1.WaitFor" json:"wait_for,omitempty"`
@@ -601,7 +603,8 @@ func (x *ListRoomsResponse) GetRevision() int64 {
 // ListMembersRequest asks for the members of a room.
 type ListMembersRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The room: 1 to 256 bytes of UTF-8 without control characters.
+	// The room: 1 to 256 bytes of UTF-8 without control characters, not shaped
+	// like a socket id (ROOM_NAME_RESERVED).
 	Room string `protobuf:"bytes,1,opt,name=room,proto3" json:"room,omitempty"`
 	// At most this many members per page; 0 means 100, the maximum is 1000.
 	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
@@ -978,7 +981,8 @@ func (x *GetSocketResponse) GetRevision() int64 {
 // BroadcastRequest sends an event to the members of some rooms.
 type BroadcastRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The target rooms; at least one, at most 100.
+	// The target rooms; at least one, at most 100, each a room name as in
+	// JoinRequest.room.
 	Rooms []string `protobuf:"bytes,1,rep,name=rooms,proto3" json:"rooms,omitempty"`
 	// The event name sockets see; "message" when empty.
 	Event string `protobuf:"bytes,2,opt,name=event,proto3" json:"event,omitempty"`
@@ -1249,7 +1253,8 @@ func (x *BlastResponse) GetFailedGateways() int32 {
 // LeaveAllRequest names the room whose members leave every room.
 type LeaveAllRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The room: 1 to 256 bytes of UTF-8 without control characters.
+	// The room: 1 to 256 bytes of UTF-8 without control characters, not shaped
+	// like a socket id (ROOM_NAME_RESERVED).
 	Room          string `protobuf:"bytes,1,opt,name=room,proto3" json:"room,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1359,9 +1364,12 @@ func (x *LeaveAllResponse) GetRevision() int64 {
 // AddRoomMembersToRoomsRequest names a source and the rooms to join.
 type AddRoomMembersToRoomsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// A room whose members are added, or a socket id.
+	// A room whose members are added, or a socket id as a gateway issued it
+	// (that socket). A name with a socket id's shape in any other spelling is
+	// neither, and refused (ROOM_NAME_RESERVED).
 	SourceRoom string `protobuf:"bytes,1,opt,name=source_room,json=sourceRoom,proto3" json:"source_room,omitempty"`
-	// The rooms to join; at least one, at most 100.
+	// The rooms to join; at least one, at most 100, each a room name as in
+	// JoinRequest.room.
 	DestRooms     []string `protobuf:"bytes,2,rep,name=dest_rooms,json=destRooms,proto3" json:"dest_rooms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1488,9 +1496,12 @@ func (x *AddRoomMembersToRoomsResponse) GetOverLimit() int64 {
 // RemoveRoomMembersFromRoomsRequest names a source and the rooms to leave.
 type RemoveRoomMembersFromRoomsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// A room whose members are removed, or a socket id.
+	// A room whose members are removed, or a socket id as a gateway issued it
+	// (that socket). A name with a socket id's shape in any other spelling is
+	// neither, and refused (ROOM_NAME_RESERVED).
 	SourceRoom string `protobuf:"bytes,1,opt,name=source_room,json=sourceRoom,proto3" json:"source_room,omitempty"`
-	// The rooms to leave; at least one, at most 100.
+	// The rooms to leave; at least one, at most 100, each a room name as in
+	// JoinRequest.room.
 	DestRooms     []string `protobuf:"bytes,2,rep,name=dest_rooms,json=destRooms,proto3" json:"dest_rooms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -46,7 +46,19 @@ const (
 // APPLY_TIMEOUT (the change is committed; metadata "revision"),
 // PAYLOAD_TOO_LARGE (INVALID_ARGUMENT on field "data"), ROOM_LIMIT_EXCEEDED
 // (FAILED_PRECONDITION; metadata "socket_ids" and "limit"), CONFLICT (ABORTED;
-// retry), ETCD_PERMISSION_DENIED, INTERNAL.
+// retry), REVISION_COMPACTED (ABORTED: a call reading at one revision found it
+// compacted; retry), SHUTTING_DOWN (UNAVAILABLE: this replica is stopping;
+// retry on another), CORRUPT_RECORD (INTERNAL: a record in etcd does not
+// decode; retrying does not help), ROOM_NAME_RESERVED (INVALID_ARGUMENT: a
+// room named like a socket id; metadata "field"), ETCD_PERMISSION_DENIED,
+// INTERNAL (a bug; not worth retrying).
+//
+// Room names are 1 to 256 bytes of UTF-8 without control characters, and
+// never have the shape of a socket id: {gateway}.{16 hex digits}.{22
+// base64url characters}, whatever the case of the hex digits. As in
+// Socket.IO, where every socket is in a room named by its own id, such a name
+// belongs to that socket (AddRoomMembersToRooms takes a socket id where it
+// takes a room), so no room may be spelled like one.
 type MembershipServiceClient interface {
 	// Join adds a socket (or several, atomically) to a room. It returns once the
 	// membership is committed in etcd (or, with WAIT_FOR_APPLY, once the sockets'
@@ -216,7 +228,19 @@ func (c *membershipServiceClient) RemoveRoomMembersFromRooms(ctx context.Context
 // APPLY_TIMEOUT (the change is committed; metadata "revision"),
 // PAYLOAD_TOO_LARGE (INVALID_ARGUMENT on field "data"), ROOM_LIMIT_EXCEEDED
 // (FAILED_PRECONDITION; metadata "socket_ids" and "limit"), CONFLICT (ABORTED;
-// retry), ETCD_PERMISSION_DENIED, INTERNAL.
+// retry), REVISION_COMPACTED (ABORTED: a call reading at one revision found it
+// compacted; retry), SHUTTING_DOWN (UNAVAILABLE: this replica is stopping;
+// retry on another), CORRUPT_RECORD (INTERNAL: a record in etcd does not
+// decode; retrying does not help), ROOM_NAME_RESERVED (INVALID_ARGUMENT: a
+// room named like a socket id; metadata "field"), ETCD_PERMISSION_DENIED,
+// INTERNAL (a bug; not worth retrying).
+//
+// Room names are 1 to 256 bytes of UTF-8 without control characters, and
+// never have the shape of a socket id: {gateway}.{16 hex digits}.{22
+// base64url characters}, whatever the case of the hex digits. As in
+// Socket.IO, where every socket is in a room named by its own id, such a name
+// belongs to that socket (AddRoomMembersToRooms takes a socket id where it
+// takes a room), so no room may be spelled like one.
 type MembershipServiceServer interface {
 	// Join adds a socket (or several, atomically) to a room. It returns once the
 	// membership is committed in etcd (or, with WAIT_FOR_APPLY, once the sockets'
