@@ -54,8 +54,8 @@ type batchCall struct {
 	ctx  context.Context
 	op   *etcdserverpb.TxnRequest
 	keys []string
-	need int // txnNeed(op)
-	size int // encoded size of op as a RequestOp of the batch
+	need int              // txnNeed(op)
+	size int              // encoded size of op as a RequestOp of the batch
 	done chan batchResult // buffered: the committer never blocks on it
 }
 
