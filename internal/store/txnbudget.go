@@ -122,15 +122,16 @@ func newTxnBudget(l TxnLimits) txnBudget {
 // k sockets is a nested transaction of k compares and k membership
 // transactions of two operations (txnNeed k+2), coalesced under a parent of
 // one operation per call: alone it needs k+3. The share 100/128 keeps room
-// for a widest call to share a transaction with 25 others.
+// for a widest call to share a transaction with 25 others. A larger limit
+// does not raise it past MaxSocketsPerChange, the API's documented maximum.
 func (b txnBudget) socketsPerChange() int {
-	return min(b.maxOps*MaxSocketsPerChange/DefaultMaxTxnOps, b.maxOps-3)
+	return min(MaxSocketsPerChange, b.maxOps*MaxSocketsPerChange/DefaultMaxTxnOps, b.maxOps-3)
 }
 
 // socketsPerLimitedJoin is socketsPerChange for a Join under the
 // rooms-per-socket limit, which adds a compare per socket (txnNeed 2k+2).
 func (b txnBudget) socketsPerLimitedJoin() int {
-	return min(b.maxOps*MaxSocketsPerLimitedJoin/DefaultMaxTxnOps, (b.maxOps-3)/2)
+	return min(MaxSocketsPerLimitedJoin, b.maxOps*MaxSocketsPerLimitedJoin/DefaultMaxTxnOps, (b.maxOps-3)/2)
 }
 
 // txnShape is what one transaction being built counts against the budget.
