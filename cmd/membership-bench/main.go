@@ -15,6 +15,9 @@
 //	crash       a gateway holding --crash-sockets sockets in 3 rooms each is
 //	            SIGKILLed: time until its memberships are gone, and other
 //	            sockets' Join/Leave latency meanwhile
+//	roomwide    AddRoomMembersToRooms from a room of --roomwide-members to
+//	            --roomwide-rooms rooms: the membership-server's peak RSS
+//	            (not part of "all": it writes millions of keys)
 package main
 
 import (
@@ -39,11 +42,14 @@ type config struct {
 	serverArgs    string
 	tpLevels      string
 	tpPaths       string
+	// roomwide scenario
+	roomwideMembers int
+	roomwideDests   int
 }
 
 func main() {
 	var cfg config
-	scenarios := flag.String("scenario", "all", "throughput,apply,fanout,idle,crash or all")
+	scenarios := flag.String("scenario", "all", "throughput,apply,fanout,idle,crash, roomwide, or all (all but roomwide)")
 	flag.StringVar(&cfg.binDir, "bin-dir", ".bin", "where the membership-server and gateway binaries are")
 	flag.DurationVar(&cfg.duration, "duration", 5*time.Second, "how long each measured phase runs")
 	flag.IntVar(&cfg.fanoutSockets, "fanout-sockets", 10000, "sockets in the fan-out room")
@@ -56,6 +62,8 @@ func main() {
 	flag.IntVar(&cfg.crashShards, "crash-lease-shards", 1, "the crashing gateway's --lease-shards")
 	flag.StringVar(&cfg.tpLevels, "tp-concurrency", "1,16,64,256", "throughput: concurrency levels")
 	flag.StringVar(&cfg.tpPaths, "tp-paths", "raw,plain,api", "throughput: which paths to measure (raw etcd, API without coalescing, API)")
+	flag.IntVar(&cfg.roomwideMembers, "roomwide-members", 100000, "roomwide: members of the source room (a multiple of 100)")
+	flag.IntVar(&cfg.roomwideDests, "roomwide-rooms", 20, "roomwide: destination rooms")
 	flag.Parse()
 	raiseFileLimit()
 	fmt.Printf("# membership-bench %s\n\nmachine: %s, %d cores, %s/%s; %s\n\n", time.Now().UTC().Format(time.RFC3339),
@@ -66,6 +74,7 @@ func main() {
 		"fanout":     benchFanout,
 		"idle":       benchIdle,
 		"crash":      benchCrash,
+		"roomwide":   benchRoomWide,
 	}
 	order := []string{"throughput", "apply", "fanout", "idle", "crash"}
 	if *scenarios != "all" {

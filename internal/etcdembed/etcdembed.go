@@ -31,6 +31,9 @@ type Config struct {
 	// CertFile, KeyFile and ClientCAFile, when set, make clients use TLS and
 	// present a certificate chaining to ClientCAFile.
 	CertFile, KeyFile, ClientCAFile string
+	// MaxRequestBytes and MaxTxnOps are etcd's --max-request-bytes and
+	// --max-txn-ops; 0 keeps etcd's defaults (1.5 MiB, 128).
+	MaxRequestBytes, MaxTxnOps uint
 }
 
 // Server is a running embedded etcd.
@@ -73,6 +76,12 @@ func Start(c Config) (*Server, error) {
 	cfg.InitialCluster = c.InitialCluster
 	if cfg.InitialCluster == "" {
 		cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	}
+	if c.MaxRequestBytes != 0 {
+		cfg.MaxRequestBytes = c.MaxRequestBytes
+	}
+	if c.MaxTxnOps != 0 {
+		cfg.MaxTxnOps = c.MaxTxnOps
 	}
 	// Keep history bounded in long-running development stacks.
 	cfg.AutoCompactionMode = "periodic"

@@ -45,10 +45,6 @@ const (
 	// escape. Something other than this service wrote it; retrying reads the
 	// same bytes.
 	ReasonCorruptRecord = "CORRUPT_RECORD"
-	// ReasonRevisionCompacted: the call read at one etcd revision across
-	// several requests, and etcd compacted that revision in between
-	// (ABORTED); retry.
-	ReasonRevisionCompacted = "REVISION_COMPACTED"
 	// ReasonShuttingDown: this membership-server replica is stopping
 	// (UNAVAILABLE); retry on another replica.
 	ReasonShuttingDown = "SHUTTING_DOWN"
@@ -56,18 +52,46 @@ const (
 	// which names that socket's own room (INVALID_ARGUMENT, field names the
 	// room field).
 	ReasonRoomNameReserved = "ROOM_NAME_RESERVED"
+	// ReasonTransactionTooLarge: one call's change cannot fit one etcd
+	// transaction under the configured --etcd-max-request-bytes and
+	// --etcd-max-txn-ops (INVALID_ARGUMENT, field socket_ids, room or
+	// dest_rooms; metadata bytes, max_bytes, ops, max_ops). Retrying cannot
+	// help; fewer sockets or shorter room names can.
+	ReasonTransactionTooLarge = "TRANSACTION_TOO_LARGE"
+	// ReasonRevisionCompacted: the call read at one etcd revision across
+	// several requests, and etcd compacted that revision before it finished
+	// (ABORTED); retry. A room-wide call adds metadata applied (membership
+	// changes applied before, which stay) and revision: re-running it
+	// finishes what is left.
+	ReasonRevisionCompacted = "REVISION_COMPACTED"
 )
 
 // fieldError is bad input in one request field.
 type fieldError struct {
 	field  string
 	msg    string
-	reason string // ReasonInvalidArgument when empty
+	reason string            // ReasonInvalidArgument when empty
+	meta   map[string]string // added to the ErrorInfo's metadata
 }
 
 func (e *fieldError) Error() string { return e.field + ": " + e.msg }
 
 func invalid(field, msg string) error { return &fieldError{field: field, msg: msg} }
+
+// tooLarge names field as the cause of a change that cannot fit one etcd
+// transaction (*store.TxnTooLargeError); other errors pass unchanged.
+func tooLarge(field string, err error) error {
+	var tl *store.TxnTooLargeError
+	if !errors.As(err, &tl) {
+		return err
+	}
+	return &fieldError{field: field, reason: ReasonTransactionTooLarge,
+		msg: "too large for one etcd transaction: needs " + itoa(int64(tl.Bytes)) + " bytes and " + itoa(int64(tl.Ops)) +
+			" operations per level, the limits allow " + itoa(int64(tl.MaxBytes)) + " bytes (--etcd-max-request-bytes less overhead) and " +
+			itoa(int64(tl.MaxOps)) + " operations (--etcd-max-txn-ops); send fewer sockets or shorter room names",
+		meta: map[string]string{"bytes": itoa(int64(tl.Bytes)), "max_bytes": itoa(int64(tl.MaxBytes)),
+			"ops": itoa(int64(tl.Ops)), "max_ops": itoa(int64(tl.MaxOps))}}
+}
 
 // applyError is a committed change that the socket's gateway did not confirm
 // applying in time.
@@ -97,11 +121,16 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 	var fe *fieldError
 	var ae *applyError
 	var rl *store.RoomLimitError
+	var pe *store.PartialChangeError
 	switch {
 	case errors.As(err, &fe):
 		st := status.New(codes.InvalidArgument, fe.Error())
+		meta := map[string]string{"field": fe.field}
+		for k, v := range fe.meta {
+			meta[k] = v
+		}
 		return withDetails(st,
-			&errdetails.ErrorInfo{Reason: cmp.Or(fe.reason, ReasonInvalidArgument), Domain: ErrorDomain, Metadata: map[string]string{"field": fe.field}},
+			&errdetails.ErrorInfo{Reason: cmp.Or(fe.reason, ReasonInvalidArgument), Domain: ErrorDomain, Metadata: meta},
 			&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: fe.field, Description: fe.msg}}})
 	case errors.Is(err, store.ErrSocketNotFound):
 		info := &errdetails.ErrorInfo{Reason: ReasonSocketNotFound, Domain: ErrorDomain}
@@ -121,6 +150,14 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 	case errors.Is(err, store.ErrConflict):
 		return withDetails(status.New(codes.Aborted, err.Error()+"; retry"),
 			&errdetails.ErrorInfo{Reason: ReasonConflict, Domain: ErrorDomain})
+	case errors.Is(err, rpctypes.ErrCompacted) && errors.As(err, &pe):
+		// A room-wide call: what it applied before stays, and re-running it
+		// finishes the rest.
+		applied, rev := pe.Applied, pe.Revision
+		return withDetails(status.New(codes.Aborted, "the revision the call read its source room at was compacted after "+
+			itoa(applied)+" membership changes were applied (they stay); re-run the call to finish it"),
+			&errdetails.ErrorInfo{Reason: ReasonRevisionCompacted, Domain: ErrorDomain,
+				Metadata: map[string]string{"applied": itoa(applied), "revision": itoa(rev)}})
 	case errors.As(err, &ae):
 		code, reason, msg := codes.DeadlineExceeded, ReasonApplyTimeout, ae.Error()
 		switch {

@@ -73,6 +73,11 @@ type Options struct {
 	// MaxPayloadBytes limits the JSON encoding of a Broadcast's or Blast's
 	// data; 0 means DefaultMaxPayloadBytes.
 	MaxPayloadBytes int
+	// EtcdLimits are the etcd server's --max-txn-ops and --max-request-bytes
+	// (and the client's send limit) that every transaction is sized against;
+	// zero fields mean etcd's defaults (store.TxnLimits). They also bound how
+	// many sockets one Join or Leave may name.
+	EtcdLimits store.TxnLimits
 }
 
 // DefaultMaxPayloadBytes is the default of Options.MaxPayloadBytes: the
@@ -85,12 +90,16 @@ func New(kv *clientv3.Client, prefix string, log *slog.Logger) *Server {
 	return NewWithOptions(kv, prefix, log, Options{})
 }
 
-// NewWithOptions is New with tuning.
+// NewWithOptions is New with tuning. opts.EtcdLimits must pass
+// store.TxnLimits.Validate (check flags with it first); it panics otherwise.
 func NewWithOptions(kv *clientv3.Client, prefix string, log *slog.Logger, opts Options) *Server {
 	if log == nil {
 		log = slog.Default()
 	}
 	st := store.New(kv, prefix)
+	if err := st.SetTxnLimits(opts.EtcdLimits); err != nil {
+		panic("service options: " + err.Error())
+	}
 	stop := func() {}
 	switch {
 	case opts.BatchCommitters == 0:
@@ -160,15 +169,15 @@ func (s *Server) Leave(ctx context.Context, req *membershipv1.LeaveRequest) (*me
 // change validates and commits a Join or Leave, then waits for the sockets'
 // gateways when asked to.
 func (s *Server) change(ctx context.Context, one string, many []string, room string, wait membershipv1.WaitFor, join bool) (store.ChangeResult, []store.SocketID, error) {
-	socks, err := socketsFromRequest(ctx, one, many)
+	socks, err := socketsFromRequest(ctx, one, many, s.store.SocketsPerChange())
 	if err == nil {
 		err = validateRoom("room", room)
 	}
 	if err == nil {
 		err = validateWaitFor(wait)
 	}
-	if limit := s.store.MaxRoomsPerSocket(); err == nil && join && limit > 0 && len(socks) > store.MaxSocketsPerLimitedJoin {
-		err = invalid("socket_ids", "at most "+itoa(store.MaxSocketsPerLimitedJoin)+" sockets per Join while rooms per socket are limited")
+	if n := s.store.SocketsPerLimitedJoin(); err == nil && join && s.store.MaxRoomsPerSocket() > 0 && len(socks) > n {
+		err = invalid("socket_ids", "at most "+itoa(int64(n))+" sockets per Join while rooms per socket are limited")
 	}
 	if err != nil {
 		return store.ChangeResult{}, nil, err
@@ -178,6 +187,11 @@ func (s *Server) change(ctx context.Context, one string, many []string, room str
 		res, err = s.store.Join(etcdCtx(ctx), socks, room)
 	} else {
 		res, err = s.store.Leave(etcdCtx(ctx), socks, room)
+	}
+	if len(socks) > 1 {
+		err = tooLarge("socket_ids", err)
+	} else {
+		err = tooLarge("room", err) // one socket: the room name makes it large
 	}
 	if err == nil && wait == membershipv1.WaitFor_WAIT_FOR_APPLY {
 		err = s.waitApplied(ctx, socks, res.Revision)
@@ -190,63 +204,62 @@ func (s *Server) LeaveAll(ctx context.Context, req *membershipv1.LeaveAllRequest
 	if err := validateRoom("room", req.GetRoom()); err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	}
-	members, rev, err := s.store.RoomMembers(etcdCtx(ctx), req.GetRoom(), 0)
+	res, err := s.store.LeaveAll(etcdCtx(ctx), req.GetRoom())
 	if err != nil {
-		return nil, toStatus(ctx, s.log, err)
+		return nil, toStatus(ctx, s.log, tooLarge("room", err))
 	}
-	changed, err := s.store.LeaveAllRooms(etcdCtx(ctx), members, rev)
-	if err != nil {
-		return nil, toStatus(ctx, s.log, err)
-	}
-	return &membershipv1.LeaveAllResponse{Sockets: int64(len(members)), Changed: changed, Revision: rev}, nil
+	return &membershipv1.LeaveAllResponse{Sockets: res.Sockets, Changed: res.Changed, Revision: res.Revision}, nil
 }
 
 // AddRoomMembersToRooms joins the members of a room (or one socket) to rooms.
 func (s *Server) AddRoomMembersToRooms(ctx context.Context, req *membershipv1.AddRoomMembersToRoomsRequest) (*membershipv1.AddRoomMembersToRoomsResponse, error) {
-	socks, dests, rev, err := s.roomWide(ctx, req.GetSourceRoom(), req.GetDestRooms())
+	res, err := s.roomWide(ctx, req.GetSourceRoom(), req.GetDestRooms(), true)
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	}
-	changed, over, err := s.store.AddToRooms(etcdCtx(ctx), socks, dests)
-	if err != nil {
-		return nil, toStatus(ctx, s.log, err)
-	}
-	return &membershipv1.AddRoomMembersToRoomsResponse{Sockets: int64(len(socks)), Changed: changed, Revision: rev, OverLimit: over}, nil
+	return &membershipv1.AddRoomMembersToRoomsResponse{Sockets: res.Sockets, Changed: res.Changed, Revision: res.Revision, OverLimit: res.OverLimit}, nil
 }
 
 // RemoveRoomMembersFromRooms makes the members of a room (or one socket) leave rooms.
 func (s *Server) RemoveRoomMembersFromRooms(ctx context.Context, req *membershipv1.RemoveRoomMembersFromRoomsRequest) (*membershipv1.RemoveRoomMembersFromRoomsResponse, error) {
-	socks, dests, rev, err := s.roomWide(ctx, req.GetSourceRoom(), req.GetDestRooms())
+	res, err := s.roomWide(ctx, req.GetSourceRoom(), req.GetDestRooms(), false)
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	}
-	changed, err := s.store.RemoveFromRooms(etcdCtx(ctx), socks, dests)
-	if err != nil {
-		return nil, toStatus(ctx, s.log, err)
-	}
-	return &membershipv1.RemoveRoomMembersFromRoomsResponse{Sockets: int64(len(socks)), Changed: changed, Revision: rev}, nil
+	return &membershipv1.RemoveRoomMembersFromRoomsResponse{Sockets: res.Sockets, Changed: res.Changed, Revision: res.Revision}, nil
 }
 
-// roomWide validates a room-wide request and reads its sockets: the members
-// of source at one revision or, when source is a socket id (as Sails allows),
-// that socket.
-func (s *Server) roomWide(ctx context.Context, source string, dests []string) ([]store.SocketID, []string, int64, error) {
+// roomWide validates a room-wide request and applies it to the members of
+// source, streamed a page at a time at one revision, or, when source is a
+// socket id (as Sails allows), to that socket.
+func (s *Server) roomWide(ctx context.Context, source string, dests []string, add bool) (store.RoomWideResult, error) {
 	dests, err := validateRooms("dest_rooms", dests)
 	if err != nil {
-		return nil, nil, 0, err
+		return store.RoomWideResult{}, err
 	}
+	var res store.RoomWideResult
 	if sid, perr := store.ParseSocketID(source); perr == nil {
 		_, rev, err := s.store.GetSocket(etcdCtx(ctx), sid)
 		if err != nil {
-			return nil, nil, 0, err
+			return store.RoomWideResult{}, err
 		}
-		return []store.SocketID{sid}, dests, rev, nil
+		res = store.RoomWideResult{Sockets: 1, Revision: rev}
+		if add {
+			res.Changed, res.OverLimit, err = s.store.AddToRooms(etcdCtx(ctx), []store.SocketID{sid}, dests)
+		} else {
+			res.Changed, err = s.store.RemoveFromRooms(etcdCtx(ctx), []store.SocketID{sid}, dests)
+		}
+		return res, tooLarge("dest_rooms", err)
 	}
 	if err := validateRoom("source_room", source); err != nil {
-		return nil, nil, 0, err
+		return store.RoomWideResult{}, err
 	}
-	members, rev, err := s.store.RoomMembers(etcdCtx(ctx), source, 0)
-	return members, dests, rev, err
+	if add {
+		res, err = s.store.AddMembersToRooms(etcdCtx(ctx), source, dests)
+	} else {
+		res, err = s.store.RemoveMembersFromRooms(etcdCtx(ctx), source, dests)
+	}
+	return res, tooLarge("dest_rooms", err)
 }
 
 // ListRooms lists all rooms with their sizes, or one socket's rooms.

@@ -73,8 +73,9 @@ func metadataSocket(ctx context.Context) string {
 
 // socketsFromRequest takes the sockets of a Join or Leave from socket_id and
 // socket_ids or, when both are empty, from the x-socket-id metadata (the
-// socket-request form). Repeats are dropped, keeping order.
-func socketsFromRequest(ctx context.Context, one string, many []string) ([]store.SocketID, error) {
+// socket-request form). Repeats are dropped, keeping order; at most max
+// sockets remain (the store's SocketsPerChange).
+func socketsFromRequest(ctx context.Context, one string, many []string, max int) ([]store.SocketID, error) {
 	if one == "" && len(many) == 0 {
 		md := metadataSocket(ctx)
 		if md == "" {
@@ -83,8 +84,9 @@ func socketsFromRequest(ctx context.Context, one string, many []string) ([]store
 		sid, err := parseSocketID(SocketIDMetadata, md)
 		return []store.SocketID{sid}, err
 	}
-	if len(many) > store.MaxSocketsPerChange {
-		return nil, invalid("socket_ids", "at most 100 sockets per call")
+	tooMany := invalid("socket_ids", "at most "+itoa(int64(max))+" sockets per call")
+	if len(many) > max {
+		return nil, tooMany
 	}
 	seen := make(map[string]bool, len(many)+1)
 	var out []store.SocketID
@@ -107,8 +109,8 @@ func socketsFromRequest(ctx context.Context, one string, many []string) ([]store
 			return nil, err
 		}
 	}
-	if len(out) > store.MaxSocketsPerChange {
-		return nil, invalid("socket_ids", "at most 100 sockets per call")
+	if len(out) > max {
+		return nil, tooMany
 	}
 	return out, nil
 }

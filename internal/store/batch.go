@@ -22,12 +22,13 @@ import (
 // once, alone, so coalescing adds no latency when there is nothing to share a
 // transaction with.
 //
-// Limits: etcd allows 128 operations per transaction level, and a nested
-// transaction only what its parent leaves unused; a call on k sockets nests
-// two levels deep (k compares and k membership transactions of two
-// operations), so a batch of n calls needs n + max(k) + 2 <= 128. etcd also
-// refuses a transaction that writes one key twice, so two calls touching the
-// same membership never share a batch: the later one waits for the next.
+// Limits: a batch stays within the transaction budget (txnbudget.go) in both
+// operations and request bytes: a call on k sockets nests two levels deep (k
+// compares and k membership transactions of two operations), so a batch of
+// n calls needs n + max(k) + 2 operations, and its bytes are the sum of its
+// calls'. A call that cannot fit alone is refused before it is queued. etcd
+// also refuses a transaction that writes one key twice, so two calls touching
+// the same membership never share a batch: the later one waits for the next.
 
 // batcher coalesces calls. There is no committer goroutine: a call that
 // finds fewer than max transactions in flight commits itself, together with
@@ -36,8 +37,9 @@ import (
 // committer whose own call is done but sees calls still waiting passes the
 // role on to a new goroutine rather than delaying its caller's answer.
 type batcher struct {
-	pb  etcdserverpb.KVClient
-	max int
+	pb     etcdserverpb.KVClient
+	max    int
+	budget txnBudget
 
 	mu      sync.Mutex
 	pending []*batchCall
@@ -49,11 +51,12 @@ type batcher struct {
 }
 
 type batchCall struct {
-	ctx   context.Context
-	op    *etcdserverpb.TxnRequest
-	keys  []string
-	width int
-	done  chan batchResult // buffered: the committer never blocks on it
+	ctx  context.Context
+	op   *etcdserverpb.TxnRequest
+	keys []string
+	need int              // txnNeed(op)
+	size int              // encoded size of op as a RequestOp of the batch
+	done chan batchResult // buffered: the committer never blocks on it
 }
 
 type batchResult struct {
@@ -70,7 +73,7 @@ const batchTimeout = 10 * time.Second
 // committers etcd transactions in flight at once. Call the returned function
 // to stop: it waits for transactions in flight; calls made after it fail.
 func (s *Store) StartBatching(committers int) (stop func()) {
-	b := &batcher{pb: s.pb, max: committers}
+	b := &batcher{pb: s.pb, max: committers, budget: s.budget}
 	b.idle.L = &b.mu
 	s.batch = b
 	return func() {
@@ -98,9 +101,10 @@ func (s *Store) BatchStats() (txns, calls int64) {
 
 var errBatcherStopped = fmt.Errorf("batcher stopped: %w", ErrShuttingDown)
 
-// do commits one call, alone or with others, and returns its share.
-func (b *batcher) do(ctx context.Context, op *etcdserverpb.TxnRequest, keys []string, width int) (*etcdserverpb.TxnResponse, int64, error) {
-	c := &batchCall{ctx: ctx, op: op, keys: keys, width: width, done: make(chan batchResult, 1)}
+// do commits one call, alone or with others, and returns its share. need and
+// size are the call's cost as one nested transaction (txnBudget.nestedCost).
+func (b *batcher) do(ctx context.Context, op *etcdserverpb.TxnRequest, keys []string, need, size int) (*etcdserverpb.TxnResponse, int64, error) {
+	c := &batchCall{ctx: ctx, op: op, keys: keys, need: need, size: size, done: make(chan batchResult, 1)}
 	b.mu.Lock()
 	if b.stopped {
 		b.mu.Unlock()
@@ -161,14 +165,17 @@ func (b *batcher) releaseLocked() {
 }
 
 // takeLocked removes from pending the calls that fit one transaction: within
-// etcd's per-level operation limits, and no two writing the same membership.
+// the budget's operations and bytes, and no two writing the same membership.
+// The first call is always taken (each fits alone: commitChange checked), so
+// no call can wait forever.
 func (b *batcher) takeLocked() []*batchCall {
 	var batch []*batchCall
 	keys := map[string]bool{}
-	width := 0
+	var shape txnShape
 	rest := b.pending[:0]
 	for _, c := range b.pending {
-		fits := len(batch)+1+max(width, c.width)+2 <= maxTxnOps
+		next := shape.withOp(c.need, c.size)
+		fits := len(batch) == 0 || b.budget.fits(next)
 		for _, k := range c.keys {
 			if keys[k] {
 				fits = false
@@ -182,7 +189,7 @@ func (b *batcher) takeLocked() []*batchCall {
 			keys[k] = true
 		}
 		batch = append(batch, c)
-		width = max(width, c.width)
+		shape = next
 	}
 	clear(b.pending[len(rest):])
 	b.pending = rest

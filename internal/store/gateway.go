@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -53,23 +54,34 @@ func (s *Store) RemoveSocket(ctx context.Context, socket SocketID) error {
 	if err != nil {
 		return fmt.Errorf("remove socket: %w", err)
 	}
-	var ops []clientv3.Op
+	// Room keys in transactions within the budget, the socket's own
+	// membership keys last: until then the room list above can be read
+	// again, so a RemoveSocket that fails midway can be repeated.
+	send := func(ops []*etcdserverpb.RequestOp) error {
+		if _, err := s.pb.Txn(ctx, &etcdserverpb.TxnRequest{Success: ops}); err != nil {
+			return fmt.Errorf("remove memberships of socket: %w", etcdError(ctx, err))
+		}
+		return nil
+	}
+	chunks := s.budget.chunks(txnShape{}, send)
 	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
 		room, err := unescapeRoom(strings.TrimPrefix(string(kv.Key), roomsPrefix))
 		if err != nil {
 			return err
 		}
-		ops = append(ops, clientv3.OpDelete(s.k.room(room, id)))
-	}
-	ops = append(ops, clientv3.OpDelete(roomsPrefix, clientv3.WithPrefix()))
-	for len(ops) > 0 {
-		n := min(len(ops), maxTxnOps)
-		if _, err := s.kv.Txn(ctx).Then(ops[:n]...).Commit(); err != nil {
-			return fmt.Errorf("remove memberships of socket: %w", err)
+		if err := chunks.add(pbDelete([]byte(s.k.room(room, id)), nil)); err != nil {
+			return err
 		}
-		ops = ops[n:]
 	}
-	return nil
+	if err := chunks.add(pbDelete([]byte(roomsPrefix), []byte(clientv3.GetPrefixRangeEnd(roomsPrefix)))); err != nil {
+		return err
+	}
+	return chunks.flush()
+}
+
+func pbDelete(key, end []byte) *etcdserverpb.RequestOp {
+	return &etcdserverpb.RequestOp{Request: &etcdserverpb.RequestOp_RequestDeleteRange{
+		RequestDeleteRange: &etcdserverpb.DeleteRangeRequest{Key: key, RangeEnd: end}}}
 }
 
 // MembershipChange is one membership of a gateway's socket appearing or going.

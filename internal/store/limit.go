@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -36,9 +37,15 @@ import (
 // and those are retried a few times with jittered pauses.
 
 // MaxSocketsPerLimitedJoin is MaxSocketsPerChange when rooms per socket are
-// limited: two compares per socket must fit etcd's 128 operations per
-// transaction level, with room for the coalescing transaction above it.
+// limited, under etcd's default --max-txn-ops (128), and the most under any:
+// two compares per socket must fit etcd's operations per transaction level,
+// with room for the coalescing transaction above it.
+// Store.SocketsPerLimitedJoin is the number under the configured limits.
 const MaxSocketsPerLimitedJoin = 60
+
+// SocketsPerLimitedJoin is how many sockets a Join may name while rooms per
+// socket are limited, under the configured TxnLimits.
+func (s *Store) SocketsPerLimitedJoin() int { return s.budget.socketsPerLimitedJoin() }
 
 // limitAttempts bounds the read-and-commit rounds of a limited Join whose
 // sockets keep joining other rooms through other membership-servers.
@@ -145,8 +152,8 @@ func (s *Store) roomsUnchangedSince(sock SocketID, rev int64) *etcdserverpb.Comp
 }
 
 func (s *Store) joinLimited(ctx context.Context, sockets []SocketID, room string) (ChangeResult, error) {
-	if len(sockets) > MaxSocketsPerLimitedJoin {
-		return ChangeResult{}, fmt.Errorf("%d sockets in one limited join: at most %d allowed", len(sockets), MaxSocketsPerLimitedJoin)
+	if n := s.SocketsPerLimitedJoin(); len(sockets) > n {
+		return ChangeResult{}, fmt.Errorf("%d sockets in one limited join: at most %d allowed", len(sockets), n)
 	}
 	defer s.locks.lock(sockets)()
 	for attempt := range limitAttempts {
@@ -231,67 +238,97 @@ func (s *Store) addToRoomsLimited(ctx context.Context, sockets []SocketID, rooms
 		}()
 	}
 	wg.Wait()
-	if firstErr != nil {
-		return added, overLimit, fmt.Errorf("apply room-wide change (%d applied before): %w", added, firstErr)
-	}
-	return added, overLimit, nil
+	return added, overLimit, firstErr
 }
 
 // addSocketToRooms joins one socket to the rooms it is not in yet, if it
-// stays within the limit; a socket that is gone is skipped.
+// stays within the limit; a socket that is gone is skipped. The joins go in
+// one transaction when the budget allows (all or none), else in several,
+// each guarded by the socket's rooms being unchanged since the one before:
+// a room joined meanwhile through another membership-server makes the socket
+// read its rooms again and re-check the limit for the rest.
 func (s *Store) addSocketToRooms(ctx context.Context, sock SocketID, rooms []string) (added int64, over bool, err error) {
 	prefix := s.k.socketRoomsPrefix(sock)
 	socketKey := []byte(s.k.socket(sock.String()))
+	failure := []*etcdserverpb.RequestOp{{Request: &etcdserverpb.RequestOp_RequestRange{
+		RequestRange: &etcdserverpb.RangeRequest{Key: socketKey, KeysOnly: true}}}}
+	// Sized with the largest revision the guard can carry.
+	base := guardShape([]*etcdserverpb.Compare{pbExists(socketKey), s.roomsUnchangedSince(sock, math.MaxInt64-1)}, failure)
 	defer s.locks.lock([]SocketID{sock})()
 	for attempt := range limitAttempts {
 		if attempt > 0 {
 			if err := conflictPause(ctx, attempt); err != nil {
-				return 0, false, err
+				return added, false, err
 			}
 		}
 		resp, err := s.kv.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
 		if err != nil {
-			return 0, false, err
+			return added, false, err
 		}
 		in := make(map[string]bool, len(resp.Kvs))
 		for _, kv := range resp.Kvs {
 			in[strings.TrimPrefix(string(kv.Key), prefix)] = true
 		}
-		var ops []*etcdserverpb.RequestOp
+		var missing []string
 		for _, room := range rooms {
 			if !in[escapeRoom(room)] {
-				ops = append(ops, s.pbMembershipOp(sock, room, true))
+				missing = append(missing, room)
 			}
 		}
 		switch {
-		case len(ops) == 0:
-			return 0, false, nil
-		case len(in)+len(ops) > s.maxRooms:
+		case len(missing) == 0:
+			return added, false, nil
+		case len(in)+len(missing) > s.maxRooms:
 			// A socket that is gone is skipped, not counted over the limit.
-			missing, err := s.missingSockets(ctx, []SocketID{sock})
-			return 0, err == nil && len(missing) == 0, err
+			gone, err := s.missingSockets(ctx, []SocketID{sock})
+			return added, err == nil && len(gone) == 0, err
 		}
-		txn, err := s.pb.Txn(ctx, &etcdserverpb.TxnRequest{
-			Compare: []*etcdserverpb.Compare{pbExists(socketKey), s.roomsUnchangedSince(sock, resp.Header.Revision)},
-			Success: ops,
-			Failure: []*etcdserverpb.RequestOp{{Request: &etcdserverpb.RequestOp_RequestRange{
-				RequestRange: &etcdserverpb.RangeRequest{Key: socketKey, KeysOnly: true}}}},
+		since := resp.Header.Revision
+		var stale, gone bool
+		chunks := s.budget.chunks(base, func(ops []*etcdserverpb.RequestOp) error {
+			txn, err := s.pb.Txn(ctx, &etcdserverpb.TxnRequest{
+				Compare: []*etcdserverpb.Compare{pbExists(socketKey), s.roomsUnchangedSince(sock, since)},
+				Success: ops,
+				Failure: failure,
+			})
+			if err != nil {
+				return etcdError(ctx, err)
+			}
+			if !txn.Succeeded {
+				gone = len(txn.Responses[0].GetResponseRange().Kvs) == 0
+				stale = !gone
+				return errStopChunks
+			}
+			// Only this transaction wrote the socket's rooms at its
+			// revision: the next chunk is guarded from there.
+			since = txn.Header.Revision
+			for _, r := range txn.Responses {
+				if !wasMember(r) {
+					added++
+				}
+			}
+			return nil
 		})
-		if err != nil {
-			return 0, false, etcdError(ctx, err)
-		}
-		if !txn.Succeeded {
-			if len(txn.Responses[0].GetResponseRange().Kvs) == 0 {
-				return 0, false, nil // the socket is gone
+		for _, room := range missing {
+			if err = chunks.add(s.pbMembershipOp(sock, room, true)); err != nil {
+				break
 			}
+		}
+		if err == nil {
+			err = chunks.flush()
+		}
+		switch {
+		case gone:
+			return added, false, nil
+		case stale:
 			continue // it joined a room meanwhile: read again
-		}
-		for _, r := range txn.Responses {
-			if !wasMember(r) {
-				added++
-			}
+		case err != nil:
+			return added, false, err
 		}
 		return added, false, nil
 	}
-	return 0, false, ErrConflict
+	return added, false, ErrConflict
 }
+
+// errStopChunks ends a chunked change whose guard failed; the caller knows why.
+var errStopChunks = errors.New("guard failed")

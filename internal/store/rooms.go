@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -12,131 +13,295 @@ import (
 
 // This file holds the room-wide operations (Sails' leaveAll,
 // addRoomMembersToRooms, removeRoomMembersFromRooms). Rooms can hold far more
-// members than one etcd transaction can change, so each works in two steps:
-// read who is affected at one revision, in pages; then apply per-membership
-// nested transactions, maxTxnOps at a time, counting those that changed
-// something. Each nested transaction re-checks its own guard, so a socket
-// that goes meanwhile is skipped rather than resurrected.
+// members than one etcd transaction can change, or than is worth holding in
+// memory, so each streams: it reads the source room's members a page at a
+// time at one pinned revision, and applies each page's per-membership nested
+// transactions in transactions within the budget (txnbudget.go) before it
+// reads the next page, counting those that changed something. Memory stays
+// that of one page and one transaction however large the room.
+//
+// Changes are applied page by page, so a call that fails midway leaves the
+// part before applied (PartialChangeError says how much). Each nested
+// transaction is idempotent and re-checks its own guard (a socket that went
+// meanwhile is skipped, not resurrected), so re-running the call finishes it.
+// A page read at the pinned revision after etcd compacted it fails with
+// rpctypes.ErrCompacted, wrapped the same way.
+
+// memberPageSize is how many members of the source room are read, and then
+// changed, at a time.
+const memberPageSize = 500
+
+// RoomWideResult reports a room-wide change.
+type RoomWideResult struct {
+	// Sockets is how many members the source room had at Revision.
+	Sockets int64
+	// Changed is how many memberships were added or removed.
+	Changed int64
+	// OverLimit counts, for an add under a rooms-per-socket limit, the
+	// sockets that joined none of the rooms because they would pass it.
+	OverLimit int64
+	// Revision is the etcd revision the source room was read at.
+	Revision int64
+}
+
+// PartialChangeError is a room-wide change that failed after applying Applied
+// membership changes, which stay applied; re-running the call finishes it.
+// Err is the cause (rpctypes.ErrCompacted when the pinned read revision was
+// compacted during the call).
+type PartialChangeError struct {
+	Applied int64
+	// Revision is the revision the source room was read at (0: none yet, or
+	// a change of given sockets).
+	Revision int64
+	Err      error
+}
+
+func (e *PartialChangeError) Error() string {
+	return fmt.Sprintf("apply room-wide change (%d applied before): %v", e.Applied, e.Err)
+}
+
+func (e *PartialChangeError) Unwrap() error { return e.Err }
+
+// partial wraps err, the failure of a room-wide change after applied changes.
+func partial(applied int64, err error) error { return partialAt(applied, 0, err) }
+
+// partialAt is partial for a change of a room's members read at revision rev.
+func partialAt(applied, rev int64, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &PartialChangeError{Applied: applied, Revision: rev, Err: err}
+}
 
 // RoomMembers lists every member of room at revision rev (0: the current
-// one), reading in pages, and returns the revision read at.
+// one), reading in pages, and returns the revision read at. It holds the
+// whole room in memory: room-wide changes stream instead (forEachMemberPage).
 func (s *Store) RoomMembers(ctx context.Context, room string, rev int64) ([]SocketID, int64, error) {
-	prefix := s.k.roomPrefix(room)
 	var out []SocketID
-	rev, err := s.scanKeys(ctx, prefix, prefix, rev, func(key string) bool {
-		if sid, err := ParseSocketID(strings.TrimPrefix(key, prefix)); err == nil {
-			out = append(out, sid)
-		}
-		return true
+	_, rev, err := s.forEachMemberPage(ctx, room, rev, func(page []SocketID, _ int64) error {
+		out = append(out, page...)
+		return nil
 	})
 	if err != nil {
-		return nil, 0, fmt.Errorf("list room members: %w", err)
+		return nil, 0, err
 	}
 	return out, rev, nil
+}
+
+// forEachMemberPage calls fn with the members of room, up to memberPageSize
+// at a time, all read at one revision (rev 0: the current one, pinned at the
+// first page), and returns how many there were and the revision. fn runs
+// before the next page is read; its error ends the walk.
+func (s *Store) forEachMemberPage(ctx context.Context, room string, rev int64, fn func(page []SocketID, rev int64) error) (members int64, _ int64, err error) {
+	prefix := s.k.roomPrefix(room)
+	end := clientv3.GetPrefixRangeEnd(prefix)
+	start := prefix
+	page := make([]SocketID, 0, memberPageSize)
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithKeysOnly(), clientv3.WithLimit(memberPageSize)}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		resp, err := s.kv.Get(ctx, start, opts...)
+		if err != nil {
+			return members, rev, fmt.Errorf("list room members at revision %d: %w", rev, err)
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		page = page[:0]
+		for _, kv := range resp.Kvs {
+			if sid, err := ParseSocketID(strings.TrimPrefix(string(kv.Key), prefix)); err == nil {
+				page = append(page, sid)
+			}
+		}
+		members += int64(len(page))
+		if len(page) > 0 {
+			if err := fn(page, rev); err != nil {
+				return members, rev, err
+			}
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return members, rev, nil
+		}
+		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+}
+
+// AddMembersToRooms joins every member of source, as of one revision, to
+// every room in rooms, a page of members at a time (see the top of this
+// file). Under a rooms-per-socket limit a socket that would pass it joins
+// none of the rooms and is counted in OverLimit. A failure after changes were
+// applied is a *PartialChangeError.
+func (s *Store) AddMembersToRooms(ctx context.Context, source string, rooms []string) (RoomWideResult, error) {
+	var res RoomWideResult
+	n, rev, err := s.forEachMemberPage(ctx, source, 0, func(page []SocketID, _ int64) error {
+		added, over, err := s.addToRooms(ctx, page, rooms)
+		res.Changed += added
+		res.OverLimit += over
+		return err
+	})
+	res.Sockets, res.Revision = n, rev
+	return res, partialAt(res.Changed, rev, err)
+}
+
+// RemoveMembersFromRooms makes every member of source, as of one revision,
+// leave every room in rooms, a page of members at a time. A failure after
+// changes were applied is a *PartialChangeError.
+func (s *Store) RemoveMembersFromRooms(ctx context.Context, source string, rooms []string) (RoomWideResult, error) {
+	var res RoomWideResult
+	n, rev, err := s.forEachMemberPage(ctx, source, 0, func(page []SocketID, _ int64) error {
+		removed, err := s.removeFromRooms(ctx, page, rooms)
+		res.Changed += removed
+		return err
+	})
+	res.Sockets, res.Revision = n, rev
+	return res, partialAt(res.Changed, rev, err)
+}
+
+// LeaveAll makes every member of room, as of one revision, leave every room
+// it was in at that revision, a page of members at a time. A failure after
+// changes were applied is a *PartialChangeError.
+func (s *Store) LeaveAll(ctx context.Context, room string) (RoomWideResult, error) {
+	var res RoomWideResult
+	n, rev, err := s.forEachMemberPage(ctx, room, 0, func(page []SocketID, rev int64) error {
+		removed, err := s.leaveAllRooms(ctx, page, rev)
+		res.Changed += removed
+		return err
+	})
+	res.Sockets, res.Revision = n, rev
+	return res, partialAt(res.Changed, rev, err)
 }
 
 // AddToRooms joins every socket to every room, skipping sockets that are gone
 // and memberships that exist, and returns how many memberships it added.
 // Under a rooms-per-socket limit, a socket that would pass it joins none of
-// the rooms and is counted in overLimit.
+// the rooms and is counted in overLimit. A failure is a *PartialChangeError.
 func (s *Store) AddToRooms(ctx context.Context, sockets []SocketID, rooms []string) (added, overLimit int64, err error) {
+	added, overLimit, err = s.addToRooms(ctx, sockets, rooms)
+	return added, overLimit, partial(added, err)
+}
+
+func (s *Store) addToRooms(ctx context.Context, sockets []SocketID, rooms []string) (added, overLimit int64, err error) {
 	if s.maxRooms > 0 {
 		return s.addToRoomsLimited(ctx, sockets, rooms)
 	}
-	ops := make([]*etcdserverpb.RequestOp, 0, len(sockets)*len(rooms))
+	c := s.nestedChunks(ctx, &added, func(r *etcdserverpb.ResponseOp) bool {
+		t := r.GetResponseTxn()
+		return t.Succeeded && !t.Responses[0].GetResponseTxn().Succeeded
+	})
 	for _, sock := range sockets {
 		socketKey := []byte(s.k.socket(sock.String()))
 		for _, room := range rooms {
 			// Join's membership transaction, under the socket's guard: it
 			// succeeds (and counts) only when it wrote.
-			ops = append(ops, &etcdserverpb.RequestOp{Request: &etcdserverpb.RequestOp_RequestTxn{RequestTxn: &etcdserverpb.TxnRequest{
+			err := c.add(&etcdserverpb.RequestOp{Request: &etcdserverpb.RequestOp_RequestTxn{RequestTxn: &etcdserverpb.TxnRequest{
 				Compare: []*etcdserverpb.Compare{pbExists(socketKey)},
 				Success: []*etcdserverpb.RequestOp{s.pbMembershipOp(sock, room, true)},
 			}}})
+			if err != nil {
+				return added, 0, err
+			}
 		}
 	}
-	added, err = s.commitNested(ctx, ops, func(r *etcdserverpb.ResponseOp) bool {
-		t := r.GetResponseTxn()
-		return t.Succeeded && !t.Responses[0].GetResponseTxn().Succeeded
-	})
-	return added, 0, err
+	return added, 0, c.flush()
 }
 
 // RemoveFromRooms makes every socket leave every room and returns how many
-// memberships it removed.
+// memberships it removed. A failure is a *PartialChangeError.
 func (s *Store) RemoveFromRooms(ctx context.Context, sockets []SocketID, rooms []string) (int64, error) {
-	ops := make([]*etcdserverpb.RequestOp, 0, len(sockets)*len(rooms))
+	removed, err := s.removeFromRooms(ctx, sockets, rooms)
+	return removed, partial(removed, err)
+}
+
+func (s *Store) removeFromRooms(ctx context.Context, sockets []SocketID, rooms []string) (removed int64, err error) {
+	c := s.nestedChunks(ctx, &removed, wasMember)
 	for _, sock := range sockets {
 		for _, room := range rooms {
-			ops = append(ops, s.pbMembershipOp(sock, room, false))
+			if err := c.add(s.pbMembershipOp(sock, room, false)); err != nil {
+				return removed, err
+			}
 		}
 	}
-	return s.commitNested(ctx, ops, wasMember)
+	return removed, c.flush()
 }
 
 // LeaveAllRooms makes every socket leave every room it was in at revision rev
-// and returns how many memberships it removed.
+// and returns how many memberships it removed. A failure is a
+// *PartialChangeError.
 func (s *Store) LeaveAllRooms(ctx context.Context, sockets []SocketID, rev int64) (int64, error) {
-	roomsOf := make([][]string, len(sockets))
-	errs := make([]error, len(sockets))
-	// Each socket's rooms are one range read; a few run at once.
-	sem := make(chan struct{}, 16)
-	var wg sync.WaitGroup
-	for i, sock := range sockets {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			prefix := s.k.socketRoomsPrefix(sock)
-			resp, err := s.kv.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithRev(rev))
-			if err != nil {
-				errs[i] = fmt.Errorf("list socket rooms: %w", err)
-				return
-			}
-			for _, kv := range resp.Kvs {
-				room, err := unescapeRoom(strings.TrimPrefix(string(kv.Key), prefix))
-				if err != nil {
-					errs[i] = err
-					return
+	removed, err := s.leaveAllRooms(ctx, sockets, rev)
+	return removed, partial(removed, err)
+}
+
+// roomReaders is how many sockets' rooms LeaveAll reads at once; their rooms
+// are changed before the next ones are read.
+const roomReaders = 16
+
+func (s *Store) leaveAllRooms(ctx context.Context, sockets []SocketID, rev int64) (removed int64, err error) {
+	c := s.nestedChunks(ctx, &removed, wasMember)
+	for len(sockets) > 0 {
+		group := sockets[:min(len(sockets), roomReaders)]
+		sockets = sockets[len(group):]
+		roomsOf := make([][]string, len(group))
+		errs := make([]error, len(group))
+		var wg sync.WaitGroup
+		for i, sock := range group {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				roomsOf[i], errs[i] = s.socketRoomsAt(ctx, sock, rev)
+			}()
+		}
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			return removed, err
+		}
+		for i, sock := range group {
+			for _, room := range roomsOf[i] {
+				if err := c.add(s.pbMembershipOp(sock, room, false)); err != nil {
+					return removed, err
 				}
-				roomsOf[i] = append(roomsOf[i], room)
 			}
-		}()
-	}
-	wg.Wait()
-	var ops []*etcdserverpb.RequestOp
-	for i, sock := range sockets {
-		if errs[i] != nil {
-			return 0, errs[i]
-		}
-		for _, room := range roomsOf[i] {
-			ops = append(ops, s.pbMembershipOp(sock, room, false))
 		}
 	}
-	return s.commitNested(ctx, ops, wasMember)
+	return removed, c.flush()
+}
+
+// socketRoomsAt lists the rooms sock was in at revision rev.
+func (s *Store) socketRoomsAt(ctx context.Context, sock SocketID, rev int64) ([]string, error) {
+	prefix := s.k.socketRoomsPrefix(sock)
+	resp, err := s.kv.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithRev(rev))
+	if err != nil {
+		return nil, fmt.Errorf("list socket rooms at revision %d: %w", rev, err)
+	}
+	rooms := make([]string, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		room, err := unescapeRoom(strings.TrimPrefix(string(kv.Key), prefix))
+		if err != nil {
+			return nil, err
+		}
+		rooms = append(rooms, room)
+	}
+	return rooms, nil
 }
 
 // wasMember tells whether a membership transaction found the membership.
 func wasMember(r *etcdserverpb.ResponseOp) bool { return r.GetResponseTxn().Succeeded }
 
-// commitNested commits nested transactions, as many per etcd transaction as
-// its operation limit allows, and counts those for which changed holds. etcd
-// grants a nested transaction only the limit its parent leaves unused, and
-// ours need at most two operations at each level below.
-func (s *Store) commitNested(ctx context.Context, ops []*etcdserverpb.RequestOp, changed func(*etcdserverpb.ResponseOp) bool) (int64, error) {
-	var n int64
-	for len(ops) > 0 {
-		k := min(len(ops), maxTxnOps-4)
-		resp, err := s.pb.Txn(ctx, &etcdserverpb.TxnRequest{Success: ops[:k]})
+// nestedChunks commits nested transactions, as many per etcd transaction as
+// the budget allows, adding to *counted those for which changed holds.
+func (s *Store) nestedChunks(ctx context.Context, counted *int64, changed func(*etcdserverpb.ResponseOp) bool) *txnChunks {
+	return s.budget.chunks(txnShape{}, func(ops []*etcdserverpb.RequestOp) error {
+		resp, err := s.pb.Txn(ctx, &etcdserverpb.TxnRequest{Success: ops})
 		if err != nil {
-			return n, fmt.Errorf("apply room-wide change (%d applied before): %w", n, etcdError(ctx, err))
+			return etcdError(ctx, err)
 		}
 		for _, r := range resp.Responses {
 			if changed(r) {
-				n++
+				*counted++
 			}
 		}
-		ops = ops[k:]
-	}
-	return n, nil
+		return nil
+	})
 }

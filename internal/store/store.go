@@ -33,9 +33,6 @@ import (
 // DefaultPrefix is the key prefix used when none is configured.
 const DefaultPrefix = "/membership/"
 
-// maxTxnOps stays under etcd's default --max-txn-ops (128).
-const maxTxnOps = 128
-
 // ErrSocketNotFound reports a socket that is not connected (never was, or its
 // gateway removed it or died).
 var ErrSocketNotFound = errors.New("socket not found")
@@ -49,6 +46,8 @@ type Store struct {
 	pb    etcdserverpb.KVClient
 	k     keys
 	batch *batcher // nil: one etcd transaction per Join/Leave
+	// budget sizes every transaction within etcd's limits; see txnbudget.go.
+	budget txnBudget
 	// maxRooms limits the rooms a socket may be in (0: no limit); see limit.go.
 	maxRooms int
 	locks    *socketLocks // with a limit: limited changes of a socket take turns
@@ -62,7 +61,7 @@ func New(cli *clientv3.Client, prefix string) *Store {
 	if !strings.HasSuffix(prefix, "/") {
 		prefix += "/"
 	}
-	return &Store{kv: cli, pb: clientv3.RetryKVClient(cli), k: keys{prefix: prefix}}
+	return &Store{kv: cli, pb: clientv3.RetryKVClient(cli), k: keys{prefix: prefix}, budget: newTxnBudget(TxnLimits{})}
 }
 
 // GatewayRecord is what a gateway publishes about itself.
@@ -107,10 +106,17 @@ func (e *SocketsNotFoundError) Error() string {
 func (e *SocketsNotFoundError) Is(target error) bool { return target == ErrSocketNotFound }
 
 // MaxSocketsPerChange is how many distinct sockets one Join or Leave may
-// name: each takes one compare and one two-operation nested transaction of the
-// single etcd transaction that makes the call atomic, and etcd's default limit
-// of 128 operations per level leaves nested ones what the parent does not use.
+// name under etcd's default --max-txn-ops (128), and the most under any:
+// each takes one compare and one two-operation nested transaction of the
+// single etcd transaction that makes the call atomic, and etcd grants nested
+// ones only what the parent does not use. Store.SocketsPerChange is the
+// number under the configured limits.
 const MaxSocketsPerChange = 100
+
+// SocketsPerChange is how many distinct sockets one Join or Leave may name
+// under the configured TxnLimits: MaxSocketsPerChange at etcd's default
+// --max-txn-ops, proportionally fewer under a smaller one.
+func (s *Store) SocketsPerChange() int { return s.budget.socketsPerChange() }
 
 func socketExists(key string) clientv3.Cmp {
 	return clientv3.Compare(clientv3.CreateRevision(key), ">", 0)
@@ -130,8 +136,8 @@ func (s *Store) Leave(ctx context.Context, sockets []SocketID, room string) (Cha
 }
 
 func (s *Store) change(ctx context.Context, sockets []SocketID, room string, join bool) (ChangeResult, error) {
-	if len(sockets) == 0 || len(sockets) > MaxSocketsPerChange {
-		return ChangeResult{}, fmt.Errorf("%d sockets in one change: 1 to %d allowed", len(sockets), MaxSocketsPerChange)
+	if n := s.SocketsPerChange(); len(sockets) == 0 || len(sockets) > n {
+		return ChangeResult{}, fmt.Errorf("%d sockets in one change: 1 to %d allowed", len(sockets), n)
 	}
 	if join && s.maxRooms > 0 {
 		return s.joinLimited(ctx, sockets, room)
@@ -162,9 +168,12 @@ func (s *Store) commitChange(ctx context.Context, sockets []SocketID, room strin
 		call.Success[i] = s.pbMembershipOp(sock, room, join)
 	}
 	call.Compare = append(call.Compare, extra...)
+	need, size, err := s.budget.nestedCost(call)
+	if err != nil {
+		return nil, 0, err
+	}
 	var resp *etcdserverpb.TxnResponse
 	var rev int64
-	var err error
 	if s.batch != nil {
 		keys := make([]string, len(sockets), 2*len(sockets))
 		for i, sock := range sockets {
@@ -179,7 +188,7 @@ func (s *Store) commitChange(ctx context.Context, sockets []SocketID, room strin
 				keys = append(keys, s.k.socketRoomsPrefix(sock))
 			}
 		}
-		resp, rev, err = s.batch.do(ctx, call, keys, len(call.Compare))
+		resp, rev, err = s.batch.do(ctx, call, keys, need, size)
 	} else {
 		resp, err = s.pb.Txn(ctx, call)
 		if err == nil {
@@ -387,11 +396,14 @@ func (s *Store) fillUsers(ctx context.Context, members []Member, rev int64) erro
 }
 
 // readSocketRecords gets the records of the sockets ids (one range response
-// each, in order) in read-only transactions of at most maxTxnOps gets.
+// each, in order) in read-only transactions of at most --max-txn-ops gets.
+// (Read-only transactions are not raft requests: --max-request-bytes does not
+// apply, and a socket key is small.)
 func (s *Store) readSocketRecords(ctx context.Context, ids []string, opts ...clientv3.OpOption) ([]*etcdserverpb.RangeResponse, error) {
 	out := make([]*etcdserverpb.RangeResponse, 0, len(ids))
-	for start := 0; start < len(ids); start += maxTxnOps {
-		chunk := ids[start:min(start+maxTxnOps, len(ids))]
+	per := s.budget.maxOps
+	for start := 0; start < len(ids); start += per {
+		chunk := ids[start:min(start+per, len(ids))]
 		ops := make([]clientv3.Op, len(chunk))
 		for i, id := range chunk {
 			ops[i] = clientv3.OpGet(s.k.socket(id), opts...)

@@ -35,14 +35,22 @@ type Etcd struct {
 // directory; it is stopped when the test ends.
 func StartEtcd(t testing.TB) *Etcd {
 	t.Helper()
+	return StartEtcdWithLimits(t, 0, 0)
+}
+
+// StartEtcdWithLimits is StartEtcd with etcd's --max-request-bytes and
+// --max-txn-ops set (0: etcd's defaults).
+func StartEtcdWithLimits(t testing.TB, maxRequestBytes, maxTxnOps uint) *Etcd {
+	t.Helper()
 	var srv *etcdembed.Server
 	var err error
 	for attempt := 0; attempt < 3; attempt++ { // a picked port may be taken meanwhile
 		srv, err = etcdembed.Start(etcdembed.Config{
-			Dir:        t.TempDir(),
-			ClientAddr: FreeAddr(t),
-			PeerAddr:   FreeAddr(t),
-			LogLevel:   "panic", // etcd logs expected shutdown noise at error level
+			Dir:             t.TempDir(),
+			ClientAddr:      FreeAddr(t),
+			PeerAddr:        FreeAddr(t),
+			LogLevel:        "panic", // etcd logs expected shutdown noise at error level
+			MaxRequestBytes: maxRequestBytes, MaxTxnOps: maxTxnOps,
 		})
 		if err == nil {
 			break

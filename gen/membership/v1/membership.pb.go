@@ -90,7 +90,9 @@ type JoinRequest struct {
 	// When the call returns; WAIT_FOR_COMMIT when unspecified.
 	WaitFor WaitFor `protobuf:"varint,3,opt,name=wait_for,json=waitFor,proto3,enum=membership.v1.WaitFor" json:"wait_for,omitempty"`
 	// More sockets to add in the same transaction (Sails takes arrays); at most
-	// 100 sockets per call in all.
+	// 100 sockets per call in all (fewer when the membership-server's
+	// --etcd-max-txn-ops is below etcd's default 128, and TRANSACTION_TOO_LARGE
+	// when its --etcd-max-request-bytes cannot hold them).
 	SocketIds     []string `protobuf:"bytes,4,rep,name=socket_ids,json=socketIds,proto3" json:"socket_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -285,7 +287,7 @@ type LeaveRequest struct {
 	// When the call returns; WAIT_FOR_COMMIT when unspecified.
 	WaitFor WaitFor `protobuf:"varint,3,opt,name=wait_for,json=waitFor,proto3,enum=membership.v1.WaitFor" json:"wait_for,omitempty"`
 	// More sockets to remove in the same transaction; at most 100 sockets per
-	// call in all.
+	// call in all (limited as for Join).
 	SocketIds     []string `protobuf:"bytes,4,rep,name=socket_ids,json=socketIds,proto3" json:"socket_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -46,12 +46,16 @@ const (
 // APPLY_TIMEOUT (the change is committed; metadata "revision"),
 // PAYLOAD_TOO_LARGE (INVALID_ARGUMENT on field "data"), ROOM_LIMIT_EXCEEDED
 // (FAILED_PRECONDITION; metadata "socket_ids" and "limit"), CONFLICT (ABORTED;
-// retry), REVISION_COMPACTED (ABORTED: a call reading at one revision found it
-// compacted; retry), SHUTTING_DOWN (UNAVAILABLE: this replica is stopping;
-// retry on another), CORRUPT_RECORD (INTERNAL: a record in etcd does not
-// decode; retrying does not help), ROOM_NAME_RESERVED (INVALID_ARGUMENT: a
-// room named like a socket id; metadata "field"), ETCD_PERMISSION_DENIED,
-// INTERNAL (a bug; not worth retrying).
+// retry), TRANSACTION_TOO_LARGE (INVALID_ARGUMENT: one call's change cannot fit
+// one etcd transaction under the membership-server's --etcd-max-request-bytes
+// and --etcd-max-txn-ops; metadata "field", "bytes", "max_bytes", "ops",
+// "max_ops"; retrying cannot help), REVISION_COMPACTED (ABORTED: a call reading
+// at one revision found it compacted; retry; for room-wide calls see
+// LeaveAll), SHUTTING_DOWN (UNAVAILABLE: this replica is stopping; retry on
+// another), CORRUPT_RECORD (INTERNAL: a record in etcd does not decode;
+// retrying does not help), ROOM_NAME_RESERVED (INVALID_ARGUMENT: a room named
+// like a socket id; metadata "field"), ETCD_PERMISSION_DENIED, INTERNAL (a
+// bug; not worth retrying).
 //
 // Room names are 1 to 256 bytes of UTF-8 without control characters, and
 // never have the shape of a socket id: {gateway}.{16 hex digits}.{22
@@ -94,14 +98,29 @@ type MembershipServiceClient interface {
 	// Blast sends an event to every connected socket.
 	Blast(ctx context.Context, in *BlastRequest, opts ...grpc.CallOption) (*BlastResponse, error)
 	// LeaveAll makes every member of a room leave every room it is in (Sails'
-	// leaveAll). Members are read at one revision; rooms of any size are handled
-	// in pages of etcd transactions. An unknown room is a no-op.
+	// leaveAll). Members, and their rooms, are read at one revision; rooms of any
+	// size are handled a page of members at a time, each page's changes applied
+	// in etcd transactions before the next page is read. An unknown room is a
+	// no-op.
+	//
+	// A call that fails midway leaves the pages before applied: each membership
+	// change is idempotent, so re-running the call finishes it. If etcd compacts
+	// the call's read revision before the call is done (a very long call), it
+	// fails with ABORTED, reason REVISION_COMPACTED, metadata "applied" (changes
+	// applied before, which stay) and "revision"; re-run it. The same holds for
+	// AddRoomMembersToRooms and RemoveRoomMembersFromRooms.
 	LeaveAll(ctx context.Context, in *LeaveAllRequest, opts ...grpc.CallOption) (*LeaveAllResponse, error)
 	// AddRoomMembersToRooms joins every member of source_room to each of
 	// dest_rooms. When source_room is a socket id, that socket is joined instead.
+	// Members are read at one revision and joined a page at a time; a call that
+	// fails midway leaves what it applied, and re-running it finishes it (see
+	// LeaveAll, also for ABORTED / REVISION_COMPACTED).
 	AddRoomMembersToRooms(ctx context.Context, in *AddRoomMembersToRoomsRequest, opts ...grpc.CallOption) (*AddRoomMembersToRoomsResponse, error)
 	// RemoveRoomMembersFromRooms makes every member of source_room leave each of
 	// dest_rooms. When source_room is a socket id, that socket leaves instead.
+	// Members are read at one revision and removed a page at a time; a call that
+	// fails midway leaves what it applied, and re-running it finishes it (see
+	// LeaveAll, also for ABORTED / REVISION_COMPACTED).
 	RemoveRoomMembersFromRooms(ctx context.Context, in *RemoveRoomMembersFromRoomsRequest, opts ...grpc.CallOption) (*RemoveRoomMembersFromRoomsResponse, error)
 }
 
@@ -228,12 +247,16 @@ func (c *membershipServiceClient) RemoveRoomMembersFromRooms(ctx context.Context
 // APPLY_TIMEOUT (the change is committed; metadata "revision"),
 // PAYLOAD_TOO_LARGE (INVALID_ARGUMENT on field "data"), ROOM_LIMIT_EXCEEDED
 // (FAILED_PRECONDITION; metadata "socket_ids" and "limit"), CONFLICT (ABORTED;
-// retry), REVISION_COMPACTED (ABORTED: a call reading at one revision found it
-// compacted; retry), SHUTTING_DOWN (UNAVAILABLE: this replica is stopping;
-// retry on another), CORRUPT_RECORD (INTERNAL: a record in etcd does not
-// decode; retrying does not help), ROOM_NAME_RESERVED (INVALID_ARGUMENT: a
-// room named like a socket id; metadata "field"), ETCD_PERMISSION_DENIED,
-// INTERNAL (a bug; not worth retrying).
+// retry), TRANSACTION_TOO_LARGE (INVALID_ARGUMENT: one call's change cannot fit
+// one etcd transaction under the membership-server's --etcd-max-request-bytes
+// and --etcd-max-txn-ops; metadata "field", "bytes", "max_bytes", "ops",
+// "max_ops"; retrying cannot help), REVISION_COMPACTED (ABORTED: a call reading
+// at one revision found it compacted; retry; for room-wide calls see
+// LeaveAll), SHUTTING_DOWN (UNAVAILABLE: this replica is stopping; retry on
+// another), CORRUPT_RECORD (INTERNAL: a record in etcd does not decode;
+// retrying does not help), ROOM_NAME_RESERVED (INVALID_ARGUMENT: a room named
+// like a socket id; metadata "field"), ETCD_PERMISSION_DENIED, INTERNAL (a
+// bug; not worth retrying).
 //
 // Room names are 1 to 256 bytes of UTF-8 without control characters, and
 // never have the shape of a socket id: {gateway}.{16 hex digits}.{22
@@ -276,14 +299,29 @@ type MembershipServiceServer interface {
 	// Blast sends an event to every connected socket.
 	Blast(context.Context, *BlastRequest) (*BlastResponse, error)
 	// LeaveAll makes every member of a room leave every room it is in (Sails'
-	// leaveAll). Members are read at one revision; rooms of any size are handled
-	// in pages of etcd transactions. An unknown room is a no-op.
+	// leaveAll). Members, and their rooms, are read at one revision; rooms of any
+	// size are handled a page of members at a time, each page's changes applied
+	// in etcd transactions before the next page is read. An unknown room is a
+	// no-op.
+	//
+	// A call that fails midway leaves the pages before applied: each membership
+	// change is idempotent, so re-running the call finishes it. If etcd compacts
+	// the call's read revision before the call is done (a very long call), it
+	// fails with ABORTED, reason REVISION_COMPACTED, metadata "applied" (changes
+	// applied before, which stay) and "revision"; re-run it. The same holds for
+	// AddRoomMembersToRooms and RemoveRoomMembersFromRooms.
 	LeaveAll(context.Context, *LeaveAllRequest) (*LeaveAllResponse, error)
 	// AddRoomMembersToRooms joins every member of source_room to each of
 	// dest_rooms. When source_room is a socket id, that socket is joined instead.
+	// Members are read at one revision and joined a page at a time; a call that
+	// fails midway leaves what it applied, and re-running it finishes it (see
+	// LeaveAll, also for ABORTED / REVISION_COMPACTED).
 	AddRoomMembersToRooms(context.Context, *AddRoomMembersToRoomsRequest) (*AddRoomMembersToRoomsResponse, error)
 	// RemoveRoomMembersFromRooms makes every member of source_room leave each of
 	// dest_rooms. When source_room is a socket id, that socket leaves instead.
+	// Members are read at one revision and removed a page at a time; a call that
+	// fails midway leaves what it applied, and re-running it finishes it (see
+	// LeaveAll, also for ABORTED / REVISION_COMPACTED).
 	RemoveRoomMembersFromRooms(context.Context, *RemoveRoomMembersFromRoomsRequest) (*RemoveRoomMembersFromRoomsResponse, error)
 	mustEmbedUnimplementedMembershipServiceServer()
 }
