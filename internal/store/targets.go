@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -46,6 +47,7 @@ type TargetIndex struct {
 	// It is advanced after rev, outside mu.
 	applied *revwait.Waiter
 	follow  *watchfollow.Follower
+	stopped chan struct{} // closed when Run returns: waiters stop waiting
 }
 
 // roomEntry is one room with members: how many, and on which gateways.
@@ -64,7 +66,7 @@ func newRoomTree() *btree.BTree[*roomEntry] {
 
 // NewTargetIndex returns an index over s; Run keeps it current.
 func (s *Store) NewTargetIndex(cli *clientv3.Client, log *slog.Logger) *TargetIndex {
-	x := &TargetIndex{s: s, cli: cli, log: log, applied: revwait.New(),
+	x := &TargetIndex{s: s, cli: cli, log: log, applied: revwait.New(), stopped: make(chan struct{}),
 		rooms: map[string]*roomEntry{}, byName: newRoomTree(), records: map[string]GatewayRecord{}}
 	// One watch over the whole keyspace: rooms/ and gateways/ changes, in
 	// revision order, on one stream whose progress covers both.
@@ -80,7 +82,10 @@ func (s *Store) NewTargetIndex(cli *clientv3.Client, log *slog.Logger) *TargetIn
 }
 
 // Run lists and watches until ctx ends; see watchfollow.Follower.Run.
+// Once it returns, calls waiting for the index fail with ErrShuttingDown
+// instead of waiting out their deadlines. Call it once.
 func (x *TargetIndex) Run(ctx context.Context) {
+	defer close(x.stopped)
 	_ = x.follow.Run(ctx) // retries listings forever: ends only with ctx
 }
 
@@ -99,6 +104,8 @@ func (x *TargetIndex) list(ctx context.Context) (int64, error) {
 		if room, gw, ok := x.s.decodeRoomKey(key); ok {
 			add(rooms, byName, room, gw, 1)
 			total++
+		} else {
+			x.corrupt(key)
 		}
 		return true
 	})
@@ -113,6 +120,8 @@ func (x *TargetIndex) list(ctx context.Context) (int64, error) {
 		var rec GatewayRecord
 		if json.Unmarshal(kv.Value, &rec) == nil {
 			records[rec.ID] = rec
+		} else {
+			x.corrupt(string(kv.Key))
 		}
 	}
 	x.mu.Lock()
@@ -152,8 +161,22 @@ func (x *TargetIndex) applyLocked(ev *clientv3.Event) {
 		var rec GatewayRecord
 		if json.Unmarshal(ev.Kv.Value, &rec) == nil {
 			x.records[rec.ID] = rec
+		} else {
+			x.corrupt(key)
 		}
+		return
 	}
+	if strings.HasPrefix(key, x.s.k.roomsPrefix()) {
+		x.corrupt(key)
+	}
+}
+
+// corrupt reports a key the index skips because it does not decode: a
+// broadcast must not fail for every room because one key is bad, so the key
+// is left out (its room is not listed, its gateway not targeted) and named
+// in the log for the operator.
+func (x *TargetIndex) corrupt(key string) {
+	x.log.Error("broadcast target index skips a key that does not decode", "key", key, "err", ErrCorruptRecord)
 }
 
 // add changes the members of room on gateway gw by d, keeping rooms and
@@ -263,7 +286,10 @@ func (x *TargetIndex) catchUp(ctx context.Context) (int64, error) {
 		return 0, fmt.Errorf("read revision: %w", err)
 	}
 	rev := resp.Header.Revision
-	if _, err := x.applied.Wait(ctx, nil, rev, 50*time.Millisecond, x.follow.RequestProgress); err != nil {
+	if _, err := x.applied.Wait(ctx, x.stopped, rev, 50*time.Millisecond, x.follow.RequestProgress); err != nil {
+		if errors.Is(err, revwait.ErrStopped) {
+			err = fmt.Errorf("broadcast target index stopped: %w", ErrShuttingDown)
+		}
 		return 0, err
 	}
 	return rev, nil
