@@ -163,7 +163,9 @@ func (s *Store) joinLimited(ctx context.Context, sockets []SocketID, room string
 				clientv3.OpGet(s.k.socketRoomsPrefix(sock), clientv3.WithPrefix(), clientv3.WithCountOnly()),
 				clientv3.OpGet(s.k.gwm(sock, room), clientv3.WithCountOnly()))
 		}
-		read, err := s.kv.Txn(ctx).Then(ops...).Commit()
+		read, err := readRetrying(ctx, func(ctx context.Context) (*clientv3.TxnResponse, error) {
+			return s.kv.Txn(ctx).Then(ops...).Commit()
+		})
 		if err != nil {
 			return ChangeResult{}, fmt.Errorf("read rooms per socket: %w", err)
 		}
