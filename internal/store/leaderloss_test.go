@@ -258,23 +258,25 @@ func TestLeaderKillDuringJoinLeave(t *testing.T) {
 	}
 }
 
-// BenchmarkLeaderLoss measures, per SIGKILL of the etcd leader under 16
-// concurrent Join/Leave callers (5 s deadline each), the time from the kill
+// BenchmarkLeaderLoss measures, per SIGKILL of the etcd leader under 16 or 64
+// concurrent Join/Leave callers (5 s deadline each, coalesced by 4 committers
+// or one transaction per call), the time from the kill
 // to a new leader, to the first success of a Join/Leave started after the
 // kill, and until the last call in flight at the kill was answered; each iteration is one kill, after which the member is restarted and
 // rejoins. Medians are reported. Run with a fixed count, e.g.
 //
 //	go test -run '^$' -bench LeaderLoss -benchtime 5x ./internal/store
 func BenchmarkLeaderLoss(b *testing.B) {
-	for _, committers := range []int{4, 0} {
-		b.Run(fmt.Sprintf("committers=%d", committers), func(b *testing.B) {
+	for _, bc := range []struct{ committers, callers int }{{4, 16}, {0, 16}, {4, 64}} {
+		committers := bc.committers
+		b.Run(fmt.Sprintf("committers=%d/callers=%d", bc.committers, bc.callers), func(b *testing.B) {
 			pc := testutil.StartProcCluster(b, 3)
 			cli := testutil.NewClient(b, pc.Endpoints()...)
 			s := store.New(cli, "/t/")
 			if committers > 0 {
 				defer s.StartBatching(committers)()
 			}
-			socks := connectLeaderLoss(b, cli, s, 16)
+			socks := connectLeaderLoss(b, cli, s, bc.callers)
 			var toLeader, toWrite, caughtDone []time.Duration
 			var caught, caughtFailed int
 			var worstLate time.Duration
