@@ -195,7 +195,8 @@ func (b *batcher) takeLocked() []*batchCall {
 func (b *batcher) commit(batch []*batchCall) {
 	start := time.Now()
 	live := batch[:0:0]
-	for n := 1; ; n++ {
+	var r retrier
+	for {
 		// Calls whose callers gave up (during a pause between attempts, or
 		// before the first) are dropped; they have their answer already.
 		ops := make([]*etcdserverpb.RequestOp, 0, len(batch))
@@ -230,11 +231,10 @@ func (b *batcher) commit(batch []*batchCall) {
 			}
 			return
 		}
-		final := !retryable(err)
-		pause := retryPause(n)
+		pause, again := r.next(err)
 		batch = batch[:0] // live has its own array
 		for _, c := range live {
-			if final || time.Now().Add(pause).After(retryUntil(c.ctx, start)) {
+			if !again || time.Now().Add(pause).After(retryUntil(c.ctx, start)) {
 				c.done <- batchResult{err: err}
 				continue
 			}

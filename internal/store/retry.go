@@ -39,10 +39,15 @@ import (
 //     transaction that is merely slow under load is never abandoned.
 //   - Errors that mean the transaction was not applied, or may have been
 //     applied while its outcome was lost (gRPC UNAVAILABLE: connection lost,
-//     "no leader", "leader changed", etcd's request timeouts, a stopping
-//     member; and the watch's cancellation) are retried after a short pause
-//     with jitter. Any other error (a refused request: too many operations,
-//     too large, permission denied; the caller's own deadline) is final.
+//     "leader changed", etcd's request timeouts, a stopping member; and the
+//     watch's cancellation) are retried after a short pause with jitter. Any
+//     other error (a refused request: too many operations, too large,
+//     permission denied; the caller's own deadline) is final.
+//   - "No leader" is retried for as long as the deadline allows once the call
+//     has lost an attempt with the leader (an election is then under way),
+//     but otherwise only for noLeaderGrace: a member that answers "no leader"
+//     from the start may have lost its quorum, and then the caller is told at
+//     once (UNAVAILABLE), not at its deadline.
 //   - Retrying stops when the caller's deadline is too near for another
 //     attempt (a call without a deadline gets retryWindow); the call then
 //     fails with the last attempt's error.
@@ -68,6 +73,11 @@ const (
 	retryMinTime = 50 * time.Millisecond
 	// retryWindow bounds the retries of a call that has no deadline.
 	retryWindow = 10 * time.Second
+	// noLeaderGrace is how long "no leader" is retried by a call that lost no
+	// attempt with the leader: long enough for an election in progress (a
+	// member's pre-vote to the new leader takes a few round trips), short
+	// enough that a cluster without quorum fails calls fast.
+	noLeaderGrace = 300 * time.Millisecond
 )
 
 // errTermRose is the term watch's cancellation of an attempt.
@@ -210,6 +220,34 @@ func retryable(err error) bool {
 	return status.Code(err) == codes.Unavailable
 }
 
+// retrier decides, failed attempt after failed attempt of one call (or one
+// coalesced transaction), whether to try again and after what pause.
+type retrier struct {
+	n            int       // retries so far
+	lostLeader   bool      // an attempt was lost with the leader
+	noLeaderFrom time.Time // the first "no leader" answer
+}
+
+// next returns the pause before trying again after err, or false when err is
+// final. The caller also checks that its deadline leaves time for it.
+func (r *retrier) next(err error) (time.Duration, bool) {
+	if !retryable(err) {
+		return 0, false
+	}
+	if errors.Is(err, rpctypes.ErrNoLeader) {
+		if r.noLeaderFrom.IsZero() {
+			r.noLeaderFrom = time.Now()
+		}
+		if !r.lostLeader && time.Since(r.noLeaderFrom) >= noLeaderGrace {
+			return 0, false
+		}
+	} else {
+		r.lostLeader = true
+	}
+	r.n++
+	return retryPause(r.n), true
+}
+
 // retryPause is the pause before retry n (1, 2, ...): 20 ms doubling up to
 // 160 ms, with ±50 % jitter so that committers and servers do not retry in
 // lockstep. A member that has no leader answers at once, so the pause is what
@@ -244,32 +282,29 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 // described in the file comment until it succeeds, fails for good, or ctx's
 // deadline is near. It returns etcd's response or the last error.
 func (w *termWatch) txnRetrying(ctx context.Context, kv etcdserverpb.KVClient, req *etcdserverpb.TxnRequest) (*etcdserverpb.TxnResponse, error) {
-	until := retryUntil(ctx, time.Now())
-	for n := 1; ; n++ {
-		resp, err := w.txn(ctx, kv, req)
-		if err == nil || !retryable(err) {
-			return resp, err
-		}
-		pause := retryPause(n)
-		if time.Now().Add(pause).After(until) || !sleepCtx(ctx, pause) {
-			return nil, err
-		}
-	}
+	return withRetries(ctx, func(ctx context.Context) (*etcdserverpb.TxnResponse, error) {
+		return w.txn(ctx, kv, req)
+	})
 }
 
-// readRetrying runs read until it succeeds, fails for good, or ctx's deadline
-// is near. A read changes nothing, so it is repeated on any error retryable
-// allows: a member lost with its connection, "leader changed" while a
-// linearizable read waited for the leader's read index.
+// readRetrying runs read with the same retries. A read changes nothing, so
+// it may be repeated after any error retryable allows: a member lost with its
+// connection, "leader changed" while a linearizable read waited for the
+// leader's read index.
 func readRetrying[T any](ctx context.Context, read func(context.Context) (T, error)) (T, error) {
+	return withRetries(ctx, read)
+}
+
+func withRetries[T any](ctx context.Context, try func(context.Context) (T, error)) (T, error) {
 	until := retryUntil(ctx, time.Now())
-	for n := 1; ; n++ {
-		v, err := read(ctx)
-		if err == nil || !retryable(err) {
-			return v, err
+	var r retrier
+	for {
+		v, err := try(ctx)
+		if err == nil {
+			return v, nil
 		}
-		pause := retryPause(n)
-		if time.Now().Add(pause).After(until) || !sleepCtx(ctx, pause) {
+		pause, ok := r.next(err)
+		if !ok || time.Now().Add(pause).After(until) || !sleepCtx(ctx, pause) {
 			return v, err
 		}
 	}
