@@ -57,7 +57,10 @@ import (
 // state the call asked for. Ordering holds too: once the term has risen, an
 // entry of the old leader is either lost or committed by the new leader
 // before anything proposed in the new term, so it cannot land after the
-// retry. What a retried call reports is the state just before the attempt
+// retry. (After a lost connection without a new term, a proposal still in
+// transit between members could in principle be applied after its retry,
+// and so after a later change to the same membership; the window is one
+// message delay between members.) What a retried call reports is the state just before the attempt
 // that committed it (see was_member/already_member in membership.proto).
 
 const (
@@ -159,8 +162,9 @@ func (w *termWatch) txn(ctx context.Context, kv etcdserverpb.KVClient, req *etcd
 }
 
 // watch probes the term while some attempt has been in flight for
-// stallThreshold (or while no term is known yet), and cancels the attempts
-// that started under an older term. It returns when none is in flight.
+// stallThreshold (or while no term is known yet), and cancels the stalled
+// attempts that started under an older term. It returns when none is in
+// flight.
 func (w *termWatch) watch() {
 	tick := time.NewTicker(probeInterval)
 	defer tick.Stop()
@@ -195,7 +199,10 @@ func (w *termWatch) watch() {
 			switch {
 			case a.term == 0:
 				a.term = cur // started before any term was known
-			case a.term < cur:
+			case a.term < cur && time.Since(a.start) >= stallThreshold:
+				// A younger attempt may have been sent to the new leader
+				// already, with a term read before the rise was seen: it is
+				// left to finish or to stall in turn.
 				a.cancel(errTermRose)
 				delete(w.inflight, a)
 			}
