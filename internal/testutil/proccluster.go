@@ -3,9 +3,12 @@ package testutil
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -58,7 +61,7 @@ func StartProcCluster(t testing.TB, n int) *ProcCluster {
 	t.Cleanup(c.killAll)
 	var peers []string
 	for i := 0; i < n; i++ {
-		m := &procMember{name: fmt.Sprintf("m%d", i), dir: t.TempDir(), clientAddr: FreeAddr(t), peerAddr: FreeAddr(t)}
+		m := &procMember{name: fmt.Sprintf("m%d", i), dir: t.TempDir(), clientAddr: stableAddr(t), peerAddr: stableAddr(t)}
 		c.members = append(c.members, m)
 		peers = append(peers, fmt.Sprintf("%s=http://%s", m.name, m.peerAddr))
 	}
@@ -81,6 +84,32 @@ func StartProcCluster(t testing.TB, n int) *ProcCluster {
 	}
 	c.WaitReady(30 * time.Second)
 	return c
+}
+
+// stableAddr returns a free loopback host:port below the kernel's ephemeral
+// port range, so that while a killed member is down no outgoing connection
+// can take its port before it restarts (FreeAddr's ports are ephemeral ones).
+func stableAddr(t testing.TB) string {
+	t.Helper()
+	lo := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil {
+				lo = n
+			}
+		}
+	}
+	if lo <= 11000 {
+		return FreeAddr(t)
+	}
+	for range 100 {
+		addr := fmt.Sprintf("127.0.0.1:%d", 10000+rand.IntN(lo-10000))
+		if l, err := net.Listen("tcp", addr); err == nil {
+			l.Close()
+			return addr
+		}
+	}
+	return FreeAddr(t)
 }
 
 func (c *ProcCluster) start(m *procMember) error {
@@ -126,10 +155,14 @@ func (c *ProcCluster) Kill(i int) {
 	if m.cmd == nil {
 		return
 	}
-	if err := syscall.Kill(m.cmd.Process.Pid, syscall.SIGKILL); err != nil {
-		c.t.Errorf("kill etcd member %s (pid %d): %v", m.name, m.cmd.Process.Pid, err)
+	select {
+	case <-m.exited: // it exited on its own: its pid may belong to another process now
+	default:
+		if err := syscall.Kill(m.cmd.Process.Pid, syscall.SIGKILL); err != nil {
+			c.t.Errorf("kill etcd member %s (pid %d): %v", m.name, m.cmd.Process.Pid, err)
+		}
+		<-m.exited
 	}
-	<-m.exited
 	m.cli.Close()
 	m.cmd, m.cli = nil, nil
 }
@@ -224,7 +257,31 @@ func (c *ProcCluster) WaitReady(timeout time.Duration) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	c.t.Fatalf("etcd cluster not ready within %v: %v", timeout, last)
+	c.t.Fatalf("etcd cluster not ready within %v: %v%s", timeout, last, c.exitedLogs())
+}
+
+// exitedLogs describes the members whose process exited on its own, with the
+// end of their log.
+func (c *ProcCluster) exitedLogs() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out strings.Builder
+	for _, m := range c.members {
+		if m.cmd == nil {
+			continue
+		}
+		select {
+		case <-m.exited:
+		default:
+			continue
+		}
+		log, _ := os.ReadFile(filepath.Join(m.dir, "etcd.log"))
+		if len(log) > 2000 {
+			log = log[len(log)-2000:]
+		}
+		fmt.Fprintf(&out, "\nmember %s exited (%v); end of its log:\n%s", m.name, m.cmd.ProcessState, log)
+	}
+	return out.String()
 }
 
 func (c *ProcCluster) ready(ctx context.Context, cli *clientv3.Client) error {
