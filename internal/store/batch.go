@@ -8,8 +8,6 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Coalescing Join/Leave.
@@ -30,14 +28,15 @@ import (
 // also refuses a transaction that writes one key twice, so two calls touching
 // the same membership never share a batch: the later one waits for the next.
 
-// batcher coalesces calls. There is no committer goroutine: a call that
-// finds fewer than max transactions in flight commits itself, together with
-// whatever else is waiting, in its own goroutine; so a lone call costs no
-// hand-off at all. A call that finds max in flight waits to be picked up. A
-// committer whose own call is done but sees calls still waiting passes the
-// role on to a new goroutine rather than delaying its caller's answer.
+// batcher coalesces calls. There is no standing committer goroutine: a call
+// that finds fewer than max transactions in flight starts one, which commits
+// it together with whatever else is waiting and goes on while calls wait; so
+// a lone call is sent at once. A call that finds max in flight waits to be
+// picked up. The caller itself only waits, so that it returns by its deadline
+// even while the transaction carrying it is retried for others (retry.go).
 type batcher struct {
 	pb     etcdserverpb.KVClient
+	tw     *termWatch
 	max    int
 	budget txnBudget
 
@@ -65,15 +64,11 @@ type batchResult struct {
 	err  error
 }
 
-// batchTimeout bounds one coalesced transaction; callers stop waiting at
-// their own deadlines.
-const batchTimeout = 10 * time.Second
-
 // StartBatching makes Join and Leave coalesce concurrent calls, with up to
 // committers etcd transactions in flight at once. Call the returned function
 // to stop: it waits for transactions in flight; calls made after it fail.
 func (s *Store) StartBatching(committers int) (stop func()) {
-	b := &batcher{pb: s.pb, max: committers, budget: s.budget}
+	b := &batcher{pb: s.pb, tw: s.tw, max: committers, budget: s.budget}
 	b.idle.L = &b.mu
 	s.batch = b
 	return func() {
@@ -117,7 +112,10 @@ func (b *batcher) do(ctx context.Context, op *etcdserverpb.TxnRequest, keys []st
 	}
 	b.mu.Unlock()
 	if lead {
-		b.commitUntil(c)
+		// In its own goroutine: a commit may outlast this call's deadline
+		// (it carries others' calls, and retries across an etcd leader
+		// change), and the caller must get its answer by its deadline.
+		go b.commitUntil(nil)
 	}
 	select {
 	case r := <-c.done:
@@ -196,34 +194,62 @@ func (b *batcher) takeLocked() []*batchCall {
 	return batch
 }
 
-// commit sends one transaction holding every live call of batch.
+// commit sends one transaction holding every live call of batch. An attempt
+// lost to an etcd leader change, or refused for want of a leader, is retried
+// (retry.go) with the calls that still have time for another attempt; the
+// others get the attempt's error. Each attempt is bounded by the latest
+// deadline among its calls (retryWindow for a call without one).
 func (b *batcher) commit(batch []*batchCall) {
+	start := time.Now()
 	live := batch[:0:0]
-	ops := make([]*etcdserverpb.RequestOp, 0, len(batch))
-	for _, c := range batch {
-		if err := c.ctx.Err(); err != nil {
-			c.done <- batchResult{err: err}
-			continue
+	var r retrier
+	for {
+		// Calls whose callers gave up (during a pause between attempts, or
+		// before the first) are dropped; they have their answer already.
+		ops := make([]*etcdserverpb.RequestOp, 0, len(batch))
+		var until time.Time
+		live = live[:0]
+		for _, c := range batch {
+			if err := c.ctx.Err(); err != nil {
+				c.done <- batchResult{err: err}
+				continue
+			}
+			live = append(live, c)
+			ops = append(ops, &etcdserverpb.RequestOp{Request: &etcdserverpb.RequestOp_RequestTxn{RequestTxn: c.op}})
+			dl, ok := c.ctx.Deadline()
+			if !ok {
+				dl = start.Add(retryWindow)
+			}
+			if dl.After(until) {
+				until = dl
+			}
 		}
-		live = append(live, c)
-		ops = append(ops, &etcdserverpb.RequestOp{Request: &etcdserverpb.RequestOp_RequestTxn{RequestTxn: c.op}})
-	}
-	if len(live) == 0 {
-		return
-	}
-	ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(context.Background()), batchTimeout)
-	defer cancel()
-	b.txns.Add(1)
-	b.calls.Add(int64(len(live)))
-	resp, err := b.pb.Txn(ctx, &etcdserverpb.TxnRequest{Success: ops})
-	if err != nil {
-		err = rpctypes.Error(err)
-	}
-	for i, c := range live {
-		if err != nil {
-			c.done <- batchResult{err: err}
-			continue
+		if len(live) == 0 {
+			return
 		}
-		c.done <- batchResult{resp: resp.Responses[i].GetResponseTxn(), rev: resp.Header.Revision}
+		ctx, cancel := context.WithDeadline(context.Background(), until)
+		b.txns.Add(1)
+		b.calls.Add(int64(len(live)))
+		resp, err := b.tw.txn(ctx, b.pb, &etcdserverpb.TxnRequest{Success: ops})
+		cancel()
+		if err == nil {
+			for i, c := range live {
+				c.done <- batchResult{resp: resp.Responses[i].GetResponseTxn(), rev: resp.Header.Revision}
+			}
+			return
+		}
+		pause, again := r.next(err)
+		batch = batch[:0] // live has its own array
+		for _, c := range live {
+			if !again || time.Now().Add(pause).After(retryUntil(c.ctx, start)) {
+				c.done <- batchResult{err: err}
+				continue
+			}
+			batch = append(batch, c)
+		}
+		if len(batch) == 0 {
+			return
+		}
+		time.Sleep(pause)
 	}
 }

@@ -58,7 +58,7 @@ func (s *Store) RemoveSocket(ctx context.Context, socket SocketID) error {
 	// membership keys last: until then the room list above can be read
 	// again, so a RemoveSocket that fails midway can be repeated.
 	send := func(ops []*etcdserverpb.RequestOp) error {
-		if _, err := s.pb.Txn(ctx, &etcdserverpb.TxnRequest{Success: ops}); err != nil {
+		if _, err := s.tw.txnRetrying(ctx, s.pb, &etcdserverpb.TxnRequest{Success: ops}); err != nil {
 			return fmt.Errorf("remove memberships of socket: %w", etcdError(ctx, err))
 		}
 		return nil

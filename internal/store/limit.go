@@ -170,7 +170,9 @@ func (s *Store) joinLimited(ctx context.Context, sockets []SocketID, room string
 				clientv3.OpGet(s.k.socketRoomsPrefix(sock), clientv3.WithPrefix(), clientv3.WithCountOnly()),
 				clientv3.OpGet(s.k.gwm(sock, room), clientv3.WithCountOnly()))
 		}
-		read, err := s.kv.Txn(ctx).Then(ops...).Commit()
+		read, err := readRetrying(ctx, func(ctx context.Context) (*clientv3.TxnResponse, error) {
+			return s.kv.Txn(ctx).Then(ops...).Commit()
+		})
 		if err != nil {
 			return ChangeResult{}, fmt.Errorf("read rooms per socket: %w", err)
 		}
@@ -286,7 +288,7 @@ func (s *Store) addSocketToRooms(ctx context.Context, sock SocketID, rooms []str
 		since := resp.Header.Revision
 		var stale, gone bool
 		chunks := s.budget.chunks(base, func(ops []*etcdserverpb.RequestOp) error {
-			txn, err := s.pb.Txn(ctx, &etcdserverpb.TxnRequest{
+			txn, err := s.tw.txnRetrying(ctx, s.pb, &etcdserverpb.TxnRequest{
 				Compare: []*etcdserverpb.Compare{pbExists(socketKey), s.roomsUnchangedSince(sock, since)},
 				Success: ops,
 				Failure: failure,

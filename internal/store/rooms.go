@@ -293,7 +293,7 @@ func wasMember(r *etcdserverpb.ResponseOp) bool { return r.GetResponseTxn().Succ
 // the budget allows, adding to *counted those for which changed holds.
 func (s *Store) nestedChunks(ctx context.Context, counted *int64, changed func(*etcdserverpb.ResponseOp) bool) *txnChunks {
 	return s.budget.chunks(txnShape{}, func(ops []*etcdserverpb.RequestOp) error {
-		resp, err := s.pb.Txn(ctx, &etcdserverpb.TxnRequest{Success: ops})
+		resp, err := s.tw.txnRetrying(ctx, s.pb, &etcdserverpb.TxnRequest{Success: ops})
 		if err != nil {
 			return etcdError(ctx, err)
 		}

@@ -51,6 +51,8 @@ type Store struct {
 	// maxRooms limits the rooms a socket may be in (0: no limit); see limit.go.
 	maxRooms int
 	locks    *socketLocks // with a limit: limited changes of a socket take turns
+	// tw retries Join/Leave transactions lost to an etcd leader change; see retry.go.
+	tw *termWatch
 }
 
 // New returns a Store over cli with all keys under prefix ("" means DefaultPrefix).
@@ -61,7 +63,8 @@ func New(cli *clientv3.Client, prefix string) *Store {
 	if !strings.HasSuffix(prefix, "/") {
 		prefix += "/"
 	}
-	return &Store{kv: cli, pb: clientv3.RetryKVClient(cli), k: keys{prefix: prefix}, budget: newTxnBudget(TxnLimits{})}
+	pb := clientv3.RetryKVClient(cli)
+	return &Store{kv: cli, pb: pb, k: keys{prefix: prefix}, tw: newTermWatch(pb, prefix), budget: newTxnBudget(TxnLimits{})}
 }
 
 // GatewayRecord is what a gateway publishes about itself.
@@ -153,7 +156,9 @@ func (s *Store) change(ctx context.Context, sockets []SocketID, room string, joi
 }
 
 // commitChange commits one Join or Leave: guarded by every socket's record
-// and by extra compares, with a membership transaction per socket.
+// and by extra compares, with a membership transaction per socket. A
+// transaction lost to an etcd leader change is retried within ctx's deadline
+// (retry.go); the result is then that of the attempt that committed.
 func (s *Store) commitChange(ctx context.Context, sockets []SocketID, room string, join bool, extra []*etcdserverpb.Compare) (*etcdserverpb.TxnResponse, int64, error) {
 	call := &etcdserverpb.TxnRequest{
 		Compare: make([]*etcdserverpb.Compare, len(sockets), len(sockets)+len(extra)),
@@ -190,7 +195,7 @@ func (s *Store) commitChange(ctx context.Context, sockets []SocketID, room strin
 		}
 		resp, rev, err = s.batch.do(ctx, call, keys, need, size)
 	} else {
-		resp, err = s.pb.Txn(ctx, call)
+		resp, err = s.tw.txnRetrying(ctx, s.pb, call)
 		if err == nil {
 			rev = resp.Header.Revision
 		}

@@ -161,7 +161,12 @@ type SocketResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The socket.
 	SocketId string `protobuf:"bytes,1,opt,name=socket_id,json=socketId,proto3" json:"socket_id,omitempty"`
-	// Whether the socket was in the room before the call.
+	// Whether the socket was in the room before the call. A call whose etcd
+	// transaction was lost with the etcd leader is retried by the
+	// membership-server within the call's deadline; if the lost attempt had in
+	// fact committed, this describes the state just before the retry's commit
+	// (a retried Join then reports the socket as a member already). The state
+	// after the call is the one asked for either way.
 	WasMember     bool `protobuf:"varint,2,opt,name=was_member,json=wasMember,proto3" json:"was_member,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -214,7 +219,10 @@ func (x *SocketResult) GetWasMember() bool {
 // JoinResponse reports a committed Join.
 type JoinResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Every socket was already in the room; nothing changed.
+	// Every socket was already in the room; nothing changed. After a retry
+	// across an etcd leader change (see SocketResult.was_member) this describes
+	// the state just before the retry's commit, which may include the first
+	// attempt's own change.
 	AlreadyMember bool `protobuf:"varint,1,opt,name=already_member,json=alreadyMember,proto3" json:"already_member,omitempty"`
 	// The etcd revision at which the membership holds.
 	Revision int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
@@ -354,7 +362,10 @@ func (x *LeaveRequest) GetSocketIds() []string {
 // LeaveResponse reports a committed Leave.
 type LeaveResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// At least one socket was in the room and has left it.
+	// At least one socket was in the room and has left it. After a retry across
+	// an etcd leader change (see SocketResult.was_member) this describes the
+	// state just before the retry's commit, which may include the first
+	// attempt's own change.
 	WasMember bool `protobuf:"varint,1,opt,name=was_member,json=wasMember,proto3" json:"was_member,omitempty"`
 	// The etcd revision from which the sockets are not in the room.
 	Revision int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
