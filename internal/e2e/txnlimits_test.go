@@ -107,7 +107,10 @@ func TestEtcdLimitFlags(t *testing.T) {
 	}
 
 	for _, flags := range [][]string{{"--etcd-max-txn-ops", "8"}, {"--etcd-max-request-bytes", "1024"}} {
-		out, err := exec.Command(binary(t, "membership-server"), append([]string{"--etcd-endpoints", e.Endpoint}, flags...)...).CombinedOutput()
+		// Bounded: a binary that wrongly accepted the value would serve on.
+		cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		out, err := exec.CommandContext(cctx, binary(t, "membership-server"), append([]string{"--etcd-endpoints", e.Endpoint}, flags...)...).CombinedOutput()
+		cancel()
 		if err == nil || !strings.Contains(string(out), flags[0]) {
 			t.Errorf("%v: %v %s", flags, err, out)
 		}

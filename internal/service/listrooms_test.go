@@ -79,3 +79,40 @@ func TestListRoomsInNameOrder(t *testing.T) {
 		t.Fatalf("bad page token: %v, want INVALID_ARGUMENT", err)
 	}
 }
+
+// A room shaped like a socket id that is in etcd (written before such names
+// were refused) is listed, and paging goes on past it: its name is a valid
+// page token.
+func TestListRoomsPagesPastRoomShapedLikeSocketID(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	api := stacktest.StartMembershipServer(t, e).Client
+	ctx := context.Background()
+	lease, err := e.Client.Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := store.NewSocketID("gw", lease.ID)
+	shaped := "gw-a.0000000000000001.AAAAAAAAAAAAAAAAAAAAAA"
+	for _, room := range []string{"a", shaped, "z"} {
+		if _, err := e.Client.Put(ctx, store.DefaultPrefix+"rooms/"+room+"/"+sock.String(), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var listed []string
+	token := ""
+	for pages := 0; pages < 10; pages++ {
+		resp, err := api.ListRooms(ctx, &membershipv1.ListRoomsRequest{PageSize: 1, PageToken: token})
+		if err != nil {
+			t.Fatalf("after %v: %v", listed, err)
+		}
+		for _, r := range resp.Rooms {
+			listed = append(listed, r.Name)
+		}
+		if token = resp.NextPageToken; token == "" {
+			break
+		}
+	}
+	if want := []string{"a", shaped, "z"}; !slices.Equal(listed, want) {
+		t.Fatalf("listed %q, want %q", listed, want)
+	}
+}

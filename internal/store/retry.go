@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -84,7 +85,10 @@ const (
 )
 
 // errTermRose is the term watch's cancellation of an attempt.
-var errTermRose = errors.New("etcd leader changed while the transaction was in flight")
+// It wraps rpctypes.ErrLeaderChanged, so that a call whose deadline leaves no
+// time for another attempt fails as UNAVAILABLE ("retry"), like any other
+// transaction lost with a leader.
+var errTermRose = fmt.Errorf("etcd leader changed while the transaction was in flight: %w", rpctypes.ErrLeaderChanged)
 
 // termWatch tracks etcd's raft term and cancels the attempts that started
 // before it rose. Its probing goroutine runs only while attempts are in

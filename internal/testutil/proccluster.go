@@ -60,8 +60,9 @@ func StartProcCluster(t testing.TB, n int) *ProcCluster {
 	c := &ProcCluster{t: t, bin: EtcdBinary(t)}
 	t.Cleanup(c.killAll)
 	var peers []string
+	used := map[string]bool{}
 	for i := 0; i < n; i++ {
-		m := &procMember{name: fmt.Sprintf("m%d", i), dir: t.TempDir(), clientAddr: stableAddr(t), peerAddr: stableAddr(t)}
+		m := &procMember{name: fmt.Sprintf("m%d", i), dir: t.TempDir(), clientAddr: stableAddr(t, used), peerAddr: stableAddr(t, used)}
 		c.members = append(c.members, m)
 		peers = append(peers, fmt.Sprintf("%s=http://%s", m.name, m.peerAddr))
 	}
@@ -89,7 +90,7 @@ func StartProcCluster(t testing.TB, n int) *ProcCluster {
 // stableAddr returns a free loopback host:port below the kernel's ephemeral
 // port range, so that while a killed member is down no outgoing connection
 // can take its port before it restarts (FreeAddr's ports are ephemeral ones).
-func stableAddr(t testing.TB) string {
+func stableAddr(t testing.TB, used map[string]bool) string {
 	t.Helper()
 	lo := 32768
 	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
@@ -104,8 +105,12 @@ func stableAddr(t testing.TB) string {
 	}
 	for range 100 {
 		addr := fmt.Sprintf("127.0.0.1:%d", 10000+rand.IntN(lo-10000))
+		if used[addr] {
+			continue // free now, but already given to another member
+		}
 		if l, err := net.Listen("tcp", addr); err == nil {
 			l.Close()
+			used[addr] = true
 			return addr
 		}
 	}

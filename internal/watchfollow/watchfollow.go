@@ -44,6 +44,10 @@ import (
 // Config.MaxListFailures listings in a row have failed.
 var ErrListFailed = errors.New("listing failed too many times in a row")
 
+// progressRequestTimeout bounds how long RequestProgress waits for the watch
+// stream to take a request; a waiter asks again at its next tick.
+const progressRequestTimeout = 50 * time.Millisecond
+
 // errStalled ends a watch whose progress request went unanswered.
 var errStalled = errors.New("watch did not answer a progress request")
 
@@ -283,7 +287,13 @@ func (f *Follower) RequestProgress() {
 	if wctx == nil {
 		return
 	}
-	if err := f.cfg.Client.RequestProgress(wctx); err != nil && wctx.Err() == nil {
+	// clientv3 hands the request to the watch stream of wctx's metadata and
+	// blocks until that stream takes it, which it does not while it is
+	// reconnecting: a bound keeps callers (revwait.Waiter.Wait's kick) within
+	// their own deadlines. The context derived from wctx names the same stream.
+	rctx, cancel := context.WithTimeout(wctx, progressRequestTimeout)
+	defer cancel()
+	if err := f.cfg.Client.RequestProgress(rctx); err != nil && wctx.Err() == nil {
 		f.cfg.Logger.Debug("watch follower: progress request failed", "prefix", f.cfg.Prefix, "err", err)
 	}
 }

@@ -127,7 +127,7 @@ func TestWatchdogSparesAnsweredWatch(t *testing.T) {
 	applied := revwait.New()
 	f := watchfollow.New(watchfollow.Config{
 		Client: e.Client, Prefix: "/w/", List: v.list(e.Client, "/w/"), Apply: v.apply, Applied: applied,
-		ProgressTimeout: 500 * time.Millisecond, Logger: quiet,
+		ProgressTimeout: 3 * time.Second, Logger: quiet,
 	})
 	run(t, f)
 	ctx := context.Background()
@@ -241,5 +241,37 @@ func TestListOnlyAfterCompactionAndGiveUp(t *testing.T) {
 	}
 	if lists != 3 {
 		t.Fatalf("%d listings tried, want 3", lists)
+	}
+}
+
+// While etcd cannot be reached, the client's watch stream is reconnecting and
+// takes no progress request; asking for progress then must return at once,
+// so that waiters (revwait.Waiter.Wait kicks on every tick) keep to their
+// own deadlines instead of waiting on the watchdog.
+func TestRequestProgressDoesNotBlockWhileReconnecting(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	p := testutil.StartProxy(t, e.Endpoint)
+	cli := testutil.NewClient(t, p.Endpoint())
+	v := &view{}
+	applied := revwait.New()
+	f := watchfollow.New(watchfollow.Config{
+		Client: cli, Prefix: "/w/", List: v.list(cli, "/w/"), Apply: v.apply, Applied: applied,
+		ProgressTimeout: time.Minute, Logger: quiet,
+	})
+	run(t, f)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := applied.Wait(ctx, nil, 1, 50*time.Millisecond, f.RequestProgress); err != nil {
+		t.Fatal(err)
+	}
+	p.Pause()
+	defer p.Resume()
+	time.Sleep(500 * time.Millisecond) // the stream notices and starts reconnecting
+	for range 5 {
+		start := time.Now()
+		f.RequestProgress()
+		if d := time.Since(start); d > 5*time.Second {
+			t.Fatalf("RequestProgress took %v while etcd was unreachable", d)
+		}
 	}
 }
