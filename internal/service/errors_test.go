@@ -3,20 +3,15 @@ package service_test
 import (
 	"context"
 	"errors"
-	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 
 	membershipv1 "github.com/socketrooms/membership/gen/membership/v1"
-	"github.com/socketrooms/membership/internal/app"
 	"github.com/socketrooms/membership/internal/service"
 	"github.com/socketrooms/membership/internal/stacktest"
 	"github.com/socketrooms/membership/internal/store"
@@ -28,25 +23,8 @@ import (
 // listener keeps serving.
 func serve(t *testing.T, cli *clientv3.Client) (membershipv1.MembershipServiceClient, func()) {
 	t.Helper()
-	svc := service.New(cli, "", stacktest.Logger())
-	srv := grpc.NewServer(app.ServerOptions(stacktest.Logger(), 10*time.Second, "")...)
-	membershipv1.RegisterMembershipServiceServer(srv, svc)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(lis)
-	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var once sync.Once
-	t.Cleanup(func() {
-		cc.Close()
-		srv.Stop()
-		once.Do(svc.Close)
-	})
-	return membershipv1.NewMembershipServiceClient(cc), func() { once.Do(svc.Close) }
+	srv := stacktest.StartMembershipServerWith(t, cli)
+	return srv.Client, srv.CloseService
 }
 
 // A record that does not decode is INTERNAL/CORRUPT_RECORD, not a reason to

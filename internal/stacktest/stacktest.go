@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -43,6 +44,10 @@ func Logger() *slog.Logger {
 type Server struct {
 	Client membershipv1.MembershipServiceClient
 	Addr   string
+	// CloseService closes the service as a membership-server does at
+	// shutdown, while the listener keeps serving (calls then meet a closed
+	// service); the test's cleanup does it otherwise.
+	CloseService func()
 }
 
 // StartMembershipServer serves the API over e's client on a loopback listener.
@@ -66,12 +71,13 @@ func StartMembershipServerWith(t testing.TB, kv *clientv3.Client) *Server {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var once sync.Once
 	t.Cleanup(func() {
 		cc.Close()
 		srv.Stop()
-		svc.Close()
+		once.Do(svc.Close)
 	})
-	return &Server{Client: membershipv1.NewMembershipServiceClient(cc), Addr: lis.Addr().String()}
+	return &Server{Client: membershipv1.NewMembershipServiceClient(cc), Addr: lis.Addr().String(), CloseService: func() { once.Do(svc.Close) }}
 }
 
 // Gateway is an in-process gateway with real listeners.
