@@ -49,6 +49,7 @@ func run(args []string) error {
 	tokenFile := fs.String("auth-token-file", "", "file holding the bearer token membership-servers must present to the internal API (empty: none)")
 	etcdTLS := app.AddEtcdTLSFlags(fs)
 	skipVersionCheck := app.AddEtcdVersionCheckFlag(fs)
+	etcdLimits := app.AddEtcdTxnLimitFlags(fs)
 	serverTLS := app.AddServerTLSFlags(fs, "internal API")
 	maxSockets := fs.Int("max-sockets", 0, "sockets this gateway holds at most; more are refused with HTTP 503 (0: no limit)")
 	framesPerSecond := fs.Float64("frames-per-second", 50, "client frames a socket may send per second (bursts of 2 s); past it requests get 429, far past it the socket is closed (1008)")
@@ -76,6 +77,10 @@ func run(args []string) error {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
 		}
+		return err
+	}
+	limits, err := etcdLimits.Limits()
+	if err != nil {
 		return err
 	}
 	log, err := app.NewLogger(*logLevel)
@@ -120,6 +125,7 @@ func run(args []string) error {
 
 	reg := app.NewRegistry()
 	etcdCfg := app.EtcdConfig(strings.Split(*endpoints, ","), app.EtcdLogger(), app.EtcdRequestMetrics(reg))
+	app.ApplyTxnLimits(&etcdCfg, limits)
 	if err := etcdTLS.Apply(&etcdCfg); err != nil {
 		return err
 	}
@@ -139,6 +145,7 @@ func run(args []string) error {
 		Prefix:           *prefix,
 		LeaseTTL:         *leaseTTL,
 		LeaseShards:      *leaseShards,
+		EtcdLimits:       limits,
 		Version:          app.Version(),
 		SendQueue:        *sendQueue,
 		UpstreamURL:      *upstreamURL,

@@ -63,8 +63,7 @@ func run(args []string) error {
 	committers := fs.Int("batch-committers", 4, "coalesced Join/Leave etcd transactions in flight at once; 0 sends one transaction per call")
 	maxRooms := fs.Int("max-rooms-per-socket", 0, "rooms a socket may be in; a Join past it fails with FAILED_PRECONDITION (0: no limit; a limit costs each Join one more etcd read and caps a Join at 60 sockets)")
 	maxPayload := fs.Int("max-payload-bytes", service.DefaultMaxPayloadBytes, "largest JSON encoding of a Broadcast's or Blast's data (at most 3 MiB: messages travel to gateways in gRPC requests of at most 4 MiB)")
-	maxRequestBytes := fs.Int("etcd-max-request-bytes", store.DefaultMaxRequestBytes, "etcd's --max-request-bytes: every transaction is sized to fit (a client cannot read it from etcd, so it must match an external etcd's flag); the embedded etcd is started with it")
-	maxTxnOps := fs.Int("etcd-max-txn-ops", store.DefaultMaxTxnOps, "etcd's --max-txn-ops: every transaction is sized to fit, and a Join or Leave may name at most 100 sockets at 128 (proportionally fewer below); the embedded etcd is started with it")
+	etcdLimits := app.AddEtcdTxnLimitFlags(fs)
 	pprofAddr := fs.String("pprof-addr", "", "serve net/http/pprof on this address (empty: off)")
 	shutdownTimeout := fs.Duration("shutdown-timeout", 10*time.Second, "how long in-flight calls may finish on SIGTERM")
 	fs.Usage = func() {
@@ -83,11 +82,9 @@ func run(args []string) error {
 	if *maxPayload < 1 || *maxPayload > 3<<20 {
 		return fmt.Errorf("--max-payload-bytes %d: must be between 1 and %d", *maxPayload, 3<<20)
 	}
-	limits := store.TxnLimits{MaxTxnOps: *maxTxnOps, MaxRequestBytes: *maxRequestBytes,
-		// The client must be able to send what etcd accepts.
-		MaxCallSendMsgSize: max(store.DefaultMaxCallSendMsgSize, *maxRequestBytes)}
-	if err := limits.Validate(); err != nil {
-		return fmt.Errorf("--etcd-max-txn-ops %d, --etcd-max-request-bytes %d: %w", *maxTxnOps, *maxRequestBytes, err)
+	limits, err := etcdLimits.Limits()
+	if err != nil {
+		return err
 	}
 	log, err := app.NewLogger(*logLevel)
 	if err != nil {
@@ -101,7 +98,7 @@ func run(args []string) error {
 	var embedded *etcdembed.Server
 	if strings.TrimSpace(*endpoints) == "" {
 		embedded, err = etcdembed.Start(etcdembed.Config{Dir: *dataDir, ClientAddr: *embeddedAddr, PeerAddr: *embeddedPeer,
-			MaxRequestBytes: uint(*maxRequestBytes), MaxTxnOps: uint(*maxTxnOps)})
+			MaxRequestBytes: uint(limits.MaxRequestBytes), MaxTxnOps: uint(limits.MaxTxnOps)})
 		if err != nil {
 			return err
 		}
@@ -113,7 +110,7 @@ func run(args []string) error {
 	}
 	reg := app.NewRegistry()
 	etcdCfg := app.EtcdConfig(eps, app.EtcdLogger(), app.EtcdRequestMetrics(reg))
-	etcdCfg.MaxCallSendMsgSize = limits.MaxCallSendMsgSize
+	app.ApplyTxnLimits(&etcdCfg, limits)
 	if err := etcdTLS.Apply(&etcdCfg); err != nil {
 		return err
 	}

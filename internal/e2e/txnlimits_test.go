@@ -177,3 +177,54 @@ func TestRoomWideCallWithCompactedRevision(t *testing.T) {
 		}
 	}
 }
+
+// A gateway started with the same --etcd-max-txn-ops and
+// --etcd-max-request-bytes as etcd removes a closed socket that is in more
+// rooms than one transaction may hold: every key of the socket (its record,
+// its gwm/ and rooms/ memberships) is gone soon after the close, long before
+// the gateway's lease would take them. Sized for etcd's defaults instead,
+// the removal is one transaction etcd refuses, and the keys stay.
+func TestGatewayRemovesSocketWithinEtcdLimits(t *testing.T) {
+	const maxBytes, maxOps, rooms = 16 << 10, 32, 100
+	e := testutil.StartEtcdWithLimits(t, maxBytes, maxOps)
+	limitFlags := []string{"--etcd-max-request-bytes", fmt.Sprint(maxBytes), "--etcd-max-txn-ops", fmt.Sprint(maxOps)}
+	api, _ := startServerProcess(t, e.Endpoint, limitFlags...)
+	g := startGatewayProcess(t, e, "gwlimits", time.Minute, limitFlags...)
+	s := dial(t, g.WSURL)
+	ctx := context.Background()
+	for i := 0; i < rooms; i++ {
+		if _, err := api.Join(ctx, &membershipv1.JoinRequest{SocketId: s.ID, Room: roomOfBytes(i, 100)}); err != nil {
+			t.Fatalf("join %d: %v", i, err)
+		}
+	}
+	socketKeys := func() int {
+		resp, err := e.Client.Get(ctx, store.DefaultPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, kv := range resp.Kvs {
+			if strings.Contains(string(kv.Key), s.ID) {
+				n++
+			}
+		}
+		return n
+	}
+	// The record and, per room, a rooms/ and a gwm/ key: removing them
+	// takes 201 deletions of over 100 bytes each, past both limits at once.
+	if n := socketKeys(); n != 1+2*rooms {
+		t.Fatalf("%d keys of the socket, want %d", n, 1+2*rooms)
+	}
+	s.Conn.Close()
+	waitFor(t, 15*time.Second, "every key of the closed socket removed", func() bool { return socketKeys() == 0 })
+
+	// The gateway refuses limits below what its transactions need, as the
+	// membership-server does.
+	for _, flags := range [][]string{{"--etcd-max-txn-ops", "8"}, {"--etcd-max-request-bytes", "1024"}} {
+		args := append([]string{"--etcd-endpoints", e.Endpoint, "--ws-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"}, flags...)
+		out, err := exec.Command(binary(t, "gateway"), args...).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), flags[0]) {
+			t.Errorf("gateway %v: %v %s", flags, err, out)
+		}
+	}
+}

@@ -42,6 +42,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/socketrooms/membership/internal/revwait"
 	"github.com/socketrooms/membership/internal/store"
@@ -56,6 +58,9 @@ type Config struct {
 	Prefix        string        // etcd key prefix; store.DefaultPrefix
 	LeaseTTL      time.Duration // 10s; etcd's floor is 2s
 	LeaseShards   int           // leases the gateway's sockets are spread over; 1
+	// EtcdLimits are etcd's --max-txn-ops and --max-request-bytes, which
+	// socket removal is sized against; zero fields: etcd's defaults.
+	EtcdLimits    store.TxnLimits
 	Version       string
 	SendQueue     int           // frames queued per socket before it is dropped; 256
 	WriteTimeout  time.Duration // 10s
@@ -181,12 +186,16 @@ func New(cfg Config, cli *clientv3.Client) (*Gateway, error) {
 		}
 		upstream = u
 	}
+	st := store.New(cli, cfg.Prefix)
+	if err := st.SetTxnLimits(cfg.EtcdLimits); err != nil {
+		return nil, fmt.Errorf("etcd limits: %w", err)
+	}
 	g := &Gateway{
 		upstream:   upstream,
 		httpClient: &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()},
 		cfg:        cfg,
 		cli:        cli,
-		store:      store.New(cli, cfg.Prefix),
+		store:      st,
 		log:        cfg.Logger.With("gateway", cfg.ID),
 		hub:        newHub(),
 		applied:    revwait.New(),
@@ -482,15 +491,26 @@ func (g *Gateway) removeSocket(s *session, sid store.SocketID) {
 	if err == nil || s.ctx.Err() != nil {
 		return // done, or the session ended and its lease takes the keys
 	}
+	if !removalRetryable(err) {
+		g.abandonRemoval(sid, err)
+		return
+	}
 	select {
 	case s.cleanup <- sid:
 		g.log.Warn("remove socket failed; retrying", "socket", sid.String(), "err", err)
 	default:
+		g.metrics.removalsAbandoned.WithLabelValues("queue_full").Inc()
 		g.log.Error("remove socket failed and the retry queue is full; its keys stay until the lease ends", "socket", sid.String(), "err", err)
 	}
 }
 
 // janitor retries failed socket removals with backoff for the session's life.
+// It works through one socket at a time, so only errors that pass once etcd
+// answers again are retried (removalRetryable): while etcd is away, every
+// removal would fail alike and waiting on the first costs nothing. An error
+// that retrying cannot cure (a transaction etcd refuses as too large, a
+// corrupt key) would hold the queue forever behind that one socket; such a
+// socket is given up instead (abandonRemoval), its keys left to the lease.
 func (g *Gateway) janitor(s *session) error {
 	backoff := newBackoff(100*time.Millisecond, 5*time.Second)
 	for {
@@ -511,9 +531,53 @@ func (g *Gateway) janitor(s *session) error {
 			if s.ctx.Err() != nil {
 				return s.ctx.Err()
 			}
+			if !removalRetryable(err) {
+				g.abandonRemoval(sid, err)
+				backoff.reset()
+				break
+			}
 			sleepCtx(s.ctx, backoff.next())
 		}
 	}
+}
+
+// abandonRemoval gives up removing a socket whose removal failed with an
+// error retrying cannot cure. Its keys (socket record, memberships) stay in
+// etcd, attached to the session's lease, until the lease ends: when the
+// gateway stops, restarts or loses its session. Until then membership
+// listings still name the socket and deliveries to it are dropped here.
+func (g *Gateway) abandonRemoval(sid store.SocketID, err error) {
+	g.metrics.removalsAbandoned.WithLabelValues("not_retryable").Inc()
+	g.log.Error("remove socket failed and retrying cannot succeed; its keys stay until the lease ends (check --etcd-max-txn-ops and --etcd-max-request-bytes against etcd's)",
+		"socket", sid.String(), "err", err)
+}
+
+// removalRetryable tells whether a failed RemoveSocket may succeed when tried
+// again: the attempt ran out of time, or etcd could not be reached or could
+// not answer now (no leader, a leader change, a raft timeout, a stopped or
+// unhealthy member, too many requests, a full database, which writes resume
+// after once it is compacted and defragmented). Everything else fails alike
+// every time: etcd refusing the transaction (too many operations, request
+// too large, permission denied), the client refusing to send it, or a
+// membership key that does not decode.
+func removalRetryable(err error) bool {
+	switch {
+	case errors.Is(err, context.DeadlineExceeded),
+		errors.Is(err, clientv3.ErrNoAvailableEndpoints),
+		errors.Is(err, rpctypes.ErrTooManyRequests),
+		errors.Is(err, rpctypes.ErrNoSpace):
+		return true
+	}
+	var ee rpctypes.EtcdError
+	if errors.As(err, &ee) {
+		return ee.Code() == codes.Unavailable || ee.Code() == codes.DeadlineExceeded
+	}
+	var se interface{ GRPCStatus() *status.Status }
+	if errors.As(err, &se) {
+		c := se.GRPCStatus().Code()
+		return c == codes.Unavailable || c == codes.DeadlineExceeded
+	}
+	return false
 }
 
 // keepAlive renews the lease every third of its TTL and fences the session:

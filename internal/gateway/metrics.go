@@ -17,6 +17,9 @@ type metrics struct {
 	lagRevisions  prometheus.Gauge
 	sessionsLost  prometheus.Counter
 	authFailures  prometheus.Counter
+	// removalsAbandoned counts sockets whose keys stay in etcd until the
+	// lease ends, by reason: not_retryable or queue_full.
+	removalsAbandoned *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, g *Gateway) *metrics {
@@ -33,6 +36,10 @@ func newMetrics(reg prometheus.Registerer, g *Gateway) *metrics {
 			Name: "gateway_sessions_lost_total", Help: "Times the gateway could not prove its lease alive and closed every socket (1012)."}),
 		authFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "gateway_auth_failures_total", Help: "WebSocket handshakes refused with 401 for a missing or invalid token."}),
+		removalsAbandoned: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gateway_socket_removals_abandoned_total",
+			Help: "Closed sockets whose etcd keys could not be removed and stay until the gateway's lease ends, by reason: not_retryable (an error retrying cannot cure, e.g. a transaction past etcd's limits) or queue_full (the retry queue was full)."},
+			[]string{"reason"}),
 		waitApplied: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "gateway_apply_wait_seconds",
 			Help:    "Time Deliver and WaitApplied waited for the membership index to reach the caller's revision.",
@@ -41,7 +48,10 @@ func newMetrics(reg prometheus.Registerer, g *Gateway) *metrics {
 		lagRevisions: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "gateway_apply_lag_revisions", Help: "etcd's revision in the latest watch response minus the revision the membership index has applied."}),
 	}
-	reg.MustRegister(m.delivered, m.dropped, m.slowClients, m.renewFailures, m.sessionsLost, m.authFailures, m.waitApplied, m.lagRevisions,
+	for _, reason := range []string{"not_retryable", "queue_full"} {
+		m.removalsAbandoned.WithLabelValues(reason) // exported as 0 from the start
+	}
+	reg.MustRegister(m.delivered, m.dropped, m.slowClients, m.renewFailures, m.sessionsLost, m.authFailures, m.removalsAbandoned, m.waitApplied, m.lagRevisions,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gateway_sockets", Help: "Open sockets."},
 			func() float64 { return float64(g.hub.count()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gateway_rooms", Help: "Rooms with at least one local member."},
