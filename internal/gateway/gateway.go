@@ -42,8 +42,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/socketrooms/membership/internal/revwait"
 	"github.com/socketrooms/membership/internal/store"
@@ -561,23 +559,7 @@ func (g *Gateway) abandonRemoval(sid store.SocketID, err error) {
 // too large, permission denied), the client refusing to send it, or a
 // membership key that does not decode.
 func removalRetryable(err error) bool {
-	switch {
-	case errors.Is(err, context.DeadlineExceeded),
-		errors.Is(err, clientv3.ErrNoAvailableEndpoints),
-		errors.Is(err, rpctypes.ErrTooManyRequests),
-		errors.Is(err, rpctypes.ErrNoSpace):
-		return true
-	}
-	var ee rpctypes.EtcdError
-	if errors.As(err, &ee) {
-		return ee.Code() == codes.Unavailable || ee.Code() == codes.DeadlineExceeded
-	}
-	var se interface{ GRPCStatus() *status.Status }
-	if errors.As(err, &se) {
-		c := se.GRPCStatus().Code()
-		return c == codes.Unavailable || c == codes.DeadlineExceeded
-	}
-	return false
+	return errors.Is(err, context.DeadlineExceeded) || store.EtcdUnavailable(err)
 }
 
 // keepAlive renews the lease every third of its TTL and fences the session:

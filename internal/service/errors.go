@@ -9,7 +9,6 @@ import (
 	"strings"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -203,7 +202,7 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 		log.Error("etcd refused the service's credentials", "err", err)
 		return withDetails(status.New(codes.PermissionDenied, "the membership store refused this service"),
 			&errdetails.ErrorInfo{Reason: ReasonEtcdPermissionDenied, Domain: ErrorDomain})
-	case etcdUnavailable(err):
+	case store.EtcdUnavailable(err):
 		log.Warn("etcd request failed", "err", err)
 		return withDetails(status.New(codes.Unavailable, "membership store unavailable; retry"),
 			&errdetails.ErrorInfo{Reason: ReasonEtcdUnavailable, Domain: ErrorDomain})
@@ -212,44 +211,6 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 		return withDetails(status.New(codes.Internal, "internal error"),
 			&errdetails.ErrorInfo{Reason: ReasonInternal, Domain: ErrorDomain})
 	}
-}
-
-// etcdRetryErrors are etcd's errors that say it cannot answer now but will:
-// no leader or a leader change, a request that timed out in raft, a stopped
-// or unhealthy member, a cluster mid-upgrade (not capable), too many
-// requests, and a full database (writes resume once it is compacted and
-// defragmented).
-var etcdRetryErrors = []error{
-	rpctypes.ErrNoLeader, rpctypes.ErrNotLeader, rpctypes.ErrLeaderChanged,
-	rpctypes.ErrTimeout, rpctypes.ErrTimeoutDueToLeaderFail, rpctypes.ErrTimeoutDueToConnectionLost,
-	rpctypes.ErrTimeoutWaitAppliedIndex, rpctypes.ErrStopped, rpctypes.ErrUnhealthy,
-	rpctypes.ErrNotCapable, rpctypes.ErrTooManyRequests, rpctypes.ErrNoSpace,
-}
-
-// etcdUnavailable tells whether err says etcd cannot be reached or cannot
-// answer now: one of etcdRetryErrors, another etcd error with code
-// UNAVAILABLE or DEADLINE_EXCEEDED, a gRPC transport error of the etcd
-// connection (UNAVAILABLE: refused, reset, no endpoint), or the client
-// finding no endpoint.
-func etcdUnavailable(err error) bool {
-	for _, e := range etcdRetryErrors {
-		if errors.Is(err, e) {
-			return true
-		}
-	}
-	if errors.Is(err, clientv3.ErrNoAvailableEndpoints) {
-		return true
-	}
-	var ee rpctypes.EtcdError
-	if errors.As(err, &ee) {
-		return ee.Code() == codes.Unavailable || ee.Code() == codes.DeadlineExceeded
-	}
-	var se interface{ GRPCStatus() *status.Status }
-	if errors.As(err, &se) {
-		c := se.GRPCStatus().Code()
-		return c == codes.Unavailable || c == codes.DeadlineExceeded
-	}
-	return false
 }
 
 func withDetails(st *status.Status, details ...protoadapt.MessageV1) error {
