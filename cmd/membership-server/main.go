@@ -61,7 +61,7 @@ func run(args []string) error {
 	gwCert := fs.String("gateway-tls-cert-file", "", "client certificate presented to gateways (mutual TLS)")
 	gwKey := fs.String("gateway-tls-key-file", "", "key of --gateway-tls-cert-file")
 	committers := fs.Int("batch-committers", 4, "coalesced Join/Leave etcd transactions in flight at once; 0 sends one transaction per call")
-	maxRooms := fs.Int("max-rooms-per-socket", 0, "rooms a socket may be in; a Join past it fails with FAILED_PRECONDITION (0: no limit; a limit costs each Join one more etcd read and caps a Join at 60 sockets)")
+	maxRooms := fs.Int("max-rooms-per-socket", 0, "rooms a socket may be in; a Join past it fails with FAILED_PRECONDITION (0: no limit; a limit costs each Join one more etcd read and caps a Join at 60 sockets, fewer under a smaller --etcd-max-txn-ops)")
 	maxPayload := fs.Int("max-payload-bytes", service.DefaultMaxPayloadBytes, "largest JSON encoding of a Broadcast's or Blast's data (at most 3 MiB: messages travel to gateways in gRPC requests of at most 4 MiB)")
 	etcdLimits := app.AddEtcdTxnLimitFlags(fs)
 	pprofAddr := fs.String("pprof-addr", "", "serve net/http/pprof on this address (empty: off)")
