@@ -34,11 +34,20 @@ import (
 // a lone call is sent at once. A call that finds max in flight waits to be
 // picked up. The caller itself only waits, so that it returns by its deadline
 // even while the transaction carrying it is retried for others (retry.go).
+//
+// An attempt lives no longer than someone waits for it: it is cancelled when
+// every call it carries has been abandoned by its caller (so that a call that
+// gave up is not retried, and cannot land after that client's next change to
+// the same membership), and when the batcher stops.
 type batcher struct {
 	pb     etcdserverpb.KVClient
 	tw     *termWatch
 	max    int
 	budget txnBudget
+	// ctx is cancelled by stop: it ends attempts in flight and the pauses
+	// between them, however long their calls' deadlines.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	mu      sync.Mutex
 	pending []*batchCall
@@ -66,21 +75,29 @@ type batchResult struct {
 
 // StartBatching makes Join and Leave coalesce concurrent calls, with up to
 // committers etcd transactions in flight at once. Call the returned function
-// to stop: it waits for transactions in flight; calls made after it fail.
+// to stop: it cancels the transactions in flight (their outcome is unknown,
+// as for any request abandoned in flight), fails the calls they carry and
+// those still waiting with ErrShuttingDown, and returns once every committer
+// has returned, without waiting for etcd; calls made after it fail with
+// ErrShuttingDown too.
 func (s *Store) StartBatching(committers int) (stop func()) {
-	b := &batcher{pb: s.pb, tw: s.tw, max: committers, budget: s.budget}
+	ctx, cancel := context.WithCancel(context.Background())
+	b := &batcher{pb: s.pb, tw: s.tw, max: committers, budget: s.budget, ctx: ctx, cancel: cancel}
 	b.idle.L = &b.mu
 	s.batch = b
 	return func() {
 		b.mu.Lock()
 		b.stopped = true
-		for b.active > 0 {
-			b.idle.Wait()
-		}
 		for _, c := range b.pending {
 			c.done <- batchResult{err: errBatcherStopped}
 		}
 		b.pending = nil
+		b.mu.Unlock()
+		b.cancel()
+		b.mu.Lock()
+		for b.active > 0 {
+			b.idle.Wait()
+		}
 		b.mu.Unlock()
 	}
 }
@@ -115,7 +132,7 @@ func (b *batcher) do(ctx context.Context, op *etcdserverpb.TxnRequest, keys []st
 		// In its own goroutine: a commit may outlast this call's deadline
 		// (it carries others' calls, and retries across an etcd leader
 		// change), and the caller must get its answer by its deadline.
-		go b.commitUntil(nil)
+		go b.commitPending()
 	}
 	select {
 	case r := <-c.done:
@@ -127,9 +144,9 @@ func (b *batcher) do(ctx context.Context, op *etcdserverpb.TxnRequest, keys []st
 	}
 }
 
-// commitUntil commits batches until own has its answer (own nil: until
-// nothing waits), then hands the role on if calls still wait.
-func (b *batcher) commitUntil(own *batchCall) {
+// commitPending commits batches until nothing waits, then gives its place
+// among the max committers up.
+func (b *batcher) commitPending() {
 	for {
 		b.mu.Lock()
 		batch := b.takeLocked()
@@ -140,18 +157,6 @@ func (b *batcher) commitUntil(own *batchCall) {
 		}
 		b.mu.Unlock()
 		b.commit(batch)
-		if own != nil && len(own.done) > 0 {
-			b.mu.Lock()
-			more := len(b.pending) > 0 && !b.stopped
-			if !more {
-				b.releaseLocked()
-			}
-			b.mu.Unlock()
-			if more {
-				go b.commitUntil(nil)
-			}
-			return
-		}
 	}
 }
 
@@ -197,8 +202,10 @@ func (b *batcher) takeLocked() []*batchCall {
 // commit sends one transaction holding every live call of batch. An attempt
 // lost to an etcd leader change, or refused for want of a leader, is retried
 // (retry.go) with the calls that still have time for another attempt; the
-// others get the attempt's error. Each attempt is bounded by the latest
-// deadline among its calls (retryWindow for a call without one).
+// others get the attempt's error. Each attempt, and the pause after it, is
+// bounded by the latest deadline among its calls (retryWindow for a call
+// without one), and ends early when all of its calls' callers have given up
+// or the batcher stops.
 func (b *batcher) commit(batch []*batchCall) {
 	start := time.Now()
 	live := batch[:0:0]
@@ -214,6 +221,10 @@ func (b *batcher) commit(batch []*batchCall) {
 				c.done <- batchResult{err: err}
 				continue
 			}
+			if b.ctx.Err() != nil {
+				c.done <- batchResult{err: errBatcherStopped}
+				continue
+			}
 			live = append(live, c)
 			ops = append(ops, &etcdserverpb.RequestOp{Request: &etcdserverpb.RequestOp_RequestTxn{RequestTxn: c.op}})
 			dl, ok := c.ctx.Deadline()
@@ -227,12 +238,12 @@ func (b *batcher) commit(batch []*batchCall) {
 		if len(live) == 0 {
 			return
 		}
-		ctx, cancel := context.WithDeadline(context.Background(), until)
+		ctx, cancel := b.attemptContext(live, until)
 		b.txns.Add(1)
 		b.calls.Add(int64(len(live)))
 		resp, err := b.tw.txn(ctx, b.pb, &etcdserverpb.TxnRequest{Success: ops})
-		cancel()
 		if err == nil {
+			cancel()
 			for i, c := range live {
 				c.done <- batchResult{resp: resp.Responses[i].GetResponseTxn(), rev: resp.Header.Revision}
 			}
@@ -241,15 +252,49 @@ func (b *batcher) commit(batch []*batchCall) {
 		pause, again := r.next(err)
 		batch = batch[:0] // live has its own array
 		for _, c := range live {
-			if !again || time.Now().Add(pause).After(retryUntil(c.ctx, start)) {
+			switch {
+			case c.ctx.Err() != nil:
+				// The attempt was cancelled for want of callers (or this
+				// one's deadline passed): it keeps its own error.
+				c.done <- batchResult{err: c.ctx.Err()}
+			case b.ctx.Err() != nil:
+				c.done <- batchResult{err: errBatcherStopped}
+			case !again || time.Now().Add(pause).After(retryUntil(c.ctx, start)):
 				c.done <- batchResult{err: err}
-				continue
+			default:
+				batch = append(batch, c)
 			}
-			batch = append(batch, c)
 		}
 		if len(batch) == 0 {
+			cancel()
 			return
 		}
-		time.Sleep(pause)
+		// Cut short when the remaining callers give up or the batcher stops;
+		// the next round answers them.
+		sleepCtx(ctx, pause)
+		cancel()
+	}
+}
+
+// attemptContext returns the context of one attempt carrying live: it ends
+// at until, when the batcher stops, or once the context of every call in
+// live is done, whichever comes first.
+func (b *batcher) attemptContext(live []*batchCall, until time.Time) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithDeadline(b.ctx, until)
+	var left atomic.Int64
+	left.Store(int64(len(live)))
+	stops := make([]func() bool, len(live))
+	for i, c := range live {
+		stops[i] = context.AfterFunc(c.ctx, func() {
+			if left.Add(-1) == 0 {
+				cancel()
+			}
+		})
+	}
+	return ctx, func() {
+		for _, stop := range stops {
+			stop()
+		}
+		cancel()
 	}
 }

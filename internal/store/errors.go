@@ -18,7 +18,8 @@ import (
 var ErrCorruptRecord = errors.New("corrupt record")
 
 // ErrShuttingDown reports a call made while the Store is stopping (after
-// StartBatching's stop): another replica can serve it.
+// StartBatching's stop), or carried by a transaction that stop cancelled
+// (its outcome unknown): another replica can serve it.
 var ErrShuttingDown = errors.New("membership store is shutting down")
 
 // corrupt wraps a decoding failure of the value at key.

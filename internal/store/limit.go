@@ -52,12 +52,24 @@ func (s *Store) SocketsPerLimitedJoin() int { return s.budget.socketsPerLimitedJ
 const limitAttempts = 8
 
 // socketLocks serialise limited changes of the same socket in this process.
-// Striped: sockets that share a stripe merely wait for each other.
-type socketLocks [1024]sync.Mutex
+// Striped: sockets that share a stripe merely wait for each other. Each
+// stripe is a one-slot semaphore rather than a mutex so that a change waiting
+// behind a holder (one retrying across an etcd leader change, say) gives up
+// at its own deadline.
+type socketLocks [1024]chan struct{}
+
+func newSocketLocks() *socketLocks {
+	l := new(socketLocks)
+	for i := range l {
+		l[i] = make(chan struct{}, 1)
+	}
+	return l
+}
 
 // lock takes the stripes of sockets in ascending order (no deadlock between
-// calls naming several sockets) and returns the function releasing them.
-func (l *socketLocks) lock(sockets []SocketID) (unlock func()) {
+// calls naming several sockets) and returns the function releasing them. If
+// ctx ends first, it releases what it took and returns ctx's error.
+func (l *socketLocks) lock(ctx context.Context, sockets []SocketID) (unlock func(), err error) {
 	idx := make([]int, 0, len(sockets))
 	for _, sock := range sockets {
 		h := fnv.New32a()
@@ -66,14 +78,20 @@ func (l *socketLocks) lock(sockets []SocketID) (unlock func()) {
 	}
 	slices.Sort(idx)
 	idx = slices.Compact(idx)
-	for _, i := range idx {
-		l[i].Lock()
-	}
-	return func() {
-		for _, i := range idx {
-			l[i].Unlock()
+	release := func(taken []int) {
+		for _, i := range taken {
+			<-l[i]
 		}
 	}
+	for n, i := range idx {
+		select {
+		case l[i] <- struct{}{}:
+		case <-ctx.Done():
+			release(idx[:n])
+			return nil, ctx.Err()
+		}
+	}
+	return func() { release(idx) }, nil
 }
 
 // conflictPause waits a random time that grows with attempt before a limited
@@ -133,7 +151,7 @@ func (e *RoomLimitError) Is(target error) bool { return target == ErrRoomLimit }
 func (s *Store) SetMaxRoomsPerSocket(n int) {
 	s.maxRooms = n
 	if n > 0 && s.locks == nil {
-		s.locks = new(socketLocks)
+		s.locks = newSocketLocks()
 	}
 }
 
@@ -155,7 +173,11 @@ func (s *Store) joinLimited(ctx context.Context, sockets []SocketID, room string
 	if n := s.SocketsPerLimitedJoin(); len(sockets) > n {
 		return ChangeResult{}, fmt.Errorf("%d sockets in one limited join: at most %d allowed", len(sockets), n)
 	}
-	defer s.locks.lock(sockets)()
+	unlock, err := s.locks.lock(ctx, sockets)
+	if err != nil {
+		return ChangeResult{}, err
+	}
+	defer unlock()
 	for attempt := range limitAttempts {
 		if attempt > 0 {
 			if err := conflictPause(ctx, attempt); err != nil {
@@ -256,7 +278,11 @@ func (s *Store) addSocketToRooms(ctx context.Context, sock SocketID, rooms []str
 		RequestRange: &etcdserverpb.RangeRequest{Key: socketKey, KeysOnly: true}}}}
 	// Sized with the largest revision the guard can carry.
 	base := guardShape([]*etcdserverpb.Compare{pbExists(socketKey), s.roomsUnchangedSince(sock, math.MaxInt64-1)}, failure)
-	defer s.locks.lock([]SocketID{sock})()
+	unlock, err := s.locks.lock(ctx, []SocketID{sock})
+	if err != nil {
+		return 0, false, err
+	}
+	defer unlock()
 	for attempt := range limitAttempts {
 		if attempt > 0 {
 			if err := conflictPause(ctx, attempt); err != nil {
