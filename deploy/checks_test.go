@@ -90,6 +90,45 @@ type checker struct {
 	bins     map[string]*binary
 	pods     []podTemplate
 	problems []string
+	// etcd's transaction limits as each etcd pod runs with them, and as each
+	// of our containers sizes its transactions (compared in checkTxnLimits).
+	etcdLimits []txnLimits
+	ourLimits  []txnLimits
+}
+
+// txnLimits are the values of etcd's --max-request-bytes and --max-txn-ops
+// (ours: --etcd-max-request-bytes, --etcd-max-txn-ops), defaults filled in.
+type txnLimits struct {
+	id                string
+	requestBytes, ops string
+}
+
+// etcd's defaults of --max-request-bytes and --max-txn-ops, which our
+// flags' defaults repeat.
+const etcdDefaultRequestBytes, etcdDefaultTxnOps = "1572864", "128"
+
+func orDefault(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
+}
+
+// checkTxnLimits: our binaries size every transaction to etcd's limits,
+// which a client cannot read from etcd, so they must be told the values the
+// etcd StatefulSet runs with; a larger value makes etcd refuse transactions,
+// a smaller one only costs throughput but is still a mistake.
+func (c *checker) checkTxnLimits() {
+	for _, o := range c.ourLimits {
+		for _, e := range c.etcdLimits {
+			if o.requestBytes != e.requestBytes {
+				c.errorf("%s: --etcd-max-request-bytes=%s, but %s runs with --max-request-bytes=%s", o.id, o.requestBytes, e.id, e.requestBytes)
+			}
+			if o.ops != e.ops {
+				c.errorf("%s: --etcd-max-txn-ops=%s, but %s runs with --max-txn-ops=%s", o.id, o.ops, e.id, e.ops)
+			}
+		}
+	}
 }
 
 func (c *checker) errorf(format string, args ...any) {
@@ -120,6 +159,7 @@ func check(r *rendering, bins map[string]*binary) []string {
 			c.checkHPA(o)
 		}
 	}
+	c.checkTxnLimits()
 	return c.problems
 }
 
@@ -585,6 +625,12 @@ func (c *checker) checkOurs(pt podTemplate, ctr corev1.Container, env map[string
 		flags[flag] = env[e.Name]
 	}
 
+	if _, ok := b.flags["etcd-max-txn-ops"]; ok {
+		c.ourLimits = append(c.ourLimits, txnLimits{id: id,
+			requestBytes: orDefault(flags["etcd-max-request-bytes"], etcdDefaultRequestBytes),
+			ops:          orDefault(flags["etcd-max-txn-ops"], etcdDefaultTxnOps)})
+	}
+
 	// Listeners: a port named N is what --N-addr listens on, on every
 	// interface (the defaults are loopback addresses, unreachable from
 	// outside the pod).
@@ -794,6 +840,9 @@ func (c *checker) checkEtcd(pt podTemplate, ctr corev1.Container, env map[string
 	id := pt.id + " container " + ctr.Name
 	b := c.bins["etcd"]
 	args := c.args(pt, ctr, b)
+	c.etcdLimits = append(c.etcdLimits, txnLimits{id: id,
+		requestBytes: orDefault(args["max-request-bytes"], etcdDefaultRequestBytes),
+		ops:          orDefault(args["max-txn-ops"], etcdDefaultTxnOps)})
 	for _, e := range ctr.Env {
 		if strings.HasPrefix(e.Name, "ETCD_") {
 			c.errorf("%s: %s: set etcd's flags as arguments, where this test checks them", id, e.Name)

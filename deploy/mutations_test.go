@@ -103,6 +103,14 @@ func TestChecksCatch(t *testing.T) {
 			setArg(gw(r), "--advertise-addr=", "--advertise-addr=$(POD_IP):50062")
 		}, "is not the gRPC listener's port 50061"},
 		{"bad gateway id", func(r *rendering) { setArg(gw(r), "--gateway-id=", "--gateway-id=chat.v2") }, "breaks the rule [A-Za-z0-9_-]{1,64}"},
+		{"etcd limits differ", func(r *rendering) {
+			c := etcd(r)
+			c.Args = append(c.Args, "--max-txn-ops=64")
+		}, "--etcd-max-txn-ops=128, but StatefulSet etcd container etcd runs with --max-txn-ops=64"},
+		{"our limits differ", func(r *rendering) {
+			c := gw(r)
+			c.Args = append(c.Args, "--etcd-max-request-bytes=3145728")
+		}, "--etcd-max-request-bytes=3145728, but StatefulSet etcd container etcd runs with --max-request-bytes=1572864"},
 		{"embedded etcd", func(r *rendering) {
 			c := ms(r)
 			c.Env = c.Env[1:] // MEMBERSHIP_ETCD_ENDPOINTS
