@@ -142,6 +142,13 @@ func ParseSocketID(id string) (SocketID, error) {
 	if err != nil || lease == 0 {
 		return SocketID{}, ErrInvalidSocketID
 	}
+	// Every character is checked: the decoder below skips '\r' and '\n',
+	// so it alone would take an id with line breaks in it.
+	for i := 0; i < len(nonce); i++ {
+		if !isIDChar(nonce[i]) {
+			return SocketID{}, ErrInvalidSocketID
+		}
+	}
 	if _, err := base64.RawURLEncoding.DecodeString(nonce); err != nil {
 		return SocketID{}, ErrInvalidSocketID
 	}
