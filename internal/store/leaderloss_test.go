@@ -203,8 +203,6 @@ func TestLeaderKillDuringJoinLeave(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds etcd and runs a 3-process cluster")
 	}
-	pc := testutil.StartProcCluster(t, 3)
-	cli := testutil.NewClient(t, pc.Endpoints()...)
 	for _, tc := range []struct {
 		name       string
 		committers int
@@ -215,6 +213,10 @@ func TestLeaderKillDuringJoinLeave(t *testing.T) {
 		{"limited", 4, leaderLossRooms},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			// A cluster of its own: the case does not depend on a killed
+			// member rejoining after the one before.
+			pc := testutil.StartProcCluster(t, 3)
+			cli := testutil.NewClient(t, pc.Endpoints()...)
 			s := store.New(cli, "/"+tc.name+"/")
 			s.SetMaxRoomsPerSocket(tc.maxRooms)
 			if tc.committers > 0 {
@@ -247,13 +249,6 @@ func TestLeaderKillDuringJoinLeave(t *testing.T) {
 					r.caught, r.caughtFailed, r.caughtErrs, r.caughtDone, limit)
 			}
 			checkMemberships(t, s, socks, states)
-
-			for i := range 3 {
-				if err := pc.Restart(i); err != nil {
-					t.Fatal(err)
-				}
-			}
-			pc.WaitReady(30 * time.Second)
 		})
 	}
 }

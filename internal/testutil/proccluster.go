@@ -17,6 +17,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 )
 
 // ProcCluster is a multi-member etcd whose members run as separate OS
@@ -131,7 +133,14 @@ func (c *ProcCluster) start(m *procMember) error {
 	m.cmd, m.exited = cmd, make(chan struct{})
 	// No DialTimeout: the client connects in the background, once the member
 	// listens.
-	m.cli, err = clientv3.New(clientv3.Config{Endpoints: []string{"http://" + m.clientAddr}, Logger: zap.NewNop()})
+	// Its first dial precedes the member's listener: a short reconnect
+	// backoff keeps gRPC's default (1 s growing to 2 min) from leaving the
+	// client unconnected long after the member serves.
+	m.cli, err = clientv3.New(clientv3.Config{Endpoints: []string{"http://" + m.clientAddr}, Logger: zap.NewNop(),
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 500 * time.Millisecond},
+			MinConnectTimeout: time.Second,
+		})}})
 	if err != nil {
 		return err
 	}
@@ -262,12 +271,12 @@ func (c *ProcCluster) WaitReady(timeout time.Duration) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	c.t.Fatalf("etcd cluster not ready within %v: %v%s", timeout, last, c.exitedLogs())
+	c.t.Fatalf("etcd cluster not ready within %v: %v%s", timeout, last, c.memberLogs())
 }
 
-// exitedLogs describes the members whose process exited on its own, with the
-// end of their log.
-func (c *ProcCluster) exitedLogs() string {
+// memberLogs describes every started member, running or exited on its own,
+// with the end of its log.
+func (c *ProcCluster) memberLogs() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var out strings.Builder
@@ -275,16 +284,17 @@ func (c *ProcCluster) exitedLogs() string {
 		if m.cmd == nil {
 			continue
 		}
+		state := "running"
 		select {
 		case <-m.exited:
+			state = fmt.Sprintf("exited (%v)", m.cmd.ProcessState)
 		default:
-			continue
 		}
 		log, _ := os.ReadFile(filepath.Join(m.dir, "etcd.log"))
-		if len(log) > 2000 {
-			log = log[len(log)-2000:]
+		if len(log) > 3000 {
+			log = log[len(log)-3000:]
 		}
-		fmt.Fprintf(&out, "\nmember %s exited (%v); end of its log:\n%s", m.name, m.cmd.ProcessState, log)
+		fmt.Fprintf(&out, "\nmember %s %s; end of its log:\n%s", m.name, state, log)
 	}
 	return out.String()
 }
