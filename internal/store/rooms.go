@@ -134,39 +134,40 @@ func (s *Store) forEachMemberPage(ctx context.Context, room string, rev int64, f
 // none of the rooms and is counted in OverLimit. A failure after changes were
 // applied is a *PartialChangeError.
 func (s *Store) AddMembersToRooms(ctx context.Context, source string, rooms []string) (RoomWideResult, error) {
-	var res RoomWideResult
-	n, rev, err := s.forEachMemberPage(ctx, source, 0, func(page []SocketID, _ int64) error {
-		added, over, err := s.addToRooms(ctx, page, rooms)
-		res.Changed += added
-		res.OverLimit += over
-		return err
+	return s.changeRoomMembers(ctx, source, func(page []SocketID, _ int64) (int64, int64, error) {
+		return s.addToRooms(ctx, page, rooms)
 	})
-	res.Sockets, res.Revision = n, rev
-	return res, partialAt(res.Changed, rev, err)
 }
 
 // RemoveMembersFromRooms makes every member of source, as of one revision,
 // leave every room in rooms, a page of members at a time. A failure after
 // changes were applied is a *PartialChangeError.
 func (s *Store) RemoveMembersFromRooms(ctx context.Context, source string, rooms []string) (RoomWideResult, error) {
-	var res RoomWideResult
-	n, rev, err := s.forEachMemberPage(ctx, source, 0, func(page []SocketID, _ int64) error {
+	return s.changeRoomMembers(ctx, source, func(page []SocketID, _ int64) (int64, int64, error) {
 		removed, err := s.removeFromRooms(ctx, page, rooms)
-		res.Changed += removed
-		return err
+		return removed, 0, err
 	})
-	res.Sockets, res.Revision = n, rev
-	return res, partialAt(res.Changed, rev, err)
 }
 
 // LeaveAll makes every member of room, as of one revision, leave every room
 // it was in at that revision, a page of members at a time. A failure after
 // changes were applied is a *PartialChangeError.
 func (s *Store) LeaveAll(ctx context.Context, room string) (RoomWideResult, error) {
+	return s.changeRoomMembers(ctx, room, func(page []SocketID, rev int64) (int64, int64, error) {
+		removed, err := s.leaveAllRooms(ctx, page, rev)
+		return removed, 0, err
+	})
+}
+
+// changeRoomMembers applies change to the members of room, a page at a time
+// at one revision, and sums what the pages changed and left over the limit.
+// A failure after changes were applied is a *PartialChangeError.
+func (s *Store) changeRoomMembers(ctx context.Context, room string, change func(page []SocketID, rev int64) (changed, overLimit int64, err error)) (RoomWideResult, error) {
 	var res RoomWideResult
 	n, rev, err := s.forEachMemberPage(ctx, room, 0, func(page []SocketID, rev int64) error {
-		removed, err := s.leaveAllRooms(ctx, page, rev)
-		res.Changed += removed
+		changed, over, err := change(page, rev)
+		res.Changed += changed
+		res.OverLimit += over
 		return err
 	})
 	res.Sockets, res.Revision = n, rev
