@@ -281,6 +281,13 @@ func (x *TargetIndex) page(after string, limit int) (rooms []RoomCount, next str
 // catchUp reads etcd's current revision with a linearizable request and
 // waits until the index has applied it; it returns that revision.
 func (x *TargetIndex) catchUp(ctx context.Context) (int64, error) {
+	// A stopped index may already hold etcd's current revision; it must
+	// still refuse, since it will follow no change from now on.
+	select {
+	case <-x.stopped:
+		return 0, errIndexStopped
+	default:
+	}
 	resp, err := x.cli.Get(clientv3.WithRequireLeader(ctx), x.s.k.gatewaysPrefix(), clientv3.WithPrefix(), clientv3.WithCountOnly())
 	if err != nil {
 		return 0, fmt.Errorf("read revision: %w", err)
@@ -288,12 +295,14 @@ func (x *TargetIndex) catchUp(ctx context.Context) (int64, error) {
 	rev := resp.Header.Revision
 	if _, err := x.applied.Wait(ctx, x.stopped, rev, 50*time.Millisecond, x.follow.RequestProgress); err != nil {
 		if errors.Is(err, revwait.ErrStopped) {
-			err = fmt.Errorf("broadcast target index stopped: %w", ErrShuttingDown)
+			err = errIndexStopped
 		}
 		return 0, err
 	}
 	return rev, nil
 }
+
+var errIndexStopped = fmt.Errorf("broadcast target index stopped: %w", ErrShuttingDown)
 
 // decodeRoomKey splits rooms/{room}/{socket} into the room and the socket's
 // gateway.

@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"slices"
@@ -402,5 +403,31 @@ func TestTargetIndexListRoomsPagingUnderChange(t *testing.T) {
 				t.Fatalf("page size %d: room %q listed %d times", size, n, k)
 			}
 		}
+	}
+}
+
+// An index that stopped after catching up with etcd refuses with
+// ErrShuttingDown: it already holds etcd's current revision, but it will
+// follow no change from now on.
+func TestTargetIndexStoppedAfterCatchingUpRefuses(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	s := store.New(e.Client, "")
+	x := s.NewTargetIndex(e.Client, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { x.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	bg, stop := context.WithTimeout(context.Background(), 10*time.Second)
+	defer stop()
+	if _, err := x.Targets(bg, nil); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	<-done
+	if _, err := x.Targets(bg, []string{"r"}); !errors.Is(err, store.ErrShuttingDown) {
+		t.Errorf("Targets after stop: %v, want ErrShuttingDown", err)
+	}
+	if _, _, _, err := x.ListRooms(bg, "", 10); !errors.Is(err, store.ErrShuttingDown) {
+		t.Errorf("ListRooms after stop: %v, want ErrShuttingDown", err)
 	}
 }
