@@ -13,6 +13,6 @@ RUN ./scripts/build-static.sh /out
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/membership-server /out/gateway /
 USER nonroot:nonroot
-EXPOSE 50051 50061 8080 9090 9091
+EXPOSE 50051 50052 50061 50062 8080
 ENTRYPOINT []
 CMD ["/membership-server"]

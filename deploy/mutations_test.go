@@ -73,7 +73,7 @@ func TestChecksCatch(t *testing.T) {
 			gw(r).Env = append(gw(r).Env, corev1.EnvVar{Name: "MEMBERSHIP_ETCD_PREFIX", Value: "/x/"})
 		}, "is membership-server's variable"},
 		{"port and address disagree", func(r *rendering) { setArg(ms(r), "--grpc-addr=", "--grpc-addr=:50052") }, "port grpc is 50051, but --grpc-addr=:50052"},
-		{"loopback listener", func(r *rendering) { setArg(ms(r), "--metrics-addr=", "--metrics-addr=127.0.0.1:9090") }, "listens on loopback only"},
+		{"loopback listener", func(r *rendering) { setArg(ms(r), "--metrics-addr=", "--metrics-addr=127.0.0.1:50052") }, "listens on loopback only"},
 		{"listener left at default", func(r *rendering) {
 			c := gw(r)
 			c.Args = c.Args[1:] // --ws-addr
@@ -82,8 +82,8 @@ func TestChecksCatch(t *testing.T) {
 			gw(r).ReadinessProbe.HTTPGet.Path = "/ready"
 		}, "HTTP probe /ready on port ws"},
 		{"gRPC probe off the gRPC port", func(r *rendering) {
-			ms(r).LivenessProbe.GRPC.Port = 9090
-		}, "gRPC probe on port 9090"},
+			ms(r).LivenessProbe.GRPC.Port = 50052
+		}, "gRPC probe on port 50052"},
 		{"probe on undeclared port", func(r *rendering) { ms(r).ReadinessProbe.GRPC.Port = 1234 }, "probes port 1234, which it does not declare"},
 		{"token outside mounts", func(r *rendering) {
 			setArg(ms(r), "--auth-token-file=", "--auth-token-file=/etc/other/api-token")

@@ -50,7 +50,7 @@ func run(args []string) error {
 	prefix := fs.String("etcd-prefix", store.DefaultPrefix, "prefix of every etcd key")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	callTimeout := fs.Duration("default-call-timeout", 10*time.Second, "deadline for calls that carry none")
-	metricsAddr := fs.String("metrics-addr", "127.0.0.1:9090", "serves /metrics (Prometheus) and /healthz; empty: off")
+	metricsAddr := fs.String("metrics-addr", "127.0.0.1:50052", "serves /metrics (Prometheus) and /healthz; empty: off")
 	tokenFile := fs.String("auth-token-file", "", "file holding the bearer token callers must present (empty: none; health and reflection never need it)")
 	gatewayTokenFile := fs.String("gateway-auth-token-file", "", "file holding the bearer token to present to gateways' internal API")
 	etcdTLS := app.AddEtcdTLSFlags(fs)

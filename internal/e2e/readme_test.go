@@ -253,3 +253,37 @@ func TestREADMEDocumentsEveryFlag(t *testing.T) {
 		}
 	}
 }
+
+// The Quick start's port table lists every address a binary listens on by
+// default, with the flag that moves it: exactly the flags ending in -addr
+// that have a default, but for the demo page's API address, which is
+// dialled, not listened on.
+func TestREADMEQuickStartListsEveryDefaultPort(t *testing.T) {
+	raw, err := os.ReadFile(readmePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, quick, _ := strings.Cut(string(raw), "\n## Quick start\n")
+	quick, _, _ = strings.Cut(quick, "\n## ")
+	row := regexp.MustCompile("(?m)^\\| (\\d+) \\| [^|]+ \\| ([a-z-]+) `--([a-z0-9-]+)` \\|$")
+	got := map[string]string{}
+	for _, m := range row.FindAllStringSubmatch(quick, -1) {
+		got[m[2]+" --"+m[3]] = m[1]
+	}
+	def := regexp.MustCompile(`(?m)^  -([a-z0-9-]+-addr) string\n[^\n]*\(default "[^"]*:(\d+)"\)`)
+	want := map[string]string{}
+	for _, name := range []string{"membership-server", "gateway"} {
+		out, err := exec.Command(binary(t, name), "-h").CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s -h: %v\n%s", name, err, out)
+		}
+		for _, m := range def.FindAllStringSubmatch(string(out), -1) {
+			if m[1] != "demo-api-addr" {
+				want[name+" --"+m[1]] = m[2]
+			}
+		}
+	}
+	if len(want) < 5 || !reflect.DeepEqual(got, want) {
+		t.Errorf("Quick start lists ports %v; the binaries listen by default on %v", got, want)
+	}
+}
