@@ -46,7 +46,7 @@ func run(args []string) error {
 	endpoints := fs.String("etcd-endpoints", "", "comma-separated etcd client URLs; empty starts an embedded etcd")
 	embeddedAddr := fs.String("embedded-etcd-addr", "127.0.0.1:2379", "client address of the embedded etcd (gateways connect here)")
 	embeddedPeer := fs.String("embedded-etcd-peer-addr", "127.0.0.1:2380", "peer address of the embedded etcd")
-	dataDir := fs.String("data-dir", "membership.etcd", "data directory of the embedded etcd")
+	dataDir := fs.String("data-dir", "", "data directory of the embedded etcd; empty: a temporary one, removed at exit (make run keeps .data/etcd)")
 	prefix := fs.String("etcd-prefix", store.DefaultPrefix, "prefix of every etcd key")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	callTimeout := fs.Duration("default-call-timeout", 10*time.Second, "deadline for calls that carry none")
@@ -103,7 +103,7 @@ func run(args []string) error {
 			return err
 		}
 		defer embedded.Close()
-		log.Info("embedded etcd started", "endpoint", embedded.Endpoint, "data_dir", *dataDir)
+		log.Info("embedded etcd started", "endpoint", embedded.Endpoint, "data_dir", embedded.Dir)
 		eps = []string{embedded.Endpoint}
 	} else {
 		eps = strings.Split(*endpoints, ",")

@@ -18,8 +18,10 @@ import (
 
 // Config says where the embedded etcd listens and keeps its data.
 type Config struct {
-	Name       string // member name; "default" when empty
-	Dir        string // data directory
+	Name string // member name; "default" when empty
+	// Dir is the data directory; empty means a fresh temporary directory,
+	// removed by Close, so nothing is left behind in the working directory.
+	Dir        string
 	ClientAddr string // host:port for clients
 	PeerAddr   string // host:port for raft peers
 	// LogLevel of etcd's own logger; "error" when empty.
@@ -40,6 +42,9 @@ type Config struct {
 type Server struct {
 	e       *embed.Etcd
 	closing atomic.Bool
+	tempDir string // removed by Close; "" when the caller named Dir
+	// Dir is the data directory in use.
+	Dir string
 	// Endpoint is the client URL, e.g. "http://127.0.0.1:2379".
 	Endpoint string
 }
@@ -50,7 +55,15 @@ func Start(c Config) (*Server, error) {
 	if c.Name != "" {
 		cfg.Name = c.Name
 	}
-	cfg.Dir = c.Dir
+	srv := &Server{Dir: c.Dir}
+	if srv.Dir == "" {
+		dir, err := os.MkdirTemp("", "membership-etcd-")
+		if err != nil {
+			return nil, fmt.Errorf("embedded etcd data directory: %w", err)
+		}
+		srv.tempDir, srv.Dir = dir, dir
+	}
+	cfg.Dir = srv.Dir
 	cfg.LogLevel = c.LogLevel
 	if cfg.LogLevel == "" {
 		cfg.LogLevel = "error"
@@ -86,22 +99,24 @@ func Start(c Config) (*Server, error) {
 	// Keep history bounded in long-running development stacks.
 	cfg.AutoCompactionMode = "periodic"
 	cfg.AutoCompactionRetention = "1h"
-	srv := &Server{}
 	// etcd reports its own listeners closing as errors; once Close has begun
 	// those are expected and dropped.
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.New(&closingFilter{Core: zapCore(cfg.LogLevel), closing: &srv.closing}))
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
+		srv.removeTemp()
 		return nil, fmt.Errorf("start embedded etcd: %w", err)
 	}
 	select {
 	case <-e.Server.ReadyNotify():
 	case err := <-e.Err():
 		e.Close()
+		srv.removeTemp()
 		return nil, fmt.Errorf("embedded etcd: %w", err)
 	case <-time.After(time.Minute):
 		e.Server.Stop()
 		e.Close()
+		srv.removeTemp()
 		return nil, fmt.Errorf("embedded etcd not ready after a minute")
 	}
 	srv.e, srv.Endpoint = e, client.String()
@@ -137,8 +152,15 @@ func (f *closingFilter) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcor
 // Err reports a fatal error of the running server.
 func (s *Server) Err() <-chan error { return s.e.Err() }
 
-// Close stops etcd and waits for it.
+// Close stops etcd and waits for it; a temporary data directory goes with it.
 func (s *Server) Close() {
 	s.closing.Store(true)
 	s.e.Close()
+	s.removeTemp()
+}
+
+func (s *Server) removeTemp() {
+	if s.tempDir != "" {
+		_ = os.RemoveAll(s.tempDir)
+	}
 }
