@@ -11,9 +11,11 @@ GO_TEST_FLAGS ?= -race -count=1 -timeout 15m
 
 all: build
 
+# The package is read from the tool block of tools/go.mod rather than with
+# `go list tool`, which would download every tool's dependencies to build one.
 $(BIN)/%: tools/go.mod tools/go.sum
 	@mkdir -p $(BIN)
-	cd tools && go build -o $(BIN)/$* $$(go list -modfile=go.mod -f '{{.ImportPath}}' tool | grep '/$*$$')
+	cd tools && go build -o $(BIN)/$* $$(sed -n '/^tool (/,/^)/s/^[[:space:]]*\([^[:space:]]*\/$*\)$$/\1/p' go.mod)
 
 tools: $(TOOLS)
 
