@@ -72,6 +72,7 @@ func TestBothBinariesExposeMetricsAfterTraffic(t *testing.T) {
 		`membership_memberships`:                      1,
 		`membership_rooms`:                            1,
 		`membership_gateways`:                         1,
+		`membership_gateway_connections`:              1,
 		`membership_coalesced_calls_total`:            1,
 		`membership_broadcast_gateway_failures_total`: 0,
 	} {

@@ -98,6 +98,13 @@ func StartGateway(t testing.TB, e *testutil.Etcd, id string, ttl time.Duration) 
 // separated), configured by cfg; AdvertiseAddr and Logger are filled in.
 func StartGatewayVia(t testing.TB, endpoints string, cfg gateway.Config) *Gateway {
 	t.Helper()
+	return StartGatewayServing(t, endpoints, cfg)
+}
+
+// StartGatewayServing is StartGatewayVia with options for the gateway's gRPC
+// server (an interceptor that observes or delays calls, for example).
+func StartGatewayServing(t testing.TB, endpoints string, cfg gateway.Config, opts ...grpc.ServerOption) *Gateway {
+	t.Helper()
 	grpcLis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -113,7 +120,7 @@ func StartGatewayVia(t testing.TB, endpoints string, cfg gateway.Config) *Gatewa
 	if err != nil {
 		t.Fatal(err)
 	}
-	gsrv := grpc.NewServer()
+	gsrv := grpc.NewServer(opts...)
 	g.RegisterGRPC(gsrv)
 	hsrv := &http.Server{Handler: g.Handler()}
 	go gsrv.Serve(grpcLis)

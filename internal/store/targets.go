@@ -48,6 +48,9 @@ type TargetIndex struct {
 	applied *revwait.Waiter
 	follow  *watchfollow.Follower
 	stopped chan struct{} // closed when Run returns: waiters stop waiting
+	// gatewaysChanged receives (without blocking, coalesced) after a
+	// gateways/ record is put or deleted, or the index lists again.
+	gatewaysChanged chan struct{}
 }
 
 // roomEntry is one room with members: how many, and on which gateways.
@@ -67,7 +70,8 @@ func newRoomTree() *btree.BTree[*roomEntry] {
 // NewTargetIndex returns an index over s; Run keeps it current.
 func (s *Store) NewTargetIndex(cli *clientv3.Client, log *slog.Logger) *TargetIndex {
 	x := &TargetIndex{s: s, cli: cli, log: log, applied: revwait.New(), stopped: make(chan struct{}),
-		rooms: map[string]*roomEntry{}, byName: newRoomTree(), records: map[string]GatewayRecord{}}
+		rooms: map[string]*roomEntry{}, byName: newRoomTree(), records: map[string]GatewayRecord{},
+		gatewaysChanged: make(chan struct{}, 1)}
 	// One watch over the whole keyspace: rooms/ and gateways/ changes, in
 	// revision order, on one stream whose progress covers both.
 	x.follow = watchfollow.New(watchfollow.Config{
@@ -127,20 +131,62 @@ func (x *TargetIndex) list(ctx context.Context) (int64, error) {
 	x.mu.Lock()
 	x.rooms, x.byName, x.total, x.records, x.rev = rooms, byName, total, records, rev
 	x.mu.Unlock()
+	x.signalGateways() // records may have gone while the watch was behind
 	return rev, nil
 }
 
 // apply applies watch events; the index then reflects rev.
 func (x *TargetIndex) apply(events []*clientv3.Event, rev int64) {
 	x.mu.Lock()
-	defer x.mu.Unlock()
+	gateways := false
 	for _, ev := range events {
-		x.applyLocked(ev)
+		gateways = x.applyLocked(ev) || gateways
 	}
 	x.rev = max(x.rev, rev)
+	x.mu.Unlock()
+	if gateways {
+		x.signalGateways()
+	}
 }
 
-func (x *TargetIndex) applyLocked(ev *clientv3.Event) {
+// GatewayChanges receives a value after gateway records changed: a record
+// put or deleted (a registration, a lease's expiry or revocation), or the
+// index listed again. Values coalesce (one pending at most) and are sent
+// after the change is visible to Gateway; a reader that reads the records
+// after each receive misses no change. Meant for one reader.
+func (x *TargetIndex) GatewayChanges() <-chan struct{} { return x.gatewaysChanged }
+
+func (x *TargetIndex) signalGateways() {
+	select {
+	case x.gatewaysChanged <- struct{}{}:
+	default:
+	}
+}
+
+// Gateway returns a gateway's record as the index holds it now; ok is false
+// when the gateway is not registered as of the index's applied revision.
+func (x *TargetIndex) Gateway(id string) (rec GatewayRecord, ok bool) {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	rec, ok = x.records[id]
+	return rec, ok
+}
+
+// GatewayAsOf is Gateway for a caller that needs a record at least as recent
+// as revision rev: ok is false unless the index has applied rev or later and
+// holds the gateway. It does not wait.
+func (x *TargetIndex) GatewayAsOf(id string, rev int64) (rec GatewayRecord, ok bool) {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	if x.rev < rev {
+		return GatewayRecord{}, false
+	}
+	rec, ok = x.records[id]
+	return rec, ok
+}
+
+// applyLocked applies one event; it reports whether a gateway record changed.
+func (x *TargetIndex) applyLocked(ev *clientv3.Event) bool {
 	key := string(ev.Kv.Key)
 	if room, gw, ok := x.s.decodeRoomKey(key); ok {
 		switch {
@@ -151,12 +197,12 @@ func (x *TargetIndex) applyLocked(ev *clientv3.Event) {
 			add(x.rooms, x.byName, room, gw, 1)
 			x.total++
 		}
-		return
+		return false
 	}
 	if id, ok := strings.CutPrefix(key, x.s.k.gatewaysPrefix()); ok {
 		if ev.Type == mvccpb.DELETE {
 			delete(x.records, id)
-			return
+			return true
 		}
 		var rec GatewayRecord
 		if json.Unmarshal(ev.Kv.Value, &rec) == nil {
@@ -164,11 +210,12 @@ func (x *TargetIndex) applyLocked(ev *clientv3.Event) {
 		} else {
 			x.corrupt(key)
 		}
-		return
+		return true
 	}
 	if strings.HasPrefix(key, x.s.k.roomsPrefix()) {
 		x.corrupt(key)
 	}
+	return false
 }
 
 // corrupt reports a key the index skips because it does not decode: a

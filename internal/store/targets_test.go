@@ -431,3 +431,59 @@ func TestTargetIndexStoppedAfterCatchingUpRefuses(t *testing.T) {
 		t.Errorf("ListRooms after stop: %v, want ErrShuttingDown", err)
 	}
 }
+
+// GatewayChanges signals every registration and every end of one (a lease
+// revoked), after Gateway shows it; a burst of changes coalesces. GatewayAsOf
+// vouches for a record only once the index has applied the revision asked.
+func TestTargetIndexSignalsGatewayChanges(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	s := store.New(e.Client, "/t/")
+	ctx := context.Background()
+	x := startIndex(t, e.Client, s)
+	if _, err := x.Targets(ctx, nil); err != nil { // the first listing is in
+		t.Fatal(err)
+	}
+	drain := func() {
+		select {
+		case <-x.GatewayChanges():
+		default:
+		}
+	}
+	signalled := func(what string) {
+		t.Helper()
+		select {
+		case <-x.GatewayChanges():
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no signal after %s", what)
+		}
+	}
+	drain()
+	sock := connect(t, e.Client, s, "gwa")
+	signalled("a registration")
+	rec, ok := x.Gateway("gwa")
+	if !ok || rec.Lease != sock.Lease {
+		t.Fatalf("after the signal Gateway gives %+v %v, want the record on lease %x", rec, ok, sock.Lease)
+	}
+	resp, err := e.Client.Get(ctx, "nothing")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := x.Targets(ctx, nil); err != nil { // catch up to resp's revision
+		t.Fatal(err)
+	}
+	if _, ok := x.GatewayAsOf("gwa", resp.Header.Revision); !ok {
+		t.Fatal("GatewayAsOf refuses a revision the index has applied")
+	}
+	if _, ok := x.GatewayAsOf("gwa", resp.Header.Revision+1000); ok {
+		t.Fatal("GatewayAsOf vouches for a revision the index has not applied")
+	}
+
+	drain()
+	if _, err := e.Client.Revoke(ctx, sock.Lease); err != nil {
+		t.Fatal(err)
+	}
+	signalled("a lease revoked")
+	if rec, ok := x.Gateway("gwa"); ok {
+		t.Fatalf("after the signal Gateway still gives %+v", rec)
+	}
+}

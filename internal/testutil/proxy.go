@@ -19,6 +19,7 @@ type Proxy struct {
 	paused  bool
 	conns   map[net.Conn]struct{}
 	stalled map[net.Conn]bool // connections whose bytes are discarded
+	held    chan struct{}     // non-nil while held: closed by Release
 	wg      sync.WaitGroup
 }
 
@@ -65,6 +66,27 @@ func (p *Proxy) Stall() {
 	}
 }
 
+// Hold delays every byte from now on, in both directions and on every
+// connection, until Release: connections stay open and nothing is lost, as
+// over a link that stalls for a while and then catches up.
+func (p *Proxy) Hold() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.held == nil {
+		p.held = make(chan struct{})
+	}
+}
+
+// Release forwards what Hold delayed, and all that follows.
+func (p *Proxy) Release() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.held != nil {
+		close(p.held)
+		p.held = nil
+	}
+}
+
 // Resume lets connections through again.
 func (p *Proxy) Resume() {
 	p.mu.Lock()
@@ -73,6 +95,7 @@ func (p *Proxy) Resume() {
 }
 
 func (p *Proxy) close() {
+	p.Release()
 	p.l.Close()
 	p.Pause()
 	p.wg.Wait()
@@ -112,8 +135,11 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 		n, err := src.Read(buf)
 		if n > 0 {
 			p.mu.Lock()
-			stalled := p.stalled[src]
+			stalled, held := p.stalled[src], p.held
 			p.mu.Unlock()
+			if held != nil {
+				<-held
+			}
 			if !stalled {
 				if _, werr := dst.Write(buf[:n]); werr != nil {
 					break
