@@ -2,9 +2,7 @@ package gateway
 
 import (
 	"context"
-	"encoding/binary"
 	"encoding/json"
-	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -71,186 +69,6 @@ func newClient(sid store.SocketID, conn *websocket.Conn, maxQueue, inflight int,
 	}
 }
 
-// enqueue queues a frame without blocking. A full queue disconnects the client.
-func (c *client) enqueue(b []byte) bool {
-	c.mu.Lock()
-	if c.closing {
-		c.mu.Unlock()
-		return false
-	}
-	if len(c.queue) >= c.maxQueue {
-		c.mu.Unlock()
-		if c.onSlow != nil {
-			c.onSlow()
-		}
-		c.shutdown(closeTryAgainLater, "send queue full")
-		// A writer stuck on this client's full buffers gives up now.
-		_ = c.conn.NetConn().SetWriteDeadline(time.Now())
-		return false
-	}
-	c.queue = append(c.queue, b)
-	start := c.startWriterLocked()
-	c.mu.Unlock()
-	if start {
-		go c.writeLoop()
-	}
-	return true
-}
-
-// control asks the writer for a ping or a pong.
-func (c *client) control(bit uint8) {
-	c.mu.Lock()
-	if c.closing {
-		c.mu.Unlock()
-		return
-	}
-	c.ctrl |= bit
-	start := c.startWriterLocked()
-	c.mu.Unlock()
-	if start {
-		go c.writeLoop()
-	}
-}
-
-// release lets queued frames go out: the socket is registered.
-func (c *client) release() {
-	c.mu.Lock()
-	c.held = false
-	start := len(c.queue) > 0 && c.startWriterLocked()
-	c.mu.Unlock()
-	if start {
-		go c.writeLoop()
-	}
-}
-
-func (c *client) startWriterLocked() bool {
-	if c.writing || (c.held && !c.closing) {
-		return false
-	}
-	c.writing = true
-	return true
-}
-
-// shutdown makes the writer send a close frame and drop the connection;
-// queued frames are not sent. The first call's code wins.
-func (c *client) shutdown(code int, reason string) {
-	c.mu.Lock()
-	if c.closing {
-		c.mu.Unlock()
-		return
-	}
-	c.closing = true
-	c.closeCode, c.closeReason = code, reason
-	close(c.done)
-	start := c.startWriterLocked()
-	c.mu.Unlock()
-	if start {
-		go c.writeLoop()
-	}
-}
-
-// writeLoop writes what is queued, then exits; at most one runs at a time.
-// Frames queued together go out in one writev: a gateway that falls behind a
-// burst of broadcasts spends one system call on many frames rather than one
-// on each.
-func (c *client) writeLoop() {
-	var headers []byte
-	var bufs net.Buffers
-	for {
-		c.mu.Lock()
-		if c.closing {
-			c.queue = nil
-			c.mu.Unlock()
-			c.writeClose()
-			return
-		}
-		batch, ctrl := c.queue, c.ctrl
-		c.queue, c.ctrl = nil, 0
-		if len(batch) == 0 && ctrl == 0 {
-			c.writing = false
-			c.mu.Unlock()
-			return
-		}
-		c.mu.Unlock()
-		deadline := time.Now().Add(c.writeTimeout)
-		if ctrl&ctrlPong != 0 {
-			if err := c.conn.WriteControl(websocket.PongMessage, nil, deadline); err != nil {
-				c.shutdown(websocket.CloseAbnormalClosure, "pong failed")
-				continue
-			}
-		}
-		if ctrl&ctrlPing != 0 {
-			if err := c.conn.WriteControl(websocket.PingMessage, nil, deadline); err != nil {
-				c.shutdown(websocket.CloseAbnormalClosure, "ping failed")
-				continue
-			}
-		}
-		if len(batch) == 0 {
-			continue
-		}
-		// Nothing is written once the lease the socket's memberships live on
-		// may have expired: a frozen gateway that resumes must not deliver a
-		// single frame it queued before.
-		if !c.alive() {
-			c.shutdown(closeServiceRestart, "gateway lost its registration; reconnect")
-			continue
-		}
-		headers, bufs = appendFrames(headers[:0], bufs[:0], batch)
-		nc := c.conn.NetConn()
-		_ = nc.SetWriteDeadline(deadline)
-		if _, err := bufs.WriteTo(nc); err != nil {
-			c.shutdown(websocket.CloseAbnormalClosure, "write failed")
-		}
-	}
-}
-
-func (c *client) writeClose() {
-	msg := websocket.FormatCloseMessage(c.closeCode, c.closeReason)
-	// A close frame is a courtesy: a peer that cannot take it within a
-	// second is not waited for.
-	_ = c.conn.WriteControl(websocket.CloseMessage, msg, time.Now().Add(min(c.writeTimeout, time.Second)))
-	c.conn.Close()
-	close(c.connClosed)
-}
-
-// appendFrames lays out unmasked, final text frames (RFC 6455 §5.2) for
-// payloads: the headers go in one buffer, the payloads are not copied.
-func appendFrames(headers []byte, bufs net.Buffers, payloads [][]byte) ([]byte, net.Buffers) {
-	for _, p := range payloads {
-		headers = appendFrameHeader(headers, len(p))
-	}
-	off := 0
-	for _, p := range payloads {
-		n := frameHeaderLen(len(p))
-		bufs = append(bufs, headers[off:off+n], p)
-		off += n
-	}
-	return headers, bufs
-}
-
-func frameHeaderLen(n int) int {
-	switch {
-	case n < 126:
-		return 2
-	case n < 1<<16:
-		return 4
-	default:
-		return 10
-	}
-}
-
-func appendFrameHeader(b []byte, n int) []byte {
-	const finText = 0x80 | websocket.TextMessage
-	switch {
-	case n < 126:
-		return append(b, finText, byte(n))
-	case n < 1<<16:
-		return append(b, finText, 126, byte(n>>8), byte(n))
-	default:
-		return binary.BigEndian.AppendUint64(append(b, finText, 127), uint64(n))
-	}
-}
-
 // serveWS upgrades a request to a socket, registers it in etcd on the
 // gateway's current lease, and hands it to a reader goroutine. The HTTP
 // handler returns at once, so net/http's per-connection buffers are freed.
@@ -295,7 +113,7 @@ func (g *Gateway) runSocket(sess *session, conn *websocket.Conn, user string) {
 	c.onSlow = g.metrics.slowClients.Inc
 	// Queued (and held) before the socket exists in etcd, so no joined frame
 	// can precede it, and none is written before the socket can be joined.
-	c.enqueue(encode(frame{Type: "connected", SocketID: c.id, User: user}))
+	c.enqueue(connectedFrame(c.id, user))
 	if !g.hub.add(c) {
 		c.shutdown(closeServiceRestart, "gateway is re-registering")
 		<-c.connClosed
@@ -328,7 +146,7 @@ func (g *Gateway) readSocket(sess *session, c *client) {
 	sid := c.sid
 	reqCtx, cancelRequests := context.WithCancel(context.Background())
 	g.readLoop(reqCtx, c)
-	c.shutdown(websocket.CloseNormalClosure, "")
+	c.shutdown(closeNormal, "")
 	cancelRequests()
 	c.requests.Wait()
 	<-c.connClosed
@@ -352,7 +170,7 @@ func (g *Gateway) readLoop(ctx context.Context, c *client) {
 		return c.conn.SetReadDeadline(time.Now().Add(pongWait))
 	})
 	c.conn.SetCloseHandler(func(int, string) error { return nil })
-	bucket := newTokenBucket(g.cfg.FramesPerSecond, 2*g.cfg.FramesPerSecond)
+	bucket := newTokenBucket(g.cfg.FramesPerSecond, burstSeconds*g.cfg.FramesPerSecond)
 	over := 0
 	for {
 		typ, data, err := c.conn.ReadMessage()
@@ -363,8 +181,8 @@ func (g *Gateway) readLoop(ctx context.Context, c *client) {
 		if !bucket.take(time.Now()) {
 			// Over the rate: a request is answered 429 and nothing else is
 			// done; a client that keeps going long past it is closed.
-			if over++; float64(over) > 4*g.cfg.FramesPerSecond {
-				c.shutdown(websocket.ClosePolicyViolation, "too many frames")
+			if over++; float64(over) > maxOverRate*g.cfg.FramesPerSecond {
+				c.shutdown(closePolicyViolation, "too many frames")
 				return
 			}
 			var f requestFrame
@@ -385,7 +203,7 @@ func (g *Gateway) readLoop(ctx context.Context, c *client) {
 // must be closed with it. It never writes to the connection itself.
 func (g *Gateway) handleFrame(ctx context.Context, c *client, typ int, data []byte) (code int, reason string) {
 	if typ != websocket.TextMessage {
-		return websocket.CloseUnsupportedData, "text frames only"
+		return closeUnsupportedData, "text frames only"
 	}
 	var f struct {
 		Type string `json:"type"`
@@ -394,33 +212,10 @@ func (g *Gateway) handleFrame(ctx context.Context, c *client, typ int, data []by
 		return closeBadData, "frames must be JSON objects"
 	}
 	switch f.Type {
-	case "request":
+	case frameRequest:
 		g.handleRequest(ctx, c, data)
 	default:
 		g.log.Debug("ignoring client frame", "socket", c.id, "type", f.Type)
 	}
 	return 0, ""
-}
-
-// tokenBucket allows rate events per second with bursts up to burst. Only the
-// socket's reader uses it.
-type tokenBucket struct {
-	rate, burst, tokens float64
-	last                time.Time
-}
-
-func newTokenBucket(rate, burst float64) *tokenBucket {
-	return &tokenBucket{rate: rate, burst: burst, tokens: burst}
-}
-
-func (b *tokenBucket) take(now time.Time) bool {
-	if !b.last.IsZero() {
-		b.tokens = min(b.burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)
-	}
-	b.last = now
-	if b.tokens < 1 {
-		return false
-	}
-	b.tokens--
-	return true
 }

@@ -1,0 +1,189 @@
+package gateway
+
+import (
+	"encoding/binary"
+	"net"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// enqueue queues a frame without blocking. A full queue disconnects the client.
+func (c *client) enqueue(b []byte) bool {
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return false
+	}
+	if len(c.queue) >= c.maxQueue {
+		c.mu.Unlock()
+		if c.onSlow != nil {
+			c.onSlow()
+		}
+		c.shutdown(closeTryAgainLater, "send queue full")
+		// A writer stuck on this client's full buffers gives up now.
+		_ = c.conn.NetConn().SetWriteDeadline(time.Now())
+		return false
+	}
+	c.queue = append(c.queue, b)
+	start := c.startWriterLocked()
+	c.mu.Unlock()
+	if start {
+		go c.writeLoop()
+	}
+	return true
+}
+
+// control asks the writer for a ping or a pong.
+func (c *client) control(bit uint8) {
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return
+	}
+	c.ctrl |= bit
+	start := c.startWriterLocked()
+	c.mu.Unlock()
+	if start {
+		go c.writeLoop()
+	}
+}
+
+// release lets queued frames go out: the socket is registered.
+func (c *client) release() {
+	c.mu.Lock()
+	c.held = false
+	start := len(c.queue) > 0 && c.startWriterLocked()
+	c.mu.Unlock()
+	if start {
+		go c.writeLoop()
+	}
+}
+
+func (c *client) startWriterLocked() bool {
+	if c.writing || (c.held && !c.closing) {
+		return false
+	}
+	c.writing = true
+	return true
+}
+
+// shutdown makes the writer send a close frame and drop the connection;
+// queued frames are not sent. The first call's code wins.
+func (c *client) shutdown(code int, reason string) {
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return
+	}
+	c.closing = true
+	c.closeCode, c.closeReason = code, reason
+	close(c.done)
+	start := c.startWriterLocked()
+	c.mu.Unlock()
+	if start {
+		go c.writeLoop()
+	}
+}
+
+// writeLoop writes what is queued, then exits; at most one runs at a time.
+// Frames queued together go out in one writev: a gateway that falls behind a
+// burst of broadcasts spends one system call on many frames rather than one
+// on each.
+func (c *client) writeLoop() {
+	var headers []byte
+	var bufs net.Buffers
+	for {
+		c.mu.Lock()
+		if c.closing {
+			c.queue = nil
+			c.mu.Unlock()
+			c.writeClose()
+			return
+		}
+		batch, ctrl := c.queue, c.ctrl
+		c.queue, c.ctrl = nil, 0
+		if len(batch) == 0 && ctrl == 0 {
+			c.writing = false
+			c.mu.Unlock()
+			return
+		}
+		c.mu.Unlock()
+		deadline := time.Now().Add(c.writeTimeout)
+		if ctrl&ctrlPong != 0 {
+			if err := c.conn.WriteControl(websocket.PongMessage, nil, deadline); err != nil {
+				c.shutdown(closeAbnormal, "pong failed")
+				continue
+			}
+		}
+		if ctrl&ctrlPing != 0 {
+			if err := c.conn.WriteControl(websocket.PingMessage, nil, deadline); err != nil {
+				c.shutdown(closeAbnormal, "ping failed")
+				continue
+			}
+		}
+		if len(batch) == 0 {
+			continue
+		}
+		// Nothing is written once the lease the socket's memberships live on
+		// may have expired: a frozen gateway that resumes must not deliver a
+		// single frame it queued before.
+		if !c.alive() {
+			c.shutdown(closeServiceRestart, "gateway lost its registration; reconnect")
+			continue
+		}
+		headers, bufs = appendFrames(headers[:0], bufs[:0], batch)
+		nc := c.conn.NetConn()
+		_ = nc.SetWriteDeadline(deadline)
+		if _, err := bufs.WriteTo(nc); err != nil {
+			c.shutdown(closeAbnormal, "write failed")
+		}
+	}
+}
+
+func (c *client) writeClose() {
+	msg := websocket.FormatCloseMessage(c.closeCode, c.closeReason)
+	// A close frame is a courtesy: a peer that cannot take it within a
+	// second is not waited for.
+	_ = c.conn.WriteControl(websocket.CloseMessage, msg, time.Now().Add(min(c.writeTimeout, time.Second)))
+	c.conn.Close()
+	close(c.connClosed)
+}
+
+// appendFrames lays out unmasked, final text frames (RFC 6455 §5.2) for
+// payloads: the headers go in one buffer, the payloads are not copied.
+func appendFrames(headers []byte, bufs net.Buffers, payloads [][]byte) ([]byte, net.Buffers) {
+	for _, p := range payloads {
+		headers = appendFrameHeader(headers, len(p))
+	}
+	off := 0
+	for _, p := range payloads {
+		n := frameHeaderLen(len(p))
+		bufs = append(bufs, headers[off:off+n], p)
+		off += n
+	}
+	return headers, bufs
+}
+
+func frameHeaderLen(n int) int {
+	switch {
+	case n < 126:
+		return 2
+	case n < 1<<16:
+		return 4
+	default:
+		return 10
+	}
+}
+
+func appendFrameHeader(b []byte, n int) []byte {
+	const finText = 0x80 | websocket.TextMessage
+	switch {
+	case n < 126:
+		return append(b, finText, byte(n))
+	case n < 1<<16:
+		return append(b, finText, 126, byte(n>>8), byte(n))
+	default:
+		return binary.BigEndian.AppendUint64(append(b, finText, 127), uint64(n))
+	}
+}
