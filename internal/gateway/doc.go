@@ -22,9 +22,11 @@
 //   - the reader: reads client frames, answers them, and when the socket
 //     goes removes it from the hub and from etcd. Started by the HTTP
 //     handler and counted in Gateway.wg, so Run returns only after it.
-//   - the writer: writes the socket's queued frames, pings, pongs and its
-//     close frame. It exists only while there is something to write, and
-//     drains a bounded queue.
+//   - the writer: the only goroutine that writes to the connection, after
+//     the upgrade: data frames, pings, pongs and the close frame, including
+//     the close the WebSocket library asks for on a read-limit or protocol
+//     error (socket.go's netConn hands it over). It exists only while there
+//     is something to write, and drains a queue bounded in frames.
 //   - one goroutine per socket request in flight (request.go), waited for by
 //     the reader.
 //

@@ -1,8 +1,12 @@
 package gateway
 
 import (
+	"bufio"
 	"context"
+	"encoding/binary"
 	"encoding/json"
+	"errors"
+	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -13,7 +17,8 @@ import (
 )
 
 // client is one WebSocket. Its reader goroutine (owned by Gateway.wg) reads
-// and, when the socket goes, cleans up. Writes go through a bounded queue
+// and, when the socket goes, cleans up. After the upgrade only the writer
+// goroutine writes the connection. Writes go through a bounded queue
 // that producers never block on: a socket that falls a full queue behind is
 // disconnected. A writer goroutine exists only while there is something to
 // write, so an idle socket costs one goroutine, and the queue holds no memory
@@ -21,8 +26,9 @@ import (
 type client struct {
 	id   string
 	sid  store.SocketID
-	user string // the authenticated user ("" without authentication)
-	conn *websocket.Conn
+	user string          // the authenticated user ("" without authentication)
+	conn *websocket.Conn // for reading; the library writes nothing after the upgrade (netConn)
+	nc   net.Conn        // the connection itself, which only the writer writes
 	// alive reports whether the session the socket lives on can still prove
 	// its lease; the writer checks it before every batch of frames.
 	alive        func() bool
@@ -36,6 +42,8 @@ type client struct {
 	writing bool     // a writer goroutine is running
 	held    bool     // frames wait until the socket is registered (release)
 	closing bool     // shutdown was called; the writer sends the close frame
+
+	midFrame bool // a failed write ended inside a frame: no close frame may follow; the writer's own
 
 	done        chan struct{} // closed by shutdown
 	connClosed  chan struct{} // closed once the close frame went and the conn is closed
@@ -96,7 +104,7 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "gateway is shutting down", http.StatusServiceUnavailable)
 		return
 	}
-	conn, err := g.upgrader.Upgrade(w, r, nil)
+	conn, err := g.upgrader.Upgrade(&hijacker{ResponseWriter: w}, r, nil)
 	if err != nil {
 		g.wg.Done()
 		return // the upgrader already answered
@@ -108,7 +116,9 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 // count it was started with passes on with it.
 func (g *Gateway) runSocket(sess *session, conn *websocket.Conn, user string) {
 	sid := store.NewSocketID(g.cfg.ID, sess.leaseForSocket())
+	nc := conn.NetConn().(*netConn)
 	c := newClient(sid, conn, g.cfg.SendQueue, g.cfg.MaxInflight, g.cfg.WriteTimeout, sess.alive)
+	c.nc = nc.Conn
 	c.user = user
 	c.onSlow = g.metrics.slowClients.Inc
 	// Queued (and held) before the socket exists in etcd, so no joined frame
@@ -134,6 +144,7 @@ func (g *Gateway) runSocket(sess *session, conn *websocket.Conn, user string) {
 		return
 	}
 	c.release()
+	nc.handOver(c)
 	// Registering went deep into the etcd client and grew this goroutine's
 	// stack; the long-lived reader starts afresh with a small one (an idle
 	// socket's largest cost).
@@ -162,9 +173,10 @@ func (g *Gateway) readLoop(ctx context.Context, c *client) {
 	c.conn.SetPongHandler(func(string) error {
 		return c.conn.SetReadDeadline(time.Now().Add(pongWait))
 	})
-	// The writer goroutine writes frames straight to the connection, so the
-	// reader must never write: pings are answered, and closes acknowledged,
-	// by the writer.
+	// The writer goroutine is the only one to write the connection, so the
+	// reader never writes: pings are answered, and closes acknowledged, by
+	// the writer; the close frame the library sends on a read-limit (1009) or
+	// protocol error (1002) is handed to the writer by netConn.
 	c.conn.SetPingHandler(func(string) error {
 		c.control(ctrlPong) // one pong answers any number of pings
 		return c.conn.SetReadDeadline(time.Now().Add(pongWait))
@@ -218,4 +230,70 @@ func (g *Gateway) handleFrame(ctx context.Context, c *client, typ int, data []by
 		g.log.Debug("ignoring client frame", "socket", c.id, "type", f.Type)
 	}
 	return 0, ""
+}
+
+// hijacker hands the WebSocket library a netConn in place of the hijacked
+// connection.
+type hijacker struct {
+	http.ResponseWriter
+}
+
+func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	hj, ok := h.ResponseWriter.(http.Hijacker)
+	if !ok {
+		return nil, nil, errors.New("gateway: the HTTP server cannot hand over connections")
+	}
+	conn, brw, err := hj.Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	return &netConn{Conn: conn}, brw, nil
+}
+
+// netConn is a socket's connection as the WebSocket library sees it. The
+// library writes the handshake through it; once the socket is handed over
+// (handOver), the socket's writer goroutine is the only one to write the
+// connection, and what the library still writes by itself, the close frame
+// its reader sends on a read-limit or protocol error, goes to that writer
+// instead, as the socket's close code. Written here, beside the writer, it
+// could land between data frames still being written or before more of them,
+// and its write deadline would cut the writer's writes short.
+type netConn struct {
+	net.Conn
+	c *client // set before the reader starts, by the goroutine that starts it
+}
+
+// handOver routes the library's writes to c's writer from now on.
+func (n *netConn) handOver(c *client) { n.c = c }
+
+func (n *netConn) Write(p []byte) (int, error) {
+	if n.c == nil {
+		return n.Conn.Write(p)
+	}
+	// The library writes one whole control frame per call, unmasked as a
+	// server's, so its payload length fits the second byte.
+	if len(p) >= 2 && int(p[0]&0x0f) == websocket.CloseMessage {
+		payload := p[2:min(len(p), 2+int(p[1]&0x7f))]
+		code, reason := websocket.CloseNoStatusReceived, ""
+		if len(payload) >= 2 {
+			code, reason = int(binary.BigEndian.Uint16(payload)), string(payload[2:])
+		}
+		n.c.shutdown(code, reason)
+	}
+	return len(p), nil
+}
+
+// SetWriteDeadline is the writer's alone once the socket is handed over.
+func (n *netConn) SetWriteDeadline(t time.Time) error {
+	if n.c == nil {
+		return n.Conn.SetWriteDeadline(t)
+	}
+	return nil
+}
+
+func (n *netConn) SetDeadline(t time.Time) error {
+	if n.c == nil {
+		return n.Conn.SetDeadline(t)
+	}
+	return n.Conn.SetReadDeadline(t)
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"net"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
 )
@@ -20,9 +21,10 @@ func (c *client) enqueue(b []byte) bool {
 		if c.onSlow != nil {
 			c.onSlow()
 		}
+		// A writer stuck on this client's full buffers gives up now (before
+		// shutdown, so that the deadline cannot cut short the close frame).
+		_ = c.nc.SetWriteDeadline(time.Now())
 		c.shutdown(closeTryAgainLater, "send queue full")
-		// A writer stuck on this client's full buffers gives up now.
-		_ = c.conn.NetConn().SetWriteDeadline(time.Now())
 		return false
 	}
 	c.queue = append(c.queue, b)
@@ -111,13 +113,13 @@ func (c *client) writeLoop() {
 		c.mu.Unlock()
 		deadline := time.Now().Add(c.writeTimeout)
 		if ctrl&ctrlPong != 0 {
-			if err := c.conn.WriteControl(websocket.PongMessage, nil, deadline); err != nil {
+			if err := c.writeControl(websocket.PongMessage, nil, deadline); err != nil {
 				c.shutdown(closeAbnormal, "pong failed")
 				continue
 			}
 		}
 		if ctrl&ctrlPing != 0 {
-			if err := c.conn.WriteControl(websocket.PingMessage, nil, deadline); err != nil {
+			if err := c.writeControl(websocket.PingMessage, nil, deadline); err != nil {
 				c.shutdown(closeAbnormal, "ping failed")
 				continue
 			}
@@ -133,28 +135,69 @@ func (c *client) writeLoop() {
 			continue
 		}
 		headers, bufs = appendFrames(headers[:0], bufs[:0], batch)
-		nc := c.conn.NetConn()
-		_ = nc.SetWriteDeadline(deadline)
-		if _, err := bufs.WriteTo(nc); err != nil {
+		if err := c.write(&bufs, deadline); err != nil {
 			c.shutdown(closeAbnormal, "write failed")
 		}
 	}
 }
 
+// write writes bufs to the connection, noting a write that failed inside a
+// frame: the stream is then broken and no close frame may follow. Only the
+// writer calls it.
+func (c *client) write(bufs *net.Buffers, deadline time.Time) error {
+	total := 0
+	for _, b := range *bufs {
+		total += len(b)
+	}
+	_ = c.nc.SetWriteDeadline(deadline)
+	n, err := bufs.WriteTo(c.nc)
+	if err != nil && n > 0 && n < int64(total) {
+		c.midFrame = true
+	}
+	return err
+}
+
+// writeControl writes one control frame (RFC 6455 §5.5); payload is at most
+// 125 bytes.
+func (c *client) writeControl(opcode int, payload []byte, deadline time.Time) error {
+	hdr := appendFrameHeader(make([]byte, 0, 2), opcode, len(payload))
+	bufs := net.Buffers{hdr, payload}
+	return c.write(&bufs, deadline)
+}
+
+// writeClose sends the close frame, unless a failed write left the stream
+// inside a frame (a close frame would be read as part of it) or the
+// connection failed, and closes the connection.
 func (c *client) writeClose() {
-	msg := websocket.FormatCloseMessage(c.closeCode, c.closeReason)
-	// A close frame is a courtesy: a peer that cannot take it within a
-	// second is not waited for.
-	_ = c.conn.WriteControl(websocket.CloseMessage, msg, time.Now().Add(min(c.writeTimeout, time.Second)))
+	if !c.midFrame && c.closeCode != closeAbnormal {
+		msg := websocket.FormatCloseMessage(c.closeCode, closeReasonText(c.closeReason))
+		// A close frame is a courtesy: a peer that cannot take it within a
+		// second is not waited for.
+		_ = c.writeControl(websocket.CloseMessage, msg, time.Now().Add(min(c.writeTimeout, time.Second)))
+	}
 	c.conn.Close()
 	close(c.connClosed)
+}
+
+// closeReasonText cuts reason to what a close frame holds (123 bytes after
+// the code, RFC 6455 §5.5), at a UTF-8 boundary.
+func closeReasonText(reason string) string {
+	const maxReason = 123
+	if len(reason) <= maxReason {
+		return reason
+	}
+	reason = reason[:maxReason]
+	for !utf8.ValidString(reason) {
+		reason = reason[:len(reason)-1]
+	}
+	return reason
 }
 
 // appendFrames lays out unmasked, final text frames (RFC 6455 §5.2) for
 // payloads: the headers go in one buffer, the payloads are not copied.
 func appendFrames(headers []byte, bufs net.Buffers, payloads [][]byte) ([]byte, net.Buffers) {
 	for _, p := range payloads {
-		headers = appendFrameHeader(headers, len(p))
+		headers = appendFrameHeader(headers, websocket.TextMessage, len(p))
 	}
 	off := 0
 	for _, p := range payloads {
@@ -176,14 +219,16 @@ func frameHeaderLen(n int) int {
 	}
 }
 
-func appendFrameHeader(b []byte, n int) []byte {
-	const finText = 0x80 | websocket.TextMessage
+// appendFrameHeader appends the header of an unmasked, final frame of
+// opcode with n bytes of payload.
+func appendFrameHeader(b []byte, opcode, n int) []byte {
+	fin := byte(0x80 | opcode)
 	switch {
 	case n < 126:
-		return append(b, finText, byte(n))
+		return append(b, fin, byte(n))
 	case n < 1<<16:
-		return append(b, finText, 126, byte(n>>8), byte(n))
+		return append(b, fin, 126, byte(n>>8), byte(n))
 	default:
-		return binary.BigEndian.AppendUint64(append(b, finText, 127), uint64(n))
+		return binary.BigEndian.AppendUint64(append(b, fin, 127), uint64(n))
 	}
 }
