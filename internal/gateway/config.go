@@ -21,13 +21,19 @@ type Config struct {
 	LeaseShards   int           // leases the gateway's sockets are spread over; 1
 	// EtcdLimits are etcd's --max-txn-ops and --max-request-bytes, which
 	// socket removal is sized against; zero fields: etcd's defaults.
-	EtcdLimits    store.TxnLimits
-	Version       string
-	SendQueue     int           // frames queued per socket before it is dropped; 256
-	WriteTimeout  time.Duration // 10s
-	PingInterval  time.Duration // 25s; a socket silent for two intervals is dropped
-	EtcdTimeout   time.Duration // per etcd request made on a socket's behalf; 5s
-	MaxFrameBytes int64         // largest client frame; larger ones close the socket (1009); 1 MiB
+	EtcdLimits store.TxnLimits
+	Version    string
+	SendQueue  int // frames queued per socket before it is dropped; 256
+	// MaxSocketQueueBytes bounds the bytes of frames queued to a socket and
+	// not yet written (those being written included); a frame that would
+	// take a socket past it closes the socket (1013), as SendQueue does.
+	// Keep it above the largest message (the membership-server's
+	// --max-payload-bytes, plus the frame's envelope). 4 MiB.
+	MaxSocketQueueBytes int64
+	WriteTimeout        time.Duration // 10s
+	PingInterval        time.Duration // 25s; a socket silent for two intervals is dropped
+	EtcdTimeout         time.Duration // per etcd request made on a socket's behalf; 5s
+	MaxFrameBytes       int64         // largest client frame; larger ones close the socket (1009); 1 MiB
 	// Socket requests: forwarded to UpstreamURL ("" answers 501).
 	UpstreamURL     string
 	UpstreamTimeout time.Duration // 10s
@@ -77,6 +83,12 @@ func (c *Config) setDefaults() error {
 	}
 	if c.LeaseShards < 1 || c.LeaseShards > 64 {
 		return fmt.Errorf("lease shards %d: 1 to 64", c.LeaseShards)
+	}
+	if c.MaxSocketQueueBytes == 0 {
+		c.MaxSocketQueueBytes = defaultMaxSocketQueueBytes
+	}
+	if c.MaxSocketQueueBytes < 0 || c.SendQueue < 0 {
+		return fmt.Errorf("socket queue bounds %d frames, %d bytes: must not be negative", c.SendQueue, c.MaxSocketQueueBytes)
 	}
 	if c.SendQueue == 0 {
 		c.SendQueue = defaultSendQueue

@@ -26,7 +26,7 @@
 //     the upgrade: data frames, pings, pongs and the close frame, including
 //     the close the WebSocket library asks for on a read-limit or protocol
 //     error (socket.go's netConn hands it over). It exists only while there
-//     is something to write, and drains a queue bounded in frames.
+//     is something to write, and drains a queue bounded in frames and bytes.
 //   - one goroutine per socket request in flight (request.go), waited for by
 //     the reader.
 //

@@ -143,9 +143,14 @@ const (
 	// defaultMaxFrameBytes bounds a client frame; a larger one closes the
 	// socket with 1009.
 	defaultMaxFrameBytes = 1 << 20
-	// defaultSendQueue bounds the frames queued to a socket; past it the
-	// socket is closed with 1013.
-	defaultSendQueue = 256
+	// defaultSendQueue bounds the frames queued to a socket, and
+	// defaultMaxSocketQueueBytes their bytes (with those being written):
+	// a frame that would take a socket past either closes it with 1013,
+	// counted in gateway_slow_client_disconnects_total. A socket never holds
+	// more, however large the messages; one that cannot keep up is closed
+	// rather than slowing anyone else, and reconnects as a new socket.
+	defaultSendQueue           = 256
+	defaultMaxSocketQueueBytes = 4 << 20
 	// defaultPingInterval is how often the gateway pings; a socket silent
 	// (no frame, no pong) for two intervals is dropped.
 	defaultPingInterval = 25 * time.Second

@@ -33,15 +33,19 @@ type client struct {
 	// its lease; the writer checks it before every batch of frames.
 	alive        func() bool
 	maxQueue     int
+	maxBytes     int64 // bound on queuedBytes; 0: none
 	writeTimeout time.Duration
 	onSlow       func() // counts a disconnect for a full queue
 
-	mu      sync.Mutex
-	queue   [][]byte // frames waiting for the writer
-	ctrl    uint8    // control frames waiting: ctrlPing, ctrlPong
-	writing bool     // a writer goroutine is running
-	held    bool     // frames wait until the socket is registered (release)
-	closing bool     // shutdown was called; the writer sends the close frame
+	mu    sync.Mutex
+	queue [][]byte // frames waiting for the writer
+	// queuedBytes counts the bytes of the frames in queue and of those the
+	// writer is writing: what the socket holds in memory.
+	queuedBytes int64
+	ctrl        uint8 // control frames waiting: ctrlPing, ctrlPong
+	writing     bool  // a writer goroutine is running
+	held        bool  // frames wait until the socket is registered (release)
+	closing     bool  // shutdown was called; the writer sends the close frame
 
 	midFrame bool // a failed write ended inside a frame: no close frame may follow; the writer's own
 
@@ -119,6 +123,7 @@ func (g *Gateway) runSocket(sess *session, conn *websocket.Conn, user string) {
 	nc := conn.NetConn().(*netConn)
 	c := newClient(sid, conn, g.cfg.SendQueue, g.cfg.MaxInflight, g.cfg.WriteTimeout, sess.alive)
 	c.nc = nc.Conn
+	c.maxBytes = g.cfg.MaxSocketQueueBytes
 	c.user = user
 	c.onSlow = g.metrics.slowClients.Inc
 	// Queued (and held) before the socket exists in etcd, so no joined frame

@@ -9,14 +9,15 @@ import (
 	"github.com/gorilla/websocket"
 )
 
-// enqueue queues a frame without blocking. A full queue disconnects the client.
+// enqueue queues a frame without blocking. A frame past the queue's bound in
+// frames or in bytes disconnects the client instead.
 func (c *client) enqueue(b []byte) bool {
 	c.mu.Lock()
 	if c.closing {
 		c.mu.Unlock()
 		return false
 	}
-	if len(c.queue) >= c.maxQueue {
+	if len(c.queue) >= c.maxQueue || (c.maxBytes > 0 && c.queuedBytes+int64(len(b)) > c.maxBytes) {
 		c.mu.Unlock()
 		if c.onSlow != nil {
 			c.onSlow()
@@ -28,6 +29,7 @@ func (c *client) enqueue(b []byte) bool {
 		return false
 	}
 	c.queue = append(c.queue, b)
+	c.queuedBytes += int64(len(b))
 	start := c.startWriterLocked()
 	c.mu.Unlock()
 	if start {
@@ -95,16 +97,22 @@ func (c *client) shutdown(code int, reason string) {
 func (c *client) writeLoop() {
 	var headers []byte
 	var bufs net.Buffers
+	var written int64 // bytes of the last batch, counted in queuedBytes until now
 	for {
 		c.mu.Lock()
+		c.queuedBytes -= written
+		written = 0
 		if c.closing {
-			c.queue = nil
+			c.queue, c.queuedBytes = nil, 0
 			c.mu.Unlock()
 			c.writeClose()
 			return
 		}
 		batch, ctrl := c.queue, c.ctrl
 		c.queue, c.ctrl = nil, 0
+		for _, f := range batch {
+			written += int64(len(f))
+		}
 		if len(batch) == 0 && ctrl == 0 {
 			c.writing = false
 			c.mu.Unlock()
@@ -231,4 +239,12 @@ func appendFrameHeader(b []byte, opcode, n int) []byte {
 	default:
 		return binary.BigEndian.AppendUint64(append(b, fin, 127), uint64(n))
 	}
+}
+
+// pendingBytes is what the socket holds: the bytes of frames queued to it and
+// not yet written.
+func (c *client) pendingBytes() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.queuedBytes
 }

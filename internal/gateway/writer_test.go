@@ -184,7 +184,7 @@ func (s *rawSocket) untilClose() (code int, frames int, err error) {
 // library's write deadline is shared with the writer's), or be followed by
 // more data.
 func TestOversizeFrameGetsACleanCloseWhileFramesAreWritten(t *testing.T) {
-	g, addr := startTestGateway(t, Config{MaxFrameBytes: 1 << 10, SendQueue: 1 << 20})
+	g, addr := startTestGateway(t, Config{MaxFrameBytes: 1 << 10, SendQueue: 1 << 20, MaxSocketQueueBytes: 1 << 30})
 	big := json.RawMessage(`"` + strings.Repeat("x", 128<<10) + `"`)
 	for round := 0; round < 100; round++ {
 		s := dialRaw(t, addr)
@@ -258,4 +258,63 @@ func TestProtocolErrorGetsACleanClose(t *testing.T) {
 	if code != closeProtocolError {
 		t.Fatalf("close code %d, want %d", code, closeProtocolError)
 	}
+}
+
+// A socket that does not read is closed once the frames queued to it and not
+// yet written would pass Config.MaxSocketQueueBytes, however few they are, and
+// what it holds never passes the bound: with large messages a bound in frames
+// alone let one stalled client pin hundreds of MiB.
+func TestStalledSocketIsClosedAtItsQueueByteBound(t *testing.T) {
+	const bound = 4 << 20
+	g, addr := startTestGateway(t, Config{MaxSocketQueueBytes: bound})
+	s := dialRaw(t, addr)
+	if _, err := s.next(); err != nil {
+		t.Fatal(err)
+	}
+	var c *client
+	for deadline := time.Now().Add(5 * time.Second); c == nil; {
+		if all := g.hub.all(); len(all) == 1 {
+			c = all[0]
+		} else if time.Now().After(deadline) {
+			t.Fatal("the socket never joined the hub")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	big := json.RawMessage(`"` + strings.Repeat("y", 256<<10) + `"`)
+	sent := 0
+	for ; sent < 400; sent++ {
+		if delivered, _ := g.hub.deliver(delivery{all: true, event: "e", data: big}); delivered == 0 {
+			break
+		}
+		if n := c.pendingBytes(); n > bound {
+			t.Fatalf("after %d messages of 256 KiB the socket holds %d bytes queued, over its bound of %d", sent+1, n, bound)
+		}
+	}
+	if sent == 400 {
+		t.Fatalf("a socket that reads nothing still takes messages after %d MiB", 400/4)
+	}
+	select {
+	case <-c.connClosed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the stalled socket was never closed")
+	}
+	if got := counterValue(t, g, "gateway_slow_client_disconnects_total"); got != 1 {
+		t.Fatalf("gateway_slow_client_disconnects_total %v, want 1", got)
+	}
+	t.Logf("closed after %d messages of 256 KiB", sent)
+}
+
+func counterValue(t *testing.T, g *Gateway, name string) float64 {
+	t.Helper()
+	families, err := g.cfg.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range families {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
 }
