@@ -3,8 +3,6 @@ package gateway
 import (
 	"encoding/json"
 	"sync"
-
-	"github.com/gorilla/websocket"
 )
 
 // hub is the gateway's local view: its open sockets and, for each room, which
@@ -112,7 +110,7 @@ func (h *hub) apply(socket, room string, joined bool) {
 		h.joinLocked(c, room)
 	case !joined && member:
 		h.leaveLocked(c, room)
-		c.enqueue(controlFrame("left", room))
+		c.enqueue(controlFrame(frameLeft, room))
 	}
 }
 
@@ -125,7 +123,7 @@ func (h *hub) reconcile(want map[string]map[string]struct{}) {
 		for room := range c.rooms {
 			if _, ok := want[id][room]; !ok {
 				h.leaveLocked(c, room)
-				c.enqueue(controlFrame("left", room))
+				c.enqueue(controlFrame(frameLeft, room))
 			}
 		}
 		for room := range want[id] {
@@ -148,7 +146,7 @@ func (h *hub) joinLocked(c *client, room string) {
 		h.rooms[room] = m
 	}
 	m[c.id] = c
-	c.enqueue(controlFrame("joined", room))
+	c.enqueue(controlFrame(frameJoined, room))
 }
 
 func (h *hub) leaveLocked(c *client, room string) {
@@ -217,43 +215,3 @@ func (h *hub) deliver(d delivery) (delivered, dropped int64) {
 	}
 	return delivered, dropped
 }
-
-// Frames of the client protocol.
-
-type frame struct {
-	Type     string          `json:"type"`
-	SocketID string          `json:"socket_id,omitempty"`
-	User     string          `json:"user,omitempty"`
-	Room     string          `json:"room,omitempty"`
-	Event    string          `json:"event,omitempty"`
-	Data     json.RawMessage `json:"data,omitempty"`
-	ID       json.RawMessage `json:"id,omitempty"`
-	Status   int             `json:"status,omitempty"`
-	Body     json.RawMessage `json:"body,omitempty"`
-}
-
-func encode(f frame) []byte {
-	b, err := json.Marshal(f)
-	if err != nil {
-		panic(err) // only RawMessage fields can fail, and callers pass valid JSON
-	}
-	return b
-}
-
-func controlFrame(typ, room string) []byte { return encode(frame{Type: typ, Room: room}) }
-
-func messageFrame(room, event string, data json.RawMessage) []byte {
-	if len(data) == 0 {
-		data = json.RawMessage("null")
-	}
-	return encode(frame{Type: "message", Room: room, Event: event, Data: data})
-}
-
-// Close codes sent to clients.
-const (
-	closeGoingAway      = websocket.CloseGoingAway      // gateway shutting down
-	closeServiceRestart = websocket.CloseServiceRestart // lease lost: reconnect for a new socket id
-	closeTryAgainLater  = websocket.CloseTryAgainLater  // send queue overflow
-	closeInternal       = websocket.CloseInternalServerErr
-	closeBadData        = websocket.CloseInvalidFramePayloadData
-)

@@ -29,7 +29,7 @@ func newMetrics(reg prometheus.Registerer, g *Gateway) *metrics {
 		dropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "gateway_broadcast_dropped_total", Help: "Messages not queued because the socket's queue was full or it was closing."}),
 		slowClients: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "gateway_slow_client_disconnects_total", Help: "Sockets disconnected because their send queue was full."}),
+			Name: "gateway_slow_client_disconnects_total", Help: "Sockets disconnected (1013) because their send queue was full: --send-queue frames or --max-socket-queue-bytes bytes not yet written."}),
 		renewFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "gateway_lease_keepalive_failures_total", Help: "Lease renewals that failed (the lease is still proven alive until its deadline)."}),
 		sessionsLost: prometheus.NewCounter(prometheus.CounterOpts{

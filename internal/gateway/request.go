@@ -11,43 +11,8 @@ import (
 	"strings"
 )
 
-// Socket requests (the Sails virtual request): a client frame
-//
-//	{"type":"request","id":1,"method":"POST","path":"/leaveFunRoom","body":{…}}
-//
-// is forwarded to the upstream app beside the gateway with header X-Socket-Id,
-// and the app's answer comes back as
-//
-//	{"type":"response","id":1,"status":200,"body":…}
-//
-// Every failure is a response with a status, never a dead socket: 400 for a
-// malformed request, 413 for an oversized body, 429 past the per-socket limit
-// of requests in flight, 501 without an upstream, 502 when the upstream is
-// unreachable or answers too much, 504 when it is too slow.
-
-type requestFrame struct {
-	ID     json.RawMessage `json:"id"`
-	Method string          `json:"method"`
-	Path   string          `json:"path"`
-	Body   json.RawMessage `json:"body"`
-}
-
-var allowedMethods = map[string]bool{
-	http.MethodGet: true, http.MethodPost: true, http.MethodPut: true, http.MethodPatch: true,
-	http.MethodDelete: true, http.MethodHead: true, http.MethodOptions: true,
-}
-
-// errorBody is a JSON body {"error": msg}.
-func errorBody(msg string) json.RawMessage {
-	b, _ := json.Marshal(map[string]string{"error": msg})
-	return b
-}
-
 func (c *client) respond(id json.RawMessage, status int, body json.RawMessage) {
-	if len(id) == 0 {
-		id = json.RawMessage("null")
-	}
-	c.enqueue(encode(frame{Type: "response", ID: id, Status: status, Body: body}))
+	c.enqueue(responseFrame(id, status, body))
 }
 
 // handleRequest validates a request frame and forwards it in the background.

@@ -1,9 +1,11 @@
 package gateway
 
 import (
+	"bufio"
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"net"
 	"net/http"
 	"sync"
@@ -15,7 +17,8 @@ import (
 )
 
 // client is one WebSocket. Its reader goroutine (owned by Gateway.wg) reads
-// and, when the socket goes, cleans up. Writes go through a bounded queue
+// and, when the socket goes, cleans up. After the upgrade only the writer
+// goroutine writes the connection. Writes go through a bounded queue
 // that producers never block on: a socket that falls a full queue behind is
 // disconnected. A writer goroutine exists only while there is something to
 // write, so an idle socket costs one goroutine, and the queue holds no memory
@@ -23,21 +26,28 @@ import (
 type client struct {
 	id   string
 	sid  store.SocketID
-	user string // the authenticated user ("" without authentication)
-	conn *websocket.Conn
+	user string          // the authenticated user ("" without authentication)
+	conn *websocket.Conn // for reading; the library writes nothing after the upgrade (netConn)
+	nc   net.Conn        // the connection itself, which only the writer writes
 	// alive reports whether the session the socket lives on can still prove
 	// its lease; the writer checks it before every batch of frames.
 	alive        func() bool
 	maxQueue     int
+	maxBytes     int64 // bound on queuedBytes; 0: none
 	writeTimeout time.Duration
 	onSlow       func() // counts a disconnect for a full queue
 
-	mu      sync.Mutex
-	queue   [][]byte // frames waiting for the writer
-	ctrl    uint8    // control frames waiting: ctrlPing, ctrlPong
-	writing bool     // a writer goroutine is running
-	held    bool     // frames wait until the socket is registered (release)
-	closing bool     // shutdown was called; the writer sends the close frame
+	mu    sync.Mutex
+	queue [][]byte // frames waiting for the writer
+	// queuedBytes counts the bytes of the frames in queue and of those the
+	// writer is writing: what the socket holds in memory.
+	queuedBytes int64
+	ctrl        uint8 // control frames waiting: ctrlPing, ctrlPong
+	writing     bool  // a writer goroutine is running
+	held        bool  // frames wait until the socket is registered (release)
+	closing     bool  // shutdown was called; the writer sends the close frame
+
+	midFrame bool // a failed write ended inside a frame: no close frame may follow; the writer's own
 
 	done        chan struct{} // closed by shutdown
 	connClosed  chan struct{} // closed once the close frame went and the conn is closed
@@ -71,186 +81,6 @@ func newClient(sid store.SocketID, conn *websocket.Conn, maxQueue, inflight int,
 	}
 }
 
-// enqueue queues a frame without blocking. A full queue disconnects the client.
-func (c *client) enqueue(b []byte) bool {
-	c.mu.Lock()
-	if c.closing {
-		c.mu.Unlock()
-		return false
-	}
-	if len(c.queue) >= c.maxQueue {
-		c.mu.Unlock()
-		if c.onSlow != nil {
-			c.onSlow()
-		}
-		c.shutdown(closeTryAgainLater, "send queue full")
-		// A writer stuck on this client's full buffers gives up now.
-		_ = c.conn.NetConn().SetWriteDeadline(time.Now())
-		return false
-	}
-	c.queue = append(c.queue, b)
-	start := c.startWriterLocked()
-	c.mu.Unlock()
-	if start {
-		go c.writeLoop()
-	}
-	return true
-}
-
-// control asks the writer for a ping or a pong.
-func (c *client) control(bit uint8) {
-	c.mu.Lock()
-	if c.closing {
-		c.mu.Unlock()
-		return
-	}
-	c.ctrl |= bit
-	start := c.startWriterLocked()
-	c.mu.Unlock()
-	if start {
-		go c.writeLoop()
-	}
-}
-
-// release lets queued frames go out: the socket is registered.
-func (c *client) release() {
-	c.mu.Lock()
-	c.held = false
-	start := len(c.queue) > 0 && c.startWriterLocked()
-	c.mu.Unlock()
-	if start {
-		go c.writeLoop()
-	}
-}
-
-func (c *client) startWriterLocked() bool {
-	if c.writing || (c.held && !c.closing) {
-		return false
-	}
-	c.writing = true
-	return true
-}
-
-// shutdown makes the writer send a close frame and drop the connection;
-// queued frames are not sent. The first call's code wins.
-func (c *client) shutdown(code int, reason string) {
-	c.mu.Lock()
-	if c.closing {
-		c.mu.Unlock()
-		return
-	}
-	c.closing = true
-	c.closeCode, c.closeReason = code, reason
-	close(c.done)
-	start := c.startWriterLocked()
-	c.mu.Unlock()
-	if start {
-		go c.writeLoop()
-	}
-}
-
-// writeLoop writes what is queued, then exits; at most one runs at a time.
-// Frames queued together go out in one writev: a gateway that falls behind a
-// burst of broadcasts spends one system call on many frames rather than one
-// on each.
-func (c *client) writeLoop() {
-	var headers []byte
-	var bufs net.Buffers
-	for {
-		c.mu.Lock()
-		if c.closing {
-			c.queue = nil
-			c.mu.Unlock()
-			c.writeClose()
-			return
-		}
-		batch, ctrl := c.queue, c.ctrl
-		c.queue, c.ctrl = nil, 0
-		if len(batch) == 0 && ctrl == 0 {
-			c.writing = false
-			c.mu.Unlock()
-			return
-		}
-		c.mu.Unlock()
-		deadline := time.Now().Add(c.writeTimeout)
-		if ctrl&ctrlPong != 0 {
-			if err := c.conn.WriteControl(websocket.PongMessage, nil, deadline); err != nil {
-				c.shutdown(websocket.CloseAbnormalClosure, "pong failed")
-				continue
-			}
-		}
-		if ctrl&ctrlPing != 0 {
-			if err := c.conn.WriteControl(websocket.PingMessage, nil, deadline); err != nil {
-				c.shutdown(websocket.CloseAbnormalClosure, "ping failed")
-				continue
-			}
-		}
-		if len(batch) == 0 {
-			continue
-		}
-		// Nothing is written once the lease the socket's memberships live on
-		// may have expired: a frozen gateway that resumes must not deliver a
-		// single frame it queued before.
-		if !c.alive() {
-			c.shutdown(closeServiceRestart, "gateway lost its registration; reconnect")
-			continue
-		}
-		headers, bufs = appendFrames(headers[:0], bufs[:0], batch)
-		nc := c.conn.NetConn()
-		_ = nc.SetWriteDeadline(deadline)
-		if _, err := bufs.WriteTo(nc); err != nil {
-			c.shutdown(websocket.CloseAbnormalClosure, "write failed")
-		}
-	}
-}
-
-func (c *client) writeClose() {
-	msg := websocket.FormatCloseMessage(c.closeCode, c.closeReason)
-	// A close frame is a courtesy: a peer that cannot take it within a
-	// second is not waited for.
-	_ = c.conn.WriteControl(websocket.CloseMessage, msg, time.Now().Add(min(c.writeTimeout, time.Second)))
-	c.conn.Close()
-	close(c.connClosed)
-}
-
-// appendFrames lays out unmasked, final text frames (RFC 6455 §5.2) for
-// payloads: the headers go in one buffer, the payloads are not copied.
-func appendFrames(headers []byte, bufs net.Buffers, payloads [][]byte) ([]byte, net.Buffers) {
-	for _, p := range payloads {
-		headers = appendFrameHeader(headers, len(p))
-	}
-	off := 0
-	for _, p := range payloads {
-		n := frameHeaderLen(len(p))
-		bufs = append(bufs, headers[off:off+n], p)
-		off += n
-	}
-	return headers, bufs
-}
-
-func frameHeaderLen(n int) int {
-	switch {
-	case n < 126:
-		return 2
-	case n < 1<<16:
-		return 4
-	default:
-		return 10
-	}
-}
-
-func appendFrameHeader(b []byte, n int) []byte {
-	const finText = 0x80 | websocket.TextMessage
-	switch {
-	case n < 126:
-		return append(b, finText, byte(n))
-	case n < 1<<16:
-		return append(b, finText, 126, byte(n>>8), byte(n))
-	default:
-		return binary.BigEndian.AppendUint64(append(b, finText, 127), uint64(n))
-	}
-}
-
 // serveWS upgrades a request to a socket, registers it in etcd on the
 // gateway's current lease, and hands it to a reader goroutine. The HTTP
 // handler returns at once, so net/http's per-connection buffers are freed.
@@ -278,7 +108,7 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "gateway is shutting down", http.StatusServiceUnavailable)
 		return
 	}
-	conn, err := g.upgrader.Upgrade(w, r, nil)
+	conn, err := g.upgrader.Upgrade(&hijacker{ResponseWriter: w}, r, nil)
 	if err != nil {
 		g.wg.Done()
 		return // the upgrader already answered
@@ -290,12 +120,15 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 // count it was started with passes on with it.
 func (g *Gateway) runSocket(sess *session, conn *websocket.Conn, user string) {
 	sid := store.NewSocketID(g.cfg.ID, sess.leaseForSocket())
+	nc := conn.NetConn().(*netConn)
 	c := newClient(sid, conn, g.cfg.SendQueue, g.cfg.MaxInflight, g.cfg.WriteTimeout, sess.alive)
+	c.nc = nc.Conn
+	c.maxBytes = g.cfg.MaxSocketQueueBytes
 	c.user = user
 	c.onSlow = g.metrics.slowClients.Inc
 	// Queued (and held) before the socket exists in etcd, so no joined frame
 	// can precede it, and none is written before the socket can be joined.
-	c.enqueue(encode(frame{Type: "connected", SocketID: c.id, User: user}))
+	c.enqueue(connectedFrame(c.id, user))
 	if !g.hub.add(c) {
 		c.shutdown(closeServiceRestart, "gateway is re-registering")
 		<-c.connClosed
@@ -316,6 +149,7 @@ func (g *Gateway) runSocket(sess *session, conn *websocket.Conn, user string) {
 		return
 	}
 	c.release()
+	nc.handOver(c)
 	// Registering went deep into the etcd client and grew this goroutine's
 	// stack; the long-lived reader starts afresh with a small one (an idle
 	// socket's largest cost).
@@ -328,7 +162,7 @@ func (g *Gateway) readSocket(sess *session, c *client) {
 	sid := c.sid
 	reqCtx, cancelRequests := context.WithCancel(context.Background())
 	g.readLoop(reqCtx, c)
-	c.shutdown(websocket.CloseNormalClosure, "")
+	c.shutdown(closeNormal, "")
 	cancelRequests()
 	c.requests.Wait()
 	<-c.connClosed
@@ -344,15 +178,16 @@ func (g *Gateway) readLoop(ctx context.Context, c *client) {
 	c.conn.SetPongHandler(func(string) error {
 		return c.conn.SetReadDeadline(time.Now().Add(pongWait))
 	})
-	// The writer goroutine writes frames straight to the connection, so the
-	// reader must never write: pings are answered, and closes acknowledged,
-	// by the writer.
+	// The writer goroutine is the only one to write the connection, so the
+	// reader never writes: pings are answered, and closes acknowledged, by
+	// the writer; the close frame the library sends on a read-limit (1009) or
+	// protocol error (1002) is handed to the writer by netConn.
 	c.conn.SetPingHandler(func(string) error {
 		c.control(ctrlPong) // one pong answers any number of pings
 		return c.conn.SetReadDeadline(time.Now().Add(pongWait))
 	})
 	c.conn.SetCloseHandler(func(int, string) error { return nil })
-	bucket := newTokenBucket(g.cfg.FramesPerSecond, 2*g.cfg.FramesPerSecond)
+	bucket := newTokenBucket(g.cfg.FramesPerSecond, burstSeconds*g.cfg.FramesPerSecond)
 	over := 0
 	for {
 		typ, data, err := c.conn.ReadMessage()
@@ -363,8 +198,8 @@ func (g *Gateway) readLoop(ctx context.Context, c *client) {
 		if !bucket.take(time.Now()) {
 			// Over the rate: a request is answered 429 and nothing else is
 			// done; a client that keeps going long past it is closed.
-			if over++; float64(over) > 4*g.cfg.FramesPerSecond {
-				c.shutdown(websocket.ClosePolicyViolation, "too many frames")
+			if over++; float64(over) > maxOverRate*g.cfg.FramesPerSecond {
+				c.shutdown(closePolicyViolation, "too many frames")
 				return
 			}
 			var f requestFrame
@@ -385,7 +220,7 @@ func (g *Gateway) readLoop(ctx context.Context, c *client) {
 // must be closed with it. It never writes to the connection itself.
 func (g *Gateway) handleFrame(ctx context.Context, c *client, typ int, data []byte) (code int, reason string) {
 	if typ != websocket.TextMessage {
-		return websocket.CloseUnsupportedData, "text frames only"
+		return closeUnsupportedData, "text frames only"
 	}
 	var f struct {
 		Type string `json:"type"`
@@ -394,7 +229,7 @@ func (g *Gateway) handleFrame(ctx context.Context, c *client, typ int, data []by
 		return closeBadData, "frames must be JSON objects"
 	}
 	switch f.Type {
-	case "request":
+	case frameRequest:
 		g.handleRequest(ctx, c, data)
 	default:
 		g.log.Debug("ignoring client frame", "socket", c.id, "type", f.Type)
@@ -402,25 +237,68 @@ func (g *Gateway) handleFrame(ctx context.Context, c *client, typ int, data []by
 	return 0, ""
 }
 
-// tokenBucket allows rate events per second with bursts up to burst. Only the
-// socket's reader uses it.
-type tokenBucket struct {
-	rate, burst, tokens float64
-	last                time.Time
+// hijacker hands the WebSocket library a netConn in place of the hijacked
+// connection.
+type hijacker struct {
+	http.ResponseWriter
 }
 
-func newTokenBucket(rate, burst float64) *tokenBucket {
-	return &tokenBucket{rate: rate, burst: burst, tokens: burst}
+func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	hj, ok := h.ResponseWriter.(http.Hijacker)
+	if !ok {
+		return nil, nil, errors.New("gateway: the HTTP server cannot hand over connections")
+	}
+	conn, brw, err := hj.Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	return &netConn{Conn: conn}, brw, nil
 }
 
-func (b *tokenBucket) take(now time.Time) bool {
-	if !b.last.IsZero() {
-		b.tokens = min(b.burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)
+// netConn is a socket's connection as the WebSocket library sees it. The
+// library writes the handshake through it; once the socket is handed over
+// (handOver), the socket's writer goroutine is the only one to write the
+// connection, and what the library still writes by itself, the close frame
+// its reader sends on a read-limit or protocol error, goes to that writer
+// instead, as the socket's close code. Written here, beside the writer, it
+// could land between data frames still being written or before more of them,
+// and its write deadline would cut the writer's writes short.
+type netConn struct {
+	net.Conn
+	c *client // set before the reader starts, by the goroutine that starts it
+}
+
+// handOver routes the library's writes to c's writer from now on.
+func (n *netConn) handOver(c *client) { n.c = c }
+
+func (n *netConn) Write(p []byte) (int, error) {
+	if n.c == nil {
+		return n.Conn.Write(p)
 	}
-	b.last = now
-	if b.tokens < 1 {
-		return false
+	// The library writes one whole control frame per call, unmasked as a
+	// server's, so its payload length fits the second byte.
+	if len(p) >= 2 && int(p[0]&0x0f) == websocket.CloseMessage {
+		payload := p[2:min(len(p), 2+int(p[1]&0x7f))]
+		code, reason := websocket.CloseNoStatusReceived, ""
+		if len(payload) >= 2 {
+			code, reason = int(binary.BigEndian.Uint16(payload)), string(payload[2:])
+		}
+		n.c.shutdown(code, reason)
 	}
-	b.tokens--
-	return true
+	return len(p), nil
+}
+
+// SetWriteDeadline is the writer's alone once the socket is handed over.
+func (n *netConn) SetWriteDeadline(t time.Time) error {
+	if n.c == nil {
+		return n.Conn.SetWriteDeadline(t)
+	}
+	return nil
+}
+
+func (n *netConn) SetDeadline(t time.Time) error {
+	if n.c == nil {
+		return n.Conn.SetDeadline(t)
+	}
+	return n.Conn.SetReadDeadline(t)
 }

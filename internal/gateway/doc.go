@@ -1,0 +1,74 @@
+// Package gateway holds client WebSockets and applies their room memberships
+// from etcd.
+//
+// # Where state lives
+//
+// etcd is the one source of truth: the gateway record, each socket's record
+// and its memberships, all on the gateway's leases. The gateway keeps a local
+// view of it and nothing else:
+//   - the hub (hub.go): open sockets and, per room, the local members. The
+//     watch goroutine is its only writer of memberships; socket goroutines
+//     add and remove sockets; Deliver reads it.
+//   - the applied revision (Gateway.applied): how far the hub has followed
+//     etcd. Deliver and WaitApplied wait for it to reach the caller's
+//     revision, asking etcd for watch progress so an idle prefix does not
+//     stall them.
+//   - the current session (Gateway.sess): the leases and their proof of life.
+//   - per socket, its send queue (writer.go).
+//
+// # Goroutines and their owners
+//
+// Per socket (socket.go, writer.go):
+//   - the reader: reads client frames, answers them, and when the socket
+//     goes removes it from the hub and from etcd. Started by the HTTP
+//     handler and counted in Gateway.wg, so Run returns only after it.
+//   - the writer: the only goroutine that writes to the connection, after
+//     the upgrade: data frames, pings, pongs and the close frame, including
+//     the close the WebSocket library asks for on a read-limit or protocol
+//     error (socket.go's netConn hands it over). It exists only while there
+//     is something to write, and drains a queue bounded in frames and bytes.
+//   - one goroutine per socket request in flight (request.go), waited for by
+//     the reader.
+//
+// Per gateway, one set per session, all ended by the session's context
+// (gateway.go's serveSession starts them, lease.go holds most of them):
+//   - keepAlive renews the leases and fences the session: once a renewal
+//     cannot prove every lease alive, the session ends.
+//   - the watch (watch.go, a watchfollow.Follower) follows gwm/{gateway}/
+//     from the registration revision and applies it to the hub. A failed
+//     watch resumes from the applied revision; only after a compaction does
+//     it re-list the prefix at a revision and apply the difference.
+//   - the janitor retries socket removals that failed.
+//   - the pinger pings every socket once per PingInterval.
+//
+// # When etcd goes away
+//
+// A session is a set of etcd leases (Config.LeaseShards, usually one) with
+// everything on them. While renewals fail, the session lives on as long as
+// the last successful renewals prove every lease alive (their send time plus
+// the TTL, less a margin); sockets stay open and deliveries go on. Once the
+// proof runs out, whatever etcd says or fails to say, Run ends the session:
+// every socket is closed with 1012 (no frame queued before is written after
+// that: the writer checks the proof before each batch), new sockets are
+// refused with 503, and Run registers again with new leases. Sockets never
+// outlive the session whose lease they live on, so a gateway cut off from
+// etcd never serves memberships etcd has already deleted with its lease.
+//
+// # Files
+//
+//	protocol.go   the WebSocket contract: frame types and shapes, close codes, limits
+//	config.go     Config and its defaults
+//	gateway.go    Gateway, New, the HTTP mux, Run and the session loop; socket removal and the janitor
+//	lease.go      sessions: leases, their renewal and fencing, the pinger, ending a session
+//	socket.go     the upgrade and a socket's life: registration, the read loop
+//	writer.go     a socket's send queue and its writer goroutine
+//	ratelimit.go  the token bucket limiting client frames
+//	origin.go     browser origin checks
+//	request.go    socket requests forwarded to the upstream app
+//	hub.go        the local room index and fan-out
+//	watch.go      following etcd: the watch, apply waits, resync after compaction
+//	grpc.go       the internal gRPC API (Deliver, WaitApplied) for membership-servers
+//	metrics.go    Prometheus metrics
+//	backoff.go    retry backoff
+//	clock_*.go    the monotonic clock lease deadlines use
+package gateway

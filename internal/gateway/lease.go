@@ -1,0 +1,232 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/socketrooms/membership/internal/store"
+	"github.com/socketrooms/membership/internal/watchfollow"
+)
+
+// session is one set of leases and what hangs on them.
+type session struct {
+	leases []clientv3.LeaseID // leases[0] holds the gateway record
+	next   atomic.Uint64      // round-robin over leases for new sockets
+	ctx    context.Context    // canceled when the session ends
+	cancel context.CancelFunc
+
+	// until[i] is the instant (see monoNow) before which leases[i] is
+	// provably alive: the send time of its last successful renewal plus the
+	// TTL granted, less a margin. aliveUntil is the earliest of them.
+	until      []atomic.Int64
+	aliveUntil atomic.Int64
+
+	mu        sync.Mutex
+	follower  *watchfollow.Follower // the session's watch, for progress requests
+	watchFrom int64
+
+	// cleanup holds sockets whose removal from etcd failed; the session's
+	// janitor retries them until they are gone or the lease is.
+	cleanup chan store.SocketID
+}
+
+func newSession(parent context.Context, leases []clientv3.LeaseID) *session {
+	ctx, cancel := context.WithCancel(parent)
+	return &session{leases: leases, until: make([]atomic.Int64, len(leases)), ctx: ctx, cancel: cancel,
+		cleanup: make(chan store.SocketID, 4096)}
+}
+
+// alive reports whether every lease is provably alive now.
+func (s *session) alive() bool {
+	return s.ctx.Err() == nil && monoNow() < s.aliveUntil.Load()
+}
+
+// renewed records a renewal of leases[i] whose request left at sent (a
+// monoNow value): etcd renewed the lease after that, so it lives at least ttl
+// past it. Only the keep-alive loop calls it.
+func (s *session) renewed(i int, sent int64, ttl time.Duration) {
+	if until := sent + int64(ttl-leaseMargin); until > s.until[i].Load() {
+		s.until[i].Store(until)
+	}
+	earliest := s.until[0].Load()
+	for j := range s.until {
+		earliest = min(earliest, s.until[j].Load())
+	}
+	s.aliveUntil.Store(earliest)
+}
+
+// leaseForSocket picks the lease a new socket lives on.
+func (s *session) leaseForSocket() clientv3.LeaseID {
+	return s.leases[s.next.Add(1)%uint64(len(s.leases))]
+}
+
+// holds reports whether lease is one of the session's.
+func (s *session) holds(lease clientv3.LeaseID) bool {
+	for _, l := range s.leases {
+		if l == lease {
+			return true
+		}
+	}
+	return false
+}
+
+func leasesText(leases []clientv3.LeaseID) string {
+	parts := make([]string, len(leases))
+	for i, l := range leases {
+		parts[i] = fmt.Sprintf("%x", int64(l))
+	}
+	return strings.Join(parts, ",")
+}
+
+func (g *Gateway) currentSession() *session {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.sess
+}
+
+func (g *Gateway) setSession(s *session) {
+	g.mu.Lock()
+	g.sess = s
+	g.mu.Unlock()
+}
+
+var errLeaseLost = errors.New("lease can no longer be proven alive")
+
+func (g *Gateway) startSession(parent context.Context) (*session, error) {
+	ctx, cancel := context.WithTimeout(parent, g.cfg.EtcdTimeout)
+	defer cancel()
+	leases := make([]clientv3.LeaseID, g.cfg.LeaseShards)
+	sent := make([]int64, len(leases))
+	ttls := make([]time.Duration, len(leases))
+	for i := range leases {
+		sent[i] = monoNow()
+		lease, err := g.cli.Grant(ctx, int64(g.cfg.LeaseTTL/time.Second))
+		if err != nil {
+			g.revoke(leases[:i]...)
+			return nil, fmt.Errorf("grant lease: %w", err)
+		}
+		leases[i], ttls[i] = lease.ID, time.Duration(lease.TTL)*time.Second
+	}
+	s := newSession(parent, leases)
+	for i := range leases {
+		s.renewed(i, sent[i], ttls[i])
+	}
+	rev, err := g.store.RegisterGateway(ctx, store.GatewayRecord{
+		ID:        g.cfg.ID,
+		GRPCAddr:  g.cfg.AdvertiseAddr,
+		Version:   g.cfg.Version,
+		StartedAt: time.Now().UTC(),
+		Lease:     leases[0],
+	})
+	if err != nil {
+		s.cancel()
+		g.revoke(leases...)
+		return nil, err
+	}
+	// Nothing of these leases existed before rev: the index is complete up to it.
+	g.applied.Advance(rev)
+	g.setSession(s)
+	g.hub.setOpen(true)
+	g.log.Info("gateway registered", "leases", leasesText(leases), "revision", rev, "advertise", g.cfg.AdvertiseAddr)
+	s.watchFrom = rev + 1
+	return s, nil
+}
+
+// leaseMargin is subtracted from every lease deadline the gateway computes, for
+// the request's own transit and clock rate differences.
+const leaseMargin = 500 * time.Millisecond
+
+// pinger pings every socket once per PingInterval, so that dead peers are
+// noticed (their read deadline passes) without a timer per socket.
+func (g *Gateway) pinger(s *session) error {
+	t := time.NewTicker(g.cfg.PingInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return s.ctx.Err()
+		case <-t.C:
+			for _, c := range g.hub.all() {
+				c.control(ctrlPing)
+			}
+		}
+	}
+}
+
+// keepAlive renews the lease every third of its TTL and fences the session:
+// each renewal proves the lease alive for one TTL from the moment its request
+// was sent, and once that proof runs out the session ends, whatever etcd says
+// or fails to say. Renewals are single requests (not the client's keep-alive
+// stream) so that the send time of each is known: a reply that sat in a buffer
+// while the process was frozen proves nothing beyond its send time plus TTL.
+func (g *Gateway) keepAlive(s *session) error {
+	interval := g.cfg.LeaseTTL / 3
+	for {
+		start := monoNow()
+		failed := false
+		for i, lease := range s.leases {
+			sent := monoNow()
+			timeout := min(interval, time.Duration(s.aliveUntil.Load()-sent))
+			if timeout <= 0 {
+				return errLeaseLost
+			}
+			ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(s.ctx), timeout)
+			resp, err := g.cli.KeepAliveOnce(ctx, lease)
+			cancel()
+			switch {
+			case s.ctx.Err() != nil:
+				return s.ctx.Err()
+			case errors.Is(err, rpctypes.ErrLeaseNotFound):
+				return errLeaseLost
+			case err != nil:
+				failed = true
+				g.metrics.renewFailures.Inc()
+				g.log.Warn("lease renewal failed", "err", err, "lease", fmt.Sprintf("%x", int64(lease)))
+			case resp.TTL <= 0:
+				return errLeaseLost
+			default:
+				s.renewed(i, sent, time.Duration(resp.TTL)*time.Second)
+			}
+		}
+		if !s.alive() {
+			return errLeaseLost
+		}
+		next := interval - time.Duration(monoNow()-start)
+		if failed {
+			next = min(next, 100*time.Millisecond) // retry soon; the proof is running out
+		}
+		if next > 0 {
+			sleepCtx(s.ctx, next)
+		}
+	}
+}
+
+// endSession closes every socket of s and revokes its leases.
+func (g *Gateway) endSession(s *session, shutdown bool) {
+	s.cancel()
+	g.setSession(nil)
+	if shutdown {
+		g.hub.closeAll(closeGoingAway, "gateway shutting down")
+	} else {
+		g.hub.closeAll(closeServiceRestart, "gateway lost its registration; reconnect")
+	}
+	g.revoke(s.leases...)
+}
+
+func (g *Gateway) revoke(leases ...clientv3.LeaseID) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	for _, lease := range leases {
+		if _, err := g.cli.Revoke(ctx, lease); err != nil {
+			g.log.Debug("revoke lease", "err", err)
+		}
+	}
+}

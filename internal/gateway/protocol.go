@@ -1,0 +1,170 @@
+// The client protocol: what a gateway says to a WebSocket client at /ws and
+// what it accepts from one. This file is to the WebSocket what proto/ is to
+// gRPC: every frame type, its JSON shape, every close code the gateway sends
+// and the limits a client can run into are defined here and nowhere else.
+//
+// Frames are WebSocket text messages, each one JSON object with a "type".
+//
+// Gateway to client:
+//
+//	{"type":"connected","socket_id":"gw-1.6a1f…","user":"alice"}  first frame of every socket; user only with authentication
+//	{"type":"joined","room":"fun"}                                  the socket is now a member of room
+//	{"type":"left","room":"fun"}                                    the socket is no longer a member of room
+//	{"type":"message","room":"fun","event":"chat","data":…}        a Broadcast to room; "room" absent for a blast to every socket; data null when none
+//	{"type":"response","id":1,"status":200,"body":…}                the answer to a socket request
+//
+// Client to gateway:
+//
+//	{"type":"request","id":1,"method":"POST","path":"/leaveFunRoom","body":{…}}
+//
+// A socket request is forwarded to the upstream app beside the gateway with
+// header X-Socket-Id (and X-Socket-User with authentication), and the app's
+// answer comes back as a response frame with the same id. Every failure is a
+// response with a status, never a dead socket: 400 for a malformed request,
+// 413 for an oversized body, 429 past the per-socket limit of requests in
+// flight or past the frame rate, 501 without an upstream, 502 when the
+// upstream is unreachable or answers too much, 504 when it is too slow; the
+// body is then {"error":"…"}. Client frames of any other type are ignored.
+//
+// No joined, left or message frame precedes connected, and none is sent
+// before the socket is registered in etcd (it can be joined). Frames for one
+// socket go out in the order the gateway applied them; the connection is the
+// only ordering there is: a new connection is a new socket, in no room.
+package gateway
+
+import (
+	"encoding/json"
+	"net/http"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// Frame types (the "type" member of every frame).
+const (
+	frameConnected = "connected" // gateway → client
+	frameJoined    = "joined"    // gateway → client
+	frameLeft      = "left"      // gateway → client
+	frameMessage   = "message"   // gateway → client
+	frameResponse  = "response"  // gateway → client
+	frameRequest   = "request"   // client → gateway
+)
+
+// frame is every frame the gateway sends; fields a type does not use are
+// left out.
+type frame struct {
+	Type     string          `json:"type"`
+	SocketID string          `json:"socket_id,omitempty"`
+	User     string          `json:"user,omitempty"`
+	Room     string          `json:"room,omitempty"`
+	Event    string          `json:"event,omitempty"`
+	Data     json.RawMessage `json:"data,omitempty"`
+	ID       json.RawMessage `json:"id,omitempty"`
+	Status   int             `json:"status,omitempty"`
+	Body     json.RawMessage `json:"body,omitempty"`
+}
+
+func encode(f frame) []byte {
+	b, err := json.Marshal(f)
+	if err != nil {
+		panic(err) // only RawMessage fields can fail, and callers pass valid JSON
+	}
+	return b
+}
+
+func connectedFrame(socketID, user string) []byte {
+	return encode(frame{Type: frameConnected, SocketID: socketID, User: user})
+}
+
+// controlFrame is a joined or left frame.
+func controlFrame(typ, room string) []byte { return encode(frame{Type: typ, Room: room}) }
+
+func messageFrame(room, event string, data json.RawMessage) []byte {
+	if len(data) == 0 {
+		data = json.RawMessage("null")
+	}
+	return encode(frame{Type: frameMessage, Room: room, Event: event, Data: data})
+}
+
+// responseFrame answers the request with id (JSON null when the request had
+// no usable id).
+func responseFrame(id json.RawMessage, status int, body json.RawMessage) []byte {
+	if len(id) == 0 {
+		id = json.RawMessage("null")
+	}
+	return encode(frame{Type: frameResponse, ID: id, Status: status, Body: body})
+}
+
+// requestFrame is a client's socket request. id is a JSON string or number.
+// method is one of allowedMethods ("" means GET, case does not matter); path
+// is an absolute path with an optional query, resolved against the upstream
+// URL; body, any JSON, is sent as the request body.
+type requestFrame struct {
+	ID     json.RawMessage `json:"id"`
+	Method string          `json:"method"`
+	Path   string          `json:"path"`
+	Body   json.RawMessage `json:"body"`
+}
+
+var allowedMethods = map[string]bool{
+	http.MethodGet: true, http.MethodPost: true, http.MethodPut: true, http.MethodPatch: true,
+	http.MethodDelete: true, http.MethodHead: true, http.MethodOptions: true,
+}
+
+// errorBody is a JSON body {"error": msg}.
+func errorBody(msg string) json.RawMessage {
+	b, _ := json.Marshal(map[string]string{"error": msg})
+	return b
+}
+
+// Close codes the gateway sends (RFC 6455 §7.4). Every close means the socket
+// is gone, with its memberships: a client that reconnects gets a new socket
+// id, in no room.
+const (
+	closeNormal          = websocket.CloseNormalClosure           // 1000: the client closed, or its connection failed
+	closeGoingAway       = websocket.CloseGoingAway               // 1001: the gateway is shutting down
+	closeProtocolError   = websocket.CloseProtocolError           // 1002: a frame broke RFC 6455 (bad opcode, unmasked, RSV bits, …)
+	closeUnsupportedData = websocket.CloseUnsupportedData         // 1003: a binary frame; text frames only
+	closeBadData         = websocket.CloseInvalidFramePayloadData // 1007: a frame that is not a JSON object
+	closePolicyViolation = websocket.ClosePolicyViolation         // 1008: frames far past the rate (maxOverRate)
+	closeTooBig          = websocket.CloseMessageTooBig           // 1009: a frame larger than Config.MaxFrameBytes
+	closeInternal        = websocket.CloseInternalServerErr       // 1011: the socket could not be registered in etcd
+	closeServiceRestart  = websocket.CloseServiceRestart          // 1012: the gateway lost its etcd lease (or is re-registering): reconnect
+	closeTryAgainLater   = websocket.CloseTryAgainLater           // 1013: too slow: the socket's send queue passed its frame or byte bound
+)
+
+// closeAbnormal (1006) is never sent: it marks a socket whose connection
+// failed while writing, which is dropped without a close frame because the
+// stream may end inside a frame.
+const closeAbnormal = websocket.CloseAbnormalClosure
+
+// Limits of the protocol, the defaults of Config fields that set them.
+const (
+	// defaultMaxFrameBytes bounds a client frame; a larger one closes the
+	// socket with 1009.
+	defaultMaxFrameBytes = 1 << 20
+	// defaultSendQueue bounds the frames queued to a socket, and
+	// defaultMaxSocketQueueBytes their bytes (with those being written):
+	// a frame that would take a socket past either closes it with 1013,
+	// counted in gateway_slow_client_disconnects_total. A socket never holds
+	// more, however large the messages; one that cannot keep up is closed
+	// rather than slowing anyone else, and reconnects as a new socket.
+	defaultSendQueue           = 256
+	defaultMaxSocketQueueBytes = 4 << 20
+	// defaultPingInterval is how often the gateway pings; a socket silent
+	// (no frame, no pong) for two intervals is dropped.
+	defaultPingInterval = 25 * time.Second
+	// defaultFramesPerSecond is the client frame rate; bursts of
+	// burstSeconds worth are allowed, past it requests are answered 429, and
+	// maxOverRate seconds' worth of frames in a row past it closes the
+	// socket with 1008.
+	defaultFramesPerSecond = 50
+	burstSeconds           = 2
+	maxOverRate            = 4
+	// defaultMaxInflight bounds a socket's requests in flight; past it 429.
+	defaultMaxInflight = 16
+	// defaultMaxRequestBody bounds a request's body; past it 413.
+	defaultMaxRequestBody = 64 << 10
+	// defaultMaxResponseBody bounds the upstream's answer; past it 502.
+	defaultMaxResponseBody = 1 << 20
+)
