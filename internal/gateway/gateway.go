@@ -65,6 +65,10 @@ type Config struct {
 	PingInterval  time.Duration // 25s; a socket silent for two intervals is dropped
 	EtcdTimeout   time.Duration // per etcd request made on a socket's behalf; 5s
 	MaxFrameBytes int64         // largest client frame; larger ones close the socket (1009); 1 MiB
+	// ReconcileInterval is how often the gateway compares its sockets' records
+	// in etcd with the sockets it holds, to remove records no socket holds
+	// (removals.go); 30s.
+	ReconcileInterval time.Duration
 	// Socket requests: forwarded to UpstreamURL ("" answers 501).
 	UpstreamURL     string
 	UpstreamTimeout time.Duration // 10s
@@ -126,6 +130,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.EtcdTimeout == 0 {
 		c.EtcdTimeout = 5 * time.Second
+	}
+	if c.ReconcileInterval == 0 {
+		c.ReconcileInterval = 30 * time.Second
 	}
 	if c.MaxFrameBytes == 0 {
 		c.MaxFrameBytes = 1 << 20
@@ -294,15 +301,14 @@ type session struct {
 	follower  *watchfollow.Follower // the session's watch, for progress requests
 	watchFrom int64
 
-	// cleanup holds sockets whose removal from etcd failed; the session's
-	// janitor retries them until they are gone or the lease is.
-	cleanup chan store.SocketID
+	// removals holds the session's closed sockets whose keys may still be in
+	// etcd; the session's janitor removes them (removals.go).
+	removals removalSet
 }
 
 func newSession(parent context.Context, leases []clientv3.LeaseID) *session {
 	ctx, cancel := context.WithCancel(parent)
-	return &session{leases: leases, until: make([]atomic.Int64, len(leases)), ctx: ctx, cancel: cancel,
-		cleanup: make(chan store.SocketID, 4096)}
+	return &session{leases: leases, until: make([]atomic.Int64, len(leases)), ctx: ctx, cancel: cancel}
 }
 
 // alive reports whether every lease is provably alive now.
@@ -474,92 +480,6 @@ func (g *Gateway) pinger(s *session) error {
 			}
 		}
 	}
-}
-
-// removeSocket deletes a socket's keys, handing them to the session's janitor
-// when etcd cannot be reached: the lease outlives the socket by as long as the
-// gateway runs, so nothing else would.
-func (g *Gateway) removeSocket(s *session, sid store.SocketID) {
-	if s.ctx.Err() != nil {
-		return // the lease takes the keys with it
-	}
-	ctx, cancel := context.WithTimeout(s.ctx, g.cfg.EtcdTimeout)
-	err := g.store.RemoveSocket(ctx, sid)
-	cancel()
-	if err == nil || s.ctx.Err() != nil {
-		return // done, or the session ended and its lease takes the keys
-	}
-	if !removalRetryable(err) {
-		g.abandonRemoval(sid, err)
-		return
-	}
-	select {
-	case s.cleanup <- sid:
-		g.log.Warn("remove socket failed; retrying", "socket", sid.String(), "err", err)
-	default:
-		g.metrics.removalsAbandoned.WithLabelValues("queue_full").Inc()
-		g.log.Error("remove socket failed and the retry queue is full; its keys stay until the lease ends", "socket", sid.String(), "err", err)
-	}
-}
-
-// janitor retries failed socket removals with backoff for the session's life.
-// It works through one socket at a time, so only errors that pass once etcd
-// answers again are retried (removalRetryable): while etcd is away, every
-// removal would fail alike and waiting on the first costs nothing. An error
-// that retrying cannot cure (a transaction etcd refuses as too large, a
-// corrupt key) would hold the queue forever behind that one socket; such a
-// socket is given up instead (abandonRemoval), its keys left to the lease.
-func (g *Gateway) janitor(s *session) error {
-	backoff := newBackoff(100*time.Millisecond, 5*time.Second)
-	for {
-		var sid store.SocketID
-		select {
-		case <-s.ctx.Done():
-			return s.ctx.Err()
-		case sid = <-s.cleanup:
-		}
-		for {
-			ctx, cancel := context.WithTimeout(s.ctx, g.cfg.EtcdTimeout)
-			err := g.store.RemoveSocket(ctx, sid)
-			cancel()
-			if err == nil {
-				backoff.reset()
-				break
-			}
-			if s.ctx.Err() != nil {
-				return s.ctx.Err()
-			}
-			if !removalRetryable(err) {
-				g.abandonRemoval(sid, err)
-				backoff.reset()
-				break
-			}
-			sleepCtx(s.ctx, backoff.next())
-		}
-	}
-}
-
-// abandonRemoval gives up removing a socket whose removal failed with an
-// error retrying cannot cure. Its keys (socket record, memberships) stay in
-// etcd, attached to the session's lease, until the lease ends: when the
-// gateway stops, restarts or loses its session. Until then membership
-// listings still name the socket and deliveries to it are dropped here.
-func (g *Gateway) abandonRemoval(sid store.SocketID, err error) {
-	g.metrics.removalsAbandoned.WithLabelValues("not_retryable").Inc()
-	g.log.Error("remove socket failed and retrying cannot succeed; its keys stay until the lease ends (check --etcd-max-txn-ops and --etcd-max-request-bytes against etcd's)",
-		"socket", sid.String(), "err", err)
-}
-
-// removalRetryable tells whether a failed RemoveSocket may succeed when tried
-// again: the attempt ran out of time, or etcd could not be reached or could
-// not answer now (no leader, a leader change, a raft timeout, a stopped or
-// unhealthy member, too many requests, a full database, which writes resume
-// after once it is compacted and defragmented). Everything else fails alike
-// every time: etcd refusing the transaction (too many operations, request
-// too large, permission denied), the client refusing to send it, or a
-// membership key that does not decode.
-func removalRetryable(err error) bool {
-	return errors.Is(err, context.DeadlineExceeded) || store.EtcdUnavailable(err)
 }
 
 // keepAlive renews the lease every third of its TTL and fences the session:

@@ -73,8 +73,8 @@ func TestJanitorGivesUpRemovalRetryingCannotCure(t *testing.T) {
 	}
 
 	s := newSession(ctx, []clientv3.LeaseID{lease.ID})
-	s.cleanup <- big
-	s.cleanup <- small
+	s.removals.add(big)
+	s.removals.add(small)
 	done := make(chan error, 1)
 	go func() { done <- g.janitor(s) }()
 	defer func() { s.cancel(); <-done }()
