@@ -134,6 +134,9 @@ func (c *Config) setDefaults() error {
 	if c.ReconcileInterval == 0 {
 		c.ReconcileInterval = 30 * time.Second
 	}
+	if c.ReconcileInterval < 0 {
+		return fmt.Errorf("reconcile interval %v is negative", c.ReconcileInterval)
+	}
 	if c.MaxFrameBytes == 0 {
 		c.MaxFrameBytes = 1 << 20
 	}
@@ -449,8 +452,8 @@ func (g *Gateway) startSession(parent context.Context) (*session, error) {
 // the request's own transit and clock rate differences.
 const leaseMargin = 500 * time.Millisecond
 
-// serveSession keeps the lease alive, follows memberships and retries failed
-// socket removals until the lease or the watch fails.
+// serveSession keeps the lease alive, follows memberships and removes
+// closed sockets' keys until the lease or the watch fails.
 func (g *Gateway) serveSession(s *session) error {
 	errc := make(chan error, 4)
 	go func() { errc <- g.keepAlive(s) }()

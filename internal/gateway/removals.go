@@ -107,6 +107,9 @@ func (r *removalSet) done(sids []store.SocketID) {
 	for _, sid := range sids {
 		delete(r.pending, sid)
 	}
+	if len(r.pending) == 0 {
+		r.pending = nil // a map keeps its size: let a burst's go
+	}
 }
 
 // has reports whether the hub holds the socket id.
@@ -144,16 +147,19 @@ func (g *Gateway) janitor(s *session) error {
 		case <-tick.C:
 			suspects = g.reconcile(s, suspects)
 		}
-		for s.removals.len() > 0 {
+		for pending := s.removals.len(); pending > 0; {
 			err := g.drain(s)
 			if s.ctx.Err() != nil {
 				return s.ctx.Err()
 			}
-			if err == nil {
+			left := s.removals.len()
+			if err == nil || left < pending {
+				// Done, or etcd is slow rather than away: go on at once.
 				backoff.reset()
+				pending = left
 				continue
 			}
-			g.log.Warn("removing closed sockets failed; retrying", "pending", s.removals.len(), "err", err)
+			g.log.Warn("removing closed sockets failed; retrying", "pending", left, "err", err)
 			sleepCtx(s.ctx, backoff.next())
 		}
 	}

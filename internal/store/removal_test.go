@@ -46,8 +46,8 @@ func TestLeaseSockets(t *testing.T) {
 	s := store.New(e.Client, "/t/")
 	ctx := context.Background()
 	mine := connectMany(t, e.Client, s, "gw1", 2500) // more than one page
-	connectMany(t, e.Client, s, "gw1", 3)           // another lease
-	connectMany(t, e.Client, s, "gw10", 3)          // another gateway
+	connectMany(t, e.Client, s, "gw1", 3)            // another lease
+	connectMany(t, e.Client, s, "gw10", 3)           // another gateway
 	want := map[store.SocketID]bool{}
 	for _, sid := range mine {
 		want[sid] = true
