@@ -34,6 +34,10 @@ type Config struct {
 	PingInterval        time.Duration // 25s; a socket silent for two intervals is dropped
 	EtcdTimeout         time.Duration // per etcd request made on a socket's behalf; 5s
 	MaxFrameBytes       int64         // largest client frame; larger ones close the socket (1009); 1 MiB
+	// ReconcileInterval is how often the gateway compares its sockets' records
+	// in etcd with the sockets it holds, to remove records no socket holds
+	// (removals.go); 30s.
+	ReconcileInterval time.Duration
 	// Socket requests: forwarded to UpstreamURL ("" answers 501).
 	UpstreamURL     string
 	UpstreamTimeout time.Duration // 10s
@@ -101,6 +105,12 @@ func (c *Config) setDefaults() error {
 	}
 	if c.EtcdTimeout == 0 {
 		c.EtcdTimeout = 5 * time.Second
+	}
+	if c.ReconcileInterval == 0 {
+		c.ReconcileInterval = 30 * time.Second
+	}
+	if c.ReconcileInterval < 0 {
+		return fmt.Errorf("reconcile interval %v is negative", c.ReconcileInterval)
 	}
 	if c.MaxFrameBytes == 0 {
 		c.MaxFrameBytes = defaultMaxFrameBytes

@@ -38,7 +38,10 @@
 //     from the registration revision and applies it to the hub. A failed
 //     watch resumes from the applied revision; only after a compaction does
 //     it re-list the prefix at a revision and apply the difference.
-//   - the janitor retries socket removals that failed.
+//   - the janitor (removals.go) deletes the keys of closed sockets, held in
+//     the session's pending set until etcd has them gone (no cap, nothing
+//     dropped), and every ReconcileInterval removes socket records of the
+//     session's leases that no open socket holds.
 //   - the pinger pings every socket once per PingInterval.
 //
 // # When etcd goes away
@@ -58,7 +61,8 @@
 //
 //	protocol.go   the WebSocket contract: frame types and shapes, close codes, limits
 //	config.go     Config and its defaults
-//	gateway.go    Gateway, New, the HTTP mux, Run and the session loop; socket removal and the janitor
+//	gateway.go    Gateway, New, the HTTP mux, Run and the session loop
+//	removals.go   closed sockets' keys: the pending set, the janitor, reconcile
 //	lease.go      sessions: leases, their renewal and fencing, the pinger, ending a session
 //	socket.go     the upgrade and a socket's life: registration, the read loop
 //	writer.go     a socket's send queue and its writer goroutine

@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -164,8 +163,8 @@ func (g *Gateway) startHandler() bool {
 	return true
 }
 
-// serveSession keeps the lease alive, follows memberships and retries failed
-// socket removals until the lease or the watch fails.
+// serveSession keeps the lease alive, follows memberships and removes
+// closed sockets' keys until the lease or the watch fails.
 func (g *Gateway) serveSession(s *session) error {
 	errc := make(chan error, 4)
 	go func() { errc <- g.keepAlive(s) }()
@@ -178,90 +177,4 @@ func (g *Gateway) serveSession(s *session) error {
 		<-errc
 	}
 	return err
-}
-
-// removeSocket deletes a socket's keys, handing them to the session's janitor
-// when etcd cannot be reached: the lease outlives the socket by as long as the
-// gateway runs, so nothing else would.
-func (g *Gateway) removeSocket(s *session, sid store.SocketID) {
-	if s.ctx.Err() != nil {
-		return // the lease takes the keys with it
-	}
-	ctx, cancel := context.WithTimeout(s.ctx, g.cfg.EtcdTimeout)
-	err := g.store.RemoveSocket(ctx, sid)
-	cancel()
-	if err == nil || s.ctx.Err() != nil {
-		return // done, or the session ended and its lease takes the keys
-	}
-	if !removalRetryable(err) {
-		g.abandonRemoval(sid, err)
-		return
-	}
-	select {
-	case s.cleanup <- sid:
-		g.log.Warn("remove socket failed; retrying", "socket", sid.String(), "err", err)
-	default:
-		g.metrics.removalsAbandoned.WithLabelValues("queue_full").Inc()
-		g.log.Error("remove socket failed and the retry queue is full; its keys stay until the lease ends", "socket", sid.String(), "err", err)
-	}
-}
-
-// janitor retries failed socket removals with backoff for the session's life.
-// It works through one socket at a time, so only errors that pass once etcd
-// answers again are retried (removalRetryable): while etcd is away, every
-// removal would fail alike and waiting on the first costs nothing. An error
-// that retrying cannot cure (a transaction etcd refuses as too large, a
-// corrupt key) would hold the queue forever behind that one socket; such a
-// socket is given up instead (abandonRemoval), its keys left to the lease.
-func (g *Gateway) janitor(s *session) error {
-	backoff := newBackoff(100*time.Millisecond, 5*time.Second)
-	for {
-		var sid store.SocketID
-		select {
-		case <-s.ctx.Done():
-			return s.ctx.Err()
-		case sid = <-s.cleanup:
-		}
-		for {
-			ctx, cancel := context.WithTimeout(s.ctx, g.cfg.EtcdTimeout)
-			err := g.store.RemoveSocket(ctx, sid)
-			cancel()
-			if err == nil {
-				backoff.reset()
-				break
-			}
-			if s.ctx.Err() != nil {
-				return s.ctx.Err()
-			}
-			if !removalRetryable(err) {
-				g.abandonRemoval(sid, err)
-				backoff.reset()
-				break
-			}
-			sleepCtx(s.ctx, backoff.next())
-		}
-	}
-}
-
-// abandonRemoval gives up removing a socket whose removal failed with an
-// error retrying cannot cure. Its keys (socket record, memberships) stay in
-// etcd, attached to the session's lease, until the lease ends: when the
-// gateway stops, restarts or loses its session. Until then membership
-// listings still name the socket and deliveries to it are dropped here.
-func (g *Gateway) abandonRemoval(sid store.SocketID, err error) {
-	g.metrics.removalsAbandoned.WithLabelValues("not_retryable").Inc()
-	g.log.Error("remove socket failed and retrying cannot succeed; its keys stay until the lease ends (check --etcd-max-txn-ops and --etcd-max-request-bytes against etcd's)",
-		"socket", sid.String(), "err", err)
-}
-
-// removalRetryable tells whether a failed RemoveSocket may succeed when tried
-// again: the attempt ran out of time, or etcd could not be reached or could
-// not answer now (no leader, a leader change, a raft timeout, a stopped or
-// unhealthy member, too many requests, a full database, which writes resume
-// after once it is compacted and defragmented). Everything else fails alike
-// every time: etcd refusing the transaction (too many operations, request
-// too large, permission denied), the client refusing to send it, or a
-// membership key that does not decode.
-func removalRetryable(err error) bool {
-	return errors.Is(err, context.DeadlineExceeded) || store.EtcdUnavailable(err)
 }

@@ -14,7 +14,7 @@ import (
 )
 
 // A removal that fails with an error retrying cannot cure is given up, counted
-// and logged, and the janitor goes on to the sockets queued behind it; the
+// and logged, and the janitor goes on to the other pending sockets; the
 // given-up socket's keys stay for its lease. The error here is real: a gateway
 // sized for etcd's default --max-txn-ops removing, from an etcd started with
 // --max-txn-ops 32, a socket in 40 rooms, which etcd refuses as too many
@@ -73,8 +73,8 @@ func TestJanitorGivesUpRemovalRetryingCannotCure(t *testing.T) {
 	}
 
 	s := newSession(ctx, []clientv3.LeaseID{lease.ID})
-	s.cleanup <- big
-	s.cleanup <- small
+	s.removals.add(big)
+	s.removals.add(small)
 	done := make(chan error, 1)
 	go func() { done <- g.janitor(s) }()
 	defer func() { s.cancel(); <-done }()

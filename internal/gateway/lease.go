@@ -33,15 +33,14 @@ type session struct {
 	follower  *watchfollow.Follower // the session's watch, for progress requests
 	watchFrom int64
 
-	// cleanup holds sockets whose removal from etcd failed; the session's
-	// janitor retries them until they are gone or the lease is.
-	cleanup chan store.SocketID
+	// removals holds the session's closed sockets whose keys may still be in
+	// etcd; the session's janitor removes them (removals.go).
+	removals removalSet
 }
 
 func newSession(parent context.Context, leases []clientv3.LeaseID) *session {
 	ctx, cancel := context.WithCancel(parent)
-	return &session{leases: leases, until: make([]atomic.Int64, len(leases)), ctx: ctx, cancel: cancel,
-		cleanup: make(chan store.SocketID, 4096)}
+	return &session{leases: leases, until: make([]atomic.Int64, len(leases)), ctx: ctx, cancel: cancel}
 }
 
 // alive reports whether every lease is provably alive now.

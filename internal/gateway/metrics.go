@@ -18,8 +18,10 @@ type metrics struct {
 	sessionsLost  prometheus.Counter
 	authFailures  prometheus.Counter
 	// removalsAbandoned counts sockets whose keys stay in etcd until the
-	// lease ends, by reason: not_retryable or queue_full.
+	// lease ends, by reason: not_retryable.
 	removalsAbandoned *prometheus.CounterVec
+	// recordsReconciled counts socket records found in etcd without a socket.
+	recordsReconciled prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, g *Gateway) *metrics {
@@ -38,8 +40,11 @@ func newMetrics(reg prometheus.Registerer, g *Gateway) *metrics {
 			Name: "gateway_auth_failures_total", Help: "WebSocket handshakes refused with 401 for a missing or invalid token."}),
 		removalsAbandoned: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gateway_socket_removals_abandoned_total",
-			Help: "Closed sockets whose etcd keys could not be removed and stay until the gateway's lease ends, by reason: not_retryable (an error retrying cannot cure, e.g. a transaction past etcd's limits) or queue_full (the retry queue was full)."},
+			Help: "Closed sockets whose etcd keys could not be removed and stay until the gateway's lease ends, by reason: not_retryable (an error retrying cannot cure, e.g. a transaction past etcd's limits)."},
 			[]string{"reason"}),
+		recordsReconciled: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gateway_socket_records_reconciled_total",
+			Help: "Socket records of the gateway's lease found in etcd without an open or closing socket, and removed."}),
 		waitApplied: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "gateway_apply_wait_seconds",
 			Help:    "Time Deliver and WaitApplied waited for the membership index to reach the caller's revision.",
@@ -48,12 +53,20 @@ func newMetrics(reg prometheus.Registerer, g *Gateway) *metrics {
 		lagRevisions: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "gateway_apply_lag_revisions", Help: "etcd's revision in the latest watch response minus the revision the membership index has applied."}),
 	}
-	for _, reason := range []string{"not_retryable", "queue_full"} {
+	for _, reason := range []string{"not_retryable"} {
 		m.removalsAbandoned.WithLabelValues(reason) // exported as 0 from the start
 	}
-	reg.MustRegister(m.delivered, m.dropped, m.slowClients, m.renewFailures, m.sessionsLost, m.authFailures, m.removalsAbandoned, m.waitApplied, m.lagRevisions,
+	reg.MustRegister(m.delivered, m.dropped, m.slowClients, m.renewFailures, m.sessionsLost, m.authFailures, m.removalsAbandoned, m.recordsReconciled, m.waitApplied, m.lagRevisions,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gateway_sockets", Help: "Open sockets."},
 			func() float64 { return float64(g.hub.count()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gateway_socket_removals_pending",
+			Help: "Closed sockets whose keys the gateway has yet to delete from etcd."},
+			func() float64 {
+				if s := g.currentSession(); s != nil {
+					return float64(s.removals.len())
+				}
+				return 0
+			}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gateway_rooms", Help: "Rooms with at least one local member."},
 			func() float64 { r, _ := g.hub.sizes(); return float64(r) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gateway_memberships", Help: "Memberships of local sockets."},

@@ -9,6 +9,7 @@ import (
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
 )
 
 // This file holds what a gateway does with the keyspace: publish itself and its
@@ -40,43 +41,111 @@ func (s *Store) AddSocket(ctx context.Context, socket SocketID, rec SocketRecord
 	return resp.Header.Revision, nil
 }
 
-// RemoveSocket deletes a socket and all its memberships. The socket record goes
-// first, in the same transaction that reads the socket's rooms: from then on
-// the Join guard fails, so the room list read there is complete and the second
-// step leaves nothing behind.
+// RemoveSocket deletes a socket and all its memberships: RemoveSockets of
+// one socket.
 func (s *Store) RemoveSocket(ctx context.Context, socket SocketID) error {
-	id := socket.String()
-	roomsPrefix := s.k.socketRoomsPrefix(socket)
-	resp, err := s.kv.Txn(ctx).Then(
-		clientv3.OpDelete(s.k.socket(id)),
-		clientv3.OpGet(roomsPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly()),
-	).Commit()
-	if err != nil {
-		return fmt.Errorf("remove socket: %w", err)
-	}
-	// Room keys in transactions within the budget, the socket's own
-	// membership keys last: until then the room list above can be read
-	// again, so a RemoveSocket that fails midway can be repeated.
-	send := func(ops []*etcdserverpb.RequestOp) error {
-		if _, err := s.tw.txnRetrying(ctx, s.pb, &etcdserverpb.TxnRequest{Success: ops}); err != nil {
-			return fmt.Errorf("remove memberships of socket: %w", etcdError(ctx, err))
-		}
-		return nil
-	}
-	chunks := s.budget.chunks(txnShape{}, send)
-	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
-		room, err := unescapeRoom(strings.TrimPrefix(string(kv.Key), roomsPrefix))
+	_, err := s.RemoveSockets(ctx, []SocketID{socket})
+	return err
+}
+
+// RemoveSockets deletes sockets and all their memberships, in as few
+// transactions as the budget (TxnLimits) allows, and returns how many of
+// sockets, counted from the first, are wholly gone. On an error the others
+// may be partly removed; calling it again on them is safe, and a socket
+// whose keys are already gone costs nothing.
+//
+// Each socket's record goes first, in one nested transaction with the read
+// of its rooms: from then on the Join guard fails, so the room list read
+// there is complete and the second step leaves nothing behind. As many
+// sockets as fit share that first transaction; their room keys then go in
+// transactions within the budget, each socket's own membership keys last:
+// until then its room list can be read again, so a removal that fails midway
+// can be repeated.
+func (s *Store) RemoveSockets(ctx context.Context, sockets []SocketID) (removed int, err error) {
+	for removed < len(sockets) {
+		group, resp, err := s.removeSocketRecords(ctx, sockets[removed:])
 		if err != nil {
-			return err
+			return removed, err
 		}
-		if err := chunks.add(pbDelete([]byte(s.k.room(room, id)), nil)); err != nil {
-			return err
+		send := func(ops []*etcdserverpb.RequestOp) error {
+			if _, err := s.tw.txnRetrying(ctx, s.pb, &etcdserverpb.TxnRequest{Success: ops}); err != nil {
+				return fmt.Errorf("remove memberships of sockets: %w", etcdError(ctx, err))
+			}
+			return nil
 		}
+		chunks := s.budget.chunks(txnShape{}, send)
+		for i, socket := range group {
+			id := socket.String()
+			roomsPrefix := s.k.socketRoomsPrefix(socket)
+			for _, kv := range resp.Responses[i].GetResponseTxn().GetResponses()[1].GetResponseRange().GetKvs() {
+				room, err := unescapeRoom(strings.TrimPrefix(string(kv.Key), roomsPrefix))
+				if err != nil {
+					return removed, err
+				}
+				if err := chunks.add(pbDelete([]byte(s.k.room(room, id)), nil)); err != nil {
+					return removed, err
+				}
+			}
+			if err := chunks.add(pbDelete([]byte(roomsPrefix), []byte(clientv3.GetPrefixRangeEnd(roomsPrefix)))); err != nil {
+				return removed, err
+			}
+		}
+		if err := chunks.flush(); err != nil {
+			return removed, err
+		}
+		removed += len(group)
 	}
-	if err := chunks.add(pbDelete([]byte(roomsPrefix), []byte(clientv3.GetPrefixRangeEnd(roomsPrefix)))); err != nil {
-		return err
+	return removed, nil
+}
+
+// removeSocketRecords deletes the records of the first of sockets that fit
+// one transaction, reading each one's rooms in the same nested transaction;
+// resp.Responses[i] answers group[i].
+func (s *Store) removeSocketRecords(ctx context.Context, sockets []SocketID) (group []SocketID, resp *etcdserverpb.TxnResponse, err error) {
+	var shape txnShape
+	var ops []*etcdserverpb.RequestOp
+	for _, socket := range sockets {
+		roomsPrefix := s.k.socketRoomsPrefix(socket)
+		op := &etcdserverpb.RequestOp{Request: &etcdserverpb.RequestOp_RequestTxn{RequestTxn: &etcdserverpb.TxnRequest{
+			Success: []*etcdserverpb.RequestOp{
+				pbDelete([]byte(s.k.socket(socket.String())), nil),
+				{Request: &etcdserverpb.RequestOp_RequestRange{RequestRange: &etcdserverpb.RangeRequest{
+					Key: []byte(roomsPrefix), RangeEnd: []byte(clientv3.GetPrefixRangeEnd(roomsPrefix)), KeysOnly: true}}},
+			}}}}
+		next := shape.withOp(opNeed(op), proto.Size(op))
+		if !s.budget.fits(next) {
+			if len(ops) == 0 {
+				return nil, nil, s.budget.tooLarge(next)
+			}
+			break
+		}
+		shape, ops = next, append(ops, op)
 	}
-	return chunks.flush()
+	resp, err = s.tw.txnRetrying(ctx, s.pb, &etcdserverpb.TxnRequest{Success: ops})
+	if err != nil {
+		return nil, nil, fmt.Errorf("remove socket: %w", etcdError(ctx, err))
+	}
+	return sockets[:len(ops)], resp, nil
+}
+
+// LeaseSockets visits, in key order, the sockets of gateway whose records
+// live on lease (a socket id names its lease), until visit returns false.
+// It reads 1,000 keys at a time, without values, all at one revision, which
+// it returns. Keys under the lease's prefix that are not socket ids are
+// skipped.
+func (s *Store) LeaseSockets(ctx context.Context, gateway string, lease clientv3.LeaseID, visit func(SocketID) bool) (int64, error) {
+	prefix := s.k.socket(SocketID{Gateway: gateway, Lease: lease}.String()) // "{gateway}.{lease}."
+	rev, err := s.scanKeys(ctx, prefix, prefix, 0, func(key string) bool {
+		sid, err := ParseSocketID(strings.TrimPrefix(key, s.k.socketsPrefix()))
+		if err != nil {
+			return true
+		}
+		return visit(sid)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("list sockets of lease %x: %w", int64(lease), err)
+	}
+	return rev, nil
 }
 
 func pbDelete(key, end []byte) *etcdserverpb.RequestOp {
