@@ -119,5 +119,4 @@ func errorInfo(t testing.TB, err error, code codes.Code) *errdetails.ErrorInfo {
 	return nil
 }
 
-
 func statusCode(err error) codes.Code { return status.Code(err) }
