@@ -134,6 +134,7 @@ func run(args []string) error {
 	}
 	opts := service.Options{BatchCommitters: *committers, Registry: reg, MaxRoomsPerSocket: *maxRooms, MaxPayloadBytes: *maxPayload,
 		EtcdLimits: limits}
+	opts.GatewayDialOptions = append(opts.GatewayDialOptions, inflight.DialOptions()...)
 	if gatewayToken != "" {
 		opts.GatewayDialOptions = append(opts.GatewayDialOptions, grpc.WithPerRPCCredentials(app.BearerToken(gatewayToken)))
 	}

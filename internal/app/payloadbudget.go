@@ -28,6 +28,13 @@ func (f InflightPayloadFlag) ServerOptions() []grpc.ServerOption {
 	return grpcedge.NewBudget(int64(*f.v), grpcedge.MaxRecvMsgSize, grpcedge.PayloadMethods...).ServerOptions()
 }
 
+// DialOptions count the requests a call sends on, to gateways, in the budget
+// of the call they serve (grpcedge.CountOutgoing): the membership-server's
+// gateway connections.
+func (InflightPayloadFlag) DialOptions() []grpc.DialOption {
+	return []grpc.DialOption{grpc.WithChainUnaryInterceptor(grpcedge.CountOutgoing)}
+}
+
 // inflightBytes refuses, when the flag is parsed, a limit that no call could
 // fit: one call reserves grpcedge.MaxRecvMsgSize.
 type inflightBytes int64

@@ -3,6 +3,7 @@ package grpcedge
 import (
 	"context"
 	"strconv"
+	"sync"
 	"sync/atomic"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -45,10 +46,12 @@ var PayloadMethods = []string{
 // bytes past the limit is refused at once with RESOURCE_EXHAUSTED and reason
 // OVERLOADED: nothing queues.
 //
-// What a call holds beyond its request (the membership-server's JSON
-// encoding of data and one encoded copy per target gateway, the gateway's
-// frames in socket queues) is not counted: the limit bounds the requests in
-// flight, which bounds the rest by a small factor (see BENCHMARKS.md).
+// The requests a call sends on (the membership-server's Deliver to each
+// target gateway) count too while they are in flight (CountOutgoing). What
+// else a call holds (the decoded data's JSON encoding, grpc-go's buffers
+// while it reads, the gateway's frames in socket queues after Deliver
+// returns) is not counted: the limit bounds it by a small factor (see
+// BENCHMARKS.md).
 type Budget struct {
 	limit   int64 // 0: no limit
 	perCall int64
@@ -92,26 +95,40 @@ type reservationKey struct{}
 
 // reservation is one call's share of the budget.
 type reservation struct {
-	b *Budget
-	n atomic.Int64
+	b        *Budget
+	mu       sync.Mutex
+	n        int64
+	released bool
 }
 
-// shrink lowers the reservation to n bytes (never raises it: a reservation
-// already returned stays returned).
+// shrink lowers the reservation to n bytes (never raises it).
 func (r *reservation) shrink(n int64) {
-	for {
-		cur := r.n.Load()
-		if n >= cur {
-			return
-		}
-		if r.n.CompareAndSwap(cur, n) {
-			r.b.used.Add(n - cur)
-			return
-		}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if n < r.n {
+		r.b.used.Add(n - r.n)
+		r.n = n
 	}
 }
 
-func (r *reservation) release() { r.shrink(0) }
+// grow adds n bytes the admitted call holds besides its request; past the
+// limit too (what is admitted finishes), unless the call has ended.
+func (r *reservation) grow(n int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.released {
+		r.b.used.Add(n)
+		r.n += n
+	}
+}
+
+// release returns the reservation, once; nothing grows it after.
+func (r *reservation) release() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.b.used.Add(-r.n)
+	r.n, r.released = 0, true
+}
 
 // tap runs on the transport's reader goroutine, under its lock, for every
 // new stream: it must not block.
@@ -129,8 +146,7 @@ func (b *Budget) tap(ctx context.Context, info *tap.Info) (context.Context, erro
 			break
 		}
 	}
-	r := &reservation{b: b}
-	r.n.Store(b.perCall)
+	r := &reservation{b: b, n: b.perCall}
 	// The stream's context is done when the call ends however it ends,
 	// including the ways that never reach a handler (an undecodable or
 	// oversized message, a cancelled or expired call, a closed connection).
@@ -158,6 +174,41 @@ func (b *Budget) unary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h 
 		r.shrink(int64(proto.Size(m)))
 	}
 	return h(ctx, req)
+}
+
+// CopyFactor is how many copies of an outgoing request a call holds while
+// sending it: the membership-server clones a Broadcast's message per target
+// gateway (service.deliver), and grpc-go encodes the clone into a buffer of
+// its own.
+const CopyFactor = 2
+
+// CountOutgoing is a client interceptor for the calls a handler makes on
+// behalf of its own call (the membership-server's Deliver to each gateway):
+// while one is in flight, CopyFactor times its request's encoded size is
+// added to the incoming call's reservation, so that a Broadcast to many
+// gateways counts what it holds for each. An outgoing call from outside a
+// reserved call passes unchanged.
+func CountOutgoing(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	r, _ := ctx.Value(reservationKey{}).(*reservation)
+	m, ok := req.(proto.Message)
+	if r == nil || !ok {
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+	n := CopyFactor * int64(proto.Size(m))
+	r.grow(n)
+	defer r.shrinkBy(n)
+	return invoker(ctx, method, req, reply, cc, opts...)
+}
+
+// shrinkBy takes back n bytes grow added, unless the call has ended (its
+// release took them).
+func (r *reservation) shrinkBy(n int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.released {
+		r.b.used.Add(-n)
+		r.n -= n
+	}
 }
 
 // stream returns a streaming call's reservation when its handler does; no

@@ -2,17 +2,23 @@ package grpcedge_test
 
 import (
 	"context"
+	"errors"
+	"net"
 	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	gatewayv1 "github.com/socketrooms/membership/gen/gateway/v1"
 	membershipv1 "github.com/socketrooms/membership/gen/membership/v1"
+	"github.com/socketrooms/membership/internal/app"
 	"github.com/socketrooms/membership/internal/grpcedge"
 	"github.com/socketrooms/membership/internal/stacktest"
 )
@@ -163,4 +169,67 @@ func errorInfoless(t *testing.T, err error, code codes.Code) {
 	if c := statusCode(err); c != code {
 		t.Fatalf("got %v, want %v", err, code)
 	}
+}
+
+// A call's requests to other servers count in its reservation while they are
+// in flight, CopyFactor times each (the membership-server's Deliver to each
+// gateway is a clone, encoded again to be sent): a 1 MiB call fanned out to
+// two held calls holds 1 + 2×2 MiB of the budget, and all of it returns.
+func TestOutgoingRequestsCountInTheBudget(t *testing.T) {
+	arrived, hold := make(chan struct{}, 2), make(chan struct{})
+	sink := grpc.NewServer()
+	sink.RegisterService(&grpc.ServiceDesc{ServiceName: "test.Sink", HandlerType: (*any)(nil),
+		Methods: []grpc.MethodDesc{{MethodName: "Hold", Handler: func(_ any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+			if err := dec(new(wrapperspb.BytesValue)); err != nil {
+				return nil, err
+			}
+			arrived <- struct{}{}
+			<-hold
+			return &emptypb.Empty{}, nil
+		}}}}, struct{}{})
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go sink.Serve(lis)
+	t.Cleanup(sink.Stop)
+	out, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithChainUnaryInterceptor(grpcedge.CountOutgoing))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+
+	budget := grpcedge.NewBudget(3*perCall, perCall, "/test.Front/Send")
+	front := grpc.NewServer(append(app.ServerOptions(stacktest.Logger(), 10*time.Second, ""), budget.ServerOptions()...)...)
+	front.RegisterService(&grpc.ServiceDesc{ServiceName: "test.Front", HandlerType: (*any)(nil),
+		Methods: []grpc.MethodDesc{{MethodName: "Send", Handler: func(_ any, ctx context.Context, dec func(any) error, ic grpc.UnaryServerInterceptor) (any, error) {
+			in := new(wrapperspb.BytesValue)
+			if err := dec(in); err != nil {
+				return nil, err
+			}
+			return ic(ctx, in, &grpc.UnaryServerInfo{FullMethod: "/test.Front/Send"}, func(ctx context.Context, req any) (any, error) {
+				errs := make(chan error, 2)
+				for range 2 {
+					go func() { errs <- out.Invoke(ctx, "/test.Sink/Hold", req, new(emptypb.Empty)) }()
+				}
+				return &emptypb.Empty{}, errors.Join(<-errs, <-errs)
+			})
+		}}}}, struct{}{})
+	frontConn := serve(t, front)
+
+	req := wrapperspb.Bytes(make([]byte, 1<<20))
+	size := int64(proto.Size(req))
+	done := make(chan error, 1)
+	go func() { done <- frontConn.Invoke(context.Background(), "/test.Front/Send", req, new(emptypb.Empty)) }()
+	<-arrived
+	<-arrived
+	if got, want := budget.Reserved(), (1+2*grpcedge.CopyFactor)*size; got != want {
+		t.Fatalf("reserved %d bytes while both outgoing calls are held, want %d", got, want)
+	}
+	close(hold)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	waitReserved(t, budget, "every reserved byte returned", func(n int64) bool { return n == 0 })
 }
