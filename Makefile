@@ -72,6 +72,7 @@ fuzz:
 	go test -run '^$$' -fuzz '^FuzzRoomKey$$' -fuzztime $(FUZZ_TIME) ./internal/store
 	go test -run '^$$' -fuzz '^FuzzSocketID$$' -fuzztime $(FUZZ_TIME) ./internal/store
 	go test -run '^$$' -fuzz '^FuzzClientFrame$$' -fuzztime $(FUZZ_TIME) ./internal/gateway
+	go test -run '^$$' -fuzz '^FuzzRequestBytes$$' -fuzztime $(FUZZ_TIME) ./internal/grpcedge
 
 ## bench: every scenario of cmd/membership-bench against a fresh local stack;
 ## BENCH_ARGS passes flags (e.g. BENCH_ARGS="-scenario fanout -duration 10s").

@@ -18,6 +18,9 @@
 //	roomwide    AddRoomMembersToRooms from a room of --roomwide-members to
 //	            --roomwide-rooms rooms: the membership-server's peak RSS
 //	            (not part of "all": it writes millions of keys)
+//	bcmem       waves of --bcmem-concurrency concurrent ~1 MiB Broadcasts, each
+//	            against a fresh stack: calls refused (OVERLOADED) and the peak
+//	            RSS (VmHWM) of the membership-server and the gateway
 package main
 
 import (
@@ -45,11 +48,14 @@ type config struct {
 	// roomwide scenario
 	roomwideMembers int
 	roomwideDests   int
+	// bcmem scenario
+	bcmemLevels string
+	gatewayArgs string
 }
 
 func main() {
 	var cfg config
-	scenarios := flag.String("scenario", "all", "throughput,apply,fanout,idle,crash, roomwide, or all (all but roomwide)")
+	scenarios := flag.String("scenario", "all", "throughput,apply,fanout,idle,crash, roomwide, bcmem, or all (all but roomwide and bcmem)")
 	flag.StringVar(&cfg.binDir, "bin-dir", ".bin", "where the membership-server and gateway binaries are")
 	flag.DurationVar(&cfg.duration, "duration", 5*time.Second, "how long each measured phase runs")
 	flag.IntVar(&cfg.fanoutSockets, "fanout-sockets", 10000, "sockets in the fan-out room")
@@ -64,6 +70,8 @@ func main() {
 	flag.StringVar(&cfg.tpPaths, "tp-paths", "raw,plain,api", "throughput: which paths to measure (raw etcd, API without coalescing, API)")
 	flag.IntVar(&cfg.roomwideMembers, "roomwide-members", 100000, "roomwide: members of the source room (a multiple of 100)")
 	flag.IntVar(&cfg.roomwideDests, "roomwide-rooms", 20, "roomwide: destination rooms")
+	flag.StringVar(&cfg.bcmemLevels, "bcmem-concurrency", "64,256", "bcmem: concurrent Broadcasts per wave")
+	flag.StringVar(&cfg.gatewayArgs, "gateway-args", "", "bcmem: extra flags for the gateway, space-separated")
 	flag.Parse()
 	raiseFileLimit()
 	fmt.Printf("# membership-bench %s\n\nmachine: %s, %d cores, %s/%s; %s\n\n", time.Now().UTC().Format(time.RFC3339),
@@ -75,6 +83,7 @@ func main() {
 		"idle":       benchIdle,
 		"crash":      benchCrash,
 		"roomwide":   benchRoomWide,
+		"bcmem":      benchBroadcastMemory,
 	}
 	order := []string{"throughput", "apply", "fanout", "idle", "crash"}
 	if *scenarios != "all" {

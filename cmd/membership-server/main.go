@@ -64,6 +64,7 @@ func run(args []string) error {
 	maxRooms := fs.Int("max-rooms-per-socket", 0, "rooms a socket may be in; a Join past it fails with FAILED_PRECONDITION (0: no limit; a limit costs each Join one more etcd read and caps a Join at 60 sockets, fewer under a smaller --etcd-max-txn-ops)")
 	maxPayload := fs.Int("max-payload-bytes", service.DefaultMaxPayloadBytes, "largest JSON encoding of a Broadcast's or Blast's data (at most 3 MiB: messages travel to gateways in gRPC requests of at most 4 MiB)")
 	etcdLimits := app.AddEtcdTxnLimitFlags(fs)
+	inflight := app.AddInflightPayloadFlag(fs)
 	pprofAddr := fs.String("pprof-addr", "", "serve net/http/pprof on this address (empty: off)")
 	shutdownTimeout := fs.Duration("shutdown-timeout", 10*time.Second, "how long in-flight calls may finish on SIGTERM")
 	fs.Usage = func() {
@@ -133,6 +134,7 @@ func run(args []string) error {
 	}
 	opts := service.Options{BatchCommitters: *committers, Registry: reg, MaxRoomsPerSocket: *maxRooms, MaxPayloadBytes: *maxPayload,
 		EtcdLimits: limits}
+	opts.GatewayDialOptions = append(opts.GatewayDialOptions, inflight.DialOptions()...)
 	if gatewayToken != "" {
 		opts.GatewayDialOptions = append(opts.GatewayDialOptions, grpc.WithPerRPCCredentials(app.BearerToken(gatewayToken)))
 	}
@@ -149,7 +151,7 @@ func run(args []string) error {
 	svc := service.NewWithOptions(cli, *prefix, log, opts)
 	defer svc.Close()
 	grpcMetrics := app.GRPCServerMetrics(reg)
-	serverOpts, err := serverTLS.Append(app.ServerOptions(log, *callTimeout, token, grpcMetrics))
+	serverOpts, err := serverTLS.Append(append(app.ServerOptions(log, *callTimeout, token, grpcMetrics), inflight.ServerOptions()...))
 	if err != nil {
 		return err
 	}

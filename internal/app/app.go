@@ -24,6 +24,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/socketrooms/membership/internal/grpcedge"
 )
 
 // ParseFlags parses args into fs. A flag not given on the command line takes
@@ -81,6 +83,10 @@ func Version() string {
 //
 // With a non-empty token, every call but health and reflection must carry it
 // as a bearer token.
+//
+// Request bytes that do not decode get INVALID_ARGUMENT/MALFORMED_REQUEST
+// (grpcedge.CodecOptions), before the token is checked: a kept decode error
+// must be taken by its interceptor, which nothing may skip.
 func ServerOptions(log *slog.Logger, defaultTimeout time.Duration, token string, metrics ...*grpcprom.ServerMetrics) []grpc.ServerOption {
 	logger := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
 		log.Log(ctx, slog.Level(lvl), msg, fields...)
@@ -112,6 +118,8 @@ func ServerOptions(log *slog.Logger, defaultTimeout time.Duration, token string,
 		unary = append(unary, m.UnaryServerInterceptor())
 		stream = append(stream, m.StreamServerInterceptor())
 	}
+	unary = append(unary, grpcedge.UnaryDecodeErrors)
+	stream = append(stream, grpcedge.StreamDecodeErrors)
 	if token != "" {
 		u, st := tokenInterceptors(token)
 		unary, stream = append(unary, u), append(stream, st)
@@ -119,6 +127,7 @@ func ServerOptions(log *slog.Logger, defaultTimeout time.Duration, token string,
 	unary = append(unary, recovery.UnaryServerInterceptor(recoverOpt), timeout)
 	stream = append(stream, recovery.StreamServerInterceptor(recoverOpt))
 	return []grpc.ServerOption{
+		grpcedge.ServerCodec(),
 		// Reused handler goroutines keep their grown stacks; a fresh goroutine
 		// per call spent an eighth of the CPU growing its stack.
 		grpc.NumStreamWorkers(uint32(4 * runtime.GOMAXPROCS(0))),

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	gatewayv1 "github.com/socketrooms/membership/gen/gateway/v1"
+	"github.com/socketrooms/membership/internal/grpcedge"
 )
 
 // RegisterGRPC serves the internal delivery API on s.
@@ -105,3 +106,15 @@ func waitError(err error) error {
 	}
 	return status.FromContextError(err).Err()
 }
+
+// ErrorInfo reasons of GatewayService errors answered before a handler runs
+// (internal/grpcedge), in domain "gateway.v1".
+const (
+	// ReasonOverloaded: the gateway's --max-inflight-payload-bytes is spent
+	// by Delivers in flight (RESOURCE_EXHAUSTED); the membership-server
+	// counts the gateway as failed for that message.
+	ReasonOverloaded = grpcedge.ReasonOverloaded
+	// ReasonMalformedRequest: the request's bytes do not decode
+	// (INVALID_ARGUMENT, metadata field where one can be named).
+	ReasonMalformedRequest = grpcedge.ReasonMalformedRequest
+)

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/protoadapt"
 
+	"github.com/socketrooms/membership/internal/grpcedge"
 	"github.com/socketrooms/membership/internal/store"
 )
 
@@ -63,6 +64,15 @@ const (
 	// changes applied before, which stay) and revision: re-running it
 	// finishes what is left.
 	ReasonRevisionCompacted = "REVISION_COMPACTED"
+	// ReasonOverloaded: the membership-server's --max-inflight-payload-bytes
+	// is spent by Broadcasts and Blasts in flight (RESOURCE_EXHAUSTED, before
+	// the request is read; set by internal/grpcedge). Retry after a backoff.
+	ReasonOverloaded = grpcedge.ReasonOverloaded
+	// ReasonMalformedRequest: the request's bytes do not decode as its
+	// message, e.g. a string that is not UTF-8 or data nested past
+	// protobuf's recursion limit (INVALID_ARGUMENT, metadata field where one
+	// can be named; set by internal/grpcedge).
+	ReasonMalformedRequest = grpcedge.ReasonMalformedRequest
 )
 
 // fieldError is bad input in one request field.

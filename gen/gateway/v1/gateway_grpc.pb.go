@@ -29,6 +29,12 @@ const (
 //
 // GatewayService is the internal API a gateway serves to membership-servers. It is
 // not meant for applications.
+//
+// Errors answered before a handler runs carry a google.rpc.ErrorInfo (domain
+// "gateway.v1"): MALFORMED_REQUEST (INVALID_ARGUMENT: the request's bytes do
+// not decode; metadata "field" where one can be named) and OVERLOADED
+// (RESOURCE_EXHAUSTED: Delivers in flight hold the gateway's
+// --max-inflight-payload-bytes; refused before the request is read).
 type GatewayServiceClient interface {
 	// Deliver hands a message to the gateway's local sockets that are members of
 	// any of the rooms (or to all of them), once the gateway has applied membership
@@ -72,6 +78,12 @@ func (c *gatewayServiceClient) WaitApplied(ctx context.Context, in *WaitAppliedR
 //
 // GatewayService is the internal API a gateway serves to membership-servers. It is
 // not meant for applications.
+//
+// Errors answered before a handler runs carry a google.rpc.ErrorInfo (domain
+// "gateway.v1"): MALFORMED_REQUEST (INVALID_ARGUMENT: the request's bytes do
+// not decode; metadata "field" where one can be named) and OVERLOADED
+// (RESOURCE_EXHAUSTED: Delivers in flight hold the gateway's
+// --max-inflight-payload-bytes; refused before the request is read).
 type GatewayServiceServer interface {
 	// Deliver hands a message to the gateway's local sockets that are members of
 	// any of the rooms (or to all of them), once the gateway has applied membership

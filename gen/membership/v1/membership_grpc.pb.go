@@ -54,8 +54,13 @@ const (
 // LeaveAll), SHUTTING_DOWN (UNAVAILABLE: this replica is stopping; retry on
 // another), CORRUPT_RECORD (INTERNAL: a record in etcd does not decode;
 // retrying does not help), ROOM_NAME_RESERVED (INVALID_ARGUMENT: a room named
-// like a socket id; metadata "field"), ETCD_PERMISSION_DENIED, INTERNAL (a
-// bug; not worth retrying).
+// like a socket id; metadata "field"), ETCD_PERMISSION_DENIED,
+// MALFORMED_REQUEST (INVALID_ARGUMENT: the request's bytes do not decode, e.g.
+// a string that is not UTF-8 or data nested past protobuf's recursion limit;
+// metadata "field" where one can be named), OVERLOADED (RESOURCE_EXHAUSTED:
+// Broadcasts and Blasts in flight hold the replica's
+// --max-inflight-payload-bytes; refused before the request is read, nothing
+// done; retry after a backoff), INTERNAL (a bug; not worth retrying).
 //
 // Room names are 1 to 256 bytes of UTF-8 without control characters, and
 // never have the shape of a socket id: {gateway}.{16 hex digits}.{22
@@ -255,8 +260,13 @@ func (c *membershipServiceClient) RemoveRoomMembersFromRooms(ctx context.Context
 // LeaveAll), SHUTTING_DOWN (UNAVAILABLE: this replica is stopping; retry on
 // another), CORRUPT_RECORD (INTERNAL: a record in etcd does not decode;
 // retrying does not help), ROOM_NAME_RESERVED (INVALID_ARGUMENT: a room named
-// like a socket id; metadata "field"), ETCD_PERMISSION_DENIED, INTERNAL (a
-// bug; not worth retrying).
+// like a socket id; metadata "field"), ETCD_PERMISSION_DENIED,
+// MALFORMED_REQUEST (INVALID_ARGUMENT: the request's bytes do not decode, e.g.
+// a string that is not UTF-8 or data nested past protobuf's recursion limit;
+// metadata "field" where one can be named), OVERLOADED (RESOURCE_EXHAUSTED:
+// Broadcasts and Blasts in flight hold the replica's
+// --max-inflight-payload-bytes; refused before the request is read, nothing
+// done; retry after a backoff), INTERNAL (a bug; not worth retrying).
 //
 // Room names are 1 to 256 bytes of UTF-8 without control characters, and
 // never have the shape of a socket id: {gateway}.{16 hex digits}.{22

@@ -1,0 +1,54 @@
+package app
+
+import (
+	"flag"
+	"fmt"
+	"strconv"
+
+	"google.golang.org/grpc"
+
+	"github.com/socketrooms/membership/internal/grpcedge"
+)
+
+// InflightPayloadFlag is --max-inflight-payload-bytes, the same on both
+// binaries (grpcedge.Budget).
+type InflightPayloadFlag struct{ v *inflightBytes }
+
+// AddInflightPayloadFlag defines --max-inflight-payload-bytes.
+func AddInflightPayloadFlag(fs *flag.FlagSet) InflightPayloadFlag {
+	v := inflightBytes(grpcedge.DefaultMaxInflightPayloadBytes)
+	fs.Var(&v, "max-inflight-payload-bytes",
+		"request bytes of Broadcast, Blast and Deliver calls held at once; each call counts 4 MiB while its request is read, then its size until it returns; past it calls get RESOURCE_EXHAUSTED/OVERLOADED at once (0: no limit; else at least 4194304)")
+	return InflightPayloadFlag{&v}
+}
+
+// ServerOptions install the budget (grpcedge.Budget.ServerOptions). Each call
+// returns a new budget: call it once per server.
+func (f InflightPayloadFlag) ServerOptions() []grpc.ServerOption {
+	return grpcedge.NewBudget(int64(*f.v), grpcedge.MaxRecvMsgSize, grpcedge.PayloadMethods...).ServerOptions()
+}
+
+// DialOptions count the requests a call sends on, to gateways, in the budget
+// of the call they serve (grpcedge.CountOutgoing): the membership-server's
+// gateway connections.
+func (InflightPayloadFlag) DialOptions() []grpc.DialOption {
+	return []grpc.DialOption{grpc.WithChainUnaryInterceptor(grpcedge.CountOutgoing)}
+}
+
+// inflightBytes refuses, when the flag is parsed, a limit that no call could
+// fit: one call reserves grpcedge.MaxRecvMsgSize.
+type inflightBytes int64
+
+func (b *inflightBytes) String() string { return strconv.FormatInt(int64(*b), 10) }
+
+func (b *inflightBytes) Set(s string) error {
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return fmt.Errorf("not a number of bytes")
+	}
+	if n != 0 && (n < grpcedge.MaxRecvMsgSize) {
+		return fmt.Errorf("%d: must be 0 (no limit) or at least %d, the largest request one call may send", n, grpcedge.MaxRecvMsgSize)
+	}
+	*b = inflightBytes(n)
+	return nil
+}

@@ -1,0 +1,190 @@
+package grpcedge
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"sync"
+	"unicode/utf8"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	// The "proto" codec the server codec encodes with.
+	_ "google.golang.org/grpc/encoding/proto"
+)
+
+// ServerCodec makes request bytes that do not decode INVALID_ARGUMENT with
+// reason MALFORMED_REQUEST, on every method of the server, together with
+// UnaryDecodeErrors and StreamDecodeErrors among its interceptors (a server
+// with the codec and without them would call handlers with half-decoded
+// requests).
+//
+// grpc-go (v1.85: rpc_util.go recv) turns any error of the codec's Unmarshal
+// into INTERNAL "grpc: failed to unmarshal the received message", whatever the
+// error says, and does so before any interceptor runs. So the server codec
+// does not fail: it keeps the decode error beside the message it was decoding
+// into and returns nil, and the interceptors, which run before the handler,
+// answer the call with that error instead of calling it. They must come
+// before any interceptor that can answer a call without calling on (an auth
+// check), or the kept error would stay kept.
+func ServerCodec() grpc.ServerOption {
+	return grpc.ForceServerCodecV2(serverCodec{encoding.GetCodecV2("proto")})
+}
+
+// decodeErrors holds, per message being decoded into, the error that message's
+// bytes gave, from the codec's Unmarshal until an interceptor takes it.
+var decodeErrors sync.Map // proto.Message → *decodeError
+
+type decodeError struct {
+	field string // "" when no one field is at fault
+	err   error
+}
+
+type serverCodec struct{ encoding.CodecV2 }
+
+func (serverCodec) Name() string { return "proto" }
+
+func (c serverCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	m, ok := v.(proto.Message)
+	if !ok {
+		return c.CodecV2.Unmarshal(data, v)
+	}
+	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
+	defer buf.Free()
+	b := buf.ReadOnlyData()
+	if err := proto.Unmarshal(b, m); err != nil {
+		decodeErrors.Store(v, &decodeError{field: badField(m.ProtoReflect().Descriptor(), b), err: err})
+	}
+	return nil
+}
+
+// takeDecodeError returns the error req's bytes gave, if any, as the call's
+// status.
+func takeDecodeError(fullMethod string, req any) error {
+	v, ok := decodeErrors.LoadAndDelete(req)
+	if !ok {
+		return nil
+	}
+	de := v.(*decodeError)
+	info := &errdetails.ErrorInfo{Reason: ReasonMalformedRequest, Domain: Domain(fullMethod)}
+	if de.field == "" {
+		return withDetails(status.New(codes.InvalidArgument, "the request does not decode: "+de.err.Error()), info)
+	}
+	info.Metadata = map[string]string{"field": de.field}
+	return withDetails(status.New(codes.InvalidArgument, "the request does not decode at field "+de.field+": "+de.err.Error()),
+		info, &errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{
+			{Field: de.field, Description: de.err.Error()}}})
+}
+
+// UnaryDecodeErrors answers a unary call whose request did not decode.
+func UnaryDecodeErrors(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	if err := takeDecodeError(info.FullMethod, req); err != nil {
+		return nil, err
+	}
+	return h(ctx, req)
+}
+
+// StreamDecodeErrors answers a streaming call's RecvMsg whose message did not
+// decode.
+func StreamDecodeErrors(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	return h(srv, &decodeCheckedStream{ServerStream: ss, method: info.FullMethod})
+}
+
+type decodeCheckedStream struct {
+	grpc.ServerStream
+	method string
+}
+
+func (s *decodeCheckedStream) RecvMsg(m any) error {
+	if err := s.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	return takeDecodeError(s.method, m)
+}
+
+// maxFieldPath is how deep badField names a field: past it, the top-level
+// field is named (data nested thousands deep is named "data").
+const maxFieldPath = 16
+
+// badField names the first field of b (an encoding of md) whose bytes are at
+// fault: a string that is not UTF-8, a value of the wrong wire type, a
+// truncated value, or messages nested as deep as protobuf's recursion limit.
+// Repeated fields carry an index ("rooms[2]"); "" when no field can be named
+// (b breaks off between fields).
+func badField(md protoreflect.MessageDescriptor, b []byte) string {
+	rev, _ := walk(md, b, 1)
+	if len(rev) > maxFieldPath {
+		return rev[len(rev)-1]
+	}
+	path := make([]string, len(rev))
+	for i, name := range rev {
+		path[len(rev)-1-i] = name
+	}
+	return strings.Join(path, ".")
+}
+
+// walk returns the path to the first bad field of b, innermost field first,
+// and whether b has one; depth counts the messages b is nested in, as
+// protobuf's recursion limit does.
+func walk(md protoreflect.MessageDescriptor, b []byte, depth int) ([]string, bool) {
+	counts := map[protowire.Number]int{}
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return nil, true
+		}
+		fd := md.Fields().ByNumber(num)
+		var path []string
+		if fd != nil {
+			name := string(fd.Name())
+			if fd.IsList() || fd.IsMap() {
+				name += "[" + strconv.Itoa(counts[num]) + "]"
+				counts[num]++
+			}
+			path = []string{name}
+		}
+		vb := b[n:]
+		m := protowire.ConsumeFieldValue(num, typ, vb)
+		if m < 0 {
+			return path, true
+		}
+		val := vb[:m]
+		b = vb[m:]
+		if fd == nil {
+			continue // unknown fields are kept, not checked
+		}
+		kind := fd.Kind()
+		isLen := kind == protoreflect.StringKind || kind == protoreflect.BytesKind || kind == protoreflect.MessageKind
+		if typ != protowire.BytesType {
+			// Packed scalars come as bytes; a length-delimited kind never
+			// comes as anything else.
+			if isLen || (kind == protoreflect.GroupKind && typ != protowire.StartGroupType) {
+				return path, true
+			}
+			continue
+		}
+		s, _ := protowire.ConsumeBytes(val)
+		switch kind {
+		case protoreflect.StringKind:
+			if !utf8.Valid(s) {
+				return path, true
+			}
+		case protoreflect.MessageKind:
+			if depth >= protowire.DefaultRecursionLimit {
+				return path, true
+			}
+			if sub, bad := walk(fd.Message(), s, depth+1); bad {
+				return append(sub, path...), true
+			}
+		}
+	}
+	return nil, false
+}
