@@ -177,10 +177,9 @@ func (b *Budget) unary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h 
 }
 
 // CopyFactor is how many copies of an outgoing request a call holds while
-// sending it: the membership-server clones a Broadcast's message per target
-// gateway (service.deliver), and grpc-go encodes the clone into a buffer of
-// its own.
-const CopyFactor = 2
+// sending it: grpc-go encodes each request into a buffer of its own (the
+// per-gateway requests of a Broadcast share its data; gatewayconn.Deliver).
+const CopyFactor = 1
 
 // CountOutgoing is a client interceptor for the calls a handler makes on
 // behalf of its own call (the membership-server's Deliver to each gateway):
