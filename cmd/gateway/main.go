@@ -174,7 +174,7 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	serverOpts, err := serverTLS.Append(append(app.ServerOptions(log, 10*time.Second, token, grpcMetrics), inflight.ServerOptions()...))
+	serverOpts, err := serverTLS.Append(append(app.ServerOptions(log, 10*time.Second, token, grpcMetrics), inflight.ServerOptions(reg, "gateway")...))
 	if err != nil {
 		return err
 	}

@@ -151,7 +151,7 @@ func run(args []string) error {
 	svc := service.NewWithOptions(cli, *prefix, log, opts)
 	defer svc.Close()
 	grpcMetrics := app.GRPCServerMetrics(reg)
-	serverOpts, err := serverTLS.Append(append(app.ServerOptions(log, *callTimeout, token, grpcMetrics), inflight.ServerOptions()...))
+	serverOpts, err := serverTLS.Append(append(app.ServerOptions(log, *callTimeout, token, grpcMetrics), inflight.ServerOptions(reg, "membership")...))
 	if err != nil {
 		return err
 	}

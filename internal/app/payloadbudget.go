@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 
 	"github.com/socketrooms/membership/internal/grpcedge"
@@ -22,10 +23,20 @@ func AddInflightPayloadFlag(fs *flag.FlagSet) InflightPayloadFlag {
 	return InflightPayloadFlag{&v}
 }
 
-// ServerOptions install the budget (grpcedge.Budget.ServerOptions). Each call
-// returns a new budget: call it once per server.
-func (f InflightPayloadFlag) ServerOptions() []grpc.ServerOption {
-	return grpcedge.NewBudget(int64(*f.v), grpcedge.MaxRecvMsgSize, grpcedge.PayloadMethods...).ServerOptions()
+// ServerOptions install the budget (grpcedge.Budget.ServerOptions) and
+// register its metrics in reg as {namespace}_inflight_payload_bytes (bytes
+// reserved now) and {namespace}_inflight_payload_refused_total (calls refused
+// with OVERLOADED). Each call returns a new budget: call it once per server.
+func (f InflightPayloadFlag) ServerOptions(reg prometheus.Registerer, namespace string) []grpc.ServerOption {
+	b := grpcedge.NewBudget(int64(*f.v), grpcedge.MaxRecvMsgSize, grpcedge.PayloadMethods...)
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: namespace, Name: "inflight_payload_bytes",
+			Help: "Request bytes reserved by Broadcast, Blast and Deliver calls in flight (4 MiB each while a request is read, then its size); at most --max-inflight-payload-bytes."},
+			func() float64 { return float64(b.Reserved()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: namespace, Name: "inflight_payload_refused_total",
+			Help: "Calls refused with RESOURCE_EXHAUSTED/OVERLOADED because --max-inflight-payload-bytes was reached."},
+			func() float64 { return float64(b.Refused()) }))
+	return b.ServerOptions()
 }
 
 // DialOptions count the requests a call sends on, to gateways, in the budget

@@ -75,6 +75,8 @@ func TestBothBinariesExposeMetricsAfterTraffic(t *testing.T) {
 		`membership_gateway_connections`:              1,
 		`membership_coalesced_calls_total`:            1,
 		`membership_broadcast_gateway_failures_total`: 0,
+		`membership_inflight_payload_bytes`:           0,
+		`membership_inflight_payload_refused_total`:   0,
 	} {
 		if v := metricValue(t, server, pattern); v < atLeast {
 			t.Errorf("membership-server %s = %v, want at least %v", pattern, v, atLeast)
@@ -94,6 +96,8 @@ func TestBothBinariesExposeMetricsAfterTraffic(t *testing.T) {
 		`gateway_slow_client_disconnects_total`:  0,
 		`gateway_lease_keepalive_failures_total`: 0,
 		`gateway_sessions_lost_total`:            0,
+		`gateway_inflight_payload_bytes`:         0,
+		`gateway_inflight_payload_refused_total`: 0,
 		`gateway_apply_wait_seconds_count`:       2,
 		`gateway_apply_lag_revisions`:            0,
 		`gateway_lease_proof_seconds`:            1,
