@@ -22,7 +22,8 @@ import (
 // listeners open: it starts the parts, waits for SIGINT or SIGTERM (or for a
 // part to fail), and stops them, all in one order with one set of timeouts.
 //
-// Start order is the order parts were added (GRPC, HTTP, Go). Stop order:
+// Parts start in the order they were added (by GRPC, HTTP and Go). Stop
+// order:
 //
 //  1. gRPC health turns NOT_SERVING and Serving reports false, so load
 //     balancers and probes stop sending before anything else stops;
