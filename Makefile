@@ -26,8 +26,10 @@ build:
 	go build -o $(BIN)/membership-server ./cmd/membership-server
 	go build -o $(BIN)/gateway ./cmd/gateway
 
-## run: embedded etcd + membership-server + one gateway in the foreground; Ctrl-C stops all.
+## run: embedded etcd + membership-server + one gateway in the foreground; Ctrl-C stops all
+## (cmd/devstack: the servers die with it, however it ends).
 run: build
+	go build -o $(BIN)/devstack ./cmd/devstack
 	./scripts/run.sh
 
 ## generate: regenerate gen/ from proto/.

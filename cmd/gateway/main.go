@@ -13,9 +13,7 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -109,19 +107,27 @@ func run(args []string) error {
 		}
 	}
 
-	grpcLis, err := net.Listen("tcp", *grpcAddr)
+	// Every listener opens here, before etcd is dialled, so that an address
+	// in use fails the start at once; each closes when run returns.
+	grpcLis, err := app.Listen(*grpcAddr, "grpc-addr")
 	if err != nil {
 		return err
 	}
-	wsLis, err := net.Listen("tcp", *wsAddr)
+	defer grpcLis.Close()
+	wsLis, err := app.Listen(*wsAddr, "ws-addr")
 	if err != nil {
-		grpcLis.Close()
 		return err
+	}
+	defer wsLis.Close()
+	var metricsLis net.Listener
+	if *metricsAddr != "" {
+		if metricsLis, err = app.Listen(*metricsAddr, "metrics-addr"); err != nil {
+			return err
+		}
+		defer metricsLis.Close()
 	}
 	adv, err := advertiseAddr(*advertise, grpcLis.Addr())
 	if err != nil {
-		grpcLis.Close()
-		wsLis.Close()
 		return err
 	}
 
@@ -137,8 +143,6 @@ func run(args []string) error {
 	}
 	defer cli.Close()
 	if err := app.CheckEtcdVersion(context.Background(), cli, *skipVersionCheck, app.EtcdVersionCheckWait, log); err != nil {
-		grpcLis.Close()
-		wsLis.Close()
 		return err
 	}
 	gw, err := gateway.New(gateway.Config{
@@ -183,43 +187,25 @@ func run(args []string) error {
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gsrv, hs)
 	grpcMetrics.InitializeMetrics(gsrv)
-	hsrv := &http.Server{Handler: gw.Handler(), ReadHeaderTimeout: 10 * time.Second}
-	if *metricsAddr != "" {
-		mlis, err := net.Listen("tcp", *metricsAddr)
-		if err != nil {
-			return fmt.Errorf("metrics listener: %w", err)
-		}
-		msrv := &http.Server{Handler: gw.MetricsHandler(), ReadHeaderTimeout: 10 * time.Second}
-		go msrv.Serve(mlis)
-		defer msrv.Close()
-		log.Info("metrics serving", "addr", mlis.Addr().String())
+	// Stopped in the reverse order: sessions first (every socket closed with
+	// 1001, the lease revoked) while the servers still answer, then the
+	// WebSocket server, the internal API, and metrics last.
+	lc := &app.Lifecycle{Log: log, Health: hs, StopTimeout: stopTimeout}
+	if metricsLis != nil {
+		lc.HTTP("metrics", &http.Server{Handler: gw.MetricsHandler(), ReadHeaderTimeout: 10 * time.Second}, metricsLis)
+		log.Info("metrics serving", "addr", metricsLis.Addr().String())
 	}
-
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	runCtx, cancelRun := context.WithCancel(context.Background())
-	runDone := make(chan error, 1)
-	go func() { runDone <- gw.Run(runCtx) }()
-	errc := make(chan error, 2)
-	go func() { errc <- gsrv.Serve(grpcLis) }()
-	go func() { errc <- hsrv.Serve(wsLis) }()
+	lc.GRPC("internal API", gsrv, grpcLis)
+	lc.HTTP("WebSocket server", &http.Server{Handler: gw.Handler(), ReadHeaderTimeout: 10 * time.Second}, wsLis)
+	lc.Go("gateway sessions", gw.Run)
 	log.Info("gateway serving", "gateway", id, "ws_addr", wsLis.Addr().String(), "grpc_addr", grpcLis.Addr().String(), "advertise", adv)
-
-	select {
-	case <-ctx.Done():
-	case err = <-errc:
-		log.Error("server failed", "err", err)
-	}
-	log.Info("shutting down")
-	hs.Shutdown()
-	cancelRun() // closes every socket (1001) and revokes the lease
-	<-runDone
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_ = hsrv.Shutdown(shutdownCtx)
-	gsrv.GracefulStop()
-	return err
+	return lc.Run(context.Background())
 }
+
+// stopTimeout bounds each step of the stop: the sessions' end, the
+// WebSocket server's Shutdown, the internal API's GracefulStop. A delivery
+// in flight takes at most 5s (the membership-server's deliverTimeout).
+const stopTimeout = 5 * time.Second
 
 func defaultGatewayID() string {
 	host, _ := os.Hostname()

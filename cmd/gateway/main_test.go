@@ -61,3 +61,27 @@ func TestStartRefusesOldEtcd(t *testing.T) {
 		t.Fatal("gateway started against etcd 3.5.21")
 	}
 }
+
+// Every listener's address in use is reported with the flag that sets it,
+// before etcd is dialled.
+func TestAddressInUseNamesItsFlag(t *testing.T) {
+	for _, flag := range []string{"grpc-addr", "ws-addr", "metrics-addr", "pprof-addr"} {
+		t.Run(flag, func(t *testing.T) {
+			taken, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer taken.Close()
+			addrs := map[string]string{"grpc-addr": "127.0.0.1:0", "ws-addr": "127.0.0.1:0", "metrics-addr": "127.0.0.1:0"}
+			addrs[flag] = taken.Addr().String()
+			args := []string{"--etcd-endpoints", testutil.FreeAddr(t), "--log-level", "error"}
+			for f, a := range addrs {
+				args = append(args, "--"+f, a)
+			}
+			err = run(args)
+			if want := taken.Addr().String() + " is in use: set --" + flag; err == nil || !strings.Contains(err.Error(), want) {
+				t.Fatalf("run = %v; want an error containing %q", err, want)
+			}
+		})
+	}
+}

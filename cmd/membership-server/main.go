@@ -8,14 +8,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"log/slog"
-	"net"
 	"net/http"
 	"os"
-	"os/signal"
 	"strings"
-	"sync/atomic"
-	"syscall"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -101,7 +96,7 @@ func run(args []string) error {
 		embedded, err = etcdembed.Start(etcdembed.Config{Dir: *dataDir, ClientAddr: *embeddedAddr, PeerAddr: *embeddedPeer,
 			MaxRequestBytes: uint(limits.MaxRequestBytes), MaxTxnOps: uint(limits.MaxTxnOps)})
 		if err != nil {
-			return err
+			return app.ListenErrorOf(err, map[string]string{"embedded-etcd-addr": *embeddedAddr, "embedded-etcd-peer-addr": *embeddedPeer})
 		}
 		defer embedded.Close()
 		log.Info("embedded etcd started", "endpoint", embedded.Endpoint, "data_dir", embedded.Dir)
@@ -161,64 +156,41 @@ func run(args []string) error {
 	healthpb.RegisterHealthServer(srv, hs)
 	reflection.Register(srv)
 	grpcMetrics.InitializeMetrics(srv)
-	var serving atomic.Bool
+	lc := &app.Lifecycle{Log: log, Health: hs, Ready: svc.Ready(), StopTimeout: *shutdownTimeout}
 	if *metricsAddr != "" {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", app.MetricsHandler(reg))
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-			if !serving.Load() {
+			if !lc.Serving() {
 				http.Error(w, "not serving", http.StatusServiceUnavailable)
 				return
 			}
 			_, _ = w.Write([]byte("ok\n"))
 		})
-		mlis, err := net.Listen("tcp", *metricsAddr)
+		mlis, err := app.Listen(*metricsAddr, "metrics-addr")
 		if err != nil {
-			return fmt.Errorf("metrics listener: %w", err)
+			return err
 		}
-		msrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-		go msrv.Serve(mlis)
-		defer msrv.Close()
+		defer mlis.Close()
+		lc.HTTP("metrics", &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, mlis)
 		log.Info("metrics serving", "addr", mlis.Addr().String())
 	}
-
-	lis, err := net.Listen("tcp", *grpcAddr)
+	lis, err := app.Listen(*grpcAddr, "grpc-addr")
 	if err != nil {
 		return err
 	}
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(lis) }()
-	serving.Store(true)
-	log.Info("membership-server serving", "grpc_addr", lis.Addr().String(), "etcd", eps)
-
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	var embeddedErr <-chan error
+	defer lis.Close()
+	lc.GRPC("gRPC API", srv, lis)
 	if embedded != nil {
-		embeddedErr = embedded.Err()
+		lc.Go("embedded etcd", func(ctx context.Context) error {
+			select {
+			case err := <-embedded.Err():
+				return fmt.Errorf("failed: %w", err)
+			case <-ctx.Done():
+				return nil
+			}
+		})
 	}
-	select {
-	case <-ctx.Done():
-	case err := <-serveErr:
-		return err
-	case err := <-embeddedErr:
-		srv.Stop()
-		return fmt.Errorf("embedded etcd failed: %w", err)
-	}
-	log.Info("shutting down")
-	serving.Store(false)
-	hs.Shutdown() // NOT_SERVING first, so balancers stop sending
-	gracefulStop(srv, *shutdownTimeout, log)
-	return nil
-}
-
-func gracefulStop(srv *grpc.Server, timeout time.Duration, log *slog.Logger) {
-	done := make(chan struct{})
-	go func() { srv.GracefulStop(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(timeout):
-		log.Warn("in-flight calls did not finish in time; stopping")
-		srv.Stop()
-	}
+	log.Info("membership-server serving", "grpc_addr", lis.Addr().String(), "etcd", eps)
+	return lc.Run(context.Background())
 }

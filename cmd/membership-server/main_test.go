@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -26,5 +27,31 @@ func TestStartRefusesOldEtcd(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("membership-server started against etcd 3.6.1")
+	}
+}
+
+// Every listener's address in use is reported with the flag that sets it.
+func TestAddressInUseNamesItsFlag(t *testing.T) {
+	for _, flag := range []string{"grpc-addr", "metrics-addr", "embedded-etcd-addr", "embedded-etcd-peer-addr", "pprof-addr"} {
+		t.Run(flag, func(t *testing.T) {
+			taken, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer taken.Close()
+			addrs := map[string]string{}
+			for _, f := range []string{"grpc-addr", "metrics-addr", "embedded-etcd-addr", "embedded-etcd-peer-addr"} {
+				addrs[f] = testutil.FreeAddr(t)
+			}
+			addrs[flag] = taken.Addr().String()
+			args := []string{"--data-dir", t.TempDir(), "--log-level", "error"}
+			for f, a := range addrs {
+				args = append(args, "--"+f, a)
+			}
+			err = run(args)
+			if want := taken.Addr().String() + " is in use: set --" + flag; err == nil || !strings.Contains(err.Error(), want) {
+				t.Fatalf("run = %v; want an error containing %q", err, want)
+			}
+		})
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/pprof"
 	"os"
@@ -219,9 +218,9 @@ func ServePprof(addr string, log *slog.Logger) error {
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	lis, err := net.Listen("tcp", addr)
+	lis, err := Listen(addr, "pprof-addr")
 	if err != nil {
-		return fmt.Errorf("pprof listener: %w", err)
+		return err
 	}
 	log.Info("pprof serving", "addr", lis.Addr().String())
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}

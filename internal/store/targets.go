@@ -51,6 +51,8 @@ type TargetIndex struct {
 	// gatewaysChanged receives (without blocking, coalesced) after a
 	// gateways/ record is put or deleted, or the index lists again.
 	gatewaysChanged chan struct{}
+	loaded          chan struct{} // closed once the first listing is in
+	load            sync.Once
 }
 
 // roomEntry is one room with members: how many, and on which gateways.
@@ -82,8 +84,14 @@ func (s *Store) NewTargetIndex(cli *clientv3.Client, log *slog.Logger) *TargetIn
 		Applied: x.applied,
 		Logger:  log.With("view", "broadcast target index"),
 	})
+	x.loaded = make(chan struct{})
 	return x
 }
+
+// Loaded is closed once the index holds its first listing of etcd: before
+// that, Targets and ListRooms wait for it, so a replica should not report
+// itself serving.
+func (x *TargetIndex) Loaded() <-chan struct{} { return x.loaded }
 
 // Run lists and watches until ctx ends; see watchfollow.Follower.Run.
 // Once it returns, calls waiting for the index fail with ErrShuttingDown
@@ -132,6 +140,7 @@ func (x *TargetIndex) list(ctx context.Context) (int64, error) {
 	x.rooms, x.byName, x.total, x.records, x.rev = rooms, byName, total, records, rev
 	x.mu.Unlock()
 	x.signalGateways() // records may have gone while the watch was behind
+	x.load.Do(func() { close(x.loaded) })
 	return rev, nil
 }
 

@@ -1,0 +1,320 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/socketrooms/membership/internal/testutil"
+)
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+// binaries builds devstack and the two binaries it runs into one directory.
+func binaries(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "devstack-test-bin")
+		if buildErr != nil {
+			return
+		}
+		out, err := exec.Command("go", "build", "-o", binDir+string(os.PathSeparator),
+			"github.com/socketrooms/membership/cmd/devstack",
+			"github.com/socketrooms/membership/cmd/membership-server",
+			"github.com/socketrooms/membership/cmd/gateway").CombinedOutput()
+		if err != nil {
+			buildErr = errors.New("go build: " + err.Error() + "\n" + string(out))
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binDir
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+// stack is a devstack started as make would start it: in a process group
+// of its own (make's), on free ports.
+type stack struct {
+	cmd      *exec.Cmd
+	done     chan struct{}
+	api, ws  string
+	peer     string
+	children []int // pids of its children
+}
+
+func startStack(t *testing.T) *stack {
+	t.Helper()
+	bin := binaries(t)
+	s := &stack{api: testutil.FreeAddr(t), ws: testutil.FreeAddr(t), peer: testutil.FreeAddr(t), done: make(chan struct{})}
+	etcd := testutil.FreeAddr(t)
+	cmd := exec.Command(filepath.Join(bin, "devstack"))
+	cmd.Env = append(os.Environ(),
+		"BIN="+bin,
+		"DATA_DIR="+t.TempDir(),
+		"MEMBERSHIP_GRPC_ADDR="+s.api,
+		"MEMBERSHIP_EMBEDDED_ETCD_ADDR="+etcd,
+		"MEMBERSHIP_EMBEDDED_ETCD_PEER_ADDR="+s.peer,
+		"MEMBERSHIP_METRICS_ADDR="+testutil.FreeAddr(t),
+		"MEMBERSHIP_LOG_LEVEL=warn",
+		"GATEWAY_WS_ADDR="+s.ws,
+		"GATEWAY_ETCD_ENDPOINTS="+etcd,
+		"GATEWAY_GRPC_ADDR="+testutil.FreeAddr(t),
+		"GATEWAY_METRICS_ADDR="+testutil.FreeAddr(t),
+		"GATEWAY_LOG_LEVEL=warn",
+	)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Stderr = os.Stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	s.cmd = cmd
+	printed := make(chan string, 1)
+	go func() {
+		// Children that outlive devstack hold its stdout open: reading
+		// stops when Wait closes the pipe, not at end of file.
+		var text strings.Builder
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			text.WriteString(sc.Text() + "\n")
+			if strings.HasPrefix(sc.Text(), "Ctrl-C") {
+				printed <- text.String()
+				break
+			}
+		}
+		io.Copy(io.Discard, stdout)
+	}()
+	go func() { cmd.Wait(); close(s.done) }()
+	t.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-s.done
+		for _, pid := range s.children {
+			if alive(pid) {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	})
+	select {
+	case text := <-printed:
+		for _, want := range []string{"membership API:  " + s.api, "ws://" + s.ws + "/ws"} {
+			if !strings.Contains(text, want) {
+				t.Errorf("devstack printed\n%s\nwithout %q", text, want)
+			}
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("devstack printed no addresses")
+	}
+	s.children = childrenOf(t, cmd.Process.Pid)
+	if len(s.children) != 2 {
+		t.Fatalf("devstack has children %v, want membership-server and gateway", s.children)
+	}
+	cc, err := grpc.NewClient(s.api, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	waitFor(t, 30*time.Second, "the stack serving", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		defer cancel()
+		resp, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{})
+		if err != nil || resp.Status != healthpb.HealthCheckResponse_SERVING {
+			return false
+		}
+		r, err := http.Get("http://" + s.ws + "/healthz")
+		if err != nil {
+			return false
+		}
+		r.Body.Close()
+		return r.StatusCode == http.StatusOK
+	})
+	return s
+}
+
+// connect opens a socket on the stack's gateway and reads its first frame.
+func (s *stack) connect(t *testing.T) *websocket.Conn {
+	t.Helper()
+	conn, _, err := websocket.DefaultDialer.Dial("ws://"+s.ws+"/ws", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	if _, _, err := conn.ReadMessage(); err != nil {
+		t.Fatal(err)
+	}
+	return conn
+}
+
+// childrenOf lists the membership-server and gateway processes whose
+// parent is pid.
+func childrenOf(t *testing.T, pid int) []int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kids []int
+	for _, e := range entries {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if ppid, ok := parentOf(p); !ok || ppid != pid {
+			continue
+		}
+		cmdline, _ := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		argv0, _, _ := strings.Cut(string(cmdline), "\x00")
+		if name := filepath.Base(argv0); name == "membership-server" || name == "gateway" {
+			kids = append(kids, p)
+		}
+	}
+	return kids
+}
+
+// parentOf reads a process's parent from /proc/PID/stat.
+func parentOf(pid int) (ppid int, ok bool) {
+	raw, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, false
+	}
+	// "pid (comm) state ppid …"; comm may hold spaces and parentheses.
+	i := strings.LastIndexByte(string(raw), ')')
+	f := strings.Fields(string(raw[i+1:]))
+	if len(f) < 2 {
+		return 0, false
+	}
+	ppid, err = strconv.Atoi(f[1])
+	return ppid, err == nil
+}
+
+// alive: some thread of the process has not exited. A process nobody has
+// reaped yet is dead all the same, but its leader turns zombie before its
+// other threads have exited and released its listeners, so every thread is
+// checked.
+func alive(pid int) bool {
+	tasks, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
+	if err != nil {
+		return false
+	}
+	for _, task := range tasks {
+		raw, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/task/" + task.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		i := strings.LastIndexByte(string(raw), ')')
+		if f := strings.Fields(string(raw[i+1:])); len(f) > 0 && f[0] != "Z" && f[0] != "X" {
+			return true
+		}
+	}
+	return false
+}
+
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// checkAllGone fails the test for every child still alive after a grace
+// period, and checks that nothing holds the embedded etcd's peer port, which
+// the next `make run` needs, any more.
+func (s *stack) checkAllGone(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var survivors []int
+		for _, pid := range s.children {
+			if alive(pid) {
+				survivors = append(survivors, pid)
+			}
+		}
+		if len(survivors) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("children %v still running 10s after devstack ended", survivors)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// Nothing listens there any more. (Binding it again is no test: the
+	// port came from the ephemeral range, and any outgoing connection on
+	// the machine may have taken it as its own port since.)
+	if conn, err := net.DialTimeout("tcp", s.peer, time.Second); err == nil {
+		conn.Close()
+		t.Fatalf("after the stack ended, %s still accepts connections", s.peer)
+	}
+}
+
+// A kill -9 of make's process group (devstack's) leaves no server behind.
+func TestKilledDevstackLeavesNoChild(t *testing.T) {
+	s := startStack(t)
+	s.connect(t)
+	if err := syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-s.done
+	s.checkAllGone(t)
+}
+
+// A SIGTERM to the group, passed on a second time as make does, with a
+// socket connected: the gateway closes its socket (1001, it stopped in
+// order), everything exits and devstack reports success.
+func TestTerminatedDevstackStopsInOrder(t *testing.T) {
+	s := startStack(t)
+	conn := s.connect(t)
+	if err := syscall.Kill(-s.cmd.Process.Pid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	_, _, err := conn.ReadMessage()
+	if ce, ok := err.(*websocket.CloseError); !ok || ce.Code != websocket.CloseGoingAway {
+		t.Errorf("socket ended with %v, want close 1001", err)
+	}
+	select {
+	case <-s.done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("devstack did not exit within 60s of SIGTERM")
+	}
+	if !s.cmd.ProcessState.Success() {
+		t.Errorf("devstack exit: %v", s.cmd.ProcessState)
+	}
+	s.checkAllGone(t)
+}

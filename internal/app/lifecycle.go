@@ -1,0 +1,257 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+)
+
+// Lifecycle is how both binaries run once their parts are built and their
+// listeners open: it starts the parts, waits for SIGINT or SIGTERM (or for a
+// part to fail), and stops them, all in one order with one set of timeouts.
+//
+// Parts start in the order they were added (by GRPC, HTTP and Go). Stop
+// order:
+//
+//  1. gRPC health turns NOT_SERVING and Serving reports false, so load
+//     balancers and probes stop sending before anything else stops;
+//  2. the parts stop in the reverse of their start order, each given
+//     StopTimeout: a Go part's context is canceled and it is waited for; an
+//     HTTP server is Shutdown (idle connections closed, requests in flight
+//     finished), then Closed when the timeout passes; a gRPC server is
+//     GracefulStopped (calls in flight finished), then Stopped when the
+//     timeout passes (a client that never finishes its request would
+//     otherwise hold GracefulStop forever).
+//
+// A binary therefore adds what serves its own metrics first (it is scraped
+// until the end) and what must go first last (the gateway's sessions: they
+// close sockets and revoke its lease while the servers still answer).
+type Lifecycle struct {
+	// Log receives the stop's progress.
+	Log *slog.Logger
+	// Health is the gRPC health service of the binary's gRPC servers; nil:
+	// none.
+	Health *health.Server
+	// Ready, when not nil, holds Health NOT_SERVING (and Serving false)
+	// until it closes: a process whose parts are listening may not be able
+	// to answer yet.
+	Ready <-chan struct{}
+	// StopTimeout bounds each part's graceful stop; 10s when zero.
+	StopTimeout time.Duration
+
+	parts []*part
+
+	mu       sync.Mutex
+	serving  bool
+	stopping bool
+}
+
+// part is one thing a Lifecycle runs: run until stop is called.
+type part struct {
+	name string
+	run  func() error
+	// stop ends run, gracefully within ctx, forcibly once ctx is done.
+	stop func(ctx context.Context) error
+}
+
+// GRPC serves srv on lis.
+func (l *Lifecycle) GRPC(name string, srv *grpc.Server, lis net.Listener) {
+	l.parts = append(l.parts, &part{name: name, run: func() error { return srv.Serve(lis) },
+		stop: func(ctx context.Context) error {
+			done := make(chan struct{})
+			go func() { srv.GracefulStop(); close(done) }()
+			select {
+			case <-done:
+				return nil
+			case <-ctx.Done():
+				srv.Stop()
+				<-done
+				return errors.New("calls in flight did not finish in time; stopped")
+			}
+		}})
+}
+
+// HTTP serves srv on lis.
+func (l *Lifecycle) HTTP(name string, srv *http.Server, lis net.Listener) {
+	l.parts = append(l.parts, &part{name: name, run: func() error { return srv.Serve(lis) },
+		stop: func(ctx context.Context) error {
+			if err := srv.Shutdown(ctx); err != nil {
+				srv.Close()
+				return fmt.Errorf("requests in flight did not finish in time; closed: %w", err)
+			}
+			return nil
+		}})
+}
+
+// Go runs run until its context is canceled at stop. run returning before
+// that, with an error or not, stops the binary.
+func (l *Lifecycle) Go(name string, run func(ctx context.Context) error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	l.parts = append(l.parts, &part{name: name,
+		run: func() error { defer close(done); return run(ctx) },
+		stop: func(stopCtx context.Context) error {
+			cancel()
+			select {
+			case <-done:
+				return nil
+			case <-stopCtx.Done():
+				return errors.New("did not end in time")
+			}
+		}})
+}
+
+// Serving reports whether the process is ready and not stopping: what a
+// /healthz handler answers.
+func (l *Lifecycle) Serving() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.serving
+}
+
+// Run starts every part and stops them all when ctx ends, SIGINT or SIGTERM
+// arrives, or a part fails; it returns once all are stopped. The error is
+// the first part's failure (nil after a signal). Call it once.
+func (l *Lifecycle) Run(ctx context.Context) error {
+	ctx, stopSignals := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	defer stopSignals()
+	if l.Health != nil && l.Ready != nil {
+		l.Health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	for _, p := range l.parts {
+		g.Go(func() error {
+			err := p.run()
+			if l.isStopping() {
+				return nil
+			}
+			if err == nil {
+				err = errors.New("ended")
+			}
+			return fmt.Errorf("%s: %w", p.name, err)
+		})
+	}
+	g.Go(func() error {
+		select {
+		case <-l.Ready: // a nil Ready is ready at once: see below
+		case <-gctx.Done():
+			return nil
+		}
+		l.markServing()
+		return nil
+	})
+	if l.Ready == nil {
+		l.markServing()
+	}
+	g.Go(func() error {
+		<-gctx.Done()
+		l.stop()
+		return nil
+	})
+	return g.Wait()
+}
+
+// markServing turns health SERVING unless the stop has begun.
+func (l *Lifecycle) markServing() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.stopping || l.serving {
+		return
+	}
+	l.serving = true
+	if l.Health != nil {
+		l.Health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	}
+}
+
+func (l *Lifecycle) isStopping() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.stopping
+}
+
+// stop runs the stop order of the type's comment.
+func (l *Lifecycle) stop() {
+	l.mu.Lock()
+	l.stopping, l.serving = true, false
+	l.mu.Unlock()
+	log := l.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	log.Info("shutting down")
+	if l.Health != nil {
+		l.Health.Shutdown() // NOT_SERVING, and later updates ignored
+	}
+	timeout := l.StopTimeout
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
+	for i := len(l.parts) - 1; i >= 0; i-- {
+		p := l.parts[i]
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		if err := p.stop(ctx); err != nil {
+			log.Warn("stopping "+p.name, "err", err, "timeout", timeout)
+		}
+		cancel()
+	}
+}
+
+// Listen listens on addr (TCP), the value of the flag named flagName. An
+// address already in use is reported with the flag to change, since the
+// operator's next step is to pick another address or stop the process
+// holding it.
+func Listen(addr, flagName string) (net.Listener, error) {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, ListenError(err, addr, flagName)
+	}
+	return lis, nil
+}
+
+// ListenError explains err, a failure to listen on addr as set by the flag
+// named flagName: "ADDR is in use: set --FLAG to a free address (…)" for an
+// address in use, "--FLAG ADDR: …" otherwise. The result wraps err.
+func ListenError(err error, addr, flagName string) error {
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return fmt.Errorf("%s is in use: set --%s to a free address (%w)", addr, flagName, err)
+	}
+	return fmt.Errorf("--%s %s: %w", flagName, addr, err)
+}
+
+// ListenErrorOf is ListenError for a component that opens listeners itself
+// (the embedded etcd): flags maps each flag name to its address. An address
+// in use is matched to its flag by the failed listener's address (or, for a
+// flag naming a host that resolved differently, by port); other errors are
+// returned as they are.
+func ListenErrorOf(err error, flags map[string]string) error {
+	var op *net.OpError
+	if !errors.Is(err, syscall.EADDRINUSE) || !errors.As(err, &op) || op.Addr == nil {
+		return err
+	}
+	failed := op.Addr.String()
+	_, failedPort, _ := net.SplitHostPort(failed)
+	for name, addr := range flags {
+		if addr == failed {
+			return ListenError(err, addr, name)
+		}
+	}
+	for name, addr := range flags {
+		if _, port, e := net.SplitHostPort(addr); e == nil && port == failedPort {
+			return ListenError(err, addr, name)
+		}
+	}
+	return err
+}
