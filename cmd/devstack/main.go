@@ -111,6 +111,7 @@ func run(args []string) error {
 	apiAddr := getenv("MEMBERSHIP_GRPC_ADDR", "127.0.0.1:50051")
 	etcdAddr := getenv("MEMBERSHIP_EMBEDDED_ETCD_ADDR", "127.0.0.1:2379")
 	wsAddr := getenv("GATEWAY_WS_ADDR", "127.0.0.1:8080")
+	metricsAddr := getenv("MEMBERSHIP_METRICS_ADDR", "127.0.0.1:50052")
 	// The gateway finds the embedded etcd, and the demo page names the API,
 	// wherever they were moved to.
 	env := append(os.Environ(),
@@ -135,9 +136,10 @@ func run(args []string) error {
 	fmt.Printf(`membership API:  %[1]s (grpcurl -plaintext %[1]s list)
 WebSocket:       ws://%[2]s/ws
 demo page:       http://%[2]s/ (browser library: http://%[2]s/membership.js)
-etcd:            %[3]s (data in %[4]s)
+etcd:            %[3]s (data in %[4]s; rm -rf %[5]s after a stop to start empty)
+metrics:         http://%[6]s/metrics (membership-server), http://%[2]s/metrics (gateway)
 Ctrl-C stops everything.
-`, apiAddr, wsAddr, etcdAddr, filepath.Join(data, "etcd"))
+`, apiAddr, wsAddr, etcdAddr, filepath.Join(data, "etcd"), data, metricsAddr)
 
 	// Stop everything as soon as either process exits. A signal repeated
 	// during the stop (make passes its SIGTERM on to its child too) changes
