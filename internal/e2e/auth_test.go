@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -183,14 +184,26 @@ func TestEtcdOverMutualTLS(t *testing.T) {
 	}
 	s.Expect("joined", "r")
 
-	// Without a client certificate etcd refuses the server: UNAVAILABLE. (Its
-	// version check at start would keep it from serving at all; skipped, to
-	// see etcd refuse the calls themselves.)
-	noCert, _ := startServerProcess(t, srv.Endpoint, "--etcd-ca-file", ca.File, "--etcd-skip-version-check")
+	// Without a client certificate etcd refuses the server: it never reports
+	// SERVING (its broadcast target index cannot load), and its calls fail.
+	// (Its version check at start would keep it from listening at all;
+	// skipped, to see etcd refuse the calls themselves.)
+	noCert, health, _, _ := launchServerProcess(t, srv.Endpoint, "--etcd-ca-file", ca.File, "--etcd-skip-version-check")
+	waitFor(t, 15*time.Second, "membership-server answering health", func() bool {
+		hctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		defer cancel()
+		_, err := health.Check(hctx, &healthpb.HealthCheckRequest{})
+		return err == nil
+	})
 	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	if _, err := noCert.ListRooms(cctx, &membershipv1.ListRoomsRequest{}); err == nil {
+	if _, err := noCert.GetSocket(cctx, &membershipv1.GetSocketRequest{SocketId: s.ID}); err == nil {
 		t.Fatal("etcd served a client without a certificate")
+	}
+	hctx, hcancel := context.WithTimeout(ctx, 3*time.Second)
+	defer hcancel()
+	if resp, err := health.Check(hctx, &healthpb.HealthCheckRequest{}); err != nil || resp.Status != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("health of a server etcd refuses: %v %v, want NOT_SERVING", resp, err)
 	}
 }
 

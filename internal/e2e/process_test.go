@@ -301,6 +301,20 @@ func startServerProcess(t *testing.T, endpoints string, flags ...string) (member
 // startServerProcessAt is startServerProcess that also returns the API's address.
 func startServerProcessAt(t *testing.T, endpoints string, flags ...string) (membershipv1.MembershipServiceClient, *exec.Cmd, string) {
 	t.Helper()
+	api, hc, cmd, addr := launchServerProcess(t, endpoints, flags...)
+	waitFor(t, 15*time.Second, "membership-server serving", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		resp, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
+		return err == nil && resp.Status == healthpb.HealthCheckResponse_SERVING
+	})
+	return api, cmd, addr
+}
+
+// launchServerProcess starts a membership-server process like
+// startServerProcessAt, without waiting for it to serve.
+func launchServerProcess(t *testing.T, endpoints string, flags ...string) (membershipv1.MembershipServiceClient, healthpb.HealthClient, *exec.Cmd, string) {
+	t.Helper()
 	addr := testutil.FreeAddr(t)
 	args := append([]string{"--grpc-addr", addr, "--etcd-endpoints", endpoints, "--log-level", "error",
 		"--metrics-addr", "127.0.0.1:0"}, flags...)
@@ -320,14 +334,7 @@ func startServerProcessAt(t *testing.T, endpoints string, flags ...string) (memb
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cc.Close() })
-	hc := healthpb.NewHealthClient(cc)
-	waitFor(t, 15*time.Second, "membership-server serving", func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-		defer cancel()
-		resp, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
-		return err == nil && resp.Status == healthpb.HealthCheckResponse_SERVING
-	})
-	return membershipv1.NewMembershipServiceClient(cc), cmd, addr
+	return membershipv1.NewMembershipServiceClient(cc), healthpb.NewHealthClient(cc), cmd, addr
 }
 
 func TestClientsRetryingOnAnotherReplicaEndWithIntendedState(t *testing.T) {
