@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,28 +26,13 @@ func TestEmbeddedEtcdWithoutDataDirLeavesNothing(t *testing.T) {
 		"--embedded-etcd-peer-addr", testutil.FreeAddr(t))
 	cmd.Dir = cwd
 	cmd.Env = append(os.Environ(), "TMPDIR="+tmp)
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-	})
+	exited := startCmd(t, cmd)
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cc.Close()
-	hc := healthpb.NewHealthClient(cc)
-	waitFor(t, 30*time.Second, "membership-server serving", func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-		defer cancel()
-		resp, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
-		return err == nil && resp.Status == healthpb.HealthCheckResponse_SERVING
-	})
+	waitServing(t, healthpb.NewHealthClient(cc))
 	if dirs, _ := filepath.Glob(filepath.Join(tmp, "membership-etcd-*")); len(dirs) != 1 {
 		t.Errorf("while running, the temporary directory holds %v; want one etcd data directory", dirs)
 	}
@@ -56,14 +40,13 @@ func TestEmbeddedEtcdWithoutDataDirLeavesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	select {
-	case err := <-exited:
-		if err != nil {
-			t.Fatalf("membership-server exited with %v", err)
+	case <-exited:
+		if !cmd.ProcessState.Success() {
+			t.Fatalf("membership-server exited with %v", cmd.ProcessState)
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("membership-server did not stop within 30s of SIGTERM")
 	}
-	exited <- nil // for the cleanup
 	for _, dir := range []string{cwd, tmp} {
 		if left, _ := os.ReadDir(dir); len(left) != 0 {
 			t.Errorf("%s holds %v after exit; want nothing", dir, left)

@@ -23,6 +23,14 @@ import (
 func startProcess(t *testing.T, name string, args ...string) (*exec.Cmd, <-chan struct{}) {
 	t.Helper()
 	cmd := exec.Command(binary(t, name), args...)
+	return cmd, startCmd(t, cmd)
+}
+
+// startCmd starts cmd (its output on the test's stderr); it is killed when
+// the test ends. The returned channel closes when it has exited, its
+// ProcessState set.
+func startCmd(t *testing.T, cmd *exec.Cmd) <-chan struct{} {
+	t.Helper()
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -33,7 +41,18 @@ func startProcess(t *testing.T, name string, args ...string) (*exec.Cmd, <-chan 
 		cmd.Process.Kill()
 		<-exited
 	})
-	return cmd, exited
+	return exited
+}
+
+// waitServing waits until hc's server reports SERVING.
+func waitServing(t *testing.T, hc healthpb.HealthClient) {
+	t.Helper()
+	waitFor(t, 30*time.Second, "membership-server serving", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		resp, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
+		return err == nil && resp.Status == healthpb.HealthCheckResponse_SERVING
+	})
 }
 
 func dialPlain(t *testing.T, addr string) *grpc.ClientConn {

@@ -302,12 +302,7 @@ func startServerProcess(t *testing.T, endpoints string, flags ...string) (member
 func startServerProcessAt(t *testing.T, endpoints string, flags ...string) (membershipv1.MembershipServiceClient, *exec.Cmd, string) {
 	t.Helper()
 	api, hc, cmd, addr := launchServerProcess(t, endpoints, flags...)
-	waitFor(t, 15*time.Second, "membership-server serving", func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-		defer cancel()
-		resp, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
-		return err == nil && resp.Status == healthpb.HealthCheckResponse_SERVING
-	})
+	waitServing(t, hc)
 	return api, cmd, addr
 }
 
@@ -318,17 +313,7 @@ func launchServerProcess(t *testing.T, endpoints string, flags ...string) (membe
 	addr := testutil.FreeAddr(t)
 	args := append([]string{"--grpc-addr", addr, "--etcd-endpoints", endpoints, "--log-level", "error",
 		"--metrics-addr", "127.0.0.1:0"}, flags...)
-	cmd := exec.Command(binary(t, "membership-server"), args...)
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-	})
+	cmd, _ := startProcess(t, "membership-server", args...)
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
