@@ -60,7 +60,7 @@ func run(args []string) error {
 	leaseShards := fs.Int("lease-shards", 1, "leases the gateway's sockets are spread over (1-64); more split the deletions when a crashed gateway's leases expire")
 	gatewayID := fs.String("gateway-id", "", "unique gateway id, [A-Za-z0-9_-]{1,64} (default: host name and a random suffix)")
 	sendQueue := fs.Int("send-queue", 256, "frames queued per socket before a slow socket is disconnected")
-	maxSocketQueueBytes := fs.Int64("max-socket-queue-bytes", 4<<20, "bytes of frames queued per socket (those being written included) before a slow socket is disconnected (1013); keep it above the membership-server's --max-payload-bytes")
+	maxSocketQueueBytes := fs.Int64("max-socket-queue-bytes", 4<<20, "bytes of frames queued per socket (those being written included) before a slow socket is disconnected (1013); keep it above the membership-server's --max-payload-bytes (0: the default)")
 	upstreamURL := fs.String("upstream-url", "", "app that socket requests are forwarded to, e.g. http://127.0.0.1:3000 (empty: requests answer 501)")
 	upstreamTimeout := fs.Duration("upstream-timeout", 10*time.Second, "how long a socket request may take upstream before it is answered 504")
 	demoPage := fs.Bool("demo-page", false, "serve a demo page at / that shows a socket's rooms and messages and the grpcurl commands to drive it (off by default: it names the membership API address to anyone who can reach the gateway); /membership.js is served either way")
@@ -204,7 +204,8 @@ func run(args []string) error {
 
 // stopTimeout bounds each step of the stop: the sessions' end, the
 // WebSocket server's Shutdown, the internal API's GracefulStop. A delivery
-// in flight takes at most 5s (the membership-server's deliverTimeout).
+// in flight takes at most 5s (the membership-server's
+// gatewayconn.DeliverTimeout).
 const stopTimeout = 5 * time.Second
 
 func defaultGatewayID() string {

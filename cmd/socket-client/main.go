@@ -11,6 +11,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"sync/atomic"
 
 	"github.com/gorilla/websocket"
 )
@@ -31,6 +32,9 @@ Flags:
 `
 
 func main() { os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr)) }
+
+// maxLineBytes bounds a line of stdin, as the gateway bounds a frame (1 MiB).
+const maxLineBytes = 1 << 20
 
 // run is the command: args without the program name; it returns the exit
 // status (0 after a normal close or the end of stdin, 1 on a failure, 2 on
@@ -75,15 +79,21 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer conn.Close()
-	stdinDone := make(chan struct{})
+	var stdinErr atomic.Pointer[error]
 	go func() {
-		defer close(stdinDone)
 		in := bufio.NewScanner(stdin)
-		in.Buffer(make([]byte, 64*1024), 1<<20)
+		in.Buffer(make([]byte, 64*1024), maxLineBytes)
 		for in.Scan() {
 			if err := conn.WriteMessage(websocket.TextMessage, in.Bytes()); err != nil {
 				return
 			}
+		}
+		if err := in.Err(); err != nil {
+			if errors.Is(err, bufio.ErrTooLong) {
+				err = fmt.Errorf("a line over %d bytes", maxLineBytes)
+			}
+			err = fmt.Errorf("stdin: %w", err)
+			stdinErr.Store(&err)
 		}
 		// End of stdin: close the connection cleanly, then wait for the
 		// gateway's close frame in the read loop.
@@ -95,6 +105,10 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			var ce *websocket.CloseError
 			if errors.As(err, &ce) {
 				fmt.Fprintf(stderr, "socket-client: closed with %d %s\n", ce.Code, ce.Text)
+				if err := stdinErr.Load(); err != nil {
+					fmt.Fprintln(stderr, "socket-client:", *err)
+					return 1
+				}
 				if ce.Code == websocket.CloseNormalClosure {
 					return 0
 				}

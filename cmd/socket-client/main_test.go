@@ -94,3 +94,16 @@ func TestLinesOnStdinAreSentAsFrames(t *testing.T) {
 		t.Errorf("stderr %q does not report the close", errOut.String())
 	}
 }
+
+// A line of stdin too long to be a frame is an error (exit 1, said on
+// stderr), not a quiet end of input.
+func TestOverlongStdinLineIsAnError(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	g := stacktest.StartGateway(t, e, "gw1", 10*time.Second)
+	var errOut lockedBuffer
+	in := strings.NewReader(strings.Repeat("x", maxLineBytes+1) + "\n")
+	code := run([]string{g.WSURL}, in, io.Discard, &errOut)
+	if code != 1 || !strings.Contains(errOut.String(), "a line over") {
+		t.Errorf("exit %d, stderr %q; want 1 and the line named", code, errOut.String())
+	}
+}
