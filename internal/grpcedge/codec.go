@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"unicode/utf8"
 	"weak"
 
@@ -56,6 +57,11 @@ func ServerCodec() grpc.ServerOption {
 // message is garbage. Its keys are weak: an entry does not keep its message.
 var decodeErrors sync.Map // weak.Pointer[byte] (of the message) → *decodeError
 
+// pendingDecodeErrors counts decodeErrors' entries, so that a request that
+// decoded (nearly all) is checked without making a weak pointer to it: the
+// codec stores an entry in the goroutine that then takes it.
+var pendingDecodeErrors atomic.Int64
+
 // messageKey is the key of message v in decodeErrors: a weak pointer to what
 // v points to (every generated message is a pointer). Weak pointers made from
 // the same pointer are equal, and unequal to any made after the object is
@@ -91,17 +97,25 @@ func (c serverCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	b := buf.ReadOnlyData()
 	if err := proto.Unmarshal(b, m); err != nil {
 		if _, loaded := decodeErrors.Swap(key, &decodeError{field: badField(m.ProtoReflect().Descriptor(), b), err: err}); !loaded {
+			pendingDecodeErrors.Add(1)
 			runtime.AddCleanup((*byte)(reflect.ValueOf(v).UnsafePointer()), dropDecodeError, key)
 		}
 	}
 	return nil
 }
 
-func dropDecodeError(key weak.Pointer[byte]) { decodeErrors.Delete(key) }
+func dropDecodeError(key weak.Pointer[byte]) {
+	if _, ok := decodeErrors.LoadAndDelete(key); ok {
+		pendingDecodeErrors.Add(-1)
+	}
+}
 
 // takeDecodeError returns the error req's bytes gave, if any, as the call's
 // status.
 func takeDecodeError(fullMethod string, req any) error {
+	if pendingDecodeErrors.Load() == 0 {
+		return nil
+	}
 	key, ok := messageKey(req)
 	if !ok {
 		return nil
@@ -110,6 +124,7 @@ func takeDecodeError(fullMethod string, req any) error {
 	if !ok {
 		return nil
 	}
+	pendingDecodeErrors.Add(-1)
 	de := v.(*decodeError)
 	info := &errdetails.ErrorInfo{Reason: ReasonMalformedRequest, Domain: Domain(fullMethod)}
 	if de.field == "" {
