@@ -48,7 +48,7 @@ func run(args []string) error {
 	etcdTLS := app.AddEtcdTLSFlags(fs)
 	skipVersionCheck := app.AddEtcdVersionCheckFlag(fs)
 	etcdLimits := app.AddEtcdTxnLimitFlags(fs)
-	inflight := app.AddInflightPayloadFlag(fs)
+	inflight := app.AddInflightPayloadFlag(fs, "Deliver calls (from membership-servers)")
 	serverTLS := app.AddServerTLSFlags(fs, "internal API")
 	maxSockets := fs.Int("max-sockets", 0, "sockets this gateway holds at most; more are refused with HTTP 503 (0: no limit)")
 	framesPerSecond := fs.Float64("frames-per-second", 50, "client frames a socket may send per second (bursts of 2 s); past it requests get 429, far past it the socket is closed (1008)")
@@ -178,7 +178,7 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	serverOpts, err := serverTLS.Append(append(app.ServerOptions(log, 10*time.Second, token, grpcMetrics), inflight.ServerOptions(reg, "gateway")...))
+	serverOpts, err := serverTLS.Append(append(app.ServerOptions(log, 10*time.Second, token, grpcMetrics), inflight.ServerOptions(reg, "gateway", 10*time.Second, token)...))
 	if err != nil {
 		return err
 	}

@@ -59,7 +59,7 @@ func run(args []string) error {
 	maxRooms := fs.Int("max-rooms-per-socket", 0, "rooms a socket may be in; a Join past it fails with FAILED_PRECONDITION (0: no limit; a limit costs each Join one more etcd read and caps a Join at 60 sockets, fewer under a smaller --etcd-max-txn-ops)")
 	maxPayload := fs.Int("max-payload-bytes", service.DefaultMaxPayloadBytes, "largest JSON encoding of a Broadcast's or Blast's data (at most 3 MiB: messages travel to gateways in gRPC requests of at most 4 MiB)")
 	etcdLimits := app.AddEtcdTxnLimitFlags(fs)
-	inflight := app.AddInflightPayloadFlag(fs)
+	inflight := app.AddInflightPayloadFlag(fs, "Broadcast and Blast calls (and of the Deliver requests they send to gateways, while in flight)")
 	pprofAddr := fs.String("pprof-addr", "", "serve net/http/pprof on this address (empty: off)")
 	shutdownTimeout := fs.Duration("shutdown-timeout", 10*time.Second, "how long in-flight calls may finish on SIGTERM")
 	fs.Usage = func() {
@@ -146,7 +146,7 @@ func run(args []string) error {
 	svc := service.NewWithOptions(cli, *prefix, log, opts)
 	defer svc.Close()
 	grpcMetrics := app.GRPCServerMetrics(reg)
-	serverOpts, err := serverTLS.Append(append(app.ServerOptions(log, *callTimeout, token, grpcMetrics), inflight.ServerOptions(reg, "membership")...))
+	serverOpts, err := serverTLS.Append(append(app.ServerOptions(log, *callTimeout, token, grpcMetrics), inflight.ServerOptions(reg, "membership", *callTimeout, token)...))
 	if err != nil {
 		return err
 	}

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
 
@@ -44,18 +45,37 @@ func exemptFromAuth(_ context.Context, c interceptors.CallMeta) bool {
 // health and reflection; a missing or wrong token is UNAUTHENTICATED.
 func tokenInterceptors(token string) (grpc.UnaryServerInterceptor, grpc.StreamServerInterceptor) {
 	check := func(ctx context.Context) (context.Context, error) {
-		got, err := auth.AuthFromMD(ctx, "bearer")
-		if err != nil {
+		if err := checkBearer(ctx, token); err != nil {
 			return nil, err
-		}
-		if subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
-			return nil, status.Error(codes.Unauthenticated, "wrong bearer token")
 		}
 		return ctx, nil
 	}
 	match := selector.MatchFunc(exemptFromAuth)
 	return selector.UnaryServerInterceptor(auth.UnaryServerInterceptor(check), match),
 		selector.StreamServerInterceptor(auth.StreamServerInterceptor(check), match)
+}
+
+// checkBearer is the token check: ctx's incoming metadata must hold
+// "authorization: bearer <token>"; a missing or wrong token is
+// UNAUTHENTICATED.
+func checkBearer(ctx context.Context, token string) error {
+	got, err := auth.AuthFromMD(ctx, "bearer")
+	if err != nil {
+		return err
+	}
+	if subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
+		return status.Error(codes.Unauthenticated, "wrong bearer token")
+	}
+	return nil
+}
+
+// headerTokenCheck is checkBearer on a call's headers, for the payload
+// budget's tap (grpcedge.Budget.Authenticate), which runs before any
+// interceptor: a payload call without the token reserves nothing.
+func headerTokenCheck(token string) func(metadata.MD) error {
+	return func(md metadata.MD) error {
+		return checkBearer(metadata.NewIncomingContext(context.Background(), md), token)
+	}
 }
 
 // BearerToken is per-call credentials presenting token. It is sent over

@@ -4,6 +4,7 @@ import (
 	"flag"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
@@ -11,24 +12,34 @@ import (
 	"github.com/socketrooms/membership/internal/grpcedge"
 )
 
-// InflightPayloadFlag is --max-inflight-payload-bytes, the same on both
-// binaries (grpcedge.Budget).
+// InflightPayloadFlag is --max-inflight-payload-bytes (grpcedge.Budget), on
+// both binaries.
 type InflightPayloadFlag struct{ v *inflightBytes }
 
-// AddInflightPayloadFlag defines --max-inflight-payload-bytes.
-func AddInflightPayloadFlag(fs *flag.FlagSet) InflightPayloadFlag {
+// AddInflightPayloadFlag defines --max-inflight-payload-bytes; calls names the
+// payload calls the binary serves and what else counts ("Broadcast and Blast
+// calls (and the Deliver calls they send on)"), for the help.
+func AddInflightPayloadFlag(fs *flag.FlagSet, calls string) InflightPayloadFlag {
 	v := inflightBytes(grpcedge.DefaultMaxInflightPayloadBytes)
 	fs.Var(&v, "max-inflight-payload-bytes",
-		"request bytes of Broadcast, Blast and Deliver calls held at once; each call counts 4 MiB while its request is read, then its size until it returns; past it calls get RESOURCE_EXHAUSTED/OVERLOADED at once (0: no limit; else at least 4194304)")
+		"request bytes of "+calls+" held at once; each call counts 4 MiB while its request is read, then its size until it returns; past it calls get RESOURCE_EXHAUSTED/OVERLOADED at once (0: no limit; else at least 4194304)")
 	return InflightPayloadFlag{&v}
 }
 
 // ServerOptions install the budget (grpcedge.Budget.ServerOptions) and
 // register its metrics in reg as {namespace}_inflight_payload_bytes (bytes
 // reserved now) and {namespace}_inflight_payload_refused_total (calls refused
-// with OVERLOADED). Each call returns a new budget: call it once per server.
-func (f InflightPayloadFlag) ServerOptions(reg prometheus.Registerer, namespace string) []grpc.ServerOption {
-	b := grpcedge.NewBudget(int64(*f.v), grpcedge.MaxRecvMsgSize, grpcedge.PayloadMethods...)
+// with OVERLOADED). defaultTimeout and token are the server's, as given to
+// ServerOptions: a payload call without a deadline gets defaultTimeout from
+// its headers on, and with a token, one without it is refused UNAUTHENTICATED
+// before it reserves anything, so that no call holds the budget for longer
+// than that, nor without the token. Each call returns a new budget: call it
+// once per server.
+func (f InflightPayloadFlag) ServerOptions(reg prometheus.Registerer, namespace string, defaultTimeout time.Duration, token string) []grpc.ServerOption {
+	b := grpcedge.NewBudget(int64(*f.v), grpcedge.MaxRecvMsgSize, grpcedge.PayloadMethods...).DefaultTimeout(defaultTimeout)
+	if token != "" {
+		b.Authenticate(headerTokenCheck(token))
+	}
 	reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: namespace, Name: "inflight_payload_bytes",
 			Help: "Request bytes reserved by Broadcast, Blast and Deliver calls in flight (4 MiB each while a request is read, then its size); at most --max-inflight-payload-bytes."},

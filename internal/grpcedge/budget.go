@@ -5,10 +5,12 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/tap"
 	"google.golang.org/protobuf/proto"
@@ -50,6 +52,15 @@ var PayloadMethods = []string{
 // bytes past the limit is refused at once with RESOURCE_EXHAUSTED and reason
 // OVERLOADED: nothing queues.
 //
+// A reservation is taken before the call's message arrives, so two things
+// bound who can take one and for how long. With a check set (Authenticate),
+// a call whose headers fail it is refused with that check's error before
+// anything is reserved: without the token, no one holds the budget. And a
+// call that carries no deadline gets the server's default call timeout
+// (DefaultTimeout) from its headers on, so a call whose message never comes
+// returns its reservation, DEADLINE_EXCEEDED, that long after its headers; a
+// call with a deadline of its own holds it at most until then.
+//
 // The requests a call sends on (the membership-server's Deliver to each
 // target gateway) count too while they are in flight (CountOutgoing). What
 // else a call holds (the decoded data's JSON encoding, grpc-go's buffers
@@ -57,11 +68,13 @@ var PayloadMethods = []string{
 // returns) is not counted: the limit bounds it by a small factor (see
 // BENCHMARKS.md).
 type Budget struct {
-	limit   int64 // 0: no limit
-	perCall int64
-	methods map[string]bool
-	used    atomic.Int64
-	refused atomic.Int64
+	limit          int64 // 0: no limit
+	perCall        int64
+	methods        map[string]bool
+	authenticate   func(metadata.MD) error // nil: no check
+	defaultTimeout time.Duration           // 0: none
+	used           atomic.Int64
+	refused        atomic.Int64
 }
 
 // NewBudget bounds the payload bytes in flight to limit (0: no bound), with
@@ -71,6 +84,25 @@ func NewBudget(limit, perCall int64, methods ...string) *Budget {
 	for _, m := range methods {
 		b.methods[m] = true
 	}
+	return b
+}
+
+// Authenticate has the budget refuse a payload call whose headers check
+// rejects, with check's error, before it reserves anything (the tap runs before
+// any interceptor, the server's token check among them). check gets the
+// call's headers as grpc-go received them (keys in lower case) and must not
+// block. It returns b.
+func (b *Budget) Authenticate(check func(metadata.MD) error) *Budget {
+	b.authenticate = check
+	return b
+}
+
+// DefaultTimeout gives a payload call that carries no deadline (no
+// grpc-timeout header) a deadline of d after its headers arrive, so that its
+// reservation is returned by then even if its message never comes; the
+// server's default call timeout. 0: none. It returns b.
+func (b *Budget) DefaultTimeout(d time.Duration) *Budget {
+	b.defaultTimeout = d
 	return b
 }
 
@@ -140,6 +172,11 @@ func (b *Budget) tap(ctx context.Context, info *tap.Info) (context.Context, erro
 	if !b.methods[info.FullMethodName] {
 		return ctx, nil
 	}
+	if b.authenticate != nil {
+		if err := b.authenticate(info.Header); err != nil {
+			return ctx, err
+		}
+	}
 	for {
 		used := b.used.Load()
 		if used+b.perCall > b.limit {
@@ -151,10 +188,20 @@ func (b *Budget) tap(ctx context.Context, info *tap.Info) (context.Context, erro
 		}
 	}
 	r := &reservation{b: b, n: b.perCall}
+	release := r.release
+	if _, ok := ctx.Deadline(); !ok && b.defaultTimeout > 0 {
+		// The returned context becomes the stream's: when it expires, the
+		// read of the message fails with DEADLINE_EXCEEDED and the call
+		// ends. It is done at the latest when the stream's own context is
+		// (the call's end); cancel then frees its timer.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, b.defaultTimeout)
+		release = func() { r.release(); cancel() }
+	}
 	// The stream's context is done when the call ends however it ends,
 	// including the ways that never reach a handler (an undecodable or
 	// oversized message, a cancelled or expired call, a closed connection).
-	context.AfterFunc(ctx, r.release)
+	context.AfterFunc(ctx, release)
 	return context.WithValue(ctx, reservationKey{}, r), nil
 }
 

@@ -173,8 +173,9 @@ func errorInfoless(t *testing.T, err error, code codes.Code) {
 
 // A call's requests to other servers count in its reservation while they are
 // in flight, CopyFactor times each (the membership-server's Deliver to each
-// gateway is a clone, encoded again to be sent): a 1 MiB call fanned out to
-// two held calls holds 1 + 2×2 MiB of the budget, and all of it returns.
+// gateway is encoded again to be sent): a 1 MiB call fanned out to two held
+// calls holds 1 + 2×CopyFactor MiB of the budget (3 MiB at CopyFactor 1), and
+// all of it returns.
 func TestOutgoingRequestsCountInTheBudget(t *testing.T) {
 	arrived, hold := make(chan struct{}, 2), make(chan struct{})
 	sink := grpc.NewServer()

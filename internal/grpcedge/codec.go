@@ -2,10 +2,14 @@ package grpcedge
 
 import (
 	"context"
+	"reflect"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"unicode/utf8"
+	"weak"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
@@ -34,14 +38,41 @@ import (
 // into and returns nil, and the interceptors, which run before the handler,
 // answer the call with that error instead of calling it. They must come
 // before any interceptor that can answer a call without calling on (an auth
-// check), or the kept error would stay kept.
+// check), or the call would get that interceptor's answer instead.
+//
+// Not every call whose request the codec decoded reaches an interceptor:
+// grpc-go reads a non-client-streaming call's request and then reads on for
+// the end of the stream, decoding any second message into the same request,
+// and a failure of that second read (a second message, a cancel, a closed
+// connection) ends a unary call before its interceptors run. So a kept error
+// lives no longer than its message: it is keyed weakly by the message and
+// dropped when the message is garbage (runtime.AddCleanup), and an
+// interceptor that sees the message takes it at once.
 func ServerCodec() grpc.ServerOption {
 	return grpc.ForceServerCodecV2(serverCodec{encoding.GetCodecV2("proto")})
 }
 
 // decodeErrors holds, per message being decoded into, the error that message's
-// bytes gave, from the codec's Unmarshal until an interceptor takes it.
-var decodeErrors sync.Map // proto.Message → *decodeError
+// bytes gave, from the codec's Unmarshal until an interceptor takes it or the
+// message is garbage. Its keys are weak: an entry does not keep its message.
+var decodeErrors sync.Map // weak.Pointer[byte] (of the message) → *decodeError
+
+// pendingDecodeErrors counts decodeErrors' entries, so that a request that
+// decoded (nearly all) is checked without making a weak pointer to it: the
+// codec stores an entry in the goroutine that then takes it.
+var pendingDecodeErrors atomic.Int64
+
+// messageKey is the key of message v in decodeErrors: a weak pointer to what
+// v points to (every generated message is a pointer). Weak pointers made from
+// the same pointer are equal, and unequal to any made after the object is
+// freed, so a new message at a reused address is a new key.
+func messageKey(v any) (weak.Pointer[byte], bool) {
+	rv := reflect.ValueOf(v)
+	if rv.Kind() != reflect.Pointer || rv.IsNil() {
+		return weak.Pointer[byte]{}, false
+	}
+	return weak.Make((*byte)(rv.UnsafePointer())), true
+}
 
 type decodeError struct {
 	field string // "" when no one field is at fault
@@ -57,22 +88,43 @@ func (c serverCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	if !ok {
 		return c.CodecV2.Unmarshal(data, v)
 	}
+	key, ok := messageKey(v)
+	if !ok {
+		return c.CodecV2.Unmarshal(data, v)
+	}
 	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
 	defer buf.Free()
 	b := buf.ReadOnlyData()
 	if err := proto.Unmarshal(b, m); err != nil {
-		decodeErrors.Store(v, &decodeError{field: badField(m.ProtoReflect().Descriptor(), b), err: err})
+		if _, loaded := decodeErrors.Swap(key, &decodeError{field: badField(m.ProtoReflect().Descriptor(), b), err: err}); !loaded {
+			pendingDecodeErrors.Add(1)
+			runtime.AddCleanup((*byte)(reflect.ValueOf(v).UnsafePointer()), dropDecodeError, key)
+		}
 	}
 	return nil
+}
+
+func dropDecodeError(key weak.Pointer[byte]) {
+	if _, ok := decodeErrors.LoadAndDelete(key); ok {
+		pendingDecodeErrors.Add(-1)
+	}
 }
 
 // takeDecodeError returns the error req's bytes gave, if any, as the call's
 // status.
 func takeDecodeError(fullMethod string, req any) error {
-	v, ok := decodeErrors.LoadAndDelete(req)
+	if pendingDecodeErrors.Load() == 0 {
+		return nil
+	}
+	key, ok := messageKey(req)
 	if !ok {
 		return nil
 	}
+	v, ok := decodeErrors.LoadAndDelete(key)
+	if !ok {
+		return nil
+	}
+	pendingDecodeErrors.Add(-1)
 	de := v.(*decodeError)
 	info := &errdetails.ErrorInfo{Reason: ReasonMalformedRequest, Domain: Domain(fullMethod)}
 	if de.field == "" {
@@ -93,7 +145,9 @@ func UnaryDecodeErrors(ctx context.Context, req any, info *grpc.UnaryServerInfo,
 }
 
 // StreamDecodeErrors answers a streaming call's RecvMsg whose message did not
-// decode.
+// decode. It takes the message's decode error whatever RecvMsg returned: on a
+// non-client-streaming call RecvMsg decodes the request and then fails if a
+// second message follows or the call ends first.
 func StreamDecodeErrors(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 	return h(srv, &decodeCheckedStream{ServerStream: ss, method: info.FullMethod})
 }
@@ -104,10 +158,11 @@ type decodeCheckedStream struct {
 }
 
 func (s *decodeCheckedStream) RecvMsg(m any) error {
-	if err := s.ServerStream.RecvMsg(m); err != nil {
-		return err
+	err := s.ServerStream.RecvMsg(m)
+	if derr := takeDecodeError(s.method, m); derr != nil {
+		return derr
 	}
-	return takeDecodeError(s.method, m)
+	return err
 }
 
 // maxFieldPath is how deep badField names a field: past it, the top-level
