@@ -12,7 +12,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -28,7 +27,8 @@ import (
 //  1. gRPC health turns NOT_SERVING and Serving reports false, so load
 //     balancers and probes stop sending before anything else stops;
 //  2. the parts stop in the reverse of their start order, each given
-//     StopTimeout: a Go part's context is canceled and it is waited for; an
+//     StopTimeout: a Go part's context is canceled and it is waited for
+//     (no longer: past it, the stop goes on and Run returns without it); an
 //     HTTP server is Shutdown (idle connections closed, requests in flight
 //     finished), then Closed when the timeout passes; a gRPC server is
 //     GracefulStopped (calls in flight finished), then Stopped when the
@@ -122,45 +122,53 @@ func (l *Lifecycle) Serving() bool {
 }
 
 // Run starts every part and stops them all when ctx ends, SIGINT or SIGTERM
-// arrives, or a part fails; it returns once all are stopped. The error is
-// the first part's failure (nil after a signal). Call it once.
+// arrives, or a part fails; it returns once the stop order has run, so
+// within StopTimeout per part. The error is the first part's failure (nil
+// after a signal or the end of ctx). Call it once.
+//
+// A Go part still running when its StopTimeout passes is not waited for:
+// Run returns without it, and it ends with the process when the binary
+// returns from main.
 func (l *Lifecycle) Run(ctx context.Context) error {
 	ctx, stopSignals := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stopSignals()
 	if l.Health != nil && l.Ready != nil {
 		l.Health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	}
-	g, gctx := errgroup.WithContext(ctx)
+	// Not an errgroup: its Wait joins every goroutine, and a part that
+	// ignores its stop would hold Run forever.
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var failOnce sync.Once
+	var failed error
+	fail := func(err error) { failOnce.Do(func() { failed = err; cancel() }) }
 	for _, p := range l.parts {
-		g.Go(func() error {
+		go func() {
 			err := p.run()
 			if l.isStopping() {
-				return nil
+				return
 			}
 			if err == nil {
 				err = errors.New("ended")
 			}
-			return fmt.Errorf("%s: %w", p.name, err)
-		})
+			fail(fmt.Errorf("%s: %w", p.name, err))
+		}()
 	}
-	g.Go(func() error {
-		select {
-		case <-l.Ready: // a nil Ready is ready at once: see below
-		case <-gctx.Done():
-			return nil
-		}
-		l.markServing()
-		return nil
-	})
 	if l.Ready == nil {
 		l.markServing()
+	} else {
+		go func() {
+			select {
+			case <-l.Ready:
+				l.markServing()
+			case <-runCtx.Done():
+			}
+		}()
 	}
-	g.Go(func() error {
-		<-gctx.Done()
-		l.stop()
-		return nil
-	})
-	return g.Wait()
+	<-runCtx.Done()
+	fail(nil) // a failure from now on is not the first
+	l.stop()
+	return failed
 }
 
 // markServing turns health SERVING unless the stop has begun.

@@ -176,3 +176,34 @@ func TestListenInUseNamesAddressAndFlag(t *testing.T) {
 		t.Fatalf("error %v, want it to contain %q", err, want)
 	}
 }
+
+// A Go part that ignores its context's cancellation holds the stop no longer
+// than StopTimeout: Run returns without it (the process's exit ends it),
+// and the parts stopped before it (added after it) are stopped all the same.
+func TestLifecycleRunReturnsPastAPartThatIgnoresStop(t *testing.T) {
+	stuck := make(chan struct{})
+	defer close(stuck)
+	hlis := listenLoopback(t)
+	lc := &Lifecycle{StopTimeout: 200 * time.Millisecond}
+	lc.Go("stuck", func(context.Context) error { <-stuck; return nil })
+	lc.HTTP("http", &http.Server{Handler: http.NotFoundHandler()}, hlis)
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- lc.Run(ctx) }()
+	waitServing := time.Now().Add(5 * time.Second)
+	for !lc.Serving() && time.Now().Before(waitServing) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	select {
+	case err := <-ran:
+		if err != nil {
+			t.Fatalf("Run = %v after its context ended; want nil", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run had not returned 5s after the stop, with StopTimeout 200ms")
+	}
+	if _, err := http.Get("http://" + hlis.Addr().String()); err == nil {
+		t.Fatal("HTTP server still serving after Run returned")
+	}
+}
