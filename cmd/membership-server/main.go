@@ -86,7 +86,7 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := app.ServePprof(*pprofAddr, log); err != nil {
+	if err := app.ServePprof(*pprofAddr, envPrefix, log); err != nil {
 		return err
 	}
 
@@ -96,7 +96,7 @@ func run(args []string) error {
 		embedded, err = etcdembed.Start(etcdembed.Config{Dir: *dataDir, ClientAddr: *embeddedAddr, PeerAddr: *embeddedPeer,
 			MaxRequestBytes: uint(limits.MaxRequestBytes), MaxTxnOps: uint(limits.MaxTxnOps)})
 		if err != nil {
-			return app.ListenErrorOf(err, map[string]string{"embedded-etcd-addr": *embeddedAddr, "embedded-etcd-peer-addr": *embeddedPeer})
+			return app.ListenErrorOf(err, envPrefix, map[string]string{"embedded-etcd-addr": *embeddedAddr, "embedded-etcd-peer-addr": *embeddedPeer})
 		}
 		defer embedded.Close()
 		log.Info("embedded etcd started", "endpoint", embedded.Endpoint, "data_dir", embedded.Dir)
@@ -167,7 +167,7 @@ func run(args []string) error {
 			}
 			_, _ = w.Write([]byte("ok\n"))
 		})
-		mlis, err := app.Listen(*metricsAddr, "metrics-addr")
+		mlis, err := app.Listen(*metricsAddr, envPrefix, "metrics-addr")
 		if err != nil {
 			return err
 		}
@@ -175,7 +175,7 @@ func run(args []string) error {
 		lc.HTTP("metrics", &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, mlis)
 		log.Info("metrics serving", "addr", mlis.Addr().String())
 	}
-	lis, err := app.Listen(*grpcAddr, "grpc-addr")
+	lis, err := app.Listen(*grpcAddr, envPrefix, "grpc-addr")
 	if err != nil {
 		return err
 	}

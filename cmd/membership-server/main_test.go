@@ -30,7 +30,8 @@ func TestStartRefusesOldEtcd(t *testing.T) {
 	}
 }
 
-// Every listener's address in use is reported with the flag that sets it.
+// Every listener's address in use is reported with the flag and the
+// environment variable that set it.
 func TestAddressInUseNamesItsFlag(t *testing.T) {
 	for _, flag := range []string{"grpc-addr", "metrics-addr", "embedded-etcd-addr", "embedded-etcd-peer-addr", "pprof-addr"} {
 		t.Run(flag, func(t *testing.T) {
@@ -49,7 +50,8 @@ func TestAddressInUseNamesItsFlag(t *testing.T) {
 				args = append(args, "--"+f, a)
 			}
 			err = run(args)
-			if want := taken.Addr().String() + " is in use: set --" + flag; err == nil || !strings.Contains(err.Error(), want) {
+			env := "MEMBERSHIP_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+			if want := taken.Addr().String() + " is in use: set --" + flag + " (" + env + ") to a free address"; err == nil || !strings.Contains(err.Error(), want) {
 				t.Fatalf("run = %v; want an error containing %q", err, want)
 			}
 		})

@@ -217,24 +217,26 @@ func (l *Lifecycle) stop() {
 	}
 }
 
-// Listen listens on addr (TCP), the value of the flag named flagName. An
-// address already in use is reported with the flag to change, since the
-// operator's next step is to pick another address or stop the process
-// holding it.
-func Listen(addr, flagName string) (net.Listener, error) {
+// Listen listens on addr (TCP), the value of the flag named flagName of a
+// binary whose flags are read from environment variables prefixed envPrefix
+// (see ParseFlags). An address already in use is reported with the flag and
+// the variable to change, since the operator's next step is to pick another
+// address (where it was set) or stop the process holding it.
+func Listen(addr, envPrefix, flagName string) (net.Listener, error) {
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, ListenError(err, addr, flagName)
+		return nil, ListenError(err, addr, envPrefix, flagName)
 	}
 	return lis, nil
 }
 
 // ListenError explains err, a failure to listen on addr as set by the flag
-// named flagName: "ADDR is in use: set --FLAG to a free address (…)" for an
-// address in use, "--FLAG ADDR: …" otherwise. The result wraps err.
-func ListenError(err error, addr, flagName string) error {
+// named flagName (or its environment variable, EnvName(envPrefix,
+// flagName)): "ADDR is in use: set --FLAG (ENV) to a free address (…)" for
+// an address in use, "--FLAG ADDR: …" otherwise. The result wraps err.
+func ListenError(err error, addr, envPrefix, flagName string) error {
 	if errors.Is(err, syscall.EADDRINUSE) {
-		return fmt.Errorf("%s is in use: set --%s to a free address (%w)", addr, flagName, err)
+		return fmt.Errorf("%s is in use: set --%s (%s) to a free address (%w)", addr, flagName, EnvName(envPrefix, flagName), err)
 	}
 	return fmt.Errorf("--%s %s: %w", flagName, addr, err)
 }
@@ -244,7 +246,7 @@ func ListenError(err error, addr, flagName string) error {
 // in use is matched to its flag by the failed listener's address (or, for a
 // flag naming a host that resolved differently, by port); other errors are
 // returned as they are.
-func ListenErrorOf(err error, flags map[string]string) error {
+func ListenErrorOf(err error, envPrefix string, flags map[string]string) error {
 	var op *net.OpError
 	if !errors.Is(err, syscall.EADDRINUSE) || !errors.As(err, &op) || op.Addr == nil {
 		return err
@@ -253,12 +255,12 @@ func ListenErrorOf(err error, flags map[string]string) error {
 	_, failedPort, _ := net.SplitHostPort(failed)
 	for name, addr := range flags {
 		if addr == failed {
-			return ListenError(err, addr, name)
+			return ListenError(err, addr, envPrefix, name)
 		}
 	}
 	for name, addr := range flags {
 		if _, port, e := net.SplitHostPort(addr); e == nil && port == failedPort {
-			return ListenError(err, addr, name)
+			return ListenError(err, addr, envPrefix, name)
 		}
 	}
 	return err
