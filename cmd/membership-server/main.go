@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -90,6 +91,21 @@ func run(args []string) error {
 		return err
 	}
 
+	// Listen before anything slow (the embedded etcd's start, the etcd
+	// version check), so an address in use is reported at once.
+	lis, err := app.Listen(*grpcAddr, envPrefix, "grpc-addr")
+	if err != nil {
+		return err
+	}
+	defer lis.Close()
+	var mlis net.Listener
+	if *metricsAddr != "" {
+		if mlis, err = app.Listen(*metricsAddr, envPrefix, "metrics-addr"); err != nil {
+			return err
+		}
+		defer mlis.Close()
+	}
+
 	var eps []string
 	var embedded *etcdembed.Server
 	if strings.TrimSpace(*endpoints) == "" {
@@ -167,19 +183,9 @@ func run(args []string) error {
 			}
 			_, _ = w.Write([]byte("ok\n"))
 		})
-		mlis, err := app.Listen(*metricsAddr, envPrefix, "metrics-addr")
-		if err != nil {
-			return err
-		}
-		defer mlis.Close()
 		lc.HTTP("metrics", &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, mlis)
 		log.Info("metrics serving", "addr", mlis.Addr().String())
 	}
-	lis, err := app.Listen(*grpcAddr, envPrefix, "grpc-addr")
-	if err != nil {
-		return err
-	}
-	defer lis.Close()
 	lc.GRPC("gRPC API", srv, lis)
 	if embedded != nil {
 		lc.Go("embedded etcd", func(ctx context.Context) error {
