@@ -47,6 +47,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -181,7 +182,15 @@ func run(args []string) error {
 	waitCtx, cancelWait := context.WithTimeout(context.Background(), readyWait)
 	defer cancelWait()
 	ready := make(chan error, 1)
-	go func() { ready <- waitReady(waitCtx, apiAddr, wsAddr) }()
+	// A gRPC API with TLS (perhaps mutual) cannot be probed in plaintext:
+	// its /healthz on the metrics address answers the same readiness.
+	probe := probe{api: apiAddr, gateway: wsAddr}
+	if getenv("MEMBERSHIP_TLS_CERT_FILE", "") != "" || slices.ContainsFunc(args, func(a string) bool {
+		return strings.HasPrefix(strings.TrimLeft(a, "-"), "tls-cert-file")
+	}) {
+		probe.api, probe.metrics = "", metricsAddr
+	}
+	go func() { ready <- probe.wait(waitCtx) }()
 
 	// Stop everything as soon as either process exits. A signal repeated
 	// during the stop (make passes its SIGTERM on to its child too) changes
@@ -220,44 +229,56 @@ Ctrl-C stops everything.
 	return failed
 }
 
-// waitReady returns nil once the membership-server's gRPC health answers
-// SERVING at apiAddr and the gateway's /healthz at wsAddr answers 200, or
-// the last failure when ctx ends first.
-func waitReady(ctx context.Context, apiAddr, wsAddr string) error {
-	cc, err := grpc.NewClient(apiAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return err
-	}
-	defer cc.Close()
-	health := healthpb.NewHealthClient(cc)
+// probe finds whether the stack is ready: the membership-server's gRPC
+// health SERVING at api (or, with api empty, its /healthz answering 200 at
+// metrics; neither: not probed) and the gateway's /healthz 200 at gateway.
+type probe struct{ api, metrics, gateway string }
+
+// wait returns nil once both are ready, or the last failure when ctx ends
+// first.
+func (p probe) wait(ctx context.Context) error {
 	httpc := &http.Client{Timeout: time.Second}
-	serverReady := func() error {
-		cctx, cancel := context.WithTimeout(ctx, time.Second)
-		defer cancel()
-		resp, err := health.Check(cctx, &healthpb.HealthCheckRequest{})
-		if err != nil {
-			return err
+	healthz := func(addr string) func() error {
+		return func() error {
+			resp, err := httpc.Get("http://" + addr + "/healthz")
+			if err != nil {
+				return err
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				return fmt.Errorf("/healthz: %s", resp.Status)
+			}
+			return nil
 		}
-		if resp.Status != healthpb.HealthCheckResponse_SERVING {
-			return fmt.Errorf("health %v", resp.Status)
-		}
-		return nil
 	}
-	gatewayReady := func() error {
-		resp, err := httpc.Get("http://" + wsAddr + "/healthz")
+	serverReady := func() error { return nil }
+	if p.metrics != "" {
+		serverReady = healthz(p.metrics)
+	}
+	if p.api != "" {
+		cc, err := grpc.NewClient(p.api, grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
 			return err
 		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("/healthz: %s", resp.Status)
+		defer cc.Close()
+		health := healthpb.NewHealthClient(cc)
+		serverReady = func() error {
+			cctx, cancel := context.WithTimeout(ctx, time.Second)
+			defer cancel()
+			resp, err := health.Check(cctx, &healthpb.HealthCheckRequest{})
+			if err != nil {
+				return err
+			}
+			if resp.Status != healthpb.HealthCheckResponse_SERVING {
+				return fmt.Errorf("health %v", resp.Status)
+			}
+			return nil
 		}
-		return nil
 	}
 	for _, c := range []struct {
 		name  string
 		ready func() error
-	}{{"membership-server", serverReady}, {"gateway", gatewayReady}} {
+	}{{"membership-server", serverReady}, {"gateway", healthz(p.gateway)}} {
 		for {
 			err := c.ready()
 			if err == nil {
