@@ -1,8 +1,11 @@
 // Command devstack is `make run`: it runs a local stack in the foreground, a
-// membership-server with an embedded etcd and one gateway, prints their
-// addresses, and stops both when it is interrupted or either one exits.
+// membership-server with an embedded etcd and one gateway, prints every
+// address once both answer ready, and stops both when it is interrupted or
+// either one exits.
 //
-// The children die with devstack whatever ends it. SIGINT, SIGTERM or SIGHUP
+// The children die with devstack whatever ends it, and devstack with its
+// parent (make): on Linux it sets PR_SET_PDEATHSIG to SIGTERM on itself, so
+// a kill -9 of make alone stops the stack in order. SIGINT, SIGTERM or SIGHUP
 // stop them in order: the gateway first (it closes its sockets and revokes
 // its lease in etcd, which lives in the membership-server), then the
 // membership-server; each is killed if it has not exited in time. When
@@ -25,6 +28,10 @@
 //	DATA_DIR    data directory; the embedded etcd's is DATA_DIR/etcd (.data)
 //	GATEWAY_ID  the gateway's id (gw-local)
 //
+// MEMBERSHIP_ETCD_ENDPOINTS set runs the stack on that etcd instead of an
+// embedded one: the gateway uses it too (unless GATEWAY_ETCD_ENDPOINTS is
+// set) and DATA_DIR is not used.
+//
 // Every flag of the binaries can be set in their environment variables
 // (MEMBERSHIP_GRPC_ADDR, GATEWAY_WS_ADDR, …); the addresses printed are
 // read from the same variables. Arguments are passed to the
@@ -32,14 +39,22 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
 // Bounds on each child's stop after SIGTERM, before SIGKILL: the gateway's
@@ -55,6 +70,10 @@ func main() {
 	// The death signal follows the thread that started the child: the main
 	// goroutine starts both and keeps its thread until the process exits.
 	runtime.LockOSThread()
+	if err := dieWithParent(); err != nil {
+		fmt.Fprintln(os.Stderr, "devstack:", err)
+		os.Exit(1)
+	}
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "devstack:", err)
 		os.Exit(1)
@@ -96,63 +115,181 @@ func (c *child) stop(wait time.Duration) {
 }
 
 func getenv(name, def string) string {
-	if v, ok := os.LookupEnv(name); ok && v != "" {
+	if v, ok := os.LookupEnv(name); ok && strings.TrimSpace(v) != "" {
 		return v
 	}
 	return def
 }
 
+// readyWait bounds the wait for both servers to answer ready: the gateway
+// itself gives up on etcd after 30s.
+const readyWait = 60 * time.Second
+
 func run(args []string) error {
 	bin := getenv("BIN", ".bin")
 	data := getenv("DATA_DIR", ".data")
-	if err := os.MkdirAll(data, 0o755); err != nil {
-		return err
-	}
 	apiAddr := getenv("MEMBERSHIP_GRPC_ADDR", "127.0.0.1:50051")
-	etcdAddr := getenv("MEMBERSHIP_EMBEDDED_ETCD_ADDR", "127.0.0.1:2379")
-	wsAddr := getenv("GATEWAY_WS_ADDR", "127.0.0.1:8080")
 	metricsAddr := getenv("MEMBERSHIP_METRICS_ADDR", "127.0.0.1:50052")
-	// The gateway finds the embedded etcd, and the demo page names the API,
-	// wherever they were moved to.
+	if v, ok := os.LookupEnv("MEMBERSHIP_METRICS_ADDR"); ok && strings.TrimSpace(v) == "" {
+		metricsAddr = "" // set empty: off
+	}
+	wsAddr := getenv("GATEWAY_WS_ADDR", "127.0.0.1:8080")
+	gwAPIAddr := getenv("GATEWAY_GRPC_ADDR", "127.0.0.1:50061")
+	gwMetricsAddr := getenv("GATEWAY_METRICS_ADDR", wsAddr)
+
+	// With MEMBERSHIP_ETCD_ENDPOINTS the membership-server starts no
+	// embedded etcd: the gateway uses the same etcd, and no data directory
+	// is involved.
+	var serverArgs []string
+	etcdEndpoints := getenv("MEMBERSHIP_ETCD_ENDPOINTS", "")
+	var etcdLine string
+	if etcdEndpoints != "" {
+		etcdLine = fmt.Sprintf("etcd:            %s (external, MEMBERSHIP_ETCD_ENDPOINTS)", etcdEndpoints)
+	} else {
+		etcdEndpoints = getenv("MEMBERSHIP_EMBEDDED_ETCD_ADDR", "127.0.0.1:2379")
+		peerAddr := getenv("MEMBERSHIP_EMBEDDED_ETCD_PEER_ADDR", "127.0.0.1:2380")
+		dir := filepath.Join(data, "etcd")
+		if err := os.MkdirAll(data, 0o755); err != nil {
+			return err
+		}
+		serverArgs = []string{"--data-dir", dir}
+		etcdLine = fmt.Sprintf("etcd:            %s, peers %s (embedded; data in %s; rm -rf %s after a stop to start empty)",
+			etcdEndpoints, peerAddr, dir, data)
+	}
+	// The gateway finds etcd, and the demo page names the API, wherever
+	// they were moved to.
 	env := append(os.Environ(),
-		"GATEWAY_ETCD_ENDPOINTS="+getenv("GATEWAY_ETCD_ENDPOINTS", etcdAddr),
+		"GATEWAY_ETCD_ENDPOINTS="+getenv("GATEWAY_ETCD_ENDPOINTS", etcdEndpoints),
 		"GATEWAY_DEMO_API_ADDR="+getenv("GATEWAY_DEMO_API_ADDR", apiAddr))
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 
-	server, err := start(filepath.Join(bin, "membership-server"), env,
-		append([]string{"--data-dir", filepath.Join(data, "etcd")}, args...)...)
+	server, err := start(filepath.Join(bin, "membership-server"), env, append(serverArgs, args...)...)
 	if err != nil {
 		return err
 	}
-	// The gateway retries until the embedded etcd answers. The demo page is
-	// off by default in the binary; for a local stack it is the point.
+	// The gateway retries until etcd answers. The demo page is off by
+	// default in the binary; for a local stack it is the point.
 	gateway, err := start(filepath.Join(bin, "gateway"), env, "--gateway-id", getenv("GATEWAY_ID", "gw-local"), "--demo-page")
 	if err != nil {
 		server.stop(serverStopWait)
 		return err
 	}
-	fmt.Printf(`membership API:  %[1]s (grpcurl -plaintext %[1]s list)
-WebSocket:       ws://%[2]s/ws
-demo page:       http://%[2]s/ (browser library: http://%[2]s/membership.js)
-etcd:            %[3]s (data in %[4]s; rm -rf %[5]s after a stop to start empty)
-metrics:         http://%[6]s/metrics (membership-server), http://%[2]s/metrics (gateway)
-Ctrl-C stops everything.
-`, apiAddr, wsAddr, etcdAddr, filepath.Join(data, "etcd"), data, metricsAddr)
+
+	// The addresses are printed once both answer ready, so that a port in
+	// use or an unreachable etcd shows as an error with no banner before it.
+	waitCtx, cancelWait := context.WithTimeout(context.Background(), readyWait)
+	defer cancelWait()
+	ready := make(chan error, 1)
+	// A gRPC API with TLS (perhaps mutual) cannot be probed in plaintext:
+	// its /healthz on the metrics address answers the same readiness.
+	probe := probe{api: apiAddr, gateway: wsAddr}
+	if getenv("MEMBERSHIP_TLS_CERT_FILE", "") != "" || slices.ContainsFunc(args, func(a string) bool {
+		return strings.HasPrefix(strings.TrimLeft(a, "-"), "tls-cert-file")
+	}) {
+		probe.api, probe.metrics = "", metricsAddr
+	}
+	go func() { ready <- probe.wait(waitCtx) }()
 
 	// Stop everything as soon as either process exits. A signal repeated
 	// during the stop (make passes its SIGTERM on to its child too) changes
 	// nothing: every step is bounded already.
 	var failed error
-	select {
-	case <-sigs:
-	case <-server.done:
-		failed = fmt.Errorf("membership-server exited: %v", server.cmd.ProcessState)
-	case <-gateway.done:
-		failed = fmt.Errorf("gateway exited: %v", gateway.cmd.ProcessState)
+	for stopping := false; !stopping; {
+		select {
+		case err := <-ready:
+			if err != nil {
+				failed, stopping = err, true
+				break
+			}
+			metrics := "off (membership-server)"
+			if metricsAddr != "" {
+				metrics = "http://" + metricsAddr + "/metrics (membership-server)"
+			}
+			fmt.Printf(`membership API:  %[1]s (grpcurl -plaintext %[1]s list)
+WebSocket:       ws://%[2]s/ws
+demo page:       http://%[2]s/ (browser library: http://%[2]s/membership.js)
+gateway API:     %[3]s (internal: membership-servers deliver here)
+%[4]s
+metrics:         %[5]s, http://%[6]s/metrics (gateway)
+Ctrl-C stops everything.
+`, apiAddr, wsAddr, gwAPIAddr, etcdLine, metrics, gwMetricsAddr)
+		case <-sigs:
+			stopping = true
+		case <-server.done:
+			failed, stopping = fmt.Errorf("membership-server exited: %v", server.cmd.ProcessState), true
+		case <-gateway.done:
+			failed, stopping = fmt.Errorf("gateway exited: %v", gateway.cmd.ProcessState), true
+		}
 	}
+	cancelWait()
 	gateway.stop(gatewayStopWait)
 	server.stop(serverStopWait)
 	return failed
+}
+
+// probe finds whether the stack is ready: the membership-server's gRPC
+// health SERVING at api (or, with api empty, its /healthz answering 200 at
+// metrics; neither: not probed) and the gateway's /healthz 200 at gateway.
+type probe struct{ api, metrics, gateway string }
+
+// wait returns nil once both are ready, or the last failure when ctx ends
+// first.
+func (p probe) wait(ctx context.Context) error {
+	httpc := &http.Client{Timeout: time.Second}
+	healthz := func(addr string) func() error {
+		return func() error {
+			resp, err := httpc.Get("http://" + addr + "/healthz")
+			if err != nil {
+				return err
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				return fmt.Errorf("/healthz: %s", resp.Status)
+			}
+			return nil
+		}
+	}
+	serverReady := func() error { return nil }
+	if p.metrics != "" {
+		serverReady = healthz(p.metrics)
+	}
+	if p.api != "" {
+		cc, err := grpc.NewClient(p.api, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return err
+		}
+		defer cc.Close()
+		health := healthpb.NewHealthClient(cc)
+		serverReady = func() error {
+			cctx, cancel := context.WithTimeout(ctx, time.Second)
+			defer cancel()
+			resp, err := health.Check(cctx, &healthpb.HealthCheckRequest{})
+			if err != nil {
+				return err
+			}
+			if resp.Status != healthpb.HealthCheckResponse_SERVING {
+				return fmt.Errorf("health %v", resp.Status)
+			}
+			return nil
+		}
+	}
+	for _, c := range []struct {
+		name  string
+		ready func() error
+	}{{"membership-server", serverReady}, {"gateway", healthz(p.gateway)}} {
+		for {
+			err := c.ready()
+			if err == nil {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("%s not ready within %v: %v", c.name, readyWait, err)
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
+	return nil
 }

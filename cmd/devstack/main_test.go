@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -64,33 +66,63 @@ func TestMain(m *testing.M) {
 // stack is a devstack started as make would start it: in a process group
 // of its own (make's), on free ports.
 type stack struct {
-	cmd      *exec.Cmd
+	cmd      *exec.Cmd // devstack, or the shell that started it
 	done     chan struct{}
+	devstack int // devstack's pid
 	api, ws  string
+	gwAPI    string
 	peer     string
+	data     string
+	banner   string
 	children []int // pids of its children
 }
 
-func startStack(t *testing.T) *stack {
-	t.Helper()
-	bin := binaries(t)
-	s := &stack{api: testutil.FreeAddr(t), ws: testutil.FreeAddr(t), peer: testutil.FreeAddr(t), done: make(chan struct{})}
-	etcd := testutil.FreeAddr(t)
-	cmd := exec.Command(filepath.Join(bin, "devstack"))
-	cmd.Env = append(os.Environ(),
+// stackConfig changes how a stack starts.
+type stackConfig struct {
+	// etcd, when set, is an external etcd (MEMBERSHIP_ETCD_ENDPOINTS);
+	// GATEWAY_ETCD_ENDPOINTS is then left unset.
+	etcd string
+	// viaShell starts devstack as the child of a shell, as make does.
+	viaShell bool
+}
+
+func startStack(t *testing.T) *stack { return startStackWith(t, stackConfig{}) }
+
+// env is the environment of a devstack on free ports.
+func (s *stack) env(t *testing.T, bin string, c stackConfig) []string {
+	env := append(os.Environ(),
 		"BIN="+bin,
-		"DATA_DIR="+t.TempDir(),
+		"DATA_DIR="+s.data,
 		"MEMBERSHIP_GRPC_ADDR="+s.api,
-		"MEMBERSHIP_EMBEDDED_ETCD_ADDR="+etcd,
 		"MEMBERSHIP_EMBEDDED_ETCD_PEER_ADDR="+s.peer,
 		"MEMBERSHIP_METRICS_ADDR="+testutil.FreeAddr(t),
 		"MEMBERSHIP_LOG_LEVEL=warn",
 		"GATEWAY_WS_ADDR="+s.ws,
-		"GATEWAY_ETCD_ENDPOINTS="+etcd,
-		"GATEWAY_GRPC_ADDR="+testutil.FreeAddr(t),
+		"GATEWAY_GRPC_ADDR="+s.gwAPI,
 		"GATEWAY_METRICS_ADDR="+testutil.FreeAddr(t),
 		"GATEWAY_LOG_LEVEL=warn",
 	)
+	if c.etcd != "" {
+		return append(env, "MEMBERSHIP_ETCD_ENDPOINTS="+c.etcd)
+	}
+	etcd := testutil.FreeAddr(t)
+	return append(env, "MEMBERSHIP_EMBEDDED_ETCD_ADDR="+etcd, "GATEWAY_ETCD_ENDPOINTS="+etcd)
+}
+
+func newStack(t *testing.T) *stack {
+	return &stack{api: testutil.FreeAddr(t), ws: testutil.FreeAddr(t), gwAPI: testutil.FreeAddr(t),
+		peer: testutil.FreeAddr(t), data: t.TempDir(), done: make(chan struct{})}
+}
+
+func startStackWith(t *testing.T, c stackConfig) *stack {
+	t.Helper()
+	bin := binaries(t)
+	s := newStack(t)
+	cmd := exec.Command(filepath.Join(bin, "devstack"))
+	if c.viaShell {
+		cmd = exec.Command("sh", "-c", `"$0" & wait`, filepath.Join(bin, "devstack"))
+	}
+	cmd.Env = s.env(t, bin, c)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Stderr = os.Stderr
 	stdout, err := cmd.StdoutPipe()
@@ -120,46 +152,62 @@ func startStack(t *testing.T) *stack {
 	t.Cleanup(func() {
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		<-s.done
-		for _, pid := range s.children {
-			if alive(pid) {
+		for _, pid := range append(s.children, s.devstack) {
+			if pid != 0 && alive(pid) {
 				syscall.Kill(pid, syscall.SIGKILL)
 			}
 		}
 	})
 	select {
-	case text := <-printed:
-		for _, want := range []string{"membership API:  " + s.api, "ws://" + s.ws + "/ws"} {
-			if !strings.Contains(text, want) {
-				t.Errorf("devstack printed\n%s\nwithout %q", text, want)
-			}
-		}
-	case <-time.After(30 * time.Second):
+	case s.banner = <-printed:
+	case <-time.After(60 * time.Second):
 		t.Fatal("devstack printed no addresses")
 	}
-	s.children = childrenOf(t, cmd.Process.Pid)
+	// Printed once both answer ready, not before.
+	s.checkServing(t)
+	for _, want := range []string{"membership API:  " + s.api, "ws://" + s.ws + "/ws", s.gwAPI} {
+		if !strings.Contains(s.banner, want) {
+			t.Errorf("devstack printed\n%s\nwithout %q", s.banner, want)
+		}
+	}
+	s.devstack = cmd.Process.Pid
+	if c.viaShell {
+		if kids := childrenOf(t, cmd.Process.Pid, "devstack"); len(kids) == 1 {
+			s.devstack = kids[0]
+		} else {
+			t.Fatalf("the shell has children %v, want devstack", kids)
+		}
+	}
+	s.children = childrenOf(t, s.devstack, "membership-server", "gateway")
 	if len(s.children) != 2 {
 		t.Fatalf("devstack has children %v, want membership-server and gateway", s.children)
 	}
+	return s
+}
+
+// checkServing fails the test unless the membership-server answers
+// SERVING and the gateway's /healthz 200, now.
+func (s *stack) checkServing(t *testing.T) {
+	t.Helper()
 	cc, err := grpc.NewClient(s.api, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cc.Close()
-	waitFor(t, 30*time.Second, "the stack serving", func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-		defer cancel()
-		resp, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{})
-		if err != nil || resp.Status != healthpb.HealthCheckResponse_SERVING {
-			return false
-		}
-		r, err := http.Get("http://" + s.ws + "/healthz")
-		if err != nil {
-			return false
-		}
-		r.Body.Close()
-		return r.StatusCode == http.StatusOK
-	})
-	return s
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	resp, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil || resp.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("membership-server health after the banner: %v, %v; want SERVING", resp, err)
+	}
+	r, err := http.Get("http://" + s.ws + "/healthz")
+	if err != nil {
+		t.Fatalf("gateway /healthz after the banner: %v", err)
+	}
+	r.Body.Close()
+	if r.StatusCode != http.StatusOK {
+		t.Fatalf("gateway /healthz after the banner: %s", r.Status)
+	}
 }
 
 // connect opens a socket on the stack's gateway and reads its first frame.
@@ -176,9 +224,9 @@ func (s *stack) connect(t *testing.T) *websocket.Conn {
 	return conn
 }
 
-// childrenOf lists the membership-server and gateway processes whose
-// parent is pid.
-func childrenOf(t *testing.T, pid int) []int {
+// childrenOf lists the processes whose parent is pid and whose program is
+// one of names.
+func childrenOf(t *testing.T, pid int, names ...string) []int {
 	t.Helper()
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
@@ -195,7 +243,7 @@ func childrenOf(t *testing.T, pid int) []int {
 		}
 		cmdline, _ := os.ReadFile("/proc/" + e.Name() + "/cmdline")
 		argv0, _, _ := strings.Cut(string(cmdline), "\x00")
-		if name := filepath.Base(argv0); name == "membership-server" || name == "gateway" {
+		if slices.Contains(names, filepath.Base(argv0)) {
 			kids = append(kids, p)
 		}
 	}
@@ -316,5 +364,92 @@ func TestTerminatedDevstackStopsInOrder(t *testing.T) {
 	if !s.cmd.ProcessState.Success() {
 		t.Errorf("devstack exit: %v", s.cmd.ProcessState)
 	}
+	s.checkAllGone(t)
+}
+
+// The banner comes once both servers answer ready (startStack checks that)
+// and names every address the stack listens on.
+func TestBannerListsEveryAddress(t *testing.T) {
+	s := startStack(t)
+	for _, want := range []string{s.api, s.ws, s.gwAPI, s.peer, filepath.Join(s.data, "etcd")} {
+		if !strings.Contains(s.banner, want) {
+			t.Errorf("devstack printed\n%s\nwithout %q", s.banner, want)
+		}
+	}
+}
+
+// A port in use stops the stack with the error and no "ready" banner.
+func TestPortInUsePrintsNoBanner(t *testing.T) {
+	bin := binaries(t)
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	s := newStack(t)
+	s.api = taken.Addr().String()
+	cmd := exec.Command(filepath.Join(bin, "devstack"))
+	cmd.Env = s.env(t, bin, stackConfig{})
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err = <-done:
+	case <-time.After(60 * time.Second):
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+		t.Fatal("devstack still running 60s after its API address was found in use")
+	}
+	if err == nil {
+		t.Error("devstack succeeded with its API address in use")
+	}
+	if want := s.api + " is in use"; !strings.Contains(stderr.String(), want) {
+		t.Errorf("stderr\n%s\nwithout %q", stderr.String(), want)
+	}
+	if strings.Contains(stdout.String(), "membership API:") {
+		t.Errorf("devstack printed its banner although the stack never came up:\n%s", stdout.String())
+	}
+}
+
+// With MEMBERSHIP_ETCD_ENDPOINTS (an etcd already running) the gateway uses
+// that etcd too, the banner names it and no data directory is made.
+func TestExternalEtcd(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	s := startStackWith(t, stackConfig{etcd: e.Endpoint})
+	if !strings.Contains(s.banner, e.Endpoint) || strings.Contains(s.banner, "data in") {
+		t.Errorf("devstack printed\n%s\nwant it to name %s and no data directory", s.banner, e.Endpoint)
+	}
+	if _, err := os.Stat(filepath.Join(s.data, "etcd")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("stat %s: %v; want no embedded etcd data", filepath.Join(s.data, "etcd"), err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := e.Client.Get(ctx, "", clientv3.WithFromKey(), clientv3.WithKeysOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	registered := false
+	for _, kv := range resp.Kvs {
+		registered = registered || strings.Contains(string(kv.Key), "gw-local")
+	}
+	if !registered {
+		t.Errorf("the external etcd holds no key of gateway gw-local (%d keys)", len(resp.Kvs))
+	}
+}
+
+// A kill -9 of make's pid alone (not its group) stops devstack (its parent
+// died) and devstack stops both servers.
+func TestKilledParentStopsDevstack(t *testing.T) {
+	s := startStackWith(t, stackConfig{viaShell: true})
+	if err := syscall.Kill(s.cmd.Process.Pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-s.done
+	waitFor(t, 60*time.Second, "devstack to exit after its parent was killed", func() bool { return !alive(s.devstack) })
 	s.checkAllGone(t)
 }

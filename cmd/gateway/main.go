@@ -87,7 +87,7 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := app.ServePprof(*pprofAddr, log); err != nil {
+	if err := app.ServePprof(*pprofAddr, envPrefix, log); err != nil {
 		return err
 	}
 	id := *gatewayID
@@ -109,19 +109,19 @@ func run(args []string) error {
 
 	// Every listener opens here, before etcd is dialled, so that an address
 	// in use fails the start at once; each closes when run returns.
-	grpcLis, err := app.Listen(*grpcAddr, "grpc-addr")
+	grpcLis, err := app.Listen(*grpcAddr, envPrefix, "grpc-addr")
 	if err != nil {
 		return err
 	}
 	defer grpcLis.Close()
-	wsLis, err := app.Listen(*wsAddr, "ws-addr")
+	wsLis, err := app.Listen(*wsAddr, envPrefix, "ws-addr")
 	if err != nil {
 		return err
 	}
 	defer wsLis.Close()
 	var metricsLis net.Listener
 	if *metricsAddr != "" {
-		if metricsLis, err = app.Listen(*metricsAddr, "metrics-addr"); err != nil {
+		if metricsLis, err = app.Listen(*metricsAddr, envPrefix, "metrics-addr"); err != nil {
 			return err
 		}
 		defer metricsLis.Close()

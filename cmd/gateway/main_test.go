@@ -62,7 +62,8 @@ func TestStartRefusesOldEtcd(t *testing.T) {
 	}
 }
 
-// Every listener's address in use is reported with the flag that sets it,
+// Every listener's address in use is reported with the flag and the
+// environment variable that set it,
 // before etcd is dialled.
 func TestAddressInUseNamesItsFlag(t *testing.T) {
 	for _, flag := range []string{"grpc-addr", "ws-addr", "metrics-addr", "pprof-addr"} {
@@ -79,7 +80,8 @@ func TestAddressInUseNamesItsFlag(t *testing.T) {
 				args = append(args, "--"+f, a)
 			}
 			err = run(args)
-			if want := taken.Addr().String() + " is in use: set --" + flag; err == nil || !strings.Contains(err.Error(), want) {
+			env := "GATEWAY_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+			if want := taken.Addr().String() + " is in use: set --" + flag + " (" + env + ") to a free address"; err == nil || !strings.Contains(err.Error(), want) {
 				t.Fatalf("run = %v; want an error containing %q", err, want)
 			}
 		})

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -86,8 +87,23 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := app.ServePprof(*pprofAddr, log); err != nil {
+	if err := app.ServePprof(*pprofAddr, envPrefix, log); err != nil {
 		return err
+	}
+
+	// Listen before anything slow (the embedded etcd's start, the etcd
+	// version check), so an address in use is reported at once.
+	lis, err := app.Listen(*grpcAddr, envPrefix, "grpc-addr")
+	if err != nil {
+		return err
+	}
+	defer lis.Close()
+	var mlis net.Listener
+	if *metricsAddr != "" {
+		if mlis, err = app.Listen(*metricsAddr, envPrefix, "metrics-addr"); err != nil {
+			return err
+		}
+		defer mlis.Close()
 	}
 
 	var eps []string
@@ -96,7 +112,7 @@ func run(args []string) error {
 		embedded, err = etcdembed.Start(etcdembed.Config{Dir: *dataDir, ClientAddr: *embeddedAddr, PeerAddr: *embeddedPeer,
 			MaxRequestBytes: uint(limits.MaxRequestBytes), MaxTxnOps: uint(limits.MaxTxnOps)})
 		if err != nil {
-			return app.ListenErrorOf(err, map[string]string{"embedded-etcd-addr": *embeddedAddr, "embedded-etcd-peer-addr": *embeddedPeer})
+			return app.ListenErrorOf(err, envPrefix, map[string]string{"embedded-etcd-addr": *embeddedAddr, "embedded-etcd-peer-addr": *embeddedPeer})
 		}
 		defer embedded.Close()
 		log.Info("embedded etcd started", "endpoint", embedded.Endpoint, "data_dir", embedded.Dir)
@@ -167,19 +183,9 @@ func run(args []string) error {
 			}
 			_, _ = w.Write([]byte("ok\n"))
 		})
-		mlis, err := app.Listen(*metricsAddr, "metrics-addr")
-		if err != nil {
-			return err
-		}
-		defer mlis.Close()
 		lc.HTTP("metrics", &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, mlis)
 		log.Info("metrics serving", "addr", mlis.Addr().String())
 	}
-	lis, err := app.Listen(*grpcAddr, "grpc-addr")
-	if err != nil {
-		return err
-	}
-	defer lis.Close()
 	lc.GRPC("gRPC API", srv, lis)
 	if embedded != nil {
 		lc.Go("embedded etcd", func(ctx context.Context) error {

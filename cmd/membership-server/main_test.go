@@ -30,7 +30,8 @@ func TestStartRefusesOldEtcd(t *testing.T) {
 	}
 }
 
-// Every listener's address in use is reported with the flag that sets it.
+// Every listener's address in use is reported with the flag and the
+// environment variable that set it.
 func TestAddressInUseNamesItsFlag(t *testing.T) {
 	for _, flag := range []string{"grpc-addr", "metrics-addr", "embedded-etcd-addr", "embedded-etcd-peer-addr", "pprof-addr"} {
 		t.Run(flag, func(t *testing.T) {
@@ -49,7 +50,40 @@ func TestAddressInUseNamesItsFlag(t *testing.T) {
 				args = append(args, "--"+f, a)
 			}
 			err = run(args)
-			if want := taken.Addr().String() + " is in use: set --" + flag; err == nil || !strings.Contains(err.Error(), want) {
+			env := "MEMBERSHIP_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+			if want := taken.Addr().String() + " is in use: set --" + flag + " (" + env + ") to a free address"; err == nil || !strings.Contains(err.Error(), want) {
+				t.Fatalf("run = %v; want an error containing %q", err, want)
+			}
+		})
+	}
+}
+
+// The server's own listeners open before the embedded etcd starts (or an
+// external one is dialled), so an address in use among them is reported at
+// once: with the embedded etcd's address taken too, the error names the
+// server's own.
+func TestOwnAddressInUseReportedBeforeEtcdStarts(t *testing.T) {
+	for _, flag := range []string{"grpc-addr", "metrics-addr"} {
+		t.Run(flag, func(t *testing.T) {
+			own, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer own.Close()
+			etcd, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer etcd.Close()
+			addrs := map[string]string{"grpc-addr": testutil.FreeAddr(t), "metrics-addr": testutil.FreeAddr(t),
+				"embedded-etcd-addr": etcd.Addr().String(), "embedded-etcd-peer-addr": testutil.FreeAddr(t)}
+			addrs[flag] = own.Addr().String()
+			args := []string{"--data-dir", t.TempDir(), "--log-level", "error"}
+			for f, a := range addrs {
+				args = append(args, "--"+f, a)
+			}
+			err = run(args)
+			if want := own.Addr().String() + " is in use: set --" + flag; err == nil || !strings.Contains(err.Error(), want) {
 				t.Fatalf("run = %v; want an error containing %q", err, want)
 			}
 		})

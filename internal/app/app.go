@@ -208,7 +208,7 @@ func EtcdLogger() *zap.Logger {
 // ServePprof serves net/http/pprof on addr until the process exits; empty
 // addr serves nothing. It listens before returning, so a bad address fails
 // at start.
-func ServePprof(addr string, log *slog.Logger) error {
+func ServePprof(addr, envPrefix string, log *slog.Logger) error {
 	if addr == "" {
 		return nil
 	}
@@ -218,7 +218,7 @@ func ServePprof(addr string, log *slog.Logger) error {
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	lis, err := Listen(addr, "pprof-addr")
+	lis, err := Listen(addr, envPrefix, "pprof-addr")
 	if err != nil {
 		return err
 	}

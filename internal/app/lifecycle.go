@@ -12,7 +12,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -28,7 +27,8 @@ import (
 //  1. gRPC health turns NOT_SERVING and Serving reports false, so load
 //     balancers and probes stop sending before anything else stops;
 //  2. the parts stop in the reverse of their start order, each given
-//     StopTimeout: a Go part's context is canceled and it is waited for; an
+//     StopTimeout: a Go part's context is canceled and it is waited for
+//     (no longer: past it, the stop goes on and Run returns without it); an
 //     HTTP server is Shutdown (idle connections closed, requests in flight
 //     finished), then Closed when the timeout passes; a gRPC server is
 //     GracefulStopped (calls in flight finished), then Stopped when the
@@ -122,45 +122,53 @@ func (l *Lifecycle) Serving() bool {
 }
 
 // Run starts every part and stops them all when ctx ends, SIGINT or SIGTERM
-// arrives, or a part fails; it returns once all are stopped. The error is
-// the first part's failure (nil after a signal). Call it once.
+// arrives, or a part fails; it returns once the stop order has run, so
+// within StopTimeout per part. The error is the first part's failure (nil
+// after a signal or the end of ctx). Call it once.
+//
+// A Go part still running when its StopTimeout passes is not waited for:
+// Run returns without it, and it ends with the process when the binary
+// returns from main.
 func (l *Lifecycle) Run(ctx context.Context) error {
 	ctx, stopSignals := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stopSignals()
 	if l.Health != nil && l.Ready != nil {
 		l.Health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	}
-	g, gctx := errgroup.WithContext(ctx)
+	// Not an errgroup: its Wait joins every goroutine, and a part that
+	// ignores its stop would hold Run forever.
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var failOnce sync.Once
+	var failed error
+	fail := func(err error) { failOnce.Do(func() { failed = err; cancel() }) }
 	for _, p := range l.parts {
-		g.Go(func() error {
+		go func() {
 			err := p.run()
 			if l.isStopping() {
-				return nil
+				return
 			}
 			if err == nil {
 				err = errors.New("ended")
 			}
-			return fmt.Errorf("%s: %w", p.name, err)
-		})
+			fail(fmt.Errorf("%s: %w", p.name, err))
+		}()
 	}
-	g.Go(func() error {
-		select {
-		case <-l.Ready: // a nil Ready is ready at once: see below
-		case <-gctx.Done():
-			return nil
-		}
-		l.markServing()
-		return nil
-	})
 	if l.Ready == nil {
 		l.markServing()
+	} else {
+		go func() {
+			select {
+			case <-l.Ready:
+				l.markServing()
+			case <-runCtx.Done():
+			}
+		}()
 	}
-	g.Go(func() error {
-		<-gctx.Done()
-		l.stop()
-		return nil
-	})
-	return g.Wait()
+	<-runCtx.Done()
+	fail(nil) // a failure from now on is not the first
+	l.stop()
+	return failed
 }
 
 // markServing turns health SERVING unless the stop has begun.
@@ -209,24 +217,26 @@ func (l *Lifecycle) stop() {
 	}
 }
 
-// Listen listens on addr (TCP), the value of the flag named flagName. An
-// address already in use is reported with the flag to change, since the
-// operator's next step is to pick another address or stop the process
-// holding it.
-func Listen(addr, flagName string) (net.Listener, error) {
+// Listen listens on addr (TCP), the value of the flag named flagName of a
+// binary whose flags are read from environment variables prefixed envPrefix
+// (see ParseFlags). An address already in use is reported with the flag and
+// the variable to change, since the operator's next step is to pick another
+// address (where it was set) or stop the process holding it.
+func Listen(addr, envPrefix, flagName string) (net.Listener, error) {
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, ListenError(err, addr, flagName)
+		return nil, ListenError(err, addr, envPrefix, flagName)
 	}
 	return lis, nil
 }
 
 // ListenError explains err, a failure to listen on addr as set by the flag
-// named flagName: "ADDR is in use: set --FLAG to a free address (…)" for an
-// address in use, "--FLAG ADDR: …" otherwise. The result wraps err.
-func ListenError(err error, addr, flagName string) error {
+// named flagName (or its environment variable, EnvName(envPrefix,
+// flagName)): "ADDR is in use: set --FLAG (ENV) to a free address (…)" for
+// an address in use, "--FLAG ADDR: …" otherwise. The result wraps err.
+func ListenError(err error, addr, envPrefix, flagName string) error {
 	if errors.Is(err, syscall.EADDRINUSE) {
-		return fmt.Errorf("%s is in use: set --%s to a free address (%w)", addr, flagName, err)
+		return fmt.Errorf("%s is in use: set --%s (%s) to a free address (%w)", addr, flagName, EnvName(envPrefix, flagName), err)
 	}
 	return fmt.Errorf("--%s %s: %w", flagName, addr, err)
 }
@@ -236,7 +246,7 @@ func ListenError(err error, addr, flagName string) error {
 // in use is matched to its flag by the failed listener's address (or, for a
 // flag naming a host that resolved differently, by port); other errors are
 // returned as they are.
-func ListenErrorOf(err error, flags map[string]string) error {
+func ListenErrorOf(err error, envPrefix string, flags map[string]string) error {
 	var op *net.OpError
 	if !errors.Is(err, syscall.EADDRINUSE) || !errors.As(err, &op) || op.Addr == nil {
 		return err
@@ -245,12 +255,12 @@ func ListenErrorOf(err error, flags map[string]string) error {
 	_, failedPort, _ := net.SplitHostPort(failed)
 	for name, addr := range flags {
 		if addr == failed {
-			return ListenError(err, addr, name)
+			return ListenError(err, addr, envPrefix, name)
 		}
 	}
 	for name, addr := range flags {
 		if _, port, e := net.SplitHostPort(addr); e == nil && port == failedPort {
-			return ListenError(err, addr, name)
+			return ListenError(err, addr, envPrefix, name)
 		}
 	}
 	return err

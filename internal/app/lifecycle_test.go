@@ -153,26 +153,58 @@ func TestLifecycleStopOrderAndFailure(t *testing.T) {
 	}
 }
 
-// An address in use names itself and the flag that sets it.
+// An address in use names itself, the flag that sets it and the flag's
+// environment variable.
 func TestListenInUseNamesAddressAndFlag(t *testing.T) {
 	taken := listenLoopback(t)
 	defer taken.Close()
 	addr := taken.Addr().String()
-	_, err := Listen(addr, "grpc-addr")
+	_, err := Listen(addr, "GATEWAY_", "grpc-addr")
 	if err == nil {
 		t.Fatal("listened on an address in use")
 	}
-	if want := addr + " is in use: set --grpc-addr"; !strings.Contains(err.Error(), want) || !errors.Is(err, syscall.EADDRINUSE) {
+	if want := addr + " is in use: set --grpc-addr (GATEWAY_GRPC_ADDR) to a free address"; !strings.Contains(err.Error(), want) || !errors.Is(err, syscall.EADDRINUSE) {
 		t.Fatalf("error %q, want it to contain %q and wrap EADDRINUSE", err, want)
 	}
-	_, err = Listen("127.0.0.1:99999", "ws-addr")
+	_, err = Listen("127.0.0.1:99999", "GATEWAY_", "ws-addr")
 	if err == nil || !strings.HasPrefix(err.Error(), "--ws-addr 127.0.0.1:99999: ") {
 		t.Fatalf("bad address: %v", err)
 	}
 	// A component that listens itself: matched by the failed address.
 	_, err = net.Listen("tcp", addr)
-	err = ListenErrorOf(err, map[string]string{"embedded-etcd-addr": "127.0.0.1:1", "embedded-etcd-peer-addr": addr})
-	if want := addr + " is in use: set --embedded-etcd-peer-addr"; err == nil || !strings.Contains(err.Error(), want) {
+	err = ListenErrorOf(err, "MEMBERSHIP_", map[string]string{"embedded-etcd-addr": "127.0.0.1:1", "embedded-etcd-peer-addr": addr})
+	if want := addr + " is in use: set --embedded-etcd-peer-addr (MEMBERSHIP_EMBEDDED_ETCD_PEER_ADDR) to a free address"; err == nil || !strings.Contains(err.Error(), want) {
 		t.Fatalf("error %v, want it to contain %q", err, want)
+	}
+}
+
+// A Go part that ignores its context's cancellation holds the stop no longer
+// than StopTimeout: Run returns without it (the process's exit ends it),
+// and the parts stopped before it (added after it) are stopped all the same.
+func TestLifecycleRunReturnsPastAPartThatIgnoresStop(t *testing.T) {
+	stuck := make(chan struct{})
+	defer close(stuck)
+	hlis := listenLoopback(t)
+	lc := &Lifecycle{StopTimeout: 200 * time.Millisecond}
+	lc.Go("stuck", func(context.Context) error { <-stuck; return nil })
+	lc.HTTP("http", &http.Server{Handler: http.NotFoundHandler()}, hlis)
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- lc.Run(ctx) }()
+	waitServing := time.Now().Add(5 * time.Second)
+	for !lc.Serving() && time.Now().Before(waitServing) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	select {
+	case err := <-ran:
+		if err != nil {
+			t.Fatalf("Run = %v after its context ended; want nil", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run had not returned 5s after the stop, with StopTimeout 200ms")
+	}
+	if _, err := http.Get("http://" + hlis.Addr().String()); err == nil {
+		t.Fatal("HTTP server still serving after Run returned")
 	}
 }
