@@ -237,6 +237,7 @@ func (s *Server) handshake(w http.ResponseWriter, r *http.Request, proto int, tr
 		}
 	}
 	sess.queue = append(sess.queue, s.openPacket(sess))
+	sess.signal()
 	if s.OnSession != nil {
 		s.OnSession(sess, r)
 	}
