@@ -116,17 +116,14 @@ func utf16Prefix(s []byte, n int) (int, bool) {
 // utf16Len is the length JavaScript's String.length gives the valid UTF-8
 // text s.
 func utf16Len(s []byte) int {
+	// A rune is one unit, two from U+10000 on: count the bytes that start a
+	// rune, and once more those that start a four-byte one.
 	n := 0
-	for i := 0; i < len(s); {
-		if s[i] < utf8.RuneSelf {
-			i++
+	for _, c := range s {
+		if c&0xC0 != 0x80 {
 			n++
-			continue
 		}
-		r, size := utf8.DecodeRune(s[i:])
-		i += size
-		n++
-		if r >= 0x10000 {
+		if c >= 0xF0 {
 			n++
 		}
 	}

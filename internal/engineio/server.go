@@ -85,6 +85,8 @@ func (s *Server) init() {
 		s.upgrader = websocket.Upgrader{
 			ReadBufferSize:  4096,
 			WriteBufferSize: 4096,
+			// An idle session holds no write buffer.
+			WriteBufferPool: &sync.Pool{},
 			// Authorize is the origin check; see its comment.
 			CheckOrigin: func(*http.Request) bool { return true },
 		}
