@@ -119,6 +119,7 @@ func (s *Session) receive(w http.ResponseWriter, r *http.Request) {
 	// A slow POST must not outlive the heartbeat.
 	rc := http.NewResponseController(w)
 	_ = rc.SetReadDeadline(time.Now().Add(s.srv.pingInterval() + s.srv.pingTimeout()))
+	defer func() { _ = rc.SetReadDeadline(time.Time{}) }()
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.srv.maxPayload()))
 	if err != nil {
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {

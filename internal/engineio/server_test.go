@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -41,6 +42,9 @@ func newFixture(t *testing.T, srv *Server) *fixture {
 	srv.OnSession = func(s *Session, _ *http.Request) {
 		s.OnMessage(func(data []byte, binary bool) {
 			f.mu.Lock()
+			if binary {
+				data = append([]byte("binary:"), data...)
+			}
 			f.msgs[s.ID()] = append(f.msgs[s.ID()], string(data))
 			f.mu.Unlock()
 		})
@@ -488,5 +492,72 @@ func TestUpgradeAbandoned(t *testing.T) {
 	}
 	if !bytes.Equal([]byte(s.Transport()), []byte("polling")) || s.Err() != nil {
 		t.Fatalf("transport %s, err %v", s.Transport(), s.Err())
+	}
+}
+
+func TestBinaryInbound(t *testing.T) {
+	f := newFixture(t, &Server{})
+	f.get("EIO=3&transport=polling")
+	f.session()
+	// Protocol 3 base64 form in a payload: "b4" and base64 of "\x01\x02".
+	if status, body := f.post("EIO=3&transport=polling&sid=s1", "6:b4AQI=2:4a"); status != 200 {
+		t.Fatalf("POST: %d %s", status, body)
+	}
+	c := f.dial("EIO=4&transport=websocket")
+	readText(t, c)
+	f.session()
+	_ = c.WriteMessage(websocket.BinaryMessage, []byte{1, 2})
+	_ = c.WriteMessage(websocket.TextMessage, []byte("4b"))
+	deadline := time.Now().Add(2 * time.Second)
+	for len(f.messages("s2")) < 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := fmt.Sprint(f.messages("s1"), f.messages("s2")); got != "[binary:\x01\x02 a] [binary:\x01\x02 b]" {
+		t.Fatalf("messages %q", got)
+	}
+}
+
+func TestServerClose(t *testing.T) {
+	f := newFixture(t, &Server{})
+	f.get("EIO=4&transport=polling")
+	poll := f.session()
+	c := f.dial("EIO=3&transport=websocket")
+	readText(t, c)
+	ws := f.session()
+	held := make(chan string, 1)
+	go func() {
+		_, body := f.get("EIO=4&transport=polling&sid=s1")
+		held <- body
+	}()
+	time.Sleep(50 * time.Millisecond)
+	_ = ws.Send([]byte("last"))
+	f.srv.Close()
+	if poll.Err() != ErrServerClosed || ws.Err() != ErrServerClosed {
+		t.Fatalf("reasons %v, %v", poll.Err(), ws.Err())
+	}
+	if body := <-held; body != "1" {
+		t.Fatalf("held GET got %q, want the close packet", body)
+	}
+	if m := readText(t, c); m != "4last" {
+		t.Fatalf("queued message before the close: %q", m)
+	}
+	if _, _, err := c.ReadMessage(); !websocket.IsCloseError(err, websocket.CloseNormalClosure) {
+		t.Fatalf("want a normal close frame, got %v", err)
+	}
+}
+
+func TestCloseDuringProbe(t *testing.T) {
+	f := newFixture(t, &Server{UpgradeTimeout: time.Minute})
+	f.get("EIO=4&transport=polling")
+	s := f.session()
+	c := f.dial("EIO=4&transport=websocket&sid=s1")
+	_ = c.WriteMessage(websocket.TextMessage, []byte("2probe"))
+	readText(t, c)
+	s.Close(nil)
+	// The probe WebSocket goes with the session, not after UpgradeTimeout.
+	_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	_, _, err := c.ReadMessage()
+	if ne, ok := errors.AsType[net.Error](err); err == nil || ok && ne.Timeout() {
+		t.Fatalf("probe WebSocket not closed with the session: %v", err)
 	}
 }

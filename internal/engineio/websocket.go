@@ -35,7 +35,21 @@ func (s *Server) upgrade(sess *Session, w http.ResponseWriter, r *http.Request) 
 	defer s.wg.Done()
 	conn.SetReadLimit(s.maxPayload())
 	_ = conn.SetReadDeadline(time.Now().Add(s.upgradeTimeout()))
-	if !s.probe(sess, conn) {
+	// A session that closes during the probe ends the probe at once.
+	probing := make(chan struct{})
+	watcherDone := make(chan struct{})
+	go func() {
+		defer close(watcherDone)
+		select {
+		case <-sess.done:
+			conn.Close()
+		case <-probing:
+		}
+	}()
+	upgraded := s.probe(sess, conn)
+	close(probing)
+	<-watcherDone
+	if !upgraded {
 		sess.endProbe(conn)
 		return
 	}
