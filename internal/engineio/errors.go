@@ -72,7 +72,8 @@ func writeError(w http.ResponseWriter, e *HandshakeError) {
 }
 
 // asHandshakeError returns err as a *HandshakeError, or the given default
-// wrapping err's text when err is some other error.
+// when err is some other error: its text stays with the server, not the
+// client.
 func asHandshakeError(err error, status, code int) *HandshakeError {
 	if he, ok := errors.AsType[*HandshakeError](err); ok {
 		return he

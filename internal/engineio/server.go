@@ -95,6 +95,15 @@ func (s *Server) init() {
 
 // Session returns the open session with the id, or nil.
 func (s *Server) Session(id string) *Session {
+	if sess := s.lookup(id); sess != nil && sess.Err() == nil {
+		return sess
+	}
+	return nil
+}
+
+// lookup finds a session by id, closed ones included: a closed polling
+// session stays until its client has been sent the close packet.
+func (s *Server) lookup(id string) *Session {
 	s.init()
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -182,7 +191,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.handshake(w, r, proto, transport)
 		return
 	}
-	sess := s.Session(sid)
+	sess := s.lookup(sid)
 	if sess == nil || sess.proto != proto {
 		writeError(w, &HandshakeError{Code: CodeUnknownSID})
 		return

@@ -211,7 +211,9 @@ func TestPollingHandshakeAndMessages(t *testing.T) {
 				srvOnSession(s, r)
 				_ = s.Send([]byte("welcome 😀"))
 			}
-			status, body := f.get("EIO=" + tc.proto + "&transport=polling")
+			// b64=1 (a client that cannot take binary) changes nothing: the
+			// server sends text only.
+			status, body := f.get("EIO=" + tc.proto + "&transport=polling&b64=1")
 			if status != 200 || body != tc.open {
 				t.Fatalf("handshake: %d %q\nwant %q", status, body, tc.open)
 			}

@@ -147,8 +147,9 @@ func (s *Session) signal() {
 	}
 }
 
-// take removes and returns the queued packets. The caller owns the slice
-// until it calls give back with it.
+// takeLocked removes and returns the queued packets; spare (the previous
+// batch, written) becomes the new queue's storage, so a busy session swaps
+// two slices instead of allocating.
 func (s *Session) takeLocked(spare []Packet) []Packet {
 	q := s.queue
 	s.queue = spare[:0]
