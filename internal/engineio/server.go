@@ -252,8 +252,10 @@ func (s *Server) handshake(w http.ResponseWriter, r *http.Request, proto int, tr
 	if s.OnSession != nil {
 		s.OnSession(sess, r)
 	}
+	sess.startHeartbeat()
 	// Publishing under s.mu orders OnSession's writes (the message
-	// function) before any request that finds the session by its sid.
+	// function) and the timers before any request that finds the session by
+	// its sid.
 	s.mu.Lock()
 	if sess.Err() == nil {
 		s.sessions[id] = sess
@@ -261,7 +263,6 @@ func (s *Server) handshake(w http.ResponseWriter, r *http.Request, proto int, tr
 		delete(s.sessions, id)
 	}
 	s.mu.Unlock()
-	sess.startHeartbeat()
 	if conn != nil {
 		s.wg.Add(1)
 		defer s.wg.Done()

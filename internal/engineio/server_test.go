@@ -563,3 +563,40 @@ func TestCloseDuringProbe(t *testing.T) {
 		t.Fatalf("probe WebSocket not closed with the session: %v", err)
 	}
 }
+
+// A session the layer above closes in OnSession still sends its open packet,
+// then the close, and leaves nothing registered.
+func TestCloseInOnSession(t *testing.T) {
+	f := newFixture(t, &Server{})
+	onSession := f.srv.OnSession
+	f.srv.OnSession = func(s *Session, r *http.Request) {
+		onSession(s, r)
+		_ = s.Send([]byte("bye"))
+		s.Close(errors.New("refused by the layer above"))
+	}
+	status, body := f.get("EIO=4&transport=polling")
+	if status != 200 || !strings.HasPrefix(body, `0{"sid":"s1"`) || !strings.HasSuffix(body, "\x1e4bye\x1e1") {
+		t.Fatalf("handshake: %d %q", status, body)
+	}
+	if err := f.session().Err(); err == nil || err.Error() != "refused by the layer above" {
+		t.Fatalf("reason %v", err)
+	}
+	c := f.dial("EIO=3&transport=websocket")
+	if m := readText(t, c); !strings.HasPrefix(m, `0{"sid":"s2"`) {
+		t.Fatalf("open packet %q", m)
+	}
+	if m := readText(t, c); m != "4bye" {
+		t.Fatalf("message %q", m)
+	}
+	if _, _, err := c.ReadMessage(); !websocket.IsCloseError(err, websocket.CloseNormalClosure) {
+		t.Fatalf("want a normal close, got %v", err)
+	}
+	f.session()
+	deadline := time.Now().Add(2 * time.Second)
+	for f.srv.Len() != 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := f.srv.Len(); n != 0 {
+		t.Fatalf("%d sessions left", n)
+	}
+}

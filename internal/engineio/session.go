@@ -202,6 +202,9 @@ func (s *Session) closeWith(reason error, graceful bool) {
 func (s *Session) startHeartbeat() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.reason != nil {
+		return
+	}
 	if s.proto == Protocol4 {
 		s.liveTimer = time.AfterFunc(time.Hour, func() { s.closeWith(ErrPingTimeout, false) })
 		s.liveTimer.Stop()
@@ -229,7 +232,7 @@ func (s *Session) onPacket(p Packet) {
 	if s.proto == Protocol3 {
 		// Protocol 3: the client pings; anything it sends shows it alive.
 		s.mu.Lock()
-		if s.reason == nil {
+		if s.reason == nil && s.liveTimer != nil {
 			s.liveTimer.Reset(s.srv.pingInterval() + s.srv.pingTimeout())
 		}
 		s.mu.Unlock()
@@ -251,7 +254,7 @@ func (s *Session) onPacket(p Packet) {
 			return
 		}
 		s.mu.Lock()
-		if s.reason == nil {
+		if s.reason == nil && s.pingTimer != nil {
 			s.liveTimer.Stop()
 			s.pingTimer.Reset(s.srv.pingInterval())
 		}
