@@ -55,6 +55,7 @@ type Server struct {
 	WriteTimeout   time.Duration // per WebSocket write
 
 	mu       sync.Mutex
+	closed   bool // Close was called: no new sessions or WebSocket goroutines
 	sessions map[string]*Session
 	wg       sync.WaitGroup // WebSocket goroutines
 	upgrader websocket.Upgrader
@@ -119,15 +120,18 @@ func (s *Server) Len() int {
 	return len(s.sessions)
 }
 
-// Close closes every session with ErrServerClosed and waits for their
-// WebSocket goroutines. Polling requests held open are answered with the
-// close packet. Call it after the HTTP server stops accepting requests.
+// Close refuses new handshakes and upgrades (503), closes every session
+// with ErrServerClosed and waits for their WebSocket goroutines. Polling
+// requests held open are answered with the close packet.
 func (s *Server) Close() {
 	s.init()
 	s.mu.Lock()
+	s.closed = true
 	all := make([]*Session, 0, len(s.sessions))
 	for _, sess := range s.sessions {
-		all = append(all, sess)
+		if sess != nil { // nil: reserved by a handshake, which closes it
+			all = append(all, sess)
+		}
 	}
 	s.mu.Unlock()
 	for _, sess := range all {
@@ -135,6 +139,20 @@ func (s *Server) Close() {
 	}
 	s.wg.Wait()
 }
+
+// track counts a WebSocket goroutine for Close to wait for; false once
+// Close was called.
+func (s *Server) track() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.wg.Add(1)
+	return true
+}
+
+var errServerClosing = &HandshakeError{Status: http.StatusServiceUnavailable, Code: CodeBadRequest, Message: "Server closing"}
 
 func (s *Server) unreserve(id string) {
 	s.mu.Lock()
@@ -231,16 +249,27 @@ func (s *Server) handshake(w http.ResponseWriter, r *http.Request, proto int, tr
 	sess := newSession(s, id, proto, transport)
 	s.mu.Lock()
 	_, taken := s.sessions[id]
-	if !taken && id != "" {
+	closed := s.closed
+	if !taken && id != "" && !closed {
 		s.sessions[id] = nil // reserved; published once OnSession returns
 	}
 	s.mu.Unlock()
+	if closed {
+		writeError(w, errServerClosing)
+		return
+	}
 	if taken || id == "" {
 		writeError(w, &HandshakeError{Status: http.StatusInternalServerError, Code: CodeBadRequest, Message: "Session ID unusable"})
 		return
 	}
 	var conn *websocket.Conn
 	if transport == transportWebSocket {
+		if !s.track() {
+			s.unreserve(id)
+			writeError(w, errServerClosing)
+			return
+		}
+		defer s.wg.Done()
 		conn, err = s.upgrader.Upgrade(w, r, nil)
 		if err != nil { // the upgrader has answered
 			s.unreserve(id)
@@ -257,15 +286,17 @@ func (s *Server) handshake(w http.ResponseWriter, r *http.Request, proto int, tr
 	// function) and the timers before any request that finds the session by
 	// its sid.
 	s.mu.Lock()
-	if sess.Err() == nil {
+	if sess.Err() == nil && !s.closed {
 		s.sessions[id] = sess
 	} else {
 		delete(s.sessions, id)
 	}
+	closed = s.closed
 	s.mu.Unlock()
+	if closed { // Server.Close ran meanwhile and could not see this session
+		sess.Close(ErrServerClosed)
+	}
 	if conn != nil {
-		s.wg.Add(1)
-		defer s.wg.Done()
 		sess.runWebSocket(conn)
 		return
 	}

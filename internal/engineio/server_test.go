@@ -546,6 +546,9 @@ func TestServerClose(t *testing.T) {
 	if _, _, err := c.ReadMessage(); !websocket.IsCloseError(err, websocket.CloseNormalClosure) {
 		t.Fatalf("want a normal close frame, got %v", err)
 	}
+	if status, body := f.get("EIO=4&transport=polling"); status != 503 || body != `{"code":3,"message":"Server closing"}` {
+		t.Fatalf("handshake after Close: %d %s", status, body)
+	}
 }
 
 func TestCloseDuringProbe(t *testing.T) {

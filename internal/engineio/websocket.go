@@ -26,13 +26,17 @@ func (s *Server) upgrade(sess *Session, w http.ResponseWriter, r *http.Request) 
 		writeError(w, &HandshakeError{Code: CodeBadRequest, Message: "upgrade not possible"})
 		return
 	}
+	if !s.track() {
+		sess.endProbe(nil)
+		writeError(w, errServerClosing)
+		return
+	}
+	defer s.wg.Done()
 	conn, err := s.upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		sess.endProbe(nil)
 		return
 	}
-	s.wg.Add(1)
-	defer s.wg.Done()
 	conn.SetReadLimit(s.maxPayload())
 	_ = conn.SetReadDeadline(time.Now().Add(s.upgradeTimeout()))
 	// A session that closes during the probe ends the probe at once.
