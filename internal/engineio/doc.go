@@ -25,7 +25,8 @@
 //     on; one writer goroutine (Session.writeLoop) is the only one that
 //     writes to the connection, data, heartbeat packets and the close frame,
 //     and closes it, which ends the reader. The request returns after both;
-//     Server.Close waits for them.
+//     Server.Close waits for them, and refuses new handshakes and upgrades
+//     from its start.
 //   - Polling session: no goroutine of its own. A GET's goroutine waits for
 //     queued packets and writes them as one payload (one GET at a time: a
 //     second is an overlap and closes the session); a POST's goroutine reads
