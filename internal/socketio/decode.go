@@ -1,7 +1,6 @@
 package socketio
 
 import (
-	"bytes"
 	"encoding/json"
 	"strconv"
 	"strings"
@@ -153,22 +152,34 @@ type shapeError string
 func (e shapeError) Error() string { return string(e) }
 
 // firstString returns the first element of a valid JSON array, which must
-// be a string: the event name of an EVENT payload.
+// be a string: the event name of an EVENT payload. It scans instead of
+// parsing the whole array: the payload is already known to be valid JSON.
 func firstString(data []byte) (string, error) {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	if _, err := dec.Token(); err != nil { // '['
-		return "", err
+	i := 1 // past '['
+	for i < len(data) && isSpace(data[i]) {
+		i++
 	}
-	tok, err := dec.Token()
-	if err != nil {
-		return "", err
+	if i < len(data) && data[i] == ']' {
+		return "", shapeError("EVENT payload must not be empty")
 	}
-	switch t := tok.(type) {
-	case string:
-		return t, nil
-	case json.Delim:
-		if t == ']' {
-			return "", shapeError("EVENT payload must not be empty")
+	if i >= len(data) || data[i] != '"' {
+		return "", shapeError("event name must be a string")
+	}
+	escaped := false
+	for j := i + 1; j < len(data); j++ {
+		switch data[j] {
+		case '\\':
+			escaped = true
+			j++
+		case '"':
+			if !escaped {
+				return string(data[i+1 : j]), nil
+			}
+			var name string
+			if err := json.Unmarshal(data[i:j+1], &name); err != nil {
+				return "", err
+			}
+			return name, nil
 		}
 	}
 	return "", shapeError("event name must be a string")

@@ -25,6 +25,7 @@ func TestDecodeErrorKinds(t *testing.T) {
 		{V5, `2[]`, ErrInvalidPayload},
 		{V5, `2[1]`, ErrInvalidPayload},
 		{V5, `2["connect"]`, ErrInvalidPayload},
+		{V5, `2["conn\u0065ct",1]`, ErrInvalidPayload}, // escaped, still reserved
 		{V5, `0[]`, ErrInvalidPayload},
 		{V5, `1{}`, ErrInvalidPayload},
 		{V5, `4[]`, ErrInvalidPayload},

@@ -14,7 +14,7 @@ func FuzzDecode(f *testing.F) {
 		`2["chat",{"text":"hi"}]`, `212["post",{"url":"/a","data":{}}]`, `2/admin,3["a",[1,{"b":null}]]`,
 		`30[]`, `3/admin,13["bar"]`, `4{"message":"Not authorized"}`, `4"Invalid namespace"`, `4null`,
 		`51-["a",{"_placeholder":true,"num":0}]`, `2["connect"]`, `2 ["a"]`, `2/,1["a"]`, `2/a["x"]`,
-		`29007199254740991["a"]`, "2[\"\\u2028\"]", "2[\"\xff\"]", `2[[[[[[[[[[]]]]]]]]]]`,
+		`29007199254740991["a"]`, "2[\"\\u2028\"]", "2[\"\xff\"]", `2[[[[[[[[[[]]]]]]]]]]`, `2["conn\u0065ct"]`, `2[ "a\"b\\" ,1]`,
 	} {
 		f.Add(s)
 	}
@@ -44,8 +44,12 @@ func FuzzDecode(f *testing.F) {
 				t.Fatalf("encoding not stable: %q then %q", enc, enc2)
 			}
 			if p.Type == Event {
-				if _, _, err := p.Event(); err != nil {
+				name, _, err := p.Event()
+				if err != nil {
 					t.Fatalf("Decode(%d, %q) accepted an EVENT that Event() refuses: %v", v, s, err)
+				}
+				if scanned, _ := firstString(p.Data); scanned != name {
+					t.Fatalf("Decode(%d, %q): scanned event name %q, Event() %q", v, s, scanned, name)
 				}
 			}
 		}

@@ -226,7 +226,7 @@ func TestParityGoEncodes(t *testing.T) {
 func TestParityRefused(t *testing.T) {
 	both := map[Version][]string{
 		V4: {"7", "x", "9[]", `2["a"`, `2{"a":1}`, `2"a"`, `2[]`, "2[\"a\"]\u0000", `3/admin,1{}`, `1"x"`, `51-["a",{"_placeholder":true,"num":0}]`, `5x-[]`, `2[]x`},
-		V5: {"7", "x", `2["a"`, `2{"a":1}`, `2[]`, `2[{}]`, `2["connect"]`, `2["disconnect",1]`, `2["newListener"]`, `3/admin,1{}`, `1"x"`, `0[]`, `0"s"`, `4[]`,
+		V5: {"7", "x", `2["a"`, `2{"a":1}`, `2[]`, `2[{}]`, `2["connect"]`, `2["conn\u0065ct"]`, `2["disconnect",1]`, `2["newListener"]`, `3/admin,1{}`, `1"x"`, `0[]`, `0"s"`, `4[]`,
 			`51-["a",{"_placeholder":true,"num":0}]`, `61-1[{"_placeholder":true,"num":0}]`},
 	}
 	stricter := map[Version][]string{
