@@ -76,15 +76,19 @@
 // emit an EVENT named after the method in lower case, with one argument
 // {method, headers, data, url} and an ack id (SailsMethods;
 // ParseVirtualRequest). The gateway forwards it to its upstream as it
-// forwards a native request frame (method, url as the path, data as the JSON
-// body, X-Socket-Id, the same limits and timeouts) and answers the ack with
+// forwards a native request frame (the method; VirtualRequest.Target's path
+// and JSON body: data is the body, or the query of a GET or HEAD as Sails
+// reads it; X-Socket-Id; the same limits and timeouts) and answers the ack with
 // AppendSailsResponse: [{"body":…,"headers":{…},"statusCode":…}], so that
 // sails.io.js calls cb(body, jwr) with jwr.statusCode, jwr.headers and, for
 // a status outside 200–399, jwr.error. A request object that is not what
 // sails.io.js sends (ErrInvalidRequest) and a refusal by the gateway's
 // limits are answered the same way with a 4xx status and {"error":"…"}. A
 // virtual request without an ack id is still forwarded; its answer is
-// dropped.
+// dropped. The request object's headers are not forwarded, as native request
+// frames carry none: the upstream trusts X-Socket-Id and X-Socket-User,
+// which only the gateway sets, and an allowlist of client headers can come
+// later without changing this package (VirtualRequest.Headers has them).
 //
 // Other client events. Any other event a client emits (socket.emit("typing",
 // …) from a socket.io-client 4 app) is not forwarded: with an ack id it is

@@ -206,3 +206,32 @@ func TestSailsSDKFromQuery(t *testing.T) {
 		t.Error("no query: ok")
 	}
 }
+
+func TestVirtualRequestTarget(t *testing.T) {
+	cases := []struct {
+		method, url, data string
+		path, body        string
+		bad               bool
+	}{
+		{"POST", "/leaveFunRoom", `{"roomName":"fun"}`, "/leaveFunRoom", `{"roomName":"fun"}`, false},
+		{"DELETE", "/things/1", `{}`, "/things/1", `{}`, false},
+		{"GET", "/things", `{}`, "/things", "", false},
+		{"GET", "/things", `{"limit":10,"q":"a b&c","on":true,"f":{"x":1}}`, `/things?f=%7B%22x%22%3A1%7D&limit=10&on=true&q=a+b%26c`, "", false},
+		{"HEAD", "/things?sort=asc#top", `{"limit":10}`, "/things?sort=asc&limit=10", "", false},
+		{"GET", "/things", `null`, "/things", "", false},
+		{"GET", "/things", `[1]`, "", "", true},
+	}
+	for _, c := range cases {
+		r := VirtualRequest{Method: c.method, URL: c.url, Data: json.RawMessage(c.data)}
+		path, body, err := r.Target()
+		if c.bad {
+			if !errors.Is(err, ErrInvalidRequest) {
+				t.Errorf("%s %s %s: %v, want ErrInvalidRequest", c.method, c.url, c.data, err)
+			}
+			continue
+		}
+		if err != nil || path != c.path || string(body) != c.body {
+			t.Errorf("%s %s %s = %q, %s, %v; want %q, %s", c.method, c.url, c.data, path, body, err, c.path, c.body)
+		}
+	}
+}

@@ -3,6 +3,7 @@ package socketio
 import (
 	"bytes"
 	"encoding/json"
+	"maps"
 	"net/http"
 	"net/url"
 	"slices"
@@ -39,7 +40,9 @@ type VirtualRequest struct {
 	URL string
 	// Headers are the request object's headers (sails.io.js merges
 	// io.sails.headers in). Strings are kept; numbers and booleans become
-	// their JSON text; null is dropped.
+	// their JSON text; null is dropped. They are the client's word: a
+	// gateway must not let them replace the headers it sets itself
+	// (X-Socket-Id above all); see the package doc.
 	Headers http.Header
 	// Data is the request object's data, raw JSON ({} when absent). For
 	// a GET, sails.io.js passes its data argument here too (Sails reads it as
@@ -100,6 +103,49 @@ func ParseVirtualRequest(p Packet) (req VirtualRequest, ok bool, err error) {
 		}
 	}
 	return req, true, nil
+}
+
+// Target is what the request becomes on the upstream: the path (with its
+// query) and the JSON body. For GET and HEAD, which carry no body, the
+// top-level fields of an object Data are added to the query instead, the
+// way Sails reads them as parameters: io.socket.get("/things", {limit: 10})
+// becomes GET /things?limit=10. A string value is sent as it is, any other
+// value as its JSON text; fields already in the url's query are kept and
+// the data's are appended. Other methods send URL unchanged and Data as the
+// body.
+func (r VirtualRequest) Target() (path string, body json.RawMessage, err error) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return r.URL, r.Data, nil
+	}
+	var fields map[string]json.RawMessage
+	if len(r.Data) == 0 || r.Data[0] != '{' {
+		if len(r.Data) == 0 || string(r.Data) == "null" {
+			return r.URL, nil, nil
+		}
+		return "", nil, invalidRequest("data of a " + r.Method + " must be an object")
+	}
+	if err := json.Unmarshal(r.Data, &fields); err != nil {
+		return "", nil, invalidRequest("data must be valid JSON")
+	}
+	if len(fields) == 0 {
+		return r.URL, nil, nil
+	}
+	q := url.Values{}
+	for _, k := range slices.Sorted(maps.Keys(fields)) {
+		raw := fields[k]
+		var s string
+		if raw[0] == '"' && json.Unmarshal(raw, &s) == nil {
+			q.Add(k, s)
+		} else {
+			q.Add(k, string(raw))
+		}
+	}
+	base, _, _ := strings.Cut(r.URL, "#") // a fragment never reaches a server
+	sep := "?"
+	if strings.Contains(base, "?") {
+		sep = "&"
+	}
+	return base + sep + q.Encode(), nil, nil
 }
 
 func invalidRequest(reason string) error {
