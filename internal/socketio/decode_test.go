@@ -104,3 +104,16 @@ func TestLimits(t *testing.T) {
 func samePacket(a, b Packet) bool {
 	return a.Type == b.Type && a.Namespace == b.Namespace && a.HasID == b.HasID && a.ID == b.ID && string(a.Data) == string(b.Data) && (a.Data == nil) == (b.Data == nil)
 }
+
+func TestForEngineIO(t *testing.T) {
+	for eio, want := range map[int]Version{3: V4, 4: V5} {
+		if v, ok := ForEngineIO(eio); !ok || v != want {
+			t.Errorf("ForEngineIO(%d) = %d, %v", eio, v, ok)
+		}
+	}
+	for _, eio := range []int{0, 2, 5} {
+		if _, ok := ForEngineIO(eio); ok {
+			t.Errorf("ForEngineIO(%d) ok", eio)
+		}
+	}
+}

@@ -255,3 +255,29 @@ func TestParityRefused(t *testing.T) {
 		})
 	}
 }
+
+// TestReservedEventsMatchClients: ReservedEvents holds every name the
+// pinned clients reserve, and ParserReservedEvents is protocol 5's parser
+// list, both read from the released sources.
+func TestReservedEventsMatchClients(t *testing.T) {
+	var info map[string]struct {
+		ClientReserved []string `json:"clientReserved"`
+		ParserReserved []string `json:"parserReserved"`
+	}
+	if err := json.Unmarshal(nodejs.Run(t, nil, "parser.cjs", "info"), &info); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range []string{"v4", "v5"} {
+		if len(info[v].ClientReserved) == 0 {
+			t.Fatalf("%s: no reserved names read from the client", v)
+		}
+		for _, n := range info[v].ClientReserved {
+			if !IsReservedEvent(n) {
+				t.Errorf("socket.io-client %s reserves %q; ReservedEvents lacks it", v, n)
+			}
+		}
+	}
+	if !reflect.DeepEqual(info["v5"].ParserReserved, ParserReservedEvents) {
+		t.Errorf("socket.io-parser 4 reserves %q; ParserReservedEvents is %q", info["v5"].ParserReserved, ParserReservedEvents)
+	}
+}

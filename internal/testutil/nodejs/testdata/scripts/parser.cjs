@@ -68,6 +68,18 @@ function main() {
       const p = parsers[k];
       info[k] = { parser: p.version, protocol: p.parser.protocol, client: p.clientVersion };
     }
+    // The reserved event names, read from the released sources (none of the
+    // lists is exported): the clients' Socket and protocol 5's parser.
+    const fs = require("fs");
+    const path = require("path");
+    const names = (file, re) => {
+      const m = fs.readFileSync(file, "utf8").match(re);
+      if (!m) throw new Error("no reserved list in " + file);
+      return [...m[1].matchAll(/["']?([A-Za-z_]+)["']?\s*(?::\s*1)?\s*,?\s*(?:\/\/[^\n]*)?/g)].map((x) => x[1]);
+    };
+    info.v5.clientReserved = names(path.join(path.dirname(parsers.v5.client), "socket.js"), /RESERVED_EVENTS = Object\.freeze\(\{([^}]*)\}/);
+    info.v5.parserReserved = names(require.resolve("socket.io-parser", { paths: [path.dirname(parsers.v5.client)] }), /RESERVED_EVENTS = \[([^\]]*)\]/);
+    info.v4.clientReserved = names(path.join(path.dirname(parsers.v4.client), "socket.js"), /var events = \{([^}]*)\}/);
     process.stdout.write(JSON.stringify(info));
     return;
   }
