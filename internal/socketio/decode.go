@@ -31,10 +31,11 @@ var DefaultLimits = Limits{MaxBytes: 1_000_000, MaxDepth: 32}
 //
 // where the namespace starts with "/" and runs to the first "," (or to the
 // end), and the ack id is decimal digits. Decode is stricter than the
-// reference in ways that only refuse what no conforming client sends: the
-// payload is required for EVENT, ACK and CONNECT_ERROR, an ack id only on
-// EVENT and ACK (and required on ACK), the event name must be a string, and
-// no whitespace may stand before the payload. Protocol 5 refuses the event
+// reference in ways that only refuse what no conforming client sends (the
+// parity tests list each case with the reference's reading): the text must
+// not be empty, the payload is required for EVENT, ACK and CONNECT_ERROR,
+// an ack id is taken only on EVENT and ACK (and required on ACK), the event
+// name must be a string, and no whitespace may stand before the payload. Protocol 5 refuses the event
 // names its parser reserves (ParserReservedEvents), as the reference does.
 // Errors are *DecodeError; see the Err* kinds.
 func Decode(v Version, s string) (Packet, error) {
