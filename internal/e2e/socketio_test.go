@@ -1,0 +1,268 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/structpb"
+
+	membershipv1 "github.com/socketrooms/membership/gen/membership/v1"
+	"github.com/socketrooms/membership/internal/testutil"
+	"github.com/socketrooms/membership/internal/testutil/nodejs"
+)
+
+// nodeClient is a live-client.cjs process: a real socket.io-client 4 or
+// sails.io.js client connected to a gateway.
+type nodeClient struct {
+	t     *testing.T
+	name  string
+	in    io.WriteCloser
+	lines chan map[string]json.RawMessage
+	ID    string
+	seen  map[string]bool // events read so far, by next's caller
+	// transport is the one connected on first (socket.io-client 4 only).
+	transport string
+}
+
+func startNodeClient(t *testing.T, mode, origin string, env ...string) *nodeClient {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := nodejs.Command(ctx, t, "live-client.cjs", mode, origin)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c := &nodeClient{t: t, name: mode, in: in, lines: make(chan map[string]json.RawMessage, 256), seen: map[string]bool{}}
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			var m map[string]json.RawMessage
+			if json.Unmarshal(sc.Bytes(), &m) == nil {
+				c.lines <- m
+			}
+		}
+		close(c.lines)
+	}()
+	t.Cleanup(func() { in.Close(); cancel(); cmd.Wait() })
+	return c
+}
+
+// next returns the next line whose ev is one of evs, failing after timeout;
+// lines of other events are passed to skip (nil: dropped).
+func (c *nodeClient) next(timeout time.Duration, skip func(map[string]json.RawMessage), evs ...string) map[string]json.RawMessage {
+	c.t.Helper()
+	deadline := time.After(timeout)
+	for {
+		select {
+		case m, ok := <-c.lines:
+			if !ok {
+				c.t.Fatalf("%s: the client exited waiting for %v", c.name, evs)
+			}
+			var ev string
+			json.Unmarshal(m["ev"], &ev)
+			c.seen[ev] = true
+			for _, want := range evs {
+				if ev == want {
+					return m
+				}
+			}
+			if skip != nil {
+				skip(m)
+			}
+		case <-deadline:
+			c.t.Fatalf("%s: no %v within %v", c.name, evs, timeout)
+		}
+	}
+}
+
+func (c *nodeClient) connect() {
+	c.t.Helper()
+	m := c.next(20*time.Second, nil, "connect", "connect_error")
+	if string(m["ev"]) != `"connect"` {
+		c.t.Fatalf("%s: %s", c.name, m["message"])
+	}
+	json.Unmarshal(m["id"], &c.ID)
+	json.Unmarshal(m["transport"], &c.transport)
+}
+
+func (c *nodeClient) send(cmd string) {
+	c.t.Helper()
+	if _, err := io.WriteString(c.in, cmd+"\n"); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// args returns an event line's arguments.
+func args(m map[string]json.RawMessage) []json.RawMessage {
+	var a []json.RawMessage
+	json.Unmarshal(m["args"], &a)
+	return a
+}
+
+func broadcast(t *testing.T, api membershipv1.MembershipServiceClient, event string, data map[string]any, rooms ...string) {
+	t.Helper()
+	v, err := structpb.NewValue(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := api.Broadcast(context.Background(), &membershipv1.BroadcastRequest{Rooms: rooms, Event: event, Data: v}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func joinApplied(t *testing.T, api membershipv1.MembershipServiceClient, socket, room string) {
+	t.Helper()
+	if _, err := api.Join(context.Background(), &membershipv1.JoinRequest{SocketId: socket, Room: room, WaitFor: membershipv1.WaitFor_WAIT_FOR_APPLY}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// buildExample builds examples/<name> and returns the binary's path.
+func buildExample(t *testing.T, name string) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), name)
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/socketrooms/membership/examples/"+name).CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// socket.io-client 4 (WebSocket only, and the default polling then upgrade)
+// and sails.io.js 1.2 on socket.io-client 2, against two gateway processes
+// and two membership-server processes: socket.id is the membership socket
+// id, Broadcast events and the membership notices arrive with their data,
+// Leave stops them, a socket in two target rooms gets one copy, and
+// io.socket.post reaches the leavefunroom example behind --upstream-url.
+func TestSocketIOClientsThroughGatewayProcesses(t *testing.T) {
+	nodejs.Install(t)
+	e := testutil.StartEtcd(t)
+	api1, _, addr1 := startServerProcessAt(t, e.Endpoint)
+	api2, _ := startServerProcess(t, e.Endpoint)
+
+	appAddr := testutil.FreeAddr(t)
+	app := exec.Command(buildExample(t, "leavefunroom"), "--listen", appAddr, "--membership-addr", addr1)
+	app.Stderr = os.Stderr
+	if err := app.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { app.Process.Kill(); app.Wait() })
+
+	gw1 := startGatewayProcess(t, e, "gw1", 5*time.Second)
+	gw2 := startGatewayProcess(t, e, "gw2", 5*time.Second, "--upstream-url", "http://"+appAddr)
+	origin := func(p *proc) string { return "http" + strings.TrimSuffix(strings.TrimPrefix(p.WSURL, "ws"), "/ws") }
+
+	for _, mode := range []string{"v5-websocket", "v5-polling"} {
+		t.Run(mode, func(t *testing.T) {
+			c := startNodeClient(t, mode, origin(gw1))
+			c.connect()
+			if !strings.HasPrefix(c.ID, "gw1.") {
+				t.Fatalf("socket.id %q is not a membership socket id of gw1", c.ID)
+			}
+			joinApplied(t, api1, c.ID, "fun")
+			m := c.next(10*time.Second, nil, "membership:joined")
+			if a := args(m); len(a) != 1 || string(a[0]) != `"fun"` {
+				t.Fatalf("joined notice %s", m["args"])
+			}
+			joinApplied(t, api2, c.ID, "other")
+			c.next(10*time.Second, nil, "membership:joined")
+
+			// One copy for a socket in both target rooms; through the other server.
+			broadcast(t, api2, "chat", map[string]any{"text": "hi", "n": 1}, "fun", "other")
+			broadcast(t, api2, "chat", map[string]any{"n": 2}, "other")
+			m = c.next(10*time.Second, nil, "chat")
+			if a := args(m); len(a) != 1 || string(a[0]) != `{"n":1,"text":"hi"}` {
+				t.Fatalf("chat %s", m["args"])
+			}
+			m = c.next(10*time.Second, nil, "chat")
+			if a := args(m); len(a) != 1 || string(a[0]) != `{"n":2}` {
+				t.Fatalf("second chat %s: the first came twice?", m["args"])
+			}
+
+			if _, err := api1.Leave(context.Background(), &membershipv1.LeaveRequest{SocketId: c.ID, Room: "fun", WaitFor: membershipv1.WaitFor_WAIT_FOR_APPLY}); err != nil {
+				t.Fatal(err)
+			}
+			if m := c.next(10*time.Second, nil, "membership:left"); string(args(m)[0]) != `"fun"` {
+				t.Fatalf("left notice %s", m["args"])
+			}
+			broadcast(t, api1, "chat", map[string]any{"n": 3}, "fun")
+			broadcast(t, api1, "chat", map[string]any{"n": 4}, "other") // a marker: the socket gets it, in order
+			if m := c.next(10*time.Second, nil, "chat"); string(args(m)[0]) != `{"n":4}` {
+				t.Fatalf("after Leave the socket got %s", m["args"])
+			}
+			if mode == "v5-websocket" && c.transport != "websocket" {
+				t.Fatalf("connected on %q", c.transport)
+			}
+			if mode == "v5-polling" {
+				// The default transports: polling first, then the upgrade
+				// (which can complete before the CONNECT answer arrives).
+				if !c.seen["upgrade"] {
+					c.next(10*time.Second, nil, "upgrade")
+				}
+			}
+			c.send(`{"cmd":"emit","seq":1,"event":"typing","data":{}}`)
+			if m := c.next(10*time.Second, nil, "ack"); !strings.Contains(string(m["res"]), `"statusCode":404`) {
+				t.Fatalf("ack of an unhandled event: %s", m["res"])
+			}
+		})
+	}
+
+	t.Run("sails", func(t *testing.T) {
+		c := startNodeClient(t, "sails", origin(gw2))
+		c.connect()
+		if !strings.HasPrefix(c.ID, "gw2.") {
+			t.Fatalf("socket.id %q is not a membership socket id of gw2", c.ID)
+		}
+		joinApplied(t, api1, c.ID, "fun")
+		joinApplied(t, api1, c.ID, "other")
+		c.next(10*time.Second, nil, "membership:joined")
+		broadcast(t, api2, "chat", map[string]any{"n": 1}, "fun")
+		if m := c.next(10*time.Second, nil, "chat"); string(args(m)[0]) != `{"n":1}` {
+			t.Fatalf("chat %s", m["args"])
+		}
+
+		c.send(`{"cmd":"post","seq":1,"url":"/leaveFunRoom","data":{"roomName":"fun"}}`)
+		m := c.next(10*time.Second, nil, "cb")
+		var body struct{ Message string }
+		json.Unmarshal(m["body"], &body)
+		if string(m["status"]) != "200" || body.Message != "Left a room called fun." {
+			t.Fatalf("cb(%s, status %s)", m["body"], m["status"])
+		}
+		if ms := members(t, api1, "fun"); hasMember(ms, c.ID) {
+			t.Fatalf("still in fun: %v", ms)
+		}
+		broadcast(t, api1, "chat", map[string]any{"n": 2}, "fun")
+		broadcast(t, api1, "chat", map[string]any{"n": 3}, "other")
+		if m := c.next(10*time.Second, nil, "chat"); string(args(m)[0]) != `{"n":3}` {
+			t.Fatalf("after leaving fun the socket got %s", m["args"])
+		}
+
+		c.send(`{"cmd":"post","seq":2,"url":"/leaveFunRoom","data":{}}`)
+		m = c.next(10*time.Second, nil, "cb")
+		if string(m["status"]) != "400" || !strings.Contains(string(m["body"]), "roomName is required") {
+			t.Fatalf("cb(%s, status %s)", m["body"], m["status"])
+		}
+		c.send(`{"cmd":"close"}`)
+		waitFor(t, 15*time.Second, "the closed socket gone from etcd", func() bool {
+			_, err := api1.GetSocket(context.Background(), &membershipv1.GetSocketRequest{SocketId: c.ID})
+			return err != nil
+		})
+	})
+}
