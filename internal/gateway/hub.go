@@ -53,7 +53,11 @@ func (o *outbound) nativeFrame() []byte {
 
 func (o *outbound) sioPacket() []byte {
 	if o.sio == nil {
-		o.sio = socketio.AppendEvent(nil, socketio.DefaultNamespace, o.event, o.data)
+		data := o.data
+		if string(data) == "null" {
+			data = nil // a message without data: the handler gets no argument
+		}
+		o.sio = socketio.AppendEvent(nil, socketio.DefaultNamespace, o.event, data)
 	}
 	return o.sio
 }
