@@ -12,9 +12,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	membershipv1 "github.com/socketrooms/membership/gen/membership/v1"
+	"github.com/socketrooms/membership/internal/gateway"
+	"github.com/socketrooms/membership/internal/stacktest"
 	"github.com/socketrooms/membership/internal/testutil"
 	"github.com/socketrooms/membership/internal/testutil/nodejs"
 )
@@ -265,4 +268,119 @@ func TestSocketIOClientsThroughGatewayProcesses(t *testing.T) {
 			return err != nil
 		})
 	})
+}
+
+// sioRaw is a hand-driven Socket.IO connection over a WebSocket, for input
+// no real client sends.
+type sioRaw struct {
+	t    *testing.T
+	conn *websocket.Conn
+}
+
+func dialSIO(t *testing.T, g *stacktest.Gateway, eio string) (*sioRaw, string) {
+	t.Helper()
+	u := strings.Replace(g.WSURL, "/ws", "/socket.io/?EIO="+eio+"&transport=websocket", 1)
+	conn, _, err := websocket.DefaultDialer.Dial(u, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	s := &sioRaw{t: t, conn: conn}
+	open := s.read()
+	var hs struct{ Sid string }
+	if !strings.HasPrefix(open, "0") || json.Unmarshal([]byte(open[1:]), &hs) != nil {
+		t.Fatalf("open packet %q", open)
+	}
+	return s, hs.Sid
+}
+
+// read returns the next message that is not an Engine.IO ping, or fails;
+// "closed" when the gateway closed the connection.
+func (s *sioRaw) read() string {
+	s.t.Helper()
+	for {
+		s.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, b, err := s.conn.ReadMessage()
+		if err != nil {
+			if strings.Contains(err.Error(), "timeout") {
+				s.t.Fatal(err)
+			}
+			return "closed"
+		}
+		if string(b) != "2" && string(b) != "3" {
+			return string(b)
+		}
+	}
+}
+
+func (s *sioRaw) write(typ int, msg string) {
+	s.t.Helper()
+	if err := s.conn.WriteMessage(typ, []byte(msg)); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+// Bad input at /socket.io/: another namespace gets CONNECT_ERROR "Invalid
+// namespace" and the session stays; a malformed packet, a binary
+// attachment, a binary frame and an oversize packet each close the session;
+// a closed session's socket leaves the hub and etcd.
+func TestSocketIOBadInputClosesOrAnswers(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	api := startMembershipServer(t, e)
+	g := stacktest.StartGatewayVia(t, e.Endpoint, gateway.Config{ID: "gw1", LeaseTTL: 10 * time.Second, MaxFrameBytes: 4096})
+
+	s, sid := dialSIO(t, g, "4")
+	s.write(websocket.TextMessage, `40/admin,`)
+	if got := s.read(); got != `44/admin,{"message":"Invalid namespace"}` {
+		t.Fatalf("CONNECT to /admin answered %q", got)
+	}
+	s.write(websocket.TextMessage, `40`)
+	if got := s.read(); got != `40{"sid":"`+sid+`"}` {
+		t.Fatalf("CONNECT answered %q, want the Engine.IO sid %s", got, sid)
+	}
+	if _, err := api.GetSocket(context.Background(), &membershipv1.GetSocketRequest{SocketId: sid}); err != nil {
+		t.Fatalf("connected socket not in etcd: %v", err)
+	}
+
+	for name, msg := range map[string]struct {
+		typ  int
+		text string
+	}{
+		"malformed":         {websocket.TextMessage, `42["chat"`},
+		"binary attachment": {websocket.TextMessage, `451-["chat",{"_placeholder":true,"num":0}]`},
+		"binary frame":      {websocket.BinaryMessage, "\x04abc"},
+		"unknown type":      {websocket.TextMessage, `49`},
+		"oversize":          {websocket.TextMessage, `42["chat","` + strings.Repeat("x", 5000) + `"]`},
+	} {
+		s, sid := dialSIO(t, g, "4")
+		s.write(websocket.TextMessage, `40`)
+		s.read()
+		s.write(msg.typ, msg.text)
+		for got := s.read(); got != "closed"; got = s.read() {
+			if got != "1" { // Engine.IO close packet
+				t.Fatalf("%s: got %q, want the session closed", name, got)
+			}
+		}
+		waitFor(t, 10*time.Second, name+": socket gone from etcd", func() bool {
+			_, err := api.GetSocket(context.Background(), &membershipv1.GetSocketRequest{SocketId: sid})
+			return err != nil
+		})
+	}
+	waitFor(t, 10*time.Second, "only the first socket left in the hub", func() bool { return g.G.Sockets() == 1 })
+
+	// Protocol 4 (Engine.IO 3): the connection to "/" is implicit.
+	s3, sid3 := dialSIO(t, g, "3")
+	if got := s3.read(); got != "40" {
+		t.Fatalf("protocol 4 CONNECT %q", got)
+	}
+	if _, err := api.GetSocket(context.Background(), &membershipv1.GetSocketRequest{SocketId: sid3}); err != nil {
+		t.Fatalf("protocol 4 socket not in etcd: %v", err)
+	}
+
+	// Gateway shutdown closes the Socket.IO sessions.
+	g.Stop()
+	for got := s.read(); got != "closed"; got = s.read() {
+	}
+	for got := s3.read(); got != "closed"; got = s3.read() {
+	}
 }
