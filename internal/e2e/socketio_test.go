@@ -3,7 +3,15 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"io"
 	"os"
 	"os/exec"
@@ -382,5 +390,77 @@ func TestSocketIOBadInputClosesOrAnswers(t *testing.T) {
 	for got := s.read(); got != "closed"; got = s.read() {
 	}
 	for got := s3.read(); got != "closed"; got = s3.read() {
+	}
+}
+
+// With --jwt-public-key-file, socket.io-client 4 sends its token as
+// auth.token in the CONNECT packet and sails.io.js as ?token= in the
+// handshake: a valid token gives a socket recorded under the token's
+// subject (GetSocket, X-Socket-User of a virtual request), a bad one gets
+// the client's connect_error ("Not authorized") or error and no socket.
+func TestSocketIOClientsWithJWT(t *testing.T) {
+	nodejs.Install(t)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(t.TempDir(), "jwt.pem")
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, `{"user":%q,"socket":%q}`, r.Header.Get("X-Socket-User"), r.Header.Get("X-Socket-Id"))
+	}))
+	defer upstream.Close()
+	e := testutil.StartEtcd(t)
+	api := startMembershipServer(t, e)
+	g := startGatewayProcess(t, e, "gw1", 10*time.Second, "--jwt-public-key-file", keyFile, "--jwt-audience", "chat", "--upstream-url", upstream.URL)
+	origin := "http" + strings.TrimSuffix(strings.TrimPrefix(g.WSURL, "ws"), "/ws")
+	hour := time.Now().Add(time.Hour)
+	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+
+	for _, mode := range []string{"v5-websocket", "v5-polling", "sails"} {
+		t.Run(mode, func(t *testing.T) {
+			c := startNodeClient(t, mode, origin, "SIO_TOKEN="+signToken(t, key, "alice", hour))
+			c.connect()
+			s, err := api.GetSocket(context.Background(), &membershipv1.GetSocketRequest{SocketId: c.ID})
+			if err != nil || s.GetSocket().GetUser() != "alice" {
+				t.Fatalf("GetSocket(%s) = %v, %v; want user alice", c.ID, s, err)
+			}
+			if mode == "sails" {
+				c.send(`{"cmd":"get","seq":1,"url":"/who","data":{}}`)
+				m := c.next(10*time.Second, nil, "cb")
+				if string(m["status"]) != "200" || string(m["body"]) != fmt.Sprintf(`{"user":"alice","socket":%q}`, c.ID) {
+					t.Fatalf("cb(%s, %s)", m["body"], m["status"])
+				}
+			} else {
+				c.send(`{"cmd":"emit","seq":1,"event":"get","data":{"url":"/who"}}`)
+				m := c.next(10*time.Second, nil, "ack")
+				if want := fmt.Sprintf(`{"body":{"user":"alice","socket":%q},"headers":{},"statusCode":200}`, c.ID); string(m["res"]) != want {
+					t.Fatalf("ack %s, want %s", m["res"], want)
+				}
+			}
+			for name, tok := range map[string]string{"stranger": signToken(t, other, "alice", hour), "none": ""} {
+				env := []string{}
+				if tok != "" {
+					env = append(env, "SIO_TOKEN="+tok)
+				}
+				bad := startNodeClient(t, mode, origin, env...)
+				m := bad.next(20*time.Second, nil, "connect", "connect_error")
+				if string(m["ev"]) != `"connect_error"` {
+					t.Fatalf("%s token: %s", name, m["ev"])
+				}
+				if mode != "sails" && string(m["message"]) != `"Not authorized"` {
+					t.Fatalf("%s token: connect_error %s", name, m["message"])
+				}
+			}
+		})
+	}
+	if v := metricValue(t, scrape(t, origin+"/metrics"), `gateway_auth_failures_total`); v != 6 {
+		t.Errorf("gateway_auth_failures_total = %v after 6 refused tokens", v)
 	}
 }

@@ -39,6 +39,9 @@ if (mode === "v5-websocket" || mode === "v5-polling") {
   socket = io.sails.connect();
   socket.on("connect", () => out({ ev: "connect", id: socket._raw.id }));
   socket.on("disconnect", () => out({ ev: "disconnect" }));
+  // socket.io-client 2: a refused handshake is the manager's connect_error,
+  // a refused namespace connection the socket's error.
+  socket.on("connect_error", (e) => out({ ev: "connect_error", message: String(e && e.message || e) }));
   socket.on("error", (e) => out({ ev: "connect_error", message: String(e) }));
   for (const ev of ["chat", "membership:joined", "membership:left"]) {
     socket.on(ev, (...args) => out({ ev, args }));
