@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -462,5 +463,108 @@ func TestSocketIOClientsWithJWT(t *testing.T) {
 	}
 	if v := metricValue(t, scrape(t, origin+"/metrics"), `gateway_auth_failures_total`); v != 6 {
 		t.Errorf("gateway_auth_failures_total = %v after 6 refused tokens", v)
+	}
+}
+
+// --max-sockets counts Socket.IO sessions with native sockets, the origin
+// check refuses a handshake with 403, and --frames-per-second applies to
+// inbound packets: past the 2 s burst a virtual request is answered 429, far
+// past it the session closes.
+func TestSocketIOLimits(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	g := stacktest.StartGatewayVia(t, e.Endpoint, gateway.Config{ID: "gw1", LeaseTTL: 10 * time.Second,
+		MaxSockets: 2, FramesPerSecond: 5, AllowedOrigins: []string{"https://app.example"}})
+	handshake := strings.Replace(g.WSURL, "ws://", "http://", 1)
+	handshake = strings.Replace(handshake, "/ws", "/socket.io/?EIO=4&transport=polling", 1)
+	get := func(origin string) int {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, handshake, nil)
+		if origin != "" {
+			req.Header.Set("Origin", origin)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := get("https://evil.example"); code != http.StatusForbidden {
+		t.Fatalf("refused origin: %d, want 403", code)
+	}
+	a, _ := dialSIO(t, g, "4")
+	a.write(websocket.TextMessage, `40`)
+	a.read()
+	dial(t, g.WSURL) // a native socket: two of two
+	waitFor(t, 5*time.Second, "two sockets", func() bool { return g.G.Sockets() == 2 })
+	if code := get(""); code != http.StatusServiceUnavailable {
+		t.Fatalf("third socket on a gateway of 2: %d, want 503", code)
+	}
+
+	for i := 0; i < 20; i++ {
+		a.write(websocket.TextMessage, fmt.Sprintf(`42%d["get",{"url":"/x"}]`, i))
+	}
+	statuses := map[string]int{}
+	for i := 0; i < 20; i++ {
+		got := a.read()
+		_, status, _ := strings.Cut(got, `"statusCode":`)
+		statuses[strings.TrimSuffix(status, "}]")]++
+	}
+	// The burst is 10 packets (2 s at 5/s), the CONNECT one of them.
+	if statuses["501"] != 9 || statuses["429"] != 11 {
+		t.Fatalf("statuses %v, want 9 answered 501 (no upstream) and 11 refused 429", statuses)
+	}
+	for i := 0; i < 40; i++ {
+		a.write(websocket.TextMessage, `42["noise"]`)
+	}
+	for got := a.read(); got != "closed"; got = a.read() {
+		if got != "1" {
+			t.Fatalf("got %q, want the session closed", got)
+		}
+	}
+}
+
+// A gateway frozen past its lease: its Socket.IO sessions are closed when it
+// resumes, and deliver nothing queued on the expired memberships.
+func TestSocketIOSessionsFencedWithTheLease(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	api := startMembershipServer(t, e)
+	const ttl = 2 * time.Second
+	g := startGatewayProcess(t, e, "frozen", ttl)
+	u := strings.Replace(g.WSURL, "/ws", "/socket.io/?EIO=4&transport=websocket", 1)
+	conn, _, err := websocket.DefaultDialer.Dial(u, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	s := &sioRaw{t: t, conn: conn}
+	var hs struct{ Sid string }
+	json.Unmarshal([]byte(s.read()[1:]), &hs)
+	s.write(websocket.TextMessage, `40`)
+	s.read()
+	joinApplied(t, api, hs.Sid, "r")
+	if got := s.read(); got != `42["membership:joined","r"]` {
+		t.Fatalf("joined notice %q", got)
+	}
+	if err := g.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer g.cmd.Process.Signal(syscall.SIGCONT)
+	go func() {
+		bctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		api.Broadcast(bctx, &membershipv1.BroadcastRequest{Rooms: []string{"r"}, Event: "late"})
+	}()
+	waitFor(t, ttl+2*time.Second, "the frozen gateway's lease to expire", func() bool {
+		return len(members(t, api, "r")) == 0
+	})
+	time.Sleep(200 * time.Millisecond)
+	if err := g.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	for got := s.read(); got != "closed"; got = s.read() {
+		if strings.HasPrefix(got, "42") {
+			t.Fatalf("delivered %q on an expired membership", got)
+		}
 	}
 }

@@ -35,8 +35,16 @@ func (s *Session) poll(w http.ResponseWriter, r *http.Request) {
 	for {
 		s.mu.Lock()
 		packets, closing, noop := s.pollReadyLocked()
-		probed, upgraded := s.probed, s.upgraded
+		probed, upgraded, gate := s.probed, s.upgraded, s.gate
 		s.mu.Unlock()
+		if err := gateFails(gate, packets); err != nil {
+			// Nothing queued goes out: the client gets the close alone.
+			s.closeWith(err, false)
+			s.mu.Lock()
+			s.closeSent = true
+			s.mu.Unlock()
+			packets, closing, noop = nil, true, false
+		}
 		if packets != nil || closing || noop {
 			if closing {
 				packets = append(packets, Packet{Type: PacketClose})

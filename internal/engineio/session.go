@@ -37,6 +37,7 @@ type Session struct {
 	probed    chan struct{}
 	upgraded  chan struct{} // closed when the session moved to WebSocket
 	closeSent bool          // the close reached a polling GET
+	gate      func() error  // SetWriteGate; nil: none
 	pingTimer *time.Timer   // protocol 4: next ping; protocol 3: unused
 	liveTimer *time.Timer   // protocol 4: pong deadline; protocol 3: silence deadline
 }
@@ -73,6 +74,33 @@ func (s *Session) Transport() string {
 // read. The function may keep data. A slow function slows that client's reads
 // only. Messages that arrive with no function set are dropped.
 func (s *Session) OnMessage(fn func(data []byte, binary bool)) { s.handle = fn }
+
+// SetWriteGate sets a check the writers make before they write message
+// packets (a WebSocket batch, a polling response): an error closes the
+// session with that reason at once, and the queued messages are dropped, not
+// written. It is for a caller whose right to deliver can lapse while packets
+// wait, such as a gateway whose lease may have expired while it was frozen.
+// Set it in Server.OnSession; fn must be cheap and must not call the
+// session's methods.
+func (s *Session) SetWriteGate(fn func() error) {
+	s.mu.Lock()
+	s.gate = fn
+	s.mu.Unlock()
+}
+
+// gateFails runs the write gate when packets hold a message and reports the
+// gate's error.
+func gateFails(gate func() error, packets []Packet) error {
+	if gate == nil {
+		return nil
+	}
+	for _, p := range packets {
+		if p.Type == PacketMessage {
+			return gate()
+		}
+	}
+	return nil
+}
 
 // Done is closed when the session has closed; Err then says why.
 func (s *Session) Done() <-chan struct{} { return s.done }
@@ -324,9 +352,9 @@ func (s *Session) writeLoop(conn *websocket.Conn) {
 		case <-s.done:
 			s.mu.Lock()
 			batch = s.takeLocked(batch)
-			flush := s.flushOut
+			flush, gate := s.flushOut, s.gate
 			s.mu.Unlock()
-			if flush {
+			if flush && gateFails(gate, batch) == nil {
 				for _, p := range batch {
 					if write(p) != nil {
 						return
@@ -340,7 +368,13 @@ func (s *Session) writeLoop(conn *websocket.Conn) {
 		}
 		s.mu.Lock()
 		batch = s.takeLocked(batch)
+		gate := s.gate
 		s.mu.Unlock()
+		if err := gateFails(gate, batch); err != nil {
+			clear(batch)
+			s.closeWith(err, false)
+			continue
+		}
 		for i, p := range batch {
 			if write(p) != nil {
 				s.closeWith(ErrTransportClosed, false)

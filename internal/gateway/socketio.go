@@ -72,6 +72,7 @@ var (
 	errSIOTooFast      = errors.New("socket.io: too many packets")
 	errSIODisconnect   = errors.New("socket.io: the client disconnected")
 	errSIORegister     = errors.New("socket.io: cannot register socket")
+	errSIOLeaseLost    = errors.New("socket.io: gateway lost its registration; reconnect")
 )
 
 // sioSocket is one Socket.IO connection to the main namespace, riding one
@@ -124,7 +125,7 @@ func (s *sioSocket) send(b []byte) bool {
 	}
 	if !s.alive() {
 		s.closed = true
-		s.es.Close(errors.New("gateway lost its registration; reconnect"))
+		s.es.Close(errSIOLeaseLost)
 		return false
 	}
 	err := s.es.Send(b)
@@ -241,6 +242,14 @@ func (g *Gateway) sioOnSession(es *engineio.Session, r *http.Request) {
 		bucket:     newTokenBucket(g.cfg.FramesPerSecond, burstSeconds*g.cfg.FramesPerSecond),
 	}
 	es.OnMessage(func(data []byte, binary bool) { g.sioMessage(s, data, binary) })
+	// As a native socket's writer does (writer.go): nothing queued is written
+	// once the lease the socket's memberships live on may have expired.
+	es.SetWriteGate(func() error {
+		if !sess.alive() {
+			return errSIOLeaseLost
+		}
+		return nil
+	})
 	go func() {
 		defer g.wg.Done()
 		g.runSIO(sess, s)
