@@ -603,3 +603,59 @@ func TestCloseInOnSession(t *testing.T) {
 		t.Fatalf("%d sessions left", n)
 	}
 }
+
+// A write gate that fails closes the session with its error, and the
+// messages queued are not written, on a WebSocket and to a polling GET.
+func TestWriteGate(t *testing.T) {
+	errGate := errors.New("lease lost")
+	for _, transport := range []string{"websocket", "polling"} {
+		t.Run(transport, func(t *testing.T) {
+			f := newFixture(t, &Server{})
+			var open atomic.Bool
+			open.Store(true)
+			var c *websocket.Conn
+			if transport == "websocket" {
+				c = f.dial("EIO=4&transport=websocket")
+				readText(t, c)
+			} else {
+				f.get("EIO=4&transport=polling")
+			}
+			s := f.session()
+			s.SetWriteGate(func() error {
+				if open.Load() {
+					return nil
+				}
+				return errGate
+			})
+			if err := s.Send([]byte("before")); err != nil {
+				t.Fatal(err)
+			}
+			if transport == "websocket" {
+				if got := readText(t, c); got != "4before" {
+					t.Fatalf("got %q", got)
+				}
+			} else if _, body := f.get("EIO=4&transport=polling&sid=" + s.ID()); body != "4before" {
+				t.Fatalf("got %q", body)
+			}
+			open.Store(false)
+			_ = s.Send([]byte("after"))
+			if transport == "websocket" {
+				_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				for {
+					_, data, err := c.ReadMessage()
+					if err != nil {
+						break
+					}
+					if string(data) == "4after" {
+						t.Fatal("a message went out past the gate")
+					}
+				}
+			} else if _, body := f.get("EIO=4&transport=polling&sid=" + s.ID()); body != "1" {
+				t.Fatalf("polling answer %q, want the close packet alone", body)
+			}
+			if err := waitClosed(t, s, 5*time.Second); err != errGate {
+				t.Fatalf("closed with %v, want the gate's error", err)
+			}
+		})
+	}
+}
