@@ -500,6 +500,10 @@ func TestSocketIOLimits(t *testing.T) {
 	if code := get(""); code != http.StatusServiceUnavailable {
 		t.Fatalf("third socket on a gateway of 2: %d, want 503", code)
 	}
+	metrics := scrape(t, strings.Replace(strings.Replace(g.WSURL, "ws://", "http://", 1), "/ws", "/metrics", 1))
+	if n, s := metricValue(t, metrics, `gateway_protocol_sockets\{protocol="native"\}`), metricValue(t, metrics, `gateway_protocol_sockets\{protocol="socketio"\}`); n != 1 || s != 1 {
+		t.Fatalf("gateway_protocol_sockets native %v, socketio %v; want 1 and 1", n, s)
+	}
 
 	for i := 0; i < 20; i++ {
 		a.write(websocket.TextMessage, fmt.Sprintf(`42%d["get",{"url":"/x"}]`, i))

@@ -72,6 +72,7 @@ type hub struct {
 	sockets map[string]member
 	rooms   map[string]map[string]member
 	members int // memberships of local sockets
+	sio     int // sockets that are Socket.IO sessions
 }
 
 func newHub() *hub {
@@ -93,6 +94,9 @@ func (h *hub) add(c member) bool {
 		return false
 	}
 	h.sockets[c.core().id] = c
+	if _, ok := c.(*sioSocket); ok {
+		h.sio++
+	}
 	return true
 }
 
@@ -105,6 +109,9 @@ func (h *hub) remove(c member) {
 		return
 	}
 	delete(h.sockets, m.id)
+	if _, ok := c.(*sioSocket); ok {
+		h.sio--
+	}
 	for room := range m.rooms {
 		h.leaveLocked(c, room)
 	}
@@ -123,6 +130,7 @@ func (h *hub) closeAll(code int, reason string) {
 		}
 	}
 	clear(h.sockets)
+	h.sio = 0
 	h.mu.Unlock()
 	for _, c := range all {
 		c.shutdown(code, reason)
@@ -145,6 +153,13 @@ func (h *hub) sizes() (rooms, memberships int) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	return len(h.rooms), h.members
+}
+
+// countSIO is how many open sockets are Socket.IO sessions.
+func (h *hub) countSIO() int {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.sio
 }
 
 func (h *hub) count() int {

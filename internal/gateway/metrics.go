@@ -59,6 +59,12 @@ func newMetrics(reg prometheus.Registerer, g *Gateway) *metrics {
 	reg.MustRegister(m.delivered, m.dropped, m.slowClients, m.renewFailures, m.sessionsLost, m.authFailures, m.removalsAbandoned, m.recordsReconciled, m.waitApplied, m.lagRevisions,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gateway_sockets", Help: "Open sockets."},
 			func() float64 { return float64(g.hub.count()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gateway_protocol_sockets", Help: "Open sockets by client protocol: native (/ws) or socketio (/socket.io/).",
+			ConstLabels: prometheus.Labels{"protocol": "native"}},
+			func() float64 { return float64(g.hub.count() - g.hub.countSIO()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gateway_protocol_sockets", Help: "Open sockets by client protocol: native (/ws) or socketio (/socket.io/).",
+			ConstLabels: prometheus.Labels{"protocol": "socketio"}},
+			func() float64 { return float64(g.hub.countSIO()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gateway_socket_removals_pending",
 			Help: "Closed sockets whose keys the gateway has yet to delete from etcd."},
 			func() float64 {
