@@ -115,9 +115,12 @@ func (s *sioSocket) send(b []byte) bool {
 		return false
 	}
 	if s.holding {
-		if len(s.held) >= s.maxHeld {
+		if len(s.held) >= s.maxHeld { // --send-queue, as for a native socket's held frames
 			s.closed = true
-			go s.es.Close(engineio.ErrQueueFull)
+			if s.onSlow != nil {
+				s.onSlow()
+			}
+			s.es.Close(engineio.ErrQueueFull)
 			return false
 		}
 		s.held = append(s.held, b)
