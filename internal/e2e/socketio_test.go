@@ -236,8 +236,16 @@ func TestSocketIOClientsThroughGatewayProcesses(t *testing.T) {
 		})
 	}
 
-	t.Run("sails", func(t *testing.T) {
-		c := startNodeClient(t, "sails", origin(gw2))
+	for _, mode := range []string{"sails", "sails-polling"} {
+		t.Run(mode, func(t *testing.T) { testSailsClient(t, mode, origin(gw2), api1, api2) })
+	}
+}
+
+// testSailsClient is the seed page's first example from a sails.io.js front
+// end on gateway gw2, whose upstream is examples/leavefunroom.
+func testSailsClient(t *testing.T, mode, origin string, api1, api2 membershipv1.MembershipServiceClient) {
+	{
+		c := startNodeClient(t, mode, origin)
 		c.connect()
 		if !strings.HasPrefix(c.ID, "gw2.") {
 			t.Fatalf("socket.id %q is not a membership socket id of gw2", c.ID)
@@ -271,12 +279,15 @@ func TestSocketIOClientsThroughGatewayProcesses(t *testing.T) {
 		if string(m["status"]) != "400" || !strings.Contains(string(m["body"]), "roomName is required") {
 			t.Fatalf("cb(%s, status %s)", m["body"], m["status"])
 		}
+		if mode == "sails-polling" && !c.seen["upgrade"] {
+			c.next(10*time.Second, nil, "upgrade") // polling first, then the upgrade
+		}
 		c.send(`{"cmd":"close"}`)
 		waitFor(t, 15*time.Second, "the closed socket gone from etcd", func() bool {
 			_, err := api1.GetSocket(context.Background(), &membershipv1.GetSocketRequest{SocketId: c.ID})
 			return err != nil
 		})
-	})
+	}
 }
 
 // sioRaw is a hand-driven Socket.IO connection over a WebSocket, for input

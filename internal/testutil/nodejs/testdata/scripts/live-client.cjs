@@ -1,6 +1,6 @@
 // A real client against a running gateway, driven line by line.
 //
-//   node live-client.cjs v5-websocket|v5-polling|sails <origin>
+//   node live-client.cjs v5-websocket|v5-polling|sails|sails-polling <origin>
 //
 // stdout: one JSON object per line: {"ev":"connect","id":socket.id} once
 // connected, {"ev":<event>,"args":[…]} for every event the socket receives,
@@ -29,15 +29,19 @@ if (mode === "v5-websocket" || mode === "v5-polling") {
   socket.on("connect_error", (err) => out({ ev: "connect_error", message: err.message }));
   socket.on("disconnect", (reason) => out({ ev: "disconnect", reason }));
   socket.onAny((ev, ...args) => out({ ev, args }));
-} else if (mode === "sails") {
+} else if (mode === "sails" || mode === "sails-polling") {
   const io = require("sails.io.js")(require("socket.io-client-v2"));
   io.sails.autoConnect = false;
   io.sails.environment = "production";
   io.sails.reconnection = false;
   io.sails.url = origin;
+  // sails.io.js's default is WebSocket alone; sails-polling starts with
+  // polling and upgrades, as socket.io-client 2 does by default.
+  if (mode === "sails-polling") io.sails.transports = ["polling", "websocket"];
   if (process.env.SIO_TOKEN) io.sails.query = "token=" + process.env.SIO_TOKEN;
   socket = io.sails.connect();
   socket.on("connect", () => out({ ev: "connect", id: socket._raw.id }));
+  socket._raw.io.on("open", () => socket._raw.io.engine.on("upgrade", (t) => out({ ev: "upgrade", transport: t.name })));
   socket.on("disconnect", () => out({ ev: "disconnect" }));
   // socket.io-client 2: a refused handshake is the manager's connect_error,
   // a refused namespace connection the socket's error.
@@ -47,7 +51,7 @@ if (mode === "v5-websocket" || mode === "v5-polling") {
     socket.on(ev, (...args) => out({ ev, args }));
   }
 } else {
-  throw new Error("argument: v5-websocket, v5-polling or sails");
+  throw new Error("argument: v5-websocket, v5-polling, sails or sails-polling");
 }
 
 readline.createInterface({ input: process.stdin }).on("line", (line) => {
