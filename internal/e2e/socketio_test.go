@@ -511,6 +511,15 @@ func TestSocketIOLimits(t *testing.T) {
 	if code := get(""); code != http.StatusServiceUnavailable {
 		t.Fatalf("third socket on a gateway of 2: %d, want 503", code)
 	}
+	// A session that has not sent its CONNECT holds its place too.
+	a.conn.Close()
+	waitFor(t, 5*time.Second, "one socket", func() bool { return g.G.Sockets() == 1 })
+	a, _ = dialSIO(t, g, "4")
+	if code := get(""); code != http.StatusServiceUnavailable {
+		t.Fatalf("a session waiting for CONNECT is not counted: %d, want 503", code)
+	}
+	a.write(websocket.TextMessage, `40`)
+	a.read()
 	metrics := scrape(t, strings.Replace(strings.Replace(g.WSURL, "ws://", "http://", 1), "/ws", "/metrics", 1))
 	if n, s := metricValue(t, metrics, `gateway_protocol_sockets\{protocol="native"\}`), metricValue(t, metrics, `gateway_protocol_sockets\{protocol="socketio"\}`); n != 1 || s != 1 {
 		t.Fatalf("gateway_protocol_sockets native %v, socketio %v; want 1 and 1", n, s)

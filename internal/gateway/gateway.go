@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -34,6 +35,9 @@ type Gateway struct {
 	httpClient *http.Client
 	metrics    *metrics
 	eio        *engineio.Server // Socket.IO clients at /socket.io/ (socketio.go)
+	// sioConnecting counts Socket.IO sessions not yet in the hub (waiting
+	// for their CONNECT or registering), for --max-sockets.
+	sioConnecting atomic.Int64
 
 	mu       sync.Mutex
 	sess     *session

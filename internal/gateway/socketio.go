@@ -203,7 +203,9 @@ func (g *Gateway) sioAuthorize(r *http.Request) error {
 	if !g.upgrader.CheckOrigin(r) {
 		return &engineio.HandshakeError{Status: http.StatusForbidden, Code: engineio.CodeForbidden, Message: "origin not allowed"}
 	}
-	if g.cfg.MaxSockets > 0 && g.hub.count() >= g.cfg.MaxSockets {
+	// Sessions still connecting count: a client that opens sessions and
+	// never sends CONNECT holds them for sioConnectTimeout each.
+	if g.cfg.MaxSockets > 0 && g.hub.count()+int(g.sioConnecting.Load()) >= g.cfg.MaxSockets {
 		return &engineio.HandshakeError{Status: http.StatusServiceUnavailable, Code: engineio.CodeBadRequest, Message: "gateway is full; try another"}
 	}
 	if g.cfg.Authenticate != nil && r.URL.Query().Get("EIO") == "3" {
@@ -253,6 +255,7 @@ func (g *Gateway) sioOnSession(es *engineio.Session, r *http.Request) {
 		}
 		return nil
 	})
+	g.sioConnecting.Add(1)
 	go func() {
 		defer g.wg.Done()
 		g.runSIO(sess, s)
@@ -264,6 +267,12 @@ func (g *Gateway) sioOnSession(es *engineio.Session, r *http.Request) {
 // runSIO connects the socket to "/", registers it, waits for the session to
 // end and removes it; it runs on its own goroutine, counted in Gateway.wg.
 func (g *Gateway) runSIO(sess *session, s *sioSocket) {
+	connecting := true
+	defer func() {
+		if connecting {
+			g.sioConnecting.Add(-1)
+		}
+	}()
 	if s.v == socketio.V4 {
 		if g.cfg.Authenticate != nil {
 			user, err := g.cfg.Authenticate(s.hs)
@@ -304,7 +313,10 @@ func (g *Gateway) runSIO(sess *session, s *sioSocket) {
 		s.send(socketio.AppendConnect(nil, s.v, socketio.DefaultNamespace, s.id))
 	}
 	s.hs = nil
-	if !g.hub.add(s) {
+	added := g.hub.add(s)
+	g.sioConnecting.Add(-1)
+	connecting = false
+	if !added {
 		s.shutdown(closeServiceRestart, "gateway is re-registering")
 		return
 	}
