@@ -86,6 +86,12 @@ func (h *hub) setOpen(open bool) {
 	h.mu.Unlock()
 }
 
+// isSIO tells a Socket.IO session from a native socket.
+func isSIO(c member) bool {
+	_, ok := c.(*sioSocket)
+	return ok
+}
+
 // add registers c; it fails while no session is live.
 func (h *hub) add(c member) bool {
 	h.mu.Lock()
@@ -250,6 +256,14 @@ type delivery struct {
 // protocol per room (outbound). It never blocks: a socket whose queue is full
 // is disconnected.
 func (h *hub) deliver(d delivery) (delivered, dropped int64) {
+	native, sio, dropped := h.deliverByProtocol(d)
+	return native + sio, dropped
+}
+
+// deliverByProtocol is deliver, with the messages queued counted apart for
+// native sockets and Socket.IO sessions (gateway_broadcast_deliveries_total's
+// protocol label).
+func (h *hub) deliverByProtocol(d delivery) (native, sio, dropped int64) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	o := &outbound{event: d.event, data: d.data}
@@ -257,17 +271,20 @@ func (h *hub) deliver(d delivery) (delivered, dropped int64) {
 		if _, skip := d.except[id]; skip {
 			return
 		}
-		if c.deliver(o) {
-			delivered++
-		} else {
+		switch {
+		case !c.deliver(o):
 			dropped++
+		case isSIO(c):
+			sio++
+		default:
+			native++
 		}
 	}
 	if d.all {
 		for id, c := range h.sockets {
 			send(id, c)
 		}
-		return delivered, dropped
+		return native, sio, dropped
 	}
 	var seen map[string]struct{}
 	if len(d.rooms) > 1 {
@@ -289,5 +306,5 @@ func (h *hub) deliver(d delivery) (delivered, dropped int64) {
 			send(id, c)
 		}
 	}
-	return delivered, dropped
+	return native, sio, dropped
 }

@@ -135,7 +135,7 @@ func (g *Gateway) runSocket(sess *session, conn *websocket.Conn, user string) {
 	c.nc = nc.Conn
 	c.maxBytes = g.cfg.MaxSocketQueueBytes
 	c.user = user
-	c.onSlow = g.metrics.slowClients.Inc
+	c.onSlow = g.metrics.slowClients.WithLabelValues(protocolNative).Inc
 	// Queued (and held) before the socket exists in etcd, so no joined frame
 	// can precede it, and none is written before the socket can be joined.
 	c.enqueue(connectedFrame(c.id, user))

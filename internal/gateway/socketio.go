@@ -84,7 +84,6 @@ type sioSocket struct {
 	es       *engineio.Session
 	alive    func() bool
 	maxHeld  int
-	onSlow   func()
 	user     string        // set before registration, read-only after
 	hs       *http.Request // the handshake request, for protocol-5 credentials
 	connect  chan socketio.Packet
@@ -117,9 +116,6 @@ func (s *sioSocket) send(b []byte) bool {
 	if s.holding {
 		if len(s.held) >= s.maxHeld { // --send-queue, as for a native socket's held frames
 			s.closed = true
-			if s.onSlow != nil {
-				s.onSlow()
-			}
 			s.es.Close(engineio.ErrQueueFull)
 			return false
 		}
@@ -131,11 +127,9 @@ func (s *sioSocket) send(b []byte) bool {
 		s.es.Close(errSIOLeaseLost)
 		return false
 	}
-	err := s.es.Send(b)
-	if errors.Is(err, engineio.ErrQueueFull) && s.onSlow != nil {
-		s.onSlow()
-	}
-	return err == nil
+	// Past --send-queue or --max-socket-queue-bytes the session closes with
+	// ErrQueueFull, counted once when it has ended (runSIO).
+	return s.es.Send(b) == nil
 }
 
 // release sends what was held, in order, and stops holding.
@@ -148,9 +142,7 @@ func (s *sioSocket) release() {
 	if s.closed || len(held) == 0 {
 		return
 	}
-	if err := s.es.Send(held...); errors.Is(err, engineio.ErrQueueFull) && s.onSlow != nil {
-		s.onSlow()
-	}
+	_ = s.es.Send(held...) // an overflow closes the session, as in send
 }
 
 // deliver queues the message's EVENT packet (member).
@@ -238,7 +230,6 @@ func (g *Gateway) sioOnSession(es *engineio.Session, r *http.Request) {
 		es:         es,
 		alive:      sess.alive,
 		maxHeld:    g.cfg.SendQueue,
-		onSlow:     g.metrics.slowClients.Inc,
 		hs:         r,
 		connect:    make(chan socketio.Packet, 1),
 		reqCtx:     reqCtx,
@@ -271,6 +262,13 @@ func (g *Gateway) runSIO(sess *session, s *sioSocket) {
 	defer func() {
 		if connecting {
 			g.sioConnecting.Add(-1)
+		}
+		// Every way out closes the session. Counted here, once, whichever
+		// send overflowed the queue: an event, a notice, a held packet or
+		// Engine.IO's own ping.
+		<-s.es.Done()
+		if errors.Is(s.es.Err(), engineio.ErrQueueFull) {
+			g.metrics.slowClients.WithLabelValues(protocolSocketIO).Inc()
 		}
 	}()
 	if s.v == socketio.V4 {

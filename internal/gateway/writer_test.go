@@ -313,7 +313,11 @@ func counterValue(t *testing.T, g *Gateway, name string) float64 {
 	}
 	for _, mf := range families {
 		if mf.GetName() == name {
-			return mf.GetMetric()[0].GetCounter().GetValue()
+			sum := 0.0 // over its labels (protocol)
+			for _, m := range mf.GetMetric() {
+				sum += m.GetCounter().GetValue()
+			}
+			return sum
 		}
 	}
 	t.Fatalf("no metric %s", name)
