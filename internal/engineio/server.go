@@ -42,6 +42,18 @@ type Server struct {
 	// read; set Session.OnMessage here. Packets sent here follow the open
 	// packet. r is the handshake request.
 	OnSession func(s *Session, r *http.Request)
+	// CheckOrigin, if set, admits browser requests by their Origin header,
+	// on every request of a session (handshake, polling GET and POST,
+	// WebSocket upgrade) and on CORS preflights. An admitted origin gets
+	// the CORS headers engine.io's cors option (origin allowed, credentials:
+	// true) sends: Access-Control-Allow-Origin echoing it,
+	// Access-Control-Allow-Credentials: true and Vary: Origin, so a page on
+	// another origin can poll; an OPTIONS preflight is answered 204 with the
+	// methods GET, POST, OPTIONS and the headers it asked for. A refused one
+	// gets 403 and code 4, without CORS headers. Requests without an Origin
+	// (not from a browser) are not checked. Nil: no CORS headers, and
+	// origins are Authorize's to check.
+	CheckOrigin func(r *http.Request) bool
 
 	PingInterval   time.Duration // between heartbeats; DefaultPingInterval if 0
 	PingTimeout    time.Duration // to answer one; DefaultPingTimeout if 0
@@ -175,6 +187,21 @@ func (s *Server) remove(sess *Session) {
 // (engine.io lib/server.ts verify and handleRequest).
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.init()
+	// CORS comes first, as engine.io runs its cors middleware before it
+	// verifies the request: a browser can then read the refusals too.
+	if origin := r.Header.Get("Origin"); origin != "" && s.CheckOrigin != nil {
+		if !s.CheckOrigin(r) {
+			writeError(w, &HandshakeError{Status: http.StatusForbidden, Code: CodeForbidden, Message: "origin not allowed"})
+			return
+		}
+		if r.Method == http.MethodOptions {
+			writePreflight(w, r, origin)
+			return
+		}
+		if !websocket.IsWebSocketUpgrade(r) {
+			setCORS(w.Header(), origin)
+		}
+	}
 	q := r.URL.Query()
 	var proto int
 	switch q.Get("EIO") {
@@ -230,6 +257,30 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		writeError(w, &HandshakeError{Code: CodeBadRequest, Message: "Bad request method"})
 	}
+}
+
+// setCORS adds the headers that let a page on origin read the response,
+// credentials included (the cors package with origin reflected and
+// credentials: true, as engine.io uses it).
+func setCORS(h http.Header, origin string) {
+	h.Set("Access-Control-Allow-Origin", origin)
+	h.Set("Access-Control-Allow-Credentials", "true")
+	h.Add("Vary", "Origin")
+}
+
+// writePreflight answers a CORS preflight (OPTIONS) from an admitted origin:
+// 204, the methods a session uses and the request headers the browser asked
+// for, reflected.
+func writePreflight(w http.ResponseWriter, r *http.Request, origin string) {
+	h := w.Header()
+	setCORS(h, origin)
+	h.Set("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+	if req := r.Header.Get("Access-Control-Request-Headers"); req != "" {
+		h.Set("Access-Control-Allow-Headers", req)
+		h.Add("Vary", "Access-Control-Request-Headers")
+	}
+	h.Set("Content-Length", "0")
+	w.WriteHeader(http.StatusNoContent)
 }
 
 // handshake opens a session and sends its open packet: as the first

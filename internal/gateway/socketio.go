@@ -22,9 +22,12 @@
 // Engine.IO error body. Protocol 5 (EIO=4) reads auth.token from the
 // client's CONNECT packet (the handshake's own token when auth has none); a
 // refused token is answered 4{"message":"Not authorized"} and the session
-// closes. A CONNECT to any namespace other than "/" is answered with
-// CONNECT_ERROR "Invalid namespace". A protocol-5 client that sends no
-// CONNECT within sioConnectTimeout is closed.
+// closes. Every request, the polling ones and CORS preflights included, is
+// checked against --allowed-origins (engineio.Server.CheckOrigin), which
+// also gives admitted origins engine.io's CORS headers, so a page on
+// another origin can poll. A CONNECT to any namespace other than "/" is
+// answered with CONNECT_ERROR "Invalid namespace". A protocol-5 client that
+// sends no CONNECT within sioConnectTimeout is closed.
 //
 // The socket is registered in etcd exactly as a native socket is
 // (runSocket): added to the hub, its record written on the gateway's lease,
@@ -171,6 +174,7 @@ func (g *Gateway) newEngineIO() *engineio.Server {
 	return &engineio.Server{
 		NewID:          g.sioNewID,
 		Authorize:      g.sioAuthorize,
+		CheckOrigin:    g.upgrader.CheckOrigin, // --allowed-origins, as on /ws; also the CORS of polling
 		OnSession:      g.sioOnSession,
 		PingInterval:   g.cfg.PingInterval,
 		MaxPayload:     g.cfg.MaxFrameBytes,
