@@ -34,6 +34,7 @@ func (s *Session) poll(w http.ResponseWriter, r *http.Request) {
 	}()
 	for {
 		s.mu.Lock()
+		n := s.queued
 		packets, closing, noop := s.pollReadyLocked()
 		probed, upgraded, gate := s.probed, s.upgraded, s.gate
 		s.mu.Unlock()
@@ -53,6 +54,7 @@ func (s *Session) poll(w http.ResponseWriter, r *http.Request) {
 				packets = append(packets, Packet{Type: PacketNoop})
 			}
 			writePollResponse(w, AppendPayload(make([]byte, 0, 64), s.proto, packets))
+			s.wrote(n)
 			return
 		}
 		select {

@@ -29,11 +29,17 @@ type Session struct {
 	transport string
 	queue     []Packet // outbound, in order
 	queued    int      // bytes of data in queue
-	reason    error    // why the session closed; nil while open
-	flushOut  bool     // at close, still deliver queue (a graceful close)
-	getWait   bool     // a polling GET is held open
-	postBusy  bool     // a polling POST is being read
-	upgrading bool     // a WebSocket probe is under way
+	// writing is the bytes of data a writer has taken from the queue and
+	// not yet written: they count against MaxQueueBytes until written, as
+	// a native socket's frames do, so a writer stuck on a client that
+	// stopped reading does not let the queue grow by another bound.
+	writing   int
+	ws        *websocket.Conn // the WebSocket once the session is on one
+	reason    error           // why the session closed; nil while open
+	flushOut  bool            // at close, still deliver queue (a graceful close)
+	getWait   bool            // a polling GET is held open
+	postBusy  bool            // a polling POST is being read
+	upgrading bool            // a WebSocket probe is under way
 	probed    chan struct{}
 	upgraded  chan struct{} // closed when the session moved to WebSocket
 	closeSent bool          // the close reached a polling GET
@@ -135,7 +141,7 @@ func (s *Session) Send(msgs ...[]byte) error {
 	for _, m := range msgs {
 		n += len(m)
 	}
-	if len(s.queue)+len(msgs) > s.srv.maxQueueFrames() || s.queued+n > s.srv.maxQueueBytes() {
+	if len(s.queue)+len(msgs) > s.srv.maxQueueFrames() || s.queued+s.writing+n > s.srv.maxQueueBytes() {
 		s.mu.Unlock()
 		s.Close(ErrQueueFull)
 		return ErrQueueFull
@@ -157,7 +163,7 @@ func (s *Session) sendControl(p Packet) {
 		s.mu.Unlock()
 		return
 	}
-	if len(s.queue)+1 > s.srv.maxQueueFrames() || s.queued+len(p.Data) > s.srv.maxQueueBytes() {
+	if len(s.queue)+1 > s.srv.maxQueueFrames() || s.queued+s.writing+len(p.Data) > s.srv.maxQueueBytes() {
 		s.mu.Unlock()
 		s.Close(ErrQueueFull)
 		return
@@ -177,12 +183,22 @@ func (s *Session) signal() {
 
 // takeLocked removes and returns the queued packets; spare (the previous
 // batch, written) becomes the new queue's storage, so a busy session swaps
-// two slices instead of allocating.
+// two slices instead of allocating. Their bytes count as being written until
+// the writer calls wrote.
 func (s *Session) takeLocked(spare []Packet) []Packet {
 	q := s.queue
 	s.queue = spare[:0]
+	s.writing += s.queued
 	s.queued = 0
 	return q
+}
+
+// wrote tells that the n bytes of a batch takeLocked returned are written
+// (or dropped).
+func (s *Session) wrote(n int) {
+	s.mu.Lock()
+	s.writing = max(0, s.writing-n)
+	s.mu.Unlock()
 }
 
 // Close ends the session with reason (nil means ErrServerClosed). Packets
@@ -206,6 +222,12 @@ func (s *Session) closeWith(reason error, graceful bool) {
 	s.flushOut = graceful && reason != ErrQueueFull
 	if !s.flushOut {
 		s.queue, s.queued = nil, 0
+	}
+	if reason == ErrQueueFull && s.ws != nil {
+		// A writer stuck on the client's full buffers gives up now rather
+		// than at WriteTimeout, holding its batch meanwhile, as a native
+		// socket's does.
+		_ = s.ws.NetConn().SetWriteDeadline(time.Now())
 	}
 	// A polling client learns of the close only from its next GET; keep the
 	// session findable until then, for at most a heartbeat.
@@ -299,6 +321,9 @@ func (s *Session) onPacket(p Packet) {
 // once both are done.
 func (s *Session) runWebSocket(conn *websocket.Conn) {
 	conn.SetReadLimit(s.srv.maxPayload())
+	s.mu.Lock()
+	s.ws = conn
+	s.mu.Unlock()
 	writerDone := make(chan struct{})
 	go func() {
 		defer close(writerDone)
@@ -367,21 +392,38 @@ func (s *Session) writeLoop(conn *websocket.Conn) {
 			return
 		}
 		s.mu.Lock()
+		n := s.queued
 		batch = s.takeLocked(batch)
 		gate := s.gate
 		s.mu.Unlock()
 		if err := gateFails(gate, batch); err != nil {
 			clear(batch)
+			s.wrote(n)
 			s.closeWith(err, false)
 			continue
 		}
+	writing:
 		for i, p := range batch {
+			select {
+			case <-s.done:
+				// Closed meanwhile: the rest goes only in a graceful close
+				// (a queue overflow is not one), and then at the close.
+				s.mu.Lock()
+				flush := s.flushOut
+				s.mu.Unlock()
+				if !flush {
+					clear(batch[i:])
+					break writing
+				}
+			default:
+			}
 			if write(p) != nil {
 				s.closeWith(ErrTransportClosed, false)
 				return
 			}
 			batch[i] = Packet{} // let the message go
 		}
+		s.wrote(n)
 		if len(buf) > 64<<10 {
 			buf = nil // keep no large buffer per idle socket
 		}
