@@ -44,15 +44,21 @@
 //
 //   - MaxPayload: one inbound WebSocket message, or one POST body; past it
 //     the session closes with ErrPayloadTooLarge (413 for the POST).
-//   - MaxQueueFrames, MaxQueueBytes: outbound packets waiting per session.
+//   - MaxQueueFrames, MaxQueueBytes: outbound packets waiting per session;
+//     the bytes a writer has taken and not yet written count too.
 //   - WriteTimeout: one WebSocket write; a client that stalls it is closed.
-//   - JSONP polling (?j=) is refused with 400; there is no CORS handling,
-//     so cross-origin polling needs headers from a wrapping handler.
+//   - JSONP polling (?j=) is refused with 400.
+//
+// # Cross-origin
+//
+// With Server.CheckOrigin set, browser requests are checked by their Origin
+// on every request and admitted ones get engine.io's CORS headers (origin
+// echoed, credentials allowed, 204 preflights); see Server.CheckOrigin.
 //
 // # Refusals
 //
 // Requests are refused as engine.io refuses them: HTTP 400 (403 for a
-// refused Authorize) with {"code":N,"message":"…"}, N from the Code
+// refused Authorize or origin) with {"code":N,"message":"…"}, N from the Code
 // constants: unknown EIO version (5), transport (0) or sid (1), a handshake
 // that is not a GET (2), other bad requests (3).
 package engineio
