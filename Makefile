@@ -58,11 +58,12 @@ test: check-generated lint test-js $(BIN)/grpcurl
 	cd deploy && go test -count=1 ./...
 	$(MAKE) fuzz
 
-## test-js: the browser library's unit tests under Node's test runner (Node is
-## installed from the distribution when missing; the browser end-to-end test
-## installs Chromium the same way).
+## test-js: the browser library's unit tests under Node's test runner (Node and
+## npm, which the Socket.IO client tests use to install their pinned packages,
+## are installed from the distribution when missing; the browser end-to-end
+## test installs Chromium the same way).
 test-js:
-	@command -v node >/dev/null || { apt-get update && apt-get install -y nodejs; }
+	@command -v node >/dev/null && command -v npm >/dev/null || { apt-get update && apt-get install -y nodejs npm; }
 	node --test web/
 
 # An iteration count rather than a duration: a time limit lets the fuzz engine
@@ -75,6 +76,7 @@ fuzz:
 	go test -run '^$$' -fuzz '^FuzzSocketID$$' -fuzztime $(FUZZ_TIME) ./internal/store
 	go test -run '^$$' -fuzz '^FuzzClientFrame$$' -fuzztime $(FUZZ_TIME) ./internal/gateway
 	go test -run '^$$' -fuzz '^FuzzRequestBytes$$' -fuzztime $(FUZZ_TIME) ./internal/grpcedge
+	go test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZ_TIME) ./internal/socketio
 
 ## bench: every scenario of cmd/membership-bench against a fresh local stack;
 ## BENCH_ARGS passes flags (e.g. BENCH_ARGS="-scenario fanout -duration 10s").

@@ -72,7 +72,12 @@ func main() {
 	flag.IntVar(&cfg.roomwideDests, "roomwide-rooms", 20, "roomwide: destination rooms")
 	flag.StringVar(&cfg.bcmemLevels, "bcmem-concurrency", "64,256", "bcmem: concurrent Broadcasts per wave")
 	flag.StringVar(&cfg.gatewayArgs, "gateway-args", "", "bcmem: extra flags for the gateway, space-separated")
+	flag.StringVar(&clientProtocol, "protocol", "native", "fanout, idle: the bench sockets' protocol, native (/ws) or socketio (/socket.io/, Engine.IO 4 WebSocket)")
 	flag.Parse()
+	if clientProtocol != "native" && clientProtocol != "socketio" {
+		fmt.Fprintln(os.Stderr, "--protocol: native or socketio")
+		os.Exit(2)
+	}
 	raiseFileLimit()
 	fmt.Printf("# membership-bench %s\n\nmachine: %s, %d cores, %s/%s; %s\n\n", time.Now().UTC().Format(time.RFC3339),
 		cpuModel(), runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version())

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -18,19 +19,32 @@ type socket struct {
 	conn *websocket.Conn
 }
 
+// clientProtocol is --protocol: "native" sockets at /ws, or "socketio":
+// Socket.IO protocol 5 over an Engine.IO 4 WebSocket at /socket.io/, as
+// socket.io-client 4 with transports ["websocket"] connects. Socket.IO
+// sockets do not answer Engine.IO pings: runs longer than PingInterval +
+// PingTimeout (45 s) lose them.
+var clientProtocol = "native"
+
 // dialSocket connects from source address local (nil: any) and reads the
-// connected frame.
+// connected frame (for Socket.IO, the CONNECT answer).
 func dialSocket(ctx context.Context, url string, local net.IP) (*socket, error) {
 	d := websocket.Dialer{HandshakeTimeout: 30 * time.Second, ReadBufferSize: 4096, WriteBufferSize: 512}
 	if local != nil {
 		nd := &net.Dialer{LocalAddr: &net.TCPAddr{IP: local}, Timeout: 30 * time.Second}
 		d.NetDialContext = nd.DialContext
 	}
+	if clientProtocol == "socketio" {
+		url = strings.TrimSuffix(url, "/ws") + "/socket.io/?EIO=4&transport=websocket"
+	}
 	conn, _, err := d.DialContext(ctx, url, nil)
 	if err != nil {
 		return nil, err
 	}
 	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if clientProtocol == "socketio" {
+		return connectSocketIO(conn)
+	}
 	_, data, err := conn.ReadMessage()
 	if err != nil {
 		conn.Close()
@@ -46,6 +60,29 @@ func dialSocket(ctx context.Context, url string, local net.IP) (*socket, error) 
 		return nil, fmt.Errorf("first frame %q", data)
 	}
 	return &socket{id: f.SocketID, conn: conn}, nil
+}
+
+// connectSocketIO reads the Engine.IO open packet, sends the Socket.IO
+// CONNECT and reads its answer, 40{"sid":"<socket id>"}.
+func connectSocketIO(conn *websocket.Conn) (*socket, error) {
+	if _, data, err := conn.ReadMessage(); err != nil || len(data) == 0 || data[0] != '0' {
+		conn.Close()
+		return nil, fmt.Errorf("open packet %q: %v", data, err)
+	}
+	if err := conn.WriteMessage(websocket.TextMessage, []byte("40")); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	_, data, err := conn.ReadMessage()
+	var f struct {
+		Sid string `json:"sid"`
+	}
+	if err != nil || !strings.HasPrefix(string(data), "40") || json.Unmarshal(data[2:], &f) != nil {
+		conn.Close()
+		return nil, fmt.Errorf("CONNECT answer %q: %v", data, err)
+	}
+	_ = conn.SetReadDeadline(time.Time{})
+	return &socket{id: f.Sid, conn: conn}, nil
 }
 
 // dialMany opens n sockets to url with some in parallel; source addresses

@@ -1,5 +1,5 @@
-// Package gateway holds client WebSockets and applies their room memberships
-// from etcd.
+// Package gateway holds client sockets (native WebSockets at /ws, Socket.IO
+// sessions at /socket.io/) and applies their room memberships from etcd.
 //
 // # Where state lives
 //
@@ -29,6 +29,15 @@
 //     is something to write, and drains a queue bounded in frames and bytes.
 //   - one goroutine per socket request in flight (request.go), waited for by
 //     the reader.
+//
+// Per Socket.IO session (socketio.go; the transport's goroutines are
+// internal/engineio's):
+//   - one goroutine, counted in Gateway.wg, waits for the CONNECT (protocol
+//     5), registers the socket, then waits for the session to end and
+//     removes it. Inbound packets are handled on Engine.IO's reading
+//     goroutine; Engine.IO's writer checks the lease proof before writing
+//     (Session.SetWriteGate), as a native writer does.
+//   - one goroutine per virtual request in flight, as for native sockets.
 //
 // Per gateway, one set per session, all ended by the session's context
 // (gateway.go's serveSession starts them, lease.go holds most of them):
@@ -65,6 +74,7 @@
 //	removals.go   closed sockets' keys: the pending set, the janitor, reconcile
 //	lease.go      sessions: leases, their renewal and fencing, the pinger, ending a session
 //	socket.go     the upgrade and a socket's life: registration, the read loop
+//	socketio.go   Socket.IO and Sails clients at /socket.io/: the mapping, sessions as hub members
 //	writer.go     a socket's send queue and its writer goroutine
 //	ratelimit.go  the token bucket limiting client frames
 //	origin.go     browser origin checks

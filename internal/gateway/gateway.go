@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -14,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/socketrooms/membership/internal/engineio"
 	"github.com/socketrooms/membership/internal/revwait"
 	"github.com/socketrooms/membership/internal/store"
 	"github.com/socketrooms/membership/web"
@@ -32,6 +34,10 @@ type Gateway struct {
 	upstream   *url.URL // nil: socket requests answer 501
 	httpClient *http.Client
 	metrics    *metrics
+	eio        *engineio.Server // Socket.IO clients at /socket.io/ (socketio.go)
+	// sioConnecting counts Socket.IO sessions not yet in the hub (waiting
+	// for their CONNECT or registering), for --max-sockets.
+	sioConnecting atomic.Int64
 
 	mu       sync.Mutex
 	sess     *session
@@ -78,16 +84,19 @@ func New(cfg Config, cli *clientv3.Client) (*Gateway, error) {
 		g.cfg.Registry = prometheus.NewRegistry()
 	}
 	g.metrics = newMetrics(g.cfg.Registry, g)
+	g.eio = g.newEngineIO()
 	return g, nil
 }
 
-// Handler serves /ws (the client WebSocket), /healthz, /metrics (unless
+// Handler serves /ws (the client WebSocket), /socket.io/ (Socket.IO and
+// Sails clients, socketio.go), /healthz, /metrics (unless
 // Config.MetricsElsewhere), /membership.js and, when Config.DemoPage is set,
 // the demo page at /.
 func (g *Gateway) Handler() http.Handler {
 	mux := http.NewServeMux()
 	web.Register(mux, web.Options{DemoPage: g.cfg.DemoPage, APIAddr: g.cfg.DemoAPIAddr, GRPCurlFlags: g.cfg.DemoGRPCurlFlags})
 	mux.HandleFunc("/ws", g.serveWS)
+	mux.Handle(sioPath, g.eio)
 	if !g.cfg.MetricsElsewhere {
 		mux.Handle("/metrics", g.metricsHandler())
 	}
@@ -147,6 +156,9 @@ func (g *Gateway) Run(ctx context.Context) error {
 	g.mu.Lock()
 	g.stopping = true
 	g.mu.Unlock()
+	// Refuses new Socket.IO handshakes and closes what is left (sessions
+	// still waiting for their CONNECT), then waits for their goroutines.
+	g.eio.Close()
 	g.wg.Wait()
 	g.httpClient.CloseIdleConnections()
 	return nil

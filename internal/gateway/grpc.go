@@ -54,10 +54,11 @@ func (s *grpcService) Deliver(ctx context.Context, req *gatewayv1.DeliverRequest
 			d.except[id] = struct{}{}
 		}
 	}
-	delivered, dropped := s.g.hub.deliver(d)
-	s.g.metrics.delivered.Add(float64(delivered))
+	native, sio, dropped := s.g.hub.deliverByProtocol(d)
+	s.g.metrics.delivered.WithLabelValues(protocolNative).Add(float64(native))
+	s.g.metrics.delivered.WithLabelValues(protocolSocketIO).Add(float64(sio))
 	s.g.metrics.dropped.Add(float64(dropped))
-	return &gatewayv1.DeliverResponse{Delivered: delivered, Dropped: dropped}, nil
+	return &gatewayv1.DeliverResponse{Delivered: native + sio, Dropped: dropped}, nil
 }
 
 // WaitApplied returns once membership is applied up to the revision.

@@ -3,7 +3,64 @@ package gateway
 import (
 	"encoding/json"
 	"sync"
+
+	"github.com/socketrooms/membership/internal/socketio"
 )
+
+// member is a socket the hub holds: a native WebSocket client (client) or
+// a Socket.IO session (sioSocket). Its methods never block: a member whose
+// queue is full disconnects itself.
+type member interface {
+	// core is the socket's id and rooms, which hub.mu guards.
+	core() *memberCore
+	// deliver queues a room message or blast, encoding it for the member's
+	// protocol through m (once per protocol per room); false when it was
+	// not queued (the socket is closing or its queue overflowed).
+	deliver(m *outbound) bool
+	// notice queues the joined or left notice for room.
+	notice(joined bool, room string)
+	// shutdown closes the socket with a native close code and reason (a
+	// Socket.IO session maps them to its own close).
+	shutdown(code int, reason string)
+}
+
+// memberCore is what the hub keeps on every member.
+type memberCore struct {
+	id    string
+	rooms map[string]struct{} // guarded by hub.mu; nil until the first join
+}
+
+func (m *memberCore) core() *memberCore { return m }
+
+// outbound is one message being fanned out by hub.deliver, on its goroutine
+// only: each protocol's encoding is made when the first socket of that
+// protocol needs it and then shared, so a room of native sockets costs one
+// native frame and no Socket.IO packet, and the reverse.
+type outbound struct {
+	room   string // "" for a blast
+	event  string
+	data   json.RawMessage
+	native []byte // the native frame for room; reset per room
+	sio    []byte // the Socket.IO EVENT packet: the same for every room
+}
+
+func (o *outbound) nativeFrame() []byte {
+	if o.native == nil {
+		o.native = messageFrame(o.room, o.event, o.data)
+	}
+	return o.native
+}
+
+func (o *outbound) sioPacket() []byte {
+	if o.sio == nil {
+		data := o.data
+		if string(data) == "null" {
+			data = nil // a message without data: the handler gets no argument
+		}
+		o.sio = socketio.AppendEvent(nil, socketio.DefaultNamespace, o.event, data)
+	}
+	return o.sio
+}
 
 // hub is the gateway's local view: its open sockets and, for each room, which
 // of them are members. The watch loop is its only writer of memberships;
@@ -12,13 +69,14 @@ import (
 type hub struct {
 	mu      sync.RWMutex
 	open    bool // false between sessions: no socket may be added
-	sockets map[string]*client
-	rooms   map[string]map[string]*client
+	sockets map[string]member
+	rooms   map[string]map[string]member
 	members int // memberships of local sockets
+	sio     int // sockets that are Socket.IO sessions
 }
 
 func newHub() *hub {
-	return &hub{sockets: map[string]*client{}, rooms: map[string]map[string]*client{}}
+	return &hub{sockets: map[string]member{}, rooms: map[string]map[string]member{}}
 }
 
 // setOpen allows or refuses new sockets.
@@ -28,26 +86,39 @@ func (h *hub) setOpen(open bool) {
 	h.mu.Unlock()
 }
 
+// isSIO tells a Socket.IO session from a native socket.
+func isSIO(c member) bool {
+	_, ok := c.(*sioSocket)
+	return ok
+}
+
 // add registers c; it fails while no session is live.
-func (h *hub) add(c *client) bool {
+func (h *hub) add(c member) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if !h.open {
 		return false
 	}
-	h.sockets[c.id] = c
+	h.sockets[c.core().id] = c
+	if _, ok := c.(*sioSocket); ok {
+		h.sio++
+	}
 	return true
 }
 
 // remove forgets c and its memberships.
-func (h *hub) remove(c *client) {
+func (h *hub) remove(c member) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.sockets[c.id] != c {
+	m := c.core()
+	if h.sockets[m.id] != c {
 		return
 	}
-	delete(h.sockets, c.id)
-	for room := range c.rooms {
+	delete(h.sockets, m.id)
+	if _, ok := c.(*sioSocket); ok {
+		h.sio--
+	}
+	for room := range m.rooms {
 		h.leaveLocked(c, room)
 	}
 }
@@ -57,14 +128,15 @@ func (h *hub) remove(c *client) {
 func (h *hub) closeAll(code int, reason string) {
 	h.mu.Lock()
 	h.open = false
-	all := make([]*client, 0, len(h.sockets))
+	all := make([]member, 0, len(h.sockets))
 	for _, c := range h.sockets {
 		all = append(all, c)
-		for room := range c.rooms {
+		for room := range c.core().rooms {
 			h.leaveLocked(c, room)
 		}
 	}
 	clear(h.sockets)
+	h.sio = 0
 	h.mu.Unlock()
 	for _, c := range all {
 		c.shutdown(code, reason)
@@ -72,10 +144,10 @@ func (h *hub) closeAll(code int, reason string) {
 }
 
 // all returns the open sockets.
-func (h *hub) all() []*client {
+func (h *hub) all() []member {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
-	out := make([]*client, 0, len(h.sockets))
+	out := make([]member, 0, len(h.sockets))
 	for _, c := range h.sockets {
 		out = append(out, c)
 	}
@@ -87,6 +159,13 @@ func (h *hub) sizes() (rooms, memberships int) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	return len(h.rooms), h.members
+}
+
+// countSIO is how many open sockets are Socket.IO sessions.
+func (h *hub) countSIO() int {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.sio
 }
 
 func (h *hub) count() int {
@@ -104,13 +183,13 @@ func (h *hub) apply(socket, room string, joined bool) {
 	if c == nil {
 		return
 	}
-	_, member := c.rooms[room]
+	_, isMember := c.core().rooms[room]
 	switch {
-	case joined && !member:
+	case joined && !isMember:
 		h.joinLocked(c, room)
-	case !joined && member:
+	case !joined && isMember:
 		h.leaveLocked(c, room)
-		c.enqueue(controlFrame(frameLeft, room))
+		c.notice(false, room)
 	}
 }
 
@@ -120,42 +199,44 @@ func (h *hub) reconcile(want map[string]map[string]struct{}) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for id, c := range h.sockets {
-		for room := range c.rooms {
+		for room := range c.core().rooms {
 			if _, ok := want[id][room]; !ok {
 				h.leaveLocked(c, room)
-				c.enqueue(controlFrame(frameLeft, room))
+				c.notice(false, room)
 			}
 		}
 		for room := range want[id] {
-			if _, ok := c.rooms[room]; !ok {
+			if _, ok := c.core().rooms[room]; !ok {
 				h.joinLocked(c, room)
 			}
 		}
 	}
 }
 
-func (h *hub) joinLocked(c *client, room string) {
-	if c.rooms == nil {
-		c.rooms = map[string]struct{}{}
+func (h *hub) joinLocked(c member, room string) {
+	ms := c.core()
+	if ms.rooms == nil {
+		ms.rooms = map[string]struct{}{}
 	}
-	c.rooms[room] = struct{}{}
+	ms.rooms[room] = struct{}{}
 	h.members++
 	m := h.rooms[room]
 	if m == nil {
-		m = map[string]*client{}
+		m = map[string]member{}
 		h.rooms[room] = m
 	}
-	m[c.id] = c
-	c.enqueue(controlFrame(frameJoined, room))
+	m[ms.id] = c
+	c.notice(true, room)
 }
 
-func (h *hub) leaveLocked(c *client, room string) {
-	if _, ok := c.rooms[room]; ok {
+func (h *hub) leaveLocked(c member, room string) {
+	ms := c.core()
+	if _, ok := ms.rooms[room]; ok {
 		h.members--
 	}
-	delete(c.rooms, room)
+	delete(ms.rooms, room)
 	if m := h.rooms[room]; m != nil {
-		delete(m, c.id)
+		delete(m, ms.id)
 		if len(m) == 0 {
 			delete(h.rooms, room)
 		}
@@ -172,26 +253,38 @@ type delivery struct {
 }
 
 // deliver queues the message for every target socket, encoding it once per
-// room. It never blocks: a socket whose queue is full is disconnected.
+// protocol per room (outbound). It never blocks: a socket whose queue is full
+// is disconnected.
 func (h *hub) deliver(d delivery) (delivered, dropped int64) {
+	native, sio, dropped := h.deliverByProtocol(d)
+	return native + sio, dropped
+}
+
+// deliverByProtocol is deliver, with the messages queued counted apart for
+// native sockets and Socket.IO sessions (gateway_broadcast_deliveries_total's
+// protocol label).
+func (h *hub) deliverByProtocol(d delivery) (native, sio, dropped int64) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
-	send := func(c *client, frame []byte) {
-		if _, skip := d.except[c.id]; skip {
+	o := &outbound{event: d.event, data: d.data}
+	send := func(id string, c member) {
+		if _, skip := d.except[id]; skip {
 			return
 		}
-		if c.enqueue(frame) {
-			delivered++
-		} else {
+		switch {
+		case !c.deliver(o):
 			dropped++
+		case isSIO(c):
+			sio++
+		default:
+			native++
 		}
 	}
 	if d.all {
-		frame := messageFrame("", d.event, d.data)
-		for _, c := range h.sockets {
-			send(c, frame)
+		for id, c := range h.sockets {
+			send(id, c)
 		}
-		return delivered, dropped
+		return native, sio, dropped
 	}
 	var seen map[string]struct{}
 	if len(d.rooms) > 1 {
@@ -202,7 +295,7 @@ func (h *hub) deliver(d delivery) (delivered, dropped int64) {
 		if len(members) == 0 {
 			continue
 		}
-		frame := messageFrame(room, d.event, d.data)
+		o.room, o.native = room, nil
 		for id, c := range members {
 			if seen != nil {
 				if _, dup := seen[id]; dup {
@@ -210,8 +303,8 @@ func (h *hub) deliver(d delivery) (delivered, dropped int64) {
 				}
 				seen[id] = struct{}{}
 			}
-			send(c, frame)
+			send(id, c)
 		}
 	}
-	return delivered, dropped
+	return native, sio, dropped
 }

@@ -153,8 +153,11 @@ func (g *Gateway) pinger(s *session) error {
 		case <-s.ctx.Done():
 			return s.ctx.Err()
 		case <-t.C:
-			for _, c := range g.hub.all() {
-				c.control(ctrlPing)
+			for _, m := range g.hub.all() {
+				// Socket.IO sessions keep Engine.IO's own heartbeat.
+				if c, ok := m.(*client); ok {
+					c.control(ctrlPing)
+				}
 			}
 		}
 	}

@@ -6,12 +6,19 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
+// Values of the protocol label.
+const (
+	protocolNative   = "native"
+	protocolSocketIO = "socketio"
+)
+
 // metrics are the gateway's own Prometheus metrics; sizes are read from the
 // hub when scraped, counters are bumped where things happen.
 type metrics struct {
-	delivered     prometheus.Counter
+	// delivered and slowClients are by protocol: native or socketio.
+	delivered     *prometheus.CounterVec
 	dropped       prometheus.Counter
-	slowClients   prometheus.Counter
+	slowClients   *prometheus.CounterVec
 	renewFailures prometheus.Counter
 	waitApplied   prometheus.Histogram
 	lagRevisions  prometheus.Gauge
@@ -26,12 +33,14 @@ type metrics struct {
 
 func newMetrics(reg prometheus.Registerer, g *Gateway) *metrics {
 	m := &metrics{
-		delivered: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "gateway_broadcast_deliveries_total", Help: "Messages queued for local sockets by Deliver (broadcasts and blasts)."}),
+		delivered: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gateway_broadcast_deliveries_total", Help: "Messages queued for local sockets by Deliver (broadcasts and blasts), by the socket's protocol: native (/ws) or socketio (/socket.io/)."},
+			[]string{"protocol"}),
 		dropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "gateway_broadcast_dropped_total", Help: "Messages not queued because the socket's queue was full or it was closing."}),
-		slowClients: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "gateway_slow_client_disconnects_total", Help: "Sockets disconnected (1013) because their send queue was full: --send-queue frames or --max-socket-queue-bytes bytes not yet written."}),
+		slowClients: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gateway_slow_client_disconnects_total", Help: "Sockets disconnected (native: close 1013; socketio: the Engine.IO session closed) because their send queue was full: --send-queue frames or --max-socket-queue-bytes bytes not yet written; by protocol: native or socketio."},
+			[]string{"protocol"}),
 		renewFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "gateway_lease_keepalive_failures_total", Help: "Lease renewals that failed (the lease is still proven alive until its deadline)."}),
 		sessionsLost: prometheus.NewCounter(prometheus.CounterOpts{
@@ -53,12 +62,22 @@ func newMetrics(reg prometheus.Registerer, g *Gateway) *metrics {
 		lagRevisions: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "gateway_apply_lag_revisions", Help: "etcd's revision in the latest watch response minus the revision the membership index has applied."}),
 	}
+	for _, p := range []string{protocolNative, protocolSocketIO} {
+		m.delivered.WithLabelValues(p) // exported as 0 from the start
+		m.slowClients.WithLabelValues(p)
+	}
 	for _, reason := range []string{"not_retryable"} {
 		m.removalsAbandoned.WithLabelValues(reason) // exported as 0 from the start
 	}
 	reg.MustRegister(m.delivered, m.dropped, m.slowClients, m.renewFailures, m.sessionsLost, m.authFailures, m.removalsAbandoned, m.recordsReconciled, m.waitApplied, m.lagRevisions,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gateway_sockets", Help: "Open sockets."},
 			func() float64 { return float64(g.hub.count()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gateway_protocol_sockets", Help: "Open sockets by client protocol: native (/ws) or socketio (/socket.io/).",
+			ConstLabels: prometheus.Labels{"protocol": "native"}},
+			func() float64 { return float64(g.hub.count() - g.hub.countSIO()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gateway_protocol_sockets", Help: "Open sockets by client protocol: native (/ws) or socketio (/socket.io/).",
+			ConstLabels: prometheus.Labels{"protocol": "socketio"}},
+			func() float64 { return float64(g.hub.countSIO()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gateway_socket_removals_pending",
 			Help: "Closed sockets whose keys the gateway has yet to delete from etcd."},
 			func() float64 {

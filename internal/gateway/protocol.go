@@ -30,6 +30,9 @@
 // before the socket is registered in etcd (it can be joined). Frames for one
 // socket go out in the order the gateway applied them; the connection is the
 // only ordering there is: a new connection is a new socket, in no room.
+//
+// Socket.IO and Sails clients at /socket.io/ get the same frames as
+// Socket.IO packets; socketio.go states that mapping.
 package gateway
 
 import (

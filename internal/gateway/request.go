@@ -60,7 +60,7 @@ func (g *Gateway) handleRequest(ctx context.Context, c *client, data []byte) {
 	c.requests.Add(1)
 	go func() {
 		defer func() { <-c.inflight; c.requests.Done() }()
-		status, body := g.forward(ctx, c, r.Method, target, r.Body)
+		status, body := g.forward(ctx, c.id, c.user, r.Method, target, r.Body)
 		c.respond(r.ID, status, body)
 	}()
 }
@@ -81,8 +81,9 @@ func (g *Gateway) upstreamURL(path string) (*url.URL, error) {
 	return &u, nil
 }
 
-func (g *Gateway) forward(ctx context.Context, c *client, method string, target *url.URL, body json.RawMessage) (int, json.RawMessage) {
-	socket := c.id
+// forward sends one socket request upstream on behalf of socket (and user,
+// "" without authentication) and returns the status and JSON body to answer.
+func (g *Gateway) forward(ctx context.Context, socket, user, method string, target *url.URL, body json.RawMessage) (int, json.RawMessage) {
 	ctx, cancel := context.WithTimeout(ctx, g.cfg.UpstreamTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, method, target.String(), bytes.NewReader(body))
@@ -90,8 +91,8 @@ func (g *Gateway) forward(ctx context.Context, c *client, method string, target 
 		return http.StatusBadRequest, errorBody("cannot build the request")
 	}
 	req.Header.Set("X-Socket-Id", socket)
-	if c.user != "" {
-		req.Header.Set("X-Socket-User", c.user)
+	if user != "" {
+		req.Header.Set("X-Socket-User", user)
 	}
 	req.Header.Set("Accept", "application/json")
 	if len(body) > 0 {

@@ -24,11 +24,11 @@ import (
 // write, so an idle socket costs one goroutine, and the queue holds no memory
 // while empty.
 type client struct {
-	id   string
-	sid  store.SocketID
-	user string          // the authenticated user ("" without authentication)
-	conn *websocket.Conn // for reading; the library writes nothing after the upgrade (netConn)
-	nc   net.Conn        // the connection itself, which only the writer writes
+	memberCore // id, and rooms guarded by hub.mu
+	sid        store.SocketID
+	user       string          // the authenticated user ("" without authentication)
+	conn       *websocket.Conn // for reading; the library writes nothing after the upgrade (netConn)
+	nc         net.Conn        // the connection itself, which only the writer writes
 	// alive reports whether the session the socket lives on can still prove
 	// its lease; the writer checks it before every batch of frames.
 	alive        func() bool
@@ -54,8 +54,6 @@ type client struct {
 	closeCode   int
 	closeReason string
 
-	rooms map[string]struct{} // guarded by hub.mu; nil until the first join
-
 	maxInflight int
 	inflight    chan struct{}  // a slot per socket request in flight; made by the reader on first use
 	requests    sync.WaitGroup // socket request goroutines
@@ -68,7 +66,7 @@ const (
 
 func newClient(sid store.SocketID, conn *websocket.Conn, maxQueue, inflight int, writeTimeout time.Duration, alive func() bool) *client {
 	return &client{
-		id:           sid.String(),
+		memberCore:   memberCore{id: sid.String()},
 		sid:          sid,
 		conn:         conn,
 		alive:        alive,
@@ -79,6 +77,18 @@ func newClient(sid store.SocketID, conn *websocket.Conn, maxQueue, inflight int,
 		connClosed:   make(chan struct{}),
 		maxInflight:  inflight,
 	}
+}
+
+// deliver queues the message's native frame (member).
+func (c *client) deliver(o *outbound) bool { return c.enqueue(o.nativeFrame()) }
+
+// notice queues a joined or left frame (member).
+func (c *client) notice(joined bool, room string) {
+	typ := frameLeft
+	if joined {
+		typ = frameJoined
+	}
+	c.enqueue(controlFrame(typ, room))
 }
 
 // serveWS upgrades a request to a socket, registers it in etcd on the
@@ -125,7 +135,7 @@ func (g *Gateway) runSocket(sess *session, conn *websocket.Conn, user string) {
 	c.nc = nc.Conn
 	c.maxBytes = g.cfg.MaxSocketQueueBytes
 	c.user = user
-	c.onSlow = g.metrics.slowClients.Inc
+	c.onSlow = g.metrics.slowClients.WithLabelValues(protocolNative).Inc
 	// Queued (and held) before the socket exists in etcd, so no joined frame
 	// can precede it, and none is written before the socket can be joined.
 	c.enqueue(connectedFrame(c.id, user))

@@ -203,7 +203,8 @@ func TestOversizeFrameGetsACleanCloseWhileFramesAreWritten(t *testing.T) {
 				default:
 				}
 				queued := 0
-				for _, c := range g.hub.all() {
+				for _, m := range g.hub.all() {
+					c := m.(*client)
 					c.mu.Lock()
 					queued = max(queued, len(c.queue))
 					c.mu.Unlock()
@@ -274,7 +275,7 @@ func TestStalledSocketIsClosedAtItsQueueByteBound(t *testing.T) {
 	var c *client
 	for deadline := time.Now().Add(5 * time.Second); c == nil; {
 		if all := g.hub.all(); len(all) == 1 {
-			c = all[0]
+			c = all[0].(*client)
 		} else if time.Now().After(deadline) {
 			t.Fatal("the socket never joined the hub")
 		}
@@ -312,7 +313,11 @@ func counterValue(t *testing.T, g *Gateway, name string) float64 {
 	}
 	for _, mf := range families {
 		if mf.GetName() == name {
-			return mf.GetMetric()[0].GetCounter().GetValue()
+			sum := 0.0 // over its labels (protocol)
+			for _, m := range mf.GetMetric() {
+				sum += m.GetCounter().GetValue()
+			}
+			return sum
 		}
 	}
 	t.Fatalf("no metric %s", name)

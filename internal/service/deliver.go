@@ -7,6 +7,7 @@ package service
 
 import (
 	"context"
+	"strconv"
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protojson"
@@ -14,6 +15,7 @@ import (
 
 	gatewayv1 "github.com/socketrooms/membership/gen/gateway/v1"
 	membershipv1 "github.com/socketrooms/membership/gen/membership/v1"
+	"github.com/socketrooms/membership/internal/socketio"
 	"github.com/socketrooms/membership/internal/store"
 )
 
@@ -58,6 +60,11 @@ func (s *Server) message(ctx context.Context, event string, data *structpb.Value
 	}
 	if len(event) > maxEventBytes || !utf8.ValidString(event) {
 		return nil, invalid("event", "must be at most 256 bytes of UTF-8")
+	}
+	if socketio.IsReservedEvent(event) {
+		// Socket.IO clients would take it for their own lifecycle event
+		// or for a gateway notice (internal/socketio, reserved.go).
+		return nil, invalid("event", strconv.Quote(event)+" is reserved: Socket.IO clients keep it for their own events, or it names a gateway notice (membership:…)")
 	}
 	if len(except) > maxExceptSockets {
 		return nil, invalid("except_socket_ids", "at most 1000 sockets")

@@ -997,7 +997,10 @@ type BroadcastRequest struct {
 	// The target rooms; at least one, at most 100, each a room name as in
 	// JoinRequest.room.
 	Rooms []string `protobuf:"bytes,1,rep,name=rooms,proto3" json:"rooms,omitempty"`
-	// The event name sockets see; "message" when empty.
+	// The event name sockets see; "message" when empty. Names Socket.IO clients
+	// keep for themselves (connect, disconnect, connect_error, error, …) and
+	// names starting with "membership:" (the gateway's notices) are refused
+	// with INVALID_ARGUMENT on event.
 	Event string `protobuf:"bytes,2,opt,name=event,proto3" json:"event,omitempty"`
 	// The payload, any JSON value; its JSON encoding may be at most the
 	// membership-server's --max-payload-bytes (default 1 MiB).
@@ -1136,7 +1139,10 @@ func (x *BroadcastResponse) GetFailedGateways() int32 {
 // BlastRequest sends an event to every connected socket.
 type BlastRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The event name sockets see; "message" when empty.
+	// The event name sockets see; "message" when empty. Names Socket.IO clients
+	// keep for themselves (connect, disconnect, connect_error, error, …) and
+	// names starting with "membership:" (the gateway's notices) are refused
+	// with INVALID_ARGUMENT on event.
 	Event string `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
 	// The payload, any JSON value; its JSON encoding may be at most the
 	// membership-server's --max-payload-bytes (default 1 MiB).
