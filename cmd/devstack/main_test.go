@@ -96,6 +96,7 @@ func (s *stack) env(t *testing.T, bin string, c stackConfig) []string {
 		"MEMBERSHIP_GRPC_ADDR="+s.api,
 		"MEMBERSHIP_EMBEDDED_ETCD_PEER_ADDR="+s.peer,
 		"MEMBERSHIP_METRICS_ADDR="+testutil.FreeAddr(t),
+		"MEMBERSHIP_HTTP_ADDR="+testutil.FreeAddr(t),
 		"MEMBERSHIP_LOG_LEVEL=warn",
 		"GATEWAY_WS_ADDR="+s.ws,
 		"GATEWAY_GRPC_ADDR="+s.gwAPI,
