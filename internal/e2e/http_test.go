@@ -1,0 +1,273 @@
+package e2e
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
+
+	membershipv1 "github.com/socketrooms/membership/gen/membership/v1"
+	"github.com/socketrooms/membership/internal/testutil"
+)
+
+// httpCall sends one request to the membership-server's HTTP API and returns
+// the status and the body.
+func httpCall(t *testing.T, method, url, contentType, body string, header ...string) (int, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, b
+}
+
+// httpError is the error body of both HTTP forms: the Connect error JSON
+// (code is a string, details carry "type" and "debug") and the
+// google.rpc.Status JSON of REST routes (code is a number, details carry
+// "@type" and the detail's own fields).
+type httpError struct {
+	Code    json.RawMessage   `json:"code"`
+	Message string            `json:"message"`
+	Details []json.RawMessage `json:"details"`
+}
+
+type errorInfo struct {
+	Type     string            `json:"@type"`
+	Reason   string            `json:"reason"`
+	Domain   string            `json:"domain"`
+	Metadata map[string]string `json:"metadata"`
+}
+
+// wantHTTPError checks an error body: connect selects the Connect form
+// (code name) over the REST one (google.rpc.Status, numeric code); either way
+// an ErrorInfo with the reason and, when field is set, metadata "field".
+func wantHTTPError(t *testing.T, status int, body []byte, wantStatus int, connect bool, code codes.Code, reason, field string) {
+	t.Helper()
+	if status != wantStatus {
+		t.Fatalf("HTTP status %d, want %d: %s", status, wantStatus, body)
+	}
+	var e httpError
+	if err := json.Unmarshal(body, &e); err != nil {
+		t.Fatalf("error body %s: %v", body, err)
+	}
+	if connect {
+		want := strings.ToLower(code.String())
+		if code == codes.InvalidArgument {
+			want = "invalid_argument"
+		}
+		if string(e.Code) != `"`+want+`"` {
+			t.Fatalf("Connect code %s, want %q: %s", e.Code, want, body)
+		}
+	} else if string(e.Code) != jsonInt(int(code)) {
+		t.Fatalf("google.rpc.Status code %s, want %d: %s", e.Code, code, body)
+	}
+	for _, d := range e.Details {
+		var info errorInfo
+		if connect {
+			var cd struct {
+				Type  string    `json:"type"`
+				Debug errorInfo `json:"debug"`
+			}
+			if err := json.Unmarshal(d, &cd); err != nil {
+				t.Fatal(err)
+			}
+			if cd.Type != "google.rpc.ErrorInfo" {
+				continue
+			}
+			info = cd.Debug
+		} else {
+			if err := json.Unmarshal(d, &info); err != nil {
+				t.Fatal(err)
+			}
+			if info.Type != "type.googleapis.com/google.rpc.ErrorInfo" {
+				continue
+			}
+		}
+		if info.Reason != reason || info.Domain != "membership.v1" || (field != "" && info.Metadata["field"] != field) {
+			t.Fatalf("ErrorInfo %+v, want reason %s field %q: %s", info, reason, field, body)
+		}
+		return
+	}
+	t.Fatalf("no google.rpc.ErrorInfo detail: %s", body)
+}
+
+func jsonInt(n int) string { b, _ := json.Marshal(n); return string(b) }
+
+// The HTTP API is the gRPC API: a Join over Connect JSON, a Leave and a
+// ListMembers over REST act on the same memberships a gRPC client sees, and
+// the socket's gateway applies them.
+func TestHTTPAPIJoinLeaveList(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	g := startGateway(t, e, "gw1", 10*time.Second)
+	httpAddr := testutil.FreeAddr(t)
+	api, _ := startServerProcess(t, e.Endpoint, "--http-addr", httpAddr)
+	base := "http://" + httpAddr
+	s := dial(t, g.WSURL)
+	room := "team/a b" // "/" and " " travel percent-encoded in one path segment
+
+	st, body := httpCall(t, http.MethodPost, base+"/membership.v1.MembershipService/Join", "application/json",
+		`{"socketId":"`+s.ID+`","room":"`+room+`","waitFor":"WAIT_FOR_APPLY"}`)
+	if st != http.StatusOK {
+		t.Fatalf("Connect Join: %d %s", st, body)
+	}
+	var jr struct {
+		Revision string `json:"revision"`
+	}
+	if err := json.Unmarshal(body, &jr); err != nil || jr.Revision == "" {
+		t.Fatalf("Connect Join response %s: %v", body, err)
+	}
+	s.Expect("joined", room)
+	if got := members(t, api, room); !hasMember(got, s.ID) {
+		t.Fatalf("gRPC sees members %v after an HTTP Join", got)
+	}
+
+	st, body = httpCall(t, http.MethodGet, base+"/v1/rooms/team%2Fa%20b/members", "", "")
+	if st != http.StatusOK {
+		t.Fatalf("REST ListMembers: %d %s", st, body)
+	}
+	var lm struct {
+		Members []struct {
+			SocketID string `json:"socketId"`
+			Gateway  string `json:"gateway"`
+		} `json:"members"`
+	}
+	if err := json.Unmarshal(body, &lm); err != nil || len(lm.Members) != 1 || lm.Members[0].SocketID != s.ID || lm.Members[0].Gateway != "gw1" {
+		t.Fatalf("REST ListMembers %s: %v", body, err)
+	}
+
+	st, body = httpCall(t, http.MethodDelete, base+"/v1/rooms/team%2Fa%20b/members/"+s.ID+"?waitFor=WAIT_FOR_APPLY", "", "")
+	if st != http.StatusOK || !strings.Contains(string(body), `"wasMember":true`) {
+		t.Fatalf("REST Leave: %d %s", st, body)
+	}
+	s.Expect("left", room)
+	if got := members(t, api, room); len(got) != 0 {
+		t.Fatalf("gRPC sees members %v after an HTTP Leave", got)
+	}
+	// The same Leave through the binary Connect codec: nothing left to leave.
+	req, _ := protoMarshal(t, &membershipv1.LeaveRequest{SocketId: s.ID, Room: room})
+	st, body = httpCall(t, http.MethodPost, base+"/membership.v1.MembershipService/Leave", "application/proto", string(req))
+	if st != http.StatusOK {
+		t.Fatalf("Connect binary Leave: %d %s", st, body)
+	}
+	var lr membershipv1.LeaveResponse
+	if err := protoUnmarshal(body, &lr); err != nil || lr.WasMember || lr.Revision == 0 {
+		t.Fatalf("Connect binary Leave response %v: %v", &lr, err)
+	}
+}
+
+// Bad input over HTTP gets the code, reason and field it gets over gRPC, on
+// both transports, and a JSON body that does not decode is INVALID_ARGUMENT
+// (MALFORMED_REQUEST), not INTERNAL.
+func TestHTTPAPIErrors(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	g := startGateway(t, e, "gw1", 10*time.Second)
+	httpAddr := testutil.FreeAddr(t)
+	api, _ := startServerProcess(t, e.Endpoint, "--http-addr", httpAddr)
+	base := "http://" + httpAddr
+	s := dial(t, g.WSURL)
+
+	// The same request over gRPC, for reference.
+	_, err := api.Join(t.Context(), &membershipv1.JoinRequest{SocketId: s.ID})
+	wantStatus(t, err, codes.InvalidArgument, "INVALID_ARGUMENT", "room")
+
+	st, body := httpCall(t, http.MethodPost, base+"/membership.v1.MembershipService/Join", "application/json",
+		`{"socketId":"`+s.ID+`","room":""}`)
+	wantHTTPError(t, st, body, http.StatusBadRequest, true, codes.InvalidArgument, "INVALID_ARGUMENT", "room")
+	st, body = httpCall(t, http.MethodPost, base+"/v1/rooms/%20/members", "application/json", `{"socketId":"not-a-socket"}`)
+	wantHTTPError(t, st, body, http.StatusBadRequest, false, codes.InvalidArgument, "INVALID_ARGUMENT", "socket_id")
+	st, body = httpCall(t, http.MethodGet, base+"/v1/rooms/"+strings.Repeat("x", 257)+"/members", "", "")
+	wantHTTPError(t, st, body, http.StatusBadRequest, false, codes.InvalidArgument, "INVALID_ARGUMENT", "room")
+
+	for _, c := range []struct {
+		name, url, ct string
+		connect       bool
+	}{
+		{"Connect", base + "/membership.v1.MembershipService/Join", "application/json", true},
+		{"REST", base + "/v1/rooms/r/members", "application/json", false},
+	} {
+		st, body := httpCall(t, http.MethodPost, c.url, c.ct, `{"socketId": "`+s.ID+`",`)
+		t.Run("malformed JSON over "+c.name, func(t *testing.T) {
+			wantHTTPError(t, st, body, http.StatusBadRequest, c.connect, codes.InvalidArgument, "MALFORMED_REQUEST", "")
+		})
+	}
+}
+
+// A token-protected server wants the bearer token over HTTP as over gRPC.
+func TestHTTPAPIBearerToken(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	httpAddr := testutil.FreeAddr(t)
+	startServerProcess(t, e.Endpoint, "--http-addr", httpAddr, "--auth-token-file", tokenFile(t, "api-secret"))
+	base := "http://" + httpAddr
+
+	st, body := httpCall(t, http.MethodGet, base+"/v1/rooms", "", "")
+	if st != http.StatusUnauthorized {
+		t.Fatalf("REST without a token: %d %s", st, body)
+	}
+	st, body = httpCall(t, http.MethodPost, base+"/membership.v1.MembershipService/ListRooms", "application/json", `{}`,
+		"Authorization", "Bearer not-it")
+	if st != http.StatusUnauthorized || !strings.Contains(string(body), `"unauthenticated"`) {
+		t.Fatalf("Connect with a wrong token: %d %s", st, body)
+	}
+	st, body = httpCall(t, http.MethodGet, base+"/v1/rooms", "", "", "Authorization", "Bearer api-secret")
+	if st != http.StatusOK {
+		t.Fatalf("REST with the token: %d %s", st, body)
+	}
+}
+
+// Browsers at an origin named in --http-cors-origins get their preflight
+// answered; others get no CORS grant.
+func TestHTTPAPICORSPreflight(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	httpAddr := testutil.FreeAddr(t)
+	startServerProcess(t, e.Endpoint, "--http-addr", httpAddr, "--http-cors-origins", "https://app.example")
+	preflight := func(origin string) http.Header {
+		req, _ := http.NewRequest(http.MethodOptions, "http://"+httpAddr+"/membership.v1.MembershipService/Join", nil)
+		req.Header.Set("Origin", origin)
+		req.Header.Set("Access-Control-Request-Method", "POST")
+		req.Header.Set("Access-Control-Request-Headers", "authorization,connect-protocol-version,content-type") // as browsers send it: sorted, lower case
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.Header
+	}
+	h := preflight("https://app.example")
+	if h.Get("Access-Control-Allow-Origin") != "https://app.example" || !strings.Contains(strings.ToLower(h.Get("Access-Control-Allow-Headers")), "authorization") {
+		t.Fatalf("preflight from an allowed origin: %v", h)
+	}
+	if h := preflight("https://evil.example"); h.Get("Access-Control-Allow-Origin") != "" {
+		t.Fatalf("preflight from another origin: %v", h)
+	}
+}
+
+func protoMarshal(t *testing.T, m proto.Message) ([]byte, error) {
+	t.Helper()
+	b, err := proto.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b, nil
+}
+
+func protoUnmarshal(b []byte, m proto.Message) error { return proto.Unmarshal(b, m) }
