@@ -173,6 +173,23 @@ func TestHTTPAPIJoinLeaveList(t *testing.T) {
 	if err := protoUnmarshal(body, &lr); err != nil || lr.WasMember || lr.Revision == 0 {
 		t.Fatalf("Connect binary Leave response %v: %v", &lr, err)
 	}
+
+	// gRPC-Web: a length-prefixed message in, a message frame and a trailer
+	// frame (flag 0x80) with grpc-status 0 out.
+	msg, _ := protoMarshal(t, &membershipv1.GetSocketRequest{SocketId: s.ID})
+	frame := append([]byte{0, 0, 0, 0, byte(len(msg))}, msg...)
+	st, body = httpCall(t, http.MethodPost, base+"/membership.v1.MembershipService/GetSocket", "application/grpc-web+proto", string(frame))
+	if st != http.StatusOK || len(body) < 5 || body[0] != 0 {
+		t.Fatalf("gRPC-Web GetSocket: %d %q", st, body)
+	}
+	n := int(body[1])<<24 | int(body[2])<<16 | int(body[3])<<8 | int(body[4])
+	var gs membershipv1.GetSocketResponse
+	if len(body) < 5+n || protoUnmarshal(body[5:5+n], &gs) != nil || gs.GetSocket().GetGateway() != "gw1" {
+		t.Fatalf("gRPC-Web GetSocket message: %q", body)
+	}
+	if trailer := body[5+n:]; len(trailer) < 5 || trailer[0] != 0x80 || !strings.Contains(strings.ToLower(string(trailer[5:])), "grpc-status: 0") {
+		t.Fatalf("gRPC-Web GetSocket trailer: %q", trailer)
+	}
 }
 
 // Bad input over HTTP gets the code, reason and field it gets over gRPC, on

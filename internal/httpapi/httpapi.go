@@ -20,7 +20,15 @@ import (
 	"connectrpc.com/vanguard/vanguardgrpc"
 	"github.com/rs/cors"
 	"google.golang.org/grpc"
+
+	"github.com/socketrooms/membership/internal/grpcedge"
 )
+
+// maxMessageBytes bounds one request or response body the transcoder buffers
+// (its default is 4 GiB). The gRPC server still refuses a request past
+// grpcedge.MaxRecvMsgSize once decoded; JSON spells the same message in up to
+// a few times the bytes, hence the headroom.
+const maxMessageBytes = 4 * grpcedge.MaxRecvMsgSize
 
 // Options configure Handler.
 type Options struct {
@@ -35,7 +43,8 @@ type Options struct {
 // Handler returns an http.Handler serving srv's services over Connect,
 // gRPC-Web and REST. srv must have every service registered already.
 func Handler(srv *grpc.Server, opts Options) (http.Handler, error) {
-	t, err := vanguardgrpc.NewTranscoder(srv, vanguard.WithCodec(newJSONCodec(opts.Domain)))
+	t, err := vanguardgrpc.NewTranscoder(srv, vanguard.WithCodec(newJSONCodec(opts.Domain)),
+		vanguard.WithDefaultServiceOptions(vanguard.WithMaxMessageBufferBytes(maxMessageBytes)))
 	if err != nil {
 		return nil, fmt.Errorf("http transcoder: %w", err)
 	}
