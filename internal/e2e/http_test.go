@@ -8,7 +8,11 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
 	membershipv1 "github.com/socketrooms/membership/gen/membership/v1"
@@ -288,3 +292,73 @@ func protoMarshal(t *testing.T, m proto.Message) ([]byte, error) {
 }
 
 func protoUnmarshal(b []byte, m proto.Message) error { return proto.Unmarshal(b, m) }
+
+// One invalid request of each RPC gets, over Connect and over its REST route,
+// the code, ErrorInfo reason and field it gets over gRPC.
+func TestHTTPAPIInvalidRequestPerRPC(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	g := startGateway(t, e, "gw1", 10*time.Second)
+	httpAddr := testutil.FreeAddr(t)
+	_, _, grpcAddr := startServerProcessAt(t, e.Endpoint, "--http-addr", httpAddr)
+	base := "http://" + httpAddr
+	s := dial(t, g.WSURL)
+	cc, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	long := strings.Repeat("x", 257) // past the 256-byte room limit
+	for _, c := range []struct {
+		method         string
+		req, resp      proto.Message
+		restVerb, path string
+		restBody       string
+	}{
+		{"Join", &membershipv1.JoinRequest{SocketId: s.ID, Room: long}, &membershipv1.JoinResponse{},
+			http.MethodPost, "/v1/rooms/" + long + "/members", `{"socketId":"` + s.ID + `"}`},
+		{"Leave", &membershipv1.LeaveRequest{SocketId: s.ID, Room: long}, &membershipv1.LeaveResponse{},
+			http.MethodDelete, "/v1/rooms/" + long + "/members/" + s.ID, ""},
+		{"ListRooms", &membershipv1.ListRoomsRequest{PageSize: -1}, &membershipv1.ListRoomsResponse{},
+			http.MethodGet, "/v1/rooms?pageSize=-1", ""},
+		{"ListMembers", &membershipv1.ListMembersRequest{Room: long}, &membershipv1.ListMembersResponse{},
+			http.MethodGet, "/v1/rooms/" + long + "/members", ""},
+		{"GetSocket", &membershipv1.GetSocketRequest{SocketId: "not-a-socket"}, &membershipv1.GetSocketResponse{},
+			http.MethodGet, "/v1/sockets/not-a-socket", ""},
+		{"Broadcast", &membershipv1.BroadcastRequest{Rooms: []string{long}, Event: "e"}, &membershipv1.BroadcastResponse{},
+			http.MethodPost, "/v1/broadcast", `{"rooms":["` + long + `"],"event":"e"}`},
+		{"Blast", &membershipv1.BlastRequest{Event: long}, &membershipv1.BlastResponse{},
+			http.MethodPost, "/v1/blast", `{"event":"` + long + `"}`},
+		{"LeaveAll", &membershipv1.LeaveAllRequest{Room: long}, &membershipv1.LeaveAllResponse{},
+			http.MethodPost, "/v1/rooms/" + long + ":leaveAll", ""},
+		{"AddRoomMembersToRooms", &membershipv1.AddRoomMembersToRoomsRequest{SourceRoom: long, DestRooms: []string{"d"}}, &membershipv1.AddRoomMembersToRoomsResponse{},
+			http.MethodPost, "/v1/rooms/" + long + ":addMembersToRooms", `{"destRooms":["d"]}`},
+		{"RemoveRoomMembersFromRooms", &membershipv1.RemoveRoomMembersFromRoomsRequest{SourceRoom: long, DestRooms: []string{"d"}}, &membershipv1.RemoveRoomMembersFromRoomsResponse{},
+			http.MethodPost, "/v1/rooms/" + long + ":removeMembersFromRooms", `{"destRooms":["d"]}`},
+	} {
+		t.Run(c.method, func(t *testing.T) {
+			full := "/membership.v1.MembershipService/" + c.method
+			err := cc.Invoke(t.Context(), full, c.req, c.resp)
+			st, _ := status.FromError(err)
+			if st.Code() != codes.InvalidArgument {
+				t.Fatalf("gRPC: %v, want INVALID_ARGUMENT", err)
+			}
+			info := wantStatus(t, err, codes.InvalidArgument, "INVALID_ARGUMENT", "")
+			field := info.Metadata["field"]
+			if field == "" {
+				t.Fatalf("gRPC error names no field: %v", err)
+			}
+			js, err := protojson.Marshal(c.req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			code, body := httpCall(t, http.MethodPost, base+full, "application/json", string(js))
+			wantHTTPError(t, code, body, http.StatusBadRequest, true, codes.InvalidArgument, info.Reason, field)
+			ct := ""
+			if c.restBody != "" {
+				ct = "application/json"
+			}
+			code, body = httpCall(t, c.restVerb, base+c.path, ct, c.restBody)
+			wantHTTPError(t, code, body, http.StatusBadRequest, false, codes.InvalidArgument, info.Reason, field)
+		})
+	}
+}
