@@ -176,7 +176,8 @@ func run(args []string) error {
 	svc := service.NewWithOptions(cli, *prefix, log, opts)
 	defer svc.Close()
 	grpcMetrics := app.GRPCServerMetrics(reg)
-	serverOpts, err := serverTLS.Append(append(app.ServerOptions(log, *callTimeout, token, grpcMetrics), inflight.ServerOptions(reg, "membership", *callTimeout, token)...))
+	budgetOpts, budget := inflight.ServerOptionsAndBudget(reg, "membership", *callTimeout, token)
+	serverOpts, err := serverTLS.Append(append(app.ServerOptions(log, *callTimeout, token, grpcMetrics), budgetOpts...))
 	if err != nil {
 		return err
 	}
@@ -201,7 +202,8 @@ func run(args []string) error {
 		log.Info("metrics serving", "addr", mlis.Addr().String())
 	}
 	if hlis != nil {
-		h, err := httpapi.Handler(srv, httpapi.Options{CORSOrigins: splitList(*corsOrigins), Domain: service.ErrorDomain})
+		h, err := httpapi.Handler(srv, httpapi.Options{CORSOrigins: splitList(*corsOrigins), Domain: service.ErrorDomain,
+			Reserve: budget.ReserveHTTP})
 		if err != nil {
 			return err
 		}

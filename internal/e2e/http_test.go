@@ -362,3 +362,56 @@ func TestHTTPAPIInvalidRequestPerRPC(t *testing.T) {
 		})
 	}
 }
+
+// --max-inflight-payload-bytes holds over HTTP: with room for one Broadcast,
+// a second one, over REST or Connect, is refused OVERLOADED before its
+// request is read while the first one's body is still coming, and the
+// budget is back once the first call ends.
+func TestHTTPAPIInflightPayloadBudget(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	httpAddr := testutil.FreeAddr(t)
+	startServerProcess(t, e.Endpoint, "--http-addr", httpAddr, "--max-inflight-payload-bytes", "4194304")
+	base := "http://" + httpAddr
+
+	pr, pw := io.Pipe()
+	req, err := http.NewRequest(http.MethodPost, base+"/v1/broadcast", pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	done := make(chan int, 1)
+	go func() {
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			done <- -1
+			return
+		}
+		resp.Body.Close()
+		done <- resp.StatusCode
+	}()
+	if _, err := pw.Write([]byte(`{"rooms":["r"],`)); err != nil {
+		t.Fatal(err)
+	}
+	var st int
+	var body []byte
+	waitFor(t, 10*time.Second, "the held Broadcast to reserve", func() bool {
+		st, body = httpCall(t, http.MethodPost, base+"/v1/broadcast", "application/json", `{"rooms":["r"],"event":"e"}`)
+		return st != http.StatusOK
+	})
+	wantHTTPError(t, st, body, http.StatusTooManyRequests, false, codes.ResourceExhausted, "OVERLOADED", "")
+	st, body = httpCall(t, http.MethodPost, base+"/membership.v1.MembershipService/Blast", "application/json", `{"event":"e"}`)
+	if st != http.StatusTooManyRequests || !strings.Contains(string(body), `"resource_exhausted"`) || !strings.Contains(string(body), `"google.rpc.ErrorInfo"`) {
+		t.Fatalf("Connect Blast while the budget is held: %d %s", st, body)
+	}
+	if _, err := pw.Write([]byte(`"event":"e"}`)); err != nil {
+		t.Fatal(err)
+	}
+	pw.Close()
+	if code := <-done; code != http.StatusOK {
+		t.Fatalf("held Broadcast: %d", code)
+	}
+	st, body = httpCall(t, http.MethodPost, base+"/v1/blast", "application/json", `{"event":"e"}`)
+	if st != http.StatusOK {
+		t.Fatalf("Blast after the held call ended: %d %s", st, body)
+	}
+}

@@ -38,6 +38,9 @@ type Options struct {
 	// Domain is the google.rpc.ErrorInfo domain of the errors the HTTP layer
 	// itself reports (a request body that does not decode).
 	Domain string
+	// Reserve, when set, admits each call before its request is read (the
+	// gRPC server's tap handle does not run for calls served over HTTP).
+	Reserve ReserveFunc
 }
 
 // Handler returns an http.Handler serving srv's services over Connect,
@@ -48,7 +51,11 @@ func Handler(srv *grpc.Server, opts Options) (http.Handler, error) {
 	if err != nil {
 		return nil, fmt.Errorf("http transcoder: %w", err)
 	}
-	var h http.Handler = prepare(t)
+	var h http.Handler = t
+	if opts.Reserve != nil {
+		h = reserving(h, opts.Reserve, plainRoutes(srv))
+	}
+	h = prepare(h)
 	if len(opts.CORSOrigins) > 0 {
 		h = cors.New(cors.Options{
 			AllowedOrigins: opts.CORSOrigins,
