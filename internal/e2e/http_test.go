@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	membershipv1 "github.com/socketrooms/membership/gen/membership/v1"
+	"github.com/socketrooms/membership/internal/app"
 	"github.com/socketrooms/membership/internal/testutil"
 )
 
@@ -413,5 +416,43 @@ func TestHTTPAPIInflightPayloadBudget(t *testing.T) {
 	st, body = httpCall(t, http.MethodPost, base+"/v1/blast", "application/json", `{"event":"e"}`)
 	if st != http.StatusOK {
 		t.Fatalf("Blast after the held call ended: %d %s", st, body)
+	}
+}
+
+// --tls-cert-file serves the HTTP API over TLS too (HTTP/2 where the client
+// offers it), with the gRPC listener's certificate.
+func TestHTTPAPITLS(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	ca := testutil.NewCA(t, "cluster")
+	srvCert, srvKey := ca.Issue("server")
+	httpAddr := testutil.FreeAddr(t)
+	cmd := exec.Command(binary(t, "membership-server"), "--grpc-addr", testutil.FreeAddr(t), "--etcd-endpoints", e.Endpoint,
+		"--log-level", "error", "--metrics-addr", "", "--http-addr", httpAddr,
+		"--tls-cert-file", srvCert, "--tls-key-file", srvKey)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	cfg, err := app.ClientTLSConfig(ca.File, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true}}
+	var resp *http.Response
+	waitFor(t, 30*time.Second, "the HTTP API over TLS", func() bool {
+		resp, err = client.Get("https://" + httpAddr + "/v1/rooms")
+		return err == nil
+	})
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.ProtoMajor != 2 {
+		t.Fatalf("ListRooms over HTTPS: %s %d %s", resp.Proto, resp.StatusCode, body)
+	}
+	if resp, err := http.Get("http://" + httpAddr + "/v1/rooms"); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			t.Fatal("plaintext HTTP answered on a TLS listener")
+		}
 	}
 }
