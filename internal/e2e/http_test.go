@@ -456,3 +456,26 @@ func TestHTTPAPITLS(t *testing.T) {
 		}
 	}
 }
+
+// Calls over HTTP are counted in the gRPC server's metrics, by method and
+// code, like calls over gRPC.
+func TestHTTPAPICallsCountedInMetrics(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	httpAddr, metricsAddr := testutil.FreeAddr(t), testutil.FreeAddr(t)
+	startServerProcess(t, e.Endpoint, "--http-addr", httpAddr, "--metrics-addr", metricsAddr)
+	if st, body := httpCall(t, http.MethodGet, "http://"+httpAddr+"/v1/rooms", "", ""); st != http.StatusOK {
+		t.Fatalf("ListRooms: %d %s", st, body)
+	}
+	if st, _ := httpCall(t, http.MethodGet, "http://"+httpAddr+"/v1/sockets/nope", "", ""); st != http.StatusBadRequest {
+		t.Fatalf("GetSocket of a malformed id: %d", st)
+	}
+	_, metrics := httpCall(t, http.MethodGet, "http://"+metricsAddr+"/metrics", "", "")
+	for _, want := range []string{
+		`grpc_server_handled_total{grpc_code="OK",grpc_method="ListRooms",grpc_service="membership.v1.MembershipService",grpc_type="unary"} 1`,
+		`grpc_server_handled_total{grpc_code="InvalidArgument",grpc_method="GetSocket",grpc_service="membership.v1.MembershipService",grpc_type="unary"} 1`,
+	} {
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+}
