@@ -41,18 +41,7 @@ func signToken(t *testing.T, key *ecdsa.PrivateKey, sub string, exp time.Time) s
 // records the token's subject as the socket's user: the connected frame,
 // GetSocket, ListMembers and forwarded socket requests all name it.
 func TestJWTOnConnect(t *testing.T) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyFile := filepath.Join(t.TempDir(), "jwt.pem")
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	key, keyFile := jwtKey(t)
 	users := make(chan string, 1)
 	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		users <- r.Header.Get("X-Socket-User")
@@ -68,6 +57,10 @@ func TestJWTOnConnect(t *testing.T) {
 	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	hour := time.Now().Add(time.Hour)
 	noAud, _ := jwt.NewWithClaims(jwt.SigningMethodES256, jwt.MapClaims{"sub": "alice", "exp": hour.Unix()}).SignedString(key)
+	der, err := x509.MarshalPKIXPublicKey(&key.PublicKey) // the public key as an HMAC secret
+	if err != nil {
+		t.Fatal(err)
+	}
 	hmac, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "alice", "exp": hour.Unix(), "aud": "chat"}).SignedString(der)
 	for name, tok := range map[string]string{
 		"no token":             "",
@@ -177,4 +170,23 @@ func TestBrowserJWT(t *testing.T) {
 	if user := page.text("user"); user != "alice" {
 		t.Fatalf("the page shows user %q, want alice", user)
 	}
+}
+
+// jwtKey returns a fresh ECDSA P-256 signing key and a PEM file of its
+// public key, for a gateway's --jwt-public-key-file.
+func jwtKey(t *testing.T) (*ecdsa.PrivateKey, string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(t.TempDir(), "jwt.pem")
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return key, keyFile
 }

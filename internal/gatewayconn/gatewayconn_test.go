@@ -181,6 +181,13 @@ func TestWaitAppliedFirstFailureEndsTheWait(t *testing.T) {
 	}
 
 	a.Stop()
+	// Until the index applies the record's deletion it still holds the old
+	// address, and a wait there fails UNAVAILABLE like any unreachable
+	// gateway; once it has, the answer is "not registered".
+	stacktest.WaitFor(t, bound, "the index to drop gw-a's record", func() bool {
+		_, ok := f.index.Gateway("gw-a")
+		return !ok
+	})
 	err = f.pool.WaitApplied(ctx, rev, []gatewayconn.Registration{{Gateway: "gw-a", Lease: recA.Lease}})
 	if !errors.Is(err, store.ErrGatewayNotFound) {
 		t.Fatalf("wait on a stopped gateway: %v, want %v", err, store.ErrGatewayNotFound)
