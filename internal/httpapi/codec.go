@@ -1,6 +1,8 @@
 package httpapi
 
 import (
+	"errors"
+
 	"connectrpc.com/connect"
 	"connectrpc.com/vanguard"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -41,7 +43,7 @@ func (c jsonCodec) UnmarshalField(data []byte, msg proto.Message, field protoref
 }
 
 func (c jsonCodec) malformed(err error, field string) error {
-	ce := connect.NewError(connect.CodeInvalidArgument, err)
+	ce := connect.NewError(connect.CodeInvalidArgument, errors.New(grpcedge.DecodeErrorText(err)))
 	info := &errdetails.ErrorInfo{Reason: grpcedge.ReasonMalformedRequest, Domain: c.domain}
 	if field != "" {
 		info.Metadata = map[string]string{"field": field}
