@@ -397,7 +397,7 @@ func TestHTTPAPIInflightPayloadBudget(t *testing.T) {
 	}
 	var st int
 	var body []byte
-	waitFor(t, 10*time.Second, "the held Broadcast to reserve", func() bool {
+	waitFor(t, 30*time.Second, "the held Broadcast to reserve", func() bool {
 		st, body = httpCall(t, http.MethodPost, base+"/v1/broadcast", "application/json", `{"rooms":["r"],"event":"e"}`)
 		return st != http.StatusOK
 	})
