@@ -215,7 +215,14 @@ func run(args []string) error {
 			tlsCfg.NextProtos = []string{"h2", "http/1.1"}
 			hlis = tls.NewListener(hlis, tlsCfg)
 		}
-		lc.HTTP("HTTP API", &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}, hlis)
+		// HTTP/2 over TLS, and without TLS by prior knowledge (h2c), as
+		// Connect and gRPC-Web clients for servers speak it; HTTP/1.1 for
+		// browsers and curl.
+		var protocols http.Protocols
+		protocols.SetHTTP1(true)
+		protocols.SetHTTP2(true)
+		protocols.SetUnencryptedHTTP2(true)
+		lc.HTTP("HTTP API", &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, Protocols: &protocols}, hlis)
 		log.Info("HTTP API serving", "addr", hlis.Addr().String())
 	}
 	lc.GRPC("gRPC API", srv, lis)

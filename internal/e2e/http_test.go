@@ -457,6 +457,32 @@ func TestHTTPAPITLS(t *testing.T) {
 	}
 }
 
+// Without TLS the HTTP API speaks HTTP/2 to a client that starts with it
+// (h2c by prior knowledge, as Connect clients for servers do) and HTTP/1.1
+// to everyone else.
+func TestHTTPAPIServesH2C(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	httpAddr := testutil.FreeAddr(t)
+	startServerProcess(t, e.Endpoint, "--http-addr", httpAddr)
+	var protocols http.Protocols
+	protocols.SetUnencryptedHTTP2(true)
+	h2c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{Protocols: &protocols}}
+	for _, c := range []struct {
+		client *http.Client
+		major  int
+	}{{h2c, 2}, {http.DefaultClient, 1}} {
+		resp, err := c.client.Post("http://"+httpAddr+"/membership.v1.MembershipService/ListRooms", "application/json", strings.NewReader("{}"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || resp.ProtoMajor != c.major {
+			t.Fatalf("ListRooms over Connect: %s %d %s, want HTTP/%d", resp.Proto, resp.StatusCode, body, c.major)
+		}
+	}
+}
+
 // Calls over HTTP are counted in the gRPC server's metrics, by method and
 // code, like calls over gRPC.
 func TestHTTPAPICallsCountedInMetrics(t *testing.T) {
