@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/socketrooms/membership/internal/app"
 	"github.com/socketrooms/membership/internal/testutil"
 	"github.com/socketrooms/membership/internal/testutil/nodejs"
 )
@@ -83,7 +85,40 @@ func runNodeTests(t *testing.T, dir string, env []string, paths ...string) {
 // token, the callback form, and a request without X-Socket-Id refused.
 func TestNodeClient(t *testing.T) {
 	dir := nodeClientPackage(t)
-	runNodeTests(t, dir, nodeStack(t), "dist/test/unit/", "dist/test/integration/")
+	env := append(nodeStack(t), tlsServer(t)...)
+	runNodeTests(t, dir, env, "dist/test/unit/", "dist/test/integration/")
+}
+
+// tlsServer starts a membership-server with TLS on both listeners (its own
+// etcd, no token) and returns MEMBERSHIP_TLS_GRPC_URL, MEMBERSHIP_TLS_HTTP_URL
+// and MEMBERSHIP_TLS_CA (the CA certificate's file).
+func tlsServer(t *testing.T) []string {
+	t.Helper()
+	e := testutil.StartEtcd(t)
+	ca := testutil.NewCA(t, "node-client")
+	cert, key := ca.Issue("server")
+	grpcAddr, httpAddr := testutil.FreeAddr(t), testutil.FreeAddr(t)
+	startProcess(t, "membership-server", "--grpc-addr", grpcAddr, "--http-addr", httpAddr,
+		"--etcd-endpoints", e.Endpoint, "--log-level", "error", "--metrics-addr", "",
+		"--tls-cert-file", cert, "--tls-key-file", key)
+	cfg, err := app.ClientTLSConfig(ca.File, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}
+	waitFor(t, 30*time.Second, "the TLS membership-server", func() bool {
+		resp, err := client.Get("https://" + httpAddr + "/v1/rooms")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	return []string{
+		"MEMBERSHIP_TLS_GRPC_URL=https://" + grpcAddr,
+		"MEMBERSHIP_TLS_HTTP_URL=https://" + httpAddr,
+		"MEMBERSHIP_TLS_CA=" + ca.File,
+	}
 }
 
 // examples/node: the leaveFunRoom action behind the gateway's --upstream-url

@@ -3,6 +3,7 @@
 // a gateway, and runs these with their addresses in the environment:
 // MEMBERSHIP_GRPC_URL, MEMBERSHIP_HTTP_URL, MEMBERSHIP_TOKEN, GATEWAY_WS_URL.
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { after, describe, test } from "node:test";
 import WebSocket from "ws";
 import { MembershipError, createSockets } from "../../src/index.js";
@@ -207,3 +208,28 @@ for (const protocol of ["grpc", "connect", "grpc-web"] as Protocol[]) {
     });
   });
 }
+
+describe("over TLS", () => {
+  const ca = () => readFileSync(env("MEMBERSHIP_TLS_CA"));
+  for (const [protocol, urlVar] of [
+    ["grpc", "MEMBERSHIP_TLS_GRPC_URL"],
+    ["connect", "MEMBERSHIP_TLS_HTTP_URL"],
+    ["grpc-web", "MEMBERSHIP_TLS_HTTP_URL"],
+  ] as [Protocol, string][]) {
+    test(`${protocol}: the server's certificate is verified against the CA given`, async () => {
+      const address = env(urlVar);
+      const trusted = createSockets({ address, protocol, tls: { ca: ca() }, timeoutMs: 10000 });
+      assert.equal((await trusted.leaveAll("tls")).sockets, 0n);
+      // Not signed by a trusted root: refused unless verification is turned off.
+      const untrusted = createSockets({ address, protocol, timeoutMs: 10000 });
+      // connect-node reports the failed handshake as INTERNAL (grpc-go: UNAVAILABLE).
+      await assert.rejects(untrusted.leaveAll("tls"), (err: MembershipError) => {
+        assert.ok(err instanceof MembershipError);
+        assert.match(err.message, /certificate/);
+        return true;
+      });
+      const skipping = createSockets({ address, protocol, tls: { insecureSkipVerify: true }, timeoutMs: 10000 });
+      assert.equal((await skipping.leaveAll("tls")).sockets, 0n);
+    });
+  }
+});
