@@ -122,8 +122,9 @@ func tlsServer(t *testing.T) []string {
 }
 
 // examples/node: the leaveFunRoom action behind the gateway's --upstream-url
-// (at an address chosen here, where the Node test starts the app) and the
-// banUser service.
+// (at an address chosen here, where the Node test starts the app), called
+// from a native socket's request and from sails.io.js's io.socket.post
+// through the gateway's Socket.IO, and the banUser service.
 func TestNodeExamples(t *testing.T) {
 	nodeClientPackage(t)
 	dir := filepath.Join(repoDir(), "examples", "node")

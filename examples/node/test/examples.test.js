@@ -5,6 +5,8 @@
 import assert from "node:assert/strict";
 import { once } from "node:events";
 import { after, before, test } from "node:test";
+import sailsIOClient from "sails.io.js";
+import socketIOClient from "socket.io-client";
 import WebSocket from "ws";
 import { createApp } from "../app.js";
 import { banUser } from "../banUser.js";
@@ -103,6 +105,37 @@ test("leaveFunRoom: a socket's request makes that socket leave the room", async 
   const invalid = await a.request("POST", "/leaveFunRoom", { roomName: "" });
   assert.equal(invalid.status, 500);
   assert.equal(invalid.body.code, "INVALID_ARGUMENT");
+});
+
+test("leaveFunRoom from sails.io.js: io.socket.post through the gateway's Socket.IO", async () => {
+  const io = sailsIOClient(socketIOClient);
+  io.sails.autoConnect = false;
+  io.sails.environment = "production";
+  io.sails.reconnection = false;
+  io.sails.url = env("GATEWAY_WS_URL").replace(/^ws/, "http").replace(/\/ws$/, "");
+  const socket = io.sails.connect();
+  try {
+    await new Promise((resolve) => socket.on("connect", resolve));
+    const id = socket._raw.id; // protocol 4: the Engine.IO sid is the socket id
+    const parties = [];
+    socket.on("party", (data) => parties.push(data));
+    const left = new Promise((resolve) => socket.on("membership:left", resolve));
+    await sails.sockets.join(id, "sails-fun");
+    await sails.sockets.broadcast("sails-fun", "party", { n: 1 });
+    for (let i = 0; i < 50 && parties.length === 0; i++) await new Promise((r) => setTimeout(r, 100));
+    assert.deepEqual(parties, [{ n: 1 }]);
+
+    const [body, jwr] = await new Promise((resolve) =>
+      socket.post("/leaveFunRoom", { roomName: "sails-fun" }, (body, jwr) => resolve([body, jwr])),
+    );
+    assert.equal(jwr.statusCode, 200, JSON.stringify(body));
+    assert.deepEqual(body, { message: "Left a fun room called sails-fun!" });
+    await left;
+    const br = await sails.sockets.broadcast("sails-fun", "party", { n: 2 });
+    assert.equal(br.delivered, 0n);
+  } finally {
+    socket.disconnect();
+  }
 });
 
 test("leaveFunRoom: a request that did not come from a socket is refused", async () => {
