@@ -233,3 +233,12 @@ describe("over TLS", () => {
     });
   }
 });
+
+test("Connect with the binary protobuf encoding", async () => {
+  const sails = createSockets(options("connect", { useBinaryFormat: true }));
+  const a = await connect();
+  await sails.join(a.id, "binary");
+  await a.expect("joined", "binary");
+  assert.equal((await sails.leave(a.id, "binary")).wasMember, true);
+  await assert.rejects(sails.join(a.id, ""), wantError("INVALID_ARGUMENT", "INVALID_ARGUMENT", "room"));
+});
