@@ -11,6 +11,9 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
+	"syscall"
 	"time"
 
 	"connectrpc.com/connect"
@@ -67,40 +70,41 @@ func benchHTTP(ctx context.Context, cfg config) error {
 		_, err := st.api.Leave(ctx, &membershipv1.LeaveRequest{SocketId: socks[w].id, Room: room(w)})
 		return err
 	}}}
-	clients := []struct {
-		name string
-		hc   *http.Client
-	}{{"HTTP/1.1", h1}}
+	clients := map[string]*http.Client{"HTTP/1.1": h1}
+	versions := []string{"HTTP/1.1"}
 	if err := probeH2C(ctx, h2c, base); err != nil {
 		fmt.Printf("h2c: not offered by the membership-server's --http-addr (%v); Connect and REST measured over HTTP/1.1 only\n\n", err)
 	} else {
-		clients = append(clients, struct {
-			name string
-			hc   *http.Client
-		}{"h2c", h2c})
+		clients["h2c"] = h2c
+		versions = append(versions, "h2c")
 	}
-	for _, c := range clients {
-		transports = append(transports, connectJSON("Connect JSON ("+c.name+")", c.hc, base, socks, room))
+	for _, v := range versions {
+		transports = append(transports, connectJSON("Connect JSON ("+v+")", clients[v], base, socks, room))
 	}
-	for _, c := range clients {
-		transports = append(transports, restJSON("REST JSON ("+c.name+")", c.hc, base, socks, room))
+	for _, v := range versions {
+		transports = append(transports, restJSON("REST JSON ("+v+")", clients[v], base, socks, room))
 	}
 
 	// Warm up every path (connections, the server's caches) before measuring.
 	for _, t := range transports {
 		loop(ctx, cfg.httpConcurrency, cfg.duration/5, t.call)
 	}
-	type figures struct{ rate, p50, p99, ratio []float64 }
+	type figures struct{ rate, p50, p99, ratio, serverCPU, benchCPU []float64 }
 	res := make([]figures, len(transports))
 	for r := 0; r < cfg.httpRounds; r++ {
 		rate := make([]float64, len(transports))
 		for k := range transports {
 			i := (k + r) % len(transports)
+			server0, bench0 := processCPU(st.server.Process.Pid), selfCPU()
+			t0 := time.Now()
 			var lat *latencies
 			rate[i], lat = loop(ctx, cfg.httpConcurrency, cfg.duration, transports[i].call)
+			calls := rate[i] * time.Since(t0).Seconds()
 			res[i].rate = append(res[i].rate, rate[i])
 			res[i].p50 = append(res[i].p50, float64(lat.pct(50)))
 			res[i].p99 = append(res[i].p99, float64(lat.pct(99)))
+			res[i].serverCPU = append(res[i].serverCPU, float64(processCPU(st.server.Process.Pid)-server0)/calls)
+			res[i].benchCPU = append(res[i].benchCPU, float64(selfCPU()-bench0)/calls)
 		}
 		for i := range transports {
 			res[i].ratio = append(res[i].ratio, rate[i]/rate[0])
@@ -109,12 +113,16 @@ func benchHTTP(ctx context.Context, cfg config) error {
 
 	fmt.Printf("## Join/Leave over gRPC, Connect JSON and REST (concurrency %d, %v per transport per round, median of %d rounds)\n\n",
 		cfg.httpConcurrency, cfg.duration, cfg.httpRounds)
-	fmt.Println("| transport | calls/s | p50 | p99 | / gRPC |")
-	fmt.Println("|---|---|---|---|---|")
+	fmt.Println("| transport | calls/s | p50 | p99 | / gRPC | server CPU per call | bench CPU per call |")
+	fmt.Println("|---|---|---|---|---|---|---|")
 	for i, t := range transports {
-		fmt.Printf("| %s | %.0f%s | %s | %s | %.2f× |\n", t.name, median(res[i].rate), rounds(res[i].rate),
-			ms(time.Duration(median(res[i].p50))), ms(time.Duration(median(res[i].p99))), median(res[i].ratio))
+		fmt.Printf("| %s | %.0f%s | %s | %s | %.2f× | %s | %s |\n", t.name, median(res[i].rate), rounds(res[i].rate),
+			ms(time.Duration(median(res[i].p50))), ms(time.Duration(median(res[i].p99))), median(res[i].ratio),
+			us(time.Duration(median(res[i].serverCPU))), us(time.Duration(median(res[i].benchCPU))))
 	}
+	fmt.Println()
+	fmt.Println("CPU per call: user+system time over the round's calls; the membership-server's includes its embedded etcd,")
+	fmt.Println("the bench's the gateway's frames its sockets read (the same for every transport).")
 	fmt.Println()
 
 	if cfg.httpProfileDir != "" {
@@ -240,6 +248,40 @@ func profileServer(ctx context.Context, pprofAddr string, d time.Duration, file 
 	}
 	return os.WriteFile(file, r.b, 0o644)
 }
+
+// processCPU is the user+system CPU time pid has used, from /proc (0 when
+// unreadable).
+func processCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name, which is in parentheses and may hold
+	// spaces: state is field 3, utime and stime fields 14 and 15.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	// Clock ticks: USER_HZ, 100 on Linux.
+	return time.Duration(utime+stime) * (time.Second / 100)
+}
+
+// selfCPU is the user+system CPU time this process has used.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func us(d time.Duration) string { return fmt.Sprintf("%.0f µs", float64(d)/float64(time.Microsecond)) }
 
 // median of xs (the lower middle one for an even count).
 func median(xs []float64) float64 {
