@@ -22,7 +22,7 @@ export interface ClientOptions {
    * has TLS.
    */
   address: string;
-  /** Default "grpc" (HTTP/2). "connect" and "grpc-web" use HTTP/1.1. */
+  /** Default "grpc". Every protocol speaks HTTP/2 (over TLS, or h2c without it). */
   protocol?: Protocol;
   /** The server's --auth-token-file token, sent as `authorization: Bearer <token>`. */
   token?: string;
@@ -97,12 +97,12 @@ export function createTransport(options: ClientOptions): Transport {
     case "connect":
       return createConnectTransport({
         ...common,
-        httpVersion: "1.1",
+        httpVersion: "2",
         nodeOptions,
         useBinaryFormat: options.useBinaryFormat ?? false,
       });
     case "grpc-web":
-      return createGrpcWebTransport({ ...common, httpVersion: "1.1", nodeOptions });
+      return createGrpcWebTransport({ ...common, httpVersion: "2", nodeOptions });
     default:
       throw new Error(`protocol: want "grpc", "connect" or "grpc-web", got ${JSON.stringify(options.protocol)}`);
   }
