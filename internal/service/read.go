@@ -59,7 +59,7 @@ func (s *Server) ListRooms(ctx context.Context, req *membershipv1.ListRoomsReque
 	}
 	resp := &membershipv1.ListRoomsResponse{Revision: rev, NextPageToken: encodePageToken(next)}
 	for _, r := range rooms {
-		resp.Rooms = append(resp.Rooms, &membershipv1.Room{Name: r.Room, MemberCount: r.Members})
+		resp.Rooms = append(resp.Rooms, &membershipv1.Room{Name: r.Room, MemberCount: r.Members, UserCount: r.Users})
 	}
 	return resp, nil
 }
