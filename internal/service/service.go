@@ -7,7 +7,8 @@
 //
 // Files: service.go holds the server and the membership changes, read.go
 // the listings, deliver.go Broadcast and Blast, validate.go request checks,
-// errors.go the one error mapper, metrics.go the metrics.
+// errors.go the one error mapper, metrics.go the metrics, users.go the user
+// selector of Join/Leave and ListSockets, presence.go GetRoom.
 package service
 
 import (

@@ -94,16 +94,9 @@ func userResults(res store.UserChangeResult) []*membershipv1.SocketResult {
 // ListSockets lists a user's sockets.
 func (s *Server) ListSockets(ctx context.Context, req *membershipv1.ListSocketsRequest) (*membershipv1.ListSocketsResponse, error) {
 	err := validateUser("user", req.GetUser())
-	size, perr := pageSize(req.GetPageSize())
+	size, after, perr := socketPage(req.GetPageSize(), req.GetPageToken())
 	if err == nil {
 		err = perr
-	}
-	after, terr := decodePageToken(req.GetPageToken())
-	if err == nil {
-		err = terr
-	}
-	if err == nil && (strings.Contains(after, "/") || len(after) > store.MaxSocketIDBytes) {
-		err = invalid("page_token", "not a token from a previous page")
 	}
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
@@ -114,13 +107,35 @@ func (s *Server) ListSockets(ctx context.Context, req *membershipv1.ListSocketsR
 	}
 	resp := &membershipv1.ListSocketsResponse{Revision: rev, NextPageToken: encodePageToken(next)}
 	for _, info := range socks {
-		resp.Sockets = append(resp.Sockets, &membershipv1.Socket{
-			SocketId:    info.ID,
-			Gateway:     info.Gateway,
-			ConnectedAt: timestamppb.New(info.ConnectedAt),
-			Rooms:       info.Rooms,
-			User:        info.User,
-		})
+		resp.Sockets = append(resp.Sockets, socketMessage(info))
 	}
 	return resp, nil
+}
+
+// socketMessage is a socket as the API describes it.
+func socketMessage(info store.SocketInfo) *membershipv1.Socket {
+	return &membershipv1.Socket{
+		SocketId:    info.ID,
+		Gateway:     info.Gateway,
+		ConnectedAt: timestamppb.New(info.ConnectedAt),
+		Rooms:       info.Rooms,
+		User:        info.User,
+	}
+}
+
+// socketPage checks the paging of a listing ordered by socket id: the page
+// size, and a page token holding the socket id the previous page ended at.
+func socketPage(size int32, token string) (int, string, error) {
+	n, err := pageSize(size)
+	if err != nil {
+		return 0, "", err
+	}
+	after, err := decodePageToken(token)
+	if err != nil {
+		return 0, "", err
+	}
+	if strings.Contains(after, "/") || len(after) > store.MaxSocketIDBytes {
+		return 0, "", invalid("page_token", "not a token from a previous page")
+	}
+	return n, after, nil
 }
