@@ -87,7 +87,14 @@ func (s *Store) socketRecordOps(socket SocketID, rec SocketRecord) ([]clientv3.O
 // socketUsers reads the users of sockets from their records (one read-only
 // transaction per --max-txn-ops sockets): socket → user, for the sockets
 // that have a record and a user. A socket's user never changes, so what is
-// read here is still its user when its keys are deleted later.
+// read here is still its user when its keys are deleted later. A record that
+// does not decode names no user: its socket must still be removable (its
+// user index key, if any, then stays until the lease ends).
+//
+// A record put after this read and before the deletion (a registration that
+// committed after its gateway had given up on it) is deleted without its
+// user index key, which then stays until the lease ends; Join and Leave by
+// user skip it (its socket is gone) and ListSockets does not list it.
 func (s *Store) socketUsers(ctx context.Context, sockets []SocketID) (map[SocketID]string, error) {
 	ids := make([]string, len(sockets))
 	for i, sock := range sockets {
@@ -104,10 +111,7 @@ func (s *Store) socketUsers(ctx context.Context, sockets []SocketID) (map[Socket
 			continue
 		}
 		var rec SocketRecord
-		if err := json.Unmarshal(kvs[0].Value, &rec); err != nil {
-			return nil, corrupt("socket record", kvs[0].Key, err)
-		}
-		if rec.User != "" {
+		if json.Unmarshal(kvs[0].Value, &rec) == nil && rec.User != "" {
 			out[sockets[i]] = rec.User
 		}
 	}
@@ -174,7 +178,7 @@ func (s *Store) ListUserSockets(ctx context.Context, user, after string, limit i
 		for i, sid := range chunk {
 			kvs := tr.Responses[2*i].GetResponseRange().Kvs
 			if len(kvs) == 0 {
-				continue // written and deleted with the record; cannot happen
+				continue // the record went after the key was read, or a leftover key (socketUsers)
 			}
 			info := SocketInfo{}
 			if err := json.Unmarshal(kvs[0].Value, &info.SocketRecord); err != nil {

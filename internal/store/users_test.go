@@ -309,3 +309,22 @@ func TestValidateUserAcceptsWhatTheGatewayAccepts(t *testing.T) {
 		}
 	}
 }
+
+// Removing a socket reads its user from its record first; a record that does
+// not decode must not keep the socket from going.
+func TestRemoveSocketWithCorruptRecord(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	s := store.New(e.Client, "/t/")
+	ctx := context.Background()
+	lease := grant(t, e.Client, 30)
+	sock := connectUser(t, s, "gw1", lease, "eve")
+	if _, err := e.Client.Put(ctx, "/t/sockets/"+sock.String(), "{not json", clientv3.WithLease(lease)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.RemoveSockets(ctx, []store.SocketID{sock}); err != nil {
+		t.Fatalf("removal of a socket with a corrupt record: %v", err)
+	}
+	if r, err := e.Client.Get(ctx, "/t/sockets/"+sock.String()); err != nil || len(r.Kvs) != 0 {
+		t.Fatalf("record left: %v %v", r.Kvs, err)
+	}
+}
