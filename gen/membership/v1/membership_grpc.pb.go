@@ -84,13 +84,15 @@ type MembershipServiceClient interface {
 	// SOCKET_NOT_FOUND, metadata "socket_ids" lists them) and nothing changes.
 	// When the membership-server limits rooms per socket, a Join that would put a
 	// socket past the limit gives FAILED_PRECONDITION (ROOM_LIMIT_EXCEEDED) and
-	// nothing changes; such a Join takes at most 60 sockets.
+	// nothing changes; such a Join takes at most 60 sockets. With user instead
+	// of socket ids, every socket of that user joins (see ListSocketsRequest).
 	Join(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*JoinResponse, error)
 	// Leave removes a socket (or several, atomically) from a room. Leaving a room
 	// the socket is not in succeeds with was_member unset. A socket that is not
-	// connected gives NOT_FOUND and nothing changes.
+	// connected gives NOT_FOUND and nothing changes. With user instead of
+	// socket ids, every socket of that user leaves (see ListSocketsRequest).
 	Leave(ctx context.Context, in *LeaveRequest, opts ...grpc.CallOption) (*LeaveResponse, error)
-	// ListRooms lists every room with its member count, or, when socket_id is set,
+	// ListRooms lists every room with its member and user counts, or, when socket_id is set,
 	// the rooms of that socket. Results are ordered by room name, byte-wise
 	// (the UTF-8 bytes compared as unsigned bytes), and paged: the page token
 	// resumes after the last room of the previous page, so paging visits every
@@ -328,13 +330,15 @@ type MembershipServiceServer interface {
 	// SOCKET_NOT_FOUND, metadata "socket_ids" lists them) and nothing changes.
 	// When the membership-server limits rooms per socket, a Join that would put a
 	// socket past the limit gives FAILED_PRECONDITION (ROOM_LIMIT_EXCEEDED) and
-	// nothing changes; such a Join takes at most 60 sockets.
+	// nothing changes; such a Join takes at most 60 sockets. With user instead
+	// of socket ids, every socket of that user joins (see ListSocketsRequest).
 	Join(context.Context, *JoinRequest) (*JoinResponse, error)
 	// Leave removes a socket (or several, atomically) from a room. Leaving a room
 	// the socket is not in succeeds with was_member unset. A socket that is not
-	// connected gives NOT_FOUND and nothing changes.
+	// connected gives NOT_FOUND and nothing changes. With user instead of
+	// socket ids, every socket of that user leaves (see ListSocketsRequest).
 	Leave(context.Context, *LeaveRequest) (*LeaveResponse, error)
-	// ListRooms lists every room with its member count, or, when socket_id is set,
+	// ListRooms lists every room with its member and user counts, or, when socket_id is set,
 	// the rooms of that socket. Results are ordered by room name, byte-wise
 	// (the UTF-8 bytes compared as unsigned bytes), and paged: the page token
 	// resumes after the last room of the previous page, so paging visits every
