@@ -78,19 +78,6 @@ func benchUsers(ctx context.Context, cfg config) error {
 	for _, s := range append(append([]*socket{}, anon...), withUser...) {
 		drain(s)
 	}
-	// Socket i of withUser is user i / usersBenchPerUser's; worker w uses
-	// socket w, so workers' users differ until concurrency 64 and more.
-	joinLeave := func(socks []*socket) func(ctx context.Context, w int, join bool) error {
-		return func(ctx context.Context, w int, join bool) error {
-			room := fmt.Sprintf("tp-%d", w%10)
-			if join {
-				_, err := st.api.Join(ctx, &membershipv1.JoinRequest{SocketId: socks[w].id, Room: room})
-				return err
-			}
-			_, err := st.api.Leave(ctx, &membershipv1.LeaveRequest{SocketId: socks[w].id, Room: room})
-			return err
-		}
-	}
 	byUser := func(ctx context.Context, w int, join bool) error {
 		user, room := fmt.Sprintf("user-%d", w%usersBenchUsers), fmt.Sprintf("tpu-%d", w)
 		if join {
@@ -104,13 +91,15 @@ func benchUsers(ctx context.Context, cfg config) error {
 	fmt.Printf("## Join/Leave with and without JWT users (%v per point)\n\n", cfg.duration)
 	fmt.Println("| concurrency | no user calls/s | p50 | p99 | JWT users calls/s | p50 | p99 | users / no user | by user (4 sockets) calls/s | p50 | p99 |")
 	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|")
-	for _, level := range strings.Split(cfg.tpLevels, ",") {
-		c, err := strconv.Atoi(level)
-		if err != nil || c < 1 || c > n {
-			return fmt.Errorf("concurrency %q: 1 to %d", level, n)
-		}
-		aRate, aLat := loop(ctx, c, cfg.duration, joinLeave(anon))
-		uRate, uLat := loop(ctx, c, cfg.duration, joinLeave(withUser))
+	levels, err := concurrencyLevels(cfg.tpLevels, n)
+	if err != nil {
+		return err
+	}
+	// Socket i of withUser is user i / usersBenchPerUser's; worker w uses
+	// socket w.
+	for _, c := range levels {
+		aRate, aLat := loop(ctx, c, cfg.duration, apiJoinLeave(st.api, anon))
+		uRate, uLat := loop(ctx, c, cfg.duration, apiJoinLeave(st.api, withUser))
 		bRate, bLat := loop(ctx, c, cfg.duration, byUser)
 		fmt.Printf("| %d | %.0f | %s | %s | %.0f | %s | %s | %.2f× | %.0f | %s | %s |\n", c,
 			aRate, ms(aLat.pct(50)), ms(aLat.pct(99)), uRate, ms(uLat.pct(50)), ms(uLat.pct(99)), uRate/aRate,
@@ -118,4 +107,32 @@ func benchUsers(ctx context.Context, cfg config) error {
 	}
 	fmt.Println()
 	return nil
+}
+
+// concurrencyLevels parses --tp-concurrency: comma-separated levels, each
+// 1 to max (the sockets there are, one per worker).
+func concurrencyLevels(spec string, max int) ([]int, error) {
+	var out []int
+	for _, level := range strings.Split(spec, ",") {
+		c, err := strconv.Atoi(level)
+		if err != nil || c < 1 || c > max {
+			return nil, fmt.Errorf("concurrency %q: 1 to %d", level, max)
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// apiJoinLeave is a loop call: worker w joins (or leaves) its socket
+// socks[w] to room tp-{w mod 10} through api.
+func apiJoinLeave(api membershipv1.MembershipServiceClient, socks []*socket) func(ctx context.Context, w int, join bool) error {
+	return func(ctx context.Context, w int, join bool) error {
+		room := fmt.Sprintf("tp-%d", w%10)
+		if join {
+			_, err := api.Join(ctx, &membershipv1.JoinRequest{SocketId: socks[w].id, Room: room})
+			return err
+		}
+		_, err := api.Leave(ctx, &membershipv1.LeaveRequest{SocketId: socks[w].id, Room: room})
+		return err
+	}
 }
