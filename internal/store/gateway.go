@@ -61,7 +61,9 @@ func (s *Store) RemoveSocket(ctx context.Context, socket SocketID) error {
 // sockets as fit share that first transaction; their room keys then go in
 // transactions within the budget, each socket's own membership keys last:
 // until then its room list can be read again, so a removal that fails midway
-// can be repeated.
+// can be repeated. Before each first step, one read-only transaction reads
+// the records' users, so that each socket's user index key (users.go) is
+// deleted with its record.
 func (s *Store) RemoveSockets(ctx context.Context, sockets []SocketID) (removed int, err error) {
 	for removed < len(sockets) {
 		users, err := s.socketUsers(ctx, sockets[removed:min(len(sockets), removed+s.budget.maxOps)])
@@ -110,10 +112,10 @@ func (s *Store) removeSocketRecords(ctx context.Context, sockets []SocketID, use
 	var shape txnShape
 	var ops []*etcdserverpb.RequestOp
 	for i, socket := range sockets {
-		user, known := users[socket]
-		if !known && i >= s.budget.maxOps {
+		if i >= s.budget.maxOps {
 			break // its user was not read: the next round takes it
 		}
+		user := users[socket]
 		roomsPrefix := s.k.socketRoomsPrefix(socket)
 		op := &etcdserverpb.RequestOp{Request: &etcdserverpb.RequestOp_RequestTxn{RequestTxn: &etcdserverpb.TxnRequest{
 			Success: []*etcdserverpb.RequestOp{
