@@ -516,7 +516,8 @@ type Room struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The room's name, exactly as joined.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	// How many sockets are in the room. Set when listing all rooms.
+	// How many sockets are in the room. Set when listing all rooms, and by
+	// GetRoom.
 	MemberCount int64 `protobuf:"varint,2,opt,name=member_count,json=memberCount,proto3" json:"member_count,omitempty"`
 	// How many distinct users the room's sockets belong to; sockets without a
 	// user (no token) are not counted. Set with member_count.

@@ -148,6 +148,9 @@ type MembershipServiceClient interface {
 	// replica's room index, which keeps the counts incrementally from its etcd
 	// watch (per room: members and user → member sockets; per socket with a
 	// user: its user): a call costs a map lookup, not a scan of the members.
+	// Keeping them costs each Join and Leave two map updates in each replica's
+	// index and no etcd operation (BENCHMARKS.md section 10); a socket with a
+	// user costs one more key, written and deleted with its record.
 	GetRoom(ctx context.Context, in *GetRoomRequest, opts ...grpc.CallOption) (*GetRoomResponse, error)
 }
 
@@ -394,6 +397,9 @@ type MembershipServiceServer interface {
 	// replica's room index, which keeps the counts incrementally from its etcd
 	// watch (per room: members and user → member sockets; per socket with a
 	// user: its user): a call costs a map lookup, not a scan of the members.
+	// Keeping them costs each Join and Leave two map updates in each replica's
+	// index and no etcd operation (BENCHMARKS.md section 10); a socket with a
+	// user costs one more key, written and deleted with its record.
 	GetRoom(context.Context, *GetRoomRequest) (*GetRoomResponse, error)
 	mustEmbedUnimplementedMembershipServiceServer()
 }
