@@ -116,6 +116,10 @@ func TestUserSelectorAcrossTwoGateways(t *testing.T) {
 	if err != nil || len(ls.Sockets) != 2 || ls.NextPageToken == "" || !slices.Equal(ls.Sockets[0].Rooms, []string{"lobby"}) {
 		t.Fatalf("first page: %v %v", ls, err)
 	}
+	last, err := api.ListSockets(ctx, &membershipv1.ListSocketsRequest{User: "alice", PageSize: 2, PageToken: ls.NextPageToken})
+	if err != nil || len(last.Sockets) != 1 || last.NextPageToken != "" || last.Sockets[0].SocketId != ids(a1, a2, a3)[2] {
+		t.Fatalf("second page: %v %v", last, err)
+	}
 
 	// A user with no sockets: nothing to do, not an error.
 	none, err := api.Leave(ctx, &membershipv1.LeaveRequest{User: "carol", Room: "lobby", WaitFor: membershipv1.WaitFor_WAIT_FOR_APPLY})
