@@ -18,6 +18,9 @@
 //	roomwide    AddRoomMembersToRooms from a room of --roomwide-members to
 //	            --roomwide-rooms rooms: the membership-server's peak RSS
 //	            (not part of "all": it writes millions of keys)
+//	users       Join/Leave calls/s through the API for sockets without a user
+//	            and sockets with JWT users (the user index), alternating in one
+//	            run, and Join/Leave by user (not part of "all")
 //	bcmem       waves of --bcmem-concurrency concurrent ~1 MiB Broadcasts, each
 //	            against a fresh stack: calls refused (OVERLOADED) and the peak
 //	            RSS (VmHWM) of the membership-server and the gateway
@@ -62,7 +65,7 @@ type config struct {
 
 func main() {
 	var cfg config
-	scenarios := flag.String("scenario", "all", "throughput,apply,fanout,idle,crash,http, roomwide, bcmem, or all (all but roomwide and bcmem)")
+	scenarios := flag.String("scenario", "all", "throughput,apply,fanout,idle,crash,http, roomwide, bcmem, users, or all (all but roomwide, bcmem and users)")
 	flag.StringVar(&cfg.binDir, "bin-dir", ".bin", "where the membership-server and gateway binaries are")
 	flag.DurationVar(&cfg.duration, "duration", 5*time.Second, "how long each measured phase runs")
 	flag.IntVar(&cfg.fanoutSockets, "fanout-sockets", 10000, "sockets in the fan-out room")
@@ -100,6 +103,7 @@ func main() {
 		"roomwide":   benchRoomWide,
 		"bcmem":      benchBroadcastMemory,
 		"http":       benchHTTP,
+		"users":      benchUsers,
 	}
 	order := []string{"throughput", "apply", "fanout", "idle", "crash", "http"}
 	if *scenarios != "all" {

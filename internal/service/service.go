@@ -7,7 +7,8 @@
 //
 // Files: service.go holds the server and the membership changes, read.go
 // the listings, deliver.go Broadcast and Blast, validate.go request checks,
-// errors.go the one error mapper, metrics.go the metrics.
+// errors.go the one error mapper, metrics.go the metrics, users.go the user
+// selector of Join/Leave and ListSockets, presence.go GetRoom.
 package service
 
 import (
@@ -136,6 +137,11 @@ func (s *Server) Close() {
 
 // Join adds sockets to a room.
 func (s *Server) Join(ctx context.Context, req *membershipv1.JoinRequest) (*membershipv1.JoinResponse, error) {
+	if byUser, err := selectsUser(req.GetUser(), req.GetSocketId(), req.GetSocketIds()); err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	} else if byUser {
+		return s.joinUser(ctx, req)
+	}
 	res, socks, err := s.change(ctx, req.GetSocketId(), req.GetSocketIds(), req.GetRoom(), req.GetWaitFor(), true)
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
@@ -150,6 +156,11 @@ func (s *Server) Join(ctx context.Context, req *membershipv1.JoinRequest) (*memb
 
 // Leave removes sockets from a room.
 func (s *Server) Leave(ctx context.Context, req *membershipv1.LeaveRequest) (*membershipv1.LeaveResponse, error) {
+	if byUser, err := selectsUser(req.GetUser(), req.GetSocketId(), req.GetSocketIds()); err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	} else if byUser {
+		return s.leaveUser(ctx, req)
+	}
 	res, socks, err := s.change(ctx, req.GetSocketId(), req.GetSocketIds(), req.GetRoom(), req.GetWaitFor(), false)
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)

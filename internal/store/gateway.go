@@ -28,13 +28,14 @@ func (s *Store) RegisterGateway(ctx context.Context, rec GatewayRecord) (int64, 
 	return resp.Header.Revision, nil
 }
 
-// AddSocket publishes a connected socket on its lease.
+// AddSocket publishes a connected socket on its lease: its record and, when
+// rec has a user, its user index key, in one transaction (users.go).
 func (s *Store) AddSocket(ctx context.Context, socket SocketID, rec SocketRecord) (int64, error) {
-	b, err := json.Marshal(rec)
+	ops, err := s.socketRecordOps(socket, rec)
 	if err != nil {
 		return 0, err
 	}
-	resp, err := s.kv.Put(ctx, s.k.socket(socket.String()), string(b), clientv3.WithLease(socket.Lease))
+	resp, err := s.kv.Txn(ctx).Then(ops...).Commit()
 	if err != nil {
 		return 0, fmt.Errorf("add socket: %w", err)
 	}
@@ -60,10 +61,16 @@ func (s *Store) RemoveSocket(ctx context.Context, socket SocketID) error {
 // sockets as fit share that first transaction; their room keys then go in
 // transactions within the budget, each socket's own membership keys last:
 // until then its room list can be read again, so a removal that fails midway
-// can be repeated.
+// can be repeated. Before each first step, one read-only transaction reads
+// the records' users, so that each socket's user index key (users.go) is
+// deleted with its record.
 func (s *Store) RemoveSockets(ctx context.Context, sockets []SocketID) (removed int, err error) {
 	for removed < len(sockets) {
-		group, resp, err := s.removeSocketRecords(ctx, sockets[removed:])
+		users, err := s.socketUsers(ctx, sockets[removed:min(len(sockets), removed+s.budget.maxOps)])
+		if err != nil {
+			return removed, fmt.Errorf("remove socket: %w", err)
+		}
+		group, resp, err := s.removeSocketRecords(ctx, sockets[removed:], users)
 		if err != nil {
 			return removed, err
 		}
@@ -101,10 +108,14 @@ func (s *Store) RemoveSockets(ctx context.Context, sockets []SocketID) (removed 
 // removeSocketRecords deletes the records of the first of sockets that fit
 // one transaction, reading each one's rooms in the same nested transaction;
 // resp.Responses[i] answers group[i].
-func (s *Store) removeSocketRecords(ctx context.Context, sockets []SocketID) (group []SocketID, resp *etcdserverpb.TxnResponse, err error) {
+func (s *Store) removeSocketRecords(ctx context.Context, sockets []SocketID, users map[SocketID]string) (group []SocketID, resp *etcdserverpb.TxnResponse, err error) {
 	var shape txnShape
 	var ops []*etcdserverpb.RequestOp
-	for _, socket := range sockets {
+	for i, socket := range sockets {
+		if i >= s.budget.maxOps {
+			break // its user was not read: the next round takes it
+		}
+		user := users[socket]
 		roomsPrefix := s.k.socketRoomsPrefix(socket)
 		op := &etcdserverpb.RequestOp{Request: &etcdserverpb.RequestOp_RequestTxn{RequestTxn: &etcdserverpb.TxnRequest{
 			Success: []*etcdserverpb.RequestOp{
@@ -112,6 +123,11 @@ func (s *Store) removeSocketRecords(ctx context.Context, sockets []SocketID) (gr
 				{Request: &etcdserverpb.RequestOp_RequestRange{RequestRange: &etcdserverpb.RangeRequest{
 					Key: []byte(roomsPrefix), RangeEnd: []byte(clientv3.GetPrefixRangeEnd(roomsPrefix)), KeysOnly: true}}},
 			}}}}
+		if user != "" {
+			// The user index key goes with the record (users.go).
+			t := op.GetRequestTxn()
+			t.Success = append(t.Success, pbDelete([]byte(s.k.user(user, socket.String())), nil))
+		}
 		next := shape.withOp(opNeed(op), proto.Size(op))
 		if !s.budget.fits(next) {
 			if len(ops) == 0 {

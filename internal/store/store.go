@@ -8,12 +8,16 @@
 //	sockets/{socket}                 socket record (JSON)      gateway's lease
 //	gwm/{gateway}/{socket}/{room}    membership, per gateway   gateway's lease
 //	rooms/{room}/{socket}            membership, per room      gateway's lease
+//	users/{user}/{socket}            user index (empty value)  gateway's lease
 //
 // Every key of a socket lives on the lease of the gateway holding it, so a dead
 // gateway's sockets and memberships vanish with its lease. A membership change
 // writes both membership keys in one transaction guarded by the socket record,
-// so no membership can outlive or predate its socket. Room names are escaped
-// reversibly ("%" and "/" percent-encoded) so that each is one key segment.
+// so no membership can outlive or predate its socket. A socket with a user
+// (its token's subject) has a user index key, written and deleted in the
+// transaction that writes and deletes its record. Room and user names are
+// escaped reversibly ("%" and "/" percent-encoded) so that each is one key
+// segment.
 package store
 
 import (
@@ -304,6 +308,8 @@ func (s *Store) GetSocket(ctx context.Context, socket SocketID) (SocketInfo, int
 type RoomCount struct {
 	Room    string
 	Members int64
+	// Users counts the distinct users among the members (presence.go).
+	Users int64
 }
 
 // scanKeys visits the keys from start to the end of prefix, in order, at one

@@ -94,7 +94,11 @@ type JoinRequest struct {
 	// 100 sockets per call in all (fewer when the membership-server's
 	// --etcd-max-txn-ops is below etcd's default 128, and TRANSACTION_TOO_LARGE
 	// when its --etcd-max-request-bytes cannot hold them).
-	SocketIds     []string `protobuf:"bytes,4,rep,name=socket_ids,json=socketIds,proto3" json:"socket_ids,omitempty"`
+	SocketIds []string `protobuf:"bytes,4,rep,name=socket_ids,json=socketIds,proto3" json:"socket_ids,omitempty"`
+	// Every socket of this user instead (see "Selecting by user" below
+	// ListSocketsRequest): 1 to 256 bytes of UTF-8 without control characters.
+	// Set with socket_id or socket_ids: INVALID_ARGUMENT on field "user".
+	User          string `protobuf:"bytes,5,opt,name=user,proto3" json:"user,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -155,6 +159,13 @@ func (x *JoinRequest) GetSocketIds() []string {
 		return x.SocketIds
 	}
 	return nil
+}
+
+func (x *JoinRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
 }
 
 // SocketResult is what a Join or Leave did to one socket.
@@ -297,7 +308,9 @@ type LeaveRequest struct {
 	WaitFor WaitFor `protobuf:"varint,3,opt,name=wait_for,json=waitFor,proto3,enum=membership.v1.WaitFor" json:"wait_for,omitempty"`
 	// More sockets to remove in the same transaction; at most 100 sockets per
 	// call in all (limited as for Join).
-	SocketIds     []string `protobuf:"bytes,4,rep,name=socket_ids,json=socketIds,proto3" json:"socket_ids,omitempty"`
+	SocketIds []string `protobuf:"bytes,4,rep,name=socket_ids,json=socketIds,proto3" json:"socket_ids,omitempty"`
+	// Every socket of this user instead, as for JoinRequest.user.
+	User          string `protobuf:"bytes,5,opt,name=user,proto3" json:"user,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -358,6 +371,13 @@ func (x *LeaveRequest) GetSocketIds() []string {
 		return x.SocketIds
 	}
 	return nil
+}
+
+func (x *LeaveRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
 }
 
 // LeaveResponse reports a committed Leave.
@@ -491,13 +511,17 @@ func (x *ListRoomsRequest) GetPageToken() string {
 	return ""
 }
 
-// Room is a room and, when all rooms are listed, its size.
+// Room is a room and, when all rooms are listed (and from GetRoom), its size.
 type Room struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The room's name, exactly as joined.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	// How many sockets are in the room. Set when listing all rooms.
-	MemberCount   int64 `protobuf:"varint,2,opt,name=member_count,json=memberCount,proto3" json:"member_count,omitempty"`
+	// How many sockets are in the room. Set when listing all rooms, and by
+	// GetRoom.
+	MemberCount int64 `protobuf:"varint,2,opt,name=member_count,json=memberCount,proto3" json:"member_count,omitempty"`
+	// How many distinct users the room's sockets belong to; sockets without a
+	// user (no token) are not counted. Set with member_count.
+	UserCount     int64 `protobuf:"varint,3,opt,name=user_count,json=userCount,proto3" json:"user_count,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -542,6 +566,13 @@ func (x *Room) GetName() string {
 func (x *Room) GetMemberCount() int64 {
 	if x != nil {
 		return x.MemberCount
+	}
+	return 0
+}
+
+func (x *Room) GetUserCount() int64 {
+	if x != nil {
+		return x.UserCount
 	}
 	return 0
 }
@@ -1635,17 +1666,273 @@ func (x *RemoveRoomMembersFromRoomsResponse) GetRevision() int64 {
 	return 0
 }
 
+// ListSocketsRequest asks for the sockets of a user.
+//
+// Selecting by user. A socket belongs to the user its token named (the JWT
+// subject, ListMembers' Member.user); the membership-server reads a user's
+// sockets from a user index kept on each gateway's lease, written and
+// deleted with the socket's record, so a crashed gateway's sockets leave it
+// when its lease expires. Join and Leave with user select every socket of
+// the user as of one etcd revision R, read at the start of the call, and
+// report one SocketResult per socket, ordered by socket id; a user with no
+// sockets is not an error: the results are empty, the revision is R (and
+// JoinResponse.already_member is true: nothing changed). Up to the call's
+// socket limit (100 at etcd's default --etcd-max-txn-ops, fewer under a
+// smaller one or a rooms-per-socket limit) the change is one etcd
+// transaction: atomic, all the sockets or none. A user with more sockets is
+// changed in several transactions of that many sockets each, in socket id
+// order, each atomic and committed before the next, and the response
+// reports every socket; a failure midway leaves the transactions before it
+// applied (re-running the call finishes it, as for LeaveAll), and the
+// response's revision is the last transaction's. A socket that disconnects
+// after R is left out of the results; one that connects after R is not
+// selected. With WAIT_FOR_APPLY the call returns once every selected
+// socket's gateway applied the change, whichever gateways they are on.
+type ListSocketsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The user: 1 to 256 bytes of UTF-8 without control characters.
+	User string `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	// At most this many sockets per page; 0 means 100, the maximum is 1000.
+	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The next_page_token of the previous page, or empty for the first page.
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSocketsRequest) Reset() {
+	*x = ListSocketsRequest{}
+	mi := &file_membership_v1_membership_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSocketsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSocketsRequest) ProtoMessage() {}
+
+func (x *ListSocketsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_membership_v1_membership_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSocketsRequest.ProtoReflect.Descriptor instead.
+func (*ListSocketsRequest) Descriptor() ([]byte, []int) {
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ListSocketsRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *ListSocketsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListSocketsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// ListSocketsResponse is one page of a user's sockets.
+type ListSocketsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The sockets, ordered by socket id, each with its gateway, connected_at,
+	// rooms and user.
+	Sockets []*Socket `protobuf:"bytes,1,rep,name=sockets,proto3" json:"sockets,omitempty"`
+	// Token for the next page; empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	// The etcd revision this page was read at.
+	Revision      int64 `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSocketsResponse) Reset() {
+	*x = ListSocketsResponse{}
+	mi := &file_membership_v1_membership_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSocketsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSocketsResponse) ProtoMessage() {}
+
+func (x *ListSocketsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_membership_v1_membership_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSocketsResponse.ProtoReflect.Descriptor instead.
+func (*ListSocketsResponse) Descriptor() ([]byte, []int) {
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ListSocketsResponse) GetSockets() []*Socket {
+	if x != nil {
+		return x.Sockets
+	}
+	return nil
+}
+
+func (x *ListSocketsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+func (x *ListSocketsResponse) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+// GetRoomRequest names a room.
+type GetRoomRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The room: 1 to 256 bytes of UTF-8 without control characters, not shaped
+	// like a socket id (ROOM_NAME_RESERVED).
+	Room          string `protobuf:"bytes,1,opt,name=room,proto3" json:"room,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRoomRequest) Reset() {
+	*x = GetRoomRequest{}
+	mi := &file_membership_v1_membership_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRoomRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRoomRequest) ProtoMessage() {}
+
+func (x *GetRoomRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_membership_v1_membership_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRoomRequest.ProtoReflect.Descriptor instead.
+func (*GetRoomRequest) Descriptor() ([]byte, []int) {
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *GetRoomRequest) GetRoom() string {
+	if x != nil {
+		return x.Room
+	}
+	return ""
+}
+
+// GetRoomResponse gives a room's counts.
+type GetRoomResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The room with member_count and user_count (both 0 when it has no
+	// members).
+	Room *Room `protobuf:"bytes,1,opt,name=room,proto3" json:"room,omitempty"`
+	// The revision of the serving replica's room index the counts are as of:
+	// at least etcd's revision when the call began, so every change committed
+	// before the call is counted.
+	Revision      int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRoomResponse) Reset() {
+	*x = GetRoomResponse{}
+	mi := &file_membership_v1_membership_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRoomResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRoomResponse) ProtoMessage() {}
+
+func (x *GetRoomResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_membership_v1_membership_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRoomResponse.ProtoReflect.Descriptor instead.
+func (*GetRoomResponse) Descriptor() ([]byte, []int) {
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *GetRoomResponse) GetRoom() *Room {
+	if x != nil {
+		return x.Room
+	}
+	return nil
+}
+
+func (x *GetRoomResponse) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
 var File_membership_v1_membership_proto protoreflect.FileDescriptor
 
 const file_membership_v1_membership_proto_rawDesc = "" +
 	"\n" +
-	"\x1emembership/v1/membership.proto\x12\rmembership.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x01\n" +
+	"\x1emembership/v1/membership.proto\x12\rmembership.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa4\x01\n" +
 	"\vJoinRequest\x12\x1b\n" +
 	"\tsocket_id\x18\x01 \x01(\tR\bsocketId\x12\x12\n" +
 	"\x04room\x18\x02 \x01(\tR\x04room\x121\n" +
 	"\bwait_for\x18\x03 \x01(\x0e2\x16.membership.v1.WaitForR\awaitFor\x12\x1d\n" +
 	"\n" +
-	"socket_ids\x18\x04 \x03(\tR\tsocketIds\"J\n" +
+	"socket_ids\x18\x04 \x03(\tR\tsocketIds\x12\x12\n" +
+	"\x04user\x18\x05 \x01(\tR\x04user\"J\n" +
 	"\fSocketResult\x12\x1b\n" +
 	"\tsocket_id\x18\x01 \x01(\tR\bsocketId\x12\x1d\n" +
 	"\n" +
@@ -1653,13 +1940,14 @@ const file_membership_v1_membership_proto_rawDesc = "" +
 	"\fJoinResponse\x12%\n" +
 	"\x0ealready_member\x18\x01 \x01(\bR\ralreadyMember\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x125\n" +
-	"\aresults\x18\x03 \x03(\v2\x1b.membership.v1.SocketResultR\aresults\"\x91\x01\n" +
+	"\aresults\x18\x03 \x03(\v2\x1b.membership.v1.SocketResultR\aresults\"\xa5\x01\n" +
 	"\fLeaveRequest\x12\x1b\n" +
 	"\tsocket_id\x18\x01 \x01(\tR\bsocketId\x12\x12\n" +
 	"\x04room\x18\x02 \x01(\tR\x04room\x121\n" +
 	"\bwait_for\x18\x03 \x01(\x0e2\x16.membership.v1.WaitForR\awaitFor\x12\x1d\n" +
 	"\n" +
-	"socket_ids\x18\x04 \x03(\tR\tsocketIds\"\x81\x01\n" +
+	"socket_ids\x18\x04 \x03(\tR\tsocketIds\x12\x12\n" +
+	"\x04user\x18\x05 \x01(\tR\x04user\"\x81\x01\n" +
 	"\rLeaveResponse\x12\x1d\n" +
 	"\n" +
 	"was_member\x18\x01 \x01(\bR\twasMember\x12\x1a\n" +
@@ -1669,10 +1957,12 @@ const file_membership_v1_membership_proto_rawDesc = "" +
 	"\tsocket_id\x18\x01 \x01(\tR\bsocketId\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x03 \x01(\tR\tpageToken\"=\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"\\\n" +
 	"\x04Room\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
-	"\fmember_count\x18\x02 \x01(\x03R\vmemberCount\"\x82\x01\n" +
+	"\fmember_count\x18\x02 \x01(\x03R\vmemberCount\x12\x1d\n" +
+	"\n" +
+	"user_count\x18\x03 \x01(\x03R\tuserCount\"\x82\x01\n" +
 	"\x11ListRoomsResponse\x12)\n" +
 	"\x05rooms\x18\x01 \x03(\v2\x13.membership.v1.RoomR\x05rooms\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x1a\n" +
@@ -1743,12 +2033,25 @@ const file_membership_v1_membership_proto_rawDesc = "" +
 	"\"RemoveRoomMembersFromRoomsResponse\x12\x18\n" +
 	"\asockets\x18\x01 \x01(\x03R\asockets\x12\x18\n" +
 	"\achanged\x18\x02 \x01(\x03R\achanged\x12\x1a\n" +
-	"\brevision\x18\x03 \x01(\x03R\brevision*L\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\"d\n" +
+	"\x12ListSocketsRequest\x12\x12\n" +
+	"\x04user\x18\x01 \x01(\tR\x04user\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"\x8a\x01\n" +
+	"\x13ListSocketsResponse\x12/\n" +
+	"\asockets\x18\x01 \x03(\v2\x15.membership.v1.SocketR\asockets\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x1a\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\"$\n" +
+	"\x0eGetRoomRequest\x12\x12\n" +
+	"\x04room\x18\x01 \x01(\tR\x04room\"V\n" +
+	"\x0fGetRoomResponse\x12'\n" +
+	"\x04room\x18\x01 \x01(\v2\x13.membership.v1.RoomR\x04room\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision*L\n" +
 	"\aWaitFor\x12\x18\n" +
 	"\x14WAIT_FOR_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fWAIT_FOR_COMMIT\x10\x01\x12\x12\n" +
-	"\x0eWAIT_FOR_APPLY\x10\x022\xb5\n" +
-	"\n" +
+	"\x0eWAIT_FOR_APPLY\x10\x022\x97\f\n" +
 	"\x11MembershipService\x12g\n" +
 	"\x04Join\x12\x1a.membership.v1.JoinRequest\x1a\x1b.membership.v1.JoinResponse\"&\x82\xd3\xe4\x93\x02\x1d:\x01*\"\x18/v1/rooms/{room}/members\x90\x02\x02\x12\x98\x01\n" +
 	"\x05Leave\x12\x1b.membership.v1.LeaveRequest\x1a\x1c.membership.v1.LeaveResponse\"T\x82\xd3\xe4\x93\x02KZ#:\x01*\"\x1e/v1/rooms/{room}/members:leave*$/v1/rooms/{room}/members/{socket_id}\x90\x02\x02\x12\x85\x01\n" +
@@ -1759,7 +2062,9 @@ const file_membership_v1_membership_proto_rawDesc = "" +
 	"\x05Blast\x12\x1b.membership.v1.BlastRequest\x1a\x1c.membership.v1.BlastResponse\"\x14\x82\xd3\xe4\x93\x02\x0e:\x01*\"\t/v1/blast\x12q\n" +
 	"\bLeaveAll\x12\x1e.membership.v1.LeaveAllRequest\x1a\x1f.membership.v1.LeaveAllResponse\"$\x82\xd3\xe4\x93\x02\x1b\"\x19/v1/rooms/{room}:leaveAll\x90\x02\x02\x12\xab\x01\n" +
 	"\x15AddRoomMembersToRooms\x12+.membership.v1.AddRoomMembersToRoomsRequest\x1a,.membership.v1.AddRoomMembersToRoomsResponse\"7\x82\xd3\xe4\x93\x02.:\x01*\")/v1/rooms/{source_room}:addMembersToRooms\x90\x02\x02\x12\xbf\x01\n" +
-	"\x1aRemoveRoomMembersFromRooms\x120.membership.v1.RemoveRoomMembersFromRoomsRequest\x1a1.membership.v1.RemoveRoomMembersFromRoomsResponse\"<\x82\xd3\xe4\x93\x023:\x01*\"./v1/rooms/{source_room}:removeMembersFromRooms\x90\x02\x02BBZ@github.com/socketrooms/membership/gen/membership/v1;membershipv1b\x06proto3"
+	"\x1aRemoveRoomMembersFromRooms\x120.membership.v1.RemoveRoomMembersFromRoomsRequest\x1a1.membership.v1.RemoveRoomMembersFromRoomsResponse\"<\x82\xd3\xe4\x93\x023:\x01*\"./v1/rooms/{source_room}:removeMembersFromRooms\x90\x02\x02\x12y\n" +
+	"\vListSockets\x12!.membership.v1.ListSocketsRequest\x1a\".membership.v1.ListSocketsResponse\"#\x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/users/{user}/sockets\x90\x02\x01\x12e\n" +
+	"\aGetRoom\x12\x1d.membership.v1.GetRoomRequest\x1a\x1e.membership.v1.GetRoomResponse\"\x1b\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/rooms/{room}\x90\x02\x01BBZ@github.com/socketrooms/membership/gen/membership/v1;membershipv1b\x06proto3"
 
 var (
 	file_membership_v1_membership_proto_rawDescOnce sync.Once
@@ -1774,7 +2079,7 @@ func file_membership_v1_membership_proto_rawDescGZIP() []byte {
 }
 
 var file_membership_v1_membership_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_membership_v1_membership_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_membership_v1_membership_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_membership_v1_membership_proto_goTypes = []any{
 	(WaitFor)(0),                               // 0: membership.v1.WaitFor
 	(*JoinRequest)(nil),                        // 1: membership.v1.JoinRequest
@@ -1801,8 +2106,12 @@ var file_membership_v1_membership_proto_goTypes = []any{
 	(*AddRoomMembersToRoomsResponse)(nil),      // 22: membership.v1.AddRoomMembersToRoomsResponse
 	(*RemoveRoomMembersFromRoomsRequest)(nil),  // 23: membership.v1.RemoveRoomMembersFromRoomsRequest
 	(*RemoveRoomMembersFromRoomsResponse)(nil), // 24: membership.v1.RemoveRoomMembersFromRoomsResponse
-	(*timestamppb.Timestamp)(nil),              // 25: google.protobuf.Timestamp
-	(*structpb.Value)(nil),                     // 26: google.protobuf.Value
+	(*ListSocketsRequest)(nil),                 // 25: membership.v1.ListSocketsRequest
+	(*ListSocketsResponse)(nil),                // 26: membership.v1.ListSocketsResponse
+	(*GetRoomRequest)(nil),                     // 27: membership.v1.GetRoomRequest
+	(*GetRoomResponse)(nil),                    // 28: membership.v1.GetRoomResponse
+	(*timestamppb.Timestamp)(nil),              // 29: google.protobuf.Timestamp
+	(*structpb.Value)(nil),                     // 30: google.protobuf.Value
 }
 var file_membership_v1_membership_proto_depIdxs = []int32{
 	0,  // 0: membership.v1.JoinRequest.wait_for:type_name -> membership.v1.WaitFor
@@ -1811,35 +2120,41 @@ var file_membership_v1_membership_proto_depIdxs = []int32{
 	2,  // 3: membership.v1.LeaveResponse.results:type_name -> membership.v1.SocketResult
 	7,  // 4: membership.v1.ListRoomsResponse.rooms:type_name -> membership.v1.Room
 	10, // 5: membership.v1.ListMembersResponse.members:type_name -> membership.v1.Member
-	25, // 6: membership.v1.Socket.connected_at:type_name -> google.protobuf.Timestamp
+	29, // 6: membership.v1.Socket.connected_at:type_name -> google.protobuf.Timestamp
 	13, // 7: membership.v1.GetSocketResponse.socket:type_name -> membership.v1.Socket
-	26, // 8: membership.v1.BroadcastRequest.data:type_name -> google.protobuf.Value
-	26, // 9: membership.v1.BlastRequest.data:type_name -> google.protobuf.Value
-	1,  // 10: membership.v1.MembershipService.Join:input_type -> membership.v1.JoinRequest
-	4,  // 11: membership.v1.MembershipService.Leave:input_type -> membership.v1.LeaveRequest
-	6,  // 12: membership.v1.MembershipService.ListRooms:input_type -> membership.v1.ListRoomsRequest
-	9,  // 13: membership.v1.MembershipService.ListMembers:input_type -> membership.v1.ListMembersRequest
-	12, // 14: membership.v1.MembershipService.GetSocket:input_type -> membership.v1.GetSocketRequest
-	15, // 15: membership.v1.MembershipService.Broadcast:input_type -> membership.v1.BroadcastRequest
-	17, // 16: membership.v1.MembershipService.Blast:input_type -> membership.v1.BlastRequest
-	19, // 17: membership.v1.MembershipService.LeaveAll:input_type -> membership.v1.LeaveAllRequest
-	21, // 18: membership.v1.MembershipService.AddRoomMembersToRooms:input_type -> membership.v1.AddRoomMembersToRoomsRequest
-	23, // 19: membership.v1.MembershipService.RemoveRoomMembersFromRooms:input_type -> membership.v1.RemoveRoomMembersFromRoomsRequest
-	3,  // 20: membership.v1.MembershipService.Join:output_type -> membership.v1.JoinResponse
-	5,  // 21: membership.v1.MembershipService.Leave:output_type -> membership.v1.LeaveResponse
-	8,  // 22: membership.v1.MembershipService.ListRooms:output_type -> membership.v1.ListRoomsResponse
-	11, // 23: membership.v1.MembershipService.ListMembers:output_type -> membership.v1.ListMembersResponse
-	14, // 24: membership.v1.MembershipService.GetSocket:output_type -> membership.v1.GetSocketResponse
-	16, // 25: membership.v1.MembershipService.Broadcast:output_type -> membership.v1.BroadcastResponse
-	18, // 26: membership.v1.MembershipService.Blast:output_type -> membership.v1.BlastResponse
-	20, // 27: membership.v1.MembershipService.LeaveAll:output_type -> membership.v1.LeaveAllResponse
-	22, // 28: membership.v1.MembershipService.AddRoomMembersToRooms:output_type -> membership.v1.AddRoomMembersToRoomsResponse
-	24, // 29: membership.v1.MembershipService.RemoveRoomMembersFromRooms:output_type -> membership.v1.RemoveRoomMembersFromRoomsResponse
-	20, // [20:30] is the sub-list for method output_type
-	10, // [10:20] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	30, // 8: membership.v1.BroadcastRequest.data:type_name -> google.protobuf.Value
+	30, // 9: membership.v1.BlastRequest.data:type_name -> google.protobuf.Value
+	13, // 10: membership.v1.ListSocketsResponse.sockets:type_name -> membership.v1.Socket
+	7,  // 11: membership.v1.GetRoomResponse.room:type_name -> membership.v1.Room
+	1,  // 12: membership.v1.MembershipService.Join:input_type -> membership.v1.JoinRequest
+	4,  // 13: membership.v1.MembershipService.Leave:input_type -> membership.v1.LeaveRequest
+	6,  // 14: membership.v1.MembershipService.ListRooms:input_type -> membership.v1.ListRoomsRequest
+	9,  // 15: membership.v1.MembershipService.ListMembers:input_type -> membership.v1.ListMembersRequest
+	12, // 16: membership.v1.MembershipService.GetSocket:input_type -> membership.v1.GetSocketRequest
+	15, // 17: membership.v1.MembershipService.Broadcast:input_type -> membership.v1.BroadcastRequest
+	17, // 18: membership.v1.MembershipService.Blast:input_type -> membership.v1.BlastRequest
+	19, // 19: membership.v1.MembershipService.LeaveAll:input_type -> membership.v1.LeaveAllRequest
+	21, // 20: membership.v1.MembershipService.AddRoomMembersToRooms:input_type -> membership.v1.AddRoomMembersToRoomsRequest
+	23, // 21: membership.v1.MembershipService.RemoveRoomMembersFromRooms:input_type -> membership.v1.RemoveRoomMembersFromRoomsRequest
+	25, // 22: membership.v1.MembershipService.ListSockets:input_type -> membership.v1.ListSocketsRequest
+	27, // 23: membership.v1.MembershipService.GetRoom:input_type -> membership.v1.GetRoomRequest
+	3,  // 24: membership.v1.MembershipService.Join:output_type -> membership.v1.JoinResponse
+	5,  // 25: membership.v1.MembershipService.Leave:output_type -> membership.v1.LeaveResponse
+	8,  // 26: membership.v1.MembershipService.ListRooms:output_type -> membership.v1.ListRoomsResponse
+	11, // 27: membership.v1.MembershipService.ListMembers:output_type -> membership.v1.ListMembersResponse
+	14, // 28: membership.v1.MembershipService.GetSocket:output_type -> membership.v1.GetSocketResponse
+	16, // 29: membership.v1.MembershipService.Broadcast:output_type -> membership.v1.BroadcastResponse
+	18, // 30: membership.v1.MembershipService.Blast:output_type -> membership.v1.BlastResponse
+	20, // 31: membership.v1.MembershipService.LeaveAll:output_type -> membership.v1.LeaveAllResponse
+	22, // 32: membership.v1.MembershipService.AddRoomMembersToRooms:output_type -> membership.v1.AddRoomMembersToRoomsResponse
+	24, // 33: membership.v1.MembershipService.RemoveRoomMembersFromRooms:output_type -> membership.v1.RemoveRoomMembersFromRoomsResponse
+	26, // 34: membership.v1.MembershipService.ListSockets:output_type -> membership.v1.ListSocketsResponse
+	28, // 35: membership.v1.MembershipService.GetRoom:output_type -> membership.v1.GetRoomResponse
+	24, // [24:36] is the sub-list for method output_type
+	12, // [12:24] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_membership_v1_membership_proto_init() }
@@ -1853,7 +2168,7 @@ func file_membership_v1_membership_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_membership_v1_membership_proto_rawDesc), len(file_membership_v1_membership_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   24,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -29,6 +29,8 @@ const (
 	MembershipService_LeaveAll_FullMethodName                   = "/membership.v1.MembershipService/LeaveAll"
 	MembershipService_AddRoomMembersToRooms_FullMethodName      = "/membership.v1.MembershipService/AddRoomMembersToRooms"
 	MembershipService_RemoveRoomMembersFromRooms_FullMethodName = "/membership.v1.MembershipService/RemoveRoomMembersFromRooms"
+	MembershipService_ListSockets_FullMethodName                = "/membership.v1.MembershipService/ListSockets"
+	MembershipService_GetRoom_FullMethodName                    = "/membership.v1.MembershipService/GetRoom"
 )
 
 // MembershipServiceClient is the client API for MembershipService service.
@@ -82,13 +84,15 @@ type MembershipServiceClient interface {
 	// SOCKET_NOT_FOUND, metadata "socket_ids" lists them) and nothing changes.
 	// When the membership-server limits rooms per socket, a Join that would put a
 	// socket past the limit gives FAILED_PRECONDITION (ROOM_LIMIT_EXCEEDED) and
-	// nothing changes; such a Join takes at most 60 sockets.
+	// nothing changes; such a Join takes at most 60 sockets. With user instead
+	// of socket ids, every socket of that user joins (see ListSocketsRequest).
 	Join(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*JoinResponse, error)
 	// Leave removes a socket (or several, atomically) from a room. Leaving a room
 	// the socket is not in succeeds with was_member unset. A socket that is not
-	// connected gives NOT_FOUND and nothing changes.
+	// connected gives NOT_FOUND and nothing changes. With user instead of
+	// socket ids, every socket of that user leaves (see ListSocketsRequest).
 	Leave(ctx context.Context, in *LeaveRequest, opts ...grpc.CallOption) (*LeaveResponse, error)
-	// ListRooms lists every room with its member count, or, when socket_id is set,
+	// ListRooms lists every room with its member and user counts, or, when socket_id is set,
 	// the rooms of that socket. Results are ordered by room name, byte-wise
 	// (the UTF-8 bytes compared as unsigned bytes), and paged: the page token
 	// resumes after the last room of the previous page, so paging visits every
@@ -133,6 +137,21 @@ type MembershipServiceClient interface {
 	// fails midway leaves what it applied, and re-running it finishes it (see
 	// LeaveAll, also for ABORTED / REVISION_COMPACTED).
 	RemoveRoomMembersFromRooms(ctx context.Context, in *RemoveRoomMembersFromRoomsRequest, opts ...grpc.CallOption) (*RemoveRoomMembersFromRoomsResponse, error)
+	// ListSockets lists the sockets of a user (those whose token named the
+	// user), each with its gateway, when it connected and its rooms, all read
+	// at one etcd revision. A user with no sockets has an empty list. Results
+	// are ordered by socket id and paged like ListMembers.
+	ListSockets(ctx context.Context, in *ListSocketsRequest, opts ...grpc.CallOption) (*ListSocketsResponse, error)
+	// GetRoom gives a room's member_count (sockets) and user_count (distinct
+	// users). A room with no members is not an error: it has zero counts, as
+	// an unknown room has no members in ListMembers. Served from the serving
+	// replica's room index, which keeps the counts incrementally from its etcd
+	// watch (per room: members and user → member sockets; per socket with a
+	// user: its user): a call costs a map lookup, not a scan of the members.
+	// Keeping them costs each Join and Leave two map updates in each replica's
+	// index and no etcd operation (BENCHMARKS.md section 10); a socket with a
+	// user costs one more key, written and deleted with its record.
+	GetRoom(ctx context.Context, in *GetRoomRequest, opts ...grpc.CallOption) (*GetRoomResponse, error)
 }
 
 type membershipServiceClient struct {
@@ -243,6 +262,26 @@ func (c *membershipServiceClient) RemoveRoomMembersFromRooms(ctx context.Context
 	return out, nil
 }
 
+func (c *membershipServiceClient) ListSockets(ctx context.Context, in *ListSocketsRequest, opts ...grpc.CallOption) (*ListSocketsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListSocketsResponse)
+	err := c.cc.Invoke(ctx, MembershipService_ListSockets_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *membershipServiceClient) GetRoom(ctx context.Context, in *GetRoomRequest, opts ...grpc.CallOption) (*GetRoomResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetRoomResponse)
+	err := c.cc.Invoke(ctx, MembershipService_GetRoom_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MembershipServiceServer is the server API for MembershipService service.
 // All implementations must embed UnimplementedMembershipServiceServer
 // for forward compatibility.
@@ -294,13 +333,15 @@ type MembershipServiceServer interface {
 	// SOCKET_NOT_FOUND, metadata "socket_ids" lists them) and nothing changes.
 	// When the membership-server limits rooms per socket, a Join that would put a
 	// socket past the limit gives FAILED_PRECONDITION (ROOM_LIMIT_EXCEEDED) and
-	// nothing changes; such a Join takes at most 60 sockets.
+	// nothing changes; such a Join takes at most 60 sockets. With user instead
+	// of socket ids, every socket of that user joins (see ListSocketsRequest).
 	Join(context.Context, *JoinRequest) (*JoinResponse, error)
 	// Leave removes a socket (or several, atomically) from a room. Leaving a room
 	// the socket is not in succeeds with was_member unset. A socket that is not
-	// connected gives NOT_FOUND and nothing changes.
+	// connected gives NOT_FOUND and nothing changes. With user instead of
+	// socket ids, every socket of that user leaves (see ListSocketsRequest).
 	Leave(context.Context, *LeaveRequest) (*LeaveResponse, error)
-	// ListRooms lists every room with its member count, or, when socket_id is set,
+	// ListRooms lists every room with its member and user counts, or, when socket_id is set,
 	// the rooms of that socket. Results are ordered by room name, byte-wise
 	// (the UTF-8 bytes compared as unsigned bytes), and paged: the page token
 	// resumes after the last room of the previous page, so paging visits every
@@ -345,6 +386,21 @@ type MembershipServiceServer interface {
 	// fails midway leaves what it applied, and re-running it finishes it (see
 	// LeaveAll, also for ABORTED / REVISION_COMPACTED).
 	RemoveRoomMembersFromRooms(context.Context, *RemoveRoomMembersFromRoomsRequest) (*RemoveRoomMembersFromRoomsResponse, error)
+	// ListSockets lists the sockets of a user (those whose token named the
+	// user), each with its gateway, when it connected and its rooms, all read
+	// at one etcd revision. A user with no sockets has an empty list. Results
+	// are ordered by socket id and paged like ListMembers.
+	ListSockets(context.Context, *ListSocketsRequest) (*ListSocketsResponse, error)
+	// GetRoom gives a room's member_count (sockets) and user_count (distinct
+	// users). A room with no members is not an error: it has zero counts, as
+	// an unknown room has no members in ListMembers. Served from the serving
+	// replica's room index, which keeps the counts incrementally from its etcd
+	// watch (per room: members and user → member sockets; per socket with a
+	// user: its user): a call costs a map lookup, not a scan of the members.
+	// Keeping them costs each Join and Leave two map updates in each replica's
+	// index and no etcd operation (BENCHMARKS.md section 10); a socket with a
+	// user costs one more key, written and deleted with its record.
+	GetRoom(context.Context, *GetRoomRequest) (*GetRoomResponse, error)
 	mustEmbedUnimplementedMembershipServiceServer()
 }
 
@@ -384,6 +440,12 @@ func (UnimplementedMembershipServiceServer) AddRoomMembersToRooms(context.Contex
 }
 func (UnimplementedMembershipServiceServer) RemoveRoomMembersFromRooms(context.Context, *RemoveRoomMembersFromRoomsRequest) (*RemoveRoomMembersFromRoomsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RemoveRoomMembersFromRooms not implemented")
+}
+func (UnimplementedMembershipServiceServer) ListSockets(context.Context, *ListSocketsRequest) (*ListSocketsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListSockets not implemented")
+}
+func (UnimplementedMembershipServiceServer) GetRoom(context.Context, *GetRoomRequest) (*GetRoomResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetRoom not implemented")
 }
 func (UnimplementedMembershipServiceServer) mustEmbedUnimplementedMembershipServiceServer() {}
 func (UnimplementedMembershipServiceServer) testEmbeddedByValue()                           {}
@@ -586,6 +648,42 @@ func _MembershipService_RemoveRoomMembersFromRooms_Handler(srv interface{}, ctx 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _MembershipService_ListSockets_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListSocketsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MembershipServiceServer).ListSockets(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MembershipService_ListSockets_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MembershipServiceServer).ListSockets(ctx, req.(*ListSocketsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MembershipService_GetRoom_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetRoomRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MembershipServiceServer).GetRoom(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MembershipService_GetRoom_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MembershipServiceServer).GetRoom(ctx, req.(*GetRoomRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // MembershipService_ServiceDesc is the grpc.ServiceDesc for MembershipService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -632,6 +730,14 @@ var MembershipService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RemoveRoomMembersFromRooms",
 			Handler:    _MembershipService_RemoveRoomMembersFromRooms_Handler,
+		},
+		{
+			MethodName: "ListSockets",
+			Handler:    _MembershipService_ListSockets_Handler,
+		},
+		{
+			MethodName: "GetRoom",
+			Handler:    _MembershipService_GetRoom_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
