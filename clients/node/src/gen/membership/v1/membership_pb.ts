@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file membership/v1/membership.proto.
  */
 export const file_membership_v1_membership: GenFile = /*@__PURE__*/
-  fileDesc("Ch5tZW1iZXJzaGlwL3YxL21lbWJlcnNoaXAucHJvdG8SDW1lbWJlcnNoaXAudjEibAoLSm9pblJlcXVlc3QSEQoJc29ja2V0X2lkGAEgASgJEgwKBHJvb20YAiABKAkSKAoId2FpdF9mb3IYAyABKA4yFi5tZW1iZXJzaGlwLnYxLldhaXRGb3ISEgoKc29ja2V0X2lkcxgEIAMoCSI1CgxTb2NrZXRSZXN1bHQSEQoJc29ja2V0X2lkGAEgASgJEhIKCndhc19tZW1iZXIYAiABKAgiZgoMSm9pblJlc3BvbnNlEhYKDmFscmVhZHlfbWVtYmVyGAEgASgIEhAKCHJldmlzaW9uGAIgASgDEiwKB3Jlc3VsdHMYAyADKAsyGy5tZW1iZXJzaGlwLnYxLlNvY2tldFJlc3VsdCJtCgxMZWF2ZVJlcXVlc3QSEQoJc29ja2V0X2lkGAEgASgJEgwKBHJvb20YAiABKAkSKAoId2FpdF9mb3IYAyABKA4yFi5tZW1iZXJzaGlwLnYxLldhaXRGb3ISEgoKc29ja2V0X2lkcxgEIAMoCSJjCg1MZWF2ZVJlc3BvbnNlEhIKCndhc19tZW1iZXIYASABKAgSEAoIcmV2aXNpb24YAiABKAMSLAoHcmVzdWx0cxgDIAMoCzIbLm1lbWJlcnNoaXAudjEuU29ja2V0UmVzdWx0IkwKEExpc3RSb29tc1JlcXVlc3QSEQoJc29ja2V0X2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJIioKBFJvb20SDAoEbmFtZRgBIAEoCRIUCgxtZW1iZXJfY291bnQYAiABKAMiYgoRTGlzdFJvb21zUmVzcG9uc2USIgoFcm9vbXMYASADKAsyEy5tZW1iZXJzaGlwLnYxLlJvb20SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJEhAKCHJldmlzaW9uGAMgASgDIkkKEkxpc3RNZW1iZXJzUmVxdWVzdBIMCgRyb29tGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJIjoKBk1lbWJlchIRCglzb2NrZXRfaWQYASABKAkSDwoHZ2F0ZXdheRgCIAEoCRIMCgR1c2VyGAMgASgJImgKE0xpc3RNZW1iZXJzUmVzcG9uc2USJgoHbWVtYmVycxgBIAMoCzIVLm1lbWJlcnNoaXAudjEuTWVtYmVyEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCRIQCghyZXZpc2lvbhgDIAEoAyIlChBHZXRTb2NrZXRSZXF1ZXN0EhEKCXNvY2tldF9pZBgBIAEoCSJ7CgZTb2NrZXQSEQoJc29ja2V0X2lkGAEgASgJEg8KB2dhdGV3YXkYAiABKAkSMAoMY29ubmVjdGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVyb29tcxgEIAMoCRIMCgR1c2VyGAUgASgJIkwKEUdldFNvY2tldFJlc3BvbnNlEiUKBnNvY2tldBgBIAEoCzIVLm1lbWJlcnNoaXAudjEuU29ja2V0EhAKCHJldmlzaW9uGAIgASgDInEKEEJyb2FkY2FzdFJlcXVlc3QSDQoFcm9vbXMYASADKAkSDQoFZXZlbnQYAiABKAkSJAoEZGF0YRgDIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIZChFleGNlcHRfc29ja2V0X2lkcxgEIAMoCSJRChFCcm9hZGNhc3RSZXNwb25zZRIRCglkZWxpdmVyZWQYASABKAMSEAoIcmV2aXNpb24YAiABKAMSFwoPZmFpbGVkX2dhdGV3YXlzGAMgASgFIl4KDEJsYXN0UmVxdWVzdBINCgVldmVudBgBIAEoCRIkCgRkYXRhGAIgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEhkKEWV4Y2VwdF9zb2NrZXRfaWRzGAMgAygJIk0KDUJsYXN0UmVzcG9uc2USEQoJZGVsaXZlcmVkGAEgASgDEhAKCHJldmlzaW9uGAIgASgDEhcKD2ZhaWxlZF9nYXRld2F5cxgDIAEoBSIfCg9MZWF2ZUFsbFJlcXVlc3QSDAoEcm9vbRgBIAEoCSJGChBMZWF2ZUFsbFJlc3BvbnNlEg8KB3NvY2tldHMYASABKAMSDwoHY2hhbmdlZBgCIAEoAxIQCghyZXZpc2lvbhgDIAEoAyJHChxBZGRSb29tTWVtYmVyc1RvUm9vbXNSZXF1ZXN0EhMKC3NvdXJjZV9yb29tGAEgASgJEhIKCmRlc3Rfcm9vbXMYAiADKAkiZwodQWRkUm9vbU1lbWJlcnNUb1Jvb21zUmVzcG9uc2USDwoHc29ja2V0cxgBIAEoAxIPCgdjaGFuZ2VkGAIgASgDEhAKCHJldmlzaW9uGAMgASgDEhIKCm92ZXJfbGltaXQYBCABKAMiTAohUmVtb3ZlUm9vbU1lbWJlcnNGcm9tUm9vbXNSZXF1ZXN0EhMKC3NvdXJjZV9yb29tGAEgASgJEhIKCmRlc3Rfcm9vbXMYAiADKAkiWAoiUmVtb3ZlUm9vbU1lbWJlcnNGcm9tUm9vbXNSZXNwb25zZRIPCgdzb2NrZXRzGAEgASgDEg8KB2NoYW5nZWQYAiABKAMSEAoIcmV2aXNpb24YAyABKAMqTAoHV2FpdEZvchIYChRXQUlUX0ZPUl9VTlNQRUNJRklFRBAAEhMKD1dBSVRfRk9SX0NPTU1JVBABEhIKDldBSVRfRk9SX0FQUExZEAIytQoKEU1lbWJlcnNoaXBTZXJ2aWNlEmcKBEpvaW4SGi5tZW1iZXJzaGlwLnYxLkpvaW5SZXF1ZXN0GhsubWVtYmVyc2hpcC52MS5Kb2luUmVzcG9uc2UiJpACAoLT5JMCHToBKiIYL3YxL3Jvb21zL3tyb29tfS9tZW1iZXJzEpgBCgVMZWF2ZRIbLm1lbWJlcnNoaXAudjEuTGVhdmVSZXF1ZXN0GhwubWVtYmVyc2hpcC52MS5MZWF2ZVJlc3BvbnNlIlSQAgKC0+STAktaIzoBKiIeL3YxL3Jvb21zL3tyb29tfS9tZW1iZXJzOmxlYXZlKiQvdjEvcm9vbXMve3Jvb219L21lbWJlcnMve3NvY2tldF9pZH0ShQEKCUxpc3RSb29tcxIfLm1lbWJlcnNoaXAudjEuTGlzdFJvb21zUmVxdWVzdBogLm1lbWJlcnNoaXAudjEuTGlzdFJvb21zUmVzcG9uc2UiNZACAYLT5JMCLFofEh0vdjEvc29ja2V0cy97c29ja2V0X2lkfS9yb29tcxIJL3YxL3Jvb21zEnkKC0xpc3RNZW1iZXJzEiEubWVtYmVyc2hpcC52MS5MaXN0TWVtYmVyc1JlcXVlc3QaIi5tZW1iZXJzaGlwLnYxLkxpc3RNZW1iZXJzUmVzcG9uc2UiI5ACAYLT5JMCGhIYL3YxL3Jvb21zL3tyb29tfS9tZW1iZXJzEnIKCUdldFNvY2tldBIfLm1lbWJlcnNoaXAudjEuR2V0U29ja2V0UmVxdWVzdBogLm1lbWJlcnNoaXAudjEuR2V0U29ja2V0UmVzcG9uc2UiIpACAYLT5JMCGRIXL3YxL3NvY2tldHMve3NvY2tldF9pZH0SaAoJQnJvYWRjYXN0Eh8ubWVtYmVyc2hpcC52MS5Ccm9hZGNhc3RSZXF1ZXN0GiAubWVtYmVyc2hpcC52MS5Ccm9hZGNhc3RSZXNwb25zZSIYgtPkkwISOgEqIg0vdjEvYnJvYWRjYXN0ElgKBUJsYXN0EhsubWVtYmVyc2hpcC52MS5CbGFzdFJlcXVlc3QaHC5tZW1iZXJzaGlwLnYxLkJsYXN0UmVzcG9uc2UiFILT5JMCDjoBKiIJL3YxL2JsYXN0EnEKCExlYXZlQWxsEh4ubWVtYmVyc2hpcC52MS5MZWF2ZUFsbFJlcXVlc3QaHy5tZW1iZXJzaGlwLnYxLkxlYXZlQWxsUmVzcG9uc2UiJJACAoLT5JMCGyIZL3YxL3Jvb21zL3tyb29tfTpsZWF2ZUFsbBKrAQoVQWRkUm9vbU1lbWJlcnNUb1Jvb21zEisubWVtYmVyc2hpcC52MS5BZGRSb29tTWVtYmVyc1RvUm9vbXNSZXF1ZXN0GiwubWVtYmVyc2hpcC52MS5BZGRSb29tTWVtYmVyc1RvUm9vbXNSZXNwb25zZSI3kAICgtPkkwIuOgEqIikvdjEvcm9vbXMve3NvdXJjZV9yb29tfTphZGRNZW1iZXJzVG9Sb29tcxK/AQoaUmVtb3ZlUm9vbU1lbWJlcnNGcm9tUm9vbXMSMC5tZW1iZXJzaGlwLnYxLlJlbW92ZVJvb21NZW1iZXJzRnJvbVJvb21zUmVxdWVzdBoxLm1lbWJlcnNoaXAudjEuUmVtb3ZlUm9vbU1lbWJlcnNGcm9tUm9vbXNSZXNwb25zZSI8kAICgtPkkwIzOgEqIi4vdjEvcm9vbXMve3NvdXJjZV9yb29tfTpyZW1vdmVNZW1iZXJzRnJvbVJvb21zQkJaQGdpdGh1Yi5jb20vc29ja2V0cm9vbXMvbWVtYmVyc2hpcC9nZW4vbWVtYmVyc2hpcC92MTttZW1iZXJzaGlwdjFiBnByb3RvMw", [file_google_api_annotations, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("Ch5tZW1iZXJzaGlwL3YxL21lbWJlcnNoaXAucHJvdG8SDW1lbWJlcnNoaXAudjEiegoLSm9pblJlcXVlc3QSEQoJc29ja2V0X2lkGAEgASgJEgwKBHJvb20YAiABKAkSKAoId2FpdF9mb3IYAyABKA4yFi5tZW1iZXJzaGlwLnYxLldhaXRGb3ISEgoKc29ja2V0X2lkcxgEIAMoCRIMCgR1c2VyGAUgASgJIjUKDFNvY2tldFJlc3VsdBIRCglzb2NrZXRfaWQYASABKAkSEgoKd2FzX21lbWJlchgCIAEoCCJmCgxKb2luUmVzcG9uc2USFgoOYWxyZWFkeV9tZW1iZXIYASABKAgSEAoIcmV2aXNpb24YAiABKAMSLAoHcmVzdWx0cxgDIAMoCzIbLm1lbWJlcnNoaXAudjEuU29ja2V0UmVzdWx0InsKDExlYXZlUmVxdWVzdBIRCglzb2NrZXRfaWQYASABKAkSDAoEcm9vbRgCIAEoCRIoCgh3YWl0X2ZvchgDIAEoDjIWLm1lbWJlcnNoaXAudjEuV2FpdEZvchISCgpzb2NrZXRfaWRzGAQgAygJEgwKBHVzZXIYBSABKAkiYwoNTGVhdmVSZXNwb25zZRISCgp3YXNfbWVtYmVyGAEgASgIEhAKCHJldmlzaW9uGAIgASgDEiwKB3Jlc3VsdHMYAyADKAsyGy5tZW1iZXJzaGlwLnYxLlNvY2tldFJlc3VsdCJMChBMaXN0Um9vbXNSZXF1ZXN0EhEKCXNvY2tldF9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSI+CgRSb29tEgwKBG5hbWUYASABKAkSFAoMbWVtYmVyX2NvdW50GAIgASgDEhIKCnVzZXJfY291bnQYAyABKAMiYgoRTGlzdFJvb21zUmVzcG9uc2USIgoFcm9vbXMYASADKAsyEy5tZW1iZXJzaGlwLnYxLlJvb20SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJEhAKCHJldmlzaW9uGAMgASgDIkkKEkxpc3RNZW1iZXJzUmVxdWVzdBIMCgRyb29tGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJIjoKBk1lbWJlchIRCglzb2NrZXRfaWQYASABKAkSDwoHZ2F0ZXdheRgCIAEoCRIMCgR1c2VyGAMgASgJImgKE0xpc3RNZW1iZXJzUmVzcG9uc2USJgoHbWVtYmVycxgBIAMoCzIVLm1lbWJlcnNoaXAudjEuTWVtYmVyEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCRIQCghyZXZpc2lvbhgDIAEoAyIlChBHZXRTb2NrZXRSZXF1ZXN0EhEKCXNvY2tldF9pZBgBIAEoCSJ7CgZTb2NrZXQSEQoJc29ja2V0X2lkGAEgASgJEg8KB2dhdGV3YXkYAiABKAkSMAoMY29ubmVjdGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVyb29tcxgEIAMoCRIMCgR1c2VyGAUgASgJIkwKEUdldFNvY2tldFJlc3BvbnNlEiUKBnNvY2tldBgBIAEoCzIVLm1lbWJlcnNoaXAudjEuU29ja2V0EhAKCHJldmlzaW9uGAIgASgDInEKEEJyb2FkY2FzdFJlcXVlc3QSDQoFcm9vbXMYASADKAkSDQoFZXZlbnQYAiABKAkSJAoEZGF0YRgDIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIZChFleGNlcHRfc29ja2V0X2lkcxgEIAMoCSJRChFCcm9hZGNhc3RSZXNwb25zZRIRCglkZWxpdmVyZWQYASABKAMSEAoIcmV2aXNpb24YAiABKAMSFwoPZmFpbGVkX2dhdGV3YXlzGAMgASgFIl4KDEJsYXN0UmVxdWVzdBINCgVldmVudBgBIAEoCRIkCgRkYXRhGAIgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEhkKEWV4Y2VwdF9zb2NrZXRfaWRzGAMgAygJIk0KDUJsYXN0UmVzcG9uc2USEQoJZGVsaXZlcmVkGAEgASgDEhAKCHJldmlzaW9uGAIgASgDEhcKD2ZhaWxlZF9nYXRld2F5cxgDIAEoBSIfCg9MZWF2ZUFsbFJlcXVlc3QSDAoEcm9vbRgBIAEoCSJGChBMZWF2ZUFsbFJlc3BvbnNlEg8KB3NvY2tldHMYASABKAMSDwoHY2hhbmdlZBgCIAEoAxIQCghyZXZpc2lvbhgDIAEoAyJHChxBZGRSb29tTWVtYmVyc1RvUm9vbXNSZXF1ZXN0EhMKC3NvdXJjZV9yb29tGAEgASgJEhIKCmRlc3Rfcm9vbXMYAiADKAkiZwodQWRkUm9vbU1lbWJlcnNUb1Jvb21zUmVzcG9uc2USDwoHc29ja2V0cxgBIAEoAxIPCgdjaGFuZ2VkGAIgASgDEhAKCHJldmlzaW9uGAMgASgDEhIKCm92ZXJfbGltaXQYBCABKAMiTAohUmVtb3ZlUm9vbU1lbWJlcnNGcm9tUm9vbXNSZXF1ZXN0EhMKC3NvdXJjZV9yb29tGAEgASgJEhIKCmRlc3Rfcm9vbXMYAiADKAkiWAoiUmVtb3ZlUm9vbU1lbWJlcnNGcm9tUm9vbXNSZXNwb25zZRIPCgdzb2NrZXRzGAEgASgDEg8KB2NoYW5nZWQYAiABKAMSEAoIcmV2aXNpb24YAyABKAMiSQoSTGlzdFNvY2tldHNSZXF1ZXN0EgwKBHVzZXIYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiaAoTTGlzdFNvY2tldHNSZXNwb25zZRImCgdzb2NrZXRzGAEgAygLMhUubWVtYmVyc2hpcC52MS5Tb2NrZXQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJEhAKCHJldmlzaW9uGAMgASgDIh4KDkdldFJvb21SZXF1ZXN0EgwKBHJvb20YASABKAkiRgoPR2V0Um9vbVJlc3BvbnNlEiEKBHJvb20YASABKAsyEy5tZW1iZXJzaGlwLnYxLlJvb20SEAoIcmV2aXNpb24YAiABKAMqTAoHV2FpdEZvchIYChRXQUlUX0ZPUl9VTlNQRUNJRklFRBAAEhMKD1dBSVRfRk9SX0NPTU1JVBABEhIKDldBSVRfRk9SX0FQUExZEAIylwwKEU1lbWJlcnNoaXBTZXJ2aWNlEmcKBEpvaW4SGi5tZW1iZXJzaGlwLnYxLkpvaW5SZXF1ZXN0GhsubWVtYmVyc2hpcC52MS5Kb2luUmVzcG9uc2UiJpACAoLT5JMCHToBKiIYL3YxL3Jvb21zL3tyb29tfS9tZW1iZXJzEpgBCgVMZWF2ZRIbLm1lbWJlcnNoaXAudjEuTGVhdmVSZXF1ZXN0GhwubWVtYmVyc2hpcC52MS5MZWF2ZVJlc3BvbnNlIlSQAgKC0+STAktaIzoBKiIeL3YxL3Jvb21zL3tyb29tfS9tZW1iZXJzOmxlYXZlKiQvdjEvcm9vbXMve3Jvb219L21lbWJlcnMve3NvY2tldF9pZH0ShQEKCUxpc3RSb29tcxIfLm1lbWJlcnNoaXAudjEuTGlzdFJvb21zUmVxdWVzdBogLm1lbWJlcnNoaXAudjEuTGlzdFJvb21zUmVzcG9uc2UiNZACAYLT5JMCLFofEh0vdjEvc29ja2V0cy97c29ja2V0X2lkfS9yb29tcxIJL3YxL3Jvb21zEnkKC0xpc3RNZW1iZXJzEiEubWVtYmVyc2hpcC52MS5MaXN0TWVtYmVyc1JlcXVlc3QaIi5tZW1iZXJzaGlwLnYxLkxpc3RNZW1iZXJzUmVzcG9uc2UiI5ACAYLT5JMCGhIYL3YxL3Jvb21zL3tyb29tfS9tZW1iZXJzEnIKCUdldFNvY2tldBIfLm1lbWJlcnNoaXAudjEuR2V0U29ja2V0UmVxdWVzdBogLm1lbWJlcnNoaXAudjEuR2V0U29ja2V0UmVzcG9uc2UiIpACAYLT5JMCGRIXL3YxL3NvY2tldHMve3NvY2tldF9pZH0SaAoJQnJvYWRjYXN0Eh8ubWVtYmVyc2hpcC52MS5Ccm9hZGNhc3RSZXF1ZXN0GiAubWVtYmVyc2hpcC52MS5Ccm9hZGNhc3RSZXNwb25zZSIYgtPkkwISOgEqIg0vdjEvYnJvYWRjYXN0ElgKBUJsYXN0EhsubWVtYmVyc2hpcC52MS5CbGFzdFJlcXVlc3QaHC5tZW1iZXJzaGlwLnYxLkJsYXN0UmVzcG9uc2UiFILT5JMCDjoBKiIJL3YxL2JsYXN0EnEKCExlYXZlQWxsEh4ubWVtYmVyc2hpcC52MS5MZWF2ZUFsbFJlcXVlc3QaHy5tZW1iZXJzaGlwLnYxLkxlYXZlQWxsUmVzcG9uc2UiJJACAoLT5JMCGyIZL3YxL3Jvb21zL3tyb29tfTpsZWF2ZUFsbBKrAQoVQWRkUm9vbU1lbWJlcnNUb1Jvb21zEisubWVtYmVyc2hpcC52MS5BZGRSb29tTWVtYmVyc1RvUm9vbXNSZXF1ZXN0GiwubWVtYmVyc2hpcC52MS5BZGRSb29tTWVtYmVyc1RvUm9vbXNSZXNwb25zZSI3kAICgtPkkwIuOgEqIikvdjEvcm9vbXMve3NvdXJjZV9yb29tfTphZGRNZW1iZXJzVG9Sb29tcxK/AQoaUmVtb3ZlUm9vbU1lbWJlcnNGcm9tUm9vbXMSMC5tZW1iZXJzaGlwLnYxLlJlbW92ZVJvb21NZW1iZXJzRnJvbVJvb21zUmVxdWVzdBoxLm1lbWJlcnNoaXAudjEuUmVtb3ZlUm9vbU1lbWJlcnNGcm9tUm9vbXNSZXNwb25zZSI8kAICgtPkkwIzOgEqIi4vdjEvcm9vbXMve3NvdXJjZV9yb29tfTpyZW1vdmVNZW1iZXJzRnJvbVJvb21zEnkKC0xpc3RTb2NrZXRzEiEubWVtYmVyc2hpcC52MS5MaXN0U29ja2V0c1JlcXVlc3QaIi5tZW1iZXJzaGlwLnYxLkxpc3RTb2NrZXRzUmVzcG9uc2UiI5ACAYLT5JMCGhIYL3YxL3VzZXJzL3t1c2VyfS9zb2NrZXRzEmUKB0dldFJvb20SHS5tZW1iZXJzaGlwLnYxLkdldFJvb21SZXF1ZXN0Gh4ubWVtYmVyc2hpcC52MS5HZXRSb29tUmVzcG9uc2UiG5ACAYLT5JMCEhIQL3YxL3Jvb21zL3tyb29tfUJCWkBnaXRodWIuY29tL3NvY2tldHJvb21zL21lbWJlcnNoaXAvZ2VuL21lbWJlcnNoaXAvdjE7bWVtYmVyc2hpcHYxYgZwcm90bzM", [file_google_api_annotations, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * JoinRequest adds socket_id (and socket_ids) to room.
@@ -53,6 +53,15 @@ export type JoinRequest = Message<"membership.v1.JoinRequest"> & {
    * @generated from field: repeated string socket_ids = 4;
    */
   socketIds: string[];
+
+  /**
+   * Every socket of this user instead (see "Selecting by user" below
+   * ListSocketsRequest): 1 to 256 bytes of UTF-8 without control characters.
+   * Set with socket_id or socket_ids: INVALID_ARGUMENT on field "user".
+   *
+   * @generated from field: string user = 5;
+   */
+  user: string;
 };
 
 /**
@@ -169,6 +178,13 @@ export type LeaveRequest = Message<"membership.v1.LeaveRequest"> & {
    * @generated from field: repeated string socket_ids = 4;
    */
   socketIds: string[];
+
+  /**
+   * Every socket of this user instead, as for JoinRequest.user.
+   *
+   * @generated from field: string user = 5;
+   */
+  user: string;
 };
 
 /**
@@ -252,7 +268,7 @@ export const ListRoomsRequestSchema: GenMessage<ListRoomsRequest> = /*@__PURE__*
   messageDesc(file_membership_v1_membership, 5);
 
 /**
- * Room is a room and, when all rooms are listed, its size.
+ * Room is a room and, when all rooms are listed (and from GetRoom), its size.
  *
  * @generated from message membership.v1.Room
  */
@@ -265,11 +281,20 @@ export type Room = Message<"membership.v1.Room"> & {
   name: string;
 
   /**
-   * How many sockets are in the room. Set when listing all rooms.
+   * How many sockets are in the room. Set when listing all rooms, and by
+   * GetRoom.
    *
    * @generated from field: int64 member_count = 2;
    */
   memberCount: bigint;
+
+  /**
+   * How many distinct users the room's sockets belong to; sockets without a
+   * user (no token) are not counted. Set with member_count.
+   *
+   * @generated from field: int64 user_count = 3;
+   */
+  userCount: bigint;
 };
 
 /**
@@ -882,6 +907,151 @@ export const RemoveRoomMembersFromRoomsResponseSchema: GenMessage<RemoveRoomMemb
   messageDesc(file_membership_v1_membership, 23);
 
 /**
+ * ListSocketsRequest asks for the sockets of a user.
+ *
+ * Selecting by user. A socket belongs to the user its token named (the JWT
+ * subject, ListMembers' Member.user); the membership-server reads a user's
+ * sockets from a user index kept on each gateway's lease, written and
+ * deleted with the socket's record, so a crashed gateway's sockets leave it
+ * when its lease expires. Join and Leave with user select every socket of
+ * the user as of one etcd revision R, read at the start of the call, and
+ * report one SocketResult per socket, ordered by socket id; a user with no
+ * sockets is not an error: the results are empty, the revision is R (and
+ * JoinResponse.already_member is true: nothing changed). Up to the call's
+ * socket limit (100 at etcd's default --etcd-max-txn-ops, fewer under a
+ * smaller one or a rooms-per-socket limit) the change is one etcd
+ * transaction: atomic, all the sockets or none. A user with more sockets is
+ * changed in several transactions of that many sockets each, in socket id
+ * order, each atomic and committed before the next, and the response
+ * reports every socket; a failure midway leaves the transactions before it
+ * applied (re-running the call finishes it, as for LeaveAll), and the
+ * response's revision is the last transaction's. A socket that disconnects
+ * after R is left out of the results; one that connects after R is not
+ * selected. With WAIT_FOR_APPLY the call returns once every selected
+ * socket's gateway applied the change, whichever gateways they are on.
+ *
+ * @generated from message membership.v1.ListSocketsRequest
+ */
+export type ListSocketsRequest = Message<"membership.v1.ListSocketsRequest"> & {
+  /**
+   * The user: 1 to 256 bytes of UTF-8 without control characters.
+   *
+   * @generated from field: string user = 1;
+   */
+  user: string;
+
+  /**
+   * At most this many sockets per page; 0 means 100, the maximum is 1000.
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * The next_page_token of the previous page, or empty for the first page.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message membership.v1.ListSocketsRequest.
+ * Use `create(ListSocketsRequestSchema)` to create a new message.
+ */
+export const ListSocketsRequestSchema: GenMessage<ListSocketsRequest> = /*@__PURE__*/
+  messageDesc(file_membership_v1_membership, 24);
+
+/**
+ * ListSocketsResponse is one page of a user's sockets.
+ *
+ * @generated from message membership.v1.ListSocketsResponse
+ */
+export type ListSocketsResponse = Message<"membership.v1.ListSocketsResponse"> & {
+  /**
+   * The sockets, ordered by socket id, each with its gateway, connected_at,
+   * rooms and user.
+   *
+   * @generated from field: repeated membership.v1.Socket sockets = 1;
+   */
+  sockets: Socket[];
+
+  /**
+   * Token for the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+
+  /**
+   * The etcd revision this page was read at.
+   *
+   * @generated from field: int64 revision = 3;
+   */
+  revision: bigint;
+};
+
+/**
+ * Describes the message membership.v1.ListSocketsResponse.
+ * Use `create(ListSocketsResponseSchema)` to create a new message.
+ */
+export const ListSocketsResponseSchema: GenMessage<ListSocketsResponse> = /*@__PURE__*/
+  messageDesc(file_membership_v1_membership, 25);
+
+/**
+ * GetRoomRequest names a room.
+ *
+ * @generated from message membership.v1.GetRoomRequest
+ */
+export type GetRoomRequest = Message<"membership.v1.GetRoomRequest"> & {
+  /**
+   * The room: 1 to 256 bytes of UTF-8 without control characters, not shaped
+   * like a socket id (ROOM_NAME_RESERVED).
+   *
+   * @generated from field: string room = 1;
+   */
+  room: string;
+};
+
+/**
+ * Describes the message membership.v1.GetRoomRequest.
+ * Use `create(GetRoomRequestSchema)` to create a new message.
+ */
+export const GetRoomRequestSchema: GenMessage<GetRoomRequest> = /*@__PURE__*/
+  messageDesc(file_membership_v1_membership, 26);
+
+/**
+ * GetRoomResponse gives a room's counts.
+ *
+ * @generated from message membership.v1.GetRoomResponse
+ */
+export type GetRoomResponse = Message<"membership.v1.GetRoomResponse"> & {
+  /**
+   * The room with member_count and user_count (both 0 when it has no
+   * members).
+   *
+   * @generated from field: membership.v1.Room room = 1;
+   */
+  room?: Room | undefined;
+
+  /**
+   * The revision of the serving replica's room index the counts are as of:
+   * at least etcd's revision when the call began, so every change committed
+   * before the call is counted.
+   *
+   * @generated from field: int64 revision = 2;
+   */
+  revision: bigint;
+};
+
+/**
+ * Describes the message membership.v1.GetRoomResponse.
+ * Use `create(GetRoomResponseSchema)` to create a new message.
+ */
+export const GetRoomResponseSchema: GenMessage<GetRoomResponse> = /*@__PURE__*/
+  messageDesc(file_membership_v1_membership, 27);
+
+/**
  * WaitFor says when a membership change returns.
  *
  * @generated from enum membership.v1.WaitFor
@@ -969,7 +1139,8 @@ export const MembershipService: GenService<{
    * SOCKET_NOT_FOUND, metadata "socket_ids" lists them) and nothing changes.
    * When the membership-server limits rooms per socket, a Join that would put a
    * socket past the limit gives FAILED_PRECONDITION (ROOM_LIMIT_EXCEEDED) and
-   * nothing changes; such a Join takes at most 60 sockets.
+   * nothing changes; such a Join takes at most 60 sockets. With user instead
+   * of socket ids, every socket of that user joins (see ListSocketsRequest).
    *
    * @generated from rpc membership.v1.MembershipService.Join
    */
@@ -981,7 +1152,8 @@ export const MembershipService: GenService<{
   /**
    * Leave removes a socket (or several, atomically) from a room. Leaving a room
    * the socket is not in succeeds with was_member unset. A socket that is not
-   * connected gives NOT_FOUND and nothing changes.
+   * connected gives NOT_FOUND and nothing changes. With user instead of
+   * socket ids, every socket of that user leaves (see ListSocketsRequest).
    *
    * @generated from rpc membership.v1.MembershipService.Leave
    */
@@ -991,7 +1163,7 @@ export const MembershipService: GenService<{
     output: typeof LeaveResponseSchema;
   },
   /**
-   * ListRooms lists every room with its member count, or, when socket_id is set,
+   * ListRooms lists every room with its member and user counts, or, when socket_id is set,
    * the rooms of that socket. Results are ordered by room name, byte-wise
    * (the UTF-8 bytes compared as unsigned bytes), and paged: the page token
    * resumes after the last room of the previous page, so paging visits every
@@ -1098,6 +1270,37 @@ export const MembershipService: GenService<{
     methodKind: "unary";
     input: typeof RemoveRoomMembersFromRoomsRequestSchema;
     output: typeof RemoveRoomMembersFromRoomsResponseSchema;
+  },
+  /**
+   * ListSockets lists the sockets of a user (those whose token named the
+   * user), each with its gateway, when it connected and its rooms, all read
+   * at one etcd revision. A user with no sockets has an empty list. Results
+   * are ordered by socket id and paged like ListMembers.
+   *
+   * @generated from rpc membership.v1.MembershipService.ListSockets
+   */
+  listSockets: {
+    methodKind: "unary";
+    input: typeof ListSocketsRequestSchema;
+    output: typeof ListSocketsResponseSchema;
+  },
+  /**
+   * GetRoom gives a room's member_count (sockets) and user_count (distinct
+   * users). A room with no members is not an error: it has zero counts, as
+   * an unknown room has no members in ListMembers. Served from the serving
+   * replica's room index, which keeps the counts incrementally from its etcd
+   * watch (per room: members and user → member sockets; per socket with a
+   * user: its user): a call costs a map lookup, not a scan of the members.
+   * Keeping them costs each Join and Leave two map updates in each replica's
+   * index and no etcd operation (BENCHMARKS.md section 10); a socket with a
+   * user costs one more key, written and deleted with its record.
+   *
+   * @generated from rpc membership.v1.MembershipService.GetRoom
+   */
+  getRoom: {
+    methodKind: "unary";
+    input: typeof GetRoomRequestSchema;
+    output: typeof GetRoomResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_membership_v1_membership, 0);
