@@ -32,16 +32,27 @@ run: build
 	go build -o $(BIN)/devstack ./cmd/devstack
 	./scripts/run.sh
 
-## generate: regenerate gen/ from proto/.
-generate: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc
+# The Node client's protoc-gen-es is its pinned devDependency, installed with
+# the rest of its packages by npm ci (Node and npm from the distribution when
+# missing, as for test-js).
+PROTOC_GEN_ES := clients/node/node_modules/.bin/protoc-gen-es
+GENERATED := gen/ clients/node/src/gen/
+
+$(PROTOC_GEN_ES): clients/node/package.json clients/node/package-lock.json
+	@command -v node >/dev/null && command -v npm >/dev/null || { apt-get update && apt-get install -y nodejs npm; }
+	cd clients/node && npm ci --no-audit --no-fund --ignore-scripts
+	@touch $@
+
+## generate: regenerate gen/ (Go) and clients/node/src/gen/ (TypeScript) from proto/.
+generate: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc $(PROTOC_GEN_ES)
 	buf generate
 
-## check-generated: fail when gen/ is stale or proto/ is not lint-clean and formatted.
+## check-generated: fail when gen/ or clients/node/src/gen/ is stale or proto/ is not lint-clean and formatted.
 check-generated: generate
 	buf lint
 	buf format -d --exit-code
-	@git diff --exit-code -- gen/ || { echo "gen/ is stale: run 'make generate' and commit" >&2; exit 1; }
-	@test -z "$$(git status --porcelain -- gen/)" || { git status --porcelain -- gen/; echo "gen/ has untracked files: commit them" >&2; exit 1; }
+	@git diff --exit-code -- $(GENERATED) || { echo "generated code is stale: run 'make generate' and commit" >&2; exit 1; }
+	@test -z "$$(git status --porcelain -- $(GENERATED))" || { git status --porcelain -- $(GENERATED); echo "generated code has untracked files: commit them" >&2; exit 1; }
 
 lint: $(BIN)/buf
 	buf lint

@@ -133,6 +133,11 @@ func run(args []string) error {
 	if v, ok := os.LookupEnv("MEMBERSHIP_METRICS_ADDR"); ok && strings.TrimSpace(v) == "" {
 		metricsAddr = "" // set empty: off
 	}
+	// HTTP is off in the binary; a local stack turns it on for curl.
+	httpAddr := getenv("MEMBERSHIP_HTTP_ADDR", "127.0.0.1:8090")
+	if v, ok := os.LookupEnv("MEMBERSHIP_HTTP_ADDR"); ok && strings.TrimSpace(v) == "" {
+		httpAddr = "" // set empty: off
+	}
 	wsAddr := getenv("GATEWAY_WS_ADDR", "127.0.0.1:8080")
 	gwAPIAddr := getenv("GATEWAY_GRPC_ADDR", "127.0.0.1:50061")
 	gwMetricsAddr := getenv("GATEWAY_METRICS_ADDR", wsAddr)
@@ -165,6 +170,9 @@ func run(args []string) error {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 
+	if httpAddr != "" {
+		serverArgs = append(serverArgs, "--http-addr", httpAddr)
+	}
 	server, err := start(filepath.Join(bin, "membership-server"), env, append(serverArgs, args...)...)
 	if err != nil {
 		return err
@@ -203,18 +211,22 @@ func run(args []string) error {
 				failed, stopping = err, true
 				break
 			}
+			httpLine := ""
+			if httpAddr != "" {
+				httpLine = "\nHTTP API:        http://" + httpAddr + " (Connect, gRPC-Web, REST: curl http://" + httpAddr + "/v1/rooms)"
+			}
 			metrics := "off (membership-server)"
 			if metricsAddr != "" {
 				metrics = "http://" + metricsAddr + "/metrics (membership-server)"
 			}
-			fmt.Printf(`membership API:  %[1]s (grpcurl -plaintext %[1]s list)
+			fmt.Printf(`membership API:  %[1]s (grpcurl -plaintext %[1]s list)%[7]s
 WebSocket:       ws://%[2]s/ws
 demo page:       http://%[2]s/ (browser library: http://%[2]s/membership.js)
 gateway API:     %[3]s (internal: membership-servers deliver here)
 %[4]s
 metrics:         %[5]s, http://%[6]s/metrics (gateway)
 Ctrl-C stops everything.
-`, apiAddr, wsAddr, gwAPIAddr, etcdLine, metrics, gwMetricsAddr)
+`, apiAddr, wsAddr, gwAPIAddr, etcdLine, metrics, gwMetricsAddr, httpLine)
 		case <-sigs:
 			stopping = true
 		case <-server.done:

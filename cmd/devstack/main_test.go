@@ -71,6 +71,7 @@ type stack struct {
 	devstack int // devstack's pid
 	api, ws  string
 	gwAPI    string
+	http     string // the membership-server's --http-addr
 	peer     string
 	data     string
 	banner   string
@@ -96,6 +97,7 @@ func (s *stack) env(t *testing.T, bin string, c stackConfig) []string {
 		"MEMBERSHIP_GRPC_ADDR="+s.api,
 		"MEMBERSHIP_EMBEDDED_ETCD_PEER_ADDR="+s.peer,
 		"MEMBERSHIP_METRICS_ADDR="+testutil.FreeAddr(t),
+		"MEMBERSHIP_HTTP_ADDR="+s.http,
 		"MEMBERSHIP_LOG_LEVEL=warn",
 		"GATEWAY_WS_ADDR="+s.ws,
 		"GATEWAY_GRPC_ADDR="+s.gwAPI,
@@ -110,7 +112,7 @@ func (s *stack) env(t *testing.T, bin string, c stackConfig) []string {
 }
 
 func newStack(t *testing.T) *stack {
-	return &stack{api: testutil.FreeAddr(t), ws: testutil.FreeAddr(t), gwAPI: testutil.FreeAddr(t),
+	return &stack{api: testutil.FreeAddr(t), ws: testutil.FreeAddr(t), gwAPI: testutil.FreeAddr(t), http: testutil.FreeAddr(t),
 		peer: testutil.FreeAddr(t), data: t.TempDir(), done: make(chan struct{})}
 }
 
@@ -371,10 +373,19 @@ func TestTerminatedDevstackStopsInOrder(t *testing.T) {
 // and names every address the stack listens on.
 func TestBannerListsEveryAddress(t *testing.T) {
 	s := startStack(t)
-	for _, want := range []string{s.api, s.ws, s.gwAPI, s.peer, filepath.Join(s.data, "etcd")} {
+	for _, want := range []string{s.api, s.ws, s.gwAPI, "http://" + s.http, s.peer, filepath.Join(s.data, "etcd")} {
 		if !strings.Contains(s.banner, want) {
 			t.Errorf("devstack printed\n%s\nwithout %q", s.banner, want)
 		}
+	}
+	// make run's HTTP API answers (the binary's default is off).
+	resp, err := http.Get("http://" + s.http + "/v1/rooms")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("GET /v1/rooms on the stack's HTTP API: %s", resp.Status)
 	}
 }
 

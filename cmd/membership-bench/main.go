@@ -21,6 +21,9 @@
 //	bcmem       waves of --bcmem-concurrency concurrent ~1 MiB Broadcasts, each
 //	            against a fresh stack: calls refused (OVERLOADED) and the peak
 //	            RSS (VmHWM) of the membership-server and the gateway
+//	http        Join/Leave calls/s and latency at --http-concurrency over gRPC,
+//	            Connect JSON and the REST routes of --http-addr, interleaved
+//	            in --http-rounds rounds against one membership-server
 package main
 
 import (
@@ -51,11 +54,15 @@ type config struct {
 	// bcmem scenario
 	bcmemLevels string
 	gatewayArgs string
+	// http scenario
+	httpConcurrency int
+	httpRounds      int
+	httpProfileDir  string
 }
 
 func main() {
 	var cfg config
-	scenarios := flag.String("scenario", "all", "throughput,apply,fanout,idle,crash, roomwide, bcmem, or all (all but roomwide and bcmem)")
+	scenarios := flag.String("scenario", "all", "throughput,apply,fanout,idle,crash,http, roomwide, bcmem, or all (all but roomwide and bcmem)")
 	flag.StringVar(&cfg.binDir, "bin-dir", ".bin", "where the membership-server and gateway binaries are")
 	flag.DurationVar(&cfg.duration, "duration", 5*time.Second, "how long each measured phase runs")
 	flag.IntVar(&cfg.fanoutSockets, "fanout-sockets", 10000, "sockets in the fan-out room")
@@ -72,6 +79,9 @@ func main() {
 	flag.IntVar(&cfg.roomwideDests, "roomwide-rooms", 20, "roomwide: destination rooms")
 	flag.StringVar(&cfg.bcmemLevels, "bcmem-concurrency", "64,256", "bcmem: concurrent Broadcasts per wave")
 	flag.StringVar(&cfg.gatewayArgs, "gateway-args", "", "bcmem: extra flags for the gateway, space-separated")
+	flag.IntVar(&cfg.httpConcurrency, "http-concurrency", 64, "http: concurrent callers")
+	flag.IntVar(&cfg.httpRounds, "http-rounds", 3, "http: rounds, each running every transport for --duration")
+	flag.StringVar(&cfg.httpProfileDir, "http-cpuprofile", "", "http: after the rounds, record the membership-server's CPU profile under each transport into this directory")
 	flag.StringVar(&clientProtocol, "protocol", "native", "fanout, idle: the bench sockets' protocol, native (/ws) or socketio (/socket.io/, Engine.IO 4 WebSocket)")
 	flag.Parse()
 	if clientProtocol != "native" && clientProtocol != "socketio" {
@@ -89,8 +99,9 @@ func main() {
 		"crash":      benchCrash,
 		"roomwide":   benchRoomWide,
 		"bcmem":      benchBroadcastMemory,
+		"http":       benchHTTP,
 	}
-	order := []string{"throughput", "apply", "fanout", "idle", "crash"}
+	order := []string{"throughput", "apply", "fanout", "idle", "crash", "http"}
 	if *scenarios != "all" {
 		order = strings.Split(*scenarios, ",")
 	}

@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -23,6 +24,7 @@ import (
 	membershipv1 "github.com/socketrooms/membership/gen/membership/v1"
 	"github.com/socketrooms/membership/internal/app"
 	"github.com/socketrooms/membership/internal/etcdembed"
+	"github.com/socketrooms/membership/internal/httpapi"
 	"github.com/socketrooms/membership/internal/service"
 	"github.com/socketrooms/membership/internal/store"
 )
@@ -61,6 +63,8 @@ func run(args []string) error {
 	maxPayload := fs.Int("max-payload-bytes", service.DefaultMaxPayloadBytes, "largest JSON encoding of a Broadcast's or Blast's data (at most 3 MiB: messages travel to gateways in gRPC requests of at most 4 MiB)")
 	etcdLimits := app.AddEtcdTxnLimitFlags(fs)
 	inflight := app.AddInflightPayloadFlag(fs, "Broadcast and Blast calls (and of the Deliver requests they send to gateways, while in flight)")
+	httpAddr := fs.String("http-addr", "", "address serving the same API over HTTP: Connect (JSON and binary), gRPC-Web and REST-style JSON routes (same token, TLS and limits as --grpc-addr; empty: off; make run uses 127.0.0.1:8090)")
+	corsOrigins := fs.String("http-cors-origins", "", "comma-separated browser origins allowed to call --http-addr (CORS; \"*\": any; empty: none)")
 	pprofAddr := fs.String("pprof-addr", "", "serve net/http/pprof on this address (empty: off)")
 	shutdownTimeout := fs.Duration("shutdown-timeout", 10*time.Second, "how long in-flight calls may finish on SIGTERM")
 	fs.Usage = func() {
@@ -104,6 +108,16 @@ func run(args []string) error {
 			return err
 		}
 		defer mlis.Close()
+	}
+
+	var hlis net.Listener
+	if *httpAddr != "" {
+		if hlis, err = app.Listen(*httpAddr, envPrefix, "http-addr"); err != nil {
+			return err
+		}
+		defer hlis.Close()
+	} else if *corsOrigins != "" {
+		return errors.New("--http-cors-origins needs --http-addr")
 	}
 
 	var eps []string
@@ -162,7 +176,8 @@ func run(args []string) error {
 	svc := service.NewWithOptions(cli, *prefix, log, opts)
 	defer svc.Close()
 	grpcMetrics := app.GRPCServerMetrics(reg)
-	serverOpts, err := serverTLS.Append(append(app.ServerOptions(log, *callTimeout, token, grpcMetrics), inflight.ServerOptions(reg, "membership", *callTimeout, token)...))
+	budgetOpts, budget := inflight.ServerOptionsAndBudget(reg, "membership", *callTimeout, token)
+	serverOpts, err := serverTLS.Append(append(app.ServerOptions(log, *callTimeout, token, grpcMetrics), budgetOpts...))
 	if err != nil {
 		return err
 	}
@@ -186,6 +201,30 @@ func run(args []string) error {
 		lc.HTTP("metrics", &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, mlis)
 		log.Info("metrics serving", "addr", mlis.Addr().String())
 	}
+	if hlis != nil {
+		h, err := httpapi.Handler(srv, httpapi.Options{CORSOrigins: splitList(*corsOrigins), Domain: service.ErrorDomain,
+			Reserve: budget.ReserveHTTP})
+		if err != nil {
+			return err
+		}
+		tlsCfg, err := serverTLS.Config()
+		if err != nil {
+			return err
+		}
+		if tlsCfg != nil {
+			tlsCfg.NextProtos = []string{"h2", "http/1.1"}
+			hlis = tls.NewListener(hlis, tlsCfg)
+		}
+		// HTTP/2 over TLS, and without TLS by prior knowledge (h2c), as
+		// Connect and gRPC-Web clients for servers speak it; HTTP/1.1 for
+		// browsers and curl.
+		var protocols http.Protocols
+		protocols.SetHTTP1(true)
+		protocols.SetHTTP2(true)
+		protocols.SetUnencryptedHTTP2(true)
+		lc.HTTP("HTTP API", &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, Protocols: &protocols}, hlis)
+		log.Info("HTTP API serving", "addr", hlis.Addr().String())
+	}
 	lc.GRPC("gRPC API", srv, lis)
 	if embedded != nil {
 		lc.Go("embedded etcd", func(ctx context.Context) error {
@@ -199,4 +238,15 @@ func run(args []string) error {
 	}
 	log.Info("membership-server serving", "grpc_addr", lis.Addr().String(), "etcd", eps)
 	return lc.Run(context.Background())
+}
+
+// splitList splits a comma-separated flag value, dropping blanks.
+func splitList(v string) []string {
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
 }

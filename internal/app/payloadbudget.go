@@ -36,6 +36,13 @@ func AddInflightPayloadFlag(fs *flag.FlagSet, calls string) InflightPayloadFlag 
 // than that, nor without the token. Each call returns a new budget: call it
 // once per server.
 func (f InflightPayloadFlag) ServerOptions(reg prometheus.Registerer, namespace string, defaultTimeout time.Duration, token string) []grpc.ServerOption {
+	opts, _ := f.ServerOptionsAndBudget(reg, namespace, defaultTimeout, token)
+	return opts
+}
+
+// ServerOptionsAndBudget is ServerOptions that also returns the budget, for a
+// server that takes calls over HTTP too (grpcedge.Budget.ReserveHTTP).
+func (f InflightPayloadFlag) ServerOptionsAndBudget(reg prometheus.Registerer, namespace string, defaultTimeout time.Duration, token string) ([]grpc.ServerOption, *grpcedge.Budget) {
 	b := grpcedge.NewBudget(int64(*f.v), grpcedge.MaxRecvMsgSize, grpcedge.PayloadMethods...).DefaultTimeout(defaultTimeout)
 	if token != "" {
 		b.Authenticate(headerTokenCheck(token))
@@ -47,7 +54,7 @@ func (f InflightPayloadFlag) ServerOptions(reg prometheus.Registerer, namespace 
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: namespace, Name: "inflight_payload_refused_total",
 			Help: "Calls refused with RESOURCE_EXHAUSTED/OVERLOADED because --max-inflight-payload-bytes was reached."},
 			func() float64 { return float64(b.Refused()) }))
-	return b.ServerOptions()
+	return b.ServerOptions(), b
 }
 
 // DialOptions count the requests a call sends on, to gateways, in the budget

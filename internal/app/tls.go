@@ -38,6 +38,21 @@ func (f ServerTLSFlags) Append(opts []grpc.ServerOption) ([]grpc.ServerOption, e
 // clients must present when clientCAFile is set (mutual TLS). Both empty: no
 // TLS (nil, nil).
 func ServerTLS(certFile, keyFile, clientCAFile string) (credentials.TransportCredentials, error) {
+	cfg, err := ServerTLSConfig(certFile, keyFile, clientCAFile)
+	if cfg == nil || err != nil {
+		return nil, err
+	}
+	return credentials.NewTLS(cfg), nil
+}
+
+// Config is the flags' server TLS as a *tls.Config (nil: plaintext), for an
+// HTTP listener that serves the same certificate as the gRPC one.
+func (f ServerTLSFlags) Config() (*tls.Config, error) {
+	return ServerTLSConfig(*f.cert, *f.key, *f.clientCA)
+}
+
+// ServerTLSConfig is ServerTLS as a *tls.Config.
+func ServerTLSConfig(certFile, keyFile, clientCAFile string) (*tls.Config, error) {
 	if certFile == "" && keyFile == "" {
 		if clientCAFile != "" {
 			return nil, errors.New("a client CA needs a server certificate and key")
@@ -56,7 +71,7 @@ func ServerTLS(certFile, keyFile, clientCAFile string) (credentials.TransportCre
 		}
 		cfg.ClientCAs, cfg.ClientAuth = pool, tls.RequireAndVerifyClientCert
 	}
-	return credentials.NewTLS(cfg), nil
+	return cfg, nil
 }
 
 // ClientTLS verifies servers against caFile and, with certFile and keyFile,

@@ -97,12 +97,13 @@ func grpcurlBinary(t *testing.T) string {
 	return grpcurlPath
 }
 
-// runReadmeBlocks runs every grpcurl command of blocks with API, S and TOKEN
-// set to the stack's values (after the block's own exports, which hold
-// example values), and checks each against the output the README shows: an
-// error's code and message, a JSON answer's fields and values (revisions,
-// socket ids and times differ from run to run: only their types are
-// compared), or other text exactly.
+// runReadmeBlocks runs every grpcurl and curl command of blocks with API, S,
+// TOKEN and HTTP set to the stack's values (after the block's own exports,
+// which hold example values), and checks each against the output the README
+// shows: an error's code and message, a JSON answer's (curl prints error
+// bodies as JSON too) fields and values (revisions, socket ids and times
+// differ from run to run: only their types are compared), or other text
+// exactly.
 func runReadmeBlocks(t *testing.T, blocks [][]readmeCommand, env map[string]string) {
 	t.Helper()
 	grpcurl := grpcurlBinary(t)
@@ -114,14 +115,14 @@ func runReadmeBlocks(t *testing.T, blocks [][]readmeCommand, env map[string]stri
 				exports = append(exports, c.line)
 				continue
 			}
-			if !strings.HasPrefix(c.line, "grpcurl ") {
+			if !strings.HasPrefix(c.line, "grpcurl ") && !strings.HasPrefix(c.line, "curl ") {
 				continue // e.g. starting a socket client
 			}
 			ran++
 			// The session by hand names make run's address literally.
 			line := strings.ReplaceAll(c.line, "127.0.0.1:50051", env["API"])
 			script := "set -e\n" + strings.Join(exports, "\n") + "\n"
-			for _, k := range []string{"API", "S", "TOKEN"} {
+			for _, k := range []string{"API", "S", "TOKEN", "HTTP"} {
 				script += fmt.Sprintf("export %s=%q\n", k, env[k])
 			}
 			cmd := exec.Command("bash", "-c", script+line)
@@ -225,9 +226,11 @@ func TestREADMESessionByHand(t *testing.T) {
 func TestREADMEOperatingRecipes(t *testing.T) {
 	e := testutil.StartEtcd(t)
 	g := startGatewayProcess(t, e, "gw-a", 10*time.Second)
-	_, _, addr := startServerProcessAt(t, e.Endpoint, "--auth-token-file", tokenFile(t, "readme-token"))
+	httpAddr := testutil.FreeAddr(t)
+	_, _, addr := startServerProcessAt(t, e.Endpoint, "--auth-token-file", tokenFile(t, "readme-token"), "--http-addr", httpAddr)
 	s := dial(t, g.WSURL)
-	runReadmeBlocks(t, readmeConsoleBlocks(t, "Operating"), map[string]string{"API": addr, "S": s.ID, "TOKEN": "readme-token"})
+	runReadmeBlocks(t, readmeConsoleBlocks(t, "Operating"), map[string]string{"API": addr, "S": s.ID, "TOKEN": "readme-token",
+		"HTTP": "http://" + httpAddr})
 }
 
 // Every flag of both binaries is in the README.

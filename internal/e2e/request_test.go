@@ -47,7 +47,7 @@ func TestSocketRequestsAnswerEveryFailureWithAStatus(t *testing.T) {
 	defer close(release)
 	g := stacktest.StartGatewayVia(t, e.Endpoint, gateway.Config{
 		ID: "gw1", LeaseTTL: 10 * time.Second, UpstreamURL: app.URL + "/api",
-		UpstreamTimeout: 300 * time.Millisecond, MaxInflight: 2,
+		UpstreamTimeout: time.Second, MaxInflight: 2,
 	})
 	s := dial(t, g.WSURL)
 	ask := func(frame string) stacktest.Frame {

@@ -2,7 +2,9 @@ package grpcedge
 
 import (
 	"context"
+	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -268,4 +270,22 @@ func (b *Budget) stream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo,
 		defer r.release()
 	}
 	return h(srv, ss)
+}
+
+// ReserveHTTP is the budget's tap for a call that arrives over HTTP and is
+// handed to the gRPC server in process (grpc.Server.ServeHTTP runs no tap
+// handle): it reserves for fullMethod, checking header as gRPC metadata, and
+// returns the context to serve the call with, which carries the reservation
+// to the interceptors. ctx must be done when the call ends (the reservation
+// is released then). A method outside the budget, or a nil or limitless
+// budget, reserves nothing.
+func (b *Budget) ReserveHTTP(ctx context.Context, fullMethod string, header http.Header) (context.Context, error) {
+	if b == nil || b.limit <= 0 {
+		return ctx, nil
+	}
+	md := make(metadata.MD, len(header))
+	for k, v := range header {
+		md[strings.ToLower(k)] = v
+	}
+	return b.tap(ctx, &tap.Info{FullMethodName: fullMethod, Header: md})
 }

@@ -127,13 +127,23 @@ func takeDecodeError(fullMethod string, req any) error {
 	pendingDecodeErrors.Add(-1)
 	de := v.(*decodeError)
 	info := &errdetails.ErrorInfo{Reason: ReasonMalformedRequest, Domain: Domain(fullMethod)}
+	text := DecodeErrorText(de.err)
 	if de.field == "" {
-		return withDetails(status.New(codes.InvalidArgument, "the request does not decode: "+de.err.Error()), info)
+		return withDetails(status.New(codes.InvalidArgument, "the request does not decode: "+text), info)
 	}
 	info.Metadata = map[string]string{"field": de.field}
-	return withDetails(status.New(codes.InvalidArgument, "the request does not decode at field "+de.field+": "+de.err.Error()),
+	return withDetails(status.New(codes.InvalidArgument, "the request does not decode at field "+de.field+": "+text),
 		info, &errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{
-			{Field: de.field, Description: de.err.Error()}}})
+			{Field: de.field, Description: text}}})
+}
+
+// DecodeErrorText is a protobuf decode error's text as callers are shown it.
+// protobuf-go writes "proto:" followed by either a space or a no-break space
+// (U+00A0), chosen per build so that nobody matches its text; the API's
+// messages are the same in every build, so the no-break space becomes a
+// space.
+func DecodeErrorText(err error) string {
+	return strings.ReplaceAll(err.Error(), "\u00a0", " ")
 }
 
 // UnaryDecodeErrors answers a unary call whose request did not decode.

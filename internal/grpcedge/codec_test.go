@@ -2,12 +2,14 @@ package grpcedge_test
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
@@ -136,5 +138,24 @@ func TestDeepDataIsInvalidArgument(t *testing.T) {
 	defer cancel()
 	if err := invokeRaw(ctx, s.membership, "/membership.v1.MembershipService/Blast", b); err != nil {
 		t.Fatalf("Blast of data 100 deep: %v", err)
+	}
+}
+
+// A decode error reads the same in every build: protobuf-go puts a space or
+// a no-break space after "proto:" depending on the build.
+func TestDecodeErrorTextIsTheSameInEveryBuild(t *testing.T) {
+	for _, sep := range []string{" ", "\u00a0"} {
+		got := grpcedge.DecodeErrorText(errors.New("proto:" + sep + "unexpected EOF"))
+		if got != "proto: unexpected EOF" {
+			t.Errorf("%q, want %q", got, "proto: unexpected EOF")
+		}
+	}
+	var m membershipv1.JoinRequest
+	err := protojson.Unmarshal([]byte(`{"socketId":`), &m)
+	if err == nil {
+		t.Fatal("a truncated body decoded")
+	}
+	if got := grpcedge.DecodeErrorText(err); strings.ContainsRune(got, '\u00a0') {
+		t.Errorf("%q holds a no-break space", got)
 	}
 }

@@ -7,6 +7,7 @@
 package membershipv1
 
 import (
+	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	structpb "google.golang.org/protobuf/types/known/structpb"
@@ -1638,7 +1639,7 @@ var File_membership_v1_membership_proto protoreflect.FileDescriptor
 
 const file_membership_v1_membership_proto_rawDesc = "" +
 	"\n" +
-	"\x1emembership/v1/membership.proto\x12\rmembership.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x01\n" +
+	"\x1emembership/v1/membership.proto\x12\rmembership.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x01\n" +
 	"\vJoinRequest\x12\x1b\n" +
 	"\tsocket_id\x18\x01 \x01(\tR\bsocketId\x12\x12\n" +
 	"\x04room\x18\x02 \x01(\tR\x04room\x121\n" +
@@ -1746,18 +1747,19 @@ const file_membership_v1_membership_proto_rawDesc = "" +
 	"\aWaitFor\x12\x18\n" +
 	"\x14WAIT_FOR_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fWAIT_FOR_COMMIT\x10\x01\x12\x12\n" +
-	"\x0eWAIT_FOR_APPLY\x10\x022\x8f\a\n" +
-	"\x11MembershipService\x12D\n" +
-	"\x04Join\x12\x1a.membership.v1.JoinRequest\x1a\x1b.membership.v1.JoinResponse\"\x03\x90\x02\x02\x12G\n" +
-	"\x05Leave\x12\x1b.membership.v1.LeaveRequest\x1a\x1c.membership.v1.LeaveResponse\"\x03\x90\x02\x02\x12S\n" +
-	"\tListRooms\x12\x1f.membership.v1.ListRoomsRequest\x1a .membership.v1.ListRoomsResponse\"\x03\x90\x02\x01\x12Y\n" +
-	"\vListMembers\x12!.membership.v1.ListMembersRequest\x1a\".membership.v1.ListMembersResponse\"\x03\x90\x02\x01\x12S\n" +
-	"\tGetSocket\x12\x1f.membership.v1.GetSocketRequest\x1a .membership.v1.GetSocketResponse\"\x03\x90\x02\x01\x12N\n" +
-	"\tBroadcast\x12\x1f.membership.v1.BroadcastRequest\x1a .membership.v1.BroadcastResponse\x12B\n" +
-	"\x05Blast\x12\x1b.membership.v1.BlastRequest\x1a\x1c.membership.v1.BlastResponse\x12P\n" +
-	"\bLeaveAll\x12\x1e.membership.v1.LeaveAllRequest\x1a\x1f.membership.v1.LeaveAllResponse\"\x03\x90\x02\x02\x12w\n" +
-	"\x15AddRoomMembersToRooms\x12+.membership.v1.AddRoomMembersToRoomsRequest\x1a,.membership.v1.AddRoomMembersToRoomsResponse\"\x03\x90\x02\x02\x12\x86\x01\n" +
-	"\x1aRemoveRoomMembersFromRooms\x120.membership.v1.RemoveRoomMembersFromRoomsRequest\x1a1.membership.v1.RemoveRoomMembersFromRoomsResponse\"\x03\x90\x02\x02BBZ@github.com/socketrooms/membership/gen/membership/v1;membershipv1b\x06proto3"
+	"\x0eWAIT_FOR_APPLY\x10\x022\xb5\n" +
+	"\n" +
+	"\x11MembershipService\x12g\n" +
+	"\x04Join\x12\x1a.membership.v1.JoinRequest\x1a\x1b.membership.v1.JoinResponse\"&\x82\xd3\xe4\x93\x02\x1d:\x01*\"\x18/v1/rooms/{room}/members\x90\x02\x02\x12\x98\x01\n" +
+	"\x05Leave\x12\x1b.membership.v1.LeaveRequest\x1a\x1c.membership.v1.LeaveResponse\"T\x82\xd3\xe4\x93\x02KZ#:\x01*\"\x1e/v1/rooms/{room}/members:leave*$/v1/rooms/{room}/members/{socket_id}\x90\x02\x02\x12\x85\x01\n" +
+	"\tListRooms\x12\x1f.membership.v1.ListRoomsRequest\x1a .membership.v1.ListRoomsResponse\"5\x82\xd3\xe4\x93\x02,Z\x1f\x12\x1d/v1/sockets/{socket_id}/rooms\x12\t/v1/rooms\x90\x02\x01\x12y\n" +
+	"\vListMembers\x12!.membership.v1.ListMembersRequest\x1a\".membership.v1.ListMembersResponse\"#\x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/rooms/{room}/members\x90\x02\x01\x12r\n" +
+	"\tGetSocket\x12\x1f.membership.v1.GetSocketRequest\x1a .membership.v1.GetSocketResponse\"\"\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/sockets/{socket_id}\x90\x02\x01\x12h\n" +
+	"\tBroadcast\x12\x1f.membership.v1.BroadcastRequest\x1a .membership.v1.BroadcastResponse\"\x18\x82\xd3\xe4\x93\x02\x12:\x01*\"\r/v1/broadcast\x12X\n" +
+	"\x05Blast\x12\x1b.membership.v1.BlastRequest\x1a\x1c.membership.v1.BlastResponse\"\x14\x82\xd3\xe4\x93\x02\x0e:\x01*\"\t/v1/blast\x12q\n" +
+	"\bLeaveAll\x12\x1e.membership.v1.LeaveAllRequest\x1a\x1f.membership.v1.LeaveAllResponse\"$\x82\xd3\xe4\x93\x02\x1b\"\x19/v1/rooms/{room}:leaveAll\x90\x02\x02\x12\xab\x01\n" +
+	"\x15AddRoomMembersToRooms\x12+.membership.v1.AddRoomMembersToRoomsRequest\x1a,.membership.v1.AddRoomMembersToRoomsResponse\"7\x82\xd3\xe4\x93\x02.:\x01*\")/v1/rooms/{source_room}:addMembersToRooms\x90\x02\x02\x12\xbf\x01\n" +
+	"\x1aRemoveRoomMembersFromRooms\x120.membership.v1.RemoveRoomMembersFromRoomsRequest\x1a1.membership.v1.RemoveRoomMembersFromRoomsResponse\"<\x82\xd3\xe4\x93\x023:\x01*\"./v1/rooms/{source_room}:removeMembersFromRooms\x90\x02\x02BBZ@github.com/socketrooms/membership/gen/membership/v1;membershipv1b\x06proto3"
 
 var (
 	file_membership_v1_membership_proto_rawDescOnce sync.Once

@@ -68,6 +68,12 @@ const (
 // Socket.IO, where every socket is in a room named by its own id, such a name
 // belongs to that socket (AddRoomMembersToRooms takes a socket id where it
 // takes a room), so no room may be spelled like one.
+//
+// Besides gRPC, a membership-server with --http-addr serves this service over
+// HTTP: Connect and gRPC-Web at /membership.v1.MembershipService/{Method},
+// and the REST-style routes in the google.api.http options below (a room or
+// socket id in a path is one percent-encoded segment: "/" is "%2F"). The
+// calls, errors and ErrorInfo details are the same on every transport.
 type MembershipServiceClient interface {
 	// Join adds a socket (or several, atomically) to a room. It returns once the
 	// membership is committed in etcd (or, with WAIT_FOR_APPLY, once the sockets'
@@ -274,6 +280,12 @@ func (c *membershipServiceClient) RemoveRoomMembersFromRooms(ctx context.Context
 // Socket.IO, where every socket is in a room named by its own id, such a name
 // belongs to that socket (AddRoomMembersToRooms takes a socket id where it
 // takes a room), so no room may be spelled like one.
+//
+// Besides gRPC, a membership-server with --http-addr serves this service over
+// HTTP: Connect and gRPC-Web at /membership.v1.MembershipService/{Method},
+// and the REST-style routes in the google.api.http options below (a room or
+// socket id in a path is one percent-encoded segment: "/" is "%2F"). The
+// calls, errors and ErrorInfo details are the same on every transport.
 type MembershipServiceServer interface {
 	// Join adds a socket (or several, atomically) to a room. It returns once the
 	// membership is committed in etcd (or, with WAIT_FOR_APPLY, once the sockets'

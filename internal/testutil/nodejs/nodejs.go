@@ -32,11 +32,14 @@ func Dir() string {
 	return filepath.Join(filepath.Dir(file), "testdata")
 }
 
-var (
-	installOnce sync.Once
-	installErr  error
-	installOut  []byte
-)
+// installs holds one *installation per package directory.
+var installs sync.Map
+
+type installation struct {
+	once sync.Once
+	out  []byte
+	err  error
+}
 
 // stampFile records the digest of the manifest and lockfile that the
 // installed node_modules came from.
@@ -49,15 +52,24 @@ const stampFile = "node_modules/.socketrooms-install"
 // the same node version) by another binary does not install again.
 func Install(t testing.TB) string {
 	t.Helper()
-	installOnce.Do(func() { installOut, installErr = install() })
-	if installErr != nil {
-		t.Fatalf("nodejs: npm ci in %s: %v\n%s", Dir(), installErr, installOut)
-	}
+	InstallAt(t, Dir())
 	return Dir()
 }
 
-func install() ([]byte, error) {
-	dir := Dir()
+// InstallAt is Install for the Node package in dir (its package.json and
+// package-lock.json): `npm ci` there, once per test binary and only when
+// its node_modules did not come from the same manifest, lockfile and node.
+func InstallAt(t testing.TB, dir string) {
+	t.Helper()
+	v, _ := installs.LoadOrStore(dir, &installation{})
+	in := v.(*installation)
+	in.once.Do(func() { in.out, in.err = install(dir) })
+	if in.err != nil {
+		t.Fatalf("nodejs: npm ci in %s: %v\n%s", dir, in.err, in.out)
+	}
+}
+
+func install(dir string) ([]byte, error) {
 	for _, tool := range []string{"node", "npm"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return nil, err
