@@ -51,6 +51,8 @@ type Server struct {
 	gateways  *gatewayconn.Pool
 	// maxPayload bounds the JSON of a message's data.
 	maxPayload int
+	// watches are the WatchMembership streams (watch.go).
+	watches *watchStreams
 }
 
 // Options tune a Server; the zero value is the default.
@@ -75,6 +77,8 @@ type Options struct {
 	// zero fields mean etcd's defaults (store.TxnLimits). They also bound how
 	// many sockets one Join or Leave may name.
 	EtcdLimits store.TxnLimits
+	// Watch bounds WatchMembership streams (watch.go).
+	Watch WatchOptions
 }
 
 // DefaultMaxPayloadBytes is the default of Options.MaxPayloadBytes: the
@@ -114,6 +118,7 @@ func NewWithOptions(kv *clientv3.Client, prefix string, log *slog.Logger, opts O
 		stopBatch: stop, log: log,
 		gateways:   gatewayconn.New(gatewayconn.Config{Index: targets, Store: st, DialOptions: opts.GatewayDialOptions, Logger: log}),
 		maxPayload: cmp.Or(opts.MaxPayloadBytes, DefaultMaxPayloadBytes),
+		watches:    newWatchStreams(st, kv, opts.Watch),
 	}
 	reg := opts.Registry
 	if reg == nil {
@@ -129,6 +134,7 @@ const batchCommitters = 4
 // Close stops the target index and coalescing, and closes the connections
 // to gateways.
 func (s *Server) Close() {
+	s.EndWatches()
 	s.stopIndex()
 	s.stopBatch()
 	s.gateways.Close()

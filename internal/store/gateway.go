@@ -89,6 +89,10 @@ func (s *Store) RemoveSockets(ctx context.Context, sockets []SocketID) (removed 
 			if err := chunks.add(pbDelete([]byte(roomsPrefix), []byte(clientv3.GetPrefixRangeEnd(roomsPrefix)))); err != nil {
 				return removed, err
 			}
+			// A Disconnect's notice (disconnect.go), if any, goes with it.
+			if err := chunks.add(pbDelete([]byte(s.k.disconnectNotice(socket)), nil)); err != nil {
+				return removed, err
+			}
 		}
 		if err := chunks.flush(); err != nil {
 			return removed, err
@@ -183,7 +187,7 @@ func (s *Store) DecodeMembershipEvent(gateway string, ev *clientv3.Event) (Membe
 
 func (s *Store) decodeMembershipKey(gateway, key string) (socket, room string, ok bool) {
 	rest, ok := strings.CutPrefix(key, s.k.gwmPrefix(gateway))
-	if !ok {
+	if !ok || strings.HasPrefix(rest, disconnectSegment) {
 		return "", "", false
 	}
 	socket, seg, ok := strings.Cut(rest, "/")

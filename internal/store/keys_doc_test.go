@@ -44,6 +44,7 @@ func TestArchitectureDocKeyspace(t *testing.T) {
 		k.socket("{socket}"),
 		k.gwmPrefix("{gateway}") + "{socket}/" + escapeRoom("{room}"),
 		k.room("{room}", "{socket}"),
+		k.gwmPrefix("{gateway}") + disconnectSegment + "{socket}",
 	}
 	var got []string
 	for _, line := range docSection(t, "../../docs/ARCHITECTURE.md", "## etcd keyspace") {

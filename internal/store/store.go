@@ -8,6 +8,7 @@
 //	sockets/{socket}                 socket record (JSON)      gateway's lease
 //	gwm/{gateway}/{socket}/{room}    membership, per gateway   gateway's lease
 //	rooms/{room}/{socket}            membership, per room      gateway's lease
+//	gwm/{gateway}/!disconnect/{socket}  Disconnect's notice   gateway's lease
 //
 // Every key of a socket lives on the lease of the gateway holding it, so a dead
 // gateway's sockets and memberships vanish with its lease. A membership change
