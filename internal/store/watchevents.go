@@ -299,7 +299,9 @@ func (w *memberWatch) watch(ctx context.Context, cli *clientv3.Client, next int6
 				return next, fmt.Errorf("%w: %w", errWatchEnded, err)
 			}
 			if resp.IsProgressNotify() {
-				if rev := resp.Header.Revision; rev >= next {
+				// The same revision again, when nothing changed, still
+				// tells an idle consumer the stream is alive.
+				if rev := resp.Header.Revision; rev >= next-1 {
 					if err := emit(WatchBatch{Revision: rev}); err != nil {
 						return next, err
 					}
