@@ -337,6 +337,8 @@ func TestHTTPAPIInvalidRequestPerRPC(t *testing.T) {
 			http.MethodPost, "/v1/rooms/" + long + ":addMembersToRooms", `{"destRooms":["d"]}`},
 		{"RemoveRoomMembersFromRooms", &membershipv1.RemoveRoomMembersFromRoomsRequest{SourceRoom: long, DestRooms: []string{"d"}}, &membershipv1.RemoveRoomMembersFromRoomsResponse{},
 			http.MethodPost, "/v1/rooms/" + long + ":removeMembersFromRooms", `{"destRooms":["d"]}`},
+		{"Disconnect", &membershipv1.DisconnectRequest{Room: "r", Code: 3999}, &membershipv1.DisconnectResponse{},
+			http.MethodPost, "/v1/sockets:disconnect", `{"room":"r","code":3999}`},
 	} {
 		t.Run(c.method, func(t *testing.T) {
 			full := "/membership.v1.MembershipService/" + c.method
