@@ -21,6 +21,8 @@
 //	bcmem       waves of --bcmem-concurrency concurrent ~1 MiB Broadcasts, each
 //	            against a fresh stack: calls refused (OVERLOADED) and the peak
 //	            RSS (VmHWM) of the membership-server and the gateway
+//	watch       events/s one WatchMembership stream delivers while room-wide
+//	            calls change --watch-sockets memberships at a time
 package main
 
 import (
@@ -51,11 +53,13 @@ type config struct {
 	// bcmem scenario
 	bcmemLevels string
 	gatewayArgs string
+	// watch scenario
+	watchSockets int
 }
 
 func main() {
 	var cfg config
-	scenarios := flag.String("scenario", "all", "throughput,apply,fanout,idle,crash, roomwide, bcmem, or all (all but roomwide and bcmem)")
+	scenarios := flag.String("scenario", "all", "throughput,apply,fanout,idle,crash, roomwide, bcmem, watch, or all (all but roomwide, bcmem and watch)")
 	flag.StringVar(&cfg.binDir, "bin-dir", ".bin", "where the membership-server and gateway binaries are")
 	flag.DurationVar(&cfg.duration, "duration", 5*time.Second, "how long each measured phase runs")
 	flag.IntVar(&cfg.fanoutSockets, "fanout-sockets", 10000, "sockets in the fan-out room")
@@ -71,6 +75,7 @@ func main() {
 	flag.IntVar(&cfg.roomwideMembers, "roomwide-members", 100000, "roomwide: members of the source room (a multiple of 100)")
 	flag.IntVar(&cfg.roomwideDests, "roomwide-rooms", 20, "roomwide: destination rooms")
 	flag.StringVar(&cfg.bcmemLevels, "bcmem-concurrency", "64,256", "bcmem: concurrent Broadcasts per wave")
+	flag.IntVar(&cfg.watchSockets, "watch-sockets", 5000, "watch: sockets whose memberships come and go (a multiple of 100)")
 	flag.StringVar(&cfg.gatewayArgs, "gateway-args", "", "bcmem: extra flags for the gateway, space-separated")
 	flag.StringVar(&clientProtocol, "protocol", "native", "fanout, idle: the bench sockets' protocol, native (/ws) or socketio (/socket.io/, Engine.IO 4 WebSocket)")
 	flag.Parse()
@@ -89,6 +94,7 @@ func main() {
 		"crash":      benchCrash,
 		"roomwide":   benchRoomWide,
 		"bcmem":      benchBroadcastMemory,
+		"watch":      benchWatch,
 	}
 	order := []string{"throughput", "apply", "fanout", "idle", "crash"}
 	if *scenarios != "all" {
