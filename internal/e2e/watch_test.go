@@ -308,12 +308,13 @@ func TestWatchCompacted(t *testing.T) {
 }
 
 // A consumer that stops reading is ended with RESOURCE_EXHAUSTED once its
-// stream's buffer is full, and is told the last revision it got in full.
+// stream's buffer has stayed full for the stall timeout, and is told the
+// last revision it got in full.
 func TestWatchSlowConsumerIsCutOff(t *testing.T) {
 	e := testutil.StartEtcd(t)
 	// A fixed flow-control window (no BDP growth) so the gRPC buffers fill
 	// as they would on a slow network.
-	api, _, _ := startAPIWithOptions(t, e.Client, service.Options{Watch: service.WatchOptions{BufferEvents: 100}},
+	api, _, _ := startAPIWithOptions(t, e.Client, service.Options{Watch: service.WatchOptions{BufferEvents: 100, StallTimeout: time.Second}},
 		grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(64<<10))
 	g := startGateway(t, e, "gw1", 10*time.Second)
 	s := dial(t, g.WSURL)
@@ -322,7 +323,8 @@ func TestWatchSlowConsumerIsCutOff(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := stream.Recv(); err != nil {
+	first, err := stream.Recv()
+	if err != nil {
 		t.Fatal(err)
 	}
 	// 1,000 events of ~300 bytes: far past a 64 KiB window and 100 events.
@@ -338,20 +340,47 @@ func TestWatchSlowConsumerIsCutOff(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	time.Sleep(500 * time.Millisecond)
+	time.Sleep(1500 * time.Millisecond) // past the stall timeout
 	n := 0
 	for {
 		_, err := stream.Recv()
 		if err != nil {
 			info := wantStatus(t, err, codes.ResourceExhausted, "SLOW_CONSUMER", "")
 			t.Logf("cut off after %d responses read; resume after revision %s", n, info.Metadata["revision"])
-			return
+			break
 		}
 		n++
 		if n > 1100 {
 			t.Fatal("the stream kept every event for a consumer that did not read")
 		}
 	}
+	// A consumer that reads, slowly, the same history (ten times the
+	// buffer, for longer than the stall timeout) gets all of it: the etcd
+	// watch pauses for it instead.
+	r, err := e.Client.Get(ctx, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	replay, err := api.WatchMembership(ctx, &membershipv1.WatchMembershipRequest{AfterRevision: first.GetProgress().GetRevision()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	events, began := 0, time.Now()
+	for {
+		m, err := replay.Recv()
+		if err != nil {
+			t.Fatalf("slow reader after %d events: %v", events, err)
+		}
+		events += len(m.GetEvents().GetEvents())
+		if m.GetEvents().GetRevision() >= r.Header.Revision || m.GetProgress().GetRevision() >= r.Header.Revision {
+			break
+		}
+		time.Sleep(150 * time.Millisecond)
+	}
+	if events != 1000 {
+		t.Fatalf("slow reader got %d events, want 1000", events)
+	}
+	t.Logf("slow reader got all %d events in %v", events, time.Since(began).Round(time.Millisecond))
 }
 
 // A gateway that dies shows its sockets DISCONNECTED and LEFT when its

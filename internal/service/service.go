@@ -6,7 +6,8 @@
 // number of replicas can serve the same etcd cluster.
 //
 // Files: service.go holds the server and the membership changes, read.go
-// the listings, deliver.go Broadcast and Blast, validate.go request checks,
+// the listings, deliver.go Broadcast and Blast, disconnect.go Disconnect,
+// watch.go the WatchMembership streams, validate.go request checks,
 // errors.go the one error mapper, metrics.go the metrics.
 package service
 

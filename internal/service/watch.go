@@ -16,9 +16,13 @@ import (
 //
 // Each stream has its own etcd watch (store.WatchMembership), read on a
 // goroutine of its own into a buffer bounded in events; the handler's
-// goroutine sends from the buffer. A consumer that reads too slowly fills
-// gRPC's flow-control window, then the buffer, and is ended with
-// RESOURCE_EXHAUSTED (SLOW_CONSUMER) rather than held in memory. Streams
+// goroutine sends from the buffer. A consumer that reads slowly fills gRPC's
+// flow-control window, then the buffer; the etcd watch is then paused
+// (closed, and opened again from the next revision once half the buffer is
+// sent), so catching up on history goes at the consumer's pace in bounded
+// memory: BufferEvents plus the events of one revision. A buffer that stays
+// full for StallTimeout ends the stream with RESOURCE_EXHAUSTED
+// (SLOW_CONSUMER), naming the last revision sent in full. Streams
 // are bounded per replica (MaxStreams), and EndWatches (at shutdown,
 // before the gRPC server's GracefulStop, which would otherwise wait for
 // them) ends every stream with UNAVAILABLE/SHUTTING_DOWN.
@@ -34,6 +38,11 @@ type WatchOptions struct {
 	BufferEvents int
 	// MaxStreams is how many streams a replica serves at once; 256.
 	MaxStreams int
+	// StallTimeout is how long a stream's buffer may stay full before the
+	// stream ends with RESOURCE_EXHAUSTED; 30s. While it is full the etcd
+	// watch is paused, so a consumer catching up on history reads at its
+	// own pace.
+	StallTimeout time.Duration
 }
 
 // Defaults of WatchOptions.
@@ -41,6 +50,7 @@ const (
 	DefaultWatchProgressInterval = 5 * time.Second
 	DefaultWatchBufferEvents     = 10000
 	DefaultMaxWatchStreams       = 256
+	DefaultWatchStallTimeout     = 30 * time.Second
 )
 
 type watchStreams struct {
@@ -63,6 +73,9 @@ func newWatchStreams(st *store.Store, cli *clientv3.Client, o WatchOptions) *wat
 	}
 	if o.MaxStreams <= 0 {
 		o.MaxStreams = DefaultMaxWatchStreams
+	}
+	if o.StallTimeout <= 0 {
+		o.StallTimeout = DefaultWatchStallTimeout
 	}
 	return &watchStreams{st: st, cli: cli, opts: o, cancel: map[*int]context.CancelCauseFunc{}}
 }
@@ -157,26 +170,46 @@ func (w *watchStreams) serve(ctx context.Context, f store.WatchFilter, after int
 		events  int   // in queue
 		sentRev int64 // the last revision sent in full
 		wake    = make(chan struct{}, 1)
+		drained = make(chan struct{}, 1) // the sender took a batch
 		ended   = make(chan error, 1)
 	)
 	go func() {
-		err := w.st.WatchMembership(ctx, w.cli, f, store.WatchOptions{After: after, ProgressEvery: w.opts.ProgressInterval}, func(b store.WatchBatch) error {
-			mu.Lock()
-			if events+len(b.Events) > w.opts.BufferEvents {
-				last := sentRev
+		resume := func(ctx context.Context) error {
+			t := time.NewTimer(w.opts.StallTimeout)
+			defer t.Stop()
+			for {
+				mu.Lock()
+				n, last := events, sentRev
 				mu.Unlock()
-				err := &watchLimitError{reason: ReasonSlowConsumer,
-					msg:  "the consumer fell more than " + itoa(int64(w.opts.BufferEvents)) + " events behind (--watch-buffer-events); resume after revision " + itoa(last),
-					meta: map[string]string{"revision": itoa(last)}}
-				cancel(err)
-				return err
+				if n <= w.opts.BufferEvents/2 {
+					return nil
+				}
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-drained:
+				case <-t.C:
+					err := &watchLimitError{reason: ReasonSlowConsumer,
+						msg: "the consumer left " + itoa(int64(n)) + " events unread for " + w.opts.StallTimeout.String() +
+							" (--watch-buffer-events, --watch-stall-timeout); resume after revision " + itoa(last),
+						meta: map[string]string{"revision": itoa(last)}}
+					cancel(err)
+					return err
+				}
 			}
+		}
+		err := w.st.WatchMembership(ctx, w.cli, f, store.WatchOptions{After: after, ProgressEvery: w.opts.ProgressInterval, Resume: resume}, func(b store.WatchBatch) error {
+			mu.Lock()
 			queue = append(queue, b)
 			events += len(b.Events)
+			full := events > w.opts.BufferEvents
 			mu.Unlock()
 			select {
 			case wake <- struct{}{}:
 			default:
+			}
+			if full {
+				return store.ErrPause
 			}
 			return nil
 		})
@@ -197,6 +230,10 @@ func (w *watchStreams) serve(ctx context.Context, f store.WatchFilter, after int
 			events -= len(b.Events)
 			sentRev = b.Revision
 			mu.Unlock()
+			select {
+			case drained <- struct{}{}:
+			default:
+			}
 		}
 		if len(batch) > 0 {
 			continue

@@ -100,7 +100,17 @@ type WatchOptions struct {
 	// ProgressEvery is how often, while no batch goes out, progress is
 	// asked of etcd and handed on.
 	ProgressEvery time.Duration
+	// Resume, called after emit returned ErrPause, returns once the
+	// consumer has room again (the etcd watch is then opened anew from the
+	// next revision), or with the error that ends the stream.
+	Resume func(ctx context.Context) error
 }
+
+// ErrPause, returned by emit, says the batch was taken but the consumer's
+// buffer is full: the etcd watch is closed, dropping whatever etcd has
+// sent ahead (memory stays bounded however fast etcd replays history), and
+// opened again from the next revision once opts.Resume returns.
+var ErrPause = errors.New("consumer buffer full")
 
 // streamSeq names each stream's own etcd watch stream (see WatchMembership).
 var streamSeq atomic.Int64
@@ -139,6 +149,12 @@ func (s *Store) WatchMembership(ctx context.Context, cli *clientv3.Client, f Wat
 		var ce *CompactedError
 		if errors.As(err, &ce) || ctx.Err() != nil {
 			return err
+		}
+		if errors.Is(err, ErrPause) {
+			if err := opts.Resume(ctx); err != nil {
+				return err
+			}
+			continue
 		}
 		if err != nil && !errors.Is(err, errWatchEnded) {
 			return err // emit's
@@ -302,10 +318,10 @@ func (w *memberWatch) watch(ctx context.Context, cli *clientv3.Client, next int6
 				// The same revision again, when nothing changed, still
 				// tells an idle consumer the stream is alive.
 				if rev := resp.Header.Revision; rev >= next-1 {
+					next = max(next, rev+1)
 					if err := emit(WatchBatch{Revision: rev}); err != nil {
 						return next, err
 					}
-					next = rev + 1
 				}
 				continue
 			}
@@ -317,13 +333,13 @@ func (w *memberWatch) watch(ctx context.Context, cli *clientv3.Client, next int6
 					n++
 				}
 				if rev >= next {
+					next = rev + 1 // decoded once: a pause resumes after it
 					if out := w.decode(evs[:n]); len(out) > 0 {
 						if err := emit(WatchBatch{Revision: rev, Events: out}); err != nil {
 							return next, err
 						}
 						sent = true
 					}
-					next = rev + 1
 				}
 				evs = evs[n:]
 			}

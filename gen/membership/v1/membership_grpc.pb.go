@@ -62,7 +62,10 @@ const (
 // metadata "field" where one can be named), OVERLOADED (RESOURCE_EXHAUSTED:
 // Broadcasts and Blasts in flight hold the replica's
 // --max-inflight-payload-bytes; refused before the request is read, nothing
-// done; retry after a backoff), INTERNAL (a bug; not worth retrying).
+// done; retry after a backoff), COMPACTED (OUT_OF_RANGE: WatchMembership's
+// after_revision is compacted; metadata "compact_revision"), SLOW_CONSUMER
+// and TOO_MANY_STREAMS (RESOURCE_EXHAUSTED: see WatchMembership), INTERNAL
+// (a bug; not worth retrying).
 //
 // Room names are 1 to 256 bytes of UTF-8 without control characters, and
 // never have the shape of a socket id: {gateway}.{16 hex digits}.{22
@@ -159,10 +162,11 @@ type MembershipServiceClient interface {
 	// after_revision set to the last revision seen delivers every later event
 	// exactly once. A revision etcd has compacted gives OUT_OF_RANGE (reason
 	// COMPACTED, metadata compact_revision): re-list, then watch from the
-	// listing's revision. A consumer that falls more than the
-	// membership-server's per-stream buffer (--watch-buffer-events) behind is
-	// ended with RESOURCE_EXHAUSTED (reason SLOW_CONSUMER, metadata
-	// "revision": the last revision sent in full), and may resume from there.
+	// listing's revision. A consumer that leaves the membership-server's
+	// per-stream buffer (--watch-buffer-events) full for --watch-stall-timeout
+	// is ended with RESOURCE_EXHAUSTED (reason SLOW_CONSUMER, metadata
+	// "revision": the last revision sent in full), and may resume from there;
+	// one that reads slowly is sent history at its own pace.
 	// Streams beyond --max-watch-streams are refused with RESOURCE_EXHAUSTED
 	// (reason TOO_MANY_STREAMS). A gateway that dies shows its sockets'
 	// DISCONNECTED (and LEFT) events when its lease expires.
@@ -335,7 +339,10 @@ type MembershipService_WatchMembershipClient = grpc.ServerStreamingClient[WatchM
 // metadata "field" where one can be named), OVERLOADED (RESOURCE_EXHAUSTED:
 // Broadcasts and Blasts in flight hold the replica's
 // --max-inflight-payload-bytes; refused before the request is read, nothing
-// done; retry after a backoff), INTERNAL (a bug; not worth retrying).
+// done; retry after a backoff), COMPACTED (OUT_OF_RANGE: WatchMembership's
+// after_revision is compacted; metadata "compact_revision"), SLOW_CONSUMER
+// and TOO_MANY_STREAMS (RESOURCE_EXHAUSTED: see WatchMembership), INTERNAL
+// (a bug; not worth retrying).
 //
 // Room names are 1 to 256 bytes of UTF-8 without control characters, and
 // never have the shape of a socket id: {gateway}.{16 hex digits}.{22
@@ -432,10 +439,11 @@ type MembershipServiceServer interface {
 	// after_revision set to the last revision seen delivers every later event
 	// exactly once. A revision etcd has compacted gives OUT_OF_RANGE (reason
 	// COMPACTED, metadata compact_revision): re-list, then watch from the
-	// listing's revision. A consumer that falls more than the
-	// membership-server's per-stream buffer (--watch-buffer-events) behind is
-	// ended with RESOURCE_EXHAUSTED (reason SLOW_CONSUMER, metadata
-	// "revision": the last revision sent in full), and may resume from there.
+	// listing's revision. A consumer that leaves the membership-server's
+	// per-stream buffer (--watch-buffer-events) full for --watch-stall-timeout
+	// is ended with RESOURCE_EXHAUSTED (reason SLOW_CONSUMER, metadata
+	// "revision": the last revision sent in full), and may resume from there;
+	// one that reads slowly is sent history at its own pace.
 	// Streams beyond --max-watch-streams are refused with RESOURCE_EXHAUSTED
 	// (reason TOO_MANY_STREAMS). A gateway that dies shows its sockets'
 	// DISCONNECTED (and LEFT) events when its lease expires.
