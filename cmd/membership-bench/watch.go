@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	membershipv1 "github.com/socketrooms/membership/gen/membership/v1"
 	"github.com/socketrooms/membership/internal/store"
 )
@@ -27,27 +29,15 @@ func benchWatch(ctx context.Context, cfg config) error {
 		return err
 	}
 	defer st.stop()
-	lease, err := st.cli.Grant(ctx, 60)
+	sto, lease, err := st.fakeGateway(ctx, "wb")
 	if err != nil {
-		return err
-	}
-	keep, err := st.cli.KeepAlive(ctx, lease.ID)
-	if err != nil {
-		return err
-	}
-	go func() {
-		for range keep {
-		}
-	}()
-	sto := store.New(st.cli, "")
-	if _, err := sto.RegisterGateway(ctx, store.GatewayRecord{ID: "wb", GRPCAddr: "127.0.0.1:1", Lease: lease.ID}); err != nil {
 		return err
 	}
 	n := cfg.watchSockets
 	ids := make([]string, n)
 	if err := parallel(16, n/100, func(batch int) error {
 		for i := batch * 100; i < batch*100+100; i++ {
-			sid := store.NewSocketID("wb", lease.ID)
+			sid := store.NewSocketID("wb", lease)
 			if _, err := sto.AddSocket(ctx, sid, store.SocketRecord{Gateway: "wb", ConnectedAt: time.Now(), User: fmt.Sprintf("u%d", i%50)}); err != nil {
 				return err
 			}
@@ -156,4 +146,27 @@ func benchWatch(ctx context.Context, cfg config) error {
 		startRev, replayed, replayTime.Round(time.Millisecond), float64(replayed)/replayTime.Seconds())
 	fmt.Fprintln(os.Stderr, "watch: done")
 	return nil
+}
+
+// fakeGateway registers a gateway record id on a lease this process keeps
+// alive, as a gateway holds its sockets, and returns a store to write
+// socket records on it.
+func (s *stack) fakeGateway(ctx context.Context, id string) (*store.Store, clientv3.LeaseID, error) {
+	lease, err := s.cli.Grant(ctx, 60)
+	if err != nil {
+		return nil, 0, err
+	}
+	keep, err := s.cli.KeepAlive(ctx, lease.ID)
+	if err != nil {
+		return nil, 0, err
+	}
+	go func() {
+		for range keep {
+		}
+	}()
+	sto := store.New(s.cli, "")
+	if _, err := sto.RegisterGateway(ctx, store.GatewayRecord{ID: id, GRPCAddr: "127.0.0.1:1", Lease: lease.ID}); err != nil {
+		return nil, 0, err
+	}
+	return sto, lease.ID, nil
 }

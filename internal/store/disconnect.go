@@ -9,7 +9,6 @@ import (
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/protobuf/proto"
 )
 
 // Disconnecting sockets from the back end.
@@ -112,18 +111,7 @@ func (s *Store) Disconnect(ctx context.Context, sockets []SocketID, n Disconnect
 			}
 			res.Disconnected++
 			res.held(socket)
-			id := socket.String()
-			roomsPrefix := s.k.socketRoomsPrefix(socket)
-			for _, kv := range t.Responses[2].GetResponseRange().GetKvs() {
-				room, err := unescapeRoom(strings.TrimPrefix(string(kv.Key), roomsPrefix))
-				if err != nil {
-					return res, err
-				}
-				if err := chunks.add(pbDelete([]byte(s.k.room(room, id)), nil)); err != nil {
-					return res, err
-				}
-			}
-			if err := chunks.add(pbDelete([]byte(roomsPrefix), []byte(clientv3.GetPrefixRangeEnd(roomsPrefix)))); err != nil {
+			if err := s.deleteMemberships(chunks, socket, t.Responses[2].GetResponseRange()); err != nil {
 				return res, err
 			}
 		}
@@ -138,34 +126,14 @@ func (s *Store) Disconnect(ctx context.Context, sockets []SocketID, n Disconnect
 // disconnectRecords commits step 1 for the first of sockets that fit one
 // transaction; resp.Responses[i] answers group[i].
 func (s *Store) disconnectRecords(ctx context.Context, sockets []SocketID, notice []byte) (group []SocketID, resp *etcdserverpb.TxnResponse, err error) {
-	var shape txnShape
-	var ops []*etcdserverpb.RequestOp
-	for _, socket := range sockets {
+	return s.commitFirstThatFit(ctx, "disconnect sockets", sockets, func(socket SocketID) *etcdserverpb.RequestOp {
 		key := []byte(s.k.socket(socket.String()))
-		roomsPrefix := s.k.socketRoomsPrefix(socket)
-		op := &etcdserverpb.RequestOp{Request: &etcdserverpb.RequestOp_RequestTxn{RequestTxn: &etcdserverpb.TxnRequest{
-			Compare: []*etcdserverpb.Compare{pbExists(key)},
-			Success: []*etcdserverpb.RequestOp{
-				pbDelete(key, nil),
-				{Request: &etcdserverpb.RequestOp_RequestPut{RequestPut: &etcdserverpb.PutRequest{
-					Key: []byte(s.k.disconnectNotice(socket)), Value: notice, Lease: int64(socket.Lease)}}},
-				{Request: &etcdserverpb.RequestOp_RequestRange{RequestRange: &etcdserverpb.RangeRequest{
-					Key: []byte(roomsPrefix), RangeEnd: []byte(clientv3.GetPrefixRangeEnd(roomsPrefix)), KeysOnly: true}}},
-			}}}}
-		next := shape.withOp(opNeed(op), proto.Size(op))
-		if !s.budget.fits(next) {
-			if len(ops) == 0 {
-				return nil, nil, s.budget.tooLarge(next)
-			}
-			break
-		}
-		shape, ops = next, append(ops, op)
-	}
-	resp, err = s.tw.txnRetrying(ctx, s.pb, &etcdserverpb.TxnRequest{Success: ops})
-	if err != nil {
-		return nil, nil, fmt.Errorf("disconnect sockets: %w", etcdError(ctx, err))
-	}
-	return sockets[:len(ops)], resp, nil
+		return pbTxn([]*etcdserverpb.Compare{pbExists(key)},
+			pbDelete(key, nil),
+			&etcdserverpb.RequestOp{Request: &etcdserverpb.RequestOp_RequestPut{RequestPut: &etcdserverpb.PutRequest{
+				Key: []byte(s.k.disconnectNotice(socket)), Value: notice, Lease: int64(socket.Lease)}}},
+			s.pbSocketRooms(socket))
+	})
 }
 
 // DisconnectRoom disconnects every member of room as of one revision, a

@@ -75,18 +75,7 @@ func (s *Store) RemoveSockets(ctx context.Context, sockets []SocketID) (removed 
 		}
 		chunks := s.budget.chunks(txnShape{}, send)
 		for i, socket := range group {
-			id := socket.String()
-			roomsPrefix := s.k.socketRoomsPrefix(socket)
-			for _, kv := range resp.Responses[i].GetResponseTxn().GetResponses()[1].GetResponseRange().GetKvs() {
-				room, err := unescapeRoom(strings.TrimPrefix(string(kv.Key), roomsPrefix))
-				if err != nil {
-					return removed, err
-				}
-				if err := chunks.add(pbDelete([]byte(s.k.room(room, id)), nil)); err != nil {
-					return removed, err
-				}
-			}
-			if err := chunks.add(pbDelete([]byte(roomsPrefix), []byte(clientv3.GetPrefixRangeEnd(roomsPrefix)))); err != nil {
+			if err := s.deleteMemberships(chunks, socket, resp.Responses[i].GetResponseTxn().GetResponses()[1].GetResponseRange()); err != nil {
 				return removed, err
 			}
 			// A Disconnect's notice (disconnect.go), if any, goes with it.
@@ -102,34 +91,68 @@ func (s *Store) RemoveSockets(ctx context.Context, sockets []SocketID) (removed 
 	return removed, nil
 }
 
+// deleteMemberships queues the deletion of socket's memberships, listed by
+// rooms (its gwm/ keys, as pbSocketRooms reads them): each room key, then
+// the socket's gwm/ keys, last so that a deletion that fails midway can
+// read them again.
+func (s *Store) deleteMemberships(c *txnChunks, socket SocketID, rooms *etcdserverpb.RangeResponse) error {
+	id := socket.String()
+	roomsPrefix := s.k.socketRoomsPrefix(socket)
+	for _, kv := range rooms.GetKvs() {
+		room, err := unescapeRoom(strings.TrimPrefix(string(kv.Key), roomsPrefix))
+		if err != nil {
+			return err
+		}
+		if err := c.add(pbDelete([]byte(s.k.room(room, id)), nil)); err != nil {
+			return err
+		}
+	}
+	return c.add(pbDelete([]byte(roomsPrefix), []byte(clientv3.GetPrefixRangeEnd(roomsPrefix))))
+}
+
 // removeSocketRecords deletes the records of the first of sockets that fit
 // one transaction, reading each one's rooms in the same nested transaction;
 // resp.Responses[i] answers group[i].
 func (s *Store) removeSocketRecords(ctx context.Context, sockets []SocketID) (group []SocketID, resp *etcdserverpb.TxnResponse, err error) {
+	return s.commitFirstThatFit(ctx, "remove socket", sockets, func(socket SocketID) *etcdserverpb.RequestOp {
+		return pbTxn(nil, pbDelete([]byte(s.k.socket(socket.String())), nil), s.pbSocketRooms(socket))
+	})
+}
+
+// commitFirstThatFit commits, in one transaction, op of each of the first
+// of sockets that fit the budget (at least one, or a *TxnTooLargeError);
+// resp.Responses[i] answers group[i].
+func (s *Store) commitFirstThatFit(ctx context.Context, what string, sockets []SocketID, op func(SocketID) *etcdserverpb.RequestOp) (group []SocketID, resp *etcdserverpb.TxnResponse, err error) {
 	var shape txnShape
 	var ops []*etcdserverpb.RequestOp
 	for _, socket := range sockets {
-		roomsPrefix := s.k.socketRoomsPrefix(socket)
-		op := &etcdserverpb.RequestOp{Request: &etcdserverpb.RequestOp_RequestTxn{RequestTxn: &etcdserverpb.TxnRequest{
-			Success: []*etcdserverpb.RequestOp{
-				pbDelete([]byte(s.k.socket(socket.String())), nil),
-				{Request: &etcdserverpb.RequestOp_RequestRange{RequestRange: &etcdserverpb.RangeRequest{
-					Key: []byte(roomsPrefix), RangeEnd: []byte(clientv3.GetPrefixRangeEnd(roomsPrefix)), KeysOnly: true}}},
-			}}}}
-		next := shape.withOp(opNeed(op), proto.Size(op))
+		o := op(socket)
+		next := shape.withOp(opNeed(o), proto.Size(o))
 		if !s.budget.fits(next) {
 			if len(ops) == 0 {
 				return nil, nil, s.budget.tooLarge(next)
 			}
 			break
 		}
-		shape, ops = next, append(ops, op)
+		shape, ops = next, append(ops, o)
 	}
 	resp, err = s.tw.txnRetrying(ctx, s.pb, &etcdserverpb.TxnRequest{Success: ops})
 	if err != nil {
-		return nil, nil, fmt.Errorf("remove socket: %w", etcdError(ctx, err))
+		return nil, nil, fmt.Errorf("%s: %w", what, etcdError(ctx, err))
 	}
 	return sockets[:len(ops)], resp, nil
+}
+
+// pbTxn is a nested transaction of ops under compares cmps.
+func pbTxn(cmps []*etcdserverpb.Compare, ops ...*etcdserverpb.RequestOp) *etcdserverpb.RequestOp {
+	return &etcdserverpb.RequestOp{Request: &etcdserverpb.RequestOp_RequestTxn{RequestTxn: &etcdserverpb.TxnRequest{Compare: cmps, Success: ops}}}
+}
+
+// pbSocketRooms reads the keys of a socket's memberships (gwm/).
+func (s *Store) pbSocketRooms(socket SocketID) *etcdserverpb.RequestOp {
+	roomsPrefix := s.k.socketRoomsPrefix(socket)
+	return &etcdserverpb.RequestOp{Request: &etcdserverpb.RequestOp_RequestRange{RequestRange: &etcdserverpb.RangeRequest{
+		Key: []byte(roomsPrefix), RangeEnd: []byte(clientv3.GetPrefixRangeEnd(roomsPrefix)), KeysOnly: true}}}
 }
 
 // LeaseSockets visits, in key order, the sockets of gateway whose records
