@@ -2,8 +2,11 @@ package e2e
 
 import (
 	"context"
+	"syscall"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc/codes"
 
 	membershipv1 "github.com/socketrooms/membership/gen/membership/v1"
 	"github.com/socketrooms/membership/internal/service"
@@ -38,5 +41,34 @@ func TestWatchIdleProgress(t *testing.T) {
 		if m.GetProgress().GetRevision() >= r.Header.Revision {
 			return
 		}
+	}
+}
+
+// A membership-server told to stop (SIGTERM) ends its watch streams with
+// UNAVAILABLE/SHUTTING_DOWN and exits well within --shutdown-timeout: the
+// streams do not hold its gRPC server's GracefulStop.
+func TestWatchStreamsEndAtSIGTERM(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	api, cmd := startServerProcess(t, e.Endpoint, "--shutdown-timeout", "30s")
+	stream, err := api.WatchMembership(context.Background(), &membershipv1.WatchMembershipRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	start := time.Now()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	_, err = stream.Recv()
+	wantStatus(t, err, codes.Unavailable, "SHUTTING_DOWN", "")
+	select {
+	case <-exited:
+		t.Logf("exited %v after SIGTERM", time.Since(start).Round(time.Millisecond))
+	case <-time.After(10 * time.Second):
+		t.Fatal("membership-server still running 10s after SIGTERM")
 	}
 }
