@@ -104,7 +104,7 @@ func benchWatch(ctx context.Context, cfg config) error {
 		return err
 	}
 	final = resp.Header.Revision
-	if err := waitUntil(5*time.Minute, func() bool { return lastRev.Load() >= final-1 || recvErr != nil }); err != nil {
+	if err := waitUntil(5*time.Minute, func() bool { return lastRev.Load() >= final || recvErr != nil }); err != nil {
 		return fmt.Errorf("stream did not catch up: %w", err)
 	}
 	cancel()
