@@ -2421,7 +2421,7 @@ const file_membership_v1_membership_proto_rawDesc = "" +
 	"\x14EVENT_TYPE_CONNECTED\x10\x01\x12\x1b\n" +
 	"\x17EVENT_TYPE_DISCONNECTED\x10\x02\x12\x15\n" +
 	"\x11EVENT_TYPE_JOINED\x10\x03\x12\x13\n" +
-	"\x0fEVENT_TYPE_LEFT\x10\x042\xb4\f\n" +
+	"\x0fEVENT_TYPE_LEFT\x10\x042\x97\f\n" +
 	"\x11MembershipService\x12g\n" +
 	"\x04Join\x12\x1a.membership.v1.JoinRequest\x1a\x1b.membership.v1.JoinResponse\"&\x82\xd3\xe4\x93\x02\x1d:\x01*\"\x18/v1/rooms/{room}/members\x90\x02\x02\x12\x98\x01\n" +
 	"\x05Leave\x12\x1b.membership.v1.LeaveRequest\x1a\x1c.membership.v1.LeaveResponse\"T\x82\xd3\xe4\x93\x02KZ#:\x01*\"\x1e/v1/rooms/{room}/members:leave*$/v1/rooms/{room}/members/{socket_id}\x90\x02\x02\x12\x85\x01\n" +
@@ -2434,8 +2434,8 @@ const file_membership_v1_membership_proto_rawDesc = "" +
 	"\x15AddRoomMembersToRooms\x12+.membership.v1.AddRoomMembersToRoomsRequest\x1a,.membership.v1.AddRoomMembersToRoomsResponse\"7\x82\xd3\xe4\x93\x02.:\x01*\")/v1/rooms/{source_room}:addMembersToRooms\x90\x02\x02\x12\xbf\x01\n" +
 	"\x1aRemoveRoomMembersFromRooms\x120.membership.v1.RemoveRoomMembersFromRoomsRequest\x1a1.membership.v1.RemoveRoomMembersFromRoomsResponse\"<\x82\xd3\xe4\x93\x023:\x01*\"./v1/rooms/{source_room}:removeMembersFromRooms\x90\x02\x02\x12w\n" +
 	"\n" +
-	"Disconnect\x12 .membership.v1.DisconnectRequest\x1a!.membership.v1.DisconnectResponse\"$\x82\xd3\xe4\x93\x02\x1b:\x01*\"\x16/v1/sockets:disconnect\x90\x02\x02\x12\x83\x01\n" +
-	"\x0fWatchMembership\x12%.membership.v1.WatchMembershipRequest\x1a&.membership.v1.WatchMembershipResponse\"\x1f\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/membership:watch\x90\x02\x010\x01BBZ@github.com/socketrooms/membership/gen/membership/v1;membershipv1b\x06proto3"
+	"Disconnect\x12 .membership.v1.DisconnectRequest\x1a!.membership.v1.DisconnectResponse\"$\x82\xd3\xe4\x93\x02\x1b:\x01*\"\x16/v1/sockets:disconnect\x90\x02\x02\x12g\n" +
+	"\x0fWatchMembership\x12%.membership.v1.WatchMembershipRequest\x1a&.membership.v1.WatchMembershipResponse\"\x03\x90\x02\x010\x01BBZ@github.com/socketrooms/membership/gen/membership/v1;membershipv1b\x06proto3"
 
 var (
 	file_membership_v1_membership_proto_rawDescOnce sync.Once

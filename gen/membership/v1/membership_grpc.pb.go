@@ -170,6 +170,9 @@ type MembershipServiceClient interface {
 	// Streams beyond --max-watch-streams are refused with RESOURCE_EXHAUSTED
 	// (reason TOO_MANY_STREAMS). A gateway that dies shows its sockets'
 	// DISCONNECTED (and LEFT) events when its lease expires.
+	//
+	// Over HTTP it is served with Connect and gRPC-Web only: the REST
+	// transcoding does not stream, so it has no REST route.
 	WatchMembership(ctx context.Context, in *WatchMembershipRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchMembershipResponse], error)
 }
 
@@ -447,6 +450,9 @@ type MembershipServiceServer interface {
 	// Streams beyond --max-watch-streams are refused with RESOURCE_EXHAUSTED
 	// (reason TOO_MANY_STREAMS). A gateway that dies shows its sockets'
 	// DISCONNECTED (and LEFT) events when its lease expires.
+	//
+	// Over HTTP it is served with Connect and gRPC-Web only: the REST
+	// transcoding does not stream, so it has no REST route.
 	WatchMembership(*WatchMembershipRequest, grpc.ServerStreamingServer[WatchMembershipResponse]) error
 	mustEmbedUnimplementedMembershipServiceServer()
 }
