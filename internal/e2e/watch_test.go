@@ -92,13 +92,21 @@ type consumer struct {
 	t       *testing.T
 	api     membershipv1.MembershipServiceClient
 	req     *membershipv1.WatchMembershipRequest
-	start   int64 // the first stream's first progress
+	start   int64         // the first stream's first progress
+	started chan struct{} // closed once start is set, or the stream failed
 	got     []ev
 	resumes int
 	err     error
 }
 
 func (c *consumer) run(killAfter int, until func() int64) {
+	defer func() {
+		select {
+		case <-c.started:
+		default:
+			close(c.started) // failed before it started
+		}
+	}()
 	var last int64
 	batches := 0
 	seen := map[int64]bool{}
@@ -126,6 +134,7 @@ func (c *consumer) run(killAfter int, until func() int64) {
 			case *membershipv1.WatchMembershipResponse_Progress:
 				if c.start == 0 {
 					c.start = k.Progress.Revision
+					close(c.started)
 				}
 				if k.Progress.Revision < last {
 					c.err = fmt.Errorf("progress went back from %d to %d", last, k.Progress.Revision)
@@ -193,19 +202,18 @@ func TestWatchResumedMatchesEtcdHistory(t *testing.T) {
 	cons := map[string]*consumer{}
 	var wg sync.WaitGroup
 	for name, f := range filters {
-		c := &consumer{t: t, api: api, req: f}
+		c := &consumer{t: t, api: api, req: f, started: make(chan struct{})}
 		cons[name] = c
 		wg.Add(1)
 		go func() { defer wg.Done(); c.run(3, untilRev) }()
 	}
-	waitFor(t, 5*time.Second, "every stream to start", func() bool {
-		for _, c := range cons {
-			if c.start == 0 && c.err == nil {
-				return false
-			}
+	for _, c := range cons {
+		select {
+		case <-c.started:
+		case <-time.After(5 * time.Second):
+			t.Fatal("a stream did not start")
 		}
-		return true
-	})
+	}
 
 	var closing []string
 	for i := 0; i < 24; i++ {
