@@ -256,30 +256,15 @@ func (w *memberWatch) seed(ctx context.Context, after int64) (int64, error) {
 // scanValues visits every key under prefix with its value and creation
 // revision at revision rev (0: now), 1,000 at a time, and returns rev.
 func (s *Store) scanValues(ctx context.Context, prefix string, rev int64, visit func(key string, value []byte, created int64) error) (int64, error) {
-	end := clientv3.GetPrefixRangeEnd(prefix)
-	start := prefix
-	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(1000)}
-		if rev != 0 {
-			opts = append(opts, clientv3.WithRev(rev))
-		}
-		resp, err := s.kv.Get(ctx, start, opts...)
-		if err != nil {
-			return 0, err
-		}
-		if rev == 0 {
-			rev = resp.Header.Revision
-		}
-		for _, kv := range resp.Kvs {
-			if err := visit(string(kv.Key), kv.Value, kv.CreateRevision); err != nil {
-				return 0, err
-			}
-		}
-		if !resp.More || len(resp.Kvs) == 0 {
-			return rev, nil
-		}
-		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	var verr error
+	rev, err := s.scan(ctx, prefix, prefix, rev, false, func(kv *mvccpb.KeyValue) bool {
+		verr = visit(string(kv.Key), kv.Value, kv.CreateRevision)
+		return verr == nil
+	})
+	if err == nil {
+		err = verr
 	}
+	return rev, err
 }
 
 // watch follows the keyspace from revision next and returns the revision to
