@@ -27,6 +27,8 @@
 //	http        Join/Leave calls/s and latency at --http-concurrency over gRPC,
 //	            Connect JSON and the REST routes of --http-addr, interleaved
 //	            in --http-rounds rounds against one membership-server
+//	watch       events/s one WatchMembership stream delivers while room-wide
+//	            calls change --watch-sockets memberships at a time
 package main
 
 import (
@@ -61,11 +63,13 @@ type config struct {
 	httpConcurrency int
 	httpRounds      int
 	httpProfileDir  string
+	// watch scenario
+	watchSockets int
 }
 
 func main() {
 	var cfg config
-	scenarios := flag.String("scenario", "all", "throughput,apply,fanout,idle,crash,http, roomwide, bcmem, users, or all (all but roomwide, bcmem and users)")
+	scenarios := flag.String("scenario", "all", "throughput,apply,fanout,idle,crash,http, roomwide, bcmem, users, watch, or all (all but roomwide, bcmem, users and watch)")
 	flag.StringVar(&cfg.binDir, "bin-dir", ".bin", "where the membership-server and gateway binaries are")
 	flag.DurationVar(&cfg.duration, "duration", 5*time.Second, "how long each measured phase runs")
 	flag.IntVar(&cfg.fanoutSockets, "fanout-sockets", 10000, "sockets in the fan-out room")
@@ -81,6 +85,7 @@ func main() {
 	flag.IntVar(&cfg.roomwideMembers, "roomwide-members", 100000, "roomwide: members of the source room (a multiple of 100)")
 	flag.IntVar(&cfg.roomwideDests, "roomwide-rooms", 20, "roomwide: destination rooms")
 	flag.StringVar(&cfg.bcmemLevels, "bcmem-concurrency", "64,256", "bcmem: concurrent Broadcasts per wave")
+	flag.IntVar(&cfg.watchSockets, "watch-sockets", 5000, "watch: sockets whose memberships come and go (a multiple of 100)")
 	flag.StringVar(&cfg.gatewayArgs, "gateway-args", "", "bcmem: extra flags for the gateway, space-separated")
 	flag.IntVar(&cfg.httpConcurrency, "http-concurrency", 64, "http: concurrent callers")
 	flag.IntVar(&cfg.httpRounds, "http-rounds", 3, "http: rounds, each running every transport for --duration")
@@ -104,6 +109,7 @@ func main() {
 		"bcmem":      benchBroadcastMemory,
 		"http":       benchHTTP,
 		"users":      benchUsers,
+		"watch":      benchWatch,
 	}
 	order := []string{"throughput", "apply", "fanout", "idle", "crash", "http"}
 	if *scenarios != "all" {

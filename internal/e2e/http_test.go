@@ -346,6 +346,8 @@ func TestHTTPAPIInvalidRequestPerRPC(t *testing.T) {
 			http.MethodGet, "/v1/users/" + long + "/sockets", ""},
 		{"GetRoom", &membershipv1.GetRoomRequest{Room: long}, &membershipv1.GetRoomResponse{},
 			http.MethodGet, "/v1/rooms/" + long, ""},
+		{"Disconnect", &membershipv1.DisconnectRequest{Room: "r", Code: 3999}, &membershipv1.DisconnectResponse{},
+			http.MethodPost, "/v1/sockets:disconnect", `{"room":"r","code":3999}`},
 	} {
 		t.Run(c.method, func(t *testing.T) {
 			full := "/membership.v1.MembershipService/" + c.method

@@ -6,9 +6,10 @@
 // number of replicas can serve the same etcd cluster.
 //
 // Files: service.go holds the server and the membership changes, read.go
-// the listings, deliver.go Broadcast and Blast, validate.go request checks,
-// errors.go the one error mapper, metrics.go the metrics, users.go the user
-// selector of Join/Leave and ListSockets, presence.go GetRoom.
+// the listings, deliver.go Broadcast and Blast, users.go the user selector
+// of Join/Leave and ListSockets, presence.go GetRoom, disconnect.go
+// Disconnect, watch.go the WatchMembership streams, validate.go request
+// checks, errors.go the one error mapper, metrics.go the metrics.
 package service
 
 import (
@@ -52,6 +53,8 @@ type Server struct {
 	gateways  *gatewayconn.Pool
 	// maxPayload bounds the JSON of a message's data.
 	maxPayload int
+	// watches are the WatchMembership streams (watch.go).
+	watches *watchStreams
 }
 
 // Options tune a Server; the zero value is the default.
@@ -76,6 +79,8 @@ type Options struct {
 	// zero fields mean etcd's defaults (store.TxnLimits). They also bound how
 	// many sockets one Join or Leave may name.
 	EtcdLimits store.TxnLimits
+	// Watch bounds WatchMembership streams (watch.go).
+	Watch WatchOptions
 }
 
 // DefaultMaxPayloadBytes is the default of Options.MaxPayloadBytes: the
@@ -115,6 +120,7 @@ func NewWithOptions(kv *clientv3.Client, prefix string, log *slog.Logger, opts O
 		stopBatch: stop, log: log,
 		gateways:   gatewayconn.New(gatewayconn.Config{Index: targets, Store: st, DialOptions: opts.GatewayDialOptions, Logger: log}),
 		maxPayload: cmp.Or(opts.MaxPayloadBytes, DefaultMaxPayloadBytes),
+		watches:    newWatchStreams(st, kv, opts.Watch),
 	}
 	reg := opts.Registry
 	if reg == nil {
@@ -130,6 +136,7 @@ const batchCommitters = 4
 // Close stops the target index and coalescing, and closes the connections
 // to gateways.
 func (s *Server) Close() {
+	s.EndWatches()
 	s.stopIndex()
 	s.stopBatch()
 	s.gateways.Close()

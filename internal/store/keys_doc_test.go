@@ -83,6 +83,7 @@ func documentedKeys() []string {
 		k.gwmPrefix("{gateway}") + "{socket}/" + escapeRoom("{room}"),
 		k.room("{room}", "{socket}"),
 		k.user("{user}", "{socket}"),
+		k.gwmPrefix("{gateway}") + disconnectSegment + "{socket}",
 	}
 	slices.Sort(want)
 	return want

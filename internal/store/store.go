@@ -4,11 +4,12 @@
 //
 // Keyspace, under a configurable prefix (default "/membership/"):
 //
-//	gateways/{gateway}               gateway record (JSON)     gateway's lease
-//	sockets/{socket}                 socket record (JSON)      gateway's lease
-//	gwm/{gateway}/{socket}/{room}    membership, per gateway   gateway's lease
-//	rooms/{room}/{socket}            membership, per room      gateway's lease
-//	users/{user}/{socket}            user index (empty value)  gateway's lease
+//	gateways/{gateway}                  gateway record (JSON)     gateway's lease
+//	sockets/{socket}                    socket record (JSON)      gateway's lease
+//	gwm/{gateway}/{socket}/{room}       membership, per gateway   gateway's lease
+//	rooms/{room}/{socket}               membership, per room      gateway's lease
+//	users/{user}/{socket}               user index (empty value)  gateway's lease
+//	gwm/{gateway}/!disconnect/{socket}  Disconnect's notice       gateway's lease
 //
 // Every key of a socket lives on the lease of the gateway holding it, so a dead
 // gateway's sockets and memberships vanish with its lease. A membership change
@@ -30,6 +31,7 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -316,9 +318,17 @@ type RoomCount struct {
 // revision (rev 0: the current one), reading a page at a time, until visit
 // returns false. It returns the revision read at.
 func (s *Store) scanKeys(ctx context.Context, prefix, start string, rev int64, visit func(key string) bool) (int64, error) {
+	return s.scan(ctx, prefix, start, rev, true, func(kv *mvccpb.KeyValue) bool { return visit(string(kv.Key)) })
+}
+
+// scan is scanKeys over whole key-values (values too unless keysOnly).
+func (s *Store) scan(ctx context.Context, prefix, start string, rev int64, keysOnly bool, visit func(*mvccpb.KeyValue) bool) (int64, error) {
 	end := clientv3.GetPrefixRangeEnd(prefix)
 	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithKeysOnly(), clientv3.WithLimit(1000)}
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(1000)}
+		if keysOnly {
+			opts = append(opts, clientv3.WithKeysOnly())
+		}
 		if rev != 0 {
 			opts = append(opts, clientv3.WithRev(rev))
 		}
@@ -330,7 +340,7 @@ func (s *Store) scanKeys(ctx context.Context, prefix, start string, rev int64, v
 			rev = resp.Header.Revision
 		}
 		for _, kv := range resp.Kvs {
-			if !visit(string(kv.Key)) {
+			if !visit(kv) {
 				return rev, nil
 			}
 		}

@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file membership/v1/membership.proto.
  */
 export const file_membership_v1_membership: GenFile = /*@__PURE__*/
-  fileDesc("Ch5tZW1iZXJzaGlwL3YxL21lbWJlcnNoaXAucHJvdG8SDW1lbWJlcnNoaXAudjEiegoLSm9pblJlcXVlc3QSEQoJc29ja2V0X2lkGAEgASgJEgwKBHJvb20YAiABKAkSKAoId2FpdF9mb3IYAyABKA4yFi5tZW1iZXJzaGlwLnYxLldhaXRGb3ISEgoKc29ja2V0X2lkcxgEIAMoCRIMCgR1c2VyGAUgASgJIjUKDFNvY2tldFJlc3VsdBIRCglzb2NrZXRfaWQYASABKAkSEgoKd2FzX21lbWJlchgCIAEoCCJmCgxKb2luUmVzcG9uc2USFgoOYWxyZWFkeV9tZW1iZXIYASABKAgSEAoIcmV2aXNpb24YAiABKAMSLAoHcmVzdWx0cxgDIAMoCzIbLm1lbWJlcnNoaXAudjEuU29ja2V0UmVzdWx0InsKDExlYXZlUmVxdWVzdBIRCglzb2NrZXRfaWQYASABKAkSDAoEcm9vbRgCIAEoCRIoCgh3YWl0X2ZvchgDIAEoDjIWLm1lbWJlcnNoaXAudjEuV2FpdEZvchISCgpzb2NrZXRfaWRzGAQgAygJEgwKBHVzZXIYBSABKAkiYwoNTGVhdmVSZXNwb25zZRISCgp3YXNfbWVtYmVyGAEgASgIEhAKCHJldmlzaW9uGAIgASgDEiwKB3Jlc3VsdHMYAyADKAsyGy5tZW1iZXJzaGlwLnYxLlNvY2tldFJlc3VsdCJMChBMaXN0Um9vbXNSZXF1ZXN0EhEKCXNvY2tldF9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSI+CgRSb29tEgwKBG5hbWUYASABKAkSFAoMbWVtYmVyX2NvdW50GAIgASgDEhIKCnVzZXJfY291bnQYAyABKAMiYgoRTGlzdFJvb21zUmVzcG9uc2USIgoFcm9vbXMYASADKAsyEy5tZW1iZXJzaGlwLnYxLlJvb20SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJEhAKCHJldmlzaW9uGAMgASgDIkkKEkxpc3RNZW1iZXJzUmVxdWVzdBIMCgRyb29tGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJIjoKBk1lbWJlchIRCglzb2NrZXRfaWQYASABKAkSDwoHZ2F0ZXdheRgCIAEoCRIMCgR1c2VyGAMgASgJImgKE0xpc3RNZW1iZXJzUmVzcG9uc2USJgoHbWVtYmVycxgBIAMoCzIVLm1lbWJlcnNoaXAudjEuTWVtYmVyEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCRIQCghyZXZpc2lvbhgDIAEoAyIlChBHZXRTb2NrZXRSZXF1ZXN0EhEKCXNvY2tldF9pZBgBIAEoCSJ7CgZTb2NrZXQSEQoJc29ja2V0X2lkGAEgASgJEg8KB2dhdGV3YXkYAiABKAkSMAoMY29ubmVjdGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVyb29tcxgEIAMoCRIMCgR1c2VyGAUgASgJIkwKEUdldFNvY2tldFJlc3BvbnNlEiUKBnNvY2tldBgBIAEoCzIVLm1lbWJlcnNoaXAudjEuU29ja2V0EhAKCHJldmlzaW9uGAIgASgDInEKEEJyb2FkY2FzdFJlcXVlc3QSDQoFcm9vbXMYASADKAkSDQoFZXZlbnQYAiABKAkSJAoEZGF0YRgDIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIZChFleGNlcHRfc29ja2V0X2lkcxgEIAMoCSJRChFCcm9hZGNhc3RSZXNwb25zZRIRCglkZWxpdmVyZWQYASABKAMSEAoIcmV2aXNpb24YAiABKAMSFwoPZmFpbGVkX2dhdGV3YXlzGAMgASgFIl4KDEJsYXN0UmVxdWVzdBINCgVldmVudBgBIAEoCRIkCgRkYXRhGAIgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEhkKEWV4Y2VwdF9zb2NrZXRfaWRzGAMgAygJIk0KDUJsYXN0UmVzcG9uc2USEQoJZGVsaXZlcmVkGAEgASgDEhAKCHJldmlzaW9uGAIgASgDEhcKD2ZhaWxlZF9nYXRld2F5cxgDIAEoBSIfCg9MZWF2ZUFsbFJlcXVlc3QSDAoEcm9vbRgBIAEoCSJGChBMZWF2ZUFsbFJlc3BvbnNlEg8KB3NvY2tldHMYASABKAMSDwoHY2hhbmdlZBgCIAEoAxIQCghyZXZpc2lvbhgDIAEoAyJHChxBZGRSb29tTWVtYmVyc1RvUm9vbXNSZXF1ZXN0EhMKC3NvdXJjZV9yb29tGAEgASgJEhIKCmRlc3Rfcm9vbXMYAiADKAkiZwodQWRkUm9vbU1lbWJlcnNUb1Jvb21zUmVzcG9uc2USDwoHc29ja2V0cxgBIAEoAxIPCgdjaGFuZ2VkGAIgASgDEhAKCHJldmlzaW9uGAMgASgDEhIKCm92ZXJfbGltaXQYBCABKAMiTAohUmVtb3ZlUm9vbU1lbWJlcnNGcm9tUm9vbXNSZXF1ZXN0EhMKC3NvdXJjZV9yb29tGAEgASgJEhIKCmRlc3Rfcm9vbXMYAiADKAkiWAoiUmVtb3ZlUm9vbU1lbWJlcnNGcm9tUm9vbXNSZXNwb25zZRIPCgdzb2NrZXRzGAEgASgDEg8KB2NoYW5nZWQYAiABKAMSEAoIcmV2aXNpb24YAyABKAMiSQoSTGlzdFNvY2tldHNSZXF1ZXN0EgwKBHVzZXIYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiaAoTTGlzdFNvY2tldHNSZXNwb25zZRImCgdzb2NrZXRzGAEgAygLMhUubWVtYmVyc2hpcC52MS5Tb2NrZXQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJEhAKCHJldmlzaW9uGAMgASgDIh4KDkdldFJvb21SZXF1ZXN0EgwKBHJvb20YASABKAkiRgoPR2V0Um9vbVJlc3BvbnNlEiEKBHJvb20YASABKAsyEy5tZW1iZXJzaGlwLnYxLlJvb20SEAoIcmV2aXNpb24YAiABKAMqTAoHV2FpdEZvchIYChRXQUlUX0ZPUl9VTlNQRUNJRklFRBAAEhMKD1dBSVRfRk9SX0NPTU1JVBABEhIKDldBSVRfRk9SX0FQUExZEAIylwwKEU1lbWJlcnNoaXBTZXJ2aWNlEmcKBEpvaW4SGi5tZW1iZXJzaGlwLnYxLkpvaW5SZXF1ZXN0GhsubWVtYmVyc2hpcC52MS5Kb2luUmVzcG9uc2UiJpACAoLT5JMCHToBKiIYL3YxL3Jvb21zL3tyb29tfS9tZW1iZXJzEpgBCgVMZWF2ZRIbLm1lbWJlcnNoaXAudjEuTGVhdmVSZXF1ZXN0GhwubWVtYmVyc2hpcC52MS5MZWF2ZVJlc3BvbnNlIlSQAgKC0+STAktaIzoBKiIeL3YxL3Jvb21zL3tyb29tfS9tZW1iZXJzOmxlYXZlKiQvdjEvcm9vbXMve3Jvb219L21lbWJlcnMve3NvY2tldF9pZH0ShQEKCUxpc3RSb29tcxIfLm1lbWJlcnNoaXAudjEuTGlzdFJvb21zUmVxdWVzdBogLm1lbWJlcnNoaXAudjEuTGlzdFJvb21zUmVzcG9uc2UiNZACAYLT5JMCLFofEh0vdjEvc29ja2V0cy97c29ja2V0X2lkfS9yb29tcxIJL3YxL3Jvb21zEnkKC0xpc3RNZW1iZXJzEiEubWVtYmVyc2hpcC52MS5MaXN0TWVtYmVyc1JlcXVlc3QaIi5tZW1iZXJzaGlwLnYxLkxpc3RNZW1iZXJzUmVzcG9uc2UiI5ACAYLT5JMCGhIYL3YxL3Jvb21zL3tyb29tfS9tZW1iZXJzEnIKCUdldFNvY2tldBIfLm1lbWJlcnNoaXAudjEuR2V0U29ja2V0UmVxdWVzdBogLm1lbWJlcnNoaXAudjEuR2V0U29ja2V0UmVzcG9uc2UiIpACAYLT5JMCGRIXL3YxL3NvY2tldHMve3NvY2tldF9pZH0SaAoJQnJvYWRjYXN0Eh8ubWVtYmVyc2hpcC52MS5Ccm9hZGNhc3RSZXF1ZXN0GiAubWVtYmVyc2hpcC52MS5Ccm9hZGNhc3RSZXNwb25zZSIYgtPkkwISOgEqIg0vdjEvYnJvYWRjYXN0ElgKBUJsYXN0EhsubWVtYmVyc2hpcC52MS5CbGFzdFJlcXVlc3QaHC5tZW1iZXJzaGlwLnYxLkJsYXN0UmVzcG9uc2UiFILT5JMCDjoBKiIJL3YxL2JsYXN0EnEKCExlYXZlQWxsEh4ubWVtYmVyc2hpcC52MS5MZWF2ZUFsbFJlcXVlc3QaHy5tZW1iZXJzaGlwLnYxLkxlYXZlQWxsUmVzcG9uc2UiJJACAoLT5JMCGyIZL3YxL3Jvb21zL3tyb29tfTpsZWF2ZUFsbBKrAQoVQWRkUm9vbU1lbWJlcnNUb1Jvb21zEisubWVtYmVyc2hpcC52MS5BZGRSb29tTWVtYmVyc1RvUm9vbXNSZXF1ZXN0GiwubWVtYmVyc2hpcC52MS5BZGRSb29tTWVtYmVyc1RvUm9vbXNSZXNwb25zZSI3kAICgtPkkwIuOgEqIikvdjEvcm9vbXMve3NvdXJjZV9yb29tfTphZGRNZW1iZXJzVG9Sb29tcxK/AQoaUmVtb3ZlUm9vbU1lbWJlcnNGcm9tUm9vbXMSMC5tZW1iZXJzaGlwLnYxLlJlbW92ZVJvb21NZW1iZXJzRnJvbVJvb21zUmVxdWVzdBoxLm1lbWJlcnNoaXAudjEuUmVtb3ZlUm9vbU1lbWJlcnNGcm9tUm9vbXNSZXNwb25zZSI8kAICgtPkkwIzOgEqIi4vdjEvcm9vbXMve3NvdXJjZV9yb29tfTpyZW1vdmVNZW1iZXJzRnJvbVJvb21zEnkKC0xpc3RTb2NrZXRzEiEubWVtYmVyc2hpcC52MS5MaXN0U29ja2V0c1JlcXVlc3QaIi5tZW1iZXJzaGlwLnYxLkxpc3RTb2NrZXRzUmVzcG9uc2UiI5ACAYLT5JMCGhIYL3YxL3VzZXJzL3t1c2VyfS9zb2NrZXRzEmUKB0dldFJvb20SHS5tZW1iZXJzaGlwLnYxLkdldFJvb21SZXF1ZXN0Gh4ubWVtYmVyc2hpcC52MS5HZXRSb29tUmVzcG9uc2UiG5ACAYLT5JMCEhIQL3YxL3Jvb21zL3tyb29tfUJCWkBnaXRodWIuY29tL3NvY2tldHJvb21zL21lbWJlcnNoaXAvZ2VuL21lbWJlcnNoaXAvdjE7bWVtYmVyc2hpcHYxYgZwcm90bzM", [file_google_api_annotations, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("Ch5tZW1iZXJzaGlwL3YxL21lbWJlcnNoaXAucHJvdG8SDW1lbWJlcnNoaXAudjEiegoLSm9pblJlcXVlc3QSEQoJc29ja2V0X2lkGAEgASgJEgwKBHJvb20YAiABKAkSKAoId2FpdF9mb3IYAyABKA4yFi5tZW1iZXJzaGlwLnYxLldhaXRGb3ISEgoKc29ja2V0X2lkcxgEIAMoCRIMCgR1c2VyGAUgASgJIjUKDFNvY2tldFJlc3VsdBIRCglzb2NrZXRfaWQYASABKAkSEgoKd2FzX21lbWJlchgCIAEoCCJmCgxKb2luUmVzcG9uc2USFgoOYWxyZWFkeV9tZW1iZXIYASABKAgSEAoIcmV2aXNpb24YAiABKAMSLAoHcmVzdWx0cxgDIAMoCzIbLm1lbWJlcnNoaXAudjEuU29ja2V0UmVzdWx0InsKDExlYXZlUmVxdWVzdBIRCglzb2NrZXRfaWQYASABKAkSDAoEcm9vbRgCIAEoCRIoCgh3YWl0X2ZvchgDIAEoDjIWLm1lbWJlcnNoaXAudjEuV2FpdEZvchISCgpzb2NrZXRfaWRzGAQgAygJEgwKBHVzZXIYBSABKAkiYwoNTGVhdmVSZXNwb25zZRISCgp3YXNfbWVtYmVyGAEgASgIEhAKCHJldmlzaW9uGAIgASgDEiwKB3Jlc3VsdHMYAyADKAsyGy5tZW1iZXJzaGlwLnYxLlNvY2tldFJlc3VsdCJMChBMaXN0Um9vbXNSZXF1ZXN0EhEKCXNvY2tldF9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSI+CgRSb29tEgwKBG5hbWUYASABKAkSFAoMbWVtYmVyX2NvdW50GAIgASgDEhIKCnVzZXJfY291bnQYAyABKAMiYgoRTGlzdFJvb21zUmVzcG9uc2USIgoFcm9vbXMYASADKAsyEy5tZW1iZXJzaGlwLnYxLlJvb20SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJEhAKCHJldmlzaW9uGAMgASgDIkkKEkxpc3RNZW1iZXJzUmVxdWVzdBIMCgRyb29tGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJIjoKBk1lbWJlchIRCglzb2NrZXRfaWQYASABKAkSDwoHZ2F0ZXdheRgCIAEoCRIMCgR1c2VyGAMgASgJImgKE0xpc3RNZW1iZXJzUmVzcG9uc2USJgoHbWVtYmVycxgBIAMoCzIVLm1lbWJlcnNoaXAudjEuTWVtYmVyEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCRIQCghyZXZpc2lvbhgDIAEoAyIlChBHZXRTb2NrZXRSZXF1ZXN0EhEKCXNvY2tldF9pZBgBIAEoCSJ7CgZTb2NrZXQSEQoJc29ja2V0X2lkGAEgASgJEg8KB2dhdGV3YXkYAiABKAkSMAoMY29ubmVjdGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVyb29tcxgEIAMoCRIMCgR1c2VyGAUgASgJIkwKEUdldFNvY2tldFJlc3BvbnNlEiUKBnNvY2tldBgBIAEoCzIVLm1lbWJlcnNoaXAudjEuU29ja2V0EhAKCHJldmlzaW9uGAIgASgDInEKEEJyb2FkY2FzdFJlcXVlc3QSDQoFcm9vbXMYASADKAkSDQoFZXZlbnQYAiABKAkSJAoEZGF0YRgDIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIZChFleGNlcHRfc29ja2V0X2lkcxgEIAMoCSJRChFCcm9hZGNhc3RSZXNwb25zZRIRCglkZWxpdmVyZWQYASABKAMSEAoIcmV2aXNpb24YAiABKAMSFwoPZmFpbGVkX2dhdGV3YXlzGAMgASgFIl4KDEJsYXN0UmVxdWVzdBINCgVldmVudBgBIAEoCRIkCgRkYXRhGAIgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEhkKEWV4Y2VwdF9zb2NrZXRfaWRzGAMgAygJIk0KDUJsYXN0UmVzcG9uc2USEQoJZGVsaXZlcmVkGAEgASgDEhAKCHJldmlzaW9uGAIgASgDEhcKD2ZhaWxlZF9nYXRld2F5cxgDIAEoBSIfCg9MZWF2ZUFsbFJlcXVlc3QSDAoEcm9vbRgBIAEoCSJGChBMZWF2ZUFsbFJlc3BvbnNlEg8KB3NvY2tldHMYASABKAMSDwoHY2hhbmdlZBgCIAEoAxIQCghyZXZpc2lvbhgDIAEoAyJHChxBZGRSb29tTWVtYmVyc1RvUm9vbXNSZXF1ZXN0EhMKC3NvdXJjZV9yb29tGAEgASgJEhIKCmRlc3Rfcm9vbXMYAiADKAkiZwodQWRkUm9vbU1lbWJlcnNUb1Jvb21zUmVzcG9uc2USDwoHc29ja2V0cxgBIAEoAxIPCgdjaGFuZ2VkGAIgASgDEhAKCHJldmlzaW9uGAMgASgDEhIKCm92ZXJfbGltaXQYBCABKAMiTAohUmVtb3ZlUm9vbU1lbWJlcnNGcm9tUm9vbXNSZXF1ZXN0EhMKC3NvdXJjZV9yb29tGAEgASgJEhIKCmRlc3Rfcm9vbXMYAiADKAkiWAoiUmVtb3ZlUm9vbU1lbWJlcnNGcm9tUm9vbXNSZXNwb25zZRIPCgdzb2NrZXRzGAEgASgDEg8KB2NoYW5nZWQYAiABKAMSEAoIcmV2aXNpb24YAyABKAMiSQoSTGlzdFNvY2tldHNSZXF1ZXN0EgwKBHVzZXIYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiaAoTTGlzdFNvY2tldHNSZXNwb25zZRImCgdzb2NrZXRzGAEgAygLMhUubWVtYmVyc2hpcC52MS5Tb2NrZXQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJEhAKCHJldmlzaW9uGAMgASgDIh4KDkdldFJvb21SZXF1ZXN0EgwKBHJvb20YASABKAkiRgoPR2V0Um9vbVJlc3BvbnNlEiEKBHJvb20YASABKAsyEy5tZW1iZXJzaGlwLnYxLlJvb20SEAoIcmV2aXNpb24YAiABKAMiiwEKEURpc2Nvbm5lY3RSZXF1ZXN0EhIKCnNvY2tldF9pZHMYASADKAkSDAoEdXNlchgCIAEoCRIMCgRyb29tGAMgASgJEgwKBGNvZGUYBCABKAUSDgoGcmVhc29uGAUgASgJEigKCHdhaXRfZm9yGAYgASgOMhYubWVtYmVyc2hpcC52MS5XYWl0Rm9yIjsKEERpc2Nvbm5lY3RSZXN1bHQSEQoJc29ja2V0X2lkGAEgASgJEhQKDGRpc2Nvbm5lY3RlZBgCIAEoCCJuChJEaXNjb25uZWN0UmVzcG9uc2USFAoMZGlzY29ubmVjdGVkGAEgASgDEhAKCHJldmlzaW9uGAIgASgDEjAKB3Jlc3VsdHMYAyADKAsyHy5tZW1iZXJzaGlwLnYxLkRpc2Nvbm5lY3RSZXN1bHQiXwoWV2F0Y2hNZW1iZXJzaGlwUmVxdWVzdBIMCgRyb29tGAEgASgJEgwKBHVzZXIYAiABKAkSEQoJc29ja2V0X2lkGAMgASgJEhYKDmFmdGVyX3JldmlzaW9uGAQgASgDIosBCg9NZW1iZXJzaGlwRXZlbnQSJgoEdHlwZRgBIAEoDjIYLm1lbWJlcnNoaXAudjEuRXZlbnRUeXBlEhEKCXNvY2tldF9pZBgCIAEoCRIMCgR1c2VyGAMgASgJEg8KB2dhdGV3YXkYBCABKAkSDAoEcm9vbRgFIAEoCRIQCghyZXZpc2lvbhgGIAEoAyJUChBNZW1iZXJzaGlwRXZlbnRzEhAKCHJldmlzaW9uGAEgASgDEi4KBmV2ZW50cxgCIAMoCzIeLm1lbWJlcnNoaXAudjEuTWVtYmVyc2hpcEV2ZW50IiEKDVdhdGNoUHJvZ3Jlc3MSEAoIcmV2aXNpb24YASABKAMihgEKF1dhdGNoTWVtYmVyc2hpcFJlc3BvbnNlEjEKBmV2ZW50cxgBIAEoCzIfLm1lbWJlcnNoaXAudjEuTWVtYmVyc2hpcEV2ZW50c0gAEjAKCHByb2dyZXNzGAIgASgLMhwubWVtYmVyc2hpcC52MS5XYXRjaFByb2dyZXNzSABCBgoEa2luZCpMCgdXYWl0Rm9yEhgKFFdBSVRfRk9SX1VOU1BFQ0lGSUVEEAASEwoPV0FJVF9GT1JfQ09NTUlUEAESEgoOV0FJVF9GT1JfQVBQTFkQAiqKAQoJRXZlbnRUeXBlEhoKFkVWRU5UX1RZUEVfVU5TUEVDSUZJRUQQABIYChRFVkVOVF9UWVBFX0NPTk5FQ1RFRBABEhsKF0VWRU5UX1RZUEVfRElTQ09OTkVDVEVEEAISFQoRRVZFTlRfVFlQRV9KT0lORUQQAxITCg9FVkVOVF9UWVBFX0xFRlQQBDL5DQoRTWVtYmVyc2hpcFNlcnZpY2USZwoESm9pbhIaLm1lbWJlcnNoaXAudjEuSm9pblJlcXVlc3QaGy5tZW1iZXJzaGlwLnYxLkpvaW5SZXNwb25zZSImkAICgtPkkwIdOgEqIhgvdjEvcm9vbXMve3Jvb219L21lbWJlcnMSmAEKBUxlYXZlEhsubWVtYmVyc2hpcC52MS5MZWF2ZVJlcXVlc3QaHC5tZW1iZXJzaGlwLnYxLkxlYXZlUmVzcG9uc2UiVJACAoLT5JMCS1ojOgEqIh4vdjEvcm9vbXMve3Jvb219L21lbWJlcnM6bGVhdmUqJC92MS9yb29tcy97cm9vbX0vbWVtYmVycy97c29ja2V0X2lkfRKFAQoJTGlzdFJvb21zEh8ubWVtYmVyc2hpcC52MS5MaXN0Um9vbXNSZXF1ZXN0GiAubWVtYmVyc2hpcC52MS5MaXN0Um9vbXNSZXNwb25zZSI1kAIBgtPkkwIsWh8SHS92MS9zb2NrZXRzL3tzb2NrZXRfaWR9L3Jvb21zEgkvdjEvcm9vbXMSeQoLTGlzdE1lbWJlcnMSIS5tZW1iZXJzaGlwLnYxLkxpc3RNZW1iZXJzUmVxdWVzdBoiLm1lbWJlcnNoaXAudjEuTGlzdE1lbWJlcnNSZXNwb25zZSIjkAIBgtPkkwIaEhgvdjEvcm9vbXMve3Jvb219L21lbWJlcnMScgoJR2V0U29ja2V0Eh8ubWVtYmVyc2hpcC52MS5HZXRTb2NrZXRSZXF1ZXN0GiAubWVtYmVyc2hpcC52MS5HZXRTb2NrZXRSZXNwb25zZSIikAIBgtPkkwIZEhcvdjEvc29ja2V0cy97c29ja2V0X2lkfRJoCglCcm9hZGNhc3QSHy5tZW1iZXJzaGlwLnYxLkJyb2FkY2FzdFJlcXVlc3QaIC5tZW1iZXJzaGlwLnYxLkJyb2FkY2FzdFJlc3BvbnNlIhiC0+STAhI6ASoiDS92MS9icm9hZGNhc3QSWAoFQmxhc3QSGy5tZW1iZXJzaGlwLnYxLkJsYXN0UmVxdWVzdBocLm1lbWJlcnNoaXAudjEuQmxhc3RSZXNwb25zZSIUgtPkkwIOOgEqIgkvdjEvYmxhc3QScQoITGVhdmVBbGwSHi5tZW1iZXJzaGlwLnYxLkxlYXZlQWxsUmVxdWVzdBofLm1lbWJlcnNoaXAudjEuTGVhdmVBbGxSZXNwb25zZSIkkAICgtPkkwIbIhkvdjEvcm9vbXMve3Jvb219OmxlYXZlQWxsEqsBChVBZGRSb29tTWVtYmVyc1RvUm9vbXMSKy5tZW1iZXJzaGlwLnYxLkFkZFJvb21NZW1iZXJzVG9Sb29tc1JlcXVlc3QaLC5tZW1iZXJzaGlwLnYxLkFkZFJvb21NZW1iZXJzVG9Sb29tc1Jlc3BvbnNlIjeQAgKC0+STAi46ASoiKS92MS9yb29tcy97c291cmNlX3Jvb219OmFkZE1lbWJlcnNUb1Jvb21zEr8BChpSZW1vdmVSb29tTWVtYmVyc0Zyb21Sb29tcxIwLm1lbWJlcnNoaXAudjEuUmVtb3ZlUm9vbU1lbWJlcnNGcm9tUm9vbXNSZXF1ZXN0GjEubWVtYmVyc2hpcC52MS5SZW1vdmVSb29tTWVtYmVyc0Zyb21Sb29tc1Jlc3BvbnNlIjyQAgKC0+STAjM6ASoiLi92MS9yb29tcy97c291cmNlX3Jvb219OnJlbW92ZU1lbWJlcnNGcm9tUm9vbXMSeQoLTGlzdFNvY2tldHMSIS5tZW1iZXJzaGlwLnYxLkxpc3RTb2NrZXRzUmVxdWVzdBoiLm1lbWJlcnNoaXAudjEuTGlzdFNvY2tldHNSZXNwb25zZSIjkAIBgtPkkwIaEhgvdjEvdXNlcnMve3VzZXJ9L3NvY2tldHMSZQoHR2V0Um9vbRIdLm1lbWJlcnNoaXAudjEuR2V0Um9vbVJlcXVlc3QaHi5tZW1iZXJzaGlwLnYxLkdldFJvb21SZXNwb25zZSIbkAIBgtPkkwISEhAvdjEvcm9vbXMve3Jvb219EncKCkRpc2Nvbm5lY3QSIC5tZW1iZXJzaGlwLnYxLkRpc2Nvbm5lY3RSZXF1ZXN0GiEubWVtYmVyc2hpcC52MS5EaXNjb25uZWN0UmVzcG9uc2UiJJACAoLT5JMCGzoBKiIWL3YxL3NvY2tldHM6ZGlzY29ubmVjdBJnCg9XYXRjaE1lbWJlcnNoaXASJS5tZW1iZXJzaGlwLnYxLldhdGNoTWVtYmVyc2hpcFJlcXVlc3QaJi5tZW1iZXJzaGlwLnYxLldhdGNoTWVtYmVyc2hpcFJlc3BvbnNlIgOQAgEwAUJCWkBnaXRodWIuY29tL3NvY2tldHJvb21zL21lbWJlcnNoaXAvZ2VuL21lbWJlcnNoaXAvdjE7bWVtYmVyc2hpcHYxYgZwcm90bzM", [file_google_api_annotations, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * JoinRequest adds socket_id (and socket_ids) to room.
@@ -1052,6 +1052,318 @@ export const GetRoomResponseSchema: GenMessage<GetRoomResponse> = /*@__PURE__*/
   messageDesc(file_membership_v1_membership, 27);
 
 /**
+ * DisconnectRequest selects the sockets to close: exactly one of socket_ids,
+ * user and room.
+ *
+ * @generated from message membership.v1.DisconnectRequest
+ */
+export type DisconnectRequest = Message<"membership.v1.DisconnectRequest"> & {
+  /**
+   * Sockets to close, at most 100; repeats count once.
+   *
+   * @generated from field: repeated string socket_ids = 1;
+   */
+  socketIds: string[];
+
+  /**
+   * Close every socket whose token named this user (1 to 256 bytes of UTF-8
+   * without control characters), as of one revision.
+   *
+   * @generated from field: string user = 2;
+   */
+  user: string;
+
+  /**
+   * Close every member of this room, as of one revision; a room name as in
+   * JoinRequest.room.
+   *
+   * @generated from field: string room = 3;
+   */
+  room: string;
+
+  /**
+   * The close code each client gets: 4000 to 4999 (an application's range
+   * in RFC 6455), 0 meaning 4000. membership.js does not reconnect on a code
+   * in this range.
+   *
+   * @generated from field: int32 code = 4;
+   */
+  code: number;
+
+  /**
+   * The close reason each client gets: at most 123 bytes of UTF-8 (what
+   * fits a WebSocket close frame with its code).
+   *
+   * @generated from field: string reason = 5;
+   */
+  reason: string;
+
+  /**
+   * When the call returns; WAIT_FOR_COMMIT when unspecified.
+   *
+   * @generated from field: membership.v1.WaitFor wait_for = 6;
+   */
+  waitFor: WaitFor;
+};
+
+/**
+ * Describes the message membership.v1.DisconnectRequest.
+ * Use `create(DisconnectRequestSchema)` to create a new message.
+ */
+export const DisconnectRequestSchema: GenMessage<DisconnectRequest> = /*@__PURE__*/
+  messageDesc(file_membership_v1_membership, 28);
+
+/**
+ * DisconnectResult is what a Disconnect did to one socket.
+ *
+ * @generated from message membership.v1.DisconnectResult
+ */
+export type DisconnectResult = Message<"membership.v1.DisconnectResult"> & {
+  /**
+   * The socket.
+   *
+   * @generated from field: string socket_id = 1;
+   */
+  socketId: string;
+
+  /**
+   * Whether the call closed it; false when it was already gone.
+   *
+   * @generated from field: bool disconnected = 2;
+   */
+  disconnected: boolean;
+};
+
+/**
+ * Describes the message membership.v1.DisconnectResult.
+ * Use `create(DisconnectResultSchema)` to create a new message.
+ */
+export const DisconnectResultSchema: GenMessage<DisconnectResult> = /*@__PURE__*/
+  messageDesc(file_membership_v1_membership, 29);
+
+/**
+ * DisconnectResponse reports a committed Disconnect.
+ *
+ * @generated from message membership.v1.DisconnectResponse
+ */
+export type DisconnectResponse = Message<"membership.v1.DisconnectResponse"> & {
+  /**
+   * How many sockets the call closed (sockets already gone do not count).
+   *
+   * @generated from field: int64 disconnected = 1;
+   */
+  disconnected: bigint;
+
+  /**
+   * The etcd revision from which none of the sockets' keys exist.
+   *
+   * @generated from field: int64 revision = 2;
+   */
+  revision: bigint;
+
+  /**
+   * For socket_ids: one entry per distinct socket, in request order.
+   *
+   * @generated from field: repeated membership.v1.DisconnectResult results = 3;
+   */
+  results: DisconnectResult[];
+};
+
+/**
+ * Describes the message membership.v1.DisconnectResponse.
+ * Use `create(DisconnectResponseSchema)` to create a new message.
+ */
+export const DisconnectResponseSchema: GenMessage<DisconnectResponse> = /*@__PURE__*/
+  messageDesc(file_membership_v1_membership, 30);
+
+/**
+ * WatchMembershipRequest says which changes to stream, and from where.
+ *
+ * @generated from message membership.v1.WatchMembershipRequest
+ */
+export type WatchMembershipRequest = Message<"membership.v1.WatchMembershipRequest"> & {
+  /**
+   * Only changes of this room (JOINED and LEFT events); a room name as in
+   * JoinRequest.room.
+   *
+   * @generated from field: string room = 1;
+   */
+  room: string;
+
+  /**
+   * Only changes of this user's sockets (1 to 256 bytes of UTF-8 without
+   * control characters).
+   *
+   * @generated from field: string user = 2;
+   */
+  user: string;
+
+  /**
+   * Only changes of this socket.
+   *
+   * @generated from field: string socket_id = 3;
+   */
+  socketId: string;
+
+  /**
+   * Stream the events after this etcd revision (exclusive): the last
+   * revision a previous stream delivered (events or progress). 0: from now.
+   *
+   * @generated from field: int64 after_revision = 4;
+   */
+  afterRevision: bigint;
+};
+
+/**
+ * Describes the message membership.v1.WatchMembershipRequest.
+ * Use `create(WatchMembershipRequestSchema)` to create a new message.
+ */
+export const WatchMembershipRequestSchema: GenMessage<WatchMembershipRequest> = /*@__PURE__*/
+  messageDesc(file_membership_v1_membership, 31);
+
+/**
+ * MembershipEvent is one change.
+ *
+ * @generated from message membership.v1.MembershipEvent
+ */
+export type MembershipEvent = Message<"membership.v1.MembershipEvent"> & {
+  /**
+   * The kind of change.
+   *
+   * @generated from field: membership.v1.EventType type = 1;
+   */
+  type: EventType;
+
+  /**
+   * The socket.
+   *
+   * @generated from field: string socket_id = 2;
+   */
+  socketId: string;
+
+  /**
+   * The socket's user; empty when its gateway does not authenticate sockets.
+   *
+   * @generated from field: string user = 3;
+   */
+  user: string;
+
+  /**
+   * The gateway holding the socket.
+   *
+   * @generated from field: string gateway = 4;
+   */
+  gateway: string;
+
+  /**
+   * The room, for JOINED and LEFT.
+   *
+   * @generated from field: string room = 5;
+   */
+  room: string;
+
+  /**
+   * The etcd revision of the change.
+   *
+   * @generated from field: int64 revision = 6;
+   */
+  revision: bigint;
+};
+
+/**
+ * Describes the message membership.v1.MembershipEvent.
+ * Use `create(MembershipEventSchema)` to create a new message.
+ */
+export const MembershipEventSchema: GenMessage<MembershipEvent> = /*@__PURE__*/
+  messageDesc(file_membership_v1_membership, 32);
+
+/**
+ * MembershipEvents are all the matching events of one revision.
+ *
+ * @generated from message membership.v1.MembershipEvents
+ */
+export type MembershipEvents = Message<"membership.v1.MembershipEvents"> & {
+  /**
+   * The revision every event belongs to.
+   *
+   * @generated from field: int64 revision = 1;
+   */
+  revision: bigint;
+
+  /**
+   * The events, in the order etcd applied them.
+   *
+   * @generated from field: repeated membership.v1.MembershipEvent events = 2;
+   */
+  events: MembershipEvent[];
+};
+
+/**
+ * Describes the message membership.v1.MembershipEvents.
+ * Use `create(MembershipEventsSchema)` to create a new message.
+ */
+export const MembershipEventsSchema: GenMessage<MembershipEvents> = /*@__PURE__*/
+  messageDesc(file_membership_v1_membership, 33);
+
+/**
+ * WatchProgress says every matching event up to revision has been sent.
+ *
+ * @generated from message membership.v1.WatchProgress
+ */
+export type WatchProgress = Message<"membership.v1.WatchProgress"> & {
+  /**
+   * The etcd revision the stream has caught up with.
+   *
+   * @generated from field: int64 revision = 1;
+   */
+  revision: bigint;
+};
+
+/**
+ * Describes the message membership.v1.WatchProgress.
+ * Use `create(WatchProgressSchema)` to create a new message.
+ */
+export const WatchProgressSchema: GenMessage<WatchProgress> = /*@__PURE__*/
+  messageDesc(file_membership_v1_membership, 34);
+
+/**
+ * WatchMembershipResponse is one revision's events or a progress message.
+ *
+ * @generated from message membership.v1.WatchMembershipResponse
+ */
+export type WatchMembershipResponse = Message<"membership.v1.WatchMembershipResponse"> & {
+  /**
+   * What this response carries.
+   *
+   * @generated from oneof membership.v1.WatchMembershipResponse.kind
+   */
+  kind: {
+    /**
+     * The matching events of one revision.
+     *
+     * @generated from field: membership.v1.MembershipEvents events = 1;
+     */
+    value: MembershipEvents;
+    case: "events";
+  } | {
+    /**
+     * A checkpoint without events.
+     *
+     * @generated from field: membership.v1.WatchProgress progress = 2;
+     */
+    value: WatchProgress;
+    case: "progress";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message membership.v1.WatchMembershipResponse.
+ * Use `create(WatchMembershipResponseSchema)` to create a new message.
+ */
+export const WatchMembershipResponseSchema: GenMessage<WatchMembershipResponse> = /*@__PURE__*/
+  messageDesc(file_membership_v1_membership, 35);
+
+/**
  * WaitFor says when a membership change returns.
  *
  * @generated from enum membership.v1.WaitFor
@@ -1088,6 +1400,54 @@ export const WaitForSchema: GenEnum<WaitFor> = /*@__PURE__*/
   enumDesc(file_membership_v1_membership, 0);
 
 /**
+ * EventType is the kind of a membership change.
+ *
+ * @generated from enum membership.v1.EventType
+ */
+export enum EventType {
+  /**
+   * Never sent.
+   *
+   * @generated from enum value: EVENT_TYPE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * A socket connected (its record was written).
+   *
+   * @generated from enum value: EVENT_TYPE_CONNECTED = 1;
+   */
+  CONNECTED = 1,
+
+  /**
+   * A socket went: closed, disconnected, or its gateway's lease expired.
+   *
+   * @generated from enum value: EVENT_TYPE_DISCONNECTED = 2;
+   */
+  DISCONNECTED = 2,
+
+  /**
+   * A socket joined a room.
+   *
+   * @generated from enum value: EVENT_TYPE_JOINED = 3;
+   */
+  JOINED = 3,
+
+  /**
+   * A socket left a room (also when it disconnected).
+   *
+   * @generated from enum value: EVENT_TYPE_LEFT = 4;
+   */
+  LEFT = 4,
+}
+
+/**
+ * Describes the enum membership.v1.EventType.
+ */
+export const EventTypeSchema: GenEnum<EventType> = /*@__PURE__*/
+  enumDesc(file_membership_v1_membership, 1);
+
+/**
  * MembershipService decides which client sockets are in which rooms, cluster-wide,
  * and delivers room messages to them. Every replica serves every call; etcd is the
  * only source of truth.
@@ -1113,7 +1473,10 @@ export const WaitForSchema: GenEnum<WaitFor> = /*@__PURE__*/
  * metadata "field" where one can be named), OVERLOADED (RESOURCE_EXHAUSTED:
  * Broadcasts and Blasts in flight hold the replica's
  * --max-inflight-payload-bytes; refused before the request is read, nothing
- * done; retry after a backoff), INTERNAL (a bug; not worth retrying).
+ * done; retry after a backoff), COMPACTED (OUT_OF_RANGE: WatchMembership's
+ * after_revision is compacted; metadata "compact_revision"), SLOW_CONSUMER
+ * and TOO_MANY_STREAMS (RESOURCE_EXHAUSTED: see WatchMembership), INTERNAL
+ * (a bug; not worth retrying).
  *
  * Room names are 1 to 256 bytes of UTF-8 without control characters, and
  * never have the shape of a socket id: {gateway}.{16 hex digits}.{22
@@ -1292,7 +1655,7 @@ export const MembershipService: GenService<{
    * watch (per room: members and user → member sockets; per socket with a
    * user: its user): a call costs a map lookup, not a scan of the members.
    * Keeping them costs each Join and Leave two map updates in each replica's
-   * index and no etcd operation (BENCHMARKS.md section 10); a socket with a
+   * index and no etcd operation (BENCHMARKS.md section 11); a socket with a
    * user costs one more key, written and deleted with its record.
    *
    * @generated from rpc membership.v1.MembershipService.GetRoom
@@ -1301,6 +1664,58 @@ export const MembershipService: GenService<{
     methodKind: "unary";
     input: typeof GetRoomRequestSchema;
     output: typeof GetRoomResponseSchema;
+  },
+  /**
+   * Disconnect closes sockets cluster-wide (Socket.IO's disconnectSockets,
+   * Centrifugo's disconnect), selected by exactly one of socket_ids, user or
+   * room (every member as of one revision; sockets joining later stay). Each
+   * client gets the close code and reason: a WebSocket close frame on /ws; on
+   * Socket.IO, a membership:disconnected event with {code, reason} and a
+   * DISCONNECT packet. The sockets' keys are removed in etcd when the call
+   * returns: committed (WAIT_FOR_COMMIT) or also applied by their gateways,
+   * which have closed them (WAIT_FOR_APPLY). A socket already gone is
+   * reported (results, socket_ids only), not an error. The close is durable
+   * once committed: each socket's record is deleted, and a disconnect notice
+   * written on its lease, in one transaction per group of sockets, and its
+   * gateway closes it on seeing the notice, whatever becomes of this call.
+   *
+   * @generated from rpc membership.v1.MembershipService.Disconnect
+   */
+  disconnect: {
+    methodKind: "unary";
+    input: typeof DisconnectRequestSchema;
+    output: typeof DisconnectResponseSchema;
+  },
+  /**
+   * WatchMembership streams membership changes in etcd revision order:
+   * sockets connecting and disconnecting, and joining and leaving rooms,
+   * filtered by room, user and socket_id (set filters combine with AND; none
+   * is everything). Each response holds all the matching events of one
+   * revision, or a progress message: no event at or before its revision is
+   * still to come. Progress is sent when the stream starts and at the
+   * membership-server's --watch-progress-interval (5s by default) while no
+   * events flow, so an idle consumer can checkpoint. Resuming with
+   * after_revision set to the last revision seen delivers every later event
+   * exactly once. A revision etcd has compacted gives OUT_OF_RANGE (reason
+   * COMPACTED, metadata compact_revision): re-list, then watch from the
+   * listing's revision. A consumer that leaves the membership-server's
+   * per-stream buffer (--watch-buffer-events) full for --watch-stall-timeout
+   * is ended with RESOURCE_EXHAUSTED (reason SLOW_CONSUMER, metadata
+   * "revision": the last revision sent in full), and may resume from there;
+   * one that reads slowly is sent history at its own pace.
+   * Streams beyond --max-watch-streams are refused with RESOURCE_EXHAUSTED
+   * (reason TOO_MANY_STREAMS). A gateway that dies shows its sockets'
+   * DISCONNECTED (and LEFT) events when its lease expires.
+   *
+   * Over HTTP it is served with Connect and gRPC-Web only: the REST
+   * transcoding does not stream, so it has no REST route.
+   *
+   * @generated from rpc membership.v1.MembershipService.WatchMembership
+   */
+  watchMembership: {
+    methodKind: "server_streaming";
+    input: typeof WatchMembershipRequestSchema;
+    output: typeof WatchMembershipResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_membership_v1_membership, 0);
