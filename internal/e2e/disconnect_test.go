@@ -182,6 +182,14 @@ func TestDisconnectUser(t *testing.T) {
 	if err != nil || resp.Disconnected != 2 {
 		t.Fatalf("Disconnect alice: %v %v", resp, err)
 	}
+	// The user index keys went with the records: the user has no sockets
+	// as of the revision the call returned.
+	if n, err := e.Client.Get(ctx, "/membership/users/alice/", clientv3.WithPrefix(), clientv3.WithCountOnly(), clientv3.WithRev(resp.Revision)); err != nil || n.Count != 0 {
+		t.Fatalf("user index keys of alice after Disconnect: %v %v", n, err)
+	}
+	if l, err := api.ListSockets(ctx, &membershipv1.ListSocketsRequest{User: "alice"}); err != nil || len(l.Sockets) != 0 {
+		t.Fatalf("ListSockets alice after Disconnect: %v %v", l, err)
+	}
 	closedWith(t, a1, 4000, "")
 	closedWith(t, a2, 4000, "")
 	stillOpen(t, api, bob)
