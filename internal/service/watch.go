@@ -33,8 +33,8 @@ type WatchOptions struct {
 	// 5s.
 	ProgressInterval time.Duration
 	// BufferEvents is how many events a stream may hold for a consumer that
-	// has not read them; past it the stream ends with RESOURCE_EXHAUSTED.
-	// 10,000.
+	// has not read them; past it the stream's etcd watch pauses until half
+	// of them are sent (StallTimeout bounds the pause). 10,000.
 	BufferEvents int
 	// MaxStreams is how many streams a replica serves at once; 256.
 	MaxStreams int
