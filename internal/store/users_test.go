@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -326,5 +327,30 @@ func TestRemoveSocketWithCorruptRecord(t *testing.T) {
 	}
 	if r, err := e.Client.Get(ctx, "/t/sockets/"+sock.String()); err != nil || len(r.Kvs) != 0 {
 		t.Fatalf("record left: %v %v", r.Kvs, err)
+	}
+}
+
+// A key under users/{user}/ that does not name a socket (written by hand, or
+// by another program under the prefix) is a corrupt record to ListSockets,
+// like a socket record that does not decode: an error naming it, never a
+// crash or a page cursor lost.
+func TestListUserSocketsWithAStrayKey(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	s := store.New(e.Client, "/t/")
+	ctx := context.Background()
+	connectUser(t, s, "gw1", grant(t, e.Client, 60), "alice")
+	if _, err := e.Client.Put(ctx, "/t/users/alice/!stray", ""); err != nil {
+		t.Fatal(err)
+	}
+	_, _, _, err := func() (_ []store.SocketInfo, _ string, _ int64, err error) {
+		defer func() {
+			if p := recover(); p != nil {
+				err = fmt.Errorf("panic: %v", p)
+			}
+		}()
+		return s.ListUserSockets(ctx, "alice", "", 1)
+	}()
+	if !errors.Is(err, store.ErrCorruptRecord) {
+		t.Fatalf("ListUserSockets with a stray key: %v, want ErrCorruptRecord", err)
 	}
 }
