@@ -37,18 +37,7 @@ func TestWatchStalledConsumerFreesItsStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Far past a 64 KiB window and 100 events, none of them read.
-	var rooms []string
-	for i := 0; i < 100; i++ {
-		rooms = append(rooms, fmt.Sprintf("%03d-%s", i, strings.Repeat("r", 240)))
-	}
-	for round := 0; round < 5; round++ {
-		if _, err := api.AddRoomMembersToRooms(ctx, &membershipv1.AddRoomMembersToRoomsRequest{SourceRoom: s.ID, DestRooms: rooms}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := api.RemoveRoomMembersFromRooms(ctx, &membershipv1.RemoveRoomMembersFromRoomsRequest{SourceRoom: s.ID, DestRooms: rooms}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	joinAndLeaveLongRooms(t, api, s.ID)
 	// The one stream this replica serves must come free while the stalled
 	// consumer still reads nothing.
 	deadline := time.Now().Add(10 * time.Second)
@@ -76,6 +65,25 @@ func TestWatchStalledConsumerFreesItsStream(t *testing.T) {
 		}
 		if n++; n > 1100 {
 			t.Fatal("the stream kept every event for a consumer that did not read")
+		}
+	}
+}
+
+// joinAndLeaveLongRooms makes socket join and leave 100 rooms of ~250-byte
+// names five times: 1,000 events of ~300 bytes on a watch stream.
+func joinAndLeaveLongRooms(t *testing.T, api membershipv1.MembershipServiceClient, socket string) {
+	t.Helper()
+	ctx := context.Background()
+	var rooms []string
+	for i := 0; i < 100; i++ {
+		rooms = append(rooms, fmt.Sprintf("%03d-%s", i, strings.Repeat("r", 240)))
+	}
+	for round := 0; round < 5; round++ {
+		if _, err := api.AddRoomMembersToRooms(ctx, &membershipv1.AddRoomMembersToRoomsRequest{SourceRoom: socket, DestRooms: rooms}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := api.RemoveRoomMembersFromRooms(ctx, &membershipv1.RemoveRoomMembersFromRoomsRequest{SourceRoom: socket, DestRooms: rooms}); err != nil {
+			t.Fatal(err)
 		}
 	}
 }
