@@ -354,3 +354,84 @@ func TestListUserSocketsWithAStrayKey(t *testing.T) {
 		t.Fatalf("ListUserSockets with a stray key: %v, want ErrCorruptRecord", err)
 	}
 }
+
+// Join by user racing Disconnect by user and new sockets of the user: when
+// all is done, no membership outlives its socket, no user index key outlives
+// its record, and the room index's counts are a scan's.
+func TestJoinByUserRacesDisconnectByUser(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	s := store.New(e.Client, "/t/")
+	ctx := context.Background()
+	x := startIndex(t, e.Client, s)
+	lease := grant(t, e.Client, 60)
+	var wg sync.WaitGroup
+	for w := range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 30 {
+				switch (w + i) % 3 {
+				case 0:
+					connectUser(t, s, "gw1", lease, "a/b%c")
+				case 1:
+					if _, err := s.ChangeUser(ctx, "a/b%c", "r", true, 5); err != nil {
+						t.Error(err)
+						return
+					}
+				default:
+					socks, _, err := s.UserSockets(ctx, "a/b%c", 0)
+					if err == nil {
+						_, err = s.Disconnect(ctx, socks, store.DisconnectNotice{Code: 4000})
+					}
+					if err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	// What the gateway's removal of the disconnected sockets leaves: their
+	// notices go.
+	notices, err := s.GatewayDisconnects(ctx, "gw1", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gone []store.SocketID
+	for _, d := range notices {
+		gone = append(gone, d.Socket)
+	}
+	if _, err := s.RemoveSockets(ctx, gone); err != nil {
+		t.Fatal(err)
+	}
+	all, err := e.Client.Get(ctx, "/t/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	records := map[string]bool{}
+	for _, kv := range all.Kvs {
+		if id, ok := strings.CutPrefix(string(kv.Key), "/t/sockets/"); ok {
+			records[id] = true
+		}
+	}
+	for _, kv := range all.Kvs {
+		k := string(kv.Key)
+		var id string
+		switch {
+		case strings.HasPrefix(k, "/t/rooms/") || strings.HasPrefix(k, "/t/users/"):
+			id = k[strings.LastIndex(k, "/")+1:]
+		case strings.HasPrefix(k, "/t/gwm/"):
+			id = strings.Split(strings.TrimPrefix(k, "/t/gwm/gw1/"), "/")[0]
+		default:
+			continue
+		}
+		if !records[id] {
+			t.Errorf("%s outlives its socket's record", k)
+		}
+	}
+	got, rev := indexPresence(t, x)
+	if want := scanPresence(t, e.Client, rev); !mapsEqual(got, want) {
+		t.Fatalf("index at %d: %v; scan: %v", rev, got, want)
+	}
+}
