@@ -23,7 +23,8 @@
 // gateway that accepts sockets and drops them at once is not hammered. Only
 // close() stops reconnecting, and a close code in 4000-4999, which the
 // membership API's Disconnect sends: the socket then emits "closed" ({code,
-// reason}) after "disconnected" and rejects pending requests with CLOSED.
+// reason}) after "disconnected" and rejects the requests waiting to be sent
+// with CLOSED (those already sent get DISCONNECTED, as on any close).
 
 // Lifecycle event names. A room message whose event is one of them reaches
 // only "message" listeners, so that a broadcast cannot pose as a lifecycle

@@ -61,7 +61,7 @@ func run(args []string) error {
 	committers := fs.Int("batch-committers", 4, "coalesced Join/Leave etcd transactions in flight at once; 0 sends one transaction per call")
 	maxRooms := fs.Int("max-rooms-per-socket", 0, "rooms a socket may be in; a Join past it fails with FAILED_PRECONDITION (0: no limit; a limit costs each Join one more etcd read and caps a Join at 60 sockets, fewer under a smaller --etcd-max-txn-ops)")
 	watchProgress := fs.Duration("watch-progress-interval", service.DefaultWatchProgressInterval, "how often an idle WatchMembership stream gets a progress message")
-	watchBuffer := fs.Int("watch-buffer-events", service.DefaultWatchBufferEvents, "events a WatchMembership stream may hold for a consumer that has not read them; past it the stream ends with RESOURCE_EXHAUSTED")
+	watchBuffer := fs.Int("watch-buffer-events", service.DefaultWatchBufferEvents, "events a WatchMembership stream may hold for a consumer that has not read them; past it the stream's etcd watch pauses until half are sent (--watch-stall-timeout bounds the pause)")
 	watchStall := fs.Duration("watch-stall-timeout", service.DefaultWatchStallTimeout, "how long a WatchMembership stream's buffer may stay full (the consumer not reading) before the stream ends with RESOURCE_EXHAUSTED")
 	maxWatches := fs.Int("max-watch-streams", service.DefaultMaxWatchStreams, "WatchMembership streams one replica serves at once")
 	maxPayload := fs.Int("max-payload-bytes", service.DefaultMaxPayloadBytes, "largest JSON encoding of a Broadcast's or Blast's data (at most 3 MiB: messages travel to gateways in gRPC requests of at most 4 MiB)")

@@ -336,18 +336,7 @@ func TestWatchSlowConsumerIsCutOff(t *testing.T) {
 		t.Fatal(err)
 	}
 	// 1,000 events of ~300 bytes: far past a 64 KiB window and 100 events.
-	for round := 0; round < 5; round++ {
-		var rooms []string
-		for i := 0; i < 100; i++ {
-			rooms = append(rooms, fmt.Sprintf("%03d-%s", i, strings.Repeat("r", 240)))
-		}
-		if _, err := api.AddRoomMembersToRooms(ctx, &membershipv1.AddRoomMembersToRoomsRequest{SourceRoom: s.ID, DestRooms: rooms}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := api.RemoveRoomMembersFromRooms(ctx, &membershipv1.RemoveRoomMembersFromRoomsRequest{SourceRoom: s.ID, DestRooms: rooms}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	joinAndLeaveLongRooms(t, api, s.ID)
 	time.Sleep(1500 * time.Millisecond) // past the stall timeout
 	n := 0
 	for {

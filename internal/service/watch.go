@@ -33,8 +33,8 @@ type WatchOptions struct {
 	// 5s.
 	ProgressInterval time.Duration
 	// BufferEvents is how many events a stream may hold for a consumer that
-	// has not read them; past it the stream ends with RESOURCE_EXHAUSTED.
-	// 10,000.
+	// has not read them; past it the stream's etcd watch pauses until half
+	// of them are sent (StallTimeout bounds the pause). 10,000.
 	BufferEvents int
 	// MaxStreams is how many streams a replica serves at once; 256.
 	MaxStreams int
@@ -165,13 +165,14 @@ func (w *watchStreams) serve(ctx context.Context, f store.WatchFilter, after int
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var (
-		mu      sync.Mutex
-		queue   []store.WatchBatch
-		events  int   // in queue
-		sentRev int64 // the last revision sent in full
-		wake    = make(chan struct{}, 1)
-		drained = make(chan struct{}, 1) // the sender took a batch
-		ended   = make(chan error, 1)
+		mu        sync.Mutex
+		queue     []store.WatchBatch
+		events    int   // in queue
+		sentRev   int64 // the last revision sent in full
+		wake      = make(chan struct{}, 1)
+		drained   = make(chan struct{}, 1) // the sender took a batch
+		ended     = make(chan error, 1)
+		watchDone = make(chan struct{}) // closed when the etcd watch has ended
 	)
 	go func() {
 		resume := func(ctx context.Context) error {
@@ -214,44 +215,71 @@ func (w *watchStreams) serve(ctx context.Context, f store.WatchFilter, after int
 			return nil
 		})
 		ended <- err
+		close(watchDone)
 	}()
-	for {
-		mu.Lock()
-		batch := queue
-		queue = nil
-		mu.Unlock()
-		for _, b := range batch {
-			if err := stream.Send(toWatchResponse(b)); err != nil {
-				cancel(err)
-				<-ended
-				return err
+	// The sends run on a goroutine of their own: a consumer that reads
+	// nothing blocks a send until the RPC ends, and a stall or shutdown must
+	// end the RPC all the same (returning from the handler cancels the
+	// stream, which unblocks the send), or the stream would keep its place
+	// under --max-watch-streams for as long as the consumer lives.
+	sent := make(chan error, 1)
+	go func() {
+		sent <- func() error {
+			for {
+				mu.Lock()
+				batch := queue
+				queue = nil
+				mu.Unlock()
+				for _, b := range batch {
+					if ctx.Err() != nil {
+						break // the stream is ending: nothing more goes out
+					}
+					if err := stream.Send(toWatchResponse(b)); err != nil {
+						cancel(err)
+						<-ended
+						return err
+					}
+					mu.Lock()
+					events -= len(b.Events)
+					sentRev = b.Revision
+					mu.Unlock()
+					select {
+					case drained <- struct{}{}:
+					default:
+					}
+				}
+				if len(batch) > 0 && ctx.Err() == nil {
+					continue
+				}
+				select {
+				case <-wake:
+				case err := <-ended:
+					if c := context.Cause(ctx); c != nil && !errors.Is(c, context.Canceled) {
+						return c
+					}
+					if errors.Is(err, store.ErrFutureRevision) {
+						return invalid("after_revision", err.Error())
+					}
+					if err == nil {
+						err = ctx.Err()
+					}
+					return err
+				}
 			}
-			mu.Lock()
-			events -= len(b.Events)
-			sentRev = b.Revision
-			mu.Unlock()
-			select {
-			case drained <- struct{}{}:
-			default:
-			}
+		}()
+	}()
+	select {
+	case err := <-sent:
+		return err
+	case <-ctx.Done():
+		// A stall (SLOW_CONSUMER), EndWatches, a failed send or the
+		// consumer gone: end now, without waiting for a send that may be
+		// blocked; the etcd watch ends at once.
+		<-watchDone
+		if c := context.Cause(ctx); c != nil && !errors.Is(c, context.Canceled) {
+			return c
 		}
-		if len(batch) > 0 {
-			continue
-		}
-		select {
-		case <-wake:
-		case err := <-ended:
-			if c := context.Cause(ctx); c != nil && !errors.Is(c, context.Canceled) {
-				return c
-			}
-			if errors.Is(err, store.ErrFutureRevision) {
-				return invalid("after_revision", err.Error())
-			}
-			if err == nil {
-				err = ctx.Err()
-			}
-			return err
-		}
+		return ctx.Err()
 	}
 }
 

@@ -22,7 +22,9 @@ import (
 //     transaction guarded by its record: delete the record, put a disconnect
 //     notice gwm/{gateway}/!disconnect/{socket} on the socket's lease (value:
 //     the close code and reason), and read the socket's rooms. A socket whose
-//     record is gone is reported, not an error. From this commit on the
+//     record is gone is reported, not an error; the rooms it may still have
+//     (its removal got no further than its record) are read all the same,
+//     so that step 2 deletes them too. From this commit on the
 //     socket is gone to every reader (Join's guard fails, GetSocket finds
 //     nothing), and the close is durable.
 //  2. The membership keys read in step 1 are deleted in transactions within
@@ -111,12 +113,16 @@ func (s *Store) Disconnect(ctx context.Context, sockets []SocketID, n Disconnect
 		for i, socket := range group {
 			t := resp.Responses[i].GetResponseTxn()
 			res.Closed = append(res.Closed, t.Succeeded)
-			if !t.Succeeded {
+			rooms := t.Responses[0].GetResponseRange() // already gone: what its removal left
+			if t.Succeeded {
+				res.Disconnected++
+				res.held(socket)
+				rooms = t.Responses[2].GetResponseRange()
+			}
+			if len(rooms.GetKvs()) == 0 && !t.Succeeded {
 				continue
 			}
-			res.Disconnected++
-			res.held(socket)
-			if err := s.deleteMemberships(chunks, socket, t.Responses[2].GetResponseRange()); err != nil {
+			if err := s.deleteMemberships(chunks, socket, rooms); err != nil {
 				return res, err
 			}
 		}
@@ -133,11 +139,17 @@ func (s *Store) Disconnect(ctx context.Context, sockets []SocketID, n Disconnect
 func (s *Store) disconnectRecords(ctx context.Context, sockets []SocketID, notice []byte, users map[SocketID]string) (group []SocketID, resp *etcdserverpb.TxnResponse, err error) {
 	return s.commitFirstThatFit(ctx, "disconnect sockets", sockets, func(socket SocketID) *etcdserverpb.RequestOp {
 		key := []byte(s.k.socket(socket.String()))
-		return pbTxn([]*etcdserverpb.Compare{pbExists(key)}, append([]*etcdserverpb.RequestOp{
+		op := pbTxn([]*etcdserverpb.Compare{pbExists(key)}, append([]*etcdserverpb.RequestOp{
 			pbDelete(key, nil),
 			{Request: &etcdserverpb.RequestOp_RequestPut{RequestPut: &etcdserverpb.PutRequest{
 				Key: []byte(s.k.disconnectNotice(socket)), Value: notice, Lease: int64(socket.Lease)}}},
 			s.pbSocketRooms(socket)}, s.pbDeleteUserKey(socket, users)...)...)
+		// A socket already gone may still have memberships: its removal (by
+		// its gateway, or by a Disconnect whose answer was lost or whose
+		// server died) committed its first step only. They are read here
+		// too, so that this call deletes them.
+		op.GetRequestTxn().Failure = []*etcdserverpb.RequestOp{s.pbSocketRooms(socket)}
+		return op
 	})
 }
 

@@ -106,3 +106,37 @@ func TestDisconnectManyWithinMaxTxnOps(t *testing.T) {
 		t.Fatalf("%d gwm keys left", resp.Count)
 	}
 }
+
+// A Disconnect retried after one that committed its first transaction and
+// no more (the membership-server died, or the answer was lost and the
+// transaction retried) reports the socket already gone, and still returns
+// with none of its memberships left, as DisconnectResponse.revision says.
+func TestDisconnectRetriedAfterItsFirstStepRemovesTheMemberships(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	s := store.New(e.Client, "/t/")
+	ctx := context.Background()
+	sock := connectUser(t, s, "gw1", grant(t, e.Client, 60), "alice")
+	for _, room := range []string{"a", "b/c"} {
+		if _, err := s.Join(ctx, []store.SocketID{sock}, room); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n := store.DisconnectNotice{Code: 4000}
+	if err := s.DisconnectCommitOnly(ctx, []store.SocketID{sock}, n); err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.Disconnect(ctx, []store.SocketID{sock}, n)
+	if err != nil || res.Disconnected != 0 || len(res.Closed) != 1 || res.Closed[0] {
+		t.Fatalf("retry: %+v %v; want the socket reported already gone", res, err)
+	}
+	resp, err := e.Client.Get(ctx, "/t/", clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithRev(res.Revision))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range resp.Kvs {
+		k := string(kv.Key)
+		if strings.Contains(k, sock.String()) && !strings.Contains(k, "/!disconnect/") {
+			t.Errorf("%s left at revision %d", k, res.Revision)
+		}
+	}
+}

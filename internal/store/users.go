@@ -138,7 +138,8 @@ func (s *Store) UserSockets(ctx context.Context, user string, rev int64) ([]Sock
 
 // ListUserSockets returns up to limit of user's sockets, ordered by socket
 // id, after the socket id after, each with its record and rooms, all read at
-// one revision (returned); next is the cursor of the following page.
+// one revision (returned); next is the cursor of the following page. A key
+// under the user's prefix that names no socket is ErrCorruptRecord.
 func (s *Store) ListUserSockets(ctx context.Context, user, after string, limit int) (sockets []SocketInfo, next string, rev int64, err error) {
 	prefix := s.k.userPrefix(user)
 	start := prefix
@@ -157,9 +158,12 @@ func (s *Store) ListUserSockets(ctx context.Context, user, after string, limit i
 			next = sids[len(sids)-1].String()
 			break
 		}
-		if sid, err := ParseSocketID(strings.TrimPrefix(string(kv.Key), prefix)); err == nil {
-			sids = append(sids, sid)
+		sid, err := ParseSocketID(strings.TrimPrefix(string(kv.Key), prefix))
+		if err != nil {
+			// Skipping it would lose the page cursor when no socket precedes it.
+			return nil, "", 0, corrupt("user index key", kv.Key, err)
 		}
+		sids = append(sids, sid)
 	}
 	// Each socket's record and rooms, at rev: two gets a socket, in
 	// read-only transactions within --max-txn-ops.

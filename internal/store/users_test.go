@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -326,5 +327,111 @@ func TestRemoveSocketWithCorruptRecord(t *testing.T) {
 	}
 	if r, err := e.Client.Get(ctx, "/t/sockets/"+sock.String()); err != nil || len(r.Kvs) != 0 {
 		t.Fatalf("record left: %v %v", r.Kvs, err)
+	}
+}
+
+// A key under users/{user}/ that does not name a socket (written by hand, or
+// by another program under the prefix) is a corrupt record to ListSockets,
+// like a socket record that does not decode: an error naming it, never a
+// crash or a page cursor lost.
+func TestListUserSocketsWithAStrayKey(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	s := store.New(e.Client, "/t/")
+	ctx := context.Background()
+	connectUser(t, s, "gw1", grant(t, e.Client, 60), "alice")
+	if _, err := e.Client.Put(ctx, "/t/users/alice/!stray", ""); err != nil {
+		t.Fatal(err)
+	}
+	_, _, _, err := func() (_ []store.SocketInfo, _ string, _ int64, err error) {
+		defer func() {
+			if p := recover(); p != nil {
+				err = fmt.Errorf("panic: %v", p)
+			}
+		}()
+		return s.ListUserSockets(ctx, "alice", "", 1)
+	}()
+	if !errors.Is(err, store.ErrCorruptRecord) {
+		t.Fatalf("ListUserSockets with a stray key: %v, want ErrCorruptRecord", err)
+	}
+}
+
+// Join by user racing Disconnect by user and new sockets of the user: when
+// all is done, no membership outlives its socket, no user index key outlives
+// its record, and the room index's counts are a scan's.
+func TestJoinByUserRacesDisconnectByUser(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	s := store.New(e.Client, "/t/")
+	ctx := context.Background()
+	x := startIndex(t, e.Client, s)
+	lease := grant(t, e.Client, 60)
+	var wg sync.WaitGroup
+	for w := range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 30 {
+				switch (w + i) % 3 {
+				case 0:
+					connectUser(t, s, "gw1", lease, "a/b%c")
+				case 1:
+					if _, err := s.ChangeUser(ctx, "a/b%c", "r", true, 5); err != nil {
+						t.Error(err)
+						return
+					}
+				default:
+					socks, _, err := s.UserSockets(ctx, "a/b%c", 0)
+					if err == nil {
+						_, err = s.Disconnect(ctx, socks, store.DisconnectNotice{Code: 4000})
+					}
+					if err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	// What the gateway's removal of the disconnected sockets leaves: their
+	// notices go.
+	notices, err := s.GatewayDisconnects(ctx, "gw1", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gone []store.SocketID
+	for _, d := range notices {
+		gone = append(gone, d.Socket)
+	}
+	if _, err := s.RemoveSockets(ctx, gone); err != nil {
+		t.Fatal(err)
+	}
+	all, err := e.Client.Get(ctx, "/t/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	records := map[string]bool{}
+	for _, kv := range all.Kvs {
+		if id, ok := strings.CutPrefix(string(kv.Key), "/t/sockets/"); ok {
+			records[id] = true
+		}
+	}
+	for _, kv := range all.Kvs {
+		k := string(kv.Key)
+		var id string
+		switch {
+		case strings.HasPrefix(k, "/t/rooms/") || strings.HasPrefix(k, "/t/users/"):
+			id = k[strings.LastIndex(k, "/")+1:]
+		case strings.HasPrefix(k, "/t/gwm/"):
+			id = strings.Split(strings.TrimPrefix(k, "/t/gwm/gw1/"), "/")[0]
+		default:
+			continue
+		}
+		if !records[id] {
+			t.Errorf("%s outlives its socket's record", k)
+		}
+	}
+	got, rev := indexPresence(t, x)
+	if want := scanPresence(t, e.Client, rev); !mapsEqual(got, want) {
+		t.Fatalf("index at %d: %v; scan: %v", rev, got, want)
 	}
 }

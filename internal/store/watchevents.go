@@ -40,9 +40,10 @@ import (
 // and the memberships the room filter can match.
 //
 // A membership whose record was already gone at the seed revision (the
-// socket mid-removal) gets its user from its record as of the membership's
-// creation revision, when etcd still has it; otherwise its LEFT carries no
-// user.
+// socket mid-removal: a stream resumed from the revision of a DISCONNECTED
+// batch) gets its user from its record as of the membership's creation
+// revision or, when that is compacted, as of the compaction revision; only
+// a record deleted before the compaction leaves its LEFT without a user.
 
 // WatchEventType is the kind of a MembershipEvent.
 type WatchEventType int
@@ -121,7 +122,7 @@ var streamSeq atomic.Int64
 // progress batch at the start revision, then batches in revision order. A
 // watch interrupted by an etcd failure resumes where it stopped.
 func (s *Store) WatchMembership(ctx context.Context, cli *clientv3.Client, f WatchFilter, opts WatchOptions, emit func(WatchBatch) error) error {
-	w := &memberWatch{s: s, f: f, users: map[string]*userEntry{}}
+	w := &memberWatch{s: s, cli: cli, f: f, users: map[string]*userEntry{}}
 	start, err := w.seed(ctx, opts.After)
 	if err != nil {
 		var ce *CompactedError
@@ -174,8 +175,13 @@ var errWatchEnded = errors.New("etcd watch ended")
 
 type memberWatch struct {
 	s     *Store
+	cli   *clientv3.Client
 	f     WatchFilter
 	users map[string]*userEntry // socket → entry, for sockets f can match
+	// compactRev is etcd's compaction revision once the seed needed it
+	// (compactRead), 0 if etcd did not say.
+	compactRev  int64
+	compactRead bool
 }
 
 type userEntry struct {
@@ -234,13 +240,7 @@ func (w *memberWatch) seed(ctx context.Context, after int64) (int64, error) {
 		if e == nil {
 			// Mid-removal: the record went first. Its user as of the
 			// membership's creation, when it existed.
-			user := ""
-			if r, err := s.kv.Get(ctx, s.k.socket(socket), clientv3.WithRev(created)); err == nil && len(r.Kvs) > 0 {
-				var rec SocketRecord
-				if json.Unmarshal(r.Kvs[0].Value, &rec) == nil {
-					user = rec.User
-				}
-			}
+			user := w.removedUser(ctx, socket, created)
 			if !w.tracked(socket, user) {
 				return nil
 			}
@@ -251,6 +251,32 @@ func (w *memberWatch) seed(ctx context.Context, after int64) (int64, error) {
 		return nil
 	})
 	return rev, err
+}
+
+// removedUser reads the user of a socket whose record is gone at the seed
+// revision while its memberships are not: from its record as of the
+// membership's creation revision, created, or, when etcd has compacted that,
+// as of the compaction revision, which the record outlived unless it was
+// deleted before it. "" when neither is readable.
+func (w *memberWatch) removedUser(ctx context.Context, socket string, created int64) string {
+	key := w.s.k.socket(socket)
+	r, err := w.s.kv.Get(ctx, key, clientv3.WithRev(created))
+	if errors.Is(err, rpctypes.ErrCompacted) {
+		if !w.compactRead {
+			w.compactRev, w.compactRead = compactRevision(ctx, w.cli, w.s.k.prefix), true
+		}
+		if w.compactRev > created {
+			r, err = w.s.kv.Get(ctx, key, clientv3.WithRev(w.compactRev))
+		}
+	}
+	if err != nil || len(r.Kvs) == 0 {
+		return ""
+	}
+	var rec SocketRecord
+	if json.Unmarshal(r.Kvs[0].Value, &rec) != nil {
+		return ""
+	}
+	return rec.User
 }
 
 // scanValues visits every key under prefix with its value and creation

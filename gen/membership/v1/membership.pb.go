@@ -1989,10 +1989,15 @@ type DisconnectRequest struct {
 	// Sockets to close, at most 100; repeats count once.
 	SocketIds []string `protobuf:"bytes,1,rep,name=socket_ids,json=socketIds,proto3" json:"socket_ids,omitempty"`
 	// Close every socket whose token named this user (1 to 256 bytes of UTF-8
-	// without control characters), as of one revision.
+	// without control characters), as of one revision. Sockets that fit one
+	// etcd transaction (up to --etcd-max-txn-ops, fewer when
+	// --etcd-max-request-bytes binds first) close atomically; more close in
+	// successive transactions, each atomic and committed before the next: a
+	// failure midway leaves the earlier ones closed, and calling again closes
+	// the rest. A user with no sockets closes none: not an error.
 	User string `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`
-	// Close every member of this room, as of one revision; a room name as in
-	// JoinRequest.room.
+	// Close every member of this room, as of one revision, a page of members
+	// at a time (each page as for user); a room name as in JoinRequest.room.
 	Room string `protobuf:"bytes,3,opt,name=room,proto3" json:"room,omitempty"`
 	// The close code each client gets: 4000 to 4999 (an application's range
 	// in RFC 6455), 0 meaning 4000. membership.js does not reconnect on a code

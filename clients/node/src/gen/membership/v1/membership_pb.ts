@@ -1067,15 +1067,20 @@ export type DisconnectRequest = Message<"membership.v1.DisconnectRequest"> & {
 
   /**
    * Close every socket whose token named this user (1 to 256 bytes of UTF-8
-   * without control characters), as of one revision.
+   * without control characters), as of one revision. Sockets that fit one
+   * etcd transaction (up to --etcd-max-txn-ops, fewer when
+   * --etcd-max-request-bytes binds first) close atomically; more close in
+   * successive transactions, each atomic and committed before the next: a
+   * failure midway leaves the earlier ones closed, and calling again closes
+   * the rest. A user with no sockets closes none: not an error.
    *
    * @generated from field: string user = 2;
    */
   user: string;
 
   /**
-   * Close every member of this room, as of one revision; a room name as in
-   * JoinRequest.room.
+   * Close every member of this room, as of one revision, a page of members
+   * at a time (each page as for user); a room name as in JoinRequest.room.
    *
    * @generated from field: string room = 3;
    */
