@@ -142,8 +142,18 @@ func (s *Server) Close() {
 	s.gateways.Close()
 }
 
-// Join adds sockets to a room.
+// Join adds sockets to a room. The response says whether the change was
+// sent to etcd again after a lost attempt (JoinResponse.retried).
 func (s *Server) Join(ctx context.Context, req *membershipv1.JoinRequest) (*membershipv1.JoinResponse, error) {
+	ctx, retried := store.WithRetryNote(ctx)
+	resp, err := s.join(ctx, req)
+	if resp != nil {
+		resp.Retried = retried.Load()
+	}
+	return resp, err
+}
+
+func (s *Server) join(ctx context.Context, req *membershipv1.JoinRequest) (*membershipv1.JoinResponse, error) {
 	if byUser, err := selectsUser(req.GetUser(), req.GetSocketId(), req.GetSocketIds()); err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	} else if byUser {
@@ -161,8 +171,17 @@ func (s *Server) Join(ctx context.Context, req *membershipv1.JoinRequest) (*memb
 	return resp, nil
 }
 
-// Leave removes sockets from a room.
+// Leave removes sockets from a room; retried as for Join.
 func (s *Server) Leave(ctx context.Context, req *membershipv1.LeaveRequest) (*membershipv1.LeaveResponse, error) {
+	ctx, retried := store.WithRetryNote(ctx)
+	resp, err := s.leave(ctx, req)
+	if resp != nil {
+		resp.Retried = retried.Load()
+	}
+	return resp, err
+}
+
+func (s *Server) leave(ctx context.Context, req *membershipv1.LeaveRequest) (*membershipv1.LeaveResponse, error) {
 	if byUser, err := selectsUser(req.GetUser(), req.GetSocketId(), req.GetSocketIds()); err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	} else if byUser {

@@ -300,7 +300,13 @@ type JoinResponse struct {
 	// The etcd revision at which the membership holds.
 	Revision int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
 	// One entry per socket, in request order (socket_id first).
-	Results       []*SocketResult `protobuf:"bytes,3,rep,name=results,proto3" json:"results,omitempty"`
+	Results []*SocketResult `protobuf:"bytes,3,rep,name=results,proto3" json:"results,omitempty"`
+	// The change was sent to etcd again after an attempt whose outcome was
+	// lost (an etcd leader change, a lost connection). already_member and
+	// was_member then describe the state just before the attempt that
+	// committed, which may include this call's own earlier attempt: read them
+	// as "may have been". The state after the call is the one asked for.
+	Retried       bool `protobuf:"varint,4,opt,name=retried,proto3" json:"retried,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -354,6 +360,13 @@ func (x *JoinResponse) GetResults() []*SocketResult {
 		return x.Results
 	}
 	return nil
+}
+
+func (x *JoinResponse) GetRetried() bool {
+	if x != nil {
+		return x.Retried
+	}
+	return false
 }
 
 // LeaveRequest removes socket_id (and socket_ids) from room.
@@ -452,7 +465,10 @@ type LeaveResponse struct {
 	// The etcd revision from which the sockets are not in the room.
 	Revision int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
 	// One entry per socket, in request order (socket_id first).
-	Results       []*SocketResult `protobuf:"bytes,3,rep,name=results,proto3" json:"results,omitempty"`
+	Results []*SocketResult `protobuf:"bytes,3,rep,name=results,proto3" json:"results,omitempty"`
+	// As JoinResponse.retried: was_member may describe this call's own
+	// earlier attempt.
+	Retried       bool `protobuf:"varint,4,opt,name=retried,proto3" json:"retried,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -506,6 +522,13 @@ func (x *LeaveResponse) GetResults() []*SocketResult {
 		return x.Results
 	}
 	return nil
+}
+
+func (x *LeaveResponse) GetRetried() bool {
+	if x != nil {
+		return x.Retried
+	}
+	return false
 }
 
 // ListRoomsRequest asks for all rooms, or for one socket's rooms.
@@ -2573,23 +2596,25 @@ const file_membership_v1_membership_proto_rawDesc = "" +
 	"\fSocketResult\x12\x1b\n" +
 	"\tsocket_id\x18\x01 \x01(\tR\bsocketId\x12\x1d\n" +
 	"\n" +
-	"was_member\x18\x02 \x01(\bR\twasMember\"\x88\x01\n" +
+	"was_member\x18\x02 \x01(\bR\twasMember\"\xa2\x01\n" +
 	"\fJoinResponse\x12%\n" +
 	"\x0ealready_member\x18\x01 \x01(\bR\ralreadyMember\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x125\n" +
-	"\aresults\x18\x03 \x03(\v2\x1b.membership.v1.SocketResultR\aresults\"\xa5\x01\n" +
+	"\aresults\x18\x03 \x03(\v2\x1b.membership.v1.SocketResultR\aresults\x12\x18\n" +
+	"\aretried\x18\x04 \x01(\bR\aretried\"\xa5\x01\n" +
 	"\fLeaveRequest\x12\x1b\n" +
 	"\tsocket_id\x18\x01 \x01(\tR\bsocketId\x12\x12\n" +
 	"\x04room\x18\x02 \x01(\tR\x04room\x121\n" +
 	"\bwait_for\x18\x03 \x01(\x0e2\x16.membership.v1.WaitForR\awaitFor\x12\x1d\n" +
 	"\n" +
 	"socket_ids\x18\x04 \x03(\tR\tsocketIds\x12\x12\n" +
-	"\x04user\x18\x05 \x01(\tR\x04user\"\x81\x01\n" +
+	"\x04user\x18\x05 \x01(\tR\x04user\"\x9b\x01\n" +
 	"\rLeaveResponse\x12\x1d\n" +
 	"\n" +
 	"was_member\x18\x01 \x01(\bR\twasMember\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x125\n" +
-	"\aresults\x18\x03 \x03(\v2\x1b.membership.v1.SocketResultR\aresults\"k\n" +
+	"\aresults\x18\x03 \x03(\v2\x1b.membership.v1.SocketResultR\aresults\x12\x18\n" +
+	"\aretried\x18\x04 \x01(\bR\aretried\"k\n" +
 	"\x10ListRoomsRequest\x12\x1b\n" +
 	"\tsocket_id\x18\x01 \x01(\tR\bsocketId\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
