@@ -21,12 +21,15 @@
 // random time in [0, min(backoffMax, backoffBase * 2^n)). The attempt count
 // goes back to 0 once a connection has stayed up for stableAfter ms, so a
 // gateway that accepts sockets and drops them at once is not hammered. Only
-// close() stops reconnecting.
+// close() stops reconnecting, and a close code in 4000-4999, which the
+// membership API's Disconnect sends: the socket then emits "closed" ({code,
+// reason}) after "disconnected" and rejects the requests waiting to be sent
+// with CLOSED (those already sent get DISCONNECTED, as on any close).
 
 // Lifecycle event names. A room message whose event is one of them reaches
 // only "message" listeners, so that a broadcast cannot pose as a lifecycle
 // event.
-const RESERVED = new Set(["connected", "reconnected", "disconnected", "reconnecting", "joined", "left", "message"]);
+const RESERVED = new Set(["connected", "reconnected", "disconnected", "reconnecting", "closed", "joined", "left", "message"]);
 
 const OPEN = 1; // WebSocket.OPEN, also when the constructor is a stand-in
 
@@ -461,6 +464,14 @@ export class MembershipSocket {
       req.reject(new RequestError("DISCONNECTED", `membership.js: connection closed (${code}) before the response to ${req.method} ${req.path}`));
     }
     if (socketId !== null) this.#emit("disconnected", { code, reason, socketId });
+    if (code >= 4000 && code <= 4999 && !this.#closed) {
+      // The back end closed this socket on purpose (the API's Disconnect):
+      // coming back would undo it. Stop, as close() does, and say why.
+      this.#closed = true;
+      this.#rejectAll(() => new RequestError("CLOSED", `membership.js: disconnected by the server (${code})`));
+      this.#emit("closed", { code, reason });
+      return;
+    }
     this.#scheduleRetry(); // not after close(), which a listener may have called
   }
 

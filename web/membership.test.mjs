@@ -95,7 +95,7 @@ function setup(options = {}) {
     ...options,
   });
   const events = [];
-  for (const name of ["connected", "reconnected", "disconnected", "reconnecting", "joined", "left", "message", "chat"]) {
+  for (const name of ["connected", "reconnected", "disconnected", "reconnecting", "closed", "joined", "left", "message", "chat"]) {
     socket.on(name, (...args) => events.push([name, ...args]));
   }
   return { socket, clock, gw, events, randoms, setRandom: (v) => (r = v) };
@@ -255,6 +255,20 @@ test("a policy close (1008) is retried with backoff like any other", () => {
   assert.deepEqual(events.at(-1), ["reconnecting", { attempt: 1, delay: 250 }]);
   clock.advance(250);
   assert.equal(gw.sockets.length, 2);
+});
+
+test("a close code in 4000-4999 (the API's Disconnect) stops reconnecting and says so", async () => {
+  const { socket, clock, gw, events } = setup({ random: () => 0.5 });
+  gw.last().accept("s1");
+  events.length = 0;
+  gw.last().drop(4001, "banned");
+  assert.deepEqual(events, [
+    ["disconnected", { code: 4001, reason: "banned", socketId: "s1" }],
+    ["closed", { code: 4001, reason: "banned" }],
+  ]);
+  clock.advance(60000);
+  assert.equal(gw.sockets.length, 1, "no reconnection");
+  await assert.rejects(socket.request("GET", "/x"), (e) => e.code === "CLOSED");
 });
 
 test("a connection that never says connected is given up after connectTimeout", () => {

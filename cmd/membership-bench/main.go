@@ -18,12 +18,17 @@
 //	roomwide    AddRoomMembersToRooms from a room of --roomwide-members to
 //	            --roomwide-rooms rooms: the membership-server's peak RSS
 //	            (not part of "all": it writes millions of keys)
+//	users       Join/Leave calls/s through the API for sockets without a user
+//	            and sockets with JWT users (the user index), alternating in one
+//	            run, and Join/Leave by user (not part of "all")
 //	bcmem       waves of --bcmem-concurrency concurrent ~1 MiB Broadcasts, each
 //	            against a fresh stack: calls refused (OVERLOADED) and the peak
 //	            RSS (VmHWM) of the membership-server and the gateway
 //	http        Join/Leave calls/s and latency at --http-concurrency over gRPC,
 //	            Connect JSON and the REST routes of --http-addr, interleaved
 //	            in --http-rounds rounds against one membership-server
+//	watch       events/s one WatchMembership stream delivers while room-wide
+//	            calls change --watch-sockets memberships at a time
 package main
 
 import (
@@ -58,11 +63,13 @@ type config struct {
 	httpConcurrency int
 	httpRounds      int
 	httpProfileDir  string
+	// watch scenario
+	watchSockets int
 }
 
 func main() {
 	var cfg config
-	scenarios := flag.String("scenario", "all", "throughput,apply,fanout,idle,crash,http, roomwide, bcmem, or all (all but roomwide and bcmem)")
+	scenarios := flag.String("scenario", "all", "throughput,apply,fanout,idle,crash,http, roomwide, bcmem, users, watch, or all (all but roomwide, bcmem, users and watch)")
 	flag.StringVar(&cfg.binDir, "bin-dir", ".bin", "where the membership-server and gateway binaries are")
 	flag.DurationVar(&cfg.duration, "duration", 5*time.Second, "how long each measured phase runs")
 	flag.IntVar(&cfg.fanoutSockets, "fanout-sockets", 10000, "sockets in the fan-out room")
@@ -78,6 +85,7 @@ func main() {
 	flag.IntVar(&cfg.roomwideMembers, "roomwide-members", 100000, "roomwide: members of the source room (a multiple of 100)")
 	flag.IntVar(&cfg.roomwideDests, "roomwide-rooms", 20, "roomwide: destination rooms")
 	flag.StringVar(&cfg.bcmemLevels, "bcmem-concurrency", "64,256", "bcmem: concurrent Broadcasts per wave")
+	flag.IntVar(&cfg.watchSockets, "watch-sockets", 5000, "watch: sockets whose memberships come and go (a multiple of 100)")
 	flag.StringVar(&cfg.gatewayArgs, "gateway-args", "", "bcmem: extra flags for the gateway, space-separated")
 	flag.IntVar(&cfg.httpConcurrency, "http-concurrency", 64, "http: concurrent callers")
 	flag.IntVar(&cfg.httpRounds, "http-rounds", 3, "http: rounds, each running every transport for --duration")
@@ -100,6 +108,8 @@ func main() {
 		"roomwide":   benchRoomWide,
 		"bcmem":      benchBroadcastMemory,
 		"http":       benchHTTP,
+		"users":      benchUsers,
+		"watch":      benchWatch,
 	}
 	order := []string{"throughput", "apply", "fanout", "idle", "crash", "http"}
 	if *scenarios != "all" {

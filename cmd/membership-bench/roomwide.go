@@ -33,20 +33,8 @@ func benchRoomWide(ctx context.Context, cfg config) error {
 		return err
 	}
 	server := st.extra[len(st.extra)-1]
-	lease, err := st.cli.Grant(ctx, 60)
+	sto, lease, err := st.fakeGateway(ctx, "rw")
 	if err != nil {
-		return err
-	}
-	keep, err := st.cli.KeepAlive(ctx, lease.ID)
-	if err != nil {
-		return err
-	}
-	go func() {
-		for range keep {
-		}
-	}()
-	sto := store.New(st.cli, "")
-	if _, err := sto.RegisterGateway(ctx, store.GatewayRecord{ID: "rw", GRPCAddr: "127.0.0.1:1", Lease: lease.ID}); err != nil {
 		return err
 	}
 	n := cfg.roomwideMembers
@@ -54,7 +42,7 @@ func benchRoomWide(ctx context.Context, cfg config) error {
 	start := time.Now()
 	if err := parallel(32, n/100, func(batch int) error {
 		for i := batch * 100; i < batch*100+100; i++ {
-			sid := store.NewSocketID("rw", lease.ID)
+			sid := store.NewSocketID("rw", lease)
 			if _, err := sto.AddSocket(ctx, sid, store.SocketRecord{Gateway: "rw", ConnectedAt: time.Now()}); err != nil {
 				return err
 			}

@@ -3,13 +3,11 @@ package main
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	membershipv1 "github.com/socketrooms/membership/gen/membership/v1"
 	"github.com/socketrooms/membership/internal/store"
 )
 
@@ -48,11 +46,11 @@ func benchThroughput(ctx context.Context, cfg config) error {
 	fmt.Printf("## Join/Leave throughput (%v per point)\n\n", cfg.duration)
 	fmt.Println("| concurrency | raw etcd txn calls/s | raw p50 | raw p99 | API uncoalesced calls/s | p50 | p99 | API calls/s | API p50 | API p99 | API / raw |")
 	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|")
-	for _, level := range strings.Split(cfg.tpLevels, ",") {
-		c, err := strconv.Atoi(level)
-		if err != nil || c < 1 || c > len(socks) {
-			return fmt.Errorf("concurrency %q: 1 to %d", level, len(socks))
-		}
+	levels, err := concurrencyLevels(cfg.tpLevels, len(socks))
+	if err != nil {
+		return err
+	}
+	for _, c := range levels {
 		rawRate, rawLat := 0.0, &latencies{}
 		if strings.Contains(cfg.tpPaths, "raw") {
 			rawRate, rawLat = loop(ctx, c, cfg.duration, func(ctx context.Context, w int, join bool) error {
@@ -67,27 +65,11 @@ func benchThroughput(ctx context.Context, cfg config) error {
 		}
 		plainRate, plainLat := 0.0, &latencies{}
 		if strings.Contains(cfg.tpPaths, "plain") {
-			plainRate, plainLat = loop(ctx, c, cfg.duration, func(ctx context.Context, w int, join bool) error {
-				room := fmt.Sprintf("tp-%d", w%10)
-				if join {
-					_, err := plain.Join(ctx, &membershipv1.JoinRequest{SocketId: socks[w].id, Room: room})
-					return err
-				}
-				_, err := plain.Leave(ctx, &membershipv1.LeaveRequest{SocketId: socks[w].id, Room: room})
-				return err
-			})
+			plainRate, plainLat = loop(ctx, c, cfg.duration, apiJoinLeave(plain, socks))
 		}
 		apiRate, apiLat := 0.0, &latencies{}
 		if strings.Contains(cfg.tpPaths, "api") {
-			apiRate, apiLat = loop(ctx, c, cfg.duration, func(ctx context.Context, w int, join bool) error {
-				room := fmt.Sprintf("tp-%d", w%10)
-				if join {
-					_, err := st.api.Join(ctx, &membershipv1.JoinRequest{SocketId: socks[w].id, Room: room})
-					return err
-				}
-				_, err := st.api.Leave(ctx, &membershipv1.LeaveRequest{SocketId: socks[w].id, Room: room})
-				return err
-			})
+			apiRate, apiLat = loop(ctx, c, cfg.duration, apiJoinLeave(st.api, socks))
 		}
 		fmt.Printf("| %d | %.0f | %s | %s | %.0f | %s | %s | %.0f | %s | %s | %.2f× |\n", c,
 			rawRate, ms(rawLat.pct(50)), ms(rawLat.pct(99)), plainRate, ms(plainLat.pct(50)), ms(plainLat.pct(99)),

@@ -60,6 +60,10 @@ func run(args []string) error {
 	gwKey := fs.String("gateway-tls-key-file", "", "key of --gateway-tls-cert-file")
 	committers := fs.Int("batch-committers", 4, "coalesced Join/Leave etcd transactions in flight at once; 0 sends one transaction per call")
 	maxRooms := fs.Int("max-rooms-per-socket", 0, "rooms a socket may be in; a Join past it fails with FAILED_PRECONDITION (0: no limit; a limit costs each Join one more etcd read and caps a Join at 60 sockets, fewer under a smaller --etcd-max-txn-ops)")
+	watchProgress := fs.Duration("watch-progress-interval", service.DefaultWatchProgressInterval, "how often an idle WatchMembership stream gets a progress message")
+	watchBuffer := fs.Int("watch-buffer-events", service.DefaultWatchBufferEvents, "events a WatchMembership stream may hold for a consumer that has not read them; past it the stream's etcd watch pauses until half are sent (--watch-stall-timeout bounds the pause)")
+	watchStall := fs.Duration("watch-stall-timeout", service.DefaultWatchStallTimeout, "how long a WatchMembership stream's buffer may stay full (the consumer not reading) before the stream ends with RESOURCE_EXHAUSTED")
+	maxWatches := fs.Int("max-watch-streams", service.DefaultMaxWatchStreams, "WatchMembership streams one replica serves at once")
 	maxPayload := fs.Int("max-payload-bytes", service.DefaultMaxPayloadBytes, "largest JSON encoding of a Broadcast's or Blast's data (at most 3 MiB: messages travel to gateways in gRPC requests of at most 4 MiB)")
 	etcdLimits := app.AddEtcdTxnLimitFlags(fs)
 	inflight := app.AddInflightPayloadFlag(fs, "Broadcast and Blast calls (and of the Deliver requests they send to gateways, while in flight)")
@@ -158,7 +162,7 @@ func run(args []string) error {
 		return err
 	}
 	opts := service.Options{BatchCommitters: *committers, Registry: reg, MaxRoomsPerSocket: *maxRooms, MaxPayloadBytes: *maxPayload,
-		EtcdLimits: limits}
+		EtcdLimits: limits, Watch: service.WatchOptions{ProgressInterval: *watchProgress, BufferEvents: *watchBuffer, MaxStreams: *maxWatches, StallTimeout: *watchStall}}
 	opts.GatewayDialOptions = append(opts.GatewayDialOptions, inflight.DialOptions()...)
 	if gatewayToken != "" {
 		opts.GatewayDialOptions = append(opts.GatewayDialOptions, grpc.WithPerRPCCredentials(app.BearerToken(gatewayToken)))
@@ -226,6 +230,13 @@ func run(args []string) error {
 		log.Info("HTTP API serving", "addr", hlis.Addr().String())
 	}
 	lc.GRPC("gRPC API", srv, lis)
+	// Stopped before the gRPC server (parts stop in reverse order): its
+	// GracefulStop would wait for watch streams, which never end alone.
+	lc.Go("watch streams", func(ctx context.Context) error {
+		<-ctx.Done()
+		svc.EndWatches()
+		return nil
+	})
 	if embedded != nil {
 		lc.Go("embedded etcd", func(ctx context.Context) error {
 			select {

@@ -340,6 +340,14 @@ func TestHTTPAPIInvalidRequestPerRPC(t *testing.T) {
 			http.MethodPost, "/v1/rooms/" + long + ":addMembersToRooms", `{"destRooms":["d"]}`},
 		{"RemoveRoomMembersFromRooms", &membershipv1.RemoveRoomMembersFromRoomsRequest{SourceRoom: long, DestRooms: []string{"d"}}, &membershipv1.RemoveRoomMembersFromRoomsResponse{},
 			http.MethodPost, "/v1/rooms/" + long + ":removeMembersFromRooms", `{"destRooms":["d"]}`},
+		{"Join", &membershipv1.JoinRequest{User: "u", SocketId: s.ID, Room: "r"}, &membershipv1.JoinResponse{},
+			http.MethodPost, "/v1/rooms/r/members", `{"user":"u","socketId":"` + s.ID + `"}`},
+		{"ListSockets", &membershipv1.ListSocketsRequest{User: long}, &membershipv1.ListSocketsResponse{},
+			http.MethodGet, "/v1/users/" + long + "/sockets", ""},
+		{"GetRoom", &membershipv1.GetRoomRequest{Room: long}, &membershipv1.GetRoomResponse{},
+			http.MethodGet, "/v1/rooms/" + long, ""},
+		{"Disconnect", &membershipv1.DisconnectRequest{Room: "r", Code: 3999}, &membershipv1.DisconnectResponse{},
+			http.MethodPost, "/v1/sockets:disconnect", `{"room":"r","code":3999}`},
 	} {
 		t.Run(c.method, func(t *testing.T) {
 			full := "/membership.v1.MembershipService/" + c.method

@@ -35,8 +35,12 @@ type linInput struct {
 }
 
 type linOutput struct {
-	unknown bool   // the call failed: it may or may not have taken effect
-	flag    bool   // already_member for Join, was_member for Leave
+	unknown bool // the call failed: it may or may not have taken effect
+	flag    bool // already_member for Join, was_member for Leave
+	// The call was sent to etcd again after a lost attempt (retried in the
+	// response): its flag may describe its own earlier attempt, so only its
+	// effect is checked.
+	retried bool
 	members uint64 // for ListMembers
 }
 
@@ -59,9 +63,9 @@ var roomModel = porcupine.Model{
 		bit := uint64(1) << in.socket
 		switch in.kind {
 		case opJoin:
-			return out.unknown || out.flag == (s&bit != 0), s | bit
+			return out.unknown || out.retried || out.flag == (s&bit != 0), s | bit
 		case opLeave:
-			return out.unknown || out.flag == (s&bit != 0), s &^ bit
+			return out.unknown || out.retried || out.flag == (s&bit != 0), s &^ bit
 		default:
 			return out.members == s, s
 		}
@@ -120,12 +124,12 @@ func TestMembershipHistoryIsLinearizableWhileAMemberRestarts(t *testing.T) {
 				case opJoin:
 					var r *membershipv1.JoinResponse
 					if r, err = api.Join(ctx, &membershipv1.JoinRequest{SocketId: socks[in.socket].ID, Room: in.room}); err == nil {
-						out.flag = r.AlreadyMember
+						out.flag, out.retried = r.AlreadyMember, r.Retried
 					}
 				case opLeave:
 					var r *membershipv1.LeaveResponse
 					if r, err = api.Leave(ctx, &membershipv1.LeaveRequest{SocketId: socks[in.socket].ID, Room: in.room}); err == nil {
-						out.flag = r.WasMember
+						out.flag, out.retried = r.WasMember, r.Retried
 					}
 				case opList:
 					var r *membershipv1.ListMembersResponse

@@ -222,13 +222,15 @@ func TestREADMESessionByHand(t *testing.T) {
 	runReadmeBlocks(t, readmeConsoleBlocks(t, "A session by hand"), map[string]string{"API": addr, "S": s.ID})
 }
 
-// "Operating": the recipes against a membership-server that requires a token.
+// "Operating": the recipes against a membership-server that requires a token,
+// with a gateway that checks JWTs: the socket is user alice's.
 func TestREADMEOperatingRecipes(t *testing.T) {
 	e := testutil.StartEtcd(t)
-	g := startGatewayProcess(t, e, "gw-a", 10*time.Second)
+	key, keyFile := jwtKey(t)
+	g := startGatewayProcess(t, e, "gw-a", 10*time.Second, "--jwt-public-key-file", keyFile)
 	httpAddr := testutil.FreeAddr(t)
 	_, _, addr := startServerProcessAt(t, e.Endpoint, "--auth-token-file", tokenFile(t, "readme-token"), "--http-addr", httpAddr)
-	s := dial(t, g.WSURL)
+	s := dial(t, g.WSURL+"?token="+signToken(t, key, "alice", time.Now().Add(time.Hour)))
 	runReadmeBlocks(t, readmeConsoleBlocks(t, "Operating"), map[string]string{"API": addr, "S": s.ID, "TOKEN": "readme-token",
 		"HTTP": "http://" + httpAddr})
 }

@@ -512,6 +512,7 @@ func TestSocketIOLimits(t *testing.T) {
 		t.Fatalf("gateway_protocol_sockets native %v, socketio %v; want 1 and 1", n, s)
 	}
 
+	burst := time.Now()
 	for i := 0; i < 20; i++ {
 		a.write(websocket.TextMessage, fmt.Sprintf(`42%d["get",{"url":"/x"}]`, i))
 	}
@@ -521,9 +522,12 @@ func TestSocketIOLimits(t *testing.T) {
 		_, status, _ := strings.Cut(got, `"statusCode":`)
 		statuses[strings.TrimSuffix(status, "}]")]++
 	}
-	// The burst is 10 packets (2 s at 5/s), the CONNECT one of them.
-	if statuses["501"] != 9 || statuses["429"] != 11 {
-		t.Fatalf("statuses %v, want 9 answered 501 (no upstream) and 11 refused 429", statuses)
+	// The burst is 10 packets (2 s at 5/s), the CONNECT one of them; a
+	// slow machine refills 5 a second while the 20 go through.
+	refilled := int(time.Since(burst).Seconds() * 5)
+	if statuses["501"] < 9 || statuses["501"] > 9+refilled || statuses["501"]+statuses["429"] != 20 {
+		t.Fatalf("statuses %v after %v, want 9 (plus up to %d refilled) answered 501 (no upstream) and the rest refused 429",
+			statuses, time.Since(burst), refilled)
 	}
 	for i := 0; i < 40; i++ {
 		// The gateway may close the session before the last of them.

@@ -81,6 +81,7 @@
 //	request.go    socket requests forwarded to the upstream app
 //	hub.go        the local room index and fan-out
 //	watch.go      following etcd: the watch, apply waits, resync after compaction
+//	disconnect.go the API's Disconnect: closing a socket whose notice the watch brings
 //	grpc.go       the internal gRPC API (Deliver, WaitApplied) for membership-servers
 //	metrics.go    Prometheus metrics
 //	backoff.go    retry backoff

@@ -134,6 +134,8 @@ const (
 	closeInternal        = websocket.CloseInternalServerErr       // 1011: the socket could not be registered in etcd
 	closeServiceRestart  = websocket.CloseServiceRestart          // 1012: the gateway lost its etcd lease (or is re-registering): reconnect
 	closeTryAgainLater   = websocket.CloseTryAgainLater           // 1013: too slow: the socket's send queue passed its frame or byte bound
+	// 4000–4999: the membership API's Disconnect, with its caller's code and
+	// reason (disconnect.go); clients do not reconnect on them.
 )
 
 // closeAbnormal (1006) is never sent: it marks a socket whose connection

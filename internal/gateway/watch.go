@@ -63,6 +63,8 @@ func (g *Gateway) watchLoop(s *session) error {
 			for _, ev := range events {
 				if ch, ok := g.store.DecodeMembershipEvent(g.cfg.ID, ev); ok {
 					g.hub.apply(ch.Socket, ch.Room, ch.Joined)
+				} else if d, ok := g.store.DecodeDisconnectEvent(g.cfg.ID, ev); ok {
+					g.applyDisconnect(s, d)
 				}
 			}
 		},
@@ -90,6 +92,14 @@ func (g *Gateway) resync(ctx context.Context, s *session) (int64, error) {
 		return 0, fmt.Errorf("re-list after compaction: %w", err)
 	}
 	g.hub.reconcile(want)
+	// Notices whose events the compaction took are acted on now.
+	notices, err := g.store.GatewayDisconnects(ctx, g.cfg.ID, rev)
+	if err != nil {
+		return 0, fmt.Errorf("re-list after compaction: %w", err)
+	}
+	for _, d := range notices {
+		g.applyDisconnect(s, d)
+	}
 	g.log.Info("membership index rebuilt after compaction", "revision", rev, "leases", leasesText(s.leases))
 	return rev, nil
 }

@@ -73,6 +73,17 @@ const (
 	// protobuf's recursion limit (INVALID_ARGUMENT, metadata field where one
 	// can be named; set by internal/grpcedge).
 	ReasonMalformedRequest = grpcedge.ReasonMalformedRequest
+	// ReasonCompacted: WatchMembership's after_revision is compacted
+	// (OUT_OF_RANGE; metadata compact_revision): re-list, then watch on.
+	ReasonCompacted = "COMPACTED"
+	// ReasonSlowConsumer: a WatchMembership consumer fell its stream's
+	// buffer behind (RESOURCE_EXHAUSTED; metadata revision, the last one
+	// sent in full, to resume after).
+	ReasonSlowConsumer = "SLOW_CONSUMER"
+	// ReasonTooManyStreams: the replica serves --max-watch-streams
+	// WatchMembership streams already (RESOURCE_EXHAUSTED); retry later or
+	// on another replica.
+	ReasonTooManyStreams = "TOO_MANY_STREAMS"
 )
 
 // fieldError is bad input in one request field.
@@ -131,6 +142,8 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 	var ae *applyError
 	var rl *store.RoomLimitError
 	var pe *store.PartialChangeError
+	var ce *store.CompactedError
+	var we *watchLimitError
 	switch {
 	case errors.As(err, &fe):
 		st := status.New(codes.InvalidArgument, fe.Error())
@@ -196,6 +209,13 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 		log.Error("corrupt record in etcd", "err", err)
 		return withDetails(status.New(codes.Internal, "a membership record in etcd is corrupt"),
 			&errdetails.ErrorInfo{Reason: ReasonCorruptRecord, Domain: ErrorDomain})
+	case errors.As(err, &ce):
+		return withDetails(status.New(codes.OutOfRange, ce.Error()+"; list again, then watch from the listing's revision"),
+			&errdetails.ErrorInfo{Reason: ReasonCompacted, Domain: ErrorDomain,
+				Metadata: map[string]string{"compact_revision": itoa(ce.CompactRevision)}})
+	case errors.As(err, &we):
+		return withDetails(status.New(codes.ResourceExhausted, we.msg),
+			&errdetails.ErrorInfo{Reason: we.reason, Domain: ErrorDomain, Metadata: we.meta})
 	// Cases for a compaction met by a particular call, with more to say,
 	// go above this generic one.
 	case errors.Is(err, rpctypes.ErrCompacted):

@@ -5,9 +5,6 @@ package service
 import (
 	"context"
 	"errors"
-	"strings"
-
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	membershipv1 "github.com/socketrooms/membership/gen/membership/v1"
 	"github.com/socketrooms/membership/internal/store"
@@ -59,7 +56,7 @@ func (s *Server) ListRooms(ctx context.Context, req *membershipv1.ListRoomsReque
 	}
 	resp := &membershipv1.ListRoomsResponse{Revision: rev, NextPageToken: encodePageToken(next)}
 	for _, r := range rooms {
-		resp.Rooms = append(resp.Rooms, &membershipv1.Room{Name: r.Room, MemberCount: r.Members})
+		resp.Rooms = append(resp.Rooms, &membershipv1.Room{Name: r.Room, MemberCount: r.Members, UserCount: r.Users})
 	}
 	return resp, nil
 }
@@ -67,16 +64,9 @@ func (s *Server) ListRooms(ctx context.Context, req *membershipv1.ListRoomsReque
 // ListMembers lists a room's sockets.
 func (s *Server) ListMembers(ctx context.Context, req *membershipv1.ListMembersRequest) (*membershipv1.ListMembersResponse, error) {
 	err := validateRoom("room", req.GetRoom())
-	size, perr := pageSize(req.GetPageSize())
+	size, after, perr := socketPage(req.GetPageSize(), req.GetPageToken())
 	if err == nil {
 		err = perr
-	}
-	after, terr := decodePageToken(req.GetPageToken())
-	if err == nil {
-		err = terr
-	}
-	if err == nil && (strings.Contains(after, "/") || len(after) > store.MaxSocketIDBytes) {
-		err = invalid("page_token", "not a token from a previous page")
 	}
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
@@ -102,11 +92,5 @@ func (s *Server) GetSocket(ctx context.Context, req *membershipv1.GetSocketReque
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	}
-	return &membershipv1.GetSocketResponse{Revision: rev, Socket: &membershipv1.Socket{
-		SocketId:    info.ID,
-		Gateway:     info.Gateway,
-		ConnectedAt: timestamppb.New(info.ConnectedAt),
-		Rooms:       info.Rooms,
-		User:        info.User,
-	}}, nil
+	return &membershipv1.GetSocketResponse{Revision: rev, Socket: socketMessage(info)}, nil
 }

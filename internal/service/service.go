@@ -6,8 +6,10 @@
 // number of replicas can serve the same etcd cluster.
 //
 // Files: service.go holds the server and the membership changes, read.go
-// the listings, deliver.go Broadcast and Blast, validate.go request checks,
-// errors.go the one error mapper, metrics.go the metrics.
+// the listings, deliver.go Broadcast and Blast, users.go the user selector
+// of Join/Leave and ListSockets, presence.go GetRoom, disconnect.go
+// Disconnect, watch.go the WatchMembership streams, validate.go request
+// checks, errors.go the one error mapper, metrics.go the metrics.
 package service
 
 import (
@@ -51,6 +53,8 @@ type Server struct {
 	gateways  *gatewayconn.Pool
 	// maxPayload bounds the JSON of a message's data.
 	maxPayload int
+	// watches are the WatchMembership streams (watch.go).
+	watches *watchStreams
 }
 
 // Options tune a Server; the zero value is the default.
@@ -75,6 +79,8 @@ type Options struct {
 	// zero fields mean etcd's defaults (store.TxnLimits). They also bound how
 	// many sockets one Join or Leave may name.
 	EtcdLimits store.TxnLimits
+	// Watch bounds WatchMembership streams (watch.go).
+	Watch WatchOptions
 }
 
 // DefaultMaxPayloadBytes is the default of Options.MaxPayloadBytes: the
@@ -114,6 +120,7 @@ func NewWithOptions(kv *clientv3.Client, prefix string, log *slog.Logger, opts O
 		stopBatch: stop, log: log,
 		gateways:   gatewayconn.New(gatewayconn.Config{Index: targets, Store: st, DialOptions: opts.GatewayDialOptions, Logger: log}),
 		maxPayload: cmp.Or(opts.MaxPayloadBytes, DefaultMaxPayloadBytes),
+		watches:    newWatchStreams(st, kv, opts.Watch),
 	}
 	reg := opts.Registry
 	if reg == nil {
@@ -129,13 +136,29 @@ const batchCommitters = 4
 // Close stops the target index and coalescing, and closes the connections
 // to gateways.
 func (s *Server) Close() {
+	s.EndWatches()
 	s.stopIndex()
 	s.stopBatch()
 	s.gateways.Close()
 }
 
-// Join adds sockets to a room.
+// Join adds sockets to a room. The response says whether the change was
+// sent to etcd again after a lost attempt (JoinResponse.retried).
 func (s *Server) Join(ctx context.Context, req *membershipv1.JoinRequest) (*membershipv1.JoinResponse, error) {
+	ctx, retried := store.WithRetryNote(ctx)
+	resp, err := s.join(ctx, req)
+	if resp != nil {
+		resp.Retried = retried.Load()
+	}
+	return resp, err
+}
+
+func (s *Server) join(ctx context.Context, req *membershipv1.JoinRequest) (*membershipv1.JoinResponse, error) {
+	if byUser, err := selectsUser(req.GetUser(), req.GetSocketId(), req.GetSocketIds()); err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	} else if byUser {
+		return s.joinUser(ctx, req)
+	}
 	res, socks, err := s.change(ctx, req.GetSocketId(), req.GetSocketIds(), req.GetRoom(), req.GetWaitFor(), true)
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
@@ -148,8 +171,22 @@ func (s *Server) Join(ctx context.Context, req *membershipv1.JoinRequest) (*memb
 	return resp, nil
 }
 
-// Leave removes sockets from a room.
+// Leave removes sockets from a room; retried as for Join.
 func (s *Server) Leave(ctx context.Context, req *membershipv1.LeaveRequest) (*membershipv1.LeaveResponse, error) {
+	ctx, retried := store.WithRetryNote(ctx)
+	resp, err := s.leave(ctx, req)
+	if resp != nil {
+		resp.Retried = retried.Load()
+	}
+	return resp, err
+}
+
+func (s *Server) leave(ctx context.Context, req *membershipv1.LeaveRequest) (*membershipv1.LeaveResponse, error) {
+	if byUser, err := selectsUser(req.GetUser(), req.GetSocketId(), req.GetSocketIds()); err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	} else if byUser {
+		return s.leaveUser(ctx, req)
+	}
 	res, socks, err := s.change(ctx, req.GetSocketId(), req.GetSocketIds(), req.GetRoom(), req.GetWaitFor(), false)
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)

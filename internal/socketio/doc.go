@@ -62,6 +62,9 @@
 //
 //	socket.on("membership:joined", (room) => …)
 //
+// The gateway also sends "membership:disconnected" with {code, reason}
+// before the DISCONNECT packet of the API's Disconnect.
+//
 // The "membership:" prefix (ReservedPrefix) is kept for the gateway's
 // notices, so that no application event can be taken for one.
 //

@@ -262,6 +262,7 @@ func (b *batcher) commit(batch []*batchCall) {
 			case !again || time.Now().Add(pause).After(retryUntil(c.ctx, start)):
 				c.done <- batchResult{err: err}
 			default:
+				noteRetry(c.ctx)
 				batch = append(batch, c)
 			}
 		}

@@ -28,13 +28,14 @@ func (s *Store) RegisterGateway(ctx context.Context, rec GatewayRecord) (int64, 
 	return resp.Header.Revision, nil
 }
 
-// AddSocket publishes a connected socket on its lease.
+// AddSocket publishes a connected socket on its lease: its record and, when
+// rec has a user, its user index key, in one transaction (users.go).
 func (s *Store) AddSocket(ctx context.Context, socket SocketID, rec SocketRecord) (int64, error) {
-	b, err := json.Marshal(rec)
+	ops, err := s.socketRecordOps(socket, rec)
 	if err != nil {
 		return 0, err
 	}
-	resp, err := s.kv.Put(ctx, s.k.socket(socket.String()), string(b), clientv3.WithLease(socket.Lease))
+	resp, err := s.kv.Txn(ctx).Then(ops...).Commit()
 	if err != nil {
 		return 0, fmt.Errorf("add socket: %w", err)
 	}
@@ -60,10 +61,19 @@ func (s *Store) RemoveSocket(ctx context.Context, socket SocketID) error {
 // sockets as fit share that first transaction; their room keys then go in
 // transactions within the budget, each socket's own membership keys last:
 // until then its room list can be read again, so a removal that fails midway
-// can be repeated.
+// can be repeated. Before each first step, one read-only transaction reads
+// the records' users, so that each socket's user index key (users.go) is
+// deleted with its record.
 func (s *Store) RemoveSockets(ctx context.Context, sockets []SocketID) (removed int, err error) {
 	for removed < len(sockets) {
-		group, resp, err := s.removeSocketRecords(ctx, sockets[removed:])
+		// At most one transaction's worth: the users read are those of the
+		// sockets the next transaction may take.
+		batch := sockets[removed:min(len(sockets), removed+s.budget.maxOps)]
+		users, err := s.socketUsers(ctx, batch)
+		if err != nil {
+			return removed, fmt.Errorf("remove socket: %w", err)
+		}
+		group, resp, err := s.removeSocketRecords(ctx, batch, users)
 		if err != nil {
 			return removed, err
 		}
@@ -75,18 +85,11 @@ func (s *Store) RemoveSockets(ctx context.Context, sockets []SocketID) (removed 
 		}
 		chunks := s.budget.chunks(txnShape{}, send)
 		for i, socket := range group {
-			id := socket.String()
-			roomsPrefix := s.k.socketRoomsPrefix(socket)
-			for _, kv := range resp.Responses[i].GetResponseTxn().GetResponses()[1].GetResponseRange().GetKvs() {
-				room, err := unescapeRoom(strings.TrimPrefix(string(kv.Key), roomsPrefix))
-				if err != nil {
-					return removed, err
-				}
-				if err := chunks.add(pbDelete([]byte(s.k.room(room, id)), nil)); err != nil {
-					return removed, err
-				}
+			if err := s.deleteMemberships(chunks, socket, resp.Responses[i].GetResponseTxn().GetResponses()[1].GetResponseRange()); err != nil {
+				return removed, err
 			}
-			if err := chunks.add(pbDelete([]byte(roomsPrefix), []byte(clientv3.GetPrefixRangeEnd(roomsPrefix)))); err != nil {
+			// A Disconnect's notice (disconnect.go), if any, goes with it.
+			if err := chunks.add(pbDelete([]byte(s.k.disconnectNotice(socket)), nil)); err != nil {
 				return removed, err
 			}
 		}
@@ -98,34 +101,79 @@ func (s *Store) RemoveSockets(ctx context.Context, sockets []SocketID) (removed 
 	return removed, nil
 }
 
+// deleteMemberships queues the deletion of socket's memberships, listed by
+// rooms (its gwm/ keys, as pbSocketRooms reads them): each room key, then
+// the socket's gwm/ keys, last so that a deletion that fails midway can
+// read them again.
+func (s *Store) deleteMemberships(c *txnChunks, socket SocketID, rooms *etcdserverpb.RangeResponse) error {
+	id := socket.String()
+	roomsPrefix := s.k.socketRoomsPrefix(socket)
+	for _, kv := range rooms.GetKvs() {
+		room, err := unescapeRoom(strings.TrimPrefix(string(kv.Key), roomsPrefix))
+		if err != nil {
+			return err
+		}
+		if err := c.add(pbDelete([]byte(s.k.room(room, id)), nil)); err != nil {
+			return err
+		}
+	}
+	return c.add(pbDelete([]byte(roomsPrefix), []byte(clientv3.GetPrefixRangeEnd(roomsPrefix))))
+}
+
 // removeSocketRecords deletes the records of the first of sockets that fit
 // one transaction, reading each one's rooms in the same nested transaction;
 // resp.Responses[i] answers group[i].
-func (s *Store) removeSocketRecords(ctx context.Context, sockets []SocketID) (group []SocketID, resp *etcdserverpb.TxnResponse, err error) {
+func (s *Store) removeSocketRecords(ctx context.Context, sockets []SocketID, users map[SocketID]string) (group []SocketID, resp *etcdserverpb.TxnResponse, err error) {
+	return s.commitFirstThatFit(ctx, "remove socket", sockets, func(socket SocketID) *etcdserverpb.RequestOp {
+		return pbTxn(nil, append([]*etcdserverpb.RequestOp{pbDelete([]byte(s.k.socket(socket.String())), nil), s.pbSocketRooms(socket)},
+			s.pbDeleteUserKey(socket, users)...)...)
+	})
+}
+
+// pbDeleteUserKey deletes socket's user index key (users.go), if users
+// names its user: it goes with the record.
+func (s *Store) pbDeleteUserKey(socket SocketID, users map[SocketID]string) []*etcdserverpb.RequestOp {
+	user := users[socket]
+	if user == "" {
+		return nil
+	}
+	return []*etcdserverpb.RequestOp{pbDelete([]byte(s.k.user(user, socket.String())), nil)}
+}
+
+// commitFirstThatFit commits, in one transaction, op of each of the first
+// of sockets that fit the budget (at least one, or a *TxnTooLargeError);
+// resp.Responses[i] answers group[i].
+func (s *Store) commitFirstThatFit(ctx context.Context, what string, sockets []SocketID, op func(SocketID) *etcdserverpb.RequestOp) (group []SocketID, resp *etcdserverpb.TxnResponse, err error) {
 	var shape txnShape
 	var ops []*etcdserverpb.RequestOp
 	for _, socket := range sockets {
-		roomsPrefix := s.k.socketRoomsPrefix(socket)
-		op := &etcdserverpb.RequestOp{Request: &etcdserverpb.RequestOp_RequestTxn{RequestTxn: &etcdserverpb.TxnRequest{
-			Success: []*etcdserverpb.RequestOp{
-				pbDelete([]byte(s.k.socket(socket.String())), nil),
-				{Request: &etcdserverpb.RequestOp_RequestRange{RequestRange: &etcdserverpb.RangeRequest{
-					Key: []byte(roomsPrefix), RangeEnd: []byte(clientv3.GetPrefixRangeEnd(roomsPrefix)), KeysOnly: true}}},
-			}}}}
-		next := shape.withOp(opNeed(op), proto.Size(op))
+		o := op(socket)
+		next := shape.withOp(opNeed(o), proto.Size(o))
 		if !s.budget.fits(next) {
 			if len(ops) == 0 {
 				return nil, nil, s.budget.tooLarge(next)
 			}
 			break
 		}
-		shape, ops = next, append(ops, op)
+		shape, ops = next, append(ops, o)
 	}
 	resp, err = s.tw.txnRetrying(ctx, s.pb, &etcdserverpb.TxnRequest{Success: ops})
 	if err != nil {
-		return nil, nil, fmt.Errorf("remove socket: %w", etcdError(ctx, err))
+		return nil, nil, fmt.Errorf("%s: %w", what, etcdError(ctx, err))
 	}
 	return sockets[:len(ops)], resp, nil
+}
+
+// pbTxn is a nested transaction of ops under compares cmps.
+func pbTxn(cmps []*etcdserverpb.Compare, ops ...*etcdserverpb.RequestOp) *etcdserverpb.RequestOp {
+	return &etcdserverpb.RequestOp{Request: &etcdserverpb.RequestOp_RequestTxn{RequestTxn: &etcdserverpb.TxnRequest{Compare: cmps, Success: ops}}}
+}
+
+// pbSocketRooms reads the keys of a socket's memberships (gwm/).
+func (s *Store) pbSocketRooms(socket SocketID) *etcdserverpb.RequestOp {
+	roomsPrefix := s.k.socketRoomsPrefix(socket)
+	return &etcdserverpb.RequestOp{Request: &etcdserverpb.RequestOp_RequestRange{RequestRange: &etcdserverpb.RangeRequest{
+		Key: []byte(roomsPrefix), RangeEnd: []byte(clientv3.GetPrefixRangeEnd(roomsPrefix)), KeysOnly: true}}}
 }
 
 // LeaseSockets visits, in key order, the sockets of gateway whose records
@@ -183,7 +231,7 @@ func (s *Store) DecodeMembershipEvent(gateway string, ev *clientv3.Event) (Membe
 
 func (s *Store) decodeMembershipKey(gateway, key string) (socket, room string, ok bool) {
 	rest, ok := strings.CutPrefix(key, s.k.gwmPrefix(gateway))
-	if !ok {
+	if !ok || strings.HasPrefix(rest, disconnectSegment) {
 		return "", "", false
 	}
 	socket, seg, ok := strings.Cut(rest, "/")

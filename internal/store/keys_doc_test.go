@@ -38,13 +38,7 @@ func docSection(t *testing.T, path, heading string) []string {
 // The keyspace table of docs/ARCHITECTURE.md lists exactly the keys this
 // package writes, spelled as keys builds them.
 func TestArchitectureDocKeyspace(t *testing.T) {
-	k := keys{prefix: ""}
-	want := []string{
-		k.gateway("{gateway}"),
-		k.socket("{socket}"),
-		k.gwmPrefix("{gateway}") + "{socket}/" + escapeRoom("{room}"),
-		k.room("{room}", "{socket}"),
-	}
+	want := documentedKeys()
 	var got []string
 	for _, line := range docSection(t, "../../docs/ARCHITECTURE.md", "## etcd keyspace") {
 		if cell, ok := strings.CutPrefix(line, "| `"); ok {
@@ -53,8 +47,44 @@ func TestArchitectureDocKeyspace(t *testing.T) {
 		}
 	}
 	slices.Sort(got)
-	slices.Sort(want)
 	if !slices.Equal(got, want) {
 		t.Errorf("docs/ARCHITECTURE.md keyspace lists %q; the store writes %q", got, want)
 	}
+}
+
+// The keyspace table of the package doc (store.go) lists the same keys.
+func TestPackageDocKeyspace(t *testing.T) {
+	b, err := os.ReadFile("store.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, _, _ := strings.Cut(string(b), "\npackage store")
+	var got []string
+	for _, line := range strings.Split(doc, "\n") {
+		if row, ok := strings.CutPrefix(line, "//\t"); ok {
+			if f := strings.Fields(row); len(f) > 0 {
+				got = append(got, f[0])
+			}
+		}
+	}
+	slices.Sort(got)
+	if want := documentedKeys(); !slices.Equal(got, want) {
+		t.Errorf("store.go's package doc lists %q; the store writes %q", got, want)
+	}
+}
+
+// documentedKeys are the keys the store writes, spelled as keys builds
+// them, sorted.
+func documentedKeys() []string {
+	k := keys{prefix: ""}
+	want := []string{
+		k.gateway("{gateway}"),
+		k.socket("{socket}"),
+		k.gwmPrefix("{gateway}") + "{socket}/" + escapeRoom("{room}"),
+		k.room("{room}", "{socket}"),
+		k.user("{user}", "{socket}"),
+		k.gwmPrefix("{gateway}") + disconnectSegment + "{socket}",
+	}
+	slices.Sort(want)
+	return want
 }

@@ -28,6 +28,11 @@ type leaderLoss struct {
 	caught, caughtFailed int
 	caughtDone           time.Duration
 	caughtErrs           []string
+	// caughtRetried counts the calls in flight at the kill that the store
+	// sent again (their retry note set); retriedBeforeKill names the calls
+	// noted although they ended before the kill.
+	caughtRetried     int
+	retriedBeforeKill []string
 	// lateness is the worst time a call returned after its deadline (≤ 0:
 	// all returned in time), late the calls that were later than slack.
 	lateness time.Duration
@@ -54,6 +59,7 @@ func leaderLossWorkers(tb testing.TB, pc *testutil.ProcCluster, s *store.Store, 
 		start, end, deadline time.Time
 		err                  error
 		what                 string
+		retried              bool // the store's retry note
 	}
 	stop := make(chan struct{})
 	results := make([][]call, len(socks))
@@ -73,6 +79,7 @@ func leaderLossWorkers(tb testing.TB, pc *testutil.ProcCluster, s *store.Store, 
 				room := fmt.Sprintf("r%d", i%leaderLossRooms)
 				join := (i/leaderLossRooms)%2 == 0
 				ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+				ctx, retried := store.WithRetryNote(ctx)
 				c := call{start: time.Now(), what: fmt.Sprintf("join=%v %s %s", join, sock, room)}
 				c.deadline, _ = ctx.Deadline()
 				if join {
@@ -81,6 +88,7 @@ func leaderLossWorkers(tb testing.TB, pc *testutil.ProcCluster, s *store.Store, 
 					_, c.err = s.Leave(ctx, []store.SocketID{sock}, room)
 				}
 				c.end = time.Now()
+				c.retried = retried.Load()
 				cancel()
 				results[w] = append(results[w], c)
 				if c.err == nil {
@@ -120,8 +128,14 @@ func leaderLossWorkers(tb testing.TB, pc *testutil.ProcCluster, s *store.Store, 
 			if c.end.Sub(c.deadline) > slack {
 				r.late = append(r.late, fmt.Sprintf("%s: returned %v after its deadline (%v)", c.what, c.end.Sub(c.deadline), c.err))
 			}
+			if c.end.Before(killAt) && c.retried {
+				r.retriedBeforeKill = append(r.retriedBeforeKill, c.what)
+			}
 			if c.start.Before(killAt) && c.end.After(killAt) {
 				r.caught++
+				if c.retried {
+					r.caughtRetried++
+				}
 				r.caughtDone = max(r.caughtDone, c.end.Sub(killAt))
 				if c.err != nil {
 					r.caughtFailed++
@@ -247,6 +261,14 @@ func TestLeaderKillDuringJoinLeave(t *testing.T) {
 			if r.caughtFailed > 0 || r.caughtDone > limit {
 				t.Errorf("of %d calls in flight at the kill, %d failed (%q) and the last returned %v after it; want all to succeed within %v",
 					r.caught, r.caughtFailed, r.caughtErrs, r.caughtDone, limit)
+			}
+			// The calls sent again say so (JoinResponse.retried); a call
+			// that never lost an attempt does not.
+			if r.caughtRetried == 0 {
+				t.Errorf("none of the %d calls in flight at the kill was noted as retried", r.caught)
+			}
+			for _, c := range r.retriedBeforeKill {
+				t.Errorf("%s: noted as retried, but it ended before the kill", c)
 			}
 			checkMemberships(t, s, socks, states)
 		})

@@ -321,5 +321,25 @@ func withRetries[T any](ctx context.Context, try func(context.Context) (T, error
 		if !ok || time.Now().Add(pause).After(until) || !sleepCtx(ctx, pause) {
 			return v, err
 		}
+		noteRetry(ctx)
+	}
+}
+
+type retryNoteKey struct{}
+
+// WithRetryNote returns ctx carrying a note the store sets when a change
+// made under it is sent to etcd again after an attempt whose outcome was
+// lost: the answers it then reports (was_member) describe the state before
+// the attempt that committed, which may include the earlier attempt's own
+// change.
+func WithRetryNote(ctx context.Context) (context.Context, *atomic.Bool) {
+	n := new(atomic.Bool)
+	return context.WithValue(ctx, retryNoteKey{}, n), n
+}
+
+// noteRetry sets ctx's retry note, if it has one.
+func noteRetry(ctx context.Context) {
+	if n, ok := ctx.Value(retryNoteKey{}).(*atomic.Bool); ok {
+		n.Store(true)
 	}
 }

@@ -4,16 +4,21 @@
 //
 // Keyspace, under a configurable prefix (default "/membership/"):
 //
-//	gateways/{gateway}               gateway record (JSON)     gateway's lease
-//	sockets/{socket}                 socket record (JSON)      gateway's lease
-//	gwm/{gateway}/{socket}/{room}    membership, per gateway   gateway's lease
-//	rooms/{room}/{socket}            membership, per room      gateway's lease
+//	gateways/{gateway}                  gateway record (JSON)     gateway's lease
+//	sockets/{socket}                    socket record (JSON)      gateway's lease
+//	gwm/{gateway}/{socket}/{room}       membership, per gateway   gateway's lease
+//	rooms/{room}/{socket}               membership, per room      gateway's lease
+//	users/{user}/{socket}               user index (empty value)  gateway's lease
+//	gwm/{gateway}/!disconnect/{socket}  Disconnect's notice       gateway's lease
 //
 // Every key of a socket lives on the lease of the gateway holding it, so a dead
 // gateway's sockets and memberships vanish with its lease. A membership change
 // writes both membership keys in one transaction guarded by the socket record,
-// so no membership can outlive or predate its socket. Room names are escaped
-// reversibly ("%" and "/" percent-encoded) so that each is one key segment.
+// so no membership can outlive or predate its socket. A socket with a user
+// (its token's subject) has a user index key, written and deleted in the
+// transaction that writes and deletes its record. Room and user names are
+// escaped reversibly ("%" and "/" percent-encoded) so that each is one key
+// segment.
 package store
 
 import (
@@ -26,6 +31,7 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -304,15 +310,25 @@ func (s *Store) GetSocket(ctx context.Context, socket SocketID) (SocketInfo, int
 type RoomCount struct {
 	Room    string
 	Members int64
+	// Users counts the distinct users among the members (presence.go).
+	Users int64
 }
 
 // scanKeys visits the keys from start to the end of prefix, in order, at one
 // revision (rev 0: the current one), reading a page at a time, until visit
 // returns false. It returns the revision read at.
 func (s *Store) scanKeys(ctx context.Context, prefix, start string, rev int64, visit func(key string) bool) (int64, error) {
+	return s.scan(ctx, prefix, start, rev, true, func(kv *mvccpb.KeyValue) bool { return visit(string(kv.Key)) })
+}
+
+// scan is scanKeys over whole key-values (values too unless keysOnly).
+func (s *Store) scan(ctx context.Context, prefix, start string, rev int64, keysOnly bool, visit func(*mvccpb.KeyValue) bool) (int64, error) {
 	end := clientv3.GetPrefixRangeEnd(prefix)
 	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithKeysOnly(), clientv3.WithLimit(1000)}
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(1000)}
+		if keysOnly {
+			opts = append(opts, clientv3.WithKeysOnly())
+		}
 		if rev != 0 {
 			opts = append(opts, clientv3.WithRev(rev))
 		}
@@ -324,7 +340,7 @@ func (s *Store) scanKeys(ctx context.Context, prefix, start string, rev int64, v
 			rev = resp.Header.Revision
 		}
 		for _, kv := range resp.Kvs {
-			if !visit(string(kv.Key)) {
+			if !visit(kv) {
 				return rev, nil
 			}
 		}

@@ -158,8 +158,8 @@ func TestRemoveSocketLeavesNothing(t *testing.T) {
 			t.Errorf("key left behind: %s", kv.Key)
 		}
 	}
-	if resp.Count != 5 { // 2 gateways, 1 socket, 2 membership keys
-		t.Errorf("got %d keys, want 5", resp.Count)
+	if resp.Count != 6 { // 2 gateways, 1 socket with its user index key, 2 membership keys
+		t.Errorf("got %d keys, want 6", resp.Count)
 	}
 	if _, err := s.Join(ctx, []store.SocketID{sock}, "x"); !errors.Is(err, store.ErrSocketNotFound) {
 		t.Fatalf("join after removal: %v", err)

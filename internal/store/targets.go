@@ -42,7 +42,9 @@ type TargetIndex struct {
 	byName  *btree.BTree[*roomEntry] // rooms with members, by name (byte-wise)
 	total   int                      // memberships, the sum of members
 	records map[string]GatewayRecord // gateway → record
-	rev     int64                    // the revision the fields above reflect
+	// socketUsers holds the user of each socket with one (presence.go).
+	socketUsers map[string]*userRef
+	rev         int64 // the revision the fields above reflect
 	// applied is 0 until the first listing is in; etcd revisions start at 1.
 	// It is advanced after rev, outside mu.
 	applied *revwait.Waiter
@@ -60,6 +62,7 @@ type roomEntry struct {
 	name     string
 	members  int
 	gateways map[string]int // gateway → members there
+	users    map[string]int // user → member sockets of that user (presence.go)
 }
 
 // btreeDegree is the B-tree's degree: nodes of up to 63 rooms.
@@ -73,7 +76,7 @@ func newRoomTree() *btree.BTree[*roomEntry] {
 func (s *Store) NewTargetIndex(cli *clientv3.Client, log *slog.Logger) *TargetIndex {
 	x := &TargetIndex{s: s, cli: cli, log: log, applied: revwait.New(), stopped: make(chan struct{}),
 		rooms: map[string]*roomEntry{}, byName: newRoomTree(), records: map[string]GatewayRecord{},
-		gatewaysChanged: make(chan struct{}, 1)}
+		socketUsers: map[string]*userRef{}, gatewaysChanged: make(chan struct{}, 1)}
 	// One watch over the whole keyspace: rooms/ and gateways/ changes, in
 	// revision order, on one stream whose progress covers both.
 	x.follow = watchfollow.New(watchfollow.Config{
@@ -111,10 +114,26 @@ func (x *TargetIndex) list(ctx context.Context) (int64, error) {
 	byName := newRoomTree()
 	total := 0
 	records := map[string]GatewayRecord{}
+	// The user index first, then the rooms at the same revision: every
+	// member's user is known when its membership is counted.
+	tmp := &TargetIndex{s: x.s, rooms: rooms, socketUsers: map[string]*userRef{}}
+	usersPrefix := x.s.k.usersPrefix()
+	rev, err := x.s.scanKeys(ctx, usersPrefix, usersPrefix, 0, func(key string) bool {
+		if user, socket, ok := x.s.decodeUserKey(key); ok {
+			tmp.userKeyLocked(socket, user, 1)
+		} else {
+			x.corrupt(key)
+		}
+		return true
+	})
+	if err != nil {
+		return 0, fmt.Errorf("list users: %w", err)
+	}
 	roomsPrefix := x.s.k.roomsPrefix()
-	rev, err := x.s.scanKeys(ctx, roomsPrefix, roomsPrefix, 0, func(key string) bool {
-		if room, gw, ok := x.s.decodeRoomKey(key); ok {
+	_, err = x.s.scanKeys(ctx, roomsPrefix, roomsPrefix, rev, func(key string) bool {
+		if room, gw, socket, ok := x.s.decodeRoomKey(key); ok {
 			add(rooms, byName, room, gw, 1)
+			tmp.membershipUserLocked(room, socket, 1)
 			total++
 		} else {
 			x.corrupt(key)
@@ -138,6 +157,7 @@ func (x *TargetIndex) list(ctx context.Context) (int64, error) {
 	}
 	x.mu.Lock()
 	x.rooms, x.byName, x.total, x.records, x.rev = rooms, byName, total, records, rev
+	x.socketUsers = tmp.socketUsers
 	x.mu.Unlock()
 	x.signalGateways() // records may have gone while the watch was behind
 	x.load.Do(func() { close(x.loaded) })
@@ -197,14 +217,25 @@ func (x *TargetIndex) GatewayAsOf(id string, rev int64) (rec GatewayRecord, ok b
 // applyLocked applies one event; it reports whether a gateway record changed.
 func (x *TargetIndex) applyLocked(ev *clientv3.Event) bool {
 	key := string(ev.Kv.Key)
-	if room, gw, ok := x.s.decodeRoomKey(key); ok {
+	if room, gw, socket, ok := x.s.decodeRoomKey(key); ok {
 		switch {
 		case ev.Type == mvccpb.DELETE:
+			x.membershipUserLocked(room, socket, -1)
 			add(x.rooms, x.byName, room, gw, -1)
 			x.total--
 		case ev.IsCreate():
 			add(x.rooms, x.byName, room, gw, 1)
+			x.membershipUserLocked(room, socket, 1)
 			x.total++
+		}
+		return false
+	}
+	if user, socket, ok := x.s.decodeUserKey(key); ok {
+		switch {
+		case ev.Type == mvccpb.DELETE:
+			x.userKeyLocked(socket, user, -1)
+		case ev.IsCreate():
+			x.userKeyLocked(socket, user, 1)
 		}
 		return false
 	}
@@ -328,7 +359,7 @@ func (x *TargetIndex) page(after string, limit int) (rooms []RoomCount, next str
 			next = rooms[limit-1].Room // a further room exists
 			return false
 		}
-		rooms = append(rooms, RoomCount{Room: e.name, Members: int64(e.members)})
+		rooms = append(rooms, RoomCount{Room: e.name, Members: int64(e.members), Users: int64(len(e.users))})
 		return true
 	})
 	return rooms, next, x.rev
@@ -360,24 +391,24 @@ func (x *TargetIndex) catchUp(ctx context.Context) (int64, error) {
 
 var errIndexStopped = fmt.Errorf("broadcast target index stopped: %w", ErrShuttingDown)
 
-// decodeRoomKey splits rooms/{room}/{socket} into the room and the socket's
-// gateway.
-func (s *Store) decodeRoomKey(key string) (room, gateway string, ok bool) {
+// decodeRoomKey splits rooms/{room}/{socket} into the room, the socket's
+// gateway and the socket.
+func (s *Store) decodeRoomKey(key string) (room, gateway, socket string, ok bool) {
 	rest, ok := strings.CutPrefix(key, s.k.roomsPrefix())
 	if !ok {
-		return "", "", false
+		return "", "", "", false
 	}
 	seg, socket, ok := strings.Cut(rest, "/")
 	if !ok {
-		return "", "", false
+		return "", "", "", false
 	}
 	sid, err := ParseSocketID(socket)
 	if err != nil {
-		return "", "", false
+		return "", "", "", false
 	}
 	room, err = unescapeRoom(seg)
 	if err != nil {
-		return "", "", false
+		return "", "", "", false
 	}
-	return room, sid.Gateway, true
+	return room, sid.Gateway, socket, true
 }

@@ -79,6 +79,67 @@ func (WaitFor) EnumDescriptor() ([]byte, []int) {
 	return file_membership_v1_membership_proto_rawDescGZIP(), []int{0}
 }
 
+// EventType is the kind of a membership change.
+type EventType int32
+
+const (
+	// Never sent.
+	EventType_EVENT_TYPE_UNSPECIFIED EventType = 0
+	// A socket connected (its record was written).
+	EventType_EVENT_TYPE_CONNECTED EventType = 1
+	// A socket went: closed, disconnected, or its gateway's lease expired.
+	EventType_EVENT_TYPE_DISCONNECTED EventType = 2
+	// A socket joined a room.
+	EventType_EVENT_TYPE_JOINED EventType = 3
+	// A socket left a room (also when it disconnected).
+	EventType_EVENT_TYPE_LEFT EventType = 4
+)
+
+// Enum value maps for EventType.
+var (
+	EventType_name = map[int32]string{
+		0: "EVENT_TYPE_UNSPECIFIED",
+		1: "EVENT_TYPE_CONNECTED",
+		2: "EVENT_TYPE_DISCONNECTED",
+		3: "EVENT_TYPE_JOINED",
+		4: "EVENT_TYPE_LEFT",
+	}
+	EventType_value = map[string]int32{
+		"EVENT_TYPE_UNSPECIFIED":  0,
+		"EVENT_TYPE_CONNECTED":    1,
+		"EVENT_TYPE_DISCONNECTED": 2,
+		"EVENT_TYPE_JOINED":       3,
+		"EVENT_TYPE_LEFT":         4,
+	}
+)
+
+func (x EventType) Enum() *EventType {
+	p := new(EventType)
+	*p = x
+	return p
+}
+
+func (x EventType) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (EventType) Descriptor() protoreflect.EnumDescriptor {
+	return file_membership_v1_membership_proto_enumTypes[1].Descriptor()
+}
+
+func (EventType) Type() protoreflect.EnumType {
+	return &file_membership_v1_membership_proto_enumTypes[1]
+}
+
+func (x EventType) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use EventType.Descriptor instead.
+func (EventType) EnumDescriptor() ([]byte, []int) {
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{1}
+}
+
 // JoinRequest adds socket_id (and socket_ids) to room.
 type JoinRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -94,7 +155,11 @@ type JoinRequest struct {
 	// 100 sockets per call in all (fewer when the membership-server's
 	// --etcd-max-txn-ops is below etcd's default 128, and TRANSACTION_TOO_LARGE
 	// when its --etcd-max-request-bytes cannot hold them).
-	SocketIds     []string `protobuf:"bytes,4,rep,name=socket_ids,json=socketIds,proto3" json:"socket_ids,omitempty"`
+	SocketIds []string `protobuf:"bytes,4,rep,name=socket_ids,json=socketIds,proto3" json:"socket_ids,omitempty"`
+	// Every socket of this user instead (see "Selecting by user" below
+	// ListSocketsRequest): 1 to 256 bytes of UTF-8 without control characters.
+	// Set with socket_id or socket_ids: INVALID_ARGUMENT on field "user".
+	User          string `protobuf:"bytes,5,opt,name=user,proto3" json:"user,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -155,6 +220,13 @@ func (x *JoinRequest) GetSocketIds() []string {
 		return x.SocketIds
 	}
 	return nil
+}
+
+func (x *JoinRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
 }
 
 // SocketResult is what a Join or Leave did to one socket.
@@ -228,7 +300,13 @@ type JoinResponse struct {
 	// The etcd revision at which the membership holds.
 	Revision int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
 	// One entry per socket, in request order (socket_id first).
-	Results       []*SocketResult `protobuf:"bytes,3,rep,name=results,proto3" json:"results,omitempty"`
+	Results []*SocketResult `protobuf:"bytes,3,rep,name=results,proto3" json:"results,omitempty"`
+	// The change was sent to etcd again after an attempt whose outcome was
+	// lost (an etcd leader change, a lost connection). already_member and
+	// was_member then describe the state just before the attempt that
+	// committed, which may include this call's own earlier attempt: read them
+	// as "may have been". The state after the call is the one asked for.
+	Retried       bool `protobuf:"varint,4,opt,name=retried,proto3" json:"retried,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -284,6 +362,13 @@ func (x *JoinResponse) GetResults() []*SocketResult {
 	return nil
 }
 
+func (x *JoinResponse) GetRetried() bool {
+	if x != nil {
+		return x.Retried
+	}
+	return false
+}
+
 // LeaveRequest removes socket_id (and socket_ids) from room.
 type LeaveRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -297,7 +382,9 @@ type LeaveRequest struct {
 	WaitFor WaitFor `protobuf:"varint,3,opt,name=wait_for,json=waitFor,proto3,enum=membership.v1.WaitFor" json:"wait_for,omitempty"`
 	// More sockets to remove in the same transaction; at most 100 sockets per
 	// call in all (limited as for Join).
-	SocketIds     []string `protobuf:"bytes,4,rep,name=socket_ids,json=socketIds,proto3" json:"socket_ids,omitempty"`
+	SocketIds []string `protobuf:"bytes,4,rep,name=socket_ids,json=socketIds,proto3" json:"socket_ids,omitempty"`
+	// Every socket of this user instead, as for JoinRequest.user.
+	User          string `protobuf:"bytes,5,opt,name=user,proto3" json:"user,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -360,6 +447,13 @@ func (x *LeaveRequest) GetSocketIds() []string {
 	return nil
 }
 
+func (x *LeaveRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
 // LeaveResponse reports a committed Leave.
 type LeaveResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -371,7 +465,10 @@ type LeaveResponse struct {
 	// The etcd revision from which the sockets are not in the room.
 	Revision int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
 	// One entry per socket, in request order (socket_id first).
-	Results       []*SocketResult `protobuf:"bytes,3,rep,name=results,proto3" json:"results,omitempty"`
+	Results []*SocketResult `protobuf:"bytes,3,rep,name=results,proto3" json:"results,omitempty"`
+	// As JoinResponse.retried: was_member may describe this call's own
+	// earlier attempt.
+	Retried       bool `protobuf:"varint,4,opt,name=retried,proto3" json:"retried,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -425,6 +522,13 @@ func (x *LeaveResponse) GetResults() []*SocketResult {
 		return x.Results
 	}
 	return nil
+}
+
+func (x *LeaveResponse) GetRetried() bool {
+	if x != nil {
+		return x.Retried
+	}
+	return false
 }
 
 // ListRoomsRequest asks for all rooms, or for one socket's rooms.
@@ -491,13 +595,17 @@ func (x *ListRoomsRequest) GetPageToken() string {
 	return ""
 }
 
-// Room is a room and, when all rooms are listed, its size.
+// Room is a room and, when all rooms are listed (and from GetRoom), its size.
 type Room struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The room's name, exactly as joined.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	// How many sockets are in the room. Set when listing all rooms.
-	MemberCount   int64 `protobuf:"varint,2,opt,name=member_count,json=memberCount,proto3" json:"member_count,omitempty"`
+	// How many sockets are in the room. Set when listing all rooms, and by
+	// GetRoom.
+	MemberCount int64 `protobuf:"varint,2,opt,name=member_count,json=memberCount,proto3" json:"member_count,omitempty"`
+	// How many distinct users the room's sockets belong to; sockets without a
+	// user (no token) are not counted. Set with member_count.
+	UserCount     int64 `protobuf:"varint,3,opt,name=user_count,json=userCount,proto3" json:"user_count,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -542,6 +650,13 @@ func (x *Room) GetName() string {
 func (x *Room) GetMemberCount() int64 {
 	if x != nil {
 		return x.MemberCount
+	}
+	return 0
+}
+
+func (x *Room) GetUserCount() int64 {
+	if x != nil {
+		return x.UserCount
 	}
 	return 0
 }
@@ -1635,44 +1750,881 @@ func (x *RemoveRoomMembersFromRoomsResponse) GetRevision() int64 {
 	return 0
 }
 
+// ListSocketsRequest asks for the sockets of a user.
+//
+// Selecting by user. A socket belongs to the user its token named (the JWT
+// subject, ListMembers' Member.user); the membership-server reads a user's
+// sockets from a user index kept on each gateway's lease, written and
+// deleted with the socket's record, so a crashed gateway's sockets leave it
+// when its lease expires. Join and Leave with user select every socket of
+// the user as of one etcd revision R, read at the start of the call, and
+// report one SocketResult per socket, ordered by socket id; a user with no
+// sockets is not an error: the results are empty, the revision is R (and
+// JoinResponse.already_member is true: nothing changed). Up to the call's
+// socket limit (100 at etcd's default --etcd-max-txn-ops, fewer under a
+// smaller one or a rooms-per-socket limit) the change is one etcd
+// transaction: atomic, all the sockets or none. A user with more sockets is
+// changed in several transactions of that many sockets each, in socket id
+// order, each atomic and committed before the next, and the response
+// reports every socket; a failure midway leaves the transactions before it
+// applied (re-running the call finishes it, as for LeaveAll), and the
+// response's revision is the last transaction's. A socket that disconnects
+// after R is left out of the results; one that connects after R is not
+// selected. With WAIT_FOR_APPLY the call returns once every selected
+// socket's gateway applied the change, whichever gateways they are on.
+type ListSocketsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The user: 1 to 256 bytes of UTF-8 without control characters.
+	User string `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	// At most this many sockets per page; 0 means 100, the maximum is 1000.
+	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The next_page_token of the previous page, or empty for the first page.
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSocketsRequest) Reset() {
+	*x = ListSocketsRequest{}
+	mi := &file_membership_v1_membership_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSocketsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSocketsRequest) ProtoMessage() {}
+
+func (x *ListSocketsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_membership_v1_membership_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSocketsRequest.ProtoReflect.Descriptor instead.
+func (*ListSocketsRequest) Descriptor() ([]byte, []int) {
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ListSocketsRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *ListSocketsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListSocketsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// ListSocketsResponse is one page of a user's sockets.
+type ListSocketsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The sockets, ordered by socket id, each with its gateway, connected_at,
+	// rooms and user.
+	Sockets []*Socket `protobuf:"bytes,1,rep,name=sockets,proto3" json:"sockets,omitempty"`
+	// Token for the next page; empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	// The etcd revision this page was read at.
+	Revision      int64 `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSocketsResponse) Reset() {
+	*x = ListSocketsResponse{}
+	mi := &file_membership_v1_membership_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSocketsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSocketsResponse) ProtoMessage() {}
+
+func (x *ListSocketsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_membership_v1_membership_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSocketsResponse.ProtoReflect.Descriptor instead.
+func (*ListSocketsResponse) Descriptor() ([]byte, []int) {
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ListSocketsResponse) GetSockets() []*Socket {
+	if x != nil {
+		return x.Sockets
+	}
+	return nil
+}
+
+func (x *ListSocketsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+func (x *ListSocketsResponse) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+// GetRoomRequest names a room.
+type GetRoomRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The room: 1 to 256 bytes of UTF-8 without control characters, not shaped
+	// like a socket id (ROOM_NAME_RESERVED).
+	Room          string `protobuf:"bytes,1,opt,name=room,proto3" json:"room,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRoomRequest) Reset() {
+	*x = GetRoomRequest{}
+	mi := &file_membership_v1_membership_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRoomRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRoomRequest) ProtoMessage() {}
+
+func (x *GetRoomRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_membership_v1_membership_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRoomRequest.ProtoReflect.Descriptor instead.
+func (*GetRoomRequest) Descriptor() ([]byte, []int) {
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *GetRoomRequest) GetRoom() string {
+	if x != nil {
+		return x.Room
+	}
+	return ""
+}
+
+// GetRoomResponse gives a room's counts.
+type GetRoomResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The room with member_count and user_count (both 0 when it has no
+	// members).
+	Room *Room `protobuf:"bytes,1,opt,name=room,proto3" json:"room,omitempty"`
+	// The revision of the serving replica's room index the counts are as of:
+	// at least etcd's revision when the call began, so every change committed
+	// before the call is counted.
+	Revision      int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRoomResponse) Reset() {
+	*x = GetRoomResponse{}
+	mi := &file_membership_v1_membership_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRoomResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRoomResponse) ProtoMessage() {}
+
+func (x *GetRoomResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_membership_v1_membership_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRoomResponse.ProtoReflect.Descriptor instead.
+func (*GetRoomResponse) Descriptor() ([]byte, []int) {
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *GetRoomResponse) GetRoom() *Room {
+	if x != nil {
+		return x.Room
+	}
+	return nil
+}
+
+func (x *GetRoomResponse) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+// DisconnectRequest selects the sockets to close: exactly one of socket_ids,
+// user and room.
+type DisconnectRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Sockets to close, at most 100; repeats count once.
+	SocketIds []string `protobuf:"bytes,1,rep,name=socket_ids,json=socketIds,proto3" json:"socket_ids,omitempty"`
+	// Close every socket whose token named this user (1 to 256 bytes of UTF-8
+	// without control characters), as of one revision. Sockets that fit one
+	// etcd transaction (up to --etcd-max-txn-ops, fewer when
+	// --etcd-max-request-bytes binds first) close atomically; more close in
+	// successive transactions, each atomic and committed before the next: a
+	// failure midway leaves the earlier ones closed, and calling again closes
+	// the rest. A user with no sockets closes none: not an error.
+	User string `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`
+	// Close every member of this room, as of one revision, a page of members
+	// at a time (each page as for user); a room name as in JoinRequest.room.
+	Room string `protobuf:"bytes,3,opt,name=room,proto3" json:"room,omitempty"`
+	// The close code each client gets: 4000 to 4999 (an application's range
+	// in RFC 6455), 0 meaning 4000. membership.js does not reconnect on a code
+	// in this range.
+	Code int32 `protobuf:"varint,4,opt,name=code,proto3" json:"code,omitempty"`
+	// The close reason each client gets: at most 123 bytes of UTF-8 (what
+	// fits a WebSocket close frame with its code).
+	Reason string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	// When the call returns; WAIT_FOR_COMMIT when unspecified.
+	WaitFor       WaitFor `protobuf:"varint,6,opt,name=wait_for,json=waitFor,proto3,enum=membership.v1.WaitFor" json:"wait_for,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DisconnectRequest) Reset() {
+	*x = DisconnectRequest{}
+	mi := &file_membership_v1_membership_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DisconnectRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DisconnectRequest) ProtoMessage() {}
+
+func (x *DisconnectRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_membership_v1_membership_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DisconnectRequest.ProtoReflect.Descriptor instead.
+func (*DisconnectRequest) Descriptor() ([]byte, []int) {
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *DisconnectRequest) GetSocketIds() []string {
+	if x != nil {
+		return x.SocketIds
+	}
+	return nil
+}
+
+func (x *DisconnectRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *DisconnectRequest) GetRoom() string {
+	if x != nil {
+		return x.Room
+	}
+	return ""
+}
+
+func (x *DisconnectRequest) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *DisconnectRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *DisconnectRequest) GetWaitFor() WaitFor {
+	if x != nil {
+		return x.WaitFor
+	}
+	return WaitFor_WAIT_FOR_UNSPECIFIED
+}
+
+// DisconnectResult is what a Disconnect did to one socket.
+type DisconnectResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The socket.
+	SocketId string `protobuf:"bytes,1,opt,name=socket_id,json=socketId,proto3" json:"socket_id,omitempty"`
+	// Whether the call closed it; false when it was already gone.
+	Disconnected  bool `protobuf:"varint,2,opt,name=disconnected,proto3" json:"disconnected,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DisconnectResult) Reset() {
+	*x = DisconnectResult{}
+	mi := &file_membership_v1_membership_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DisconnectResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DisconnectResult) ProtoMessage() {}
+
+func (x *DisconnectResult) ProtoReflect() protoreflect.Message {
+	mi := &file_membership_v1_membership_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DisconnectResult.ProtoReflect.Descriptor instead.
+func (*DisconnectResult) Descriptor() ([]byte, []int) {
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *DisconnectResult) GetSocketId() string {
+	if x != nil {
+		return x.SocketId
+	}
+	return ""
+}
+
+func (x *DisconnectResult) GetDisconnected() bool {
+	if x != nil {
+		return x.Disconnected
+	}
+	return false
+}
+
+// DisconnectResponse reports a committed Disconnect.
+type DisconnectResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How many sockets the call closed (sockets already gone do not count).
+	Disconnected int64 `protobuf:"varint,1,opt,name=disconnected,proto3" json:"disconnected,omitempty"`
+	// The etcd revision from which none of the sockets' keys exist.
+	Revision int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// For socket_ids: one entry per distinct socket, in request order.
+	Results       []*DisconnectResult `protobuf:"bytes,3,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DisconnectResponse) Reset() {
+	*x = DisconnectResponse{}
+	mi := &file_membership_v1_membership_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DisconnectResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DisconnectResponse) ProtoMessage() {}
+
+func (x *DisconnectResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_membership_v1_membership_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DisconnectResponse.ProtoReflect.Descriptor instead.
+func (*DisconnectResponse) Descriptor() ([]byte, []int) {
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *DisconnectResponse) GetDisconnected() int64 {
+	if x != nil {
+		return x.Disconnected
+	}
+	return 0
+}
+
+func (x *DisconnectResponse) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *DisconnectResponse) GetResults() []*DisconnectResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// WatchMembershipRequest says which changes to stream, and from where.
+type WatchMembershipRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only changes of this room (JOINED and LEFT events); a room name as in
+	// JoinRequest.room.
+	Room string `protobuf:"bytes,1,opt,name=room,proto3" json:"room,omitempty"`
+	// Only changes of this user's sockets (1 to 256 bytes of UTF-8 without
+	// control characters).
+	User string `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`
+	// Only changes of this socket.
+	SocketId string `protobuf:"bytes,3,opt,name=socket_id,json=socketId,proto3" json:"socket_id,omitempty"`
+	// Stream the events after this etcd revision (exclusive): the last
+	// revision a previous stream delivered (events or progress). 0: from now.
+	AfterRevision int64 `protobuf:"varint,4,opt,name=after_revision,json=afterRevision,proto3" json:"after_revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchMembershipRequest) Reset() {
+	*x = WatchMembershipRequest{}
+	mi := &file_membership_v1_membership_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchMembershipRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchMembershipRequest) ProtoMessage() {}
+
+func (x *WatchMembershipRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_membership_v1_membership_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchMembershipRequest.ProtoReflect.Descriptor instead.
+func (*WatchMembershipRequest) Descriptor() ([]byte, []int) {
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *WatchMembershipRequest) GetRoom() string {
+	if x != nil {
+		return x.Room
+	}
+	return ""
+}
+
+func (x *WatchMembershipRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *WatchMembershipRequest) GetSocketId() string {
+	if x != nil {
+		return x.SocketId
+	}
+	return ""
+}
+
+func (x *WatchMembershipRequest) GetAfterRevision() int64 {
+	if x != nil {
+		return x.AfterRevision
+	}
+	return 0
+}
+
+// MembershipEvent is one change.
+type MembershipEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The kind of change.
+	Type EventType `protobuf:"varint,1,opt,name=type,proto3,enum=membership.v1.EventType" json:"type,omitempty"`
+	// The socket.
+	SocketId string `protobuf:"bytes,2,opt,name=socket_id,json=socketId,proto3" json:"socket_id,omitempty"`
+	// The socket's user; empty when its gateway does not authenticate sockets.
+	User string `protobuf:"bytes,3,opt,name=user,proto3" json:"user,omitempty"`
+	// The gateway holding the socket.
+	Gateway string `protobuf:"bytes,4,opt,name=gateway,proto3" json:"gateway,omitempty"`
+	// The room, for JOINED and LEFT.
+	Room string `protobuf:"bytes,5,opt,name=room,proto3" json:"room,omitempty"`
+	// The etcd revision of the change.
+	Revision      int64 `protobuf:"varint,6,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MembershipEvent) Reset() {
+	*x = MembershipEvent{}
+	mi := &file_membership_v1_membership_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MembershipEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MembershipEvent) ProtoMessage() {}
+
+func (x *MembershipEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_membership_v1_membership_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MembershipEvent.ProtoReflect.Descriptor instead.
+func (*MembershipEvent) Descriptor() ([]byte, []int) {
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *MembershipEvent) GetType() EventType {
+	if x != nil {
+		return x.Type
+	}
+	return EventType_EVENT_TYPE_UNSPECIFIED
+}
+
+func (x *MembershipEvent) GetSocketId() string {
+	if x != nil {
+		return x.SocketId
+	}
+	return ""
+}
+
+func (x *MembershipEvent) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *MembershipEvent) GetGateway() string {
+	if x != nil {
+		return x.Gateway
+	}
+	return ""
+}
+
+func (x *MembershipEvent) GetRoom() string {
+	if x != nil {
+		return x.Room
+	}
+	return ""
+}
+
+func (x *MembershipEvent) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+// MembershipEvents are all the matching events of one revision.
+type MembershipEvents struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The revision every event belongs to.
+	Revision int64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	// The events, in the order etcd applied them.
+	Events        []*MembershipEvent `protobuf:"bytes,2,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MembershipEvents) Reset() {
+	*x = MembershipEvents{}
+	mi := &file_membership_v1_membership_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MembershipEvents) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MembershipEvents) ProtoMessage() {}
+
+func (x *MembershipEvents) ProtoReflect() protoreflect.Message {
+	mi := &file_membership_v1_membership_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MembershipEvents.ProtoReflect.Descriptor instead.
+func (*MembershipEvents) Descriptor() ([]byte, []int) {
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *MembershipEvents) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *MembershipEvents) GetEvents() []*MembershipEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+// WatchProgress says every matching event up to revision has been sent.
+type WatchProgress struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The etcd revision the stream has caught up with.
+	Revision      int64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchProgress) Reset() {
+	*x = WatchProgress{}
+	mi := &file_membership_v1_membership_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchProgress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchProgress) ProtoMessage() {}
+
+func (x *WatchProgress) ProtoReflect() protoreflect.Message {
+	mi := &file_membership_v1_membership_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchProgress.ProtoReflect.Descriptor instead.
+func (*WatchProgress) Descriptor() ([]byte, []int) {
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *WatchProgress) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+// WatchMembershipResponse is one revision's events or a progress message.
+type WatchMembershipResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What this response carries.
+	//
+	// Types that are valid to be assigned to Kind:
+	//
+	//	*WatchMembershipResponse_Events
+	//	*WatchMembershipResponse_Progress
+	Kind          isWatchMembershipResponse_Kind `protobuf_oneof:"kind"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchMembershipResponse) Reset() {
+	*x = WatchMembershipResponse{}
+	mi := &file_membership_v1_membership_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchMembershipResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchMembershipResponse) ProtoMessage() {}
+
+func (x *WatchMembershipResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_membership_v1_membership_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchMembershipResponse.ProtoReflect.Descriptor instead.
+func (*WatchMembershipResponse) Descriptor() ([]byte, []int) {
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *WatchMembershipResponse) GetKind() isWatchMembershipResponse_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return nil
+}
+
+func (x *WatchMembershipResponse) GetEvents() *MembershipEvents {
+	if x != nil {
+		if x, ok := x.Kind.(*WatchMembershipResponse_Events); ok {
+			return x.Events
+		}
+	}
+	return nil
+}
+
+func (x *WatchMembershipResponse) GetProgress() *WatchProgress {
+	if x != nil {
+		if x, ok := x.Kind.(*WatchMembershipResponse_Progress); ok {
+			return x.Progress
+		}
+	}
+	return nil
+}
+
+type isWatchMembershipResponse_Kind interface {
+	isWatchMembershipResponse_Kind()
+}
+
+type WatchMembershipResponse_Events struct {
+	// The matching events of one revision.
+	Events *MembershipEvents `protobuf:"bytes,1,opt,name=events,proto3,oneof"`
+}
+
+type WatchMembershipResponse_Progress struct {
+	// A checkpoint without events.
+	Progress *WatchProgress `protobuf:"bytes,2,opt,name=progress,proto3,oneof"`
+}
+
+func (*WatchMembershipResponse_Events) isWatchMembershipResponse_Kind() {}
+
+func (*WatchMembershipResponse_Progress) isWatchMembershipResponse_Kind() {}
+
 var File_membership_v1_membership_proto protoreflect.FileDescriptor
 
 const file_membership_v1_membership_proto_rawDesc = "" +
 	"\n" +
-	"\x1emembership/v1/membership.proto\x12\rmembership.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x01\n" +
+	"\x1emembership/v1/membership.proto\x12\rmembership.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa4\x01\n" +
 	"\vJoinRequest\x12\x1b\n" +
 	"\tsocket_id\x18\x01 \x01(\tR\bsocketId\x12\x12\n" +
 	"\x04room\x18\x02 \x01(\tR\x04room\x121\n" +
 	"\bwait_for\x18\x03 \x01(\x0e2\x16.membership.v1.WaitForR\awaitFor\x12\x1d\n" +
 	"\n" +
-	"socket_ids\x18\x04 \x03(\tR\tsocketIds\"J\n" +
+	"socket_ids\x18\x04 \x03(\tR\tsocketIds\x12\x12\n" +
+	"\x04user\x18\x05 \x01(\tR\x04user\"J\n" +
 	"\fSocketResult\x12\x1b\n" +
 	"\tsocket_id\x18\x01 \x01(\tR\bsocketId\x12\x1d\n" +
 	"\n" +
-	"was_member\x18\x02 \x01(\bR\twasMember\"\x88\x01\n" +
+	"was_member\x18\x02 \x01(\bR\twasMember\"\xa2\x01\n" +
 	"\fJoinResponse\x12%\n" +
 	"\x0ealready_member\x18\x01 \x01(\bR\ralreadyMember\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x125\n" +
-	"\aresults\x18\x03 \x03(\v2\x1b.membership.v1.SocketResultR\aresults\"\x91\x01\n" +
+	"\aresults\x18\x03 \x03(\v2\x1b.membership.v1.SocketResultR\aresults\x12\x18\n" +
+	"\aretried\x18\x04 \x01(\bR\aretried\"\xa5\x01\n" +
 	"\fLeaveRequest\x12\x1b\n" +
 	"\tsocket_id\x18\x01 \x01(\tR\bsocketId\x12\x12\n" +
 	"\x04room\x18\x02 \x01(\tR\x04room\x121\n" +
 	"\bwait_for\x18\x03 \x01(\x0e2\x16.membership.v1.WaitForR\awaitFor\x12\x1d\n" +
 	"\n" +
-	"socket_ids\x18\x04 \x03(\tR\tsocketIds\"\x81\x01\n" +
+	"socket_ids\x18\x04 \x03(\tR\tsocketIds\x12\x12\n" +
+	"\x04user\x18\x05 \x01(\tR\x04user\"\x9b\x01\n" +
 	"\rLeaveResponse\x12\x1d\n" +
 	"\n" +
 	"was_member\x18\x01 \x01(\bR\twasMember\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x125\n" +
-	"\aresults\x18\x03 \x03(\v2\x1b.membership.v1.SocketResultR\aresults\"k\n" +
+	"\aresults\x18\x03 \x03(\v2\x1b.membership.v1.SocketResultR\aresults\x12\x18\n" +
+	"\aretried\x18\x04 \x01(\bR\aretried\"k\n" +
 	"\x10ListRoomsRequest\x12\x1b\n" +
 	"\tsocket_id\x18\x01 \x01(\tR\bsocketId\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x03 \x01(\tR\tpageToken\"=\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"\\\n" +
 	"\x04Room\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
-	"\fmember_count\x18\x02 \x01(\x03R\vmemberCount\"\x82\x01\n" +
+	"\fmember_count\x18\x02 \x01(\x03R\vmemberCount\x12\x1d\n" +
+	"\n" +
+	"user_count\x18\x03 \x01(\x03R\tuserCount\"\x82\x01\n" +
 	"\x11ListRoomsResponse\x12)\n" +
 	"\x05rooms\x18\x01 \x03(\v2\x13.membership.v1.RoomR\x05rooms\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x1a\n" +
@@ -1743,12 +2695,67 @@ const file_membership_v1_membership_proto_rawDesc = "" +
 	"\"RemoveRoomMembersFromRoomsResponse\x12\x18\n" +
 	"\asockets\x18\x01 \x01(\x03R\asockets\x12\x18\n" +
 	"\achanged\x18\x02 \x01(\x03R\achanged\x12\x1a\n" +
-	"\brevision\x18\x03 \x01(\x03R\brevision*L\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\"d\n" +
+	"\x12ListSocketsRequest\x12\x12\n" +
+	"\x04user\x18\x01 \x01(\tR\x04user\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"\x8a\x01\n" +
+	"\x13ListSocketsResponse\x12/\n" +
+	"\asockets\x18\x01 \x03(\v2\x15.membership.v1.SocketR\asockets\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x1a\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\"$\n" +
+	"\x0eGetRoomRequest\x12\x12\n" +
+	"\x04room\x18\x01 \x01(\tR\x04room\"V\n" +
+	"\x0fGetRoomResponse\x12'\n" +
+	"\x04room\x18\x01 \x01(\v2\x13.membership.v1.RoomR\x04room\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"\xb9\x01\n" +
+	"\x11DisconnectRequest\x12\x1d\n" +
+	"\n" +
+	"socket_ids\x18\x01 \x03(\tR\tsocketIds\x12\x12\n" +
+	"\x04user\x18\x02 \x01(\tR\x04user\x12\x12\n" +
+	"\x04room\x18\x03 \x01(\tR\x04room\x12\x12\n" +
+	"\x04code\x18\x04 \x01(\x05R\x04code\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\x121\n" +
+	"\bwait_for\x18\x06 \x01(\x0e2\x16.membership.v1.WaitForR\awaitFor\"S\n" +
+	"\x10DisconnectResult\x12\x1b\n" +
+	"\tsocket_id\x18\x01 \x01(\tR\bsocketId\x12\"\n" +
+	"\fdisconnected\x18\x02 \x01(\bR\fdisconnected\"\x8f\x01\n" +
+	"\x12DisconnectResponse\x12\"\n" +
+	"\fdisconnected\x18\x01 \x01(\x03R\fdisconnected\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\x129\n" +
+	"\aresults\x18\x03 \x03(\v2\x1f.membership.v1.DisconnectResultR\aresults\"\x84\x01\n" +
+	"\x16WatchMembershipRequest\x12\x12\n" +
+	"\x04room\x18\x01 \x01(\tR\x04room\x12\x12\n" +
+	"\x04user\x18\x02 \x01(\tR\x04user\x12\x1b\n" +
+	"\tsocket_id\x18\x03 \x01(\tR\bsocketId\x12%\n" +
+	"\x0eafter_revision\x18\x04 \x01(\x03R\rafterRevision\"\xba\x01\n" +
+	"\x0fMembershipEvent\x12,\n" +
+	"\x04type\x18\x01 \x01(\x0e2\x18.membership.v1.EventTypeR\x04type\x12\x1b\n" +
+	"\tsocket_id\x18\x02 \x01(\tR\bsocketId\x12\x12\n" +
+	"\x04user\x18\x03 \x01(\tR\x04user\x12\x18\n" +
+	"\agateway\x18\x04 \x01(\tR\agateway\x12\x12\n" +
+	"\x04room\x18\x05 \x01(\tR\x04room\x12\x1a\n" +
+	"\brevision\x18\x06 \x01(\x03R\brevision\"f\n" +
+	"\x10MembershipEvents\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\x126\n" +
+	"\x06events\x18\x02 \x03(\v2\x1e.membership.v1.MembershipEventR\x06events\"+\n" +
+	"\rWatchProgress\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\"\x98\x01\n" +
+	"\x17WatchMembershipResponse\x129\n" +
+	"\x06events\x18\x01 \x01(\v2\x1f.membership.v1.MembershipEventsH\x00R\x06events\x12:\n" +
+	"\bprogress\x18\x02 \x01(\v2\x1c.membership.v1.WatchProgressH\x00R\bprogressB\x06\n" +
+	"\x04kind*L\n" +
 	"\aWaitFor\x12\x18\n" +
 	"\x14WAIT_FOR_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fWAIT_FOR_COMMIT\x10\x01\x12\x12\n" +
-	"\x0eWAIT_FOR_APPLY\x10\x022\xb5\n" +
-	"\n" +
+	"\x0eWAIT_FOR_APPLY\x10\x02*\x8a\x01\n" +
+	"\tEventType\x12\x1a\n" +
+	"\x16EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14EVENT_TYPE_CONNECTED\x10\x01\x12\x1b\n" +
+	"\x17EVENT_TYPE_DISCONNECTED\x10\x02\x12\x15\n" +
+	"\x11EVENT_TYPE_JOINED\x10\x03\x12\x13\n" +
+	"\x0fEVENT_TYPE_LEFT\x10\x042\xf9\r\n" +
 	"\x11MembershipService\x12g\n" +
 	"\x04Join\x12\x1a.membership.v1.JoinRequest\x1a\x1b.membership.v1.JoinResponse\"&\x82\xd3\xe4\x93\x02\x1d:\x01*\"\x18/v1/rooms/{room}/members\x90\x02\x02\x12\x98\x01\n" +
 	"\x05Leave\x12\x1b.membership.v1.LeaveRequest\x1a\x1c.membership.v1.LeaveResponse\"T\x82\xd3\xe4\x93\x02KZ#:\x01*\"\x1e/v1/rooms/{room}/members:leave*$/v1/rooms/{room}/members/{socket_id}\x90\x02\x02\x12\x85\x01\n" +
@@ -1759,7 +2766,12 @@ const file_membership_v1_membership_proto_rawDesc = "" +
 	"\x05Blast\x12\x1b.membership.v1.BlastRequest\x1a\x1c.membership.v1.BlastResponse\"\x14\x82\xd3\xe4\x93\x02\x0e:\x01*\"\t/v1/blast\x12q\n" +
 	"\bLeaveAll\x12\x1e.membership.v1.LeaveAllRequest\x1a\x1f.membership.v1.LeaveAllResponse\"$\x82\xd3\xe4\x93\x02\x1b\"\x19/v1/rooms/{room}:leaveAll\x90\x02\x02\x12\xab\x01\n" +
 	"\x15AddRoomMembersToRooms\x12+.membership.v1.AddRoomMembersToRoomsRequest\x1a,.membership.v1.AddRoomMembersToRoomsResponse\"7\x82\xd3\xe4\x93\x02.:\x01*\")/v1/rooms/{source_room}:addMembersToRooms\x90\x02\x02\x12\xbf\x01\n" +
-	"\x1aRemoveRoomMembersFromRooms\x120.membership.v1.RemoveRoomMembersFromRoomsRequest\x1a1.membership.v1.RemoveRoomMembersFromRoomsResponse\"<\x82\xd3\xe4\x93\x023:\x01*\"./v1/rooms/{source_room}:removeMembersFromRooms\x90\x02\x02BBZ@github.com/socketrooms/membership/gen/membership/v1;membershipv1b\x06proto3"
+	"\x1aRemoveRoomMembersFromRooms\x120.membership.v1.RemoveRoomMembersFromRoomsRequest\x1a1.membership.v1.RemoveRoomMembersFromRoomsResponse\"<\x82\xd3\xe4\x93\x023:\x01*\"./v1/rooms/{source_room}:removeMembersFromRooms\x90\x02\x02\x12y\n" +
+	"\vListSockets\x12!.membership.v1.ListSocketsRequest\x1a\".membership.v1.ListSocketsResponse\"#\x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/users/{user}/sockets\x90\x02\x01\x12e\n" +
+	"\aGetRoom\x12\x1d.membership.v1.GetRoomRequest\x1a\x1e.membership.v1.GetRoomResponse\"\x1b\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/rooms/{room}\x90\x02\x01\x12w\n" +
+	"\n" +
+	"Disconnect\x12 .membership.v1.DisconnectRequest\x1a!.membership.v1.DisconnectResponse\"$\x82\xd3\xe4\x93\x02\x1b:\x01*\"\x16/v1/sockets:disconnect\x90\x02\x02\x12g\n" +
+	"\x0fWatchMembership\x12%.membership.v1.WatchMembershipRequest\x1a&.membership.v1.WatchMembershipResponse\"\x03\x90\x02\x010\x01BBZ@github.com/socketrooms/membership/gen/membership/v1;membershipv1b\x06proto3"
 
 var (
 	file_membership_v1_membership_proto_rawDescOnce sync.Once
@@ -1773,73 +2785,102 @@ func file_membership_v1_membership_proto_rawDescGZIP() []byte {
 	return file_membership_v1_membership_proto_rawDescData
 }
 
-var file_membership_v1_membership_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_membership_v1_membership_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_membership_v1_membership_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_membership_v1_membership_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_membership_v1_membership_proto_goTypes = []any{
 	(WaitFor)(0),                               // 0: membership.v1.WaitFor
-	(*JoinRequest)(nil),                        // 1: membership.v1.JoinRequest
-	(*SocketResult)(nil),                       // 2: membership.v1.SocketResult
-	(*JoinResponse)(nil),                       // 3: membership.v1.JoinResponse
-	(*LeaveRequest)(nil),                       // 4: membership.v1.LeaveRequest
-	(*LeaveResponse)(nil),                      // 5: membership.v1.LeaveResponse
-	(*ListRoomsRequest)(nil),                   // 6: membership.v1.ListRoomsRequest
-	(*Room)(nil),                               // 7: membership.v1.Room
-	(*ListRoomsResponse)(nil),                  // 8: membership.v1.ListRoomsResponse
-	(*ListMembersRequest)(nil),                 // 9: membership.v1.ListMembersRequest
-	(*Member)(nil),                             // 10: membership.v1.Member
-	(*ListMembersResponse)(nil),                // 11: membership.v1.ListMembersResponse
-	(*GetSocketRequest)(nil),                   // 12: membership.v1.GetSocketRequest
-	(*Socket)(nil),                             // 13: membership.v1.Socket
-	(*GetSocketResponse)(nil),                  // 14: membership.v1.GetSocketResponse
-	(*BroadcastRequest)(nil),                   // 15: membership.v1.BroadcastRequest
-	(*BroadcastResponse)(nil),                  // 16: membership.v1.BroadcastResponse
-	(*BlastRequest)(nil),                       // 17: membership.v1.BlastRequest
-	(*BlastResponse)(nil),                      // 18: membership.v1.BlastResponse
-	(*LeaveAllRequest)(nil),                    // 19: membership.v1.LeaveAllRequest
-	(*LeaveAllResponse)(nil),                   // 20: membership.v1.LeaveAllResponse
-	(*AddRoomMembersToRoomsRequest)(nil),       // 21: membership.v1.AddRoomMembersToRoomsRequest
-	(*AddRoomMembersToRoomsResponse)(nil),      // 22: membership.v1.AddRoomMembersToRoomsResponse
-	(*RemoveRoomMembersFromRoomsRequest)(nil),  // 23: membership.v1.RemoveRoomMembersFromRoomsRequest
-	(*RemoveRoomMembersFromRoomsResponse)(nil), // 24: membership.v1.RemoveRoomMembersFromRoomsResponse
-	(*timestamppb.Timestamp)(nil),              // 25: google.protobuf.Timestamp
-	(*structpb.Value)(nil),                     // 26: google.protobuf.Value
+	(EventType)(0),                             // 1: membership.v1.EventType
+	(*JoinRequest)(nil),                        // 2: membership.v1.JoinRequest
+	(*SocketResult)(nil),                       // 3: membership.v1.SocketResult
+	(*JoinResponse)(nil),                       // 4: membership.v1.JoinResponse
+	(*LeaveRequest)(nil),                       // 5: membership.v1.LeaveRequest
+	(*LeaveResponse)(nil),                      // 6: membership.v1.LeaveResponse
+	(*ListRoomsRequest)(nil),                   // 7: membership.v1.ListRoomsRequest
+	(*Room)(nil),                               // 8: membership.v1.Room
+	(*ListRoomsResponse)(nil),                  // 9: membership.v1.ListRoomsResponse
+	(*ListMembersRequest)(nil),                 // 10: membership.v1.ListMembersRequest
+	(*Member)(nil),                             // 11: membership.v1.Member
+	(*ListMembersResponse)(nil),                // 12: membership.v1.ListMembersResponse
+	(*GetSocketRequest)(nil),                   // 13: membership.v1.GetSocketRequest
+	(*Socket)(nil),                             // 14: membership.v1.Socket
+	(*GetSocketResponse)(nil),                  // 15: membership.v1.GetSocketResponse
+	(*BroadcastRequest)(nil),                   // 16: membership.v1.BroadcastRequest
+	(*BroadcastResponse)(nil),                  // 17: membership.v1.BroadcastResponse
+	(*BlastRequest)(nil),                       // 18: membership.v1.BlastRequest
+	(*BlastResponse)(nil),                      // 19: membership.v1.BlastResponse
+	(*LeaveAllRequest)(nil),                    // 20: membership.v1.LeaveAllRequest
+	(*LeaveAllResponse)(nil),                   // 21: membership.v1.LeaveAllResponse
+	(*AddRoomMembersToRoomsRequest)(nil),       // 22: membership.v1.AddRoomMembersToRoomsRequest
+	(*AddRoomMembersToRoomsResponse)(nil),      // 23: membership.v1.AddRoomMembersToRoomsResponse
+	(*RemoveRoomMembersFromRoomsRequest)(nil),  // 24: membership.v1.RemoveRoomMembersFromRoomsRequest
+	(*RemoveRoomMembersFromRoomsResponse)(nil), // 25: membership.v1.RemoveRoomMembersFromRoomsResponse
+	(*ListSocketsRequest)(nil),                 // 26: membership.v1.ListSocketsRequest
+	(*ListSocketsResponse)(nil),                // 27: membership.v1.ListSocketsResponse
+	(*GetRoomRequest)(nil),                     // 28: membership.v1.GetRoomRequest
+	(*GetRoomResponse)(nil),                    // 29: membership.v1.GetRoomResponse
+	(*DisconnectRequest)(nil),                  // 30: membership.v1.DisconnectRequest
+	(*DisconnectResult)(nil),                   // 31: membership.v1.DisconnectResult
+	(*DisconnectResponse)(nil),                 // 32: membership.v1.DisconnectResponse
+	(*WatchMembershipRequest)(nil),             // 33: membership.v1.WatchMembershipRequest
+	(*MembershipEvent)(nil),                    // 34: membership.v1.MembershipEvent
+	(*MembershipEvents)(nil),                   // 35: membership.v1.MembershipEvents
+	(*WatchProgress)(nil),                      // 36: membership.v1.WatchProgress
+	(*WatchMembershipResponse)(nil),            // 37: membership.v1.WatchMembershipResponse
+	(*timestamppb.Timestamp)(nil),              // 38: google.protobuf.Timestamp
+	(*structpb.Value)(nil),                     // 39: google.protobuf.Value
 }
 var file_membership_v1_membership_proto_depIdxs = []int32{
 	0,  // 0: membership.v1.JoinRequest.wait_for:type_name -> membership.v1.WaitFor
-	2,  // 1: membership.v1.JoinResponse.results:type_name -> membership.v1.SocketResult
+	3,  // 1: membership.v1.JoinResponse.results:type_name -> membership.v1.SocketResult
 	0,  // 2: membership.v1.LeaveRequest.wait_for:type_name -> membership.v1.WaitFor
-	2,  // 3: membership.v1.LeaveResponse.results:type_name -> membership.v1.SocketResult
-	7,  // 4: membership.v1.ListRoomsResponse.rooms:type_name -> membership.v1.Room
-	10, // 5: membership.v1.ListMembersResponse.members:type_name -> membership.v1.Member
-	25, // 6: membership.v1.Socket.connected_at:type_name -> google.protobuf.Timestamp
-	13, // 7: membership.v1.GetSocketResponse.socket:type_name -> membership.v1.Socket
-	26, // 8: membership.v1.BroadcastRequest.data:type_name -> google.protobuf.Value
-	26, // 9: membership.v1.BlastRequest.data:type_name -> google.protobuf.Value
-	1,  // 10: membership.v1.MembershipService.Join:input_type -> membership.v1.JoinRequest
-	4,  // 11: membership.v1.MembershipService.Leave:input_type -> membership.v1.LeaveRequest
-	6,  // 12: membership.v1.MembershipService.ListRooms:input_type -> membership.v1.ListRoomsRequest
-	9,  // 13: membership.v1.MembershipService.ListMembers:input_type -> membership.v1.ListMembersRequest
-	12, // 14: membership.v1.MembershipService.GetSocket:input_type -> membership.v1.GetSocketRequest
-	15, // 15: membership.v1.MembershipService.Broadcast:input_type -> membership.v1.BroadcastRequest
-	17, // 16: membership.v1.MembershipService.Blast:input_type -> membership.v1.BlastRequest
-	19, // 17: membership.v1.MembershipService.LeaveAll:input_type -> membership.v1.LeaveAllRequest
-	21, // 18: membership.v1.MembershipService.AddRoomMembersToRooms:input_type -> membership.v1.AddRoomMembersToRoomsRequest
-	23, // 19: membership.v1.MembershipService.RemoveRoomMembersFromRooms:input_type -> membership.v1.RemoveRoomMembersFromRoomsRequest
-	3,  // 20: membership.v1.MembershipService.Join:output_type -> membership.v1.JoinResponse
-	5,  // 21: membership.v1.MembershipService.Leave:output_type -> membership.v1.LeaveResponse
-	8,  // 22: membership.v1.MembershipService.ListRooms:output_type -> membership.v1.ListRoomsResponse
-	11, // 23: membership.v1.MembershipService.ListMembers:output_type -> membership.v1.ListMembersResponse
-	14, // 24: membership.v1.MembershipService.GetSocket:output_type -> membership.v1.GetSocketResponse
-	16, // 25: membership.v1.MembershipService.Broadcast:output_type -> membership.v1.BroadcastResponse
-	18, // 26: membership.v1.MembershipService.Blast:output_type -> membership.v1.BlastResponse
-	20, // 27: membership.v1.MembershipService.LeaveAll:output_type -> membership.v1.LeaveAllResponse
-	22, // 28: membership.v1.MembershipService.AddRoomMembersToRooms:output_type -> membership.v1.AddRoomMembersToRoomsResponse
-	24, // 29: membership.v1.MembershipService.RemoveRoomMembersFromRooms:output_type -> membership.v1.RemoveRoomMembersFromRoomsResponse
-	20, // [20:30] is the sub-list for method output_type
-	10, // [10:20] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	3,  // 3: membership.v1.LeaveResponse.results:type_name -> membership.v1.SocketResult
+	8,  // 4: membership.v1.ListRoomsResponse.rooms:type_name -> membership.v1.Room
+	11, // 5: membership.v1.ListMembersResponse.members:type_name -> membership.v1.Member
+	38, // 6: membership.v1.Socket.connected_at:type_name -> google.protobuf.Timestamp
+	14, // 7: membership.v1.GetSocketResponse.socket:type_name -> membership.v1.Socket
+	39, // 8: membership.v1.BroadcastRequest.data:type_name -> google.protobuf.Value
+	39, // 9: membership.v1.BlastRequest.data:type_name -> google.protobuf.Value
+	14, // 10: membership.v1.ListSocketsResponse.sockets:type_name -> membership.v1.Socket
+	8,  // 11: membership.v1.GetRoomResponse.room:type_name -> membership.v1.Room
+	0,  // 12: membership.v1.DisconnectRequest.wait_for:type_name -> membership.v1.WaitFor
+	31, // 13: membership.v1.DisconnectResponse.results:type_name -> membership.v1.DisconnectResult
+	1,  // 14: membership.v1.MembershipEvent.type:type_name -> membership.v1.EventType
+	34, // 15: membership.v1.MembershipEvents.events:type_name -> membership.v1.MembershipEvent
+	35, // 16: membership.v1.WatchMembershipResponse.events:type_name -> membership.v1.MembershipEvents
+	36, // 17: membership.v1.WatchMembershipResponse.progress:type_name -> membership.v1.WatchProgress
+	2,  // 18: membership.v1.MembershipService.Join:input_type -> membership.v1.JoinRequest
+	5,  // 19: membership.v1.MembershipService.Leave:input_type -> membership.v1.LeaveRequest
+	7,  // 20: membership.v1.MembershipService.ListRooms:input_type -> membership.v1.ListRoomsRequest
+	10, // 21: membership.v1.MembershipService.ListMembers:input_type -> membership.v1.ListMembersRequest
+	13, // 22: membership.v1.MembershipService.GetSocket:input_type -> membership.v1.GetSocketRequest
+	16, // 23: membership.v1.MembershipService.Broadcast:input_type -> membership.v1.BroadcastRequest
+	18, // 24: membership.v1.MembershipService.Blast:input_type -> membership.v1.BlastRequest
+	20, // 25: membership.v1.MembershipService.LeaveAll:input_type -> membership.v1.LeaveAllRequest
+	22, // 26: membership.v1.MembershipService.AddRoomMembersToRooms:input_type -> membership.v1.AddRoomMembersToRoomsRequest
+	24, // 27: membership.v1.MembershipService.RemoveRoomMembersFromRooms:input_type -> membership.v1.RemoveRoomMembersFromRoomsRequest
+	26, // 28: membership.v1.MembershipService.ListSockets:input_type -> membership.v1.ListSocketsRequest
+	28, // 29: membership.v1.MembershipService.GetRoom:input_type -> membership.v1.GetRoomRequest
+	30, // 30: membership.v1.MembershipService.Disconnect:input_type -> membership.v1.DisconnectRequest
+	33, // 31: membership.v1.MembershipService.WatchMembership:input_type -> membership.v1.WatchMembershipRequest
+	4,  // 32: membership.v1.MembershipService.Join:output_type -> membership.v1.JoinResponse
+	6,  // 33: membership.v1.MembershipService.Leave:output_type -> membership.v1.LeaveResponse
+	9,  // 34: membership.v1.MembershipService.ListRooms:output_type -> membership.v1.ListRoomsResponse
+	12, // 35: membership.v1.MembershipService.ListMembers:output_type -> membership.v1.ListMembersResponse
+	15, // 36: membership.v1.MembershipService.GetSocket:output_type -> membership.v1.GetSocketResponse
+	17, // 37: membership.v1.MembershipService.Broadcast:output_type -> membership.v1.BroadcastResponse
+	19, // 38: membership.v1.MembershipService.Blast:output_type -> membership.v1.BlastResponse
+	21, // 39: membership.v1.MembershipService.LeaveAll:output_type -> membership.v1.LeaveAllResponse
+	23, // 40: membership.v1.MembershipService.AddRoomMembersToRooms:output_type -> membership.v1.AddRoomMembersToRoomsResponse
+	25, // 41: membership.v1.MembershipService.RemoveRoomMembersFromRooms:output_type -> membership.v1.RemoveRoomMembersFromRoomsResponse
+	27, // 42: membership.v1.MembershipService.ListSockets:output_type -> membership.v1.ListSocketsResponse
+	29, // 43: membership.v1.MembershipService.GetRoom:output_type -> membership.v1.GetRoomResponse
+	32, // 44: membership.v1.MembershipService.Disconnect:output_type -> membership.v1.DisconnectResponse
+	37, // 45: membership.v1.MembershipService.WatchMembership:output_type -> membership.v1.WatchMembershipResponse
+	32, // [32:46] is the sub-list for method output_type
+	18, // [18:32] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_membership_v1_membership_proto_init() }
@@ -1847,13 +2888,17 @@ func file_membership_v1_membership_proto_init() {
 	if File_membership_v1_membership_proto != nil {
 		return
 	}
+	file_membership_v1_membership_proto_msgTypes[35].OneofWrappers = []any{
+		(*WatchMembershipResponse_Events)(nil),
+		(*WatchMembershipResponse_Progress)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_membership_v1_membership_proto_rawDesc), len(file_membership_v1_membership_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   24,
+			NumEnums:      2,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

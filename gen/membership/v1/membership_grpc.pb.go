@@ -29,6 +29,10 @@ const (
 	MembershipService_LeaveAll_FullMethodName                   = "/membership.v1.MembershipService/LeaveAll"
 	MembershipService_AddRoomMembersToRooms_FullMethodName      = "/membership.v1.MembershipService/AddRoomMembersToRooms"
 	MembershipService_RemoveRoomMembersFromRooms_FullMethodName = "/membership.v1.MembershipService/RemoveRoomMembersFromRooms"
+	MembershipService_ListSockets_FullMethodName                = "/membership.v1.MembershipService/ListSockets"
+	MembershipService_GetRoom_FullMethodName                    = "/membership.v1.MembershipService/GetRoom"
+	MembershipService_Disconnect_FullMethodName                 = "/membership.v1.MembershipService/Disconnect"
+	MembershipService_WatchMembership_FullMethodName            = "/membership.v1.MembershipService/WatchMembership"
 )
 
 // MembershipServiceClient is the client API for MembershipService service.
@@ -60,7 +64,10 @@ const (
 // metadata "field" where one can be named), OVERLOADED (RESOURCE_EXHAUSTED:
 // Broadcasts and Blasts in flight hold the replica's
 // --max-inflight-payload-bytes; refused before the request is read, nothing
-// done; retry after a backoff), INTERNAL (a bug; not worth retrying).
+// done; retry after a backoff), COMPACTED (OUT_OF_RANGE: WatchMembership's
+// after_revision is compacted; metadata "compact_revision"), SLOW_CONSUMER
+// and TOO_MANY_STREAMS (RESOURCE_EXHAUSTED: see WatchMembership), INTERNAL
+// (a bug; not worth retrying).
 //
 // Room names are 1 to 256 bytes of UTF-8 without control characters, and
 // never have the shape of a socket id: {gateway}.{16 hex digits}.{22
@@ -82,13 +89,15 @@ type MembershipServiceClient interface {
 	// SOCKET_NOT_FOUND, metadata "socket_ids" lists them) and nothing changes.
 	// When the membership-server limits rooms per socket, a Join that would put a
 	// socket past the limit gives FAILED_PRECONDITION (ROOM_LIMIT_EXCEEDED) and
-	// nothing changes; such a Join takes at most 60 sockets.
+	// nothing changes; such a Join takes at most 60 sockets. With user instead
+	// of socket ids, every socket of that user joins (see ListSocketsRequest).
 	Join(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*JoinResponse, error)
 	// Leave removes a socket (or several, atomically) from a room. Leaving a room
 	// the socket is not in succeeds with was_member unset. A socket that is not
-	// connected gives NOT_FOUND and nothing changes.
+	// connected gives NOT_FOUND and nothing changes. With user instead of
+	// socket ids, every socket of that user leaves (see ListSocketsRequest).
 	Leave(ctx context.Context, in *LeaveRequest, opts ...grpc.CallOption) (*LeaveResponse, error)
-	// ListRooms lists every room with its member count, or, when socket_id is set,
+	// ListRooms lists every room with its member and user counts, or, when socket_id is set,
 	// the rooms of that socket. Results are ordered by room name, byte-wise
 	// (the UTF-8 bytes compared as unsigned bytes), and paged: the page token
 	// resumes after the last room of the previous page, so paging visits every
@@ -133,6 +142,57 @@ type MembershipServiceClient interface {
 	// fails midway leaves what it applied, and re-running it finishes it (see
 	// LeaveAll, also for ABORTED / REVISION_COMPACTED).
 	RemoveRoomMembersFromRooms(ctx context.Context, in *RemoveRoomMembersFromRoomsRequest, opts ...grpc.CallOption) (*RemoveRoomMembersFromRoomsResponse, error)
+	// ListSockets lists the sockets of a user (those whose token named the
+	// user), each with its gateway, when it connected and its rooms, all read
+	// at one etcd revision. A user with no sockets has an empty list. Results
+	// are ordered by socket id and paged like ListMembers.
+	ListSockets(ctx context.Context, in *ListSocketsRequest, opts ...grpc.CallOption) (*ListSocketsResponse, error)
+	// GetRoom gives a room's member_count (sockets) and user_count (distinct
+	// users). A room with no members is not an error: it has zero counts, as
+	// an unknown room has no members in ListMembers. Served from the serving
+	// replica's room index, which keeps the counts incrementally from its etcd
+	// watch (per room: members and user → member sockets; per socket with a
+	// user: its user): a call costs a map lookup, not a scan of the members.
+	// Keeping them costs each Join and Leave two map updates in each replica's
+	// index and no etcd operation (BENCHMARKS.md section 11); a socket with a
+	// user costs one more key, written and deleted with its record.
+	GetRoom(ctx context.Context, in *GetRoomRequest, opts ...grpc.CallOption) (*GetRoomResponse, error)
+	// Disconnect closes sockets cluster-wide (Socket.IO's disconnectSockets,
+	// Centrifugo's disconnect), selected by exactly one of socket_ids, user or
+	// room (every member as of one revision; sockets joining later stay). Each
+	// client gets the close code and reason: a WebSocket close frame on /ws; on
+	// Socket.IO, a membership:disconnected event with {code, reason} and a
+	// DISCONNECT packet. The sockets' keys are removed in etcd when the call
+	// returns: committed (WAIT_FOR_COMMIT) or also applied by their gateways,
+	// which have closed them (WAIT_FOR_APPLY). A socket already gone is
+	// reported (results, socket_ids only), not an error. The close is durable
+	// once committed: each socket's record is deleted, and a disconnect notice
+	// written on its lease, in one transaction per group of sockets, and its
+	// gateway closes it on seeing the notice, whatever becomes of this call.
+	Disconnect(ctx context.Context, in *DisconnectRequest, opts ...grpc.CallOption) (*DisconnectResponse, error)
+	// WatchMembership streams membership changes in etcd revision order:
+	// sockets connecting and disconnecting, and joining and leaving rooms,
+	// filtered by room, user and socket_id (set filters combine with AND; none
+	// is everything). Each response holds all the matching events of one
+	// revision, or a progress message: no event at or before its revision is
+	// still to come. Progress is sent when the stream starts and at the
+	// membership-server's --watch-progress-interval (5s by default) while no
+	// events flow, so an idle consumer can checkpoint. Resuming with
+	// after_revision set to the last revision seen delivers every later event
+	// exactly once. A revision etcd has compacted gives OUT_OF_RANGE (reason
+	// COMPACTED, metadata compact_revision): re-list, then watch from the
+	// listing's revision. A consumer that leaves the membership-server's
+	// per-stream buffer (--watch-buffer-events) full for --watch-stall-timeout
+	// is ended with RESOURCE_EXHAUSTED (reason SLOW_CONSUMER, metadata
+	// "revision": the last revision sent in full), and may resume from there;
+	// one that reads slowly is sent history at its own pace.
+	// Streams beyond --max-watch-streams are refused with RESOURCE_EXHAUSTED
+	// (reason TOO_MANY_STREAMS). A gateway that dies shows its sockets'
+	// DISCONNECTED (and LEFT) events when its lease expires.
+	//
+	// Over HTTP it is served with Connect and gRPC-Web only: the REST
+	// transcoding does not stream, so it has no REST route.
+	WatchMembership(ctx context.Context, in *WatchMembershipRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchMembershipResponse], error)
 }
 
 type membershipServiceClient struct {
@@ -243,6 +303,55 @@ func (c *membershipServiceClient) RemoveRoomMembersFromRooms(ctx context.Context
 	return out, nil
 }
 
+func (c *membershipServiceClient) ListSockets(ctx context.Context, in *ListSocketsRequest, opts ...grpc.CallOption) (*ListSocketsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListSocketsResponse)
+	err := c.cc.Invoke(ctx, MembershipService_ListSockets_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *membershipServiceClient) GetRoom(ctx context.Context, in *GetRoomRequest, opts ...grpc.CallOption) (*GetRoomResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetRoomResponse)
+	err := c.cc.Invoke(ctx, MembershipService_GetRoom_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *membershipServiceClient) Disconnect(ctx context.Context, in *DisconnectRequest, opts ...grpc.CallOption) (*DisconnectResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DisconnectResponse)
+	err := c.cc.Invoke(ctx, MembershipService_Disconnect_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *membershipServiceClient) WatchMembership(ctx context.Context, in *WatchMembershipRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchMembershipResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &MembershipService_ServiceDesc.Streams[0], MembershipService_WatchMembership_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchMembershipRequest, WatchMembershipResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type MembershipService_WatchMembershipClient = grpc.ServerStreamingClient[WatchMembershipResponse]
+
 // MembershipServiceServer is the server API for MembershipService service.
 // All implementations must embed UnimplementedMembershipServiceServer
 // for forward compatibility.
@@ -272,7 +381,10 @@ func (c *membershipServiceClient) RemoveRoomMembersFromRooms(ctx context.Context
 // metadata "field" where one can be named), OVERLOADED (RESOURCE_EXHAUSTED:
 // Broadcasts and Blasts in flight hold the replica's
 // --max-inflight-payload-bytes; refused before the request is read, nothing
-// done; retry after a backoff), INTERNAL (a bug; not worth retrying).
+// done; retry after a backoff), COMPACTED (OUT_OF_RANGE: WatchMembership's
+// after_revision is compacted; metadata "compact_revision"), SLOW_CONSUMER
+// and TOO_MANY_STREAMS (RESOURCE_EXHAUSTED: see WatchMembership), INTERNAL
+// (a bug; not worth retrying).
 //
 // Room names are 1 to 256 bytes of UTF-8 without control characters, and
 // never have the shape of a socket id: {gateway}.{16 hex digits}.{22
@@ -294,13 +406,15 @@ type MembershipServiceServer interface {
 	// SOCKET_NOT_FOUND, metadata "socket_ids" lists them) and nothing changes.
 	// When the membership-server limits rooms per socket, a Join that would put a
 	// socket past the limit gives FAILED_PRECONDITION (ROOM_LIMIT_EXCEEDED) and
-	// nothing changes; such a Join takes at most 60 sockets.
+	// nothing changes; such a Join takes at most 60 sockets. With user instead
+	// of socket ids, every socket of that user joins (see ListSocketsRequest).
 	Join(context.Context, *JoinRequest) (*JoinResponse, error)
 	// Leave removes a socket (or several, atomically) from a room. Leaving a room
 	// the socket is not in succeeds with was_member unset. A socket that is not
-	// connected gives NOT_FOUND and nothing changes.
+	// connected gives NOT_FOUND and nothing changes. With user instead of
+	// socket ids, every socket of that user leaves (see ListSocketsRequest).
 	Leave(context.Context, *LeaveRequest) (*LeaveResponse, error)
-	// ListRooms lists every room with its member count, or, when socket_id is set,
+	// ListRooms lists every room with its member and user counts, or, when socket_id is set,
 	// the rooms of that socket. Results are ordered by room name, byte-wise
 	// (the UTF-8 bytes compared as unsigned bytes), and paged: the page token
 	// resumes after the last room of the previous page, so paging visits every
@@ -345,6 +459,57 @@ type MembershipServiceServer interface {
 	// fails midway leaves what it applied, and re-running it finishes it (see
 	// LeaveAll, also for ABORTED / REVISION_COMPACTED).
 	RemoveRoomMembersFromRooms(context.Context, *RemoveRoomMembersFromRoomsRequest) (*RemoveRoomMembersFromRoomsResponse, error)
+	// ListSockets lists the sockets of a user (those whose token named the
+	// user), each with its gateway, when it connected and its rooms, all read
+	// at one etcd revision. A user with no sockets has an empty list. Results
+	// are ordered by socket id and paged like ListMembers.
+	ListSockets(context.Context, *ListSocketsRequest) (*ListSocketsResponse, error)
+	// GetRoom gives a room's member_count (sockets) and user_count (distinct
+	// users). A room with no members is not an error: it has zero counts, as
+	// an unknown room has no members in ListMembers. Served from the serving
+	// replica's room index, which keeps the counts incrementally from its etcd
+	// watch (per room: members and user → member sockets; per socket with a
+	// user: its user): a call costs a map lookup, not a scan of the members.
+	// Keeping them costs each Join and Leave two map updates in each replica's
+	// index and no etcd operation (BENCHMARKS.md section 11); a socket with a
+	// user costs one more key, written and deleted with its record.
+	GetRoom(context.Context, *GetRoomRequest) (*GetRoomResponse, error)
+	// Disconnect closes sockets cluster-wide (Socket.IO's disconnectSockets,
+	// Centrifugo's disconnect), selected by exactly one of socket_ids, user or
+	// room (every member as of one revision; sockets joining later stay). Each
+	// client gets the close code and reason: a WebSocket close frame on /ws; on
+	// Socket.IO, a membership:disconnected event with {code, reason} and a
+	// DISCONNECT packet. The sockets' keys are removed in etcd when the call
+	// returns: committed (WAIT_FOR_COMMIT) or also applied by their gateways,
+	// which have closed them (WAIT_FOR_APPLY). A socket already gone is
+	// reported (results, socket_ids only), not an error. The close is durable
+	// once committed: each socket's record is deleted, and a disconnect notice
+	// written on its lease, in one transaction per group of sockets, and its
+	// gateway closes it on seeing the notice, whatever becomes of this call.
+	Disconnect(context.Context, *DisconnectRequest) (*DisconnectResponse, error)
+	// WatchMembership streams membership changes in etcd revision order:
+	// sockets connecting and disconnecting, and joining and leaving rooms,
+	// filtered by room, user and socket_id (set filters combine with AND; none
+	// is everything). Each response holds all the matching events of one
+	// revision, or a progress message: no event at or before its revision is
+	// still to come. Progress is sent when the stream starts and at the
+	// membership-server's --watch-progress-interval (5s by default) while no
+	// events flow, so an idle consumer can checkpoint. Resuming with
+	// after_revision set to the last revision seen delivers every later event
+	// exactly once. A revision etcd has compacted gives OUT_OF_RANGE (reason
+	// COMPACTED, metadata compact_revision): re-list, then watch from the
+	// listing's revision. A consumer that leaves the membership-server's
+	// per-stream buffer (--watch-buffer-events) full for --watch-stall-timeout
+	// is ended with RESOURCE_EXHAUSTED (reason SLOW_CONSUMER, metadata
+	// "revision": the last revision sent in full), and may resume from there;
+	// one that reads slowly is sent history at its own pace.
+	// Streams beyond --max-watch-streams are refused with RESOURCE_EXHAUSTED
+	// (reason TOO_MANY_STREAMS). A gateway that dies shows its sockets'
+	// DISCONNECTED (and LEFT) events when its lease expires.
+	//
+	// Over HTTP it is served with Connect and gRPC-Web only: the REST
+	// transcoding does not stream, so it has no REST route.
+	WatchMembership(*WatchMembershipRequest, grpc.ServerStreamingServer[WatchMembershipResponse]) error
 	mustEmbedUnimplementedMembershipServiceServer()
 }
 
@@ -384,6 +549,18 @@ func (UnimplementedMembershipServiceServer) AddRoomMembersToRooms(context.Contex
 }
 func (UnimplementedMembershipServiceServer) RemoveRoomMembersFromRooms(context.Context, *RemoveRoomMembersFromRoomsRequest) (*RemoveRoomMembersFromRoomsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RemoveRoomMembersFromRooms not implemented")
+}
+func (UnimplementedMembershipServiceServer) ListSockets(context.Context, *ListSocketsRequest) (*ListSocketsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListSockets not implemented")
+}
+func (UnimplementedMembershipServiceServer) GetRoom(context.Context, *GetRoomRequest) (*GetRoomResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetRoom not implemented")
+}
+func (UnimplementedMembershipServiceServer) Disconnect(context.Context, *DisconnectRequest) (*DisconnectResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Disconnect not implemented")
+}
+func (UnimplementedMembershipServiceServer) WatchMembership(*WatchMembershipRequest, grpc.ServerStreamingServer[WatchMembershipResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchMembership not implemented")
 }
 func (UnimplementedMembershipServiceServer) mustEmbedUnimplementedMembershipServiceServer() {}
 func (UnimplementedMembershipServiceServer) testEmbeddedByValue()                           {}
@@ -586,6 +763,71 @@ func _MembershipService_RemoveRoomMembersFromRooms_Handler(srv interface{}, ctx 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _MembershipService_ListSockets_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListSocketsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MembershipServiceServer).ListSockets(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MembershipService_ListSockets_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MembershipServiceServer).ListSockets(ctx, req.(*ListSocketsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MembershipService_GetRoom_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetRoomRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MembershipServiceServer).GetRoom(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MembershipService_GetRoom_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MembershipServiceServer).GetRoom(ctx, req.(*GetRoomRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MembershipService_Disconnect_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DisconnectRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MembershipServiceServer).Disconnect(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MembershipService_Disconnect_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MembershipServiceServer).Disconnect(ctx, req.(*DisconnectRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MembershipService_WatchMembership_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchMembershipRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(MembershipServiceServer).WatchMembership(m, &grpc.GenericServerStream[WatchMembershipRequest, WatchMembershipResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type MembershipService_WatchMembershipServer = grpc.ServerStreamingServer[WatchMembershipResponse]
+
 // MembershipService_ServiceDesc is the grpc.ServiceDesc for MembershipService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -633,7 +875,25 @@ var MembershipService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "RemoveRoomMembersFromRooms",
 			Handler:    _MembershipService_RemoveRoomMembersFromRooms_Handler,
 		},
+		{
+			MethodName: "ListSockets",
+			Handler:    _MembershipService_ListSockets_Handler,
+		},
+		{
+			MethodName: "GetRoom",
+			Handler:    _MembershipService_GetRoom_Handler,
+		},
+		{
+			MethodName: "Disconnect",
+			Handler:    _MembershipService_Disconnect_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "WatchMembership",
+			Handler:       _MembershipService_WatchMembership_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "membership/v1/membership.proto",
 }

@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file membership/v1/membership.proto.
  */
 export const file_membership_v1_membership: GenFile = /*@__PURE__*/
-  fileDesc("Ch5tZW1iZXJzaGlwL3YxL21lbWJlcnNoaXAucHJvdG8SDW1lbWJlcnNoaXAudjEibAoLSm9pblJlcXVlc3QSEQoJc29ja2V0X2lkGAEgASgJEgwKBHJvb20YAiABKAkSKAoId2FpdF9mb3IYAyABKA4yFi5tZW1iZXJzaGlwLnYxLldhaXRGb3ISEgoKc29ja2V0X2lkcxgEIAMoCSI1CgxTb2NrZXRSZXN1bHQSEQoJc29ja2V0X2lkGAEgASgJEhIKCndhc19tZW1iZXIYAiABKAgiZgoMSm9pblJlc3BvbnNlEhYKDmFscmVhZHlfbWVtYmVyGAEgASgIEhAKCHJldmlzaW9uGAIgASgDEiwKB3Jlc3VsdHMYAyADKAsyGy5tZW1iZXJzaGlwLnYxLlNvY2tldFJlc3VsdCJtCgxMZWF2ZVJlcXVlc3QSEQoJc29ja2V0X2lkGAEgASgJEgwKBHJvb20YAiABKAkSKAoId2FpdF9mb3IYAyABKA4yFi5tZW1iZXJzaGlwLnYxLldhaXRGb3ISEgoKc29ja2V0X2lkcxgEIAMoCSJjCg1MZWF2ZVJlc3BvbnNlEhIKCndhc19tZW1iZXIYASABKAgSEAoIcmV2aXNpb24YAiABKAMSLAoHcmVzdWx0cxgDIAMoCzIbLm1lbWJlcnNoaXAudjEuU29ja2V0UmVzdWx0IkwKEExpc3RSb29tc1JlcXVlc3QSEQoJc29ja2V0X2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJIioKBFJvb20SDAoEbmFtZRgBIAEoCRIUCgxtZW1iZXJfY291bnQYAiABKAMiYgoRTGlzdFJvb21zUmVzcG9uc2USIgoFcm9vbXMYASADKAsyEy5tZW1iZXJzaGlwLnYxLlJvb20SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJEhAKCHJldmlzaW9uGAMgASgDIkkKEkxpc3RNZW1iZXJzUmVxdWVzdBIMCgRyb29tGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJIjoKBk1lbWJlchIRCglzb2NrZXRfaWQYASABKAkSDwoHZ2F0ZXdheRgCIAEoCRIMCgR1c2VyGAMgASgJImgKE0xpc3RNZW1iZXJzUmVzcG9uc2USJgoHbWVtYmVycxgBIAMoCzIVLm1lbWJlcnNoaXAudjEuTWVtYmVyEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCRIQCghyZXZpc2lvbhgDIAEoAyIlChBHZXRTb2NrZXRSZXF1ZXN0EhEKCXNvY2tldF9pZBgBIAEoCSJ7CgZTb2NrZXQSEQoJc29ja2V0X2lkGAEgASgJEg8KB2dhdGV3YXkYAiABKAkSMAoMY29ubmVjdGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVyb29tcxgEIAMoCRIMCgR1c2VyGAUgASgJIkwKEUdldFNvY2tldFJlc3BvbnNlEiUKBnNvY2tldBgBIAEoCzIVLm1lbWJlcnNoaXAudjEuU29ja2V0EhAKCHJldmlzaW9uGAIgASgDInEKEEJyb2FkY2FzdFJlcXVlc3QSDQoFcm9vbXMYASADKAkSDQoFZXZlbnQYAiABKAkSJAoEZGF0YRgDIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIZChFleGNlcHRfc29ja2V0X2lkcxgEIAMoCSJRChFCcm9hZGNhc3RSZXNwb25zZRIRCglkZWxpdmVyZWQYASABKAMSEAoIcmV2aXNpb24YAiABKAMSFwoPZmFpbGVkX2dhdGV3YXlzGAMgASgFIl4KDEJsYXN0UmVxdWVzdBINCgVldmVudBgBIAEoCRIkCgRkYXRhGAIgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEhkKEWV4Y2VwdF9zb2NrZXRfaWRzGAMgAygJIk0KDUJsYXN0UmVzcG9uc2USEQoJZGVsaXZlcmVkGAEgASgDEhAKCHJldmlzaW9uGAIgASgDEhcKD2ZhaWxlZF9nYXRld2F5cxgDIAEoBSIfCg9MZWF2ZUFsbFJlcXVlc3QSDAoEcm9vbRgBIAEoCSJGChBMZWF2ZUFsbFJlc3BvbnNlEg8KB3NvY2tldHMYASABKAMSDwoHY2hhbmdlZBgCIAEoAxIQCghyZXZpc2lvbhgDIAEoAyJHChxBZGRSb29tTWVtYmVyc1RvUm9vbXNSZXF1ZXN0EhMKC3NvdXJjZV9yb29tGAEgASgJEhIKCmRlc3Rfcm9vbXMYAiADKAkiZwodQWRkUm9vbU1lbWJlcnNUb1Jvb21zUmVzcG9uc2USDwoHc29ja2V0cxgBIAEoAxIPCgdjaGFuZ2VkGAIgASgDEhAKCHJldmlzaW9uGAMgASgDEhIKCm92ZXJfbGltaXQYBCABKAMiTAohUmVtb3ZlUm9vbU1lbWJlcnNGcm9tUm9vbXNSZXF1ZXN0EhMKC3NvdXJjZV9yb29tGAEgASgJEhIKCmRlc3Rfcm9vbXMYAiADKAkiWAoiUmVtb3ZlUm9vbU1lbWJlcnNGcm9tUm9vbXNSZXNwb25zZRIPCgdzb2NrZXRzGAEgASgDEg8KB2NoYW5nZWQYAiABKAMSEAoIcmV2aXNpb24YAyABKAMqTAoHV2FpdEZvchIYChRXQUlUX0ZPUl9VTlNQRUNJRklFRBAAEhMKD1dBSVRfRk9SX0NPTU1JVBABEhIKDldBSVRfRk9SX0FQUExZEAIytQoKEU1lbWJlcnNoaXBTZXJ2aWNlEmcKBEpvaW4SGi5tZW1iZXJzaGlwLnYxLkpvaW5SZXF1ZXN0GhsubWVtYmVyc2hpcC52MS5Kb2luUmVzcG9uc2UiJpACAoLT5JMCHToBKiIYL3YxL3Jvb21zL3tyb29tfS9tZW1iZXJzEpgBCgVMZWF2ZRIbLm1lbWJlcnNoaXAudjEuTGVhdmVSZXF1ZXN0GhwubWVtYmVyc2hpcC52MS5MZWF2ZVJlc3BvbnNlIlSQAgKC0+STAktaIzoBKiIeL3YxL3Jvb21zL3tyb29tfS9tZW1iZXJzOmxlYXZlKiQvdjEvcm9vbXMve3Jvb219L21lbWJlcnMve3NvY2tldF9pZH0ShQEKCUxpc3RSb29tcxIfLm1lbWJlcnNoaXAudjEuTGlzdFJvb21zUmVxdWVzdBogLm1lbWJlcnNoaXAudjEuTGlzdFJvb21zUmVzcG9uc2UiNZACAYLT5JMCLFofEh0vdjEvc29ja2V0cy97c29ja2V0X2lkfS9yb29tcxIJL3YxL3Jvb21zEnkKC0xpc3RNZW1iZXJzEiEubWVtYmVyc2hpcC52MS5MaXN0TWVtYmVyc1JlcXVlc3QaIi5tZW1iZXJzaGlwLnYxLkxpc3RNZW1iZXJzUmVzcG9uc2UiI5ACAYLT5JMCGhIYL3YxL3Jvb21zL3tyb29tfS9tZW1iZXJzEnIKCUdldFNvY2tldBIfLm1lbWJlcnNoaXAudjEuR2V0U29ja2V0UmVxdWVzdBogLm1lbWJlcnNoaXAudjEuR2V0U29ja2V0UmVzcG9uc2UiIpACAYLT5JMCGRIXL3YxL3NvY2tldHMve3NvY2tldF9pZH0SaAoJQnJvYWRjYXN0Eh8ubWVtYmVyc2hpcC52MS5Ccm9hZGNhc3RSZXF1ZXN0GiAubWVtYmVyc2hpcC52MS5Ccm9hZGNhc3RSZXNwb25zZSIYgtPkkwISOgEqIg0vdjEvYnJvYWRjYXN0ElgKBUJsYXN0EhsubWVtYmVyc2hpcC52MS5CbGFzdFJlcXVlc3QaHC5tZW1iZXJzaGlwLnYxLkJsYXN0UmVzcG9uc2UiFILT5JMCDjoBKiIJL3YxL2JsYXN0EnEKCExlYXZlQWxsEh4ubWVtYmVyc2hpcC52MS5MZWF2ZUFsbFJlcXVlc3QaHy5tZW1iZXJzaGlwLnYxLkxlYXZlQWxsUmVzcG9uc2UiJJACAoLT5JMCGyIZL3YxL3Jvb21zL3tyb29tfTpsZWF2ZUFsbBKrAQoVQWRkUm9vbU1lbWJlcnNUb1Jvb21zEisubWVtYmVyc2hpcC52MS5BZGRSb29tTWVtYmVyc1RvUm9vbXNSZXF1ZXN0GiwubWVtYmVyc2hpcC52MS5BZGRSb29tTWVtYmVyc1RvUm9vbXNSZXNwb25zZSI3kAICgtPkkwIuOgEqIikvdjEvcm9vbXMve3NvdXJjZV9yb29tfTphZGRNZW1iZXJzVG9Sb29tcxK/AQoaUmVtb3ZlUm9vbU1lbWJlcnNGcm9tUm9vbXMSMC5tZW1iZXJzaGlwLnYxLlJlbW92ZVJvb21NZW1iZXJzRnJvbVJvb21zUmVxdWVzdBoxLm1lbWJlcnNoaXAudjEuUmVtb3ZlUm9vbU1lbWJlcnNGcm9tUm9vbXNSZXNwb25zZSI8kAICgtPkkwIzOgEqIi4vdjEvcm9vbXMve3NvdXJjZV9yb29tfTpyZW1vdmVNZW1iZXJzRnJvbVJvb21zQkJaQGdpdGh1Yi5jb20vc29ja2V0cm9vbXMvbWVtYmVyc2hpcC9nZW4vbWVtYmVyc2hpcC92MTttZW1iZXJzaGlwdjFiBnByb3RvMw", [file_google_api_annotations, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("Ch5tZW1iZXJzaGlwL3YxL21lbWJlcnNoaXAucHJvdG8SDW1lbWJlcnNoaXAudjEiegoLSm9pblJlcXVlc3QSEQoJc29ja2V0X2lkGAEgASgJEgwKBHJvb20YAiABKAkSKAoId2FpdF9mb3IYAyABKA4yFi5tZW1iZXJzaGlwLnYxLldhaXRGb3ISEgoKc29ja2V0X2lkcxgEIAMoCRIMCgR1c2VyGAUgASgJIjUKDFNvY2tldFJlc3VsdBIRCglzb2NrZXRfaWQYASABKAkSEgoKd2FzX21lbWJlchgCIAEoCCJ3CgxKb2luUmVzcG9uc2USFgoOYWxyZWFkeV9tZW1iZXIYASABKAgSEAoIcmV2aXNpb24YAiABKAMSLAoHcmVzdWx0cxgDIAMoCzIbLm1lbWJlcnNoaXAudjEuU29ja2V0UmVzdWx0Eg8KB3JldHJpZWQYBCABKAgiewoMTGVhdmVSZXF1ZXN0EhEKCXNvY2tldF9pZBgBIAEoCRIMCgRyb29tGAIgASgJEigKCHdhaXRfZm9yGAMgASgOMhYubWVtYmVyc2hpcC52MS5XYWl0Rm9yEhIKCnNvY2tldF9pZHMYBCADKAkSDAoEdXNlchgFIAEoCSJ0Cg1MZWF2ZVJlc3BvbnNlEhIKCndhc19tZW1iZXIYASABKAgSEAoIcmV2aXNpb24YAiABKAMSLAoHcmVzdWx0cxgDIAMoCzIbLm1lbWJlcnNoaXAudjEuU29ja2V0UmVzdWx0Eg8KB3JldHJpZWQYBCABKAgiTAoQTGlzdFJvb21zUmVxdWVzdBIRCglzb2NrZXRfaWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiPgoEUm9vbRIMCgRuYW1lGAEgASgJEhQKDG1lbWJlcl9jb3VudBgCIAEoAxISCgp1c2VyX2NvdW50GAMgASgDImIKEUxpc3RSb29tc1Jlc3BvbnNlEiIKBXJvb21zGAEgAygLMhMubWVtYmVyc2hpcC52MS5Sb29tEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCRIQCghyZXZpc2lvbhgDIAEoAyJJChJMaXN0TWVtYmVyc1JlcXVlc3QSDAoEcm9vbRgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSI6CgZNZW1iZXISEQoJc29ja2V0X2lkGAEgASgJEg8KB2dhdGV3YXkYAiABKAkSDAoEdXNlchgDIAEoCSJoChNMaXN0TWVtYmVyc1Jlc3BvbnNlEiYKB21lbWJlcnMYASADKAsyFS5tZW1iZXJzaGlwLnYxLk1lbWJlchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkSEAoIcmV2aXNpb24YAyABKAMiJQoQR2V0U29ja2V0UmVxdWVzdBIRCglzb2NrZXRfaWQYASABKAkiewoGU29ja2V0EhEKCXNvY2tldF9pZBgBIAEoCRIPCgdnYXRld2F5GAIgASgJEjAKDGNvbm5lY3RlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFcm9vbXMYBCADKAkSDAoEdXNlchgFIAEoCSJMChFHZXRTb2NrZXRSZXNwb25zZRIlCgZzb2NrZXQYASABKAsyFS5tZW1iZXJzaGlwLnYxLlNvY2tldBIQCghyZXZpc2lvbhgCIAEoAyJxChBCcm9hZGNhc3RSZXF1ZXN0Eg0KBXJvb21zGAEgAygJEg0KBWV2ZW50GAIgASgJEiQKBGRhdGEYAyABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSGQoRZXhjZXB0X3NvY2tldF9pZHMYBCADKAkiUQoRQnJvYWRjYXN0UmVzcG9uc2USEQoJZGVsaXZlcmVkGAEgASgDEhAKCHJldmlzaW9uGAIgASgDEhcKD2ZhaWxlZF9nYXRld2F5cxgDIAEoBSJeCgxCbGFzdFJlcXVlc3QSDQoFZXZlbnQYASABKAkSJAoEZGF0YRgCIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIZChFleGNlcHRfc29ja2V0X2lkcxgDIAMoCSJNCg1CbGFzdFJlc3BvbnNlEhEKCWRlbGl2ZXJlZBgBIAEoAxIQCghyZXZpc2lvbhgCIAEoAxIXCg9mYWlsZWRfZ2F0ZXdheXMYAyABKAUiHwoPTGVhdmVBbGxSZXF1ZXN0EgwKBHJvb20YASABKAkiRgoQTGVhdmVBbGxSZXNwb25zZRIPCgdzb2NrZXRzGAEgASgDEg8KB2NoYW5nZWQYAiABKAMSEAoIcmV2aXNpb24YAyABKAMiRwocQWRkUm9vbU1lbWJlcnNUb1Jvb21zUmVxdWVzdBITCgtzb3VyY2Vfcm9vbRgBIAEoCRISCgpkZXN0X3Jvb21zGAIgAygJImcKHUFkZFJvb21NZW1iZXJzVG9Sb29tc1Jlc3BvbnNlEg8KB3NvY2tldHMYASABKAMSDwoHY2hhbmdlZBgCIAEoAxIQCghyZXZpc2lvbhgDIAEoAxISCgpvdmVyX2xpbWl0GAQgASgDIkwKIVJlbW92ZVJvb21NZW1iZXJzRnJvbVJvb21zUmVxdWVzdBITCgtzb3VyY2Vfcm9vbRgBIAEoCRISCgpkZXN0X3Jvb21zGAIgAygJIlgKIlJlbW92ZVJvb21NZW1iZXJzRnJvbVJvb21zUmVzcG9uc2USDwoHc29ja2V0cxgBIAEoAxIPCgdjaGFuZ2VkGAIgASgDEhAKCHJldmlzaW9uGAMgASgDIkkKEkxpc3RTb2NrZXRzUmVxdWVzdBIMCgR1c2VyGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJImgKE0xpc3RTb2NrZXRzUmVzcG9uc2USJgoHc29ja2V0cxgBIAMoCzIVLm1lbWJlcnNoaXAudjEuU29ja2V0EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCRIQCghyZXZpc2lvbhgDIAEoAyIeCg5HZXRSb29tUmVxdWVzdBIMCgRyb29tGAEgASgJIkYKD0dldFJvb21SZXNwb25zZRIhCgRyb29tGAEgASgLMhMubWVtYmVyc2hpcC52MS5Sb29tEhAKCHJldmlzaW9uGAIgASgDIosBChFEaXNjb25uZWN0UmVxdWVzdBISCgpzb2NrZXRfaWRzGAEgAygJEgwKBHVzZXIYAiABKAkSDAoEcm9vbRgDIAEoCRIMCgRjb2RlGAQgASgFEg4KBnJlYXNvbhgFIAEoCRIoCgh3YWl0X2ZvchgGIAEoDjIWLm1lbWJlcnNoaXAudjEuV2FpdEZvciI7ChBEaXNjb25uZWN0UmVzdWx0EhEKCXNvY2tldF9pZBgBIAEoCRIUCgxkaXNjb25uZWN0ZWQYAiABKAgibgoSRGlzY29ubmVjdFJlc3BvbnNlEhQKDGRpc2Nvbm5lY3RlZBgBIAEoAxIQCghyZXZpc2lvbhgCIAEoAxIwCgdyZXN1bHRzGAMgAygLMh8ubWVtYmVyc2hpcC52MS5EaXNjb25uZWN0UmVzdWx0Il8KFldhdGNoTWVtYmVyc2hpcFJlcXVlc3QSDAoEcm9vbRgBIAEoCRIMCgR1c2VyGAIgASgJEhEKCXNvY2tldF9pZBgDIAEoCRIWCg5hZnRlcl9yZXZpc2lvbhgEIAEoAyKLAQoPTWVtYmVyc2hpcEV2ZW50EiYKBHR5cGUYASABKA4yGC5tZW1iZXJzaGlwLnYxLkV2ZW50VHlwZRIRCglzb2NrZXRfaWQYAiABKAkSDAoEdXNlchgDIAEoCRIPCgdnYXRld2F5GAQgASgJEgwKBHJvb20YBSABKAkSEAoIcmV2aXNpb24YBiABKAMiVAoQTWVtYmVyc2hpcEV2ZW50cxIQCghyZXZpc2lvbhgBIAEoAxIuCgZldmVudHMYAiADKAsyHi5tZW1iZXJzaGlwLnYxLk1lbWJlcnNoaXBFdmVudCIhCg1XYXRjaFByb2dyZXNzEhAKCHJldmlzaW9uGAEgASgDIoYBChdXYXRjaE1lbWJlcnNoaXBSZXNwb25zZRIxCgZldmVudHMYASABKAsyHy5tZW1iZXJzaGlwLnYxLk1lbWJlcnNoaXBFdmVudHNIABIwCghwcm9ncmVzcxgCIAEoCzIcLm1lbWJlcnNoaXAudjEuV2F0Y2hQcm9ncmVzc0gAQgYKBGtpbmQqTAoHV2FpdEZvchIYChRXQUlUX0ZPUl9VTlNQRUNJRklFRBAAEhMKD1dBSVRfRk9SX0NPTU1JVBABEhIKDldBSVRfRk9SX0FQUExZEAIqigEKCUV2ZW50VHlwZRIaChZFVkVOVF9UWVBFX1VOU1BFQ0lGSUVEEAASGAoURVZFTlRfVFlQRV9DT05ORUNURUQQARIbChdFVkVOVF9UWVBFX0RJU0NPTk5FQ1RFRBACEhUKEUVWRU5UX1RZUEVfSk9JTkVEEAMSEwoPRVZFTlRfVFlQRV9MRUZUEAQy+Q0KEU1lbWJlcnNoaXBTZXJ2aWNlEmcKBEpvaW4SGi5tZW1iZXJzaGlwLnYxLkpvaW5SZXF1ZXN0GhsubWVtYmVyc2hpcC52MS5Kb2luUmVzcG9uc2UiJpACAoLT5JMCHToBKiIYL3YxL3Jvb21zL3tyb29tfS9tZW1iZXJzEpgBCgVMZWF2ZRIbLm1lbWJlcnNoaXAudjEuTGVhdmVSZXF1ZXN0GhwubWVtYmVyc2hpcC52MS5MZWF2ZVJlc3BvbnNlIlSQAgKC0+STAktaIzoBKiIeL3YxL3Jvb21zL3tyb29tfS9tZW1iZXJzOmxlYXZlKiQvdjEvcm9vbXMve3Jvb219L21lbWJlcnMve3NvY2tldF9pZH0ShQEKCUxpc3RSb29tcxIfLm1lbWJlcnNoaXAudjEuTGlzdFJvb21zUmVxdWVzdBogLm1lbWJlcnNoaXAudjEuTGlzdFJvb21zUmVzcG9uc2UiNZACAYLT5JMCLFofEh0vdjEvc29ja2V0cy97c29ja2V0X2lkfS9yb29tcxIJL3YxL3Jvb21zEnkKC0xpc3RNZW1iZXJzEiEubWVtYmVyc2hpcC52MS5MaXN0TWVtYmVyc1JlcXVlc3QaIi5tZW1iZXJzaGlwLnYxLkxpc3RNZW1iZXJzUmVzcG9uc2UiI5ACAYLT5JMCGhIYL3YxL3Jvb21zL3tyb29tfS9tZW1iZXJzEnIKCUdldFNvY2tldBIfLm1lbWJlcnNoaXAudjEuR2V0U29ja2V0UmVxdWVzdBogLm1lbWJlcnNoaXAudjEuR2V0U29ja2V0UmVzcG9uc2UiIpACAYLT5JMCGRIXL3YxL3NvY2tldHMve3NvY2tldF9pZH0SaAoJQnJvYWRjYXN0Eh8ubWVtYmVyc2hpcC52MS5Ccm9hZGNhc3RSZXF1ZXN0GiAubWVtYmVyc2hpcC52MS5Ccm9hZGNhc3RSZXNwb25zZSIYgtPkkwISOgEqIg0vdjEvYnJvYWRjYXN0ElgKBUJsYXN0EhsubWVtYmVyc2hpcC52MS5CbGFzdFJlcXVlc3QaHC5tZW1iZXJzaGlwLnYxLkJsYXN0UmVzcG9uc2UiFILT5JMCDjoBKiIJL3YxL2JsYXN0EnEKCExlYXZlQWxsEh4ubWVtYmVyc2hpcC52MS5MZWF2ZUFsbFJlcXVlc3QaHy5tZW1iZXJzaGlwLnYxLkxlYXZlQWxsUmVzcG9uc2UiJJACAoLT5JMCGyIZL3YxL3Jvb21zL3tyb29tfTpsZWF2ZUFsbBKrAQoVQWRkUm9vbU1lbWJlcnNUb1Jvb21zEisubWVtYmVyc2hpcC52MS5BZGRSb29tTWVtYmVyc1RvUm9vbXNSZXF1ZXN0GiwubWVtYmVyc2hpcC52MS5BZGRSb29tTWVtYmVyc1RvUm9vbXNSZXNwb25zZSI3kAICgtPkkwIuOgEqIikvdjEvcm9vbXMve3NvdXJjZV9yb29tfTphZGRNZW1iZXJzVG9Sb29tcxK/AQoaUmVtb3ZlUm9vbU1lbWJlcnNGcm9tUm9vbXMSMC5tZW1iZXJzaGlwLnYxLlJlbW92ZVJvb21NZW1iZXJzRnJvbVJvb21zUmVxdWVzdBoxLm1lbWJlcnNoaXAudjEuUmVtb3ZlUm9vbU1lbWJlcnNGcm9tUm9vbXNSZXNwb25zZSI8kAICgtPkkwIzOgEqIi4vdjEvcm9vbXMve3NvdXJjZV9yb29tfTpyZW1vdmVNZW1iZXJzRnJvbVJvb21zEnkKC0xpc3RTb2NrZXRzEiEubWVtYmVyc2hpcC52MS5MaXN0U29ja2V0c1JlcXVlc3QaIi5tZW1iZXJzaGlwLnYxLkxpc3RTb2NrZXRzUmVzcG9uc2UiI5ACAYLT5JMCGhIYL3YxL3VzZXJzL3t1c2VyfS9zb2NrZXRzEmUKB0dldFJvb20SHS5tZW1iZXJzaGlwLnYxLkdldFJvb21SZXF1ZXN0Gh4ubWVtYmVyc2hpcC52MS5HZXRSb29tUmVzcG9uc2UiG5ACAYLT5JMCEhIQL3YxL3Jvb21zL3tyb29tfRJ3CgpEaXNjb25uZWN0EiAubWVtYmVyc2hpcC52MS5EaXNjb25uZWN0UmVxdWVzdBohLm1lbWJlcnNoaXAudjEuRGlzY29ubmVjdFJlc3BvbnNlIiSQAgKC0+STAhs6ASoiFi92MS9zb2NrZXRzOmRpc2Nvbm5lY3QSZwoPV2F0Y2hNZW1iZXJzaGlwEiUubWVtYmVyc2hpcC52MS5XYXRjaE1lbWJlcnNoaXBSZXF1ZXN0GiYubWVtYmVyc2hpcC52MS5XYXRjaE1lbWJlcnNoaXBSZXNwb25zZSIDkAIBMAFCQlpAZ2l0aHViLmNvbS9zb2NrZXRyb29tcy9tZW1iZXJzaGlwL2dlbi9tZW1iZXJzaGlwL3YxO21lbWJlcnNoaXB2MWIGcHJvdG8z", [file_google_api_annotations, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * JoinRequest adds socket_id (and socket_ids) to room.
@@ -53,6 +53,15 @@ export type JoinRequest = Message<"membership.v1.JoinRequest"> & {
    * @generated from field: repeated string socket_ids = 4;
    */
   socketIds: string[];
+
+  /**
+   * Every socket of this user instead (see "Selecting by user" below
+   * ListSocketsRequest): 1 to 256 bytes of UTF-8 without control characters.
+   * Set with socket_id or socket_ids: INVALID_ARGUMENT on field "user".
+   *
+   * @generated from field: string user = 5;
+   */
+  user: string;
 };
 
 /**
@@ -124,6 +133,17 @@ export type JoinResponse = Message<"membership.v1.JoinResponse"> & {
    * @generated from field: repeated membership.v1.SocketResult results = 3;
    */
   results: SocketResult[];
+
+  /**
+   * The change was sent to etcd again after an attempt whose outcome was
+   * lost (an etcd leader change, a lost connection). already_member and
+   * was_member then describe the state just before the attempt that
+   * committed, which may include this call's own earlier attempt: read them
+   * as "may have been". The state after the call is the one asked for.
+   *
+   * @generated from field: bool retried = 4;
+   */
+  retried: boolean;
 };
 
 /**
@@ -169,6 +189,13 @@ export type LeaveRequest = Message<"membership.v1.LeaveRequest"> & {
    * @generated from field: repeated string socket_ids = 4;
    */
   socketIds: string[];
+
+  /**
+   * Every socket of this user instead, as for JoinRequest.user.
+   *
+   * @generated from field: string user = 5;
+   */
+  user: string;
 };
 
 /**
@@ -207,6 +234,14 @@ export type LeaveResponse = Message<"membership.v1.LeaveResponse"> & {
    * @generated from field: repeated membership.v1.SocketResult results = 3;
    */
   results: SocketResult[];
+
+  /**
+   * As JoinResponse.retried: was_member may describe this call's own
+   * earlier attempt.
+   *
+   * @generated from field: bool retried = 4;
+   */
+  retried: boolean;
 };
 
 /**
@@ -252,7 +287,7 @@ export const ListRoomsRequestSchema: GenMessage<ListRoomsRequest> = /*@__PURE__*
   messageDesc(file_membership_v1_membership, 5);
 
 /**
- * Room is a room and, when all rooms are listed, its size.
+ * Room is a room and, when all rooms are listed (and from GetRoom), its size.
  *
  * @generated from message membership.v1.Room
  */
@@ -265,11 +300,20 @@ export type Room = Message<"membership.v1.Room"> & {
   name: string;
 
   /**
-   * How many sockets are in the room. Set when listing all rooms.
+   * How many sockets are in the room. Set when listing all rooms, and by
+   * GetRoom.
    *
    * @generated from field: int64 member_count = 2;
    */
   memberCount: bigint;
+
+  /**
+   * How many distinct users the room's sockets belong to; sockets without a
+   * user (no token) are not counted. Set with member_count.
+   *
+   * @generated from field: int64 user_count = 3;
+   */
+  userCount: bigint;
 };
 
 /**
@@ -882,6 +926,468 @@ export const RemoveRoomMembersFromRoomsResponseSchema: GenMessage<RemoveRoomMemb
   messageDesc(file_membership_v1_membership, 23);
 
 /**
+ * ListSocketsRequest asks for the sockets of a user.
+ *
+ * Selecting by user. A socket belongs to the user its token named (the JWT
+ * subject, ListMembers' Member.user); the membership-server reads a user's
+ * sockets from a user index kept on each gateway's lease, written and
+ * deleted with the socket's record, so a crashed gateway's sockets leave it
+ * when its lease expires. Join and Leave with user select every socket of
+ * the user as of one etcd revision R, read at the start of the call, and
+ * report one SocketResult per socket, ordered by socket id; a user with no
+ * sockets is not an error: the results are empty, the revision is R (and
+ * JoinResponse.already_member is true: nothing changed). Up to the call's
+ * socket limit (100 at etcd's default --etcd-max-txn-ops, fewer under a
+ * smaller one or a rooms-per-socket limit) the change is one etcd
+ * transaction: atomic, all the sockets or none. A user with more sockets is
+ * changed in several transactions of that many sockets each, in socket id
+ * order, each atomic and committed before the next, and the response
+ * reports every socket; a failure midway leaves the transactions before it
+ * applied (re-running the call finishes it, as for LeaveAll), and the
+ * response's revision is the last transaction's. A socket that disconnects
+ * after R is left out of the results; one that connects after R is not
+ * selected. With WAIT_FOR_APPLY the call returns once every selected
+ * socket's gateway applied the change, whichever gateways they are on.
+ *
+ * @generated from message membership.v1.ListSocketsRequest
+ */
+export type ListSocketsRequest = Message<"membership.v1.ListSocketsRequest"> & {
+  /**
+   * The user: 1 to 256 bytes of UTF-8 without control characters.
+   *
+   * @generated from field: string user = 1;
+   */
+  user: string;
+
+  /**
+   * At most this many sockets per page; 0 means 100, the maximum is 1000.
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * The next_page_token of the previous page, or empty for the first page.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message membership.v1.ListSocketsRequest.
+ * Use `create(ListSocketsRequestSchema)` to create a new message.
+ */
+export const ListSocketsRequestSchema: GenMessage<ListSocketsRequest> = /*@__PURE__*/
+  messageDesc(file_membership_v1_membership, 24);
+
+/**
+ * ListSocketsResponse is one page of a user's sockets.
+ *
+ * @generated from message membership.v1.ListSocketsResponse
+ */
+export type ListSocketsResponse = Message<"membership.v1.ListSocketsResponse"> & {
+  /**
+   * The sockets, ordered by socket id, each with its gateway, connected_at,
+   * rooms and user.
+   *
+   * @generated from field: repeated membership.v1.Socket sockets = 1;
+   */
+  sockets: Socket[];
+
+  /**
+   * Token for the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+
+  /**
+   * The etcd revision this page was read at.
+   *
+   * @generated from field: int64 revision = 3;
+   */
+  revision: bigint;
+};
+
+/**
+ * Describes the message membership.v1.ListSocketsResponse.
+ * Use `create(ListSocketsResponseSchema)` to create a new message.
+ */
+export const ListSocketsResponseSchema: GenMessage<ListSocketsResponse> = /*@__PURE__*/
+  messageDesc(file_membership_v1_membership, 25);
+
+/**
+ * GetRoomRequest names a room.
+ *
+ * @generated from message membership.v1.GetRoomRequest
+ */
+export type GetRoomRequest = Message<"membership.v1.GetRoomRequest"> & {
+  /**
+   * The room: 1 to 256 bytes of UTF-8 without control characters, not shaped
+   * like a socket id (ROOM_NAME_RESERVED).
+   *
+   * @generated from field: string room = 1;
+   */
+  room: string;
+};
+
+/**
+ * Describes the message membership.v1.GetRoomRequest.
+ * Use `create(GetRoomRequestSchema)` to create a new message.
+ */
+export const GetRoomRequestSchema: GenMessage<GetRoomRequest> = /*@__PURE__*/
+  messageDesc(file_membership_v1_membership, 26);
+
+/**
+ * GetRoomResponse gives a room's counts.
+ *
+ * @generated from message membership.v1.GetRoomResponse
+ */
+export type GetRoomResponse = Message<"membership.v1.GetRoomResponse"> & {
+  /**
+   * The room with member_count and user_count (both 0 when it has no
+   * members).
+   *
+   * @generated from field: membership.v1.Room room = 1;
+   */
+  room?: Room | undefined;
+
+  /**
+   * The revision of the serving replica's room index the counts are as of:
+   * at least etcd's revision when the call began, so every change committed
+   * before the call is counted.
+   *
+   * @generated from field: int64 revision = 2;
+   */
+  revision: bigint;
+};
+
+/**
+ * Describes the message membership.v1.GetRoomResponse.
+ * Use `create(GetRoomResponseSchema)` to create a new message.
+ */
+export const GetRoomResponseSchema: GenMessage<GetRoomResponse> = /*@__PURE__*/
+  messageDesc(file_membership_v1_membership, 27);
+
+/**
+ * DisconnectRequest selects the sockets to close: exactly one of socket_ids,
+ * user and room.
+ *
+ * @generated from message membership.v1.DisconnectRequest
+ */
+export type DisconnectRequest = Message<"membership.v1.DisconnectRequest"> & {
+  /**
+   * Sockets to close, at most 100; repeats count once.
+   *
+   * @generated from field: repeated string socket_ids = 1;
+   */
+  socketIds: string[];
+
+  /**
+   * Close every socket whose token named this user (1 to 256 bytes of UTF-8
+   * without control characters), as of one revision. Sockets that fit one
+   * etcd transaction (up to --etcd-max-txn-ops, fewer when
+   * --etcd-max-request-bytes binds first) close atomically; more close in
+   * successive transactions, each atomic and committed before the next: a
+   * failure midway leaves the earlier ones closed, and calling again closes
+   * the rest. A user with no sockets closes none: not an error.
+   *
+   * @generated from field: string user = 2;
+   */
+  user: string;
+
+  /**
+   * Close every member of this room, as of one revision, a page of members
+   * at a time (each page as for user); a room name as in JoinRequest.room.
+   *
+   * @generated from field: string room = 3;
+   */
+  room: string;
+
+  /**
+   * The close code each client gets: 4000 to 4999 (an application's range
+   * in RFC 6455), 0 meaning 4000. membership.js does not reconnect on a code
+   * in this range.
+   *
+   * @generated from field: int32 code = 4;
+   */
+  code: number;
+
+  /**
+   * The close reason each client gets: at most 123 bytes of UTF-8 (what
+   * fits a WebSocket close frame with its code).
+   *
+   * @generated from field: string reason = 5;
+   */
+  reason: string;
+
+  /**
+   * When the call returns; WAIT_FOR_COMMIT when unspecified.
+   *
+   * @generated from field: membership.v1.WaitFor wait_for = 6;
+   */
+  waitFor: WaitFor;
+};
+
+/**
+ * Describes the message membership.v1.DisconnectRequest.
+ * Use `create(DisconnectRequestSchema)` to create a new message.
+ */
+export const DisconnectRequestSchema: GenMessage<DisconnectRequest> = /*@__PURE__*/
+  messageDesc(file_membership_v1_membership, 28);
+
+/**
+ * DisconnectResult is what a Disconnect did to one socket.
+ *
+ * @generated from message membership.v1.DisconnectResult
+ */
+export type DisconnectResult = Message<"membership.v1.DisconnectResult"> & {
+  /**
+   * The socket.
+   *
+   * @generated from field: string socket_id = 1;
+   */
+  socketId: string;
+
+  /**
+   * Whether the call closed it; false when it was already gone.
+   *
+   * @generated from field: bool disconnected = 2;
+   */
+  disconnected: boolean;
+};
+
+/**
+ * Describes the message membership.v1.DisconnectResult.
+ * Use `create(DisconnectResultSchema)` to create a new message.
+ */
+export const DisconnectResultSchema: GenMessage<DisconnectResult> = /*@__PURE__*/
+  messageDesc(file_membership_v1_membership, 29);
+
+/**
+ * DisconnectResponse reports a committed Disconnect.
+ *
+ * @generated from message membership.v1.DisconnectResponse
+ */
+export type DisconnectResponse = Message<"membership.v1.DisconnectResponse"> & {
+  /**
+   * How many sockets the call closed (sockets already gone do not count).
+   *
+   * @generated from field: int64 disconnected = 1;
+   */
+  disconnected: bigint;
+
+  /**
+   * The etcd revision from which none of the sockets' keys exist.
+   *
+   * @generated from field: int64 revision = 2;
+   */
+  revision: bigint;
+
+  /**
+   * For socket_ids: one entry per distinct socket, in request order.
+   *
+   * @generated from field: repeated membership.v1.DisconnectResult results = 3;
+   */
+  results: DisconnectResult[];
+};
+
+/**
+ * Describes the message membership.v1.DisconnectResponse.
+ * Use `create(DisconnectResponseSchema)` to create a new message.
+ */
+export const DisconnectResponseSchema: GenMessage<DisconnectResponse> = /*@__PURE__*/
+  messageDesc(file_membership_v1_membership, 30);
+
+/**
+ * WatchMembershipRequest says which changes to stream, and from where.
+ *
+ * @generated from message membership.v1.WatchMembershipRequest
+ */
+export type WatchMembershipRequest = Message<"membership.v1.WatchMembershipRequest"> & {
+  /**
+   * Only changes of this room (JOINED and LEFT events); a room name as in
+   * JoinRequest.room.
+   *
+   * @generated from field: string room = 1;
+   */
+  room: string;
+
+  /**
+   * Only changes of this user's sockets (1 to 256 bytes of UTF-8 without
+   * control characters).
+   *
+   * @generated from field: string user = 2;
+   */
+  user: string;
+
+  /**
+   * Only changes of this socket.
+   *
+   * @generated from field: string socket_id = 3;
+   */
+  socketId: string;
+
+  /**
+   * Stream the events after this etcd revision (exclusive): the last
+   * revision a previous stream delivered (events or progress). 0: from now.
+   *
+   * @generated from field: int64 after_revision = 4;
+   */
+  afterRevision: bigint;
+};
+
+/**
+ * Describes the message membership.v1.WatchMembershipRequest.
+ * Use `create(WatchMembershipRequestSchema)` to create a new message.
+ */
+export const WatchMembershipRequestSchema: GenMessage<WatchMembershipRequest> = /*@__PURE__*/
+  messageDesc(file_membership_v1_membership, 31);
+
+/**
+ * MembershipEvent is one change.
+ *
+ * @generated from message membership.v1.MembershipEvent
+ */
+export type MembershipEvent = Message<"membership.v1.MembershipEvent"> & {
+  /**
+   * The kind of change.
+   *
+   * @generated from field: membership.v1.EventType type = 1;
+   */
+  type: EventType;
+
+  /**
+   * The socket.
+   *
+   * @generated from field: string socket_id = 2;
+   */
+  socketId: string;
+
+  /**
+   * The socket's user; empty when its gateway does not authenticate sockets.
+   *
+   * @generated from field: string user = 3;
+   */
+  user: string;
+
+  /**
+   * The gateway holding the socket.
+   *
+   * @generated from field: string gateway = 4;
+   */
+  gateway: string;
+
+  /**
+   * The room, for JOINED and LEFT.
+   *
+   * @generated from field: string room = 5;
+   */
+  room: string;
+
+  /**
+   * The etcd revision of the change.
+   *
+   * @generated from field: int64 revision = 6;
+   */
+  revision: bigint;
+};
+
+/**
+ * Describes the message membership.v1.MembershipEvent.
+ * Use `create(MembershipEventSchema)` to create a new message.
+ */
+export const MembershipEventSchema: GenMessage<MembershipEvent> = /*@__PURE__*/
+  messageDesc(file_membership_v1_membership, 32);
+
+/**
+ * MembershipEvents are all the matching events of one revision.
+ *
+ * @generated from message membership.v1.MembershipEvents
+ */
+export type MembershipEvents = Message<"membership.v1.MembershipEvents"> & {
+  /**
+   * The revision every event belongs to.
+   *
+   * @generated from field: int64 revision = 1;
+   */
+  revision: bigint;
+
+  /**
+   * The events, in the order etcd applied them.
+   *
+   * @generated from field: repeated membership.v1.MembershipEvent events = 2;
+   */
+  events: MembershipEvent[];
+};
+
+/**
+ * Describes the message membership.v1.MembershipEvents.
+ * Use `create(MembershipEventsSchema)` to create a new message.
+ */
+export const MembershipEventsSchema: GenMessage<MembershipEvents> = /*@__PURE__*/
+  messageDesc(file_membership_v1_membership, 33);
+
+/**
+ * WatchProgress says every matching event up to revision has been sent.
+ *
+ * @generated from message membership.v1.WatchProgress
+ */
+export type WatchProgress = Message<"membership.v1.WatchProgress"> & {
+  /**
+   * The etcd revision the stream has caught up with.
+   *
+   * @generated from field: int64 revision = 1;
+   */
+  revision: bigint;
+};
+
+/**
+ * Describes the message membership.v1.WatchProgress.
+ * Use `create(WatchProgressSchema)` to create a new message.
+ */
+export const WatchProgressSchema: GenMessage<WatchProgress> = /*@__PURE__*/
+  messageDesc(file_membership_v1_membership, 34);
+
+/**
+ * WatchMembershipResponse is one revision's events or a progress message.
+ *
+ * @generated from message membership.v1.WatchMembershipResponse
+ */
+export type WatchMembershipResponse = Message<"membership.v1.WatchMembershipResponse"> & {
+  /**
+   * What this response carries.
+   *
+   * @generated from oneof membership.v1.WatchMembershipResponse.kind
+   */
+  kind: {
+    /**
+     * The matching events of one revision.
+     *
+     * @generated from field: membership.v1.MembershipEvents events = 1;
+     */
+    value: MembershipEvents;
+    case: "events";
+  } | {
+    /**
+     * A checkpoint without events.
+     *
+     * @generated from field: membership.v1.WatchProgress progress = 2;
+     */
+    value: WatchProgress;
+    case: "progress";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message membership.v1.WatchMembershipResponse.
+ * Use `create(WatchMembershipResponseSchema)` to create a new message.
+ */
+export const WatchMembershipResponseSchema: GenMessage<WatchMembershipResponse> = /*@__PURE__*/
+  messageDesc(file_membership_v1_membership, 35);
+
+/**
  * WaitFor says when a membership change returns.
  *
  * @generated from enum membership.v1.WaitFor
@@ -918,6 +1424,54 @@ export const WaitForSchema: GenEnum<WaitFor> = /*@__PURE__*/
   enumDesc(file_membership_v1_membership, 0);
 
 /**
+ * EventType is the kind of a membership change.
+ *
+ * @generated from enum membership.v1.EventType
+ */
+export enum EventType {
+  /**
+   * Never sent.
+   *
+   * @generated from enum value: EVENT_TYPE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * A socket connected (its record was written).
+   *
+   * @generated from enum value: EVENT_TYPE_CONNECTED = 1;
+   */
+  CONNECTED = 1,
+
+  /**
+   * A socket went: closed, disconnected, or its gateway's lease expired.
+   *
+   * @generated from enum value: EVENT_TYPE_DISCONNECTED = 2;
+   */
+  DISCONNECTED = 2,
+
+  /**
+   * A socket joined a room.
+   *
+   * @generated from enum value: EVENT_TYPE_JOINED = 3;
+   */
+  JOINED = 3,
+
+  /**
+   * A socket left a room (also when it disconnected).
+   *
+   * @generated from enum value: EVENT_TYPE_LEFT = 4;
+   */
+  LEFT = 4,
+}
+
+/**
+ * Describes the enum membership.v1.EventType.
+ */
+export const EventTypeSchema: GenEnum<EventType> = /*@__PURE__*/
+  enumDesc(file_membership_v1_membership, 1);
+
+/**
  * MembershipService decides which client sockets are in which rooms, cluster-wide,
  * and delivers room messages to them. Every replica serves every call; etcd is the
  * only source of truth.
@@ -943,7 +1497,10 @@ export const WaitForSchema: GenEnum<WaitFor> = /*@__PURE__*/
  * metadata "field" where one can be named), OVERLOADED (RESOURCE_EXHAUSTED:
  * Broadcasts and Blasts in flight hold the replica's
  * --max-inflight-payload-bytes; refused before the request is read, nothing
- * done; retry after a backoff), INTERNAL (a bug; not worth retrying).
+ * done; retry after a backoff), COMPACTED (OUT_OF_RANGE: WatchMembership's
+ * after_revision is compacted; metadata "compact_revision"), SLOW_CONSUMER
+ * and TOO_MANY_STREAMS (RESOURCE_EXHAUSTED: see WatchMembership), INTERNAL
+ * (a bug; not worth retrying).
  *
  * Room names are 1 to 256 bytes of UTF-8 without control characters, and
  * never have the shape of a socket id: {gateway}.{16 hex digits}.{22
@@ -969,7 +1526,8 @@ export const MembershipService: GenService<{
    * SOCKET_NOT_FOUND, metadata "socket_ids" lists them) and nothing changes.
    * When the membership-server limits rooms per socket, a Join that would put a
    * socket past the limit gives FAILED_PRECONDITION (ROOM_LIMIT_EXCEEDED) and
-   * nothing changes; such a Join takes at most 60 sockets.
+   * nothing changes; such a Join takes at most 60 sockets. With user instead
+   * of socket ids, every socket of that user joins (see ListSocketsRequest).
    *
    * @generated from rpc membership.v1.MembershipService.Join
    */
@@ -981,7 +1539,8 @@ export const MembershipService: GenService<{
   /**
    * Leave removes a socket (or several, atomically) from a room. Leaving a room
    * the socket is not in succeeds with was_member unset. A socket that is not
-   * connected gives NOT_FOUND and nothing changes.
+   * connected gives NOT_FOUND and nothing changes. With user instead of
+   * socket ids, every socket of that user leaves (see ListSocketsRequest).
    *
    * @generated from rpc membership.v1.MembershipService.Leave
    */
@@ -991,7 +1550,7 @@ export const MembershipService: GenService<{
     output: typeof LeaveResponseSchema;
   },
   /**
-   * ListRooms lists every room with its member count, or, when socket_id is set,
+   * ListRooms lists every room with its member and user counts, or, when socket_id is set,
    * the rooms of that socket. Results are ordered by room name, byte-wise
    * (the UTF-8 bytes compared as unsigned bytes), and paged: the page token
    * resumes after the last room of the previous page, so paging visits every
@@ -1098,6 +1657,89 @@ export const MembershipService: GenService<{
     methodKind: "unary";
     input: typeof RemoveRoomMembersFromRoomsRequestSchema;
     output: typeof RemoveRoomMembersFromRoomsResponseSchema;
+  },
+  /**
+   * ListSockets lists the sockets of a user (those whose token named the
+   * user), each with its gateway, when it connected and its rooms, all read
+   * at one etcd revision. A user with no sockets has an empty list. Results
+   * are ordered by socket id and paged like ListMembers.
+   *
+   * @generated from rpc membership.v1.MembershipService.ListSockets
+   */
+  listSockets: {
+    methodKind: "unary";
+    input: typeof ListSocketsRequestSchema;
+    output: typeof ListSocketsResponseSchema;
+  },
+  /**
+   * GetRoom gives a room's member_count (sockets) and user_count (distinct
+   * users). A room with no members is not an error: it has zero counts, as
+   * an unknown room has no members in ListMembers. Served from the serving
+   * replica's room index, which keeps the counts incrementally from its etcd
+   * watch (per room: members and user → member sockets; per socket with a
+   * user: its user): a call costs a map lookup, not a scan of the members.
+   * Keeping them costs each Join and Leave two map updates in each replica's
+   * index and no etcd operation (BENCHMARKS.md section 11); a socket with a
+   * user costs one more key, written and deleted with its record.
+   *
+   * @generated from rpc membership.v1.MembershipService.GetRoom
+   */
+  getRoom: {
+    methodKind: "unary";
+    input: typeof GetRoomRequestSchema;
+    output: typeof GetRoomResponseSchema;
+  },
+  /**
+   * Disconnect closes sockets cluster-wide (Socket.IO's disconnectSockets,
+   * Centrifugo's disconnect), selected by exactly one of socket_ids, user or
+   * room (every member as of one revision; sockets joining later stay). Each
+   * client gets the close code and reason: a WebSocket close frame on /ws; on
+   * Socket.IO, a membership:disconnected event with {code, reason} and a
+   * DISCONNECT packet. The sockets' keys are removed in etcd when the call
+   * returns: committed (WAIT_FOR_COMMIT) or also applied by their gateways,
+   * which have closed them (WAIT_FOR_APPLY). A socket already gone is
+   * reported (results, socket_ids only), not an error. The close is durable
+   * once committed: each socket's record is deleted, and a disconnect notice
+   * written on its lease, in one transaction per group of sockets, and its
+   * gateway closes it on seeing the notice, whatever becomes of this call.
+   *
+   * @generated from rpc membership.v1.MembershipService.Disconnect
+   */
+  disconnect: {
+    methodKind: "unary";
+    input: typeof DisconnectRequestSchema;
+    output: typeof DisconnectResponseSchema;
+  },
+  /**
+   * WatchMembership streams membership changes in etcd revision order:
+   * sockets connecting and disconnecting, and joining and leaving rooms,
+   * filtered by room, user and socket_id (set filters combine with AND; none
+   * is everything). Each response holds all the matching events of one
+   * revision, or a progress message: no event at or before its revision is
+   * still to come. Progress is sent when the stream starts and at the
+   * membership-server's --watch-progress-interval (5s by default) while no
+   * events flow, so an idle consumer can checkpoint. Resuming with
+   * after_revision set to the last revision seen delivers every later event
+   * exactly once. A revision etcd has compacted gives OUT_OF_RANGE (reason
+   * COMPACTED, metadata compact_revision): re-list, then watch from the
+   * listing's revision. A consumer that leaves the membership-server's
+   * per-stream buffer (--watch-buffer-events) full for --watch-stall-timeout
+   * is ended with RESOURCE_EXHAUSTED (reason SLOW_CONSUMER, metadata
+   * "revision": the last revision sent in full), and may resume from there;
+   * one that reads slowly is sent history at its own pace.
+   * Streams beyond --max-watch-streams are refused with RESOURCE_EXHAUSTED
+   * (reason TOO_MANY_STREAMS). A gateway that dies shows its sockets'
+   * DISCONNECTED (and LEFT) events when its lease expires.
+   *
+   * Over HTTP it is served with Connect and gRPC-Web only: the REST
+   * transcoding does not stream, so it has no REST route.
+   *
+   * @generated from rpc membership.v1.MembershipService.WatchMembership
+   */
+  watchMembership: {
+    methodKind: "server_streaming";
+    input: typeof WatchMembershipRequestSchema;
+    output: typeof WatchMembershipResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_membership_v1_membership, 0);
