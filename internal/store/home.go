@@ -90,6 +90,7 @@ func (s *Store) decodeState(id SocketID, kvs []*mvccpb.KeyValue) (socketState, e
 	if st.exists {
 		st.rec.ID = id.String()
 		st.home = st.rec.Home(id)
+		st.rec.Gateway, st.rec.Lease = st.home.Gateway, st.home.Lease // as readers show it
 	}
 	return st, nil
 }

@@ -73,6 +73,8 @@ func (s *Store) decodeUserKey(key string) (user, socket string, ok bool) {
 // socketRecordOps are the writes that publish a socket: its record and, when
 // it has a user, its user index key, both on the socket's lease.
 func (s *Store) socketRecordOps(socket SocketID, rec SocketRecord) ([]clientv3.Op, error) {
+	// A new socket's home is its origin (home.go).
+	rec.Gateway, rec.Lease = socket.Gateway, socket.Lease
 	b, err := json.Marshal(rec)
 	if err != nil {
 		return nil, err
