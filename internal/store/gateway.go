@@ -218,16 +218,18 @@ func pbRangeKeys(prefix string) *etcdserverpb.RequestOp {
 		Key: []byte(prefix), RangeEnd: []byte(clientv3.GetPrefixRangeEnd(prefix)), KeysOnly: true}}}
 }
 
-// LeaseSockets visits, in key order, the sockets of gateway whose records
-// live on lease (a socket id names its lease), until visit returns false.
-// It reads 1,000 keys at a time, without values, all at one revision, which
-// it returns. Keys under the lease's prefix that are not socket ids are
+// LeaseSockets visits, in key order, the sockets of gateway whose ids name
+// lease and whose records still live on it, until visit returns false: a
+// socket moved to another gateway (move.go) is not the lease's any more,
+// and a gateway reconciling its records must not take it for its own. It
+// reads 1,000 records at a time, all at one revision, which it returns.
+// Keys under the lease's prefix that are not socket ids (move markers) are
 // skipped.
 func (s *Store) LeaseSockets(ctx context.Context, gateway string, lease clientv3.LeaseID, visit func(SocketID) bool) (int64, error) {
 	prefix := s.k.socket(SocketID{Gateway: gateway, Lease: lease}.String()) // "{gateway}.{lease}."
-	rev, err := s.scanKeys(ctx, prefix, prefix, 0, func(key string) bool {
-		sid, err := ParseSocketID(strings.TrimPrefix(key, s.k.socketsPrefix()))
-		if err != nil {
+	rev, err := s.scan(ctx, prefix, prefix, 0, false, func(kv *mvccpb.KeyValue) bool {
+		sid, err := ParseSocketID(strings.TrimPrefix(string(kv.Key), s.k.socketsPrefix()))
+		if err != nil || clientv3.LeaseID(kv.Lease) != lease {
 			return true
 		}
 		return visit(sid)

@@ -188,6 +188,13 @@ func TestMoveSocketThreeRooms(t *testing.T) {
 	}
 	wantTargets(t, ctx, x, []string{"late"}, "gwb")
 
+	// The old gateway no longer lists it among its lease's sockets.
+	if _, err := s.LeaseSockets(ctx, "gwa", a.Lease, func(sid store.SocketID) bool {
+		t.Errorf("gwa's lease lists %s, which moved to gwb", sid)
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
 	// The old gateway's lease ends: the socket lives on.
 	if _, err := e.Client.Revoke(ctx, a.Lease); err != nil {
 		t.Fatal(err)
