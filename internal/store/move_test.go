@@ -209,6 +209,23 @@ func TestMoveSocketThreeRooms(t *testing.T) {
 		t.Fatalf("keys left after removing the moved socket: %v", keys)
 	}
 	wantTargets(t, ctx, x, now)
+
+	// A Disconnect of a moved socket tells its new gateway, and waits for it.
+	c := newHome(t, e.Client, s, "gwc")
+	other := connectUser(t, s, "gwb", b.Lease, "")
+	if _, err := s.Join(ctx, []store.SocketID{other}, "x"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.MoveSocket(ctx, other, b, c); err != nil {
+		t.Fatal(err)
+	}
+	dr, err := s.Disconnect(ctx, []store.SocketID{other}, store.DisconnectNotice{Code: 4000})
+	if err != nil || dr.Disconnected != 1 || len(dr.Holders) != 1 || dr.Holders[0] != c {
+		t.Fatalf("Disconnect of a moved socket: %+v %v, want it held by %+v", dr, err, c)
+	}
+	if keys := socketKeys(t, e.Client, other); len(keys) != 1 || keys["gwm/gwc/!disconnect/"+other.String()] != c.Lease {
+		t.Fatalf("after Disconnect: keys %v, want only the notice to gwc on its lease", keys)
+	}
 }
 
 // moveSteps runs a move and returns the steps it committed.
