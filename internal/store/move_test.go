@@ -228,6 +228,22 @@ func TestMoveSocketThreeRooms(t *testing.T) {
 	}
 }
 
+// smallTxnStores starts etcd at the least --max-txn-ops accepted and n
+// stores (membership-servers) over it sized to match, so that a socket in
+// a few dozen rooms takes several transactions to move.
+func smallTxnStores(t *testing.T, n int) (*testutil.Etcd, []*store.Store) {
+	t.Helper()
+	e := testutil.StartEtcdWithLimits(t, 0, store.MinMaxTxnOps)
+	stores := make([]*store.Store, n)
+	for i := range stores {
+		stores[i] = store.New(e.Client, "/t/")
+		if err := stores[i].SetTxnLimits(store.TxnLimits{MaxTxnOps: store.MinMaxTxnOps}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return e, stores
+}
+
 // moveSteps runs a move and returns the steps it committed.
 func moveSteps(t *testing.T, s *store.Store, sock store.SocketID, from, to store.Home) []string {
 	t.Helper()
@@ -247,11 +263,8 @@ var errCrash = errors.New("crash after this step")
 // membership on exactly one lease, readers see all rooms, and the move can
 // then be completed or aborted.
 func TestMoveSocketCrashAfterEachStep(t *testing.T) {
-	e := testutil.StartEtcdWithLimits(t, 0, store.MinMaxTxnOps)
-	s := store.New(e.Client, "/t/")
-	if err := s.SetTxnLimits(store.TxnLimits{MaxTxnOps: store.MinMaxTxnOps}); err != nil {
-		t.Fatal(err)
-	}
+	e, stores := smallTxnStores(t, 1)
+	s := stores[0]
 	ctx := context.Background()
 	a, b := newHome(t, e.Client, s, "gwa"), newHome(t, e.Client, s, "gwb")
 	rooms := roomNames(30) // 61 keys: several transactions of at most 16 operations
@@ -331,11 +344,8 @@ func TestMoveSocketCrashAfterEachStep(t *testing.T) {
 // moved along: the socket is still whole on its origin, and Join and Leave
 // take the one-round-trip path there again.
 func TestMoveSocketDestinationDiesMidMove(t *testing.T) {
-	e := testutil.StartEtcdWithLimits(t, 0, store.MinMaxTxnOps)
-	s := store.New(e.Client, "/t/")
-	if err := s.SetTxnLimits(store.TxnLimits{MaxTxnOps: store.MinMaxTxnOps}); err != nil {
-		t.Fatal(err)
-	}
+	e, stores := smallTxnStores(t, 1)
+	s := stores[0]
 	ctx := context.Background()
 	a, b := newHome(t, e.Client, s, "gwa"), newHome(t, e.Client, s, "gwb")
 	sock := connectUser(t, s, "gwa", a.Lease, "fay")
@@ -378,14 +388,8 @@ func TestMoveSocketDestinationDiesMidMove(t *testing.T) {
 // between the steps of its move, are all in effect after it, at the new
 // gateway, each membership on one lease.
 func TestMoveSocketWithJoinLeaveBetweenSteps(t *testing.T) {
-	e := testutil.StartEtcdWithLimits(t, 0, store.MinMaxTxnOps)
-	limits := store.TxnLimits{MaxTxnOps: store.MinMaxTxnOps}
-	s, other := store.New(e.Client, "/t/"), store.New(e.Client, "/t/")
-	for _, st := range []*store.Store{s, other} {
-		if err := st.SetTxnLimits(limits); err != nil {
-			t.Fatal(err)
-		}
-	}
+	e, stores := smallTxnStores(t, 2)
+	s, other := stores[0], stores[1]
 	ctx := context.Background()
 	a, b := newHome(t, e.Client, s, "gwa"), newHome(t, e.Client, s, "gwb")
 	sock := connectUser(t, s, "gwa", a.Lease, "gil")
@@ -435,14 +439,8 @@ func TestMoveSocketWithJoinLeaveBetweenSteps(t *testing.T) {
 // change is in effect at the end, and every membership is at the socket's
 // final home.
 func TestMoveSocketUnderConcurrentJoinLeave(t *testing.T) {
-	e := testutil.StartEtcdWithLimits(t, 0, store.MinMaxTxnOps)
-	limits := store.TxnLimits{MaxTxnOps: store.MinMaxTxnOps}
-	mover, s1, s2 := store.New(e.Client, "/t/"), store.New(e.Client, "/t/"), store.New(e.Client, "/t/")
-	for _, st := range []*store.Store{mover, s1, s2} {
-		if err := st.SetTxnLimits(limits); err != nil {
-			t.Fatal(err)
-		}
-	}
+	e, stores := smallTxnStores(t, 3)
+	mover, s1, s2 := stores[0], stores[1], stores[2]
 	defer s1.StartBatching(4)()
 	defer s2.StartBatching(4)()
 	ctx := context.Background()
