@@ -384,6 +384,51 @@ func TestMoveSocketDestinationDiesMidMove(t *testing.T) {
 	}
 }
 
+// An origin gateway that dies mid-move takes the socket's record with it,
+// as any crashed gateway takes its sockets: completing or aborting the move
+// then answers that the socket is gone and leaves none of its keys.
+func TestMoveSocketOriginDiesMidMove(t *testing.T) {
+	e, stores := smallTxnStores(t, 1)
+	s := stores[0]
+	ctx := context.Background()
+	for _, finish := range []string{"complete", "abort"} {
+		a, b := newHome(t, e.Client, s, "gwa"), newHome(t, e.Client, s, "gwb")
+		sock := connectUser(t, s, "gwa", a.Lease, "kim")
+		if _, _, err := s.AddToRooms(ctx, []store.SocketID{sock}, roomNames(30)); err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		s.SetMoveHook(func(string) error {
+			if n++; n == 2 {
+				return errCrash
+			}
+			return nil
+		})
+		if err := s.MoveSocket(ctx, sock, a, b); !errors.Is(err, errCrash) {
+			t.Fatal(err)
+		}
+		s.SetMoveHook(nil)
+		if _, err := e.Client.Revoke(ctx, a.Lease); err != nil {
+			t.Fatal(err)
+		}
+		if keys := socketKeys(t, e.Client, sock); len(keys) == 0 {
+			t.Fatal("nothing left at gwb after one room step")
+		}
+		var err error
+		if finish == "complete" {
+			err = s.MoveSocket(ctx, sock, a, b)
+		} else {
+			err = s.AbortMove(ctx, sock)
+		}
+		if !errors.Is(err, store.ErrSocketNotFound) {
+			t.Fatalf("%s after the origin died: %v, want ErrSocketNotFound", finish, err)
+		}
+		if keys := socketKeys(t, e.Client, sock); len(keys) != 0 {
+			t.Fatalf("%s after the origin died left %v", finish, keys)
+		}
+	}
+}
+
 // Joins and Leaves of a socket from other membership-servers, committed
 // between the steps of its move, are all in effect after it, at the new
 // gateway, each membership on one lease.
