@@ -70,6 +70,13 @@ import (
 //
 // Gateways watch gwm/{gateway}/: the origin sees the moved memberships go,
 // the destination sees them come, both in the step 2 transaction.
+//
+// Removal. RemoveSockets and Disconnect remove a socket wherever it lives
+// now (its home, and both homes mid-move). So the origin gateway must stop
+// counting a socket it handed off among its own before the move begins: a
+// removal it makes afterwards would remove the moved socket. LeaseSockets
+// (a gateway's reconciliation of its records) lists only records still on
+// the lease, so it does not take a moved socket for a leaked record.
 
 // ErrMoveConflict reports a move that cannot start or go on: the socket is
 // not at the home it is said to move from, or another move of it (or an
