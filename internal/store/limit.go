@@ -183,50 +183,58 @@ func (s *Store) joinLimited(ctx context.Context, sockets []SocketID, room string
 				return ChangeResult{}, err
 			}
 		}
-		// One read-only transaction: each socket's state (home.go), room
-		// count at its origin and whether it is in room, at one revision;
-		// a socket living elsewhere has its rooms counted again there.
-		ops := make([]clientv3.Op, 0, 3*len(sockets))
-		for _, sock := range sockets {
-			id := sock.String()
-			ops = append(ops,
-				clientv3.OpGet(s.k.socket(id), clientv3.WithRange(s.k.socketRangeEnd(id))),
-				clientv3.OpGet(s.k.socketRoomsPrefix(sock.Gateway, sock), clientv3.WithPrefix(), clientv3.WithCountOnly()),
-				clientv3.OpGet(s.k.room(room, id), clientv3.WithCountOnly()))
-		}
-		read, err := readRetrying(ctx, func(ctx context.Context) (*clientv3.TxnResponse, error) {
-			return s.kv.Txn(ctx).Then(ops...).Commit()
-		})
-		if err != nil {
-			return ChangeResult{}, fmt.Errorf("read rooms per socket: %w", err)
-		}
-		rev := read.Header.Revision
+		// Read-only transactions of --max-txn-ops gets (one unless the
+		// limit is small): each socket's state (home.go), room count at its
+		// origin and whether it is in room, at one revision per
+		// transaction, which guards that socket's rooms; a socket living
+		// elsewhere has its rooms counted again there.
 		over := &RoomLimitError{Limit: s.maxRooms}
 		nf := &SocketsNotFoundError{}
 		states := make([]socketState, len(sockets))
 		var guards []*etcdserverpb.Compare
-		for i, sock := range sockets {
-			if states[i], err = s.decodeState(sock, read.Responses[3*i].GetResponseRange().Kvs); err != nil {
-				return ChangeResult{}, err
+		per := max(1, s.budget.maxOps/3)
+		for start := 0; start < len(sockets); start += per {
+			chunk := sockets[start:min(start+per, len(sockets))]
+			ops := make([]clientv3.Op, 0, 3*len(chunk))
+			for _, sock := range chunk {
+				id := sock.String()
+				ops = append(ops,
+					clientv3.OpGet(s.k.socket(id), clientv3.WithRange(s.k.socketRangeEnd(id))),
+					clientv3.OpGet(s.k.socketRoomsPrefix(sock.Gateway, sock), clientv3.WithPrefix(), clientv3.WithCountOnly()),
+					clientv3.OpGet(s.k.room(room, id), clientv3.WithCountOnly()))
 			}
-			if !states[i].exists {
-				// A socket that is gone is NOT_FOUND, as for any Join, even
-				// while its memberships are still being removed.
-				nf.IDs = append(nf.IDs, sock.String())
-				continue
+			read, err := readRetrying(ctx, func(ctx context.Context) (*clientv3.TxnResponse, error) {
+				return s.kv.Txn(ctx).Then(ops...).Commit()
+			})
+			if err != nil {
+				return ChangeResult{}, fmt.Errorf("read rooms per socket: %w", err)
 			}
-			rooms := read.Responses[3*i+1].GetResponseRange().Count
-			if prefixes := s.roomPrefixes(sock, states[i]); len(prefixes) > 1 || prefixes[0] != s.k.socketRoomsPrefix(sock.Gateway, sock) {
-				if rooms, err = s.countRooms(ctx, prefixes, rev); err != nil {
+			rev := read.Header.Revision
+			for j, sock := range chunk {
+				i := start + j
+				if states[i], err = s.decodeState(sock, read.Responses[3*j].GetResponseRange().Kvs); err != nil {
 					return ChangeResult{}, err
 				}
-			}
-			member := read.Responses[3*i+2].GetResponseRange().Count > 0
-			if !member && rooms >= int64(s.maxRooms) {
-				over.IDs = append(over.IDs, sock.String())
-			}
-			for _, prefix := range s.roomPrefixes(sock, states[i]) {
-				guards = append(guards, roomsUnchangedSince(prefix, rev))
+				if !states[i].exists {
+					// A socket that is gone is NOT_FOUND, as for any Join,
+					// even while its memberships are still being removed.
+					nf.IDs = append(nf.IDs, sock.String())
+					continue
+				}
+				rooms := read.Responses[3*j+1].GetResponseRange().Count
+				prefixes := s.roomPrefixes(sock, states[i])
+				if len(prefixes) > 1 || prefixes[0] != s.k.socketRoomsPrefix(sock.Gateway, sock) {
+					if rooms, err = s.countRooms(ctx, prefixes, rev); err != nil {
+						return ChangeResult{}, err
+					}
+				}
+				member := read.Responses[3*j+2].GetResponseRange().Count > 0
+				if !member && rooms >= int64(s.maxRooms) {
+					over.IDs = append(over.IDs, sock.String())
+				}
+				for _, prefix := range prefixes {
+					guards = append(guards, roomsUnchangedSince(prefix, rev))
+				}
 			}
 		}
 		if len(nf.IDs) > 0 {
