@@ -52,7 +52,7 @@ func (s *Server) changeUser(ctx context.Context, user, room string, wait members
 	res, err := s.store.ChangeUser(etcdCtx(ctx), user, room, join, perTxn)
 	err = tooLarge("room", err)
 	if err == nil && wait == membershipv1.WaitFor_WAIT_FOR_APPLY && len(res.Sockets) > 0 {
-		err = s.waitApplied(ctx, res.Sockets, res.Revision)
+		err = s.waitApplied(ctx, res.Homes, res.Revision)
 	}
 	return res, err
 }
