@@ -75,8 +75,42 @@ func encode(f frame) []byte {
 	return b
 }
 
-func connectedFrame(socketID, user string) []byte {
-	return encode(frame{Type: frameConnected, SocketID: socketID, User: user})
+// connected is the connected frame: frame's fields that only it has.
+type connected struct {
+	Type        string    `json:"type"`
+	SocketID    string    `json:"socket_id"`
+	User        string    `json:"user,omitempty"`
+	Resumed     *bool     `json:"resumed,omitempty"`
+	Rooms       *[]string `json:"rooms,omitempty"`
+	ResumeToken string    `json:"resume_token,omitempty"`
+	ResumeError string    `json:"resume_error,omitempty"`
+}
+
+func encodeConnected(f connected) []byte {
+	f.Type = frameConnected
+	b, err := json.Marshal(f)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// connectedFrame is a new socket's first frame: token is its resume token
+// ("" when sockets are not resumable); triedResume says the client asked to
+// resume, which failed with resumeErr.
+func connectedFrame(socketID, user, token string, triedResume bool, resumeErr string) []byte {
+	f := connected{SocketID: socketID, User: user, ResumeToken: token, ResumeError: resumeErr}
+	if triedResume {
+		f.Resumed = new(bool)
+	}
+	return encodeConnected(f)
+}
+
+// resumedFrame is a resumed socket's first frame, with its rooms now and its
+// new resume token.
+func resumedFrame(socketID, user string, rooms []string, token string) []byte {
+	yes := true
+	return encodeConnected(connected{SocketID: socketID, User: user, Resumed: &yes, Rooms: &rooms, ResumeToken: token})
 }
 
 // controlFrame is a joined or left frame.

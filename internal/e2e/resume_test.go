@@ -1,0 +1,369 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	membershipv1 "github.com/socketrooms/membership/gen/membership/v1"
+	"github.com/socketrooms/membership/internal/gateway"
+	"github.com/socketrooms/membership/internal/stacktest"
+	"github.com/socketrooms/membership/internal/testutil"
+	"github.com/socketrooms/membership/internal/wsauth"
+)
+
+// Connection state recovery on one gateway (internal/gateway/resume.go):
+// real sockets, a real gateway and membership-server, real etcd.
+
+func startResumeGateway(t *testing.T, e *testutil.Etcd, cfg gateway.Config) *stacktest.Gateway {
+	t.Helper()
+	if cfg.ID == "" {
+		cfg.ID = "gw1"
+	}
+	if cfg.LeaseTTL == 0 {
+		cfg.LeaseTTL = 10 * time.Second
+	}
+	return stacktest.StartGatewayVia(t, e.Endpoint, cfg)
+}
+
+// resumeURL is the URL that resumes s after its last received seq.
+func resumeURL(g *stacktest.Gateway, token string, lastSeq uint64) string {
+	return g.WSURL + "?resume_token=" + url.QueryEscape(token) + "&last_seq=" + strconv.FormatUint(lastSeq, 10)
+}
+
+// cut closes the client's TCP connection without a close frame.
+func cut(s *sock) { s.Conn.UnderlyingConn().Close() }
+
+// drain returns the frames s received before its connection ended.
+func drain(t *testing.T, s *sock) []stacktest.Frame {
+	t.Helper()
+	var out []stacktest.Frame
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case f, ok := <-s.Frames:
+			if !ok {
+				return out
+			}
+			out = append(out, f)
+		case <-timeout:
+			t.Fatal("the cut connection's reader did not end")
+		}
+	}
+}
+
+func bcast(t *testing.T, api membershipv1.MembershipServiceClient, room, data string) {
+	t.Helper()
+	if _, err := api.Broadcast(context.Background(), &membershipv1.BroadcastRequest{Rooms: []string{room}, Event: "e", Data: text(data)}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func joinRoom(t *testing.T, api membershipv1.MembershipServiceClient, id, room string) {
+	t.Helper()
+	if _, err := api.Join(context.Background(), &membershipv1.JoinRequest{SocketId: id, Room: room}); err != nil {
+		t.Fatalf("join %s to %s: %v", id, room, err)
+	}
+}
+
+// expectMessage reads the next frame and checks it is message data with seq.
+func expectMessage(t *testing.T, s *sock, data string, seq uint64) {
+	t.Helper()
+	f := s.Next(5 * time.Second)
+	if f.Type != "message" || !strings.Contains(string(f.Data), `"`+data+`"`) || f.Seq != seq {
+		t.Fatalf("got %+v (data %s), want message %q with seq %d", f, f.Data, data, seq)
+	}
+}
+
+func wantResumed(t *testing.T, s *sock, id string, rooms ...string) {
+	t.Helper()
+	c := s.Connected
+	if c.Resumed == nil || !*c.Resumed || c.SocketID != id || c.ResumeToken == "" || c.ResumeError != "" {
+		t.Fatalf("connected frame %+v, want socket %s resumed with a new token", c, id)
+	}
+	if fmt.Sprint(c.Rooms) != fmt.Sprint(rooms) {
+		t.Fatalf("resumed rooms %v, want %v", c.Rooms, rooms)
+	}
+}
+
+func wantNotResumed(t *testing.T, s *sock, old, resumeErr string) {
+	t.Helper()
+	c := s.Connected
+	if c.Resumed == nil || *c.Resumed || c.ResumeError != resumeErr || c.SocketID == old || c.ResumeToken == "" {
+		t.Fatalf("connected frame %+v, want a new socket with resumed false and resume_error %s", c, resumeErr)
+	}
+}
+
+// The TCP connection is cut (no close frame) while 20 Broadcasts are sent:
+// the socket resumes with last_seq and gets exactly the 20 messages, in
+// order, each once (those that reached the old connection before the cut
+// and the rest replayed), then live ones. Meanwhile GetSocket and
+// ListMembers show it detached, and the membership stream says nothing.
+func TestResumeReplaysMessagesMissedAcrossACut(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	api := startMembershipServer(t, e)
+	g := startResumeGateway(t, e, gateway.Config{ResumeWindow: time.Minute})
+	ctx := context.Background()
+
+	s := dial(t, g.WSURL)
+	token := s.Connected.ResumeToken
+	if token == "" || s.Connected.Resumed != nil {
+		t.Fatalf("connected frame %+v, want a resume_token and no resumed", s.Connected)
+	}
+	joinRoom(t, api, s.ID, "r")
+	s.Expect("joined", "r")
+	bcast(t, api, "r", "warm")
+	expectMessage(t, s, "warm", 1)
+
+	stream, err := api.WatchMembership(ctx, &membershipv1.WatchMembershipRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := range 20 {
+			if i == 5 {
+				cut(s)
+			}
+			bcast(t, api, "r", fmt.Sprint("m", i))
+		}
+	}()
+	got := drain(t, s)
+	wg.Wait()
+	last := uint64(1)
+	for _, f := range got {
+		if f.Type == "message" {
+			last = f.Seq
+		}
+	}
+
+	waitFor(t, 10*time.Second, "GetSocket to show the socket detached", func() bool {
+		resp, err := api.GetSocket(ctx, &membershipv1.GetSocketRequest{SocketId: s.ID})
+		return err == nil && resp.Socket.GetDetachedSince() != nil
+	})
+	ml, err := api.ListMembers(ctx, &membershipv1.ListMembersRequest{Room: "r"})
+	if err != nil || len(ml.Members) != 1 || ml.Members[0].GetDetachedSince() == nil {
+		t.Fatalf("ListMembers = %v, %v; want the one socket, detached", ml, err)
+	}
+
+	r := dial(t, resumeURL(g, token, last))
+	wantResumed(t, r, s.ID, "r")
+	for seq := last + 1; seq <= 21; seq++ {
+		expectMessage(t, r, fmt.Sprint("m", seq-2), seq)
+	}
+	bcast(t, api, "r", "live")
+	expectMessage(t, r, "live", 22)
+	r.ExpectNothing(200 * time.Millisecond)
+	waitFor(t, 10*time.Second, "GetSocket to show the socket attached", func() bool {
+		resp, err := api.GetSocket(ctx, &membershipv1.GetSocketRequest{SocketId: s.ID})
+		return err == nil && resp.Socket.GetDetachedSince() == nil
+	})
+
+	// Detaching and resuming emitted nothing: the first event the stream
+	// has for the socket is the join that follows.
+	joinRoom(t, api, s.ID, "r2")
+	r.Expect("joined", "r2")
+	for {
+		m, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ev := range m.GetEvents().GetEvents() {
+			if ev.GetSocketId() != s.ID {
+				continue
+			}
+			if ev.GetType() != membershipv1.EventType_EVENT_TYPE_JOINED || ev.GetRoom() != "r2" {
+				t.Fatalf("membership stream event %v for the socket, want nothing before its join to r2", ev)
+			}
+			return
+		}
+	}
+}
+
+// Join and Leave of a detached socket succeed and apply to its rooms: the
+// resumed connected frame lists its rooms as they are, and Broadcasts to the
+// room it joined while detached were kept for it.
+func TestResumeAppliesJoinAndLeaveWhileDetached(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	api := startMembershipServer(t, e)
+	g := startResumeGateway(t, e, gateway.Config{ResumeWindow: time.Minute})
+	ctx := context.Background()
+
+	s := dial(t, g.WSURL)
+	joinRoom(t, api, s.ID, "a")
+	s.Expect("joined", "a")
+	cut(s)
+	drain(t, s)
+	waitFor(t, 10*time.Second, "the socket detached", func() bool {
+		resp, err := api.GetSocket(ctx, &membershipv1.GetSocketRequest{SocketId: s.ID})
+		return err == nil && resp.Socket.GetDetachedSince() != nil
+	})
+	joinRoom(t, api, s.ID, "b")
+	if _, err := api.Leave(ctx, &membershipv1.LeaveRequest{SocketId: s.ID, Room: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	bcast(t, api, "a", "to-a") // left: not for it
+	bcast(t, api, "b", "to-b")
+
+	r := dial(t, resumeURL(g, s.Connected.ResumeToken, 0))
+	wantResumed(t, r, s.ID, "b")
+	expectMessage(t, r, "to-b", 1)
+	bcast(t, api, "b", "live")
+	expectMessage(t, r, "live", 2)
+	resp, err := api.GetSocket(ctx, &membershipv1.GetSocketRequest{SocketId: s.ID})
+	if err != nil || fmt.Sprint(resp.Socket.Rooms) != "[b]" {
+		t.Fatalf("GetSocket = %v, %v; want rooms [b]", resp, err)
+	}
+}
+
+// A socket not resumed within the window ends as a closed one: its keys go,
+// and a late resume gets EXPIRED and a new socket.
+func TestResumeWindowExpires(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	api := startMembershipServer(t, e)
+	g := startResumeGateway(t, e, gateway.Config{ResumeWindow: 500 * time.Millisecond})
+	ctx := context.Background()
+
+	s := dial(t, g.WSURL)
+	joinRoom(t, api, s.ID, "r")
+	s.Expect("joined", "r")
+	cut(s)
+	drain(t, s)
+	waitFor(t, 10*time.Second, "the socket's keys to go", func() bool {
+		_, err := api.GetSocket(ctx, &membershipv1.GetSocketRequest{SocketId: s.ID})
+		return err != nil && len(members(t, api, "r")) == 0
+	})
+	_, err := api.GetSocket(ctx, &membershipv1.GetSocketRequest{SocketId: s.ID})
+	wantStatus(t, err, codes.NotFound, "SOCKET_NOT_FOUND", "")
+	r := dial(t, resumeURL(g, s.Connected.ResumeToken, 0))
+	wantNotResumed(t, r, s.ID, "EXPIRED")
+}
+
+// A detached socket whose missed messages pass --resume-buffer-bytes ends
+// at once, its keys gone: a resume gets TOO_FAR_BEHIND.
+func TestResumeBufferOverflow(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	api := startMembershipServer(t, e)
+	g := startResumeGateway(t, e, gateway.Config{ResumeWindow: time.Minute, ResumeBufferBytes: 1000})
+	ctx := context.Background()
+
+	s := dial(t, g.WSURL)
+	joinRoom(t, api, s.ID, "r")
+	s.Expect("joined", "r")
+	cut(s)
+	drain(t, s)
+	waitFor(t, 10*time.Second, "the socket detached", func() bool {
+		resp, err := api.GetSocket(ctx, &membershipv1.GetSocketRequest{SocketId: s.ID})
+		return err == nil && resp.Socket.GetDetachedSince() != nil
+	})
+	for i := range 20 {
+		bcast(t, api, "r", fmt.Sprint(strings.Repeat("x", 100), i)) // ~150 bytes a frame
+	}
+	waitFor(t, 10*time.Second, "the socket's keys to go", func() bool {
+		return len(members(t, api, "r")) == 0
+	})
+	r := dial(t, resumeURL(g, s.Connected.ResumeToken, 0))
+	wantNotResumed(t, r, s.ID, "TOO_FAR_BEHIND")
+}
+
+// Tokens that are forged, already used, or presented by another user
+// resume nothing: UNKNOWN, and a new socket. The socket they named is left
+// as it was, and its own token still resumes it.
+func TestResumeRefusesForgedReusedAndCrossUserTokens(t *testing.T) {
+	key, keyFile := jwtKey(t)
+	v, err := wsauth.Load("", keyFile, "", "chat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := testutil.StartEtcd(t)
+	api := startMembershipServer(t, e)
+	g := startResumeGateway(t, e, gateway.Config{ResumeWindow: time.Minute, Authenticate: v.Authenticate})
+	as := func(user string) http.Header {
+		return http.Header{"Authorization": {"Bearer " + signToken(t, key, user, time.Now().Add(time.Hour))}}
+	}
+	dialAs := func(user, u string) *sock { return stacktest.DialWith(t, u, as(user)) }
+
+	s := dialAs("alice", g.WSURL)
+	joinRoom(t, api, s.ID, "r")
+	s.Expect("joined", "r")
+	token := s.Connected.ResumeToken
+	cut(s)
+	drain(t, s)
+
+	// Forged: the right shape and socket id, another secret; or garbage.
+	parts := strings.SplitN(token, ".", 5)
+	forged := strings.Join([]string{parts[0], parts[1], parts[2], strings.Repeat("A", len(parts[3])), parts[4]}, ".")
+	for name, tok := range map[string]string{"forged secret": forged, "garbage": "r1.nope", "other gateway": strings.Replace(token, ".gw1.", ".gw9.", 1)} {
+		f := dialAs("alice", resumeURL(g, tok, 0))
+		if f.Connected.ResumeError != "UNKNOWN" {
+			t.Errorf("%s: connected frame %+v, want resume_error UNKNOWN", name, f.Connected)
+		}
+	}
+	// Another user's connection with alice's token.
+	b := dialAs("bob", resumeURL(g, token, 0))
+	wantNotResumed(t, b, s.ID, "UNKNOWN")
+
+	// Alice resumes once; the token is then spent.
+	r := dialAs("alice", resumeURL(g, token, 0))
+	wantResumed(t, r, s.ID, "r")
+	again := dialAs("alice", resumeURL(g, token, 0))
+	wantNotResumed(t, again, s.ID, "UNKNOWN")
+	// The resumed socket was not disturbed: it still gets its messages.
+	r.ExpectNothing(100 * time.Millisecond)
+	bcast(t, api, "r", "still")
+	expectMessage(t, r, "still", 1)
+}
+
+// A client's close frame ends its socket at once, resume window or not.
+func TestResumeNotAfterClientClose(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	api := startMembershipServer(t, e)
+	g := startResumeGateway(t, e, gateway.Config{ResumeWindow: time.Minute})
+	s := dial(t, g.WSURL)
+	joinRoom(t, api, s.ID, "r")
+	s.Expect("joined", "r")
+	s.Send(`{"type":"request"}`) // something read before the close
+	if err := s.Conn.WriteControl(8, []byte{0x03, 0xe8}, time.Now().Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the socket's keys to go", func() bool { return len(members(t, api, "r")) == 0 })
+	r := dial(t, resumeURL(g, s.Connected.ResumeToken, 0))
+	wantNotResumed(t, r, s.ID, "UNKNOWN")
+}
+
+// With --resume-window 0 (Config.ResumeWindow zero) nothing changes: no
+// resume_token, no seq, a cut connection ends its socket at once, and resume
+// parameters are ignored.
+func TestResumeWindowZeroIsOff(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	api := startMembershipServer(t, e)
+	g := startResumeGateway(t, e, gateway.Config{})
+	s := dial(t, g.WSURL)
+	if s.Connected.ResumeToken != "" || s.Connected.Resumed != nil {
+		t.Fatalf("connected frame %+v, want no resume fields", s.Connected)
+	}
+	joinRoom(t, api, s.ID, "r")
+	s.Expect("joined", "r")
+	bcast(t, api, "r", "x")
+	if f := s.Next(5 * time.Second); f.Type != "message" || f.Seq != 0 {
+		t.Fatalf("got %+v, want a message without seq", f)
+	}
+	cut(s)
+	drain(t, s)
+	waitFor(t, 10*time.Second, "the socket's keys to go", func() bool { return len(members(t, api, "r")) == 0 })
+	r := dial(t, g.WSURL+"?resume_token=r1.gw1.x.y.z&last_seq=1")
+	if r.Connected.Resumed != nil || r.Connected.ResumeError != "" || r.Connected.ResumeToken != "" {
+		t.Fatalf("connected frame %+v, want today's", r.Connected)
+	}
+}
