@@ -14,7 +14,9 @@
 //     revision, asking etcd for watch progress so an idle prefix does not
 //     stall them.
 //   - the current session (Gateway.sess): the leases and their proof of life.
-//   - per socket, its send queue (writer.go).
+//   - per socket, its send queue (writer.go), and with a resume window its
+//     resumable (resume.go): resume token, seq and the log of its messages,
+//     which outlives a failed connection for the window.
 //
 // # Goroutines and their owners
 //
@@ -72,6 +74,7 @@
 //	config.go     Config and its defaults
 //	gateway.go    Gateway, New, the HTTP mux, Run and the session loop
 //	removals.go   closed sockets' keys: the pending set, the janitor, reconcile
+//	resume.go     connection state recovery: detached sockets, seq, resume tokens
 //	lease.go      sessions: leases, their renewal and fencing, the pinger, ending a session
 //	socket.go     the upgrade and a socket's life: registration, the read loop
 //	socketio.go   Socket.IO and Sails clients at /socket.io/: the mapping, sessions as hub members

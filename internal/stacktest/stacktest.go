@@ -224,6 +224,21 @@ func DialWith(t testing.TB, url string, header http.Header) *Sock {
 	return s
 }
 
+// Close closes the socket on purpose, as a client does: a close frame
+// (1000), an answer awaited for up to two seconds, then the connection. A
+// gateway ends such a socket at once, resume window or not; closing the
+// connection alone is a connection that failed.
+func (s *Sock) Close() {
+	s.t.Helper()
+	_ = s.Conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
+	select {
+	case ce := <-s.Closed:
+		s.Closed <- ce
+	case <-time.After(2 * time.Second):
+	}
+	s.Conn.Close()
+}
+
 // Send writes a text frame.
 func (s *Sock) Send(frame string) {
 	s.t.Helper()
