@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -157,8 +159,20 @@ func TestResumeReplaysMessagesMissedAcrossACut(t *testing.T) {
 		t.Fatalf("ListMembers = %v, %v; want the one socket, detached", ml, err)
 	}
 
+	if n := metric(t, g, "gateway_detached_sockets"); n != 1 {
+		t.Errorf("gateway_detached_sockets %v while detached, want 1", n)
+	}
+	if n := metric(t, g, "gateway_resume_buffered_bytes"); n <= 0 {
+		t.Errorf("gateway_resume_buffered_bytes %v while detached, want > 0", n)
+	}
 	r := dial(t, resumeURL(g, token, last))
 	wantResumed(t, r, s.ID, "r")
+	if n := metric(t, g, `gateway_resumes_total{outcome="resumed"}`); n != 1 {
+		t.Errorf(`gateway_resumes_total{outcome="resumed"} %v, want 1`, n)
+	}
+	if n := metric(t, g, "gateway_detached_sockets"); n != 0 {
+		t.Errorf("gateway_detached_sockets %v after the resume, want 0", n)
+	}
 	for seq := last + 1; seq <= 21; seq++ {
 		expectMessage(t, r, fmt.Sprint("m", seq-2), seq)
 	}
@@ -366,4 +380,119 @@ func TestResumeWindowZeroIsOff(t *testing.T) {
 	if r.Connected.Resumed != nil || r.Connected.ResumeError != "" || r.Connected.ResumeToken != "" {
 		t.Fatalf("connected frame %+v, want today's", r.Connected)
 	}
+}
+
+// A client that resumes before the gateway saw its old connection fail takes
+// the socket over: the old connection is closed with 1000, the new one gets
+// the socket and its messages.
+func TestResumeTakesOverAConnectionStillUp(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	api := startMembershipServer(t, e)
+	g := startResumeGateway(t, e, gateway.Config{ResumeWindow: time.Minute})
+	s := dial(t, g.WSURL)
+	joinRoom(t, api, s.ID, "r")
+	s.Expect("joined", "r")
+	bcast(t, api, "r", "one")
+	expectMessage(t, s, "one", 1)
+
+	r := dial(t, resumeURL(g, s.Connected.ResumeToken, 0))
+	wantResumed(t, r, s.ID, "r")
+	expectMessage(t, r, "one", 1) // last_seq 0: replayed
+	select {
+	case ce := <-s.Closed:
+		if ce == nil || ce.Code != 1000 {
+			t.Fatalf("old connection closed with %v, want 1000", ce)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the old connection was not closed")
+	}
+	bcast(t, api, "r", "two")
+	expectMessage(t, r, "two", 2)
+	if got := members(t, api, "r"); len(got) != 1 || got[0] != s.ID {
+		t.Fatalf("members %v, want just %s", got, s.ID)
+	}
+}
+
+// Socket.IO sessions are not resumable: with a resume window, one whose
+// connection is cut is removed at once, as without.
+func TestResumeWindowLeavesSocketIOAlone(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	api := startMembershipServer(t, e)
+	g := startResumeGateway(t, e, gateway.Config{ResumeWindow: time.Minute})
+	sio, _ := dialSIO(t, g, "4")
+	sio.write(1, "40")
+	connect := sio.read()
+	var hs struct{ Sid string }
+	if !strings.HasPrefix(connect, "40") || json.Unmarshal([]byte(connect[2:]), &hs) != nil || hs.Sid == "" {
+		t.Fatalf("CONNECT answer %q", connect)
+	}
+	joinRoom(t, api, hs.Sid, "r")
+	sio.conn.UnderlyingConn().Close()
+	waitFor(t, 10*time.Second, "the Socket.IO socket's keys to go", func() bool { return len(members(t, api, "r")) == 0 })
+	if _, err := api.GetSocket(context.Background(), &membershipv1.GetSocketRequest{SocketId: hs.Sid}); err == nil {
+		t.Fatal("GetSocket still finds the Socket.IO socket")
+	}
+}
+
+// metric reads one sample of the gateway's /metrics: the line that starts
+// with name (labels included); -1 when absent.
+func metric(t *testing.T, g *stacktest.Gateway, name string) float64 {
+	t.Helper()
+	resp, err := http.Get(strings.Replace(strings.Replace(g.WSURL, "ws://", "http://", 1), "/ws", "/metrics", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f
+		}
+	}
+	return -1
+}
+
+// The API's Disconnect of a detached socket ends it: its keys go, the hub
+// forgets it, and its token resumes nothing (UNKNOWN). A socket that
+// detaches, resumes and detaches again keeps a whole window the second time.
+func TestResumeDisconnectedWhileDetached(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	api := startMembershipServer(t, e)
+	g := startResumeGateway(t, e, gateway.Config{ResumeWindow: 2 * time.Second})
+	ctx := context.Background()
+	detached := func(id string) bool {
+		resp, err := api.GetSocket(ctx, &membershipv1.GetSocketRequest{SocketId: id})
+		return err == nil && resp.Socket.GetDetachedSince() != nil
+	}
+
+	s := dial(t, g.WSURL)
+	joinRoom(t, api, s.ID, "r")
+	s.Expect("joined", "r")
+	cut(s)
+	drain(t, s)
+	waitFor(t, 10*time.Second, "the socket detached", func() bool { return detached(s.ID) })
+	if _, err := api.Disconnect(ctx, &membershipv1.DisconnectRequest{SocketIds: []string{s.ID}, Code: 4000, Reason: "bye"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the socket's keys to go", func() bool { return len(members(t, api, "r")) == 0 })
+	waitFor(t, 10*time.Second, "the hub to forget the socket", func() bool { return g.G.Sockets() == 0 })
+	r := dial(t, resumeURL(g, s.Connected.ResumeToken, 0))
+	wantNotResumed(t, r, s.ID, "UNKNOWN")
+
+	// Detach, resume, detach again: the second detach has a whole window.
+	a := dial(t, g.WSURL)
+	joinRoom(t, api, a.ID, "q")
+	a.Expect("joined", "q")
+	cut(a)
+	drain(t, a)
+	waitFor(t, 10*time.Second, "the socket detached", func() bool { return detached(a.ID) })
+	time.Sleep(time.Second)
+	b := dial(t, resumeURL(g, a.Connected.ResumeToken, 0))
+	wantResumed(t, b, a.ID, "q")
+	cut(b)
+	drain(t, b)
+	time.Sleep(1500 * time.Millisecond) // past the first window, within the second
+	c := dial(t, resumeURL(g, b.Connected.ResumeToken, 0))
+	wantResumed(t, c, a.ID, "q")
 }

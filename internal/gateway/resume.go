@@ -104,6 +104,7 @@ type resumable struct {
 	detachSeq uint64
 	since     time.Time   // when it detached
 	timer     *time.Timer // the window, while detached
+	detaches  int         // how many times it detached: names the timer's window
 	ended     string      // why it ended; "" while resumable
 	syncing   bool        // a goroutine writes the record's detached_since
 	dirty     bool        // the record must be written again
@@ -331,15 +332,19 @@ func (g *Gateway) release(c *client, failed bool) bool {
 	r.detachSeq = r.seq
 	r.since = time.Now().UTC()
 	g.resumes.detached.Add(1)
-	r.timer = time.AfterFunc(g.cfg.ResumeWindow, func() { g.expire(r) })
+	r.detaches++
+	n := r.detaches
+	r.timer = time.AfterFunc(g.cfg.ResumeWindow, func() { g.expire(r, n) })
 	g.syncRecordLocked(r)
 	return true
 }
 
-// expire ends a socket still detached when its window passes.
-func (g *Gateway) expire(r *resumable) {
+// expire ends a socket still detached when the window of its detach number
+// n passes. (A timer stopped by a resume may already be running: n tells it
+// from the timer of a later detach.)
+func (g *Gateway) expire(r *resumable, n int) {
 	r.mu.Lock()
-	if r.ended != "" || r.conn != nil {
+	if r.ended != "" || r.conn != nil || r.detaches != n {
 		r.mu.Unlock()
 		return
 	}
