@@ -36,6 +36,14 @@ func startResumeGateway(t *testing.T, e *testutil.Etcd, cfg gateway.Config) *sta
 	return stacktest.StartGatewayVia(t, e.Endpoint, cfg)
 }
 
+// resumeStack starts etcd, a membership-server and a gateway configured by
+// cfg (its id gw1 by default).
+func resumeStack(t *testing.T, cfg gateway.Config) (membershipv1.MembershipServiceClient, *stacktest.Gateway) {
+	t.Helper()
+	e := testutil.StartEtcd(t)
+	return startMembershipServer(t, e), startResumeGateway(t, e, cfg)
+}
+
 // resumeURL is the URL that resumes s after its last received seq.
 func resumeURL(g *stacktest.Gateway, token string, lastSeq uint64) string {
 	return g.WSURL + "?resume_token=" + url.QueryEscape(token) + "&last_seq=" + strconv.FormatUint(lastSeq, 10)
@@ -76,6 +84,25 @@ func joinRoom(t *testing.T, api membershipv1.MembershipServiceClient, id, room s
 	}
 }
 
+// isDetached reports whether GetSocket shows socket id detached.
+func isDetached(api membershipv1.MembershipServiceClient, id string) bool {
+	resp, err := api.GetSocket(context.Background(), &membershipv1.GetSocketRequest{SocketId: id})
+	return err == nil && resp.Socket.GetDetachedSince() != nil
+}
+
+// detachedSocket dials g, joins the socket to room, cuts its connection and
+// waits until GetSocket shows it detached.
+func detachedSocket(t *testing.T, api membershipv1.MembershipServiceClient, g *stacktest.Gateway, room string) *sock {
+	t.Helper()
+	s := dial(t, g.WSURL)
+	joinRoom(t, api, s.ID, room)
+	s.Expect("joined", room)
+	cut(s)
+	drain(t, s)
+	waitFor(t, 10*time.Second, "the socket detached", func() bool { return isDetached(api, s.ID) })
+	return s
+}
+
 // expectMessage reads the next frame and checks it is message data with seq.
 func expectMessage(t *testing.T, s *sock, data string, seq uint64) {
 	t.Helper()
@@ -110,9 +137,7 @@ func wantNotResumed(t *testing.T, s *sock, old, resumeErr string) {
 // and the rest replayed), then live ones. Meanwhile GetSocket and
 // ListMembers show it detached, and the membership stream says nothing.
 func TestResumeReplaysMessagesMissedAcrossACut(t *testing.T) {
-	e := testutil.StartEtcd(t)
-	api := startMembershipServer(t, e)
-	g := startResumeGateway(t, e, gateway.Config{ResumeWindow: time.Minute})
+	api, g := resumeStack(t, gateway.Config{ResumeWindow: time.Minute})
 	ctx := context.Background()
 
 	s := dial(t, g.WSURL)
@@ -150,10 +175,7 @@ func TestResumeReplaysMessagesMissedAcrossACut(t *testing.T) {
 		}
 	}
 
-	waitFor(t, 10*time.Second, "GetSocket to show the socket detached", func() bool {
-		resp, err := api.GetSocket(ctx, &membershipv1.GetSocketRequest{SocketId: s.ID})
-		return err == nil && resp.Socket.GetDetachedSince() != nil
-	})
+	waitFor(t, 10*time.Second, "GetSocket to show the socket detached", func() bool { return isDetached(api, s.ID) })
 	ml, err := api.ListMembers(ctx, &membershipv1.ListMembersRequest{Room: "r"})
 	if err != nil || len(ml.Members) != 1 || ml.Members[0].GetDetachedSince() == nil {
 		t.Fatalf("ListMembers = %v, %v; want the one socket, detached", ml, err)
@@ -209,20 +231,10 @@ func TestResumeReplaysMessagesMissedAcrossACut(t *testing.T) {
 // resumed connected frame lists its rooms as they are, and Broadcasts to the
 // room it joined while detached were kept for it.
 func TestResumeAppliesJoinAndLeaveWhileDetached(t *testing.T) {
-	e := testutil.StartEtcd(t)
-	api := startMembershipServer(t, e)
-	g := startResumeGateway(t, e, gateway.Config{ResumeWindow: time.Minute})
+	api, g := resumeStack(t, gateway.Config{ResumeWindow: time.Minute})
 	ctx := context.Background()
 
-	s := dial(t, g.WSURL)
-	joinRoom(t, api, s.ID, "a")
-	s.Expect("joined", "a")
-	cut(s)
-	drain(t, s)
-	waitFor(t, 10*time.Second, "the socket detached", func() bool {
-		resp, err := api.GetSocket(ctx, &membershipv1.GetSocketRequest{SocketId: s.ID})
-		return err == nil && resp.Socket.GetDetachedSince() != nil
-	})
+	s := detachedSocket(t, api, g, "a")
 	joinRoom(t, api, s.ID, "b")
 	if _, err := api.Leave(ctx, &membershipv1.LeaveRequest{SocketId: s.ID, Room: "a"}); err != nil {
 		t.Fatal(err)
@@ -244,9 +256,7 @@ func TestResumeAppliesJoinAndLeaveWhileDetached(t *testing.T) {
 // A socket not resumed within the window ends as a closed one: its keys go,
 // and a late resume gets EXPIRED and a new socket.
 func TestResumeWindowExpires(t *testing.T) {
-	e := testutil.StartEtcd(t)
-	api := startMembershipServer(t, e)
-	g := startResumeGateway(t, e, gateway.Config{ResumeWindow: 500 * time.Millisecond})
+	api, g := resumeStack(t, gateway.Config{ResumeWindow: 500 * time.Millisecond})
 	ctx := context.Background()
 
 	s := dial(t, g.WSURL)
@@ -267,20 +277,9 @@ func TestResumeWindowExpires(t *testing.T) {
 // A detached socket whose missed messages pass --resume-buffer-bytes ends
 // at once, its keys gone: a resume gets TOO_FAR_BEHIND.
 func TestResumeBufferOverflow(t *testing.T) {
-	e := testutil.StartEtcd(t)
-	api := startMembershipServer(t, e)
-	g := startResumeGateway(t, e, gateway.Config{ResumeWindow: time.Minute, ResumeBufferBytes: 1000})
-	ctx := context.Background()
+	api, g := resumeStack(t, gateway.Config{ResumeWindow: time.Minute, ResumeBufferBytes: 1000})
 
-	s := dial(t, g.WSURL)
-	joinRoom(t, api, s.ID, "r")
-	s.Expect("joined", "r")
-	cut(s)
-	drain(t, s)
-	waitFor(t, 10*time.Second, "the socket detached", func() bool {
-		resp, err := api.GetSocket(ctx, &membershipv1.GetSocketRequest{SocketId: s.ID})
-		return err == nil && resp.Socket.GetDetachedSince() != nil
-	})
+	s := detachedSocket(t, api, g, "r")
 	for i := range 20 {
 		bcast(t, api, "r", fmt.Sprint(strings.Repeat("x", 100), i)) // ~150 bytes a frame
 	}
@@ -300,9 +299,7 @@ func TestResumeRefusesForgedReusedAndCrossUserTokens(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := testutil.StartEtcd(t)
-	api := startMembershipServer(t, e)
-	g := startResumeGateway(t, e, gateway.Config{ResumeWindow: time.Minute, Authenticate: v.Authenticate})
+	api, g := resumeStack(t, gateway.Config{ResumeWindow: time.Minute, Authenticate: v.Authenticate})
 	as := func(user string) http.Header {
 		return http.Header{"Authorization": {"Bearer " + signToken(t, key, user, time.Now().Add(time.Hour))}}
 	}
@@ -341,16 +338,11 @@ func TestResumeRefusesForgedReusedAndCrossUserTokens(t *testing.T) {
 
 // A client's close frame ends its socket at once, resume window or not.
 func TestResumeNotAfterClientClose(t *testing.T) {
-	e := testutil.StartEtcd(t)
-	api := startMembershipServer(t, e)
-	g := startResumeGateway(t, e, gateway.Config{ResumeWindow: time.Minute})
+	api, g := resumeStack(t, gateway.Config{ResumeWindow: time.Minute})
 	s := dial(t, g.WSURL)
 	joinRoom(t, api, s.ID, "r")
 	s.Expect("joined", "r")
-	s.Send(`{"type":"request"}`) // something read before the close
-	if err := s.Conn.WriteControl(8, []byte{0x03, 0xe8}, time.Now().Add(time.Second)); err != nil {
-		t.Fatal(err)
-	}
+	s.Close()
 	waitFor(t, 10*time.Second, "the socket's keys to go", func() bool { return len(members(t, api, "r")) == 0 })
 	r := dial(t, resumeURL(g, s.Connected.ResumeToken, 0))
 	wantNotResumed(t, r, s.ID, "UNKNOWN")
@@ -360,9 +352,7 @@ func TestResumeNotAfterClientClose(t *testing.T) {
 // resume_token, no seq, a cut connection ends its socket at once, and resume
 // parameters are ignored.
 func TestResumeWindowZeroIsOff(t *testing.T) {
-	e := testutil.StartEtcd(t)
-	api := startMembershipServer(t, e)
-	g := startResumeGateway(t, e, gateway.Config{})
+	api, g := resumeStack(t, gateway.Config{})
 	s := dial(t, g.WSURL)
 	if s.Connected.ResumeToken != "" || s.Connected.Resumed != nil {
 		t.Fatalf("connected frame %+v, want no resume fields", s.Connected)
@@ -386,9 +376,7 @@ func TestResumeWindowZeroIsOff(t *testing.T) {
 // the socket over: the old connection is closed with 1000, the new one gets
 // the socket and its messages.
 func TestResumeTakesOverAConnectionStillUp(t *testing.T) {
-	e := testutil.StartEtcd(t)
-	api := startMembershipServer(t, e)
-	g := startResumeGateway(t, e, gateway.Config{ResumeWindow: time.Minute})
+	api, g := resumeStack(t, gateway.Config{ResumeWindow: time.Minute})
 	s := dial(t, g.WSURL)
 	joinRoom(t, api, s.ID, "r")
 	s.Expect("joined", "r")
@@ -416,9 +404,7 @@ func TestResumeTakesOverAConnectionStillUp(t *testing.T) {
 // Socket.IO sessions are not resumable: with a resume window, one whose
 // connection is cut is removed at once, as without.
 func TestResumeWindowLeavesSocketIOAlone(t *testing.T) {
-	e := testutil.StartEtcd(t)
-	api := startMembershipServer(t, e)
-	g := startResumeGateway(t, e, gateway.Config{ResumeWindow: time.Minute})
+	api, g := resumeStack(t, gateway.Config{ResumeWindow: time.Minute})
 	sio, _ := dialSIO(t, g, "4")
 	sio.write(1, "40")
 	connect := sio.read()
@@ -457,21 +443,10 @@ func metric(t *testing.T, g *stacktest.Gateway, name string) float64 {
 // forgets it, and its token resumes nothing (UNKNOWN). A socket that
 // detaches, resumes and detaches again keeps a whole window the second time.
 func TestResumeDisconnectedWhileDetached(t *testing.T) {
-	e := testutil.StartEtcd(t)
-	api := startMembershipServer(t, e)
-	g := startResumeGateway(t, e, gateway.Config{ResumeWindow: 2 * time.Second})
+	api, g := resumeStack(t, gateway.Config{ResumeWindow: 2 * time.Second})
 	ctx := context.Background()
-	detached := func(id string) bool {
-		resp, err := api.GetSocket(ctx, &membershipv1.GetSocketRequest{SocketId: id})
-		return err == nil && resp.Socket.GetDetachedSince() != nil
-	}
 
-	s := dial(t, g.WSURL)
-	joinRoom(t, api, s.ID, "r")
-	s.Expect("joined", "r")
-	cut(s)
-	drain(t, s)
-	waitFor(t, 10*time.Second, "the socket detached", func() bool { return detached(s.ID) })
+	s := detachedSocket(t, api, g, "r")
 	if _, err := api.Disconnect(ctx, &membershipv1.DisconnectRequest{SocketIds: []string{s.ID}, Code: 4000, Reason: "bye"}); err != nil {
 		t.Fatal(err)
 	}
@@ -481,12 +456,7 @@ func TestResumeDisconnectedWhileDetached(t *testing.T) {
 	wantNotResumed(t, r, s.ID, "UNKNOWN")
 
 	// Detach, resume, detach again: the second detach has a whole window.
-	a := dial(t, g.WSURL)
-	joinRoom(t, api, a.ID, "q")
-	a.Expect("joined", "q")
-	cut(a)
-	drain(t, a)
-	waitFor(t, 10*time.Second, "the socket detached", func() bool { return detached(a.ID) })
+	a := detachedSocket(t, api, g, "q")
 	time.Sleep(time.Second)
 	b := dial(t, resumeURL(g, a.Connected.ResumeToken, 0))
 	wantResumed(t, b, a.ID, "q")
