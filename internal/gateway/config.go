@@ -44,9 +44,9 @@ type Config struct {
 	// no resume_token or seq. The gateway binary's --resume-window: 2m.
 	ResumeWindow time.Duration
 	// ResumeBufferBytes bounds the message frames a resumable socket keeps
-	// for a resume (written ones included, the most recent kept); a
-	// detached socket whose unwritten frames pass it ends TOO_FAR_BEHIND.
-	// 1 MiB.
+	// for a resume (written ones included, the most recent kept), each
+	// counted with 32 bytes of bookkeeping; a detached socket whose unwritten
+	// frames pass it ends TOO_FAR_BEHIND. 1 MiB.
 	ResumeBufferBytes int64
 	// Socket requests: forwarded to UpstreamURL ("" answers 501).
 	UpstreamURL     string

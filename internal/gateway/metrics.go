@@ -99,7 +99,7 @@ func newMetrics(reg prometheus.Registerer, g *Gateway) *metrics {
 			Help: "Native sockets whose connection failed and that stay resumable (--resume-window), still members of their rooms."},
 			func() float64 { return float64(g.resumes.detached.Load()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gateway_resume_buffered_bytes",
-			Help: "Bytes of message frames resumable sockets keep for a resume, written ones included (each socket bounded by --resume-buffer-bytes; frames are shared by a room's sockets, so memory held is at most this)."},
+			Help: "Bytes of message frames resumable sockets keep for a resume, written ones included, each frame counted with 32 bytes of bookkeeping (per socket bounded by --resume-buffer-bytes; a room's sockets share its frames, so the memory held is at most this)."},
 			func() float64 { return float64(g.resumes.bytes.Load()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gateway_rooms", Help: "Rooms with at least one local member."},
 			func() float64 { r, _ := g.hub.sizes(); return float64(r) }),

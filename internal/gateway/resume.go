@@ -55,14 +55,15 @@ const (
 )
 
 // Resume defaults (Config.ResumeBufferBytes): 1 MiB of message frames per
-// socket. The log holds the frames Deliver encoded once per room and shares
-// them with every socket of that room, so the bound is what a client may
-// have to be sent again, not what each socket holds on its own: a socket
-// costs a slice entry per logged message. 1 MiB is a quarter of the send
-// queue's default bound (4 MiB), ample for a socket that falls a two-minute
-// outage behind a chat room (a few thousand messages of a few hundred bytes),
-// and small enough that a detached socket of a busy room ends
-// TOO_FAR_BEHIND soon rather than holding a long backlog nobody may claim.
+// socket, each counted with its 32-byte log entry (loggedSize). The log
+// holds the frames Deliver encoded once per room, shared by every socket of
+// that room, so a socket of a busy room holds its entries (32 bytes a
+// message) and the room's frames are held once; 1 MiB is the most one
+// socket can hold even when no frame is shared. It is a quarter of the send
+// queue's default bound (4 MiB), which a socket may already hold; it keeps a
+// two-minute outage of a chat room (a few thousand messages of a few hundred
+// bytes); and a detached socket of a room busier than that ends
+// TOO_FAR_BEHIND soon rather than holding a backlog nobody may claim.
 const defaultResumeBufferBytes = 1 << 20
 
 // minTombstone is how long at least a socket that ended while resumable is
@@ -76,6 +77,11 @@ const tokenSecretBytes = 32
 
 // tokenVersion prefixes every token, so its shape can change later.
 const tokenVersion = "r1"
+
+// loggedSize is what a logged frame counts against the bound: its bytes
+// and the entry that holds it (a seq and a slice header), so that the bound
+// caps a socket's own memory even where every frame is shared.
+func loggedSize(frame []byte) int64 { return int64(len(frame)) + 32 }
 
 // logged is one message frame of a socket: its seq and the frame without
 // it, shared with the room's other sockets (withSeq puts the seq in).
@@ -238,8 +244,8 @@ func (g *Gateway) deliverResumable(r *resumable, frame []byte) bool {
 	}
 	r.seq++
 	r.log = append(r.log, logged{seq: r.seq, frame: frame})
-	r.logBytes += int64(len(frame))
-	g.resumes.bytes.Add(int64(len(frame)))
+	r.logBytes += loggedSize(frame)
+	g.resumes.bytes.Add(loggedSize(frame))
 	limit := g.cfg.ResumeBufferBytes
 	for r.logBytes > limit && len(r.log) > 1 && (r.conn != nil || r.log[0].seq <= r.detachSeq) {
 		g.trimLocked(r)
@@ -258,7 +264,7 @@ func (g *Gateway) deliverResumable(r *resumable, frame []byte) bool {
 }
 
 func (g *Gateway) trimLocked(r *resumable) {
-	n := int64(len(r.log[0].frame))
+	n := loggedSize(r.log[0].frame)
 	r.log[0] = logged{}
 	r.log = r.log[1:]
 	r.logBytes -= n
