@@ -31,6 +31,12 @@
 //     is something to write, and drains a queue bounded in frames and bytes.
 //   - one goroutine per socket request in flight (request.go), waited for by
 //     the reader.
+//   - with a resume window (resume.go), while a socket is detached a timer
+//     that ends it when the window passes, and at most one short-lived
+//     goroutine at a time writing its record's detached_since, retrying
+//     until the record says what the socket is or the socket or session
+//     ends. A detached socket has no reader or writer: its hub entry stays,
+//     so the watch and Deliver go on serving it.
 //
 // Per Socket.IO session (socketio.go; the transport's goroutines are
 // internal/engineio's):
