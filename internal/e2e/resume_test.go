@@ -466,3 +466,42 @@ func TestResumeDisconnectedWhileDetached(t *testing.T) {
 	c := dial(t, resumeURL(g, b.Connected.ResumeToken, 0))
 	wantResumed(t, c, a.ID, "q")
 }
+
+// etcd away while a socket detaches and while it resumes: neither needs
+// etcd, and the record's detached_since, whose writes fail meanwhile, is
+// written once etcd is back: set after the detach, cleared after the resume.
+func TestResumeWhileEtcdIsAway(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	api := startMembershipServer(t, e)
+	proxy := testutil.StartProxy(t, e.Endpoint)
+	g := stacktest.StartGatewayVia(t, proxy.Endpoint(), gateway.Config{ID: "gw1", LeaseTTL: 10 * time.Second, EtcdTimeout: 500 * time.Millisecond, ResumeWindow: time.Minute})
+	ctx := context.Background()
+	s := dial(t, g.WSURL)
+	joinRoom(t, api, s.ID, "r")
+	s.Expect("joined", "r")
+
+	proxy.Pause()
+	cut(s)
+	drain(t, s)
+	time.Sleep(time.Second) // the detached mark's writes fail meanwhile
+	if isDetached(api, s.ID) {
+		t.Fatal("the record was marked detached through a paused proxy")
+	}
+	proxy.Resume()
+	waitFor(t, 10*time.Second, "the record marked detached once etcd is back", func() bool { return isDetached(api, s.ID) })
+
+	proxy.Pause()
+	r := dial(t, resumeURL(g, s.Connected.ResumeToken, 0))
+	wantResumed(t, r, s.ID, "r")
+	time.Sleep(time.Second) // the clearing writes fail meanwhile
+	if !isDetached(api, s.ID) {
+		t.Fatal("the record was cleared through a paused proxy")
+	}
+	proxy.Resume()
+	waitFor(t, 10*time.Second, "the record cleared once etcd is back", func() bool {
+		resp, err := api.GetSocket(ctx, &membershipv1.GetSocketRequest{SocketId: s.ID})
+		return err == nil && resp.Socket.GetDetachedSince() == nil
+	})
+	bcast(t, api, "r", "back")
+	expectMessage(t, r, "back", 1)
+}
