@@ -124,6 +124,7 @@ type resumes struct {
 	mu          sync.Mutex
 	live        map[string]*resumable
 	ended       map[string]tombstone
+	swept       time.Time // when ended was last cleared of old entries
 	detached    atomic.Int64
 	bytes       atomic.Int64 // logged bytes of every socket
 }
@@ -272,7 +273,8 @@ func (g *Gateway) trimLocked(r *resumable) {
 }
 
 // endLocked ends r with outcome: its token is forgotten, later resumes are
-// told outcome (for another window), its log is freed.
+// told outcome (for a window, at least minTombstone; UNKNOWN needs no
+// entry), its log is freed.
 func (g *Gateway) endLocked(r *resumable, outcome string) {
 	if r.ended != "" {
 		return
@@ -294,9 +296,13 @@ func (g *Gateway) endLocked(r *resumable, outcome string) {
 	if outcome != resumeUnknown {
 		g.resumes.ended[r.sid.String()] = tombstone{outcome: outcome, until: now.Add(max(g.cfg.ResumeWindow, minTombstone))}
 	}
-	for id, t := range g.resumes.ended {
-		if now.After(t.until) {
-			delete(g.resumes.ended, id)
+	if now.Sub(g.resumes.swept) >= minTombstone {
+		// At most once a minTombstone: a pass costs one step per entry.
+		g.resumes.swept = now
+		for id, t := range g.resumes.ended {
+			if now.After(t.until) {
+				delete(g.resumes.ended, id)
+			}
 		}
 	}
 	g.resumes.mu.Unlock()
