@@ -94,19 +94,5 @@ func BenchmarkHubDeliverNativeResumable(b *testing.B) {
 		h.add(c)
 		h.apply(c.id, "r"+strconv.Itoa(i%2), true)
 	}
-	d := delivery{rooms: []string{"r0", "r1"}, event: "chat", data: json.RawMessage(`{"text":"hello"}`)}
-	b.ReportAllocs()
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		if i%64 == 0 {
-			b.StopTimer()
-			for _, c := range clients {
-				c.mu.Lock()
-				c.queue, c.queuedBytes = c.queue[:0], 0
-				c.mu.Unlock()
-			}
-			b.StartTimer()
-		}
-		h.deliver(d)
-	}
+	benchDeliver(b, h, clients)
 }
