@@ -84,10 +84,52 @@ const tokenVersion = "r1"
 func loggedSize(frame []byte) int64 { return int64(len(frame)) + 32 }
 
 // logged is one message frame of a socket: its seq and the frame without
-// it, shared with the room's other sockets (withSeq puts the seq in).
+// it, shared with the room's other sockets (the writer puts the seq in:
+// appendFrames).
 type logged struct {
 	seq   uint64
 	frame []byte
+}
+
+// msgLog is a socket's logged frames, oldest first, in a ring: a log kept
+// at its bound logs a message and trims the oldest without moving or
+// allocating anything, where a slice trimmed from the front would be copied
+// to a new array every few hundred messages, for every socket. It grows by
+// doubling and never shrinks; its bound in bytes (loggedSize) bounds its
+// entries.
+type msgLog struct {
+	ring []logged // its length is 0 or a power of two
+	head int      // the oldest entry's index in ring
+	n    int      // entries
+}
+
+func (l *msgLog) len() int { return l.n }
+
+// at is the i-th oldest entry, i < l.len().
+func (l *msgLog) at(i int) *logged { return &l.ring[(l.head+i)&(len(l.ring)-1)] }
+
+// push logs e as the newest entry.
+func (l *msgLog) push(e logged) {
+	if l.n == len(l.ring) {
+		ring := make([]logged, max(4, 2*len(l.ring)))
+		for i := range l.n {
+			ring[i] = *l.at(i)
+		}
+		l.ring, l.head = ring, 0
+	}
+	l.n++
+	*l.at(l.n - 1) = e
+}
+
+// shift removes and returns the oldest entry (l.len() > 0), letting go of
+// its frame.
+func (l *msgLog) shift() logged {
+	p := l.at(0)
+	e := *p
+	*p = logged{}
+	l.head = (l.head + 1) & (len(l.ring) - 1)
+	l.n--
+	return e
 }
 
 // resumable is a native socket's recoverable state. mu guards all of it.
@@ -102,7 +144,7 @@ type resumable struct {
 	conn     *client // the connection attached; nil while detached
 	member   *client // the hub's member for the socket (the first connection, or the last resumed one)
 	seq      uint64  // the last seq given
-	log      []logged
+	log      msgLog
 	logBytes int64
 	// detachSeq is the last seq given before the socket detached: frames
 	// after it were never written, and are what the byte bound is checked
@@ -221,16 +263,29 @@ func first(v []string) string {
 	return v[0]
 }
 
-// withSeq puts "seq":n first in a message frame made by messageFrame
-// (`{"type":"message",…}`).
-func withSeq(frame []byte, seq uint64) []byte {
-	const head = `{"type":"message",`
-	out := make([]byte, 0, len(frame)+28)
-	out = append(out, head...)
-	out = append(out, `"seq":`...)
-	out = strconv.AppendUint(out, seq, 10)
-	out = append(out, ',')
-	return append(out, frame[len(head):]...)
+// messageHead is how every frame messageFrame makes begins; the seq goes
+// right after it.
+const messageHead = `{"type":"message",`
+
+// appendSeqHead appends the head of a numbered message frame,
+// `{"type":"message","seq":N,`; the rest of the frame messageFrame made
+// follows it (appendFrames). The frame is shared by the sockets of a room,
+// each with its own seq, so the seq is put in as each socket's writer
+// writes it rather than into a copy per socket.
+func appendSeqHead(b []byte, seq uint64) []byte {
+	b = append(b, messageHead...)
+	b = append(b, `"seq":`...)
+	b = strconv.AppendUint(b, seq, 10)
+	return append(b, ',')
+}
+
+// seqFieldLen is the length of `"seq":N,` for seq N.
+func seqFieldLen(seq uint64) int {
+	n := len(`"seq":,`) + 1
+	for ; seq >= 10; seq /= 10 {
+		n++
+	}
+	return n
 }
 
 // deliver gives the message the socket's next seq, logs it and queues it to
@@ -244,11 +299,11 @@ func (g *Gateway) deliverResumable(r *resumable, frame []byte) bool {
 		return false
 	}
 	r.seq++
-	r.log = append(r.log, logged{seq: r.seq, frame: frame})
+	r.log.push(logged{seq: r.seq, frame: frame})
 	r.logBytes += loggedSize(frame)
 	g.resumes.bytes.Add(loggedSize(frame))
 	limit := g.cfg.ResumeBufferBytes
-	for r.logBytes > limit && len(r.log) > 1 && (r.conn != nil || r.log[0].seq <= r.detachSeq) {
+	for r.logBytes > limit && r.log.len() > 1 && (r.conn != nil || r.log.at(0).seq <= r.detachSeq) {
 		g.trimLocked(r)
 	}
 	if r.conn == nil {
@@ -261,13 +316,11 @@ func (g *Gateway) deliverResumable(r *resumable, frame []byte) bool {
 		}
 		return true
 	}
-	return r.conn.enqueue(withSeq(frame, r.seq))
+	return r.conn.enqueueSeq(frame, r.seq)
 }
 
 func (g *Gateway) trimLocked(r *resumable) {
-	n := loggedSize(r.log[0].frame)
-	r.log[0] = logged{}
-	r.log = r.log[1:]
+	n := loggedSize(r.log.shift().frame)
 	r.logBytes -= n
 	g.resumes.bytes.Add(-n)
 }
@@ -287,7 +340,7 @@ func (g *Gateway) endLocked(r *resumable, outcome string) {
 		g.resumes.detached.Add(-1)
 	}
 	g.resumes.bytes.Add(-r.logBytes)
-	r.log, r.logBytes = nil, 0
+	r.log, r.logBytes = msgLog{}, 0
 	g.resumes.mu.Lock()
 	if g.resumes.live[r.sid.String()] == r {
 		delete(g.resumes.live, r.sid.String())
@@ -456,7 +509,7 @@ func (g *Gateway) resume(req *resumeRequest, user string, c *client) (*resumable
 	if req.lastSeq > r.seq {
 		return nil, resumeUnknown // the socket was never sent that message
 	}
-	if req.lastSeq < r.seq && (len(r.log) == 0 || r.log[0].seq > req.lastSeq+1) {
+	if req.lastSeq < r.seq && (r.log.len() == 0 || r.log.at(0).seq > req.lastSeq+1) {
 		// Messages after last_seq are no longer logged.
 		g.endLocked(r, resumeTooFarBehind)
 		if r.conn != nil {
@@ -478,9 +531,10 @@ func (g *Gateway) resume(req *resumeRequest, user string, c *client) (*resumable
 	r.conn, r.member = c, c
 	rooms := g.hub.replaceLocked(old, c)
 	c.enqueue(resumedFrame(c.id, r.record.User, rooms, g.tokenLocked(r)))
-	for _, l := range r.log {
+	for i := range r.log.len() {
+		l := r.log.at(i)
 		if l.seq > req.lastSeq {
-			c.enqueue(withSeq(l.frame, l.seq))
+			c.enqueueSeq(l.frame, l.seq)
 		}
 	}
 	g.syncRecordLocked(r)

@@ -38,9 +38,9 @@ type client struct {
 	onSlow       func() // counts a disconnect for a full queue
 
 	mu    sync.Mutex
-	queue [][]byte // frames waiting for the writer
+	queue []outFrame // frames waiting for the writer
 	// queuedBytes counts the bytes of the frames in queue and of those the
-	// writer is writing: what the socket holds in memory.
+	// writer is writing, as written (seq included): what the socket holds.
 	queuedBytes int64
 	ctrl        uint8 // control frames waiting: ctrlPing, ctrlPong
 	writing     bool  // a writer goroutine is running
@@ -81,6 +81,23 @@ func newClient(sid store.SocketID, conn *websocket.Conn, maxQueue, inflight int,
 		connClosed:   make(chan struct{}),
 		maxInflight:  inflight,
 	}
+}
+
+// outFrame is a frame waiting for the writer: b as it is, or, with a seq,
+// a message frame shared by every socket of its room, into which the writer
+// splices the socket's own "seq" (resume.go) as it writes it, so that
+// numbering a message costs a socket no copy of it.
+type outFrame struct {
+	b   []byte
+	seq uint64 // 0: none (seqs start at 1)
+}
+
+// size is the frame's length as written.
+func (f outFrame) size() int {
+	if f.seq == 0 {
+		return len(f.b)
+	}
+	return len(f.b) + seqFieldLen(f.seq)
 }
 
 // deliver queues the message's native frame (member).
