@@ -299,12 +299,19 @@ func (g *Gateway) deliverResumable(r *resumable, frame []byte) bool {
 		return false
 	}
 	r.seq++
+	before := r.logBytes
 	r.log.push(logged{seq: r.seq, frame: frame})
 	r.logBytes += loggedSize(frame)
-	g.resumes.bytes.Add(loggedSize(frame))
 	limit := g.cfg.ResumeBufferBytes
 	for r.logBytes > limit && r.log.len() > 1 && (r.conn != nil || r.log.at(0).seq <= r.detachSeq) {
-		g.trimLocked(r)
+		r.logBytes -= loggedSize(r.log.shift().frame)
+	}
+	// The gateway's sum changes once, by the net change: none for a log
+	// at its bound that logged a frame of the size it trimmed, the usual
+	// case of a room's steady traffic, so the shared counter is not
+	// touched per socket per message.
+	if d := r.logBytes - before; d != 0 {
+		g.resumes.bytes.Add(d)
 	}
 	if r.conn == nil {
 		if r.logBytes > limit {
@@ -317,12 +324,6 @@ func (g *Gateway) deliverResumable(r *resumable, frame []byte) bool {
 		return true
 	}
 	return r.conn.enqueueSeq(frame, r.seq)
-}
-
-func (g *Gateway) trimLocked(r *resumable) {
-	n := loggedSize(r.log.shift().frame)
-	r.logBytes -= n
-	g.resumes.bytes.Add(-n)
 }
 
 // endLocked ends r with outcome: its token is forgotten, later resumes are

@@ -117,7 +117,8 @@ func TestParseResumeQuery(t *testing.T) {
 // room's one frame is queued and logged by reference, its seq put in by the
 // writer, and a log kept at its bound trims without reallocating. So a
 // message to 200 resumable sockets of a room allocates a few objects in all
-// (its frame, the hub's outbound), as for sockets that are not resumable.
+// (its frame, the hub's outbound), as for sockets that are not resumable;
+// the gateway's count of logged bytes stays the sum of the logs'.
 func TestDeliverResumableAllocatesPerMessage(t *testing.T) {
 	const n = 200
 	h, clients := resumableHub(t, n, 1, 4<<10)
@@ -145,10 +146,16 @@ func TestDeliverResumableAllocatesPerMessage(t *testing.T) {
 	if allocs > n/20 {
 		t.Fatalf("a message to %d resumable sockets allocated %.0f times, want a few (not one or more per socket)", n, allocs)
 	}
+	var sum int64
 	for _, c := range clients {
 		if l := c.rs.log.len(); l < 2 || c.rs.logBytes > 4<<10 {
 			t.Fatalf("socket %s logs %d frames in %d bytes, want several, within 4 KiB", c.id, l, c.rs.logBytes)
 		}
+		sum += c.rs.logBytes
+	}
+	// gateway_resume_buffered_bytes, changed by each delivery's net change.
+	if got := clients[0].rs.g.resumes.bytes.Load(); got != sum {
+		t.Fatalf("the gateway counts %d logged bytes, its sockets' logs %d", got, sum)
 	}
 }
 
