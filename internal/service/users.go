@@ -6,6 +6,7 @@ package service
 import (
 	"context"
 	"strings"
+	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -120,7 +121,17 @@ func socketMessage(info store.SocketInfo) *membershipv1.Socket {
 		ConnectedAt: timestamppb.New(info.ConnectedAt),
 		Rooms:       info.Rooms,
 		User:        info.User,
+		// The detached mark of a resumable socket (the gateway's resume.go).
+		DetachedSince: detachedSince(info.DetachedSince),
 	}
+}
+
+// detachedSince is a socket record's detached_since, nil when attached.
+func detachedSince(t *time.Time) *timestamppb.Timestamp {
+	if t == nil {
+		return nil
+	}
+	return timestamppb.New(*t)
 }
 
 // socketPage checks the paging of a listing ordered by socket id: the page

@@ -98,6 +98,9 @@ type SocketRecord struct {
 	Lease       clientv3.LeaseID `json:"lease,omitempty"`
 	ConnectedAt time.Time        `json:"connected_at"`
 	User        string           `json:"user,omitempty"`
+	// DetachedSince is when the socket's connection dropped while it stays
+	// resumable (detached.go); nil while a connection is attached.
+	DetachedSince *time.Time `json:"detached_since,omitempty"`
 }
 
 // Home is where the socket id lives now: the record's gateway and lease, or
@@ -443,6 +446,9 @@ type Member struct {
 	SocketID string
 	Gateway  string
 	User     string // the socket's authenticated user, if any
+	// DetachedSince is the socket record's: when its connection dropped,
+	// nil while one is attached.
+	DetachedSince *time.Time
 }
 
 // ListMembers returns up to limit members of room ordered by socket id,
@@ -495,7 +501,7 @@ func (s *Store) fillUsers(ctx context.Context, members []Member, rev int64) erro
 		if err := json.Unmarshal(kvs[0].Value, &rec); err != nil {
 			return corrupt("socket record", kvs[0].Key, err)
 		}
-		members[i].User = rec.User
+		members[i].User, members[i].DetachedSince = rec.User, rec.DetachedSince
 		if sid, err := ParseSocketID(ids[i]); err == nil {
 			members[i].Gateway = rec.Home(sid).Gateway
 		}
