@@ -105,12 +105,18 @@ export function start(doc) {
     log("life", `connected as ${socketId}`);
     showSocket();
   });
-  socket.on("reconnected", ({ socketId, previousSocketId }) => {
+  socket.on("reconnected", ({ socketId, previousSocketId, resumeError }) => {
     reconnections++;
     $("reconnections").textContent = String(reconnections);
     $("previous-id").textContent = previousSocketId ?? "—";
     setStatus("reconnected", "up");
-    log("life", `reconnected as ${socketId} (was ${previousSocketId}); the new socket is in no room`);
+    const why = resumeError ? ` (not resumed: ${resumeError})` : "";
+    log("life", `reconnected as ${socketId} (was ${previousSocketId})${why}; the new socket is in no room`);
+    showSocket();
+  });
+  socket.on("resumed", ({ socketId, rooms }) => {
+    setStatus("resumed", "up");
+    log("life", `resumed ${socketId} in ${rooms.length} room(s); missed messages follow`);
     showSocket();
   });
   socket.on("disconnected", ({ code, reason }) => {

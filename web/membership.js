@@ -6,14 +6,22 @@
 //   const socket = new MembershipSocket();           // ws(s)://<this host>/ws
 //   socket.on("connected", ({ socketId }) => …);     // the first connection
 //   socket.on("reconnected", ({ socketId, previousSocketId }) => …); // re-join rooms here
+//   socket.on("resumed", ({ socketId, rooms }) => …);  // the same socket: nothing lost
 //   socket.on("joined", (room) => …);
 //   socket.on("chat", (data, { room, event }) => …); // room messages by event name
 //   const { status, body } = await socket.request("POST", "/leaveFunRoom", { roomName: "fun" });
 //
 // The gateway speaks JSON text frames (see the project README, "Client
-// protocol"). A socket id belongs to one connection: after a reconnection the
-// socket is new, in no room, and the app's back end must join it again, which
-// is why "reconnected" carries both ids.
+// protocol"). When the gateway makes sockets resumable (--resume-window), a
+// reconnection first asks to resume the socket with the connected frame's
+// resume_token and the seq of the last message received: on success the
+// socket keeps its id and rooms, the messages missed meanwhile arrive in
+// order before live ones, and "resumed" is emitted. Otherwise (the window
+// passed, the gateway was lost, too much was missed, or the gateway does not
+// resume sockets) the socket is new, in no room, and the app's back end must
+// join it again, which is why "reconnected" carries both ids (and
+// resumeError, the gateway's reason, when a resume was refused). A message
+// whose seq was already received is not emitted twice.
 //
 // Every closed connection is retried, whatever its close code (1001 gateway
 // shutting down, 1012 lease lost, 1013 too slow, 1008 too many frames, 1006
@@ -29,7 +37,7 @@
 // Lifecycle event names. A room message whose event is one of them reaches
 // only "message" listeners, so that a broadcast cannot pose as a lifecycle
 // event.
-const RESERVED = new Set(["connected", "reconnected", "disconnected", "reconnecting", "closed", "joined", "left", "message"]);
+const RESERVED = new Set(["connected", "reconnected", "resumed", "disconnected", "reconnecting", "closed", "joined", "left", "message"]);
 
 const OPEN = 1; // WebSocket.OPEN, also when the constructor is a stand-in
 
@@ -87,6 +95,8 @@ export class MembershipSocket {
   #socketId = null; // set while the current connection has said "connected"
   #user = null; // the user the gateway authenticated the current connection as
   #lastSocketId = null; // the previous connection's id, for "reconnected"
+  #resumeToken = null; // the socket's resume token, while it may be resumed
+  #lastSeq = 0; // the seq of the last message received on the socket
   #everConnected = false;
   #closed = false;
   #attempt = 0;
@@ -178,7 +188,9 @@ export class MembershipSocket {
   /**
    * on adds a listener and returns a function that removes it. Events:
    * "connected" ({socketId}) once, for the first connection;
-   * "reconnected" ({socketId, previousSocketId}) for every later one;
+   * "reconnected" ({socketId, previousSocketId, resumeError}) for every later one
+   *   that is a new socket (resumeError: why a resume was refused, or undefined);
+   * "resumed" ({socketId, rooms}) when a reconnection resumed the same socket;
    * "disconnected" ({code, reason, socketId}) when a connection that had an id ends;
    * "reconnecting" ({attempt, delay}) when a retry is scheduled;
    * "joined" (room), "left" (room);
@@ -258,6 +270,7 @@ export class MembershipSocket {
     this.#socketId = null;
     this.#user = null;
     this.#rooms.clear();
+    this.#resumeToken = null; // a close frame ends the socket on the gateway
     if (ws) {
       try {
         ws.close(1000, "client closed");
@@ -308,10 +321,16 @@ export class MembershipSocket {
   }
 
   // withToken is the gateway URL carrying tok as its token parameter.
+  // It also asks to resume the previous socket when there is one.
   #withToken(tok) {
-    if (tok === undefined || tok === null || tok === "") return this.#url;
+    const hasTok = !(tok === undefined || tok === null || tok === "");
+    if (!hasTok && this.#resumeToken === null) return this.#url;
     const u = new URL(this.#url);
-    u.searchParams.set("token", String(tok));
+    if (hasTok) u.searchParams.set("token", String(tok));
+    if (this.#resumeToken !== null) {
+      u.searchParams.set("resume_token", this.#resumeToken);
+      u.searchParams.set("last_seq", String(this.#lastSeq));
+    }
     return u.toString();
   }
 
@@ -357,7 +376,7 @@ export class MembershipSocket {
     if (f.type === "connected") {
       if (typeof f.socket_id === "string" && f.socket_id !== "" && this.#socketId === null) {
         this.#user = typeof f.user === "string" && f.user !== "" ? f.user : null;
-        this.#onConnected(f.socket_id);
+        this.#onConnected(f);
       }
       return;
     }
@@ -377,6 +396,10 @@ export class MembershipSocket {
         break;
       case "message": {
         if (typeof f.event !== "string") return;
+        if (typeof f.seq === "number") {
+          if (f.seq <= this.#lastSeq) return; // replayed, and received before
+          this.#lastSeq = f.seq;
+        }
         const meta = { room: typeof f.room === "string" ? f.room : null, event: f.event };
         if (!RESERVED.has(f.event)) this.#emit(f.event, f.data, meta);
         this.#emit("message", f.data, meta);
@@ -393,16 +416,27 @@ export class MembershipSocket {
     }
   }
 
-  #onConnected(socketId) {
+  #onConnected(f) {
+    const socketId = f.socket_id;
     this.#clear("connect");
     this.#socketId = socketId;
     this.#rooms.clear();
+    const resumed = f.resumed === true && socketId === this.#lastSocketId;
+    if (!resumed) this.#lastSeq = 0; // a new socket counts from 1
+    this.#resumeToken = typeof f.resume_token === "string" && f.resume_token !== "" ? f.resume_token : null;
     this.#stableTimer = this.#setTimeout(() => {
       this.#stableTimer = null;
       this.#attempt = 0;
     }, this.#stableAfter);
-    if (this.#everConnected) {
-      this.#emit("reconnected", { socketId, previousSocketId: this.#lastSocketId });
+    if (resumed) {
+      for (const room of Array.isArray(f.rooms) ? f.rooms : []) {
+        if (typeof room === "string") this.#rooms.add(room);
+      }
+      this.#emit("resumed", { socketId, rooms: [...this.#rooms] });
+    } else if (this.#everConnected) {
+      const ev = { socketId, previousSocketId: this.#lastSocketId };
+      if (typeof f.resume_error === "string") ev.resumeError = f.resume_error;
+      this.#emit("reconnected", ev);
     } else {
       this.#everConnected = true;
       this.#emit("connected", { socketId });
@@ -468,6 +502,7 @@ export class MembershipSocket {
       // The back end closed this socket on purpose (the API's Disconnect):
       // coming back would undo it. Stop, as close() does, and say why.
       this.#closed = true;
+      this.#resumeToken = null;
       this.#rejectAll(() => new RequestError("CLOSED", `membership.js: disconnected by the server (${code})`));
       this.#emit("closed", { code, reason });
       return;

@@ -525,3 +525,71 @@ test("a token function that never answers is given up after connectTimeout and a
   assert.equal(gw.last().url, "ws://gw.test/ws?token=t2");
   socket.close();
 });
+
+// nextAttempt advances the clock to the next connection attempt.
+function nextAttempt(clock, gw) {
+  const n = gw.sockets.length;
+  while (gw.sockets.length === n) clock.advance(1);
+}
+
+test("a reconnection resumes the socket: same id, its rooms, missed messages once, then resumed", () => {
+  const { socket, clock, gw, events } = setup();
+  socket.on("resumed", (...args) => events.push(["resumed", ...args]));
+  gw.last().accept();
+  gw.last().push({ type: "connected", socket_id: "gw.1.a", resume_token: "tok1" });
+  gw.last().push({ type: "joined", room: "fun" });
+  gw.last().push({ type: "message", seq: 1, room: "fun", event: "chat", data: 1 });
+  gw.last().push({ type: "message", seq: 2, room: "fun", event: "chat", data: 2 });
+  gw.last().drop(1006);
+  events.length = 0;
+  nextAttempt(clock, gw);
+  const u = new URL(gw.last().url);
+  assert.equal(u.searchParams.get("resume_token"), "tok1");
+  assert.equal(u.searchParams.get("last_seq"), "2");
+  gw.last().accept();
+  gw.last().push({ type: "connected", socket_id: "gw.1.a", resumed: true, rooms: ["fun", "b"], resume_token: "tok2" });
+  gw.last().push({ type: "message", seq: 2, room: "fun", event: "chat", data: 2 }); // already had it
+  gw.last().push({ type: "message", seq: 3, room: "b", event: "chat", data: 3 });
+  assert.equal(socket.socketId, "gw.1.a");
+  assert.deepEqual(socket.rooms, ["fun", "b"]);
+  assert.deepEqual(
+    events.filter(([n]) => n === "resumed" || n === "chat" || n === "reconnected"),
+    [
+      ["resumed", { socketId: "gw.1.a", rooms: ["fun", "b"] }],
+      ["chat", 3, { room: "b", event: "chat" }],
+    ],
+  );
+  gw.last().drop(1006);
+  nextAttempt(clock, gw);
+  const u2 = new URL(gw.last().url);
+  assert.equal(u2.searchParams.get("resume_token"), "tok2", "a resumed socket has a new token");
+  assert.equal(u2.searchParams.get("last_seq"), "3");
+});
+
+test("a refused resume is a new socket: reconnected with the reason, seq counted afresh", () => {
+  const { socket, clock, gw, events } = setup();
+  gw.last().accept();
+  gw.last().push({ type: "connected", socket_id: "gw.1.a", resume_token: "tok1" });
+  gw.last().push({ type: "message", seq: 5, event: "chat", data: 5 });
+  gw.last().drop(1006);
+  events.length = 0;
+  nextAttempt(clock, gw);
+  gw.last().accept();
+  gw.last().push({ type: "connected", socket_id: "gw.1.b", resumed: false, resume_error: "EXPIRED", resume_token: "tok9" });
+  gw.last().push({ type: "message", seq: 1, event: "chat", data: "new" });
+  assert.deepEqual(events.filter(([n]) => n === "reconnected" || n === "chat"), [
+    ["reconnected", { socketId: "gw.1.b", previousSocketId: "gw.1.a", resumeError: "EXPIRED" }],
+    ["chat", "new", { room: null, event: "chat" }],
+  ]);
+  assert.equal(socket.socketId, "gw.1.b");
+  socket.close();
+  assert.equal(gw.last().closedWith.code, 1000);
+});
+
+test("a gateway without resume tokens is reconnected to as before", () => {
+  const { clock, gw } = setup();
+  gw.last().accept("gw.1.a");
+  gw.last().drop(1006);
+  nextAttempt(clock, gw);
+  assert.equal(gw.last().url, "ws://gw.test/ws");
+});

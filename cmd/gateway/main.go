@@ -61,6 +61,8 @@ func run(args []string) error {
 	gatewayID := fs.String("gateway-id", "", "unique gateway id, [A-Za-z0-9_-]{1,64} (default: host name and a random suffix)")
 	sendQueue := fs.Int("send-queue", 256, "frames queued per socket before a slow socket is disconnected")
 	maxSocketQueueBytes := fs.Int64("max-socket-queue-bytes", 4<<20, "bytes of frames queued per socket (those being written included) before a slow socket is disconnected (1013); keep it above the membership-server's --max-payload-bytes (0: the default)")
+	resumeWindow := fs.Duration("resume-window", 2*time.Minute, "how long a native socket whose connection failed (no close frame from the client) stays resumable with its id, rooms and missed messages (/ws?resume_token=…&last_seq=N); 0: off, a dropped connection ends its socket at once")
+	resumeBufferBytes := fs.Int64("resume-buffer-bytes", 1<<20, "bytes of message frames a resumable socket keeps for a resume, written ones included, each counted with 32 bytes of bookkeeping; a detached socket past it ends (TOO_FAR_BEHIND) (0: the default)")
 	upstreamURL := fs.String("upstream-url", "", "app that socket requests are forwarded to, e.g. http://127.0.0.1:3000 (empty: requests answer 501)")
 	upstreamTimeout := fs.Duration("upstream-timeout", 10*time.Second, "how long a socket request may take upstream before it is answered 504")
 	demoPage := fs.Bool("demo-page", false, "serve a demo page at / that shows a socket's rooms and messages and the grpcurl commands to drive it (off by default: it names the membership API address to anyone who can reach the gateway); /membership.js is served either way")
@@ -168,6 +170,8 @@ func run(args []string) error {
 		Logger:           log,
 
 		MaxSocketQueueBytes: *maxSocketQueueBytes,
+		ResumeWindow:        *resumeWindow,
+		ResumeBufferBytes:   *resumeBufferBytes,
 	}, cli)
 	if err != nil {
 		return err

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,6 +21,8 @@ const broadcasters = 16
 // benchFanout: one room of cfg.fanoutSockets sockets over two gateways, all
 // clients in this process; broadcasters send as fast as answers come back.
 // Each message carries its send time, so every receipt gives a latency.
+// cfg.gatewayArgs go to both gateways (for example --resume-window 0, to
+// measure the fan-out without resumable sockets).
 func benchFanout(ctx context.Context, cfg config) error {
 	st, err := startStack(ctx, cfg)
 	if err != nil {
@@ -28,7 +31,7 @@ func benchFanout(ctx context.Context, cfg config) error {
 	defer st.stop()
 	var gws []*gatewayProc
 	for _, id := range []string{"fan-1", "fan-2"} {
-		g, err := st.addGateway(id)
+		g, err := st.addGateway(id, strings.Fields(cfg.gatewayArgs)...)
 		if err != nil {
 			return err
 		}

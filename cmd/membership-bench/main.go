@@ -86,7 +86,7 @@ func main() {
 	flag.IntVar(&cfg.roomwideDests, "roomwide-rooms", 20, "roomwide: destination rooms")
 	flag.StringVar(&cfg.bcmemLevels, "bcmem-concurrency", "64,256", "bcmem: concurrent Broadcasts per wave")
 	flag.IntVar(&cfg.watchSockets, "watch-sockets", 5000, "watch: sockets whose memberships come and go (a multiple of 100)")
-	flag.StringVar(&cfg.gatewayArgs, "gateway-args", "", "bcmem: extra flags for the gateway, space-separated")
+	flag.StringVar(&cfg.gatewayArgs, "gateway-args", "", "bcmem, fanout: extra flags for the gateways, space-separated")
 	flag.IntVar(&cfg.httpConcurrency, "http-concurrency", 64, "http: concurrent callers")
 	flag.IntVar(&cfg.httpRounds, "http-rounds", 3, "http: rounds, each running every transport for --duration")
 	flag.StringVar(&cfg.httpProfileDir, "http-cpuprofile", "", "http: after the rounds, record the membership-server's CPU profile under each transport into this directory")

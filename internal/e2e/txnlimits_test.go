@@ -219,7 +219,7 @@ func TestGatewayRemovesSocketWithinEtcdLimits(t *testing.T) {
 	if n := socketKeys(); n != 1+2*rooms {
 		t.Fatalf("%d keys of the socket, want %d", n, 1+2*rooms)
 	}
-	s.Conn.Close()
+	s.Close()
 	waitFor(t, 15*time.Second, "every key of the closed socket removed", func() bool { return socketKeys() == 0 })
 
 	// The gateway refuses limits below what its transactions need, as the

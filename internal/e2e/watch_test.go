@@ -223,7 +223,7 @@ func TestWatchResumedMatchesEtcdHistory(t *testing.T) {
 		join(s.ID, "y")
 		switch {
 		case i%4 == 0:
-			s.Conn.Close() // the gateway removes it: DISCONNECTED, then LEFT
+			s.Close() // the gateway removes it: DISCONNECTED, then LEFT
 		case i%4 == 1:
 			if _, err := api.Leave(ctx, &membershipv1.LeaveRequest{SocketId: s.ID, Room: "x"}); err != nil {
 				t.Fatal(err)

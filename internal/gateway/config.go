@@ -38,6 +38,16 @@ type Config struct {
 	// in etcd with the sockets it holds, to remove records no socket holds
 	// (removals.go); 30s.
 	ReconcileInterval time.Duration
+	// ResumeWindow is how long a native socket whose connection failed stays
+	// resumable (resume.go): a member of its rooms, its messages logged.
+	// 0: off, a dropped connection ends its socket at once, and frames carry
+	// no resume_token or seq. The gateway binary's --resume-window: 2m.
+	ResumeWindow time.Duration
+	// ResumeBufferBytes bounds the message frames a resumable socket keeps
+	// for a resume (written ones included, the most recent kept), each
+	// counted with 32 bytes of bookkeeping; a detached socket whose unwritten
+	// frames pass it ends TOO_FAR_BEHIND. 1 MiB.
+	ResumeBufferBytes int64
 	// Socket requests: forwarded to UpstreamURL ("" answers 501).
 	UpstreamURL     string
 	UpstreamTimeout time.Duration // 10s
@@ -96,6 +106,12 @@ func (c *Config) setDefaults() error {
 	}
 	if c.SendQueue == 0 {
 		c.SendQueue = defaultSendQueue
+	}
+	if c.ResumeWindow < 0 || c.ResumeBufferBytes < 0 {
+		return fmt.Errorf("resume window %v, buffer %d bytes: must not be negative", c.ResumeWindow, c.ResumeBufferBytes)
+	}
+	if c.ResumeBufferBytes == 0 {
+		c.ResumeBufferBytes = defaultResumeBufferBytes
 	}
 	if c.WriteTimeout == 0 {
 		c.WriteTimeout = 10 * time.Second

@@ -23,6 +23,7 @@ func (g *Gateway) applyDisconnect(s *session, d store.DisconnectRequest) {
 			sio.serverDisconnect(d.Notice.Code, d.Notice.Reason)
 		} else {
 			m.shutdown(d.Notice.Code, d.Notice.Reason)
+			g.forgetResumable(m) // a detached socket has no connection to close
 		}
 	}
 	g.removeSocket(s, d.Socket)

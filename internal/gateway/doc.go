@@ -14,7 +14,9 @@
 //     revision, asking etcd for watch progress so an idle prefix does not
 //     stall them.
 //   - the current session (Gateway.sess): the leases and their proof of life.
-//   - per socket, its send queue (writer.go).
+//   - per socket, its send queue (writer.go), and with a resume window its
+//     resumable (resume.go): resume token, seq and the log of its messages,
+//     which outlives a failed connection for the window.
 //
 // # Goroutines and their owners
 //
@@ -29,6 +31,12 @@
 //     is something to write, and drains a queue bounded in frames and bytes.
 //   - one goroutine per socket request in flight (request.go), waited for by
 //     the reader.
+//   - with a resume window (resume.go), while a socket is detached a timer
+//     that ends it when the window passes, and at most one short-lived
+//     goroutine at a time writing its record's detached_since, retrying
+//     until the record says what the socket is or the socket or session
+//     ends. A detached socket has no reader or writer: its hub entry stays,
+//     so the watch and Deliver go on serving it.
 //
 // Per Socket.IO session (socketio.go; the transport's goroutines are
 // internal/engineio's):
@@ -72,6 +80,7 @@
 //	config.go     Config and its defaults
 //	gateway.go    Gateway, New, the HTTP mux, Run and the session loop
 //	removals.go   closed sockets' keys: the pending set, the janitor, reconcile
+//	resume.go     connection state recovery: detached sockets, seq, resume tokens
 //	lease.go      sessions: leases, their renewal and fencing, the pinger, ending a session
 //	socket.go     the upgrade and a socket's life: registration, the read loop
 //	socketio.go   Socket.IO and Sails clients at /socket.io/: the mapping, sessions as hub members

@@ -38,6 +38,7 @@ type Gateway struct {
 	// sioConnecting counts Socket.IO sessions not yet in the hub (waiting
 	// for their CONNECT or registering), for --max-sockets.
 	sioConnecting atomic.Int64
+	resumes       *resumes // resumable native sockets (resume.go)
 
 	mu       sync.Mutex
 	sess     *session
@@ -70,6 +71,7 @@ func New(cfg Config, cli *clientv3.Client) (*Gateway, error) {
 		store:      st,
 		log:        cfg.Logger.With("gateway", cfg.ID),
 		hub:        newHub(),
+		resumes:    newResumes(),
 		applied:    revwait.New(),
 		upgrader: websocket.Upgrader{
 			// Client frames are small; server frames are written by the

@@ -215,6 +215,7 @@ func (g *Gateway) keepAlive(s *session) error {
 func (g *Gateway) endSession(s *session, shutdown bool) {
 	s.cancel()
 	g.setSession(nil)
+	g.endResumables(s)
 	if shutdown {
 		g.hub.closeAll(closeGoingAway, "gateway shutting down")
 	} else {

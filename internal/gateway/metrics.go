@@ -29,6 +29,8 @@ type metrics struct {
 	removalsAbandoned *prometheus.CounterVec
 	// recordsReconciled counts socket records found in etcd without a socket.
 	recordsReconciled prometheus.Counter
+	// resumes counts resume attempts by outcome (resume.go).
+	resumes *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, g *Gateway) *metrics {
@@ -54,6 +56,10 @@ func newMetrics(reg prometheus.Registerer, g *Gateway) *metrics {
 		recordsReconciled: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "gateway_socket_records_reconciled_total",
 			Help: "Socket records of the gateway's lease found in etcd without an open or closing socket, and removed."}),
+		resumes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gateway_resumes_total",
+			Help: "Native sockets' resume attempts (/ws?resume_token=…) by outcome: resumed, or the resume_error: expired, unknown, too_far_behind, gateway_lost."},
+			[]string{"outcome"}),
 		waitApplied: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "gateway_apply_wait_seconds",
 			Help:    "Time Deliver and WaitApplied waited for the membership index to reach the caller's revision.",
@@ -66,10 +72,13 @@ func newMetrics(reg prometheus.Registerer, g *Gateway) *metrics {
 		m.delivered.WithLabelValues(p) // exported as 0 from the start
 		m.slowClients.WithLabelValues(p)
 	}
+	for _, o := range []string{resumeOK, resumeExpired, resumeUnknown, resumeTooFarBehind, resumeGatewayLost} {
+		m.resumes.WithLabelValues(outcomeLabel(o)) // exported as 0 from the start
+	}
 	for _, reason := range []string{"not_retryable"} {
 		m.removalsAbandoned.WithLabelValues(reason) // exported as 0 from the start
 	}
-	reg.MustRegister(m.delivered, m.dropped, m.slowClients, m.renewFailures, m.sessionsLost, m.authFailures, m.removalsAbandoned, m.recordsReconciled, m.waitApplied, m.lagRevisions,
+	reg.MustRegister(m.delivered, m.dropped, m.slowClients, m.renewFailures, m.sessionsLost, m.authFailures, m.removalsAbandoned, m.recordsReconciled, m.resumes, m.waitApplied, m.lagRevisions,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gateway_sockets", Help: "Open sockets."},
 			func() float64 { return float64(g.hub.count()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gateway_protocol_sockets", Help: "Open sockets by client protocol: native (/ws) or socketio (/socket.io/).",
@@ -86,6 +95,12 @@ func newMetrics(reg prometheus.Registerer, g *Gateway) *metrics {
 				}
 				return 0
 			}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gateway_detached_sockets",
+			Help: "Native sockets whose connection failed and that stay resumable (--resume-window), still members of their rooms."},
+			func() float64 { return float64(g.resumes.detached.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gateway_resume_buffered_bytes",
+			Help: "Bytes of message frames resumable sockets keep for a resume, written ones included, each frame counted with 32 bytes of bookkeeping (per socket bounded by --resume-buffer-bytes; a room's sockets share its frames, so the memory held is at most this)."},
+			func() float64 { return float64(g.resumes.bytes.Load()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gateway_rooms", Help: "Rooms with at least one local member."},
 			func() float64 { r, _ := g.hub.sizes(); return float64(r) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gateway_memberships", Help: "Memberships of local sockets."},

@@ -7,10 +7,10 @@
 //
 // Gateway to client:
 //
-//	{"type":"connected","socket_id":"gw-1.6a1f…","user":"alice"}  first frame of every socket; user only with authentication
+//	{"type":"connected","socket_id":"gw-1.6a1f…","user":"alice","resume_token":"r1.…"}  first frame of every socket; user only with authentication, resume_token only with a resume window
 //	{"type":"joined","room":"fun"}                                  the socket is now a member of room
 //	{"type":"left","room":"fun"}                                    the socket is no longer a member of room
-//	{"type":"message","room":"fun","event":"chat","data":…}        a Broadcast to room; "room" absent for a blast to every socket; data null when none
+//	{"type":"message","seq":7,"room":"fun","event":"chat","data":…} a Broadcast to room; "room" absent for a blast to every socket; data null when none; seq only with a resume window
 //	{"type":"response","id":1,"status":200,"body":…}                the answer to a socket request
 //
 // Client to gateway:
@@ -28,8 +28,36 @@
 //
 // No joined, left or message frame precedes connected, and none is sent
 // before the socket is registered in etcd (it can be joined). Frames for one
-// socket go out in the order the gateway applied them; the connection is the
-// only ordering there is: a new connection is a new socket, in no room.
+// socket go out in the order the gateway applied them.
+//
+// Connection state recovery (resume.go), with Config.ResumeWindow > 0
+// (--resume-window, 2m by default in the gateway binary; 0 leaves every frame
+// as above without resume_token and seq, and ignores resume parameters):
+//
+//   - Every message frame carries "seq", the socket's message counter: 1 for
+//     its first message, one more for each.
+//   - A socket whose connection fails (no close frame from the client: end of
+//     stream, reset, ping timeout, failed write) stays resumable for the
+//     window: a member of its rooms, Join and Leave applying to it, its
+//     messages kept. A close frame from the client ends it at once.
+//   - GET /ws?resume_token=<the last connected frame's>&last_seq=<the seq of
+//     the last message received, 0 for none> resumes it; the first frame is
+//     {"type":"connected","socket_id":<the same>,"resumed":true,"rooms":[…],"resume_token":<new>}
+//     (rooms sorted, as they are now), then every message with seq > last_seq
+//     in order, then live ones. A token resumes once. A connection that the
+//     gateway still thinks up is taken over (closed with 1000).
+//   - When it cannot be resumed the socket is new, as without a token, and
+//     the connected frame has "resumed":false and "resume_error": EXPIRED
+//     (the window passed), TOO_FAR_BEHIND (more was missed than
+//     --resume-buffer-bytes keeps, or last_seq is older than what is kept),
+//     GATEWAY_LOST (the gateway that held it lost its lease or was
+//     restarted), or UNKNOWN (a token that is malformed, guessed, spent,
+//     another user's, issued by another gateway, for a socket closed by its
+//     client or the API, or a last_seq it was never sent).
+//   - A last_seq that is not a decimal integer, or one without resume_token,
+//     is refused with 400 before the upgrade.
+//
+// Socket.IO sessions are never resumed: they reconnect as new sockets.
 //
 // Socket.IO and Sails clients at /socket.io/ get the same frames as
 // Socket.IO packets; socketio.go states that mapping.
@@ -75,8 +103,42 @@ func encode(f frame) []byte {
 	return b
 }
 
-func connectedFrame(socketID, user string) []byte {
-	return encode(frame{Type: frameConnected, SocketID: socketID, User: user})
+// connected is the connected frame: frame's fields that only it has.
+type connected struct {
+	Type        string    `json:"type"`
+	SocketID    string    `json:"socket_id"`
+	User        string    `json:"user,omitempty"`
+	Resumed     *bool     `json:"resumed,omitempty"`
+	Rooms       *[]string `json:"rooms,omitempty"`
+	ResumeToken string    `json:"resume_token,omitempty"`
+	ResumeError string    `json:"resume_error,omitempty"`
+}
+
+func encodeConnected(f connected) []byte {
+	f.Type = frameConnected
+	b, err := json.Marshal(f)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// connectedFrame is a new socket's first frame: token is its resume token
+// ("" when sockets are not resumable); triedResume says the client asked to
+// resume, which failed with resumeErr.
+func connectedFrame(socketID, user, token string, triedResume bool, resumeErr string) []byte {
+	f := connected{SocketID: socketID, User: user, ResumeToken: token, ResumeError: resumeErr}
+	if triedResume {
+		f.Resumed = new(bool)
+	}
+	return encodeConnected(f)
+}
+
+// resumedFrame is a resumed socket's first frame, with its rooms now and its
+// new resume token.
+func resumedFrame(socketID, user string, rooms []string, token string) []byte {
+	yes := true
+	return encodeConnected(connected{SocketID: socketID, User: user, Resumed: &yes, Rooms: &rooms, ResumeToken: token})
 }
 
 // controlFrame is a joined or left frame.
@@ -122,9 +184,11 @@ func errorBody(msg string) json.RawMessage {
 
 // Close codes the gateway sends (RFC 6455 §7.4). Every close means the socket
 // is gone, with its memberships: a client that reconnects gets a new socket
-// id, in no room.
+// id, in no room; only a connection that failed without a close leaves a
+// resumable socket (resume.go), and 1000 also closes a connection whose
+// socket was resumed on another.
 const (
-	closeNormal          = websocket.CloseNormalClosure           // 1000: the client closed, or its connection failed
+	closeNormal          = websocket.CloseNormalClosure           // 1000: the client closed, or its connection failed, or its socket resumed on another connection
 	closeGoingAway       = websocket.CloseGoingAway               // 1001: the gateway is shutting down
 	closeProtocolError   = websocket.CloseProtocolError           // 1002: a frame broke RFC 6455 (bad opcode, unmasked, RSV bits, …)
 	closeUnsupportedData = websocket.CloseUnsupportedData         // 1003: a binary frame; text frames only

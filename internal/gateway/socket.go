@@ -38,9 +38,9 @@ type client struct {
 	onSlow       func() // counts a disconnect for a full queue
 
 	mu    sync.Mutex
-	queue [][]byte // frames waiting for the writer
+	queue []outFrame // frames waiting for the writer
 	// queuedBytes counts the bytes of the frames in queue and of those the
-	// writer is writing: what the socket holds in memory.
+	// writer is writing, as written (seq included): what the socket holds.
 	queuedBytes int64
 	ctrl        uint8 // control frames waiting: ctrlPing, ctrlPong
 	writing     bool  // a writer goroutine is running
@@ -57,6 +57,10 @@ type client struct {
 	maxInflight int
 	inflight    chan struct{}  // a slot per socket request in flight; made by the reader on first use
 	requests    sync.WaitGroup // socket request goroutines
+
+	// rs is the socket's recoverable state (resume.go), shared by each
+	// connection the socket has had; nil when sockets are not resumable.
+	rs *resumable
 }
 
 const (
@@ -79,8 +83,31 @@ func newClient(sid store.SocketID, conn *websocket.Conn, maxQueue, inflight int,
 	}
 }
 
+// outFrame is a frame waiting for the writer: b as it is, or, with a seq,
+// a message frame shared by every socket of its room, into which the writer
+// splices the socket's own "seq" (resume.go) as it writes it, so that
+// numbering a message costs a socket no copy of it.
+type outFrame struct {
+	b   []byte
+	seq uint64 // 0: none (seqs start at 1)
+}
+
+// size is the frame's length as written.
+func (f outFrame) size() int {
+	if f.seq == 0 {
+		return len(f.b)
+	}
+	return len(f.b) + seqFieldLen(f.seq)
+}
+
 // deliver queues the message's native frame (member).
-func (c *client) deliver(o *outbound) bool { return c.enqueue(o.nativeFrame()) }
+// A resumable socket's goes through its log, numbered (resume.go).
+func (c *client) deliver(o *outbound) bool {
+	if c.rs != nil {
+		return c.rs.g.deliverResumable(c.rs, o.nativeFrame())
+	}
+	return c.enqueue(o.nativeFrame())
+}
 
 // notice queues a joined or left frame (member).
 func (c *client) notice(joined bool, room string) {
@@ -114,6 +141,14 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "gateway is full; try another", http.StatusServiceUnavailable)
 		return
 	}
+	var resume *resumeRequest
+	if g.resumeOn() {
+		var err error
+		if resume, err = parseResumeQuery(r.URL.Query()); err != nil {
+			http.Error(w, "bad resume parameters: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+	}
 	if !g.startHandler() {
 		http.Error(w, "gateway is shutting down", http.StatusServiceUnavailable)
 		return
@@ -123,12 +158,13 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 		g.wg.Done()
 		return // the upgrader already answered
 	}
-	go g.runSocket(sess, conn, user)
+	go g.runSocket(sess, conn, user, resume)
 }
 
-// runSocket registers the socket and hands it to readSocket; the Gateway.wg
-// count it was started with passes on with it.
-func (g *Gateway) runSocket(sess *session, conn *websocket.Conn, user string) {
+// runSocket registers the socket, or resumes the one resume names, and hands
+// it to readSocket; the Gateway.wg count it was started with passes on with
+// it.
+func (g *Gateway) runSocket(sess *session, conn *websocket.Conn, user string, resume *resumeRequest) {
 	sid := store.NewSocketID(g.cfg.ID, sess.leaseForSocket())
 	nc := conn.NetConn().(*netConn)
 	c := newClient(sid, conn, g.cfg.SendQueue, g.cfg.MaxInflight, g.cfg.WriteTimeout, sess.alive)
@@ -136,19 +172,40 @@ func (g *Gateway) runSocket(sess *session, conn *websocket.Conn, user string) {
 	c.maxBytes = g.cfg.MaxSocketQueueBytes
 	c.user = user
 	c.onSlow = g.metrics.slowClients.WithLabelValues(protocolNative).Inc
+	resumeErr := ""
+	if resume != nil {
+		r, outcome := g.resume(resume, user, c)
+		g.metrics.resumes.WithLabelValues(outcomeLabel(outcome)).Inc()
+		if r != nil {
+			c.release()
+			nc.handOver(c)
+			go g.readSocket(r.sess, c)
+			return
+		}
+		resumeErr = outcome
+	}
+	rec := store.SocketRecord{Gateway: g.cfg.ID, ConnectedAt: time.Now().UTC(), User: user}
+	token := ""
+	if g.resumeOn() {
+		c.rs = g.newResumable(sess, sid, rec)
+		c.rs.conn, c.rs.member = c, c
+		token = g.tokenLocked(c.rs) // c.rs is no one else's yet
+	}
 	// Queued (and held) before the socket exists in etcd, so no joined frame
 	// can precede it, and none is written before the socket can be joined.
-	c.enqueue(connectedFrame(c.id, user))
+	c.enqueue(connectedFrame(c.id, user, token, resume != nil, resumeErr))
 	if !g.hub.add(c) {
+		g.endResumable(c)
 		c.shutdown(closeServiceRestart, "gateway is re-registering")
 		<-c.connClosed
 		g.wg.Done()
 		return
 	}
 	ctx, cancel := context.WithTimeout(sess.ctx, g.cfg.EtcdTimeout)
-	_, err := g.store.AddSocket(ctx, sid, store.SocketRecord{Gateway: g.cfg.ID, ConnectedAt: time.Now().UTC(), User: user})
+	_, err := g.store.AddSocket(ctx, sid, rec)
 	cancel()
 	if err != nil {
+		g.endResumable(c)
 		g.log.Warn("register socket failed", "socket", c.id, "err", err)
 		g.hub.remove(c)
 		// The put may have committed after all.
@@ -171,17 +228,45 @@ func (g *Gateway) readSocket(sess *session, c *client) {
 	defer g.wg.Done()
 	sid := c.sid
 	reqCtx, cancelRequests := context.WithCancel(context.Background())
-	g.readLoop(reqCtx, c)
-	c.shutdown(closeNormal, "")
+	err := g.readLoop(reqCtx, c)
+	// The connection failed: no close frame came from the client, and the
+	// gateway chose no close but for a failed write. A resumable socket
+	// then detaches (resume.go) instead of ending.
+	// (The library reports a connection that ended without a close frame as
+	// a CloseError of 1006, which no peer can send.)
+	var ce *websocket.CloseError
+	clientClosed := errors.As(err, &ce) && ce.Code != websocket.CloseAbnormalClosure
+	code := c.closingCode()
+	failed := err != nil && !clientClosed && (code == 0 || code == closeAbnormal)
+	if failed && c.rs != nil {
+		c.shutdown(closeAbnormal, "connection failed") // nothing to say on a dead connection
+	} else {
+		c.shutdown(closeNormal, "")
+	}
 	cancelRequests()
 	c.requests.Wait()
 	<-c.connClosed
+	if g.release(c, failed) {
+		return
+	}
 	g.hub.remove(c)
 	g.removeSocket(sess, sid)
 }
 
-// readLoop reads client frames until the connection fails or closes.
-func (g *Gateway) readLoop(ctx context.Context, c *client) {
+// closingCode is the code of the close under way, 0 when none is.
+func (c *client) closingCode() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.closing {
+		return 0
+	}
+	return c.closeCode
+}
+
+// readLoop reads client frames until the connection fails or closes, and
+// returns the read error that ended it (a *websocket.CloseError when the
+// client sent a close frame), or nil when the gateway closed the socket.
+func (g *Gateway) readLoop(ctx context.Context, c *client) error {
 	c.conn.SetReadLimit(g.cfg.MaxFrameBytes)
 	pongWait := 2 * g.cfg.PingInterval
 	_ = c.conn.SetReadDeadline(time.Now().Add(pongWait))
@@ -202,7 +287,7 @@ func (g *Gateway) readLoop(ctx context.Context, c *client) {
 	for {
 		typ, data, err := c.conn.ReadMessage()
 		if err != nil {
-			return
+			return err
 		}
 		_ = c.conn.SetReadDeadline(time.Now().Add(pongWait))
 		if !bucket.take(time.Now()) {
@@ -210,7 +295,7 @@ func (g *Gateway) readLoop(ctx context.Context, c *client) {
 			// done; a client that keeps going long past it is closed.
 			if over++; float64(over) > maxOverRate*g.cfg.FramesPerSecond {
 				c.shutdown(closePolicyViolation, "too many frames")
-				return
+				return nil
 			}
 			var f requestFrame
 			if json.Unmarshal(data, &f) == nil && len(f.ID) > 0 {
@@ -221,7 +306,7 @@ func (g *Gateway) readLoop(ctx context.Context, c *client) {
 		over = 0
 		if code, reason := g.handleFrame(ctx, c, typ, data); code != 0 {
 			c.shutdown(code, reason)
-			return
+			return nil
 		}
 	}
 }

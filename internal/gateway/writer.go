@@ -11,13 +11,23 @@ import (
 
 // enqueue queues a frame without blocking. A frame past the queue's bound in
 // frames or in bytes disconnects the client instead.
-func (c *client) enqueue(b []byte) bool {
+func (c *client) enqueue(b []byte) bool { return c.enqueueFrame(outFrame{b: b}) }
+
+// enqueueSeq queues a message frame made by messageFrame, possibly shared
+// with other sockets, to be written with "seq":seq spliced in (resume.go);
+// as enqueue otherwise.
+func (c *client) enqueueSeq(frame []byte, seq uint64) bool {
+	return c.enqueueFrame(outFrame{b: frame, seq: seq})
+}
+
+func (c *client) enqueueFrame(f outFrame) bool {
 	c.mu.Lock()
 	if c.closing {
 		c.mu.Unlock()
 		return false
 	}
-	if len(c.queue) >= c.maxQueue || (c.maxBytes > 0 && c.queuedBytes+int64(len(b)) > c.maxBytes) {
+	size := int64(f.size())
+	if len(c.queue) >= c.maxQueue || (c.maxBytes > 0 && c.queuedBytes+size > c.maxBytes) {
 		c.mu.Unlock()
 		if c.onSlow != nil {
 			c.onSlow()
@@ -28,8 +38,8 @@ func (c *client) enqueue(b []byte) bool {
 		c.shutdown(closeTryAgainLater, "send queue full")
 		return false
 	}
-	c.queue = append(c.queue, b)
-	c.queuedBytes += int64(len(b))
+	c.queue = append(c.queue, f)
+	c.queuedBytes += size
 	start := c.startWriterLocked()
 	c.mu.Unlock()
 	if start {
@@ -95,7 +105,7 @@ func (c *client) shutdown(code int, reason string) {
 // burst of broadcasts spends one system call on many frames rather than one
 // on each.
 func (c *client) writeLoop() {
-	var headers []byte
+	var heads []byte
 	var bufs net.Buffers
 	var written int64 // bytes of the last batch, counted in queuedBytes until now
 	for {
@@ -111,7 +121,7 @@ func (c *client) writeLoop() {
 		batch, ctrl := c.queue, c.ctrl
 		c.queue, c.ctrl = nil, 0
 		for _, f := range batch {
-			written += int64(len(f))
+			written += int64(f.size())
 		}
 		if len(batch) == 0 && ctrl == 0 {
 			c.writing = false
@@ -142,7 +152,7 @@ func (c *client) writeLoop() {
 			c.shutdown(closeServiceRestart, "gateway lost its registration; reconnect")
 			continue
 		}
-		headers, bufs = appendFrames(headers[:0], bufs[:0], batch)
+		heads, bufs = appendFrames(heads[:0], bufs[:0], batch)
 		if err := c.write(&bufs, deadline); err != nil {
 			c.shutdown(closeAbnormal, "write failed")
 		}
@@ -202,18 +212,28 @@ func closeReasonText(reason string) string {
 }
 
 // appendFrames lays out unmasked, final text frames (RFC 6455 §5.2) for
-// payloads: the headers go in one buffer, the payloads are not copied.
-func appendFrames(headers []byte, bufs net.Buffers, payloads [][]byte) ([]byte, net.Buffers) {
-	for _, p := range payloads {
-		headers = appendFrameHeader(headers, websocket.TextMessage, len(p))
+// frames, their payloads not copied: the headers go in heads, each followed
+// there, for a frame with a seq, by the message frame's head with the seq
+// (appendSeqHead), its shared rest following in a buffer of its own. So a
+// frame costs two buffers of the writev, with or without a seq.
+func appendFrames(heads []byte, bufs net.Buffers, frames []outFrame) ([]byte, net.Buffers) {
+	for _, f := range frames {
+		heads = appendFrameHeader(heads, websocket.TextMessage, f.size())
+		if f.seq != 0 {
+			heads = appendSeqHead(heads, f.seq)
+		}
 	}
 	off := 0
-	for _, p := range payloads {
-		n := frameHeaderLen(len(p))
-		bufs = append(bufs, headers[off:off+n], p)
+	for _, f := range frames {
+		n, rest := frameHeaderLen(f.size()), f.b
+		if f.seq != 0 {
+			n += len(messageHead) + seqFieldLen(f.seq)
+			rest = f.b[len(messageHead):]
+		}
+		bufs = append(bufs, heads[off:off+n], rest)
 		off += n
 	}
-	return headers, bufs
+	return heads, bufs
 }
 
 func frameHeaderLen(n int) int {

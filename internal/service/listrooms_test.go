@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -94,7 +95,11 @@ func TestListRoomsPagesPastRoomShapedLikeSocketID(t *testing.T) {
 	sock := store.NewSocketID("gw", lease.ID)
 	shaped := "gw-a.0000000000000001.AAAAAAAAAAAAAAAAAAAAAA"
 	for _, room := range []string{"a", shaped, "z"} {
-		if _, err := e.Client.Put(ctx, store.DefaultPrefix+"rooms/"+room+"/"+sock.String(), ""); err != nil {
+		// Both keys of a membership: the target index counts gwm/ keys.
+		if _, err := e.Client.Txn(ctx).Then(
+			clientv3.OpPut(store.DefaultPrefix+"rooms/"+room+"/"+sock.String(), ""),
+			clientv3.OpPut(store.DefaultPrefix+"gwm/gw/"+sock.String()+"/"+room, ""),
+		).Commit(); err != nil {
 			t.Fatal(err)
 		}
 	}

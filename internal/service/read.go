@@ -77,7 +77,7 @@ func (s *Server) ListMembers(ctx context.Context, req *membershipv1.ListMembersR
 	}
 	resp := &membershipv1.ListMembersResponse{Revision: rev, NextPageToken: encodePageToken(next)}
 	for _, m := range members {
-		resp.Members = append(resp.Members, &membershipv1.Member{SocketId: m.SocketID, Gateway: m.Gateway, User: m.User})
+		resp.Members = append(resp.Members, &membershipv1.Member{SocketId: m.SocketID, Gateway: m.Gateway, User: m.User, DetachedSince: detachedSince(m.DetachedSince)})
 	}
 	return resp, nil
 }

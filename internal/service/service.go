@@ -227,7 +227,7 @@ func (s *Server) change(ctx context.Context, one string, many []string, room str
 		err = tooLarge("room", err) // one socket: the room name makes it large
 	}
 	if err == nil && wait == membershipv1.WaitFor_WAIT_FOR_APPLY {
-		err = s.waitApplied(ctx, socks, res.Revision)
+		err = s.waitApplied(ctx, res.Homes, res.Revision)
 	}
 	return res, socks, err
 }
@@ -295,9 +295,10 @@ func (s *Server) roomWide(ctx context.Context, source string, dests []string, ad
 	return res, tooLarge("dest_rooms", err)
 }
 
-// waitApplied waits until the gateways of socks applied the change at rev,
-// all in parallel (gatewayconn.Pool.WaitApplied).
-func (s *Server) waitApplied(ctx context.Context, socks []store.SocketID, rev int64) error {
+// waitApplied waits until the gateways at homes (the sockets' current ones,
+// as the store reports them: a socket's id may name another) applied the
+// change at rev, all in parallel (gatewayconn.Pool.WaitApplied).
+func (s *Server) waitApplied(ctx context.Context, homes []store.Home, rev int64) error {
 	// Give up a little before the caller does, so that the caller gets the
 	// APPLY_TIMEOUT answer rather than only its own deadline.
 	if dl, ok := ctx.Deadline(); ok {
@@ -305,9 +306,9 @@ func (s *Server) waitApplied(ctx context.Context, socks []store.SocketID, rev in
 		ctx, cancel = context.WithDeadline(ctx, dl.Add(-min(100*time.Millisecond, time.Until(dl)/10)))
 		defer cancel()
 	}
-	regs := make([]gatewayconn.Registration, len(socks))
-	for i, sock := range socks {
-		regs[i] = gatewayconn.Registration{Gateway: sock.Gateway, Lease: sock.Lease}
+	regs := make([]gatewayconn.Registration, len(homes))
+	for i, h := range homes {
+		regs[i] = gatewayconn.Registration{Gateway: h.Gateway, Lease: h.Lease}
 	}
 	if err := s.gateways.WaitApplied(ctx, rev, regs); err != nil {
 		return &applyError{revision: rev, err: err}

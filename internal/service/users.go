@@ -6,6 +6,7 @@ package service
 import (
 	"context"
 	"strings"
+	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -52,7 +53,7 @@ func (s *Server) changeUser(ctx context.Context, user, room string, wait members
 	res, err := s.store.ChangeUser(etcdCtx(ctx), user, room, join, perTxn)
 	err = tooLarge("room", err)
 	if err == nil && wait == membershipv1.WaitFor_WAIT_FOR_APPLY && len(res.Sockets) > 0 {
-		err = s.waitApplied(ctx, res.Sockets, res.Revision)
+		err = s.waitApplied(ctx, res.Homes, res.Revision)
 	}
 	return res, err
 }
@@ -120,7 +121,17 @@ func socketMessage(info store.SocketInfo) *membershipv1.Socket {
 		ConnectedAt: timestamppb.New(info.ConnectedAt),
 		Rooms:       info.Rooms,
 		User:        info.User,
+		// The detached mark of a resumable socket (the gateway's resume.go).
+		DetachedSince: detachedSince(info.DetachedSince),
 	}
+}
+
+// detachedSince is a socket record's detached_since, nil when attached.
+func detachedSince(t *time.Time) *timestamppb.Timestamp {
+	if t == nil {
+		return nil
+	}
+	return timestamppb.New(*t)
 }
 
 // socketPage checks the paging of a listing ordered by socket id: the page

@@ -146,11 +146,13 @@ func StartGatewayServing(t testing.TB, endpoints string, cfg gateway.Config, opt
 
 // Sock is a real WebSocket client of a gateway.
 type Sock struct {
-	t      testing.TB
-	ID     string
-	User   string // the user the connected frame named
-	Conn   *websocket.Conn
-	Frames chan Frame
+	t    testing.TB
+	ID   string
+	User string // the user the connected frame named
+	// Connected is the connected frame (resume_token, resumed, rooms, …).
+	Connected Frame
+	Conn      *websocket.Conn
+	Frames    chan Frame
 	// Closed receives the close frame the server sent (nil for any other end)
 	// once the connection ends.
 	Closed chan *websocket.CloseError
@@ -167,6 +169,13 @@ type Frame struct {
 	ID       json.RawMessage `json:"id"`
 	Status   int             `json:"status"`
 	Body     json.RawMessage `json:"body"`
+	// Connection state recovery (resume.go): seq on messages; the rest on
+	// connected frames.
+	Seq         uint64   `json:"seq"`
+	ResumeToken string   `json:"resume_token"`
+	Resumed     *bool    `json:"resumed"`
+	Rooms       []string `json:"rooms"`
+	ResumeError string   `json:"resume_error"`
 }
 
 // Dial connects a socket and reads its connected frame.
@@ -211,7 +220,23 @@ func DialWith(t testing.TB, url string, header http.Header) *Sock {
 	}
 	s.ID = f.SocketID
 	s.User = f.User
+	s.Connected = f
 	return s
+}
+
+// Close closes the socket on purpose, as a client does: a close frame
+// (1000), an answer awaited for up to two seconds, then the connection. A
+// gateway ends such a socket at once, resume window or not; closing the
+// connection alone is a connection that failed.
+func (s *Sock) Close() {
+	s.t.Helper()
+	_ = s.Conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
+	select {
+	case ce := <-s.Closed:
+		s.Closed <- ce
+	case <-time.After(2 * time.Second):
+	}
+	s.Conn.Close()
 }
 
 // Send writes a text frame.

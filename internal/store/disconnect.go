@@ -22,9 +22,7 @@ import (
 //     transaction guarded by its record: delete the record, put a disconnect
 //     notice gwm/{gateway}/!disconnect/{socket} on the socket's lease (value:
 //     the close code and reason), and read the socket's rooms. A socket whose
-//     record is gone is reported, not an error; the rooms it may still have
-//     (its removal got no further than its record) are read all the same,
-//     so that step 2 deletes them too. From this commit on the
+//     record is gone is reported, not an error. From this commit on the
 //     socket is gone to every reader (Join's guard fails, GetSocket finds
 //     nothing), and the close is durable.
 //  2. The membership keys read in step 1 are deleted in transactions within
@@ -42,8 +40,11 @@ import (
 // disconnectSegment is the gwm/{gateway}/ segment under which notices live.
 const disconnectSegment = "!disconnect/"
 
-func (k keys) disconnectNotice(s SocketID) string {
-	return k.gwmPrefix(s.Gateway) + disconnectSegment + s.String()
+// disconnectNotice is socket s's notice for gateway gw: the gateway that
+// holds it (its home, or during a move the destination, which holds the
+// client's connection).
+func (k keys) disconnectNotice(gw string, s SocketID) string {
+	return k.gwmPrefix(gw) + disconnectSegment + s.String()
 }
 
 // DisconnectNotice is what a disconnected socket's client is told.
@@ -64,13 +65,12 @@ type DisconnectResult struct {
 	// Revision is the revision from which none of the sockets' keys exist
 	// (but the notices, which their gateways delete).
 	Revision int64
-	// Holders are the gateway and lease of the sockets removed, each once
-	// (Nonce empty): whom to wait for to see them closed.
-	Holders []SocketID
+	// Holders are the homes of the sockets removed (the gateways told to
+	// close them), each once: whom to wait for to see them closed.
+	Holders []Home
 }
 
-func (r *DisconnectResult) held(sock SocketID) {
-	h := SocketID{Gateway: sock.Gateway, Lease: sock.Lease}
+func (r *DisconnectResult) held(h Home) {
 	for _, x := range r.Holders {
 		if x == h {
 			return
@@ -92,11 +92,11 @@ func (s *Store) Disconnect(ctx context.Context, sockets []SocketID, n Disconnect
 	}
 	for done := 0; done < len(sockets); {
 		batch := sockets[done:min(len(sockets), done+s.budget.maxOps)]
-		users, err := s.socketUsers(ctx, batch)
+		states, err := s.socketStates(ctx, batch)
 		if err != nil {
 			return res, fmt.Errorf("disconnect sockets: %w", err)
 		}
-		group, resp, err := s.disconnectRecords(ctx, batch, val, users)
+		group, resp, err := s.disconnectRecords(ctx, batch, val, states)
 		if err != nil {
 			return res, err
 		}
@@ -112,17 +112,30 @@ func (s *Store) Disconnect(ctx context.Context, sockets []SocketID, n Disconnect
 		chunks := s.budget.chunks(txnShape{}, send)
 		for i, socket := range group {
 			t := resp.Responses[i].GetResponseTxn()
-			res.Closed = append(res.Closed, t.Succeeded)
-			rooms := t.Responses[0].GetResponseRange() // already gone: what its removal left
-			if t.Succeeded {
-				res.Disconnected++
-				res.held(socket)
-				rooms = t.Responses[2].GetResponseRange()
-			}
-			if len(rooms.GetKvs()) == 0 && !t.Succeeded {
+			if !t.Succeeded && states[i].exists {
+				// It moved (move.go) since its state was read: again, alone.
+				r, err := s.Disconnect(ctx, []SocketID{socket}, n)
+				res.Closed = append(res.Closed, r.Closed...)
+				res.Disconnected += r.Disconnected
+				res.Revision = max(res.Revision, r.Revision)
+				for _, h := range r.Holders {
+					res.held(h)
+				}
+				if err != nil {
+					return res, err
+				}
 				continue
 			}
-			if err := s.deleteMemberships(chunks, socket, rooms); err != nil {
+			res.Closed = append(res.Closed, t.Succeeded)
+			reads := t.Responses // already gone: what its removal left (the failure branch)
+			if t.Succeeded {
+				res.Disconnected++
+				res.held(states[i].writeHome())
+				reads = t.Responses[2:]
+			} else if !anyKeys(reads) {
+				continue
+			}
+			if err := s.deleteMemberships(chunks, socket, s.roomPrefixes(socket, states[i]), reads); err != nil {
 				return res, err
 			}
 		}
@@ -136,21 +149,43 @@ func (s *Store) Disconnect(ctx context.Context, sockets []SocketID, n Disconnect
 
 // disconnectRecords commits step 1 for the first of sockets that fit one
 // transaction; resp.Responses[i] answers group[i].
-func (s *Store) disconnectRecords(ctx context.Context, sockets []SocketID, notice []byte, users map[SocketID]string) (group []SocketID, resp *etcdserverpb.TxnResponse, err error) {
-	return s.commitFirstThatFit(ctx, "disconnect sockets", sockets, func(socket SocketID) *etcdserverpb.RequestOp {
-		key := []byte(s.k.socket(socket.String()))
-		op := pbTxn([]*etcdserverpb.Compare{pbExists(key)}, append([]*etcdserverpb.RequestOp{
-			pbDelete(key, nil),
+func (s *Store) disconnectRecords(ctx context.Context, sockets []SocketID, notice []byte, states []socketState) (group []SocketID, resp *etcdserverpb.TxnResponse, err error) {
+	return s.commitFirstThatFit(ctx, "disconnect sockets", sockets, func(i int, socket SocketID) *etcdserverpb.RequestOp {
+		st, id := states[i], socket.String()
+		guard := []*etcdserverpb.Compare{pbExists([]byte(s.k.socket(id)))}
+		if st.exists {
+			guard = s.guard(socket, st)
+		}
+		h := st.writeHome()
+		ops := []*etcdserverpb.RequestOp{
+			pbDelete([]byte(s.k.socket(id)), []byte(s.k.socketRangeEnd(id))),
 			{Request: &etcdserverpb.RequestOp_RequestPut{RequestPut: &etcdserverpb.PutRequest{
-				Key: []byte(s.k.disconnectNotice(socket)), Value: notice, Lease: int64(socket.Lease)}}},
-			s.pbSocketRooms(socket)}, s.pbDeleteUserKey(socket, users)...)...)
-		// A socket already gone may still have memberships: its removal (by
-		// its gateway, or by a Disconnect whose answer was lost or whose
-		// server died) committed its first step only. They are read here
-		// too, so that this call deletes them.
-		op.GetRequestTxn().Failure = []*etcdserverpb.RequestOp{s.pbSocketRooms(socket)}
+				Key: []byte(s.k.disconnectNotice(h.Gateway, socket)), Value: notice, Lease: int64(h.Lease)}}},
+		}
+		var reads []*etcdserverpb.RequestOp
+		for _, prefix := range s.roomPrefixes(socket, st) {
+			reads = append(reads, pbRangeKeys(prefix))
+		}
+		op := pbTxn(guard, append(append(ops, reads...), s.pbDeleteUserKey(socket, st.rec.User)...)...)
+		if !st.exists {
+			// A socket already gone may still have memberships: its removal
+			// (by its gateway, or by a Disconnect whose answer was lost or
+			// whose server died) committed its first step only. They are
+			// read here too, so that this call deletes them.
+			op.GetRequestTxn().Failure = reads
+		}
 		return op
 	})
+}
+
+// anyKeys tells whether any of reads (range responses) found a key.
+func anyKeys(reads []*etcdserverpb.ResponseOp) bool {
+	for _, r := range reads {
+		if len(r.GetResponseRange().GetKvs()) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // DisconnectRoom disconnects every member of room as of one revision, a

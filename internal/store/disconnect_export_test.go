@@ -13,10 +13,10 @@ func (s *Store) DisconnectCommitOnly(ctx context.Context, sockets []SocketID, n 
 	if err != nil {
 		return err
 	}
-	users, err := s.socketUsers(ctx, sockets)
+	states, err := s.socketStates(ctx, sockets)
 	if err != nil {
 		return err
 	}
-	_, _, err = s.disconnectRecords(ctx, sockets, val, users)
+	_, _, err = s.disconnectRecords(ctx, sockets, val, states)
 	return err
 }

@@ -66,74 +66,117 @@ func (s *Store) RemoveSocket(ctx context.Context, socket SocketID) error {
 // deleted with its record.
 func (s *Store) RemoveSockets(ctx context.Context, sockets []SocketID) (removed int, err error) {
 	for removed < len(sockets) {
-		// At most one transaction's worth: the users read are those of the
+		// At most one transaction's worth: the states read are those of the
 		// sockets the next transaction may take.
 		batch := sockets[removed:min(len(sockets), removed+s.budget.maxOps)]
-		users, err := s.socketUsers(ctx, batch)
-		if err != nil {
-			return removed, fmt.Errorf("remove socket: %w", err)
-		}
-		group, resp, err := s.removeSocketRecords(ctx, batch, users)
+		group, err := s.removeGroup(ctx, batch)
 		if err != nil {
 			return removed, err
 		}
-		send := func(ops []*etcdserverpb.RequestOp) error {
-			if _, err := s.tw.txnRetrying(ctx, s.pb, &etcdserverpb.TxnRequest{Success: ops}); err != nil {
-				return fmt.Errorf("remove memberships of sockets: %w", etcdError(ctx, err))
-			}
-			return nil
-		}
-		chunks := s.budget.chunks(txnShape{}, send)
-		for i, socket := range group {
-			if err := s.deleteMemberships(chunks, socket, resp.Responses[i].GetResponseTxn().GetResponses()[1].GetResponseRange()); err != nil {
-				return removed, err
-			}
-			// A Disconnect's notice (disconnect.go), if any, goes with it.
-			if err := chunks.add(pbDelete([]byte(s.k.disconnectNotice(socket)), nil)); err != nil {
-				return removed, err
-			}
-		}
-		if err := chunks.flush(); err != nil {
-			return removed, err
-		}
-		removed += len(group)
+		removed += group
 	}
 	return removed, nil
 }
 
-// deleteMemberships queues the deletion of socket's memberships, listed by
-// rooms (its gwm/ keys, as pbSocketRooms reads them): each room key, then
-// the socket's gwm/ keys, last so that a deletion that fails midway can
-// read them again.
-func (s *Store) deleteMemberships(c *txnChunks, socket SocketID, rooms *etcdserverpb.RangeResponse) error {
-	id := socket.String()
-	roomsPrefix := s.k.socketRoomsPrefix(socket)
-	for _, kv := range rooms.GetKvs() {
-		room, err := unescapeRoom(strings.TrimPrefix(string(kv.Key), roomsPrefix))
-		if err != nil {
-			return err
+// removeGroup removes the first of sockets that fit one transaction and
+// returns how many. Each socket's record is deleted under the guard of its
+// home as read just before (home.go): one that moved in between (move.go)
+// is read again and retried, so that its rooms are read under the home
+// they are in.
+func (s *Store) removeGroup(ctx context.Context, sockets []SocketID) (int, error) {
+	states, err := s.socketStates(ctx, sockets)
+	if err != nil {
+		return 0, fmt.Errorf("remove socket: %w", err)
+	}
+	group, resp, err := s.removeSocketRecords(ctx, sockets, states)
+	if err != nil {
+		return 0, err
+	}
+	send := func(ops []*etcdserverpb.RequestOp) error {
+		if _, err := s.tw.txnRetrying(ctx, s.pb, &etcdserverpb.TxnRequest{Success: ops}); err != nil {
+			return fmt.Errorf("remove memberships of sockets: %w", etcdError(ctx, err))
 		}
-		if err := c.add(pbDelete([]byte(s.k.room(room, id)), nil)); err != nil {
+		return nil
+	}
+	chunks := s.budget.chunks(txnShape{}, send)
+	var again []SocketID
+	for i, socket := range group {
+		t := resp.Responses[i].GetResponseTxn()
+		if !t.Succeeded {
+			again = append(again, socket) // it moved since its state was read
+			continue
+		}
+		if err := s.deleteMemberships(chunks, socket, s.roomPrefixes(socket, states[i]), t.GetResponses()[1:]); err != nil {
+			return 0, err
+		}
+		// A Disconnect's notice (disconnect.go), if any, goes with it.
+		if err := chunks.add(pbDelete([]byte(s.k.disconnectNotice(states[i].writeHome().Gateway, socket)), nil)); err != nil {
+			return 0, err
+		}
+	}
+	if err := chunks.flush(); err != nil {
+		return 0, err
+	}
+	for len(again) > 0 {
+		n, err := s.removeGroup(ctx, again)
+		if err != nil {
+			return 0, err
+		}
+		again = again[n:]
+	}
+	return len(group), nil
+}
+
+// deleteMemberships queues the deletion of socket's memberships, listed by
+// rooms (its gwm/ keys under each of prefixes, as pbSocketRooms reads them,
+// one range answer per prefix): each room key, then the socket's gwm/ keys,
+// last so that a deletion that fails midway can read them again.
+func (s *Store) deleteMemberships(c *txnChunks, socket SocketID, prefixes []string, rooms []*etcdserverpb.ResponseOp) error {
+	id := socket.String()
+	for i, prefix := range prefixes {
+		for _, kv := range rooms[i].GetResponseRange().GetKvs() {
+			room, err := unescapeRoom(strings.TrimPrefix(string(kv.Key), prefix))
+			if err != nil {
+				return err
+			}
+			if err := c.add(pbDelete([]byte(s.k.room(room, id)), nil)); err != nil {
+				return err
+			}
+		}
+	}
+	for _, prefix := range prefixes {
+		if err := c.add(pbDelete([]byte(prefix), []byte(clientv3.GetPrefixRangeEnd(prefix)))); err != nil {
 			return err
 		}
 	}
-	return c.add(pbDelete([]byte(roomsPrefix), []byte(clientv3.GetPrefixRangeEnd(roomsPrefix))))
+	return nil
 }
 
-// removeSocketRecords deletes the records of the first of sockets that fit
-// one transaction, reading each one's rooms in the same nested transaction;
-// resp.Responses[i] answers group[i].
-func (s *Store) removeSocketRecords(ctx context.Context, sockets []SocketID, users map[SocketID]string) (group []SocketID, resp *etcdserverpb.TxnResponse, err error) {
-	return s.commitFirstThatFit(ctx, "remove socket", sockets, func(socket SocketID) *etcdserverpb.RequestOp {
-		return pbTxn(nil, append([]*etcdserverpb.RequestOp{pbDelete([]byte(s.k.socket(socket.String())), nil), s.pbSocketRooms(socket)},
-			s.pbDeleteUserKey(socket, users)...)...)
+// removeSocketRecords deletes the records (and move markers) of the first
+// of sockets that fit one transaction, each in a nested transaction guarded
+// by its state (states[i], when it exists) that also reads its rooms under
+// every prefix they may be under (roomPrefixes) and deletes its user index
+// key; resp.Responses[i] answers group[i]: the delete, then one range per
+// prefix.
+func (s *Store) removeSocketRecords(ctx context.Context, sockets []SocketID, states []socketState) (group []SocketID, resp *etcdserverpb.TxnResponse, err error) {
+	return s.commitFirstThatFit(ctx, "remove socket", sockets, func(i int, socket SocketID) *etcdserverpb.RequestOp {
+		st := states[i]
+		id := socket.String()
+		ops := []*etcdserverpb.RequestOp{pbDelete([]byte(s.k.socket(id)), []byte(s.k.socketRangeEnd(id)))}
+		for _, prefix := range s.roomPrefixes(socket, st) {
+			ops = append(ops, pbRangeKeys(prefix))
+		}
+		var guard []*etcdserverpb.Compare
+		if st.exists {
+			guard = s.guard(socket, st)
+		}
+		return pbTxn(guard, append(ops, s.pbDeleteUserKey(socket, st.rec.User)...)...)
 	})
 }
 
-// pbDeleteUserKey deletes socket's user index key (users.go), if users
-// names its user: it goes with the record.
-func (s *Store) pbDeleteUserKey(socket SocketID, users map[SocketID]string) []*etcdserverpb.RequestOp {
-	user := users[socket]
+// pbDeleteUserKey deletes socket's user index key (users.go), if it has a
+// user: it goes with the record.
+func (s *Store) pbDeleteUserKey(socket SocketID, user string) []*etcdserverpb.RequestOp {
 	if user == "" {
 		return nil
 	}
@@ -143,11 +186,11 @@ func (s *Store) pbDeleteUserKey(socket SocketID, users map[SocketID]string) []*e
 // commitFirstThatFit commits, in one transaction, op of each of the first
 // of sockets that fit the budget (at least one, or a *TxnTooLargeError);
 // resp.Responses[i] answers group[i].
-func (s *Store) commitFirstThatFit(ctx context.Context, what string, sockets []SocketID, op func(SocketID) *etcdserverpb.RequestOp) (group []SocketID, resp *etcdserverpb.TxnResponse, err error) {
+func (s *Store) commitFirstThatFit(ctx context.Context, what string, sockets []SocketID, op func(int, SocketID) *etcdserverpb.RequestOp) (group []SocketID, resp *etcdserverpb.TxnResponse, err error) {
 	var shape txnShape
 	var ops []*etcdserverpb.RequestOp
-	for _, socket := range sockets {
-		o := op(socket)
+	for i, socket := range sockets {
+		o := op(i, socket)
 		next := shape.withOp(opNeed(o), proto.Size(o))
 		if !s.budget.fits(next) {
 			if len(ops) == 0 {
@@ -169,23 +212,24 @@ func pbTxn(cmps []*etcdserverpb.Compare, ops ...*etcdserverpb.RequestOp) *etcdse
 	return &etcdserverpb.RequestOp{Request: &etcdserverpb.RequestOp_RequestTxn{RequestTxn: &etcdserverpb.TxnRequest{Compare: cmps, Success: ops}}}
 }
 
-// pbSocketRooms reads the keys of a socket's memberships (gwm/).
-func (s *Store) pbSocketRooms(socket SocketID) *etcdserverpb.RequestOp {
-	roomsPrefix := s.k.socketRoomsPrefix(socket)
+// pbRangeKeys reads the keys under prefix (a socket's gwm/ keys).
+func pbRangeKeys(prefix string) *etcdserverpb.RequestOp {
 	return &etcdserverpb.RequestOp{Request: &etcdserverpb.RequestOp_RequestRange{RequestRange: &etcdserverpb.RangeRequest{
-		Key: []byte(roomsPrefix), RangeEnd: []byte(clientv3.GetPrefixRangeEnd(roomsPrefix)), KeysOnly: true}}}
+		Key: []byte(prefix), RangeEnd: []byte(clientv3.GetPrefixRangeEnd(prefix)), KeysOnly: true}}}
 }
 
-// LeaseSockets visits, in key order, the sockets of gateway whose records
-// live on lease (a socket id names its lease), until visit returns false.
-// It reads 1,000 keys at a time, without values, all at one revision, which
-// it returns. Keys under the lease's prefix that are not socket ids are
+// LeaseSockets visits, in key order, the sockets of gateway whose ids name
+// lease and whose records still live on it, until visit returns false: a
+// socket moved to another gateway (move.go) is not the lease's any more,
+// and a gateway reconciling its records must not take it for its own. It
+// reads 1,000 records at a time, all at one revision, which it returns.
+// Keys under the lease's prefix that are not socket ids (move markers) are
 // skipped.
 func (s *Store) LeaseSockets(ctx context.Context, gateway string, lease clientv3.LeaseID, visit func(SocketID) bool) (int64, error) {
 	prefix := s.k.socket(SocketID{Gateway: gateway, Lease: lease}.String()) // "{gateway}.{lease}."
-	rev, err := s.scanKeys(ctx, prefix, prefix, 0, func(key string) bool {
-		sid, err := ParseSocketID(strings.TrimPrefix(key, s.k.socketsPrefix()))
-		if err != nil {
+	rev, err := s.scan(ctx, prefix, prefix, 0, false, func(kv *mvccpb.KeyValue) bool {
+		sid, err := ParseSocketID(strings.TrimPrefix(string(kv.Key), s.k.socketsPrefix()))
+		if err != nil || clientv3.LeaseID(kv.Lease) != lease {
 			return true
 		}
 		return visit(sid)

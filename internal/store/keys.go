@@ -106,12 +106,25 @@ func isIDChar(c byte) bool {
 
 // SocketID is a parsed socket id. The gateway and its lease are embedded in the
 // id so that a membership change needs no read before its transaction; 128
-// random bits make ids unguessable.
+// random bits make ids unguessable. They name the socket's origin: a socket
+// moved to another gateway (move.go) keeps its id, and its record names the
+// gateway and lease holding it now (SocketRecord.Home).
 type SocketID struct {
 	Gateway string
 	Lease   clientv3.LeaseID
 	Nonce   string
 }
+
+// Home is where a socket lives: the gateway holding it, under whose gwm/
+// prefix its memberships are, and that gateway's lease, which all its keys
+// are on.
+type Home struct {
+	Gateway string           `json:"gateway"`
+	Lease   clientv3.LeaseID `json:"lease"`
+}
+
+// Origin is the home the id names: the socket's home until it moves.
+func (s SocketID) Origin() Home { return Home{Gateway: s.Gateway, Lease: s.Lease} }
 
 // NewSocketID makes a fresh socket id for a socket held by gateway under lease.
 func NewSocketID(gateway string, lease clientv3.LeaseID) SocketID {
@@ -204,13 +217,31 @@ func (k keys) gatewaysPrefix() string        { return k.prefix + "gateways/" }
 func (k keys) gateway(gw string) string      { return k.gatewaysPrefix() + gw }
 func (k keys) socketsPrefix() string         { return k.prefix + "sockets/" }
 func (k keys) socket(id string) string       { return k.socketsPrefix() + id }
-func (k keys) gwmPrefix(gw string) string    { return k.prefix + "gwm/" + gw + "/" }
+func (k keys) gwmRoot() string               { return k.prefix + "gwm/" }
+func (k keys) gwmPrefix(gw string) string    { return k.gwmRoot() + gw + "/" }
 func (k keys) roomsPrefix() string           { return k.prefix + "rooms/" }
 func (k keys) roomPrefix(room string) string { return k.roomsPrefix() + escapeRoom(room) + "/" }
 func (k keys) room(room, socket string) string {
 	return k.roomPrefix(room) + socket
 }
-func (k keys) socketRoomsPrefix(s SocketID) string { return k.gwmPrefix(s.Gateway) + s.String() + "/" }
-func (k keys) gwm(s SocketID, room string) string {
-	return k.socketRoomsPrefix(s) + escapeRoom(room)
+
+// socketRoomsPrefix is where the memberships of socket s live while gateway
+// gw holds it: its current gateway (SocketRecord.Home), not necessarily the
+// one its id names.
+func (k keys) socketRoomsPrefix(gw string, s SocketID) string {
+	return k.gwmPrefix(gw) + s.String() + "/"
 }
+func (k keys) gwm(gw string, s SocketID, room string) string {
+	return k.socketRoomsPrefix(gw, s) + escapeRoom(room)
+}
+
+// moveMarker is the key of a move of socket id in progress (move.go). It
+// sorts right after the record, so that one range, [socket(id),
+// socketRangeEnd(id)), holds both: the single compare of a Join's fast path
+// covers them together.
+func (k keys) moveMarker(id string) string { return k.socket(id) + "/move" }
+
+// socketRangeEnd ends the range of a socket's record and move marker: no
+// other socket's record lies in it, since socket ids have one length per
+// gateway and no id is a prefix of another.
+func (k keys) socketRangeEnd(id string) string { return k.socket(id) + "0" } // '0' follows '/'

@@ -80,6 +80,7 @@ func documentedKeys() []string {
 	want := []string{
 		k.gateway("{gateway}"),
 		k.socket("{socket}"),
+		k.moveMarker("{socket}"),
 		k.gwmPrefix("{gateway}") + "{socket}/" + escapeRoom("{room}"),
 		k.room("{room}", "{socket}"),
 		k.user("{user}", "{socket}"),

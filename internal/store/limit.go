@@ -158,10 +158,9 @@ func (s *Store) SetMaxRoomsPerSocket(n int) {
 // MaxRoomsPerSocket is the limit set by SetMaxRoomsPerSocket.
 func (s *Store) MaxRoomsPerSocket() int { return s.maxRooms }
 
-// roomsUnchangedSince holds when no key under the socket's rooms prefix was
-// written after rev (true for an empty prefix).
-func (s *Store) roomsUnchangedSince(sock SocketID, rev int64) *etcdserverpb.Compare {
-	prefix := s.k.socketRoomsPrefix(sock)
+// roomsUnchangedSince holds when no key under a socket's rooms prefix (one
+// of roomPrefixes) was written after rev (true for an empty prefix).
+func roomsUnchangedSince(prefix string, rev int64) *etcdserverpb.Compare {
 	return &etcdserverpb.Compare{
 		Key: []byte(prefix), RangeEnd: []byte(clientv3.GetPrefixRangeEnd(prefix)),
 		Target: etcdserverpb.Compare_MOD, Result: etcdserverpb.Compare_LESS,
@@ -184,51 +183,74 @@ func (s *Store) joinLimited(ctx context.Context, sockets []SocketID, room string
 				return ChangeResult{}, err
 			}
 		}
-		// One read-only transaction: each socket's room count and whether it
-		// is in room, at one revision.
-		ops := make([]clientv3.Op, 0, 2*len(sockets))
-		for _, sock := range sockets {
-			ops = append(ops,
-				clientv3.OpGet(s.k.socketRoomsPrefix(sock), clientv3.WithPrefix(), clientv3.WithCountOnly()),
-				clientv3.OpGet(s.k.gwm(sock, room), clientv3.WithCountOnly()))
-		}
-		read, err := readRetrying(ctx, func(ctx context.Context) (*clientv3.TxnResponse, error) {
-			return s.kv.Txn(ctx).Then(ops...).Commit()
-		})
-		if err != nil {
-			return ChangeResult{}, fmt.Errorf("read rooms per socket: %w", err)
-		}
-		rev := read.Header.Revision
+		// Read-only transactions of --max-txn-ops gets (one unless the
+		// limit is small): each socket's state (home.go), room count at its
+		// origin and whether it is in room, at one revision per
+		// transaction, which guards that socket's rooms; a socket living
+		// elsewhere has its rooms counted again there.
 		over := &RoomLimitError{Limit: s.maxRooms}
-		guards := make([]*etcdserverpb.Compare, len(sockets))
-		for i, sock := range sockets {
-			rooms := read.Responses[2*i].GetResponseRange().Count
-			member := read.Responses[2*i+1].GetResponseRange().Count > 0
-			if !member && rooms >= int64(s.maxRooms) {
-				over.IDs = append(over.IDs, sock.String())
+		nf := &SocketsNotFoundError{}
+		states := make([]socketState, len(sockets))
+		var guards []*etcdserverpb.Compare
+		per := max(1, s.budget.maxOps/3)
+		for start := 0; start < len(sockets); start += per {
+			chunk := sockets[start:min(start+per, len(sockets))]
+			ops := make([]clientv3.Op, 0, 3*len(chunk))
+			for _, sock := range chunk {
+				id := sock.String()
+				ops = append(ops,
+					clientv3.OpGet(s.k.socket(id), clientv3.WithRange(s.k.socketRangeEnd(id))),
+					clientv3.OpGet(s.k.socketRoomsPrefix(sock.Gateway, sock), clientv3.WithPrefix(), clientv3.WithCountOnly()),
+					clientv3.OpGet(s.k.room(room, id), clientv3.WithCountOnly()))
 			}
-			guards[i] = s.roomsUnchangedSince(sock, rev)
+			read, err := readRetrying(ctx, func(ctx context.Context) (*clientv3.TxnResponse, error) {
+				return s.kv.Txn(ctx).Then(ops...).Commit()
+			})
+			if err != nil {
+				return ChangeResult{}, fmt.Errorf("read rooms per socket: %w", err)
+			}
+			rev := read.Header.Revision
+			for j, sock := range chunk {
+				i := start + j
+				if states[i], err = s.decodeState(sock, read.Responses[3*j].GetResponseRange().Kvs); err != nil {
+					return ChangeResult{}, err
+				}
+				if !states[i].exists {
+					// A socket that is gone is NOT_FOUND, as for any Join,
+					// even while its memberships are still being removed.
+					nf.IDs = append(nf.IDs, sock.String())
+					continue
+				}
+				rooms := read.Responses[3*j+1].GetResponseRange().Count
+				prefixes := s.roomPrefixes(sock, states[i])
+				if len(prefixes) > 1 || prefixes[0] != s.k.socketRoomsPrefix(sock.Gateway, sock) {
+					if rooms, err = s.countRooms(ctx, prefixes, rev); err != nil {
+						return ChangeResult{}, err
+					}
+				}
+				member := read.Responses[3*j+2].GetResponseRange().Count > 0
+				if !member && rooms >= int64(s.maxRooms) {
+					over.IDs = append(over.IDs, sock.String())
+				}
+				for _, prefix := range prefixes {
+					guards = append(guards, roomsUnchangedSince(prefix, rev))
+				}
+			}
+		}
+		if len(nf.IDs) > 0 {
+			return ChangeResult{}, nf
 		}
 		if len(over.IDs) > 0 {
-			// A socket that is gone is NOT_FOUND, as for any Join, even while
-			// its memberships are still being removed.
-			missing, err := s.missingSockets(ctx, sockets)
-			if err != nil {
-				return ChangeResult{}, err
-			}
-			if len(missing) > 0 {
-				return ChangeResult{}, &SocketsNotFoundError{IDs: missing}
-			}
 			return ChangeResult{}, over
 		}
-		resp, crev, err := s.commitChange(ctx, sockets, room, true, guards)
+		resp, crev, now, err := s.commitChangeFrom(ctx, sockets, states, room, true, guards)
 		if err != nil {
 			return ChangeResult{}, err
 		}
 		if resp.Succeeded {
-			return changeResult(resp, crev), nil
+			return changeResult(resp, crev, now), nil
 		}
-		if err := notFound(resp, sockets); err != nil {
+		if err := notFound(resp, now, sockets); err != nil {
 			return ChangeResult{}, err
 		}
 		// A socket joined another room since the read: read again.
@@ -272,12 +294,7 @@ func (s *Store) addToRoomsLimited(ctx context.Context, sockets []SocketID, rooms
 // a room joined meanwhile through another membership-server makes the socket
 // read its rooms again and re-check the limit for the rest.
 func (s *Store) addSocketToRooms(ctx context.Context, sock SocketID, rooms []string) (added int64, over bool, err error) {
-	prefix := s.k.socketRoomsPrefix(sock)
-	socketKey := []byte(s.k.socket(sock.String()))
-	failure := []*etcdserverpb.RequestOp{{Request: &etcdserverpb.RequestOp_RequestRange{
-		RequestRange: &etcdserverpb.RangeRequest{Key: socketKey, KeysOnly: true}}}}
-	// Sized with the largest revision the guard can carry.
-	base := guardShape([]*etcdserverpb.Compare{pbExists(socketKey), s.roomsUnchangedSince(sock, math.MaxInt64-1)}, failure)
+	failure := []*etcdserverpb.RequestOp{s.pbSocketRange(sock, true)}
 	unlock, err := s.locks.lock(ctx, []SocketID{sock})
 	if err != nil {
 		return 0, false, err
@@ -289,13 +306,30 @@ func (s *Store) addSocketToRooms(ctx context.Context, sock SocketID, rooms []str
 				return added, false, err
 			}
 		}
-		resp, err := s.kv.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		// Where it lives (home.go), then its rooms there; the guard below
+		// holds only if it has not moved in between.
+		states, err := s.socketStates(ctx, []SocketID{sock})
 		if err != nil {
 			return added, false, err
 		}
-		in := make(map[string]bool, len(resp.Kvs))
-		for _, kv := range resp.Kvs {
-			in[strings.TrimPrefix(string(kv.Key), prefix)] = true
+		st := states[0]
+		if !st.exists {
+			return added, false, nil // a socket that is gone is skipped
+		}
+		prefixes := s.roomPrefixes(sock, st)
+		ops := make([]clientv3.Op, len(prefixes))
+		for i, prefix := range prefixes {
+			ops[i] = clientv3.OpGet(prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		}
+		resp, err := s.kv.Txn(ctx).Then(ops...).Commit()
+		if err != nil {
+			return added, false, err
+		}
+		in := map[string]bool{}
+		for i, prefix := range prefixes {
+			for _, kv := range resp.Responses[i].GetResponseRange().Kvs {
+				in[strings.TrimPrefix(string(kv.Key), prefix)] = true
+			}
 		}
 		var missing []string
 		for _, room := range rooms {
@@ -312,10 +346,18 @@ func (s *Store) addSocketToRooms(ctx context.Context, sock SocketID, rooms []str
 			return added, err == nil && len(gone) == 0, err
 		}
 		since := resp.Header.Revision
+		guard := func(since int64) []*etcdserverpb.Compare {
+			cmps := s.guard(sock, st)
+			for _, prefix := range prefixes {
+				cmps = append(cmps, roomsUnchangedSince(prefix, since))
+			}
+			return cmps
+		}
 		var stale, gone bool
-		chunks := s.budget.chunks(base, func(ops []*etcdserverpb.RequestOp) error {
+		// Sized with the largest revision the guard can carry.
+		chunks := s.budget.chunks(guardShape(guard(math.MaxInt64-1), failure), func(ops []*etcdserverpb.RequestOp) error {
 			txn, err := s.tw.txnRetrying(ctx, s.pb, &etcdserverpb.TxnRequest{
-				Compare: []*etcdserverpb.Compare{pbExists(socketKey), s.roomsUnchangedSince(sock, since)},
+				Compare: guard(since),
 				Success: ops,
 				Failure: failure,
 			})
@@ -323,7 +365,10 @@ func (s *Store) addSocketToRooms(ctx context.Context, sock SocketID, rooms []str
 				return etcdError(ctx, err)
 			}
 			if !txn.Succeeded {
-				gone = len(txn.Responses[0].GetResponseRange().Kvs) == 0
+				gone = true
+				for _, kv := range txn.Responses[0].GetResponseRange().Kvs {
+					gone = gone && string(kv.Key) != s.k.socket(sock.String())
+				}
 				stale = !gone
 				return errStopChunks
 			}
@@ -338,7 +383,7 @@ func (s *Store) addSocketToRooms(ctx context.Context, sock SocketID, rooms []str
 			return nil
 		})
 		for _, room := range missing {
-			if err = chunks.add(s.pbMembershipOp(sock, room, true)); err != nil {
+			if err = chunks.add(s.pbMembershipOp(sock, st, room, true)); err != nil {
 				break
 			}
 		}

@@ -185,3 +185,32 @@ func TestRoomLimitMissingSocketIsNotFound(t *testing.T) {
 		t.Fatalf("AddToRooms of a removed socket: added %d, over %d, %v", added, over, err)
 	}
 }
+
+// A limited Join of as many sockets as it may name, one of them moved to
+// another gateway, succeeds: its reads fit --max-txn-ops, and the moved
+// socket's rooms are counted and guarded where they are.
+func TestRoomLimitWidestJoin(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	s := store.New(e.Client, "/t/")
+	s.SetMaxRoomsPerSocket(2)
+	ctx := context.Background()
+	a, b := newHome(t, e.Client, s, "gwa"), newHome(t, e.Client, s, "gwb")
+	socks := make([]store.SocketID, s.SocketsPerLimitedJoin())
+	for i := range socks {
+		socks[i] = connectUser(t, s, "gwa", a.Lease, "")
+	}
+	if _, err := s.Join(ctx, socks[:1], "first"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.MoveSocket(ctx, socks[0], a, b); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Join(ctx, socks, "wide"); err != nil {
+		t.Fatalf("limited join of %d sockets: %v", len(socks), err)
+	}
+	_, err := s.Join(ctx, socks, "third")
+	var rl *store.RoomLimitError
+	if !errors.As(err, &rl) || len(rl.IDs) != 1 || rl.IDs[0] != socks[0].String() {
+		t.Fatalf("a third room for the moved socket in 2: %v, want it over the limit", err)
+	}
+}

@@ -191,15 +191,21 @@ func (s *Store) addToRooms(ctx context.Context, sockets []SocketID, rooms []stri
 		t := r.GetResponseTxn()
 		return t.Succeeded && !t.Responses[0].GetResponseTxn().Succeeded
 	})
-	for _, sock := range sockets {
-		socketKey := []byte(s.k.socket(sock.String()))
+	// Each socket's home (home.go), read first: the joins go there, guarded
+	// on it. A socket that moves in between (move.go) is skipped like one
+	// that went.
+	states, err := s.socketStates(ctx, sockets)
+	if err != nil {
+		return 0, 0, err
+	}
+	for i, sock := range sockets {
+		if !states[i].exists {
+			continue
+		}
 		for _, room := range rooms {
 			// Join's membership transaction, under the socket's guard: it
 			// succeeds (and counts) only when it wrote.
-			err := c.add(&etcdserverpb.RequestOp{Request: &etcdserverpb.RequestOp_RequestTxn{RequestTxn: &etcdserverpb.TxnRequest{
-				Compare: []*etcdserverpb.Compare{pbExists(socketKey)},
-				Success: []*etcdserverpb.RequestOp{s.pbMembershipOp(sock, room, true)},
-			}}})
+			err := c.add(pbTxn(s.guard(sock, states[i]), s.pbMembershipOp(sock, states[i], room, true)))
 			if err != nil {
 				return added, 0, err
 			}
@@ -216,15 +222,34 @@ func (s *Store) RemoveFromRooms(ctx context.Context, sockets []SocketID, rooms [
 }
 
 func (s *Store) removeFromRooms(ctx context.Context, sockets []SocketID, rooms []string) (removed int64, err error) {
-	c := s.nestedChunks(ctx, &removed, wasMember)
-	for _, sock := range sockets {
+	c := s.nestedChunks(ctx, &removed, guardedWasMember)
+	states, err := s.socketStates(ctx, sockets)
+	if err != nil {
+		return 0, err
+	}
+	for i, sock := range sockets {
+		if !states[i].exists {
+			continue // its memberships went with it
+		}
 		for _, room := range rooms {
-			if err := c.add(s.pbMembershipOp(sock, room, false)); err != nil {
+			if err := c.add(s.pbGuardedLeave(sock, states[i], room)); err != nil {
 				return removed, err
 			}
 		}
 	}
 	return removed, c.flush()
+}
+
+// pbGuardedLeave is a Leave of one membership under the guard of the
+// socket's state (home.go): the keys it deletes are those of that home.
+func (s *Store) pbGuardedLeave(sock SocketID, st socketState, room string) *etcdserverpb.RequestOp {
+	return pbTxn(s.guard(sock, st), s.pbMembershipOp(sock, st, room, false))
+}
+
+// guardedWasMember tells whether a pbGuardedLeave found the membership.
+func guardedWasMember(r *etcdserverpb.ResponseOp) bool {
+	t := r.GetResponseTxn()
+	return t.Succeeded && wasMember(t.Responses[0])
 }
 
 // LeaveAllRooms makes every socket leave every room it was in at revision rev
@@ -240,7 +265,7 @@ func (s *Store) LeaveAllRooms(ctx context.Context, sockets []SocketID, rev int64
 const roomReaders = 16
 
 func (s *Store) leaveAllRooms(ctx context.Context, sockets []SocketID, rev int64) (removed int64, err error) {
-	c := s.nestedChunks(ctx, &removed, wasMember)
+	c := s.nestedChunks(ctx, &removed, guardedWasMember)
 	for len(sockets) > 0 {
 		group := sockets[:min(len(sockets), roomReaders)]
 		sockets = sockets[len(group):]
@@ -258,9 +283,17 @@ func (s *Store) leaveAllRooms(ctx context.Context, sockets []SocketID, rev int64
 		if err := errors.Join(errs...); err != nil {
 			return removed, err
 		}
+		// The leaves go where the sockets are now (home.go).
+		states, err := s.socketStates(ctx, group)
+		if err != nil {
+			return removed, err
+		}
 		for i, sock := range group {
+			if !states[i].exists {
+				continue
+			}
 			for _, room := range roomsOf[i] {
-				if err := c.add(s.pbMembershipOp(sock, room, false)); err != nil {
+				if err := c.add(s.pbGuardedLeave(sock, states[i], room)); err != nil {
 					return removed, err
 				}
 			}
@@ -269,20 +302,26 @@ func (s *Store) leaveAllRooms(ctx context.Context, sockets []SocketID, rev int64
 	return removed, c.flush()
 }
 
-// socketRoomsAt lists the rooms sock was in at revision rev.
+// socketRoomsAt lists the rooms sock was in at revision rev, under the
+// homes it had then (home.go).
 func (s *Store) socketRoomsAt(ctx context.Context, sock SocketID, rev int64) ([]string, error) {
-	prefix := s.k.socketRoomsPrefix(sock)
-	resp, err := s.kv.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithRev(rev))
+	states, err := s.socketStates(ctx, []SocketID{sock}, clientv3.WithRev(rev))
 	if err != nil {
-		return nil, fmt.Errorf("list socket rooms at revision %d: %w", rev, err)
+		return nil, err
 	}
-	rooms := make([]string, 0, len(resp.Kvs))
-	for _, kv := range resp.Kvs {
-		room, err := unescapeRoom(strings.TrimPrefix(string(kv.Key), prefix))
+	var rooms []string
+	for _, prefix := range s.roomPrefixes(sock, states[0]) {
+		resp, err := s.kv.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithRev(rev))
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("list socket rooms at revision %d: %w", rev, err)
 		}
-		rooms = append(rooms, room)
+		for _, kv := range resp.Kvs {
+			room, err := unescapeRoom(strings.TrimPrefix(string(kv.Key), prefix))
+			if err != nil {
+				return nil, err
+			}
+			rooms = append(rooms, room)
+		}
 	}
 	return rooms, nil
 }

@@ -6,14 +6,17 @@
 //
 //	gateways/{gateway}                  gateway record (JSON)     gateway's lease
 //	sockets/{socket}                    socket record (JSON)      gateway's lease
+//	sockets/{socket}/move               move in progress (JSON)   destination's lease
 //	gwm/{gateway}/{socket}/{room}       membership, per gateway   gateway's lease
 //	rooms/{room}/{socket}               membership, per room      gateway's lease
 //	users/{user}/{socket}               user index (empty value)  gateway's lease
 //	gwm/{gateway}/!disconnect/{socket}  Disconnect's notice       gateway's lease
 //
-// Every key of a socket lives on the lease of the gateway holding it, so a dead
-// gateway's sockets and memberships vanish with its lease. A membership change
-// writes both membership keys in one transaction guarded by the socket record,
+// Every key of a socket lives on the lease of the gateway holding it (its
+// home, which its record names: a socket id names only the gateway that
+// created it, and a socket can move, move.go), so a dead gateway's sockets
+// and memberships vanish with its lease. A membership change writes both
+// membership keys in one transaction guarded by the socket record (home.go),
 // so no membership can outlive or predate its socket. A socket with a user
 // (its token's subject) has a user index key, written and deleted in the
 // transaction that writes and deletes its record. Room and user names are
@@ -59,6 +62,9 @@ type Store struct {
 	locks    *socketLocks // with a limit: limited changes of a socket take turns
 	// tw retries Join/Leave transactions lost to an etcd leader change; see retry.go.
 	tw *termWatch
+	// moveHook, when set (by tests), runs after each committed step of a
+	// move (move.go); its error ends the move there.
+	moveHook func(step string) error
 }
 
 // New returns a Store over cli with all keys under prefix ("" means DefaultPrefix).
@@ -84,16 +90,35 @@ type GatewayRecord struct {
 
 // SocketRecord is what is stored about a connected socket.
 type SocketRecord struct {
-	ID          string    `json:"-"`
-	Gateway     string    `json:"gateway"`
-	ConnectedAt time.Time `json:"connected_at"`
-	User        string    `json:"user,omitempty"`
+	ID string `json:"-"`
+	// Gateway and Lease are the socket's home: the gateway holding it now
+	// and the lease its keys are on. A record written before Lease existed
+	// has none; its home is then the one its id names (Home).
+	Gateway     string           `json:"gateway"`
+	Lease       clientv3.LeaseID `json:"lease,omitempty"`
+	ConnectedAt time.Time        `json:"connected_at"`
+	User        string           `json:"user,omitempty"`
+	// DetachedSince is when the socket's connection dropped while it stays
+	// resumable (detached.go); nil while a connection is attached.
+	DetachedSince *time.Time `json:"detached_since,omitempty"`
+}
+
+// Home is where the socket id lives now: the record's gateway and lease, or
+// the id's own (SocketID.Origin) for a record without a lease.
+func (r SocketRecord) Home(id SocketID) Home {
+	if r.Gateway == "" || r.Lease == 0 {
+		return id.Origin()
+	}
+	return Home{Gateway: r.Gateway, Lease: r.Lease}
 }
 
 // SocketInfo is a socket with the rooms it is in.
 type SocketInfo struct {
 	SocketRecord
 	Rooms []string
+	// MovingTo is the home a move in progress takes the socket to (move.go);
+	// nil when none is. Its rooms then lie under both homes.
+	MovingTo *Home
 }
 
 // ChangeResult reports a committed Join or Leave of several sockets.
@@ -102,6 +127,10 @@ type ChangeResult struct {
 	// before the call.
 	WasMember []bool
 	Revision  int64
+	// Homes are, per socket in call order, the home the change was written
+	// at (the gateway that applies it): the socket's current home, or, for
+	// a socket being moved, the home it moves to.
+	Homes []Home
 }
 
 // SocketsNotFoundError names the sockets that made a Join or Leave fail.
@@ -151,32 +180,78 @@ func (s *Store) change(ctx context.Context, sockets []SocketID, room string, joi
 	if join && s.maxRooms > 0 {
 		return s.joinLimited(ctx, sockets, room)
 	}
-	resp, rev, err := s.commitChange(ctx, sockets, room, join, nil)
+	resp, rev, states, err := s.commitChange(ctx, sockets, room, join)
 	if err != nil {
 		return ChangeResult{}, err
 	}
 	if !resp.Succeeded {
-		return ChangeResult{}, notFound(resp, sockets)
+		if err := notFound(resp, states, sockets); err != nil {
+			return ChangeResult{}, err
+		}
+		return ChangeResult{}, fmt.Errorf("change membership: %w", ErrConflict)
 	}
-	return changeResult(resp, rev), nil
+	return changeResult(resp, rev, states), nil
 }
 
-// commitChange commits one Join or Leave: guarded by every socket's record
-// and by extra compares, with a membership transaction per socket. A
-// transaction lost to an etcd leader change is retried within ctx's deadline
-// (retry.go); the result is then that of the attempt that committed.
-func (s *Store) commitChange(ctx context.Context, sockets []SocketID, room string, join bool, extra []*etcdserverpb.Compare) (*etcdserverpb.TxnResponse, int64, error) {
+// changeAttempts bounds how often a change is retried against the homes its
+// failed guards read: each retry follows a move (or a move's step) that
+// committed in between, and moves are rare.
+const changeAttempts = 8
+
+// commitChange commits one Join or Leave: guarded by every socket's home
+// (home.go) and by extra compares, with a membership transaction per socket.
+// It first assumes every socket at its origin; when a socket's guard fails
+// because it lives elsewhere, the failure branch has read where, and the
+// change is sent again against that (a socket that never moved costs one
+// round trip). It returns the states the answer was guarded on. A failed
+// answer is returned as is when a socket is gone or only extra failed. A
+// transaction lost to an etcd leader change is retried within ctx's
+// deadline (retry.go); the result is then that of the attempt that
+// committed.
+func (s *Store) commitChange(ctx context.Context, sockets []SocketID, room string, join bool) (*etcdserverpb.TxnResponse, int64, []socketState, error) {
+	states := make([]socketState, len(sockets))
+	for i, sock := range sockets {
+		states[i] = originState(sock)
+	}
+	return s.commitChangeFrom(ctx, sockets, states, room, join, nil)
+}
+
+// commitChangeFrom is commitChange guarded on states read by the caller,
+// and on extra compares built from them: then a failed answer is returned
+// with the states it read, for the caller to build extra again.
+func (s *Store) commitChangeFrom(ctx context.Context, sockets []SocketID, states []socketState, room string, join bool, extra []*etcdserverpb.Compare) (*etcdserverpb.TxnResponse, int64, []socketState, error) {
+	for attempt := 0; ; attempt++ {
+		resp, rev, err := s.sendChange(ctx, sockets, states, room, join, extra)
+		if err != nil || resp.Succeeded {
+			return resp, rev, states, err
+		}
+		moved, gone := false, false
+		now := make([]socketState, len(sockets))
+		for i, sock := range sockets {
+			if now[i], err = s.decodeState(sock, resp.Responses[i].GetResponseRange().Kvs); err != nil {
+				return nil, 0, nil, err
+			}
+			gone = gone || !now[i].exists
+			moved = moved || !states[i].holdsOn(now[i])
+		}
+		if gone || !moved || extra != nil || attempt+1 == changeAttempts {
+			return resp, rev, now, nil
+		}
+		states = now
+	}
+}
+
+// sendChange sends one attempt of commitChange, guarded on states.
+func (s *Store) sendChange(ctx context.Context, sockets []SocketID, states []socketState, room string, join bool, extra []*etcdserverpb.Compare) (*etcdserverpb.TxnResponse, int64, error) {
 	call := &etcdserverpb.TxnRequest{
-		Compare: make([]*etcdserverpb.Compare, len(sockets), len(sockets)+len(extra)),
+		Compare: make([]*etcdserverpb.Compare, 0, len(sockets)+len(extra)),
 		Success: make([]*etcdserverpb.RequestOp, len(sockets)),
 		Failure: make([]*etcdserverpb.RequestOp, len(sockets)),
 	}
 	for i, sock := range sockets {
-		key := []byte(s.k.socket(sock.String()))
-		call.Compare[i] = pbExists(key)
-		call.Failure[i] = &etcdserverpb.RequestOp{Request: &etcdserverpb.RequestOp_RequestRange{
-			RequestRange: &etcdserverpb.RangeRequest{Key: key, KeysOnly: true}}}
-		call.Success[i] = s.pbMembershipOp(sock, room, join)
+		call.Compare = append(call.Compare, s.guard(sock, states[i])...)
+		call.Failure[i] = s.pbSocketRange(sock, false)
+		call.Success[i] = s.pbMembershipOp(sock, states[i], room, join)
 	}
 	call.Compare = append(call.Compare, extra...)
 	need, size, err := s.budget.nestedCost(call)
@@ -194,9 +269,9 @@ func (s *Store) commitChange(ctx context.Context, sockets []SocketID, room strin
 			// etcd evaluates every compare of a transaction, nested ones
 			// included, before it writes anything: two limited Joins of one
 			// socket in one transaction would both pass their guard. The
-			// socket's rooms prefix keeps them in separate transactions.
+			// socket's record keeps them in separate transactions.
 			for _, sock := range sockets {
-				keys = append(keys, s.k.socketRoomsPrefix(sock))
+				keys = append(keys, s.k.socket(sock.String()))
 			}
 		}
 		resp, rev, err = s.batch.do(ctx, call, keys, need, size)
@@ -212,12 +287,26 @@ func (s *Store) commitChange(ctx context.Context, sockets []SocketID, room strin
 	return resp, rev, nil
 }
 
-// notFound names the sockets whose records a failed change found missing;
-// nil when all were there (another compare failed).
-func notFound(resp *etcdserverpb.TxnResponse, sockets []SocketID) error {
+// countRooms counts the keys under prefixes at revision rev.
+func (s *Store) countRooms(ctx context.Context, prefixes []string, rev int64) (int64, error) {
+	var n int64
+	for _, prefix := range prefixes {
+		resp, err := s.kv.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly(), clientv3.WithRev(rev))
+		if err != nil {
+			return 0, fmt.Errorf("read rooms per socket: %w", err)
+		}
+		n += resp.Count
+	}
+	return n, nil
+}
+
+// notFound names the sockets whose records a failed change found missing
+// (states, as commitChange read them); nil when all were there (another
+// compare failed).
+func notFound(resp *etcdserverpb.TxnResponse, states []socketState, sockets []SocketID) error {
 	nf := &SocketsNotFoundError{}
-	for i, r := range resp.Responses {
-		if len(r.GetResponseRange().Kvs) == 0 {
+	for i, st := range states {
+		if !st.exists {
 			nf.IDs = append(nf.IDs, sockets[i].String())
 		}
 	}
@@ -227,11 +316,12 @@ func notFound(resp *etcdserverpb.TxnResponse, sockets []SocketID) error {
 	return nf
 }
 
-func changeResult(resp *etcdserverpb.TxnResponse, rev int64) ChangeResult {
-	res := ChangeResult{Revision: rev, WasMember: make([]bool, len(resp.Responses))}
+func changeResult(resp *etcdserverpb.TxnResponse, rev int64, states []socketState) ChangeResult {
+	res := ChangeResult{Revision: rev, WasMember: make([]bool, len(resp.Responses)), Homes: make([]Home, len(states))}
 	for i, r := range resp.Responses {
 		// Each membership transaction succeeds when the socket was a member.
 		res.WasMember[i] = r.GetResponseTxn().Succeeded
+		res.Homes[i] = states[i].writeHome()
 	}
 	return res
 }
@@ -250,34 +340,18 @@ func pbExists(key []byte) *etcdserverpb.Compare {
 		Result: etcdserverpb.Compare_GREATER, TargetUnion: &etcdserverpb.Compare_CreateRevision{CreateRevision: 0}}
 }
 
-// pbMembershipOp is membershipOp as a protobuf request.
-func (s *Store) pbMembershipOp(sock SocketID, room string, join bool) *etcdserverpb.RequestOp {
-	roomKey := []byte(s.k.room(room, sock.String()))
-	gwmKey := []byte(s.k.gwm(sock, room))
-	t := &etcdserverpb.TxnRequest{Compare: []*etcdserverpb.Compare{pbExists(roomKey)}}
-	if join {
-		lease := int64(sock.Lease)
-		t.Failure = []*etcdserverpb.RequestOp{
-			{Request: &etcdserverpb.RequestOp_RequestPut{RequestPut: &etcdserverpb.PutRequest{Key: gwmKey, Lease: lease}}},
-			{Request: &etcdserverpb.RequestOp_RequestPut{RequestPut: &etcdserverpb.PutRequest{Key: roomKey, Lease: lease}}},
-		}
-	} else {
-		t.Success = []*etcdserverpb.RequestOp{
-			{Request: &etcdserverpb.RequestOp_RequestDeleteRange{RequestDeleteRange: &etcdserverpb.DeleteRangeRequest{Key: gwmKey}}},
-			{Request: &etcdserverpb.RequestOp_RequestDeleteRange{RequestDeleteRange: &etcdserverpb.DeleteRangeRequest{Key: roomKey}}},
-		}
-	}
-	return &etcdserverpb.RequestOp{Request: &etcdserverpb.RequestOp_RequestTxn{RequestTxn: t}}
-}
-
-// GetSocket reads a socket record and its rooms at one revision.
+// GetSocket reads a socket record and its rooms at one revision. A socket
+// being moved (move.go) has MovingTo set and its rooms read under both homes.
 func (s *Store) GetSocket(ctx context.Context, socket SocketID) (SocketInfo, int64, error) {
 	id := socket.String()
+	// Rooms are read under the id's origin in the same request: for a socket
+	// that never moved, one round trip.
+	origin := s.k.socketRoomsPrefix(socket.Gateway, socket)
 	resp, err := s.kv.Txn(ctx).
 		If(socketExists(s.k.socket(id))).
 		Then(
-			clientv3.OpGet(s.k.socket(id)),
-			clientv3.OpGet(s.k.socketRoomsPrefix(socket), clientv3.WithPrefix(), clientv3.WithKeysOnly()),
+			clientv3.OpGet(s.k.socket(id), clientv3.WithRange(s.k.socketRangeEnd(id))),
+			clientv3.OpGet(origin, clientv3.WithPrefix(), clientv3.WithKeysOnly()),
 		).
 		Commit()
 	if err != nil {
@@ -286,22 +360,38 @@ func (s *Store) GetSocket(ctx context.Context, socket SocketID) (SocketInfo, int
 	if !resp.Succeeded {
 		return SocketInfo{}, 0, ErrSocketNotFound
 	}
-	var info SocketInfo
-	rec := resp.Responses[0].GetResponseRange().Kvs[0]
-	if err := json.Unmarshal(rec.Value, &info.SocketRecord); err != nil {
-		return SocketInfo{}, 0, corrupt("socket record", rec.Key, err)
+	rev := resp.Header.Revision
+	st, err := s.decodeState(socket, resp.Responses[0].GetResponseRange().Kvs)
+	if err == nil {
+		err = st.bad
 	}
-	info.ID = id
-	prefix := s.k.socketRoomsPrefix(socket)
-	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
-		room, err := unescapeRoom(strings.TrimPrefix(string(kv.Key), prefix))
-		if err != nil {
-			return SocketInfo{}, 0, err
+	if err != nil {
+		return SocketInfo{}, 0, err
+	}
+	info := SocketInfo{SocketRecord: st.rec}
+	if st.move != nil {
+		to := st.move.To
+		info.MovingTo = &to
+	}
+	for _, prefix := range s.roomPrefixes(socket, st) {
+		kvs := resp.Responses[1].GetResponseRange().Kvs
+		if prefix != origin {
+			r, err := s.kv.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithRev(rev))
+			if err != nil {
+				return SocketInfo{}, 0, fmt.Errorf("get socket: %w", err)
+			}
+			kvs = r.Kvs
 		}
-		info.Rooms = append(info.Rooms, room)
+		for _, kv := range kvs {
+			room, err := unescapeRoom(strings.TrimPrefix(string(kv.Key), prefix))
+			if err != nil {
+				return SocketInfo{}, 0, err
+			}
+			info.Rooms = append(info.Rooms, room)
+		}
 	}
 	sort.Strings(info.Rooms)
-	return info, resp.Header.Revision, nil
+	return info, rev, nil
 }
 
 // RoomCount is a room and how many sockets are in it. TargetIndex.ListRooms
@@ -356,6 +446,9 @@ type Member struct {
 	SocketID string
 	Gateway  string
 	User     string // the socket's authenticated user, if any
+	// DetachedSince is the socket record's: when its connection dropped,
+	// nil while one is attached.
+	DetachedSince *time.Time
 }
 
 // ListMembers returns up to limit members of room ordered by socket id,
@@ -378,12 +471,7 @@ func (s *Store) ListMembers(ctx context.Context, room, after string, limit int) 
 			next = members[limit-1].SocketID
 			break
 		}
-		id := strings.TrimPrefix(string(kv.Key), prefix)
-		m := Member{SocketID: id}
-		if sid, err := ParseSocketID(id); err == nil {
-			m.Gateway = sid.Gateway
-		}
-		members = append(members, m)
+		members = append(members, Member{SocketID: strings.TrimPrefix(string(kv.Key), prefix)})
 	}
 	if err := s.fillUsers(ctx, members, resp.Header.Revision); err != nil {
 		return nil, "", 0, err
@@ -392,7 +480,9 @@ func (s *Store) ListMembers(ctx context.Context, room, after string, limit int) 
 }
 
 // fillUsers reads the socket records of members at revision rev, the one
-// their memberships were listed at, and copies each socket's user.
+// their memberships were listed at, and copies each socket's user and
+// gateway: its current home's, which a moved socket's id does not name (a
+// socket being moved shows the gateway it moves from until the move ends).
 func (s *Store) fillUsers(ctx context.Context, members []Member, rev int64) error {
 	ids := make([]string, len(members))
 	for i, m := range members {
@@ -411,7 +501,10 @@ func (s *Store) fillUsers(ctx context.Context, members []Member, rev int64) erro
 		if err := json.Unmarshal(kvs[0].Value, &rec); err != nil {
 			return corrupt("socket record", kvs[0].Key, err)
 		}
-		members[i].User = rec.User
+		members[i].User, members[i].DetachedSince = rec.User, rec.DetachedSince
+		if sid, err := ParseSocketID(ids[i]); err == nil {
+			members[i].Gateway = rec.Home(sid).Gateway
+		}
 	}
 	return nil
 }

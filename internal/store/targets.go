@@ -21,7 +21,8 @@ import (
 // TargetIndex answers "which gateways hold members of these rooms" and
 // "which rooms exist, in name order, with how many members" without reading
 // the rooms' member keys on every call. It is derived from etcd alone: a
-// listing of rooms/ and gateways/ at one revision, then a watch from the next
+// listing of gwm/ (memberships, under the gateway holding each socket),
+// users/ and gateways/ at one revision, then a watch from the next
 // (internal/watchfollow), so it can always be rebuilt, and every replica has
 // its own. A watch interrupted by an election or a lost connection resumes
 // from the applied revision; only a compaction of the history it needs makes
@@ -77,8 +78,8 @@ func (s *Store) NewTargetIndex(cli *clientv3.Client, log *slog.Logger) *TargetIn
 	x := &TargetIndex{s: s, cli: cli, log: log, applied: revwait.New(), stopped: make(chan struct{}),
 		rooms: map[string]*roomEntry{}, byName: newRoomTree(), records: map[string]GatewayRecord{},
 		socketUsers: map[string]*userRef{}, gatewaysChanged: make(chan struct{}, 1)}
-	// One watch over the whole keyspace: rooms/ and gateways/ changes, in
-	// revision order, on one stream whose progress covers both.
+	// One watch over the whole keyspace: gwm/, users/ and gateways/
+	// changes, in revision order, on one stream whose progress covers all.
 	x.follow = watchfollow.New(watchfollow.Config{
 		Client:  cli,
 		Prefix:  s.k.prefix,
@@ -129,13 +130,13 @@ func (x *TargetIndex) list(ctx context.Context) (int64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("list users: %w", err)
 	}
-	roomsPrefix := x.s.k.roomsPrefix()
-	_, err = x.s.scanKeys(ctx, roomsPrefix, roomsPrefix, rev, func(key string) bool {
-		if room, gw, socket, ok := x.s.decodeRoomKey(key); ok {
+	gwmRoot := x.s.k.gwmRoot()
+	_, err = x.s.scanKeys(ctx, gwmRoot, gwmRoot, rev, func(key string) bool {
+		if room, gw, socket, ok, notice := x.s.decodeGwmKey(key); ok {
 			add(rooms, byName, room, gw, 1)
 			tmp.membershipUserLocked(room, socket, 1)
 			total++
-		} else {
+		} else if !notice {
 			x.corrupt(key)
 		}
 		return true
@@ -217,7 +218,8 @@ func (x *TargetIndex) GatewayAsOf(id string, rev int64) (rec GatewayRecord, ok b
 // applyLocked applies one event; it reports whether a gateway record changed.
 func (x *TargetIndex) applyLocked(ev *clientv3.Event) bool {
 	key := string(ev.Kv.Key)
-	if room, gw, socket, ok := x.s.decodeRoomKey(key); ok {
+	room, gw, socket, ok, notice := x.s.decodeGwmKey(key)
+	if ok {
 		switch {
 		case ev.Type == mvccpb.DELETE:
 			x.membershipUserLocked(room, socket, -1)
@@ -252,7 +254,7 @@ func (x *TargetIndex) applyLocked(ev *clientv3.Event) bool {
 		}
 		return true
 	}
-	if strings.HasPrefix(key, x.s.k.roomsPrefix()) {
+	if strings.HasPrefix(key, x.s.k.gwmRoot()) && !notice {
 		x.corrupt(key)
 	}
 	return false
@@ -391,24 +393,38 @@ func (x *TargetIndex) catchUp(ctx context.Context) (int64, error) {
 
 var errIndexStopped = fmt.Errorf("broadcast target index stopped: %w", ErrShuttingDown)
 
-// decodeRoomKey splits rooms/{room}/{socket} into the room, the socket's
-// gateway and the socket.
-func (s *Store) decodeRoomKey(key string) (room, gateway, socket string, ok bool) {
-	rest, ok := strings.CutPrefix(key, s.k.roomsPrefix())
+// decodeGwmKey splits gwm/{gateway}/{socket}/{room} into the room, the
+// gateway holding the socket (its home: the key's gateway, not the one its
+// id names, so the index follows a socket that moved) and the socket.
+// notice is true for a Disconnect's notice (disconnect.go), which is no
+// membership.
+//
+// The index counts memberships by their gwm/ keys, not their rooms/ keys:
+// each membership has exactly one of each, but only the gwm/ key names its
+// home, and a move (move.go) replaces it by one under the new home in the
+// transaction that moves the membership.
+func (s *Store) decodeGwmKey(key string) (room, gateway, socket string, ok, notice bool) {
+	rest, ok := strings.CutPrefix(key, s.k.gwmRoot())
 	if !ok {
-		return "", "", "", false
+		return "", "", "", false, false
 	}
-	seg, socket, ok := strings.Cut(rest, "/")
+	gateway, rest, ok = strings.Cut(rest, "/")
 	if !ok {
-		return "", "", "", false
+		return "", "", "", false, false
 	}
-	sid, err := ParseSocketID(socket)
+	if strings.HasPrefix(rest, disconnectSegment) {
+		return "", "", "", false, true
+	}
+	socket, seg, ok := strings.Cut(rest, "/")
+	if !ok {
+		return "", "", "", false, false
+	}
+	if _, err := ParseSocketID(socket); err != nil {
+		return "", "", "", false, false
+	}
+	room, err := unescapeRoom(seg)
 	if err != nil {
-		return "", "", "", false
+		return "", "", "", false, false
 	}
-	room, err = unescapeRoom(seg)
-	if err != nil {
-		return "", "", "", false
-	}
-	return room, sid.Gateway, socket, true
+	return room, gateway, socket, true, false
 }

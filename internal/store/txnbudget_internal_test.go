@@ -39,8 +39,8 @@ func TestTxnShapeMatchesEncoding(t *testing.T) {
 	for i, room := range []string{"a", strings.Repeat("r/", 128), strings.Repeat("x", 256)} {
 		call := &etcdserverpb.TxnRequest{}
 		for j := 0; j <= i*40; j++ {
-			call.Compare = append(call.Compare, pbExists([]byte(s.k.socket(sock.String()))))
-			call.Success = append(call.Success, s.pbMembershipOp(sock, room, true))
+			call.Compare = append(call.Compare, s.guard(sock, originState(sock))...)
+			call.Success = append(call.Success, s.pbMembershipOp(sock, originState(sock), room, true))
 		}
 		need, size, err := s.budget.nestedCost(call)
 		if err != nil {
@@ -58,7 +58,7 @@ func TestTxnShapeMatchesEncoding(t *testing.T) {
 	if want := len(calls) + 81 + 2; shape.need() != want {
 		t.Errorf("batch needs %d operations, want %d", shape.need(), want)
 	}
-	cmps := []*etcdserverpb.Compare{pbExists([]byte("k")), s.roomsUnchangedSince(sock, 1<<40)}
+	cmps := []*etcdserverpb.Compare{pbExists([]byte("k")), roomsUnchangedSince(s.k.socketRoomsPrefix(sock.Gateway, sock), 1<<40)}
 	base := guardShape(cmps, nil)
 	if got := proto.Size(&etcdserverpb.TxnRequest{Compare: cmps}); got != base.bytes {
 		t.Errorf("guard encodes in %d bytes, shape says %d", got, base.bytes)

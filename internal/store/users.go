@@ -73,6 +73,8 @@ func (s *Store) decodeUserKey(key string) (user, socket string, ok bool) {
 // socketRecordOps are the writes that publish a socket: its record and, when
 // it has a user, its user index key, both on the socket's lease.
 func (s *Store) socketRecordOps(socket SocketID, rec SocketRecord) ([]clientv3.Op, error) {
+	// A new socket's home is its origin (home.go).
+	rec.Gateway, rec.Lease = socket.Gateway, socket.Lease
 	b, err := json.Marshal(rec)
 	if err != nil {
 		return nil, err
@@ -82,40 +84,6 @@ func (s *Store) socketRecordOps(socket SocketID, rec SocketRecord) ([]clientv3.O
 		ops = append(ops, clientv3.OpPut(s.k.user(rec.User, socket.String()), "", clientv3.WithLease(socket.Lease)))
 	}
 	return ops, nil
-}
-
-// socketUsers reads the users of sockets from their records (one read-only
-// transaction per --max-txn-ops sockets): socket → user, for the sockets
-// that have a record and a user. A socket's user never changes, so what is
-// read here is still its user when its keys are deleted later. A record that
-// does not decode names no user: its socket must still be removable (its
-// user index key, if any, then stays until the lease ends).
-//
-// A record put after this read and before the deletion (a registration that
-// committed after its gateway had given up on it) is deleted without its
-// user index key, which then stays until the lease ends; Join and Leave by
-// user skip it (its socket is gone) and ListSockets does not list it.
-func (s *Store) socketUsers(ctx context.Context, sockets []SocketID) (map[SocketID]string, error) {
-	ids := make([]string, len(sockets))
-	for i, sock := range sockets {
-		ids[i] = sock.String()
-	}
-	records, err := s.readSocketRecords(ctx, ids)
-	if err != nil {
-		return nil, err
-	}
-	out := map[SocketID]string{}
-	for i, r := range records {
-		kvs := r.GetKvs()
-		if len(kvs) == 0 {
-			continue
-		}
-		var rec SocketRecord
-		if json.Unmarshal(kvs[0].Value, &rec) == nil && rec.User != "" {
-			out[sockets[i]] = rec.User
-		}
-	}
-	return out, nil
 }
 
 // UserSockets returns the sockets of user (ordered by socket id) at revision
@@ -172,30 +140,48 @@ func (s *Store) ListUserSockets(ctx context.Context, user, after string, limit i
 		chunk := sids[startAt:min(startAt+per, len(sids))]
 		ops := make([]clientv3.Op, 0, 2*len(chunk))
 		for _, sid := range chunk {
-			ops = append(ops, clientv3.OpGet(s.k.socket(sid.String()), clientv3.WithRev(rev)),
-				clientv3.OpGet(s.k.socketRoomsPrefix(sid), clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithRev(rev)))
+			ops = append(ops, clientv3.OpGet(s.k.socket(sid.String()), clientv3.WithRange(s.k.socketRangeEnd(sid.String())), clientv3.WithRev(rev)),
+				clientv3.OpGet(s.k.socketRoomsPrefix(sid.Gateway, sid), clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithRev(rev)))
 		}
 		tr, err := s.kv.Txn(ctx).Then(ops...).Commit()
 		if err != nil {
 			return nil, "", 0, fmt.Errorf("read sockets of user: %w", err)
 		}
 		for i, sid := range chunk {
-			kvs := tr.Responses[2*i].GetResponseRange().Kvs
-			if len(kvs) == 0 {
+			st, err := s.decodeState(sid, tr.Responses[2*i].GetResponseRange().Kvs)
+			if err == nil && st.exists {
+				err = st.bad
+			}
+			if err != nil {
+				return nil, "", 0, err
+			}
+			if !st.exists {
 				continue // the record went after the key was read, or a leftover key (socketUsers)
 			}
-			info := SocketInfo{}
-			if err := json.Unmarshal(kvs[0].Value, &info.SocketRecord); err != nil {
-				return nil, "", 0, corrupt("socket record", kvs[0].Key, err)
+			info := SocketInfo{SocketRecord: st.rec}
+			if st.move != nil {
+				to := st.move.To
+				info.MovingTo = &to
 			}
-			info.ID = sid.String()
-			roomsPrefix := s.k.socketRoomsPrefix(sid)
-			for _, kv := range tr.Responses[2*i+1].GetResponseRange().Kvs {
-				room, err := unescapeRoom(strings.TrimPrefix(string(kv.Key), roomsPrefix))
-				if err != nil {
-					return nil, "", 0, err
+			// Rooms under the origin came with the record; those under another
+			// home (a moved socket's, home.go) are read at rev too.
+			origin := s.k.socketRoomsPrefix(sid.Gateway, sid)
+			for _, roomsPrefix := range s.roomPrefixes(sid, st) {
+				kvs := tr.Responses[2*i+1].GetResponseRange().Kvs
+				if roomsPrefix != origin {
+					r, err := s.kv.Get(ctx, roomsPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithRev(rev))
+					if err != nil {
+						return nil, "", 0, fmt.Errorf("read sockets of user: %w", err)
+					}
+					kvs = r.Kvs
 				}
-				info.Rooms = append(info.Rooms, room)
+				for _, kv := range kvs {
+					room, err := unescapeRoom(strings.TrimPrefix(string(kv.Key), roomsPrefix))
+					if err != nil {
+						return nil, "", 0, err
+					}
+					info.Rooms = append(info.Rooms, room)
+				}
 			}
 			sort.Strings(info.Rooms)
 			sockets = append(sockets, info)
@@ -210,6 +196,8 @@ type UserChangeResult struct {
 	// tells for each whether it was in the room before.
 	Sockets   []SocketID
 	WasMember []bool
+	// Homes are, per socket, where the change was written (ChangeResult.Homes).
+	Homes []Home
 	// Revision is the revision of the last transaction (the read revision
 	// when the user had no sockets): every change is in effect from it on.
 	Revision int64
@@ -258,6 +246,7 @@ func (s *Store) ChangeUser(ctx context.Context, user, room string, join bool, pe
 		if len(chunk) > 0 {
 			res.Sockets = append(res.Sockets, chunk...)
 			res.WasMember = append(res.WasMember, cr.WasMember...)
+			res.Homes = append(res.Homes, cr.Homes...)
 			res.Revision = max(res.Revision, cr.Revision)
 			res.Transactions++
 		}

@@ -29,7 +29,12 @@ import (
 // its start revision from the socket records and kept by the events. That
 // was chosen over the watch's prev_kv: prev_kv would give the user of a
 // deleted record only, not of a room key (JOINED and LEFT need it too), and
-// would make etcd read the previous value of every key the watch sees. The
+// would make etcd read the previous value of every key the watch sees.
+//
+// Moves (move.go). A socket moved to another gateway keeps its id: moving
+// its keys re-puts its record and room keys on another lease, which is no
+// CONNECTED or JOINED (only a creation is), so a move emits nothing; the
+// events after it name the socket's new gateway, which its record holds. The
 // seed needs the start revision itself not compacted, which resuming needs
 // anyway. A socket's room keys go after its record (a gateway's removal and
 // Disconnect delete the record first), so an entry stays while the socket
@@ -185,9 +190,20 @@ type memberWatch struct {
 }
 
 type userEntry struct {
-	user   string
-	record bool // the socket's record exists
-	rooms  int  // memberships (f.Room's only, with a room filter) that exist
+	user string
+	// gateway is the socket's home (home.go) as its record last said; ""
+	// before any record was seen: then its id's.
+	gateway string
+	record  bool // the socket's record exists
+	rooms   int  // memberships (f.Room's only, with a room filter) that exist
+}
+
+// gatewayOf is the gateway events of socket sid name: its current home's.
+func (e *userEntry) gatewayOf(sid SocketID) string {
+	if e.gateway != "" {
+		return e.gateway
+	}
+	return sid.Gateway
 }
 
 // tracked tells whether a socket of user can match the filter at all.
@@ -212,12 +228,16 @@ func (w *memberWatch) seed(ctx context.Context, after int64) (int64, error) {
 	var err error
 	rev, err = s.scanValues(ctx, recPrefix, rev, func(key string, value []byte, _ int64) error {
 		id := strings.TrimPrefix(key, s.k.socketsPrefix())
+		sid, err := ParseSocketID(id)
+		if err != nil {
+			return nil // a move marker (move.go), no record
+		}
 		var rec SocketRecord
 		if err := json.Unmarshal(value, &rec); err != nil {
 			return corrupt("socket record", []byte(key), err)
 		}
 		if w.tracked(id, rec.User) {
-			w.users[id] = &userEntry{user: rec.User, record: true}
+			w.users[id] = &userEntry{user: rec.User, gateway: rec.Home(sid).Gateway, record: true}
 		}
 		return nil
 	})
@@ -381,11 +401,13 @@ func (w *memberWatch) decode(evs []*clientv3.Event) []MembershipEvent {
 					e = &userEntry{}
 					w.users[id] = e
 				}
-				e.user = rec.User
+				// A put of an existing record is a move (move.go): its
+				// gateway changes, and no event says so.
+				e.user, e.gateway = rec.User, rec.Home(sid).Gateway
 				created := !e.record
 				e.record = true
 				if created && w.f.Room == "" {
-					out = append(out, MembershipEvent{Type: EventConnected, Socket: id, User: rec.User, Gateway: sid.Gateway, Revision: rev})
+					out = append(out, MembershipEvent{Type: EventConnected, Socket: id, User: rec.User, Gateway: e.gateway, Revision: rev})
 				}
 				continue
 			}
@@ -395,7 +417,7 @@ func (w *memberWatch) decode(evs []*clientv3.Event) []MembershipEvent {
 			e.record = false
 			w.drop(id, e)
 			if w.f.Room == "" {
-				out = append(out, MembershipEvent{Type: EventDisconnected, Socket: id, User: e.user, Gateway: sid.Gateway, Revision: rev})
+				out = append(out, MembershipEvent{Type: EventDisconnected, Socket: id, User: e.user, Gateway: e.gatewayOf(sid), Revision: rev})
 			}
 			continue
 		}
@@ -415,6 +437,9 @@ func (w *memberWatch) decode(evs []*clientv3.Event) []MembershipEvent {
 		if err != nil || (w.f.Room != "" && room != w.f.Room) {
 			continue
 		}
+		if ev.Type == mvccpb.PUT && !ev.IsCreate() {
+			continue // the membership moved to another lease (move.go): no change
+		}
 		e := w.users[id]
 		if e == nil {
 			continue
@@ -427,7 +452,7 @@ func (w *memberWatch) decode(evs []*clientv3.Event) []MembershipEvent {
 			e.rooms--
 			w.drop(id, e)
 		}
-		out = append(out, MembershipEvent{Type: typ, Socket: id, User: e.user, Gateway: sid.Gateway, Room: room, Revision: rev})
+		out = append(out, MembershipEvent{Type: typ, Socket: id, User: e.user, Gateway: e.gatewayOf(sid), Room: room, Revision: rev})
 	}
 	return out
 }

@@ -803,7 +803,12 @@ type Member struct {
 	Gateway string `protobuf:"bytes,2,opt,name=gateway,proto3" json:"gateway,omitempty"`
 	// The user the socket authenticated as (the subject of the token it
 	// connected with); empty when the gateway does not authenticate sockets.
-	User          string `protobuf:"bytes,3,opt,name=user,proto3" json:"user,omitempty"`
+	User string `protobuf:"bytes,3,opt,name=user,proto3" json:"user,omitempty"`
+	// Set while the socket is detached: its connection dropped and it stays
+	// resumable (the gateway's --resume-window), still a member of its rooms,
+	// its messages kept for it; the time the connection dropped. Unset while
+	// a connection is attached.
+	DetachedSince *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=detached_since,json=detachedSince,proto3" json:"detached_since,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -857,6 +862,13 @@ func (x *Member) GetUser() string {
 		return x.User
 	}
 	return ""
+}
+
+func (x *Member) GetDetachedSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DetachedSince
+	}
+	return nil
 }
 
 // ListMembersResponse is one page of a room's members.
@@ -982,7 +994,12 @@ type Socket struct {
 	Rooms []string `protobuf:"bytes,4,rep,name=rooms,proto3" json:"rooms,omitempty"`
 	// The user the socket authenticated as (the subject of the token it
 	// connected with); empty when the gateway does not authenticate sockets.
-	User          string `protobuf:"bytes,5,opt,name=user,proto3" json:"user,omitempty"`
+	User string `protobuf:"bytes,5,opt,name=user,proto3" json:"user,omitempty"`
+	// Set while the socket is detached: its connection dropped and it stays
+	// resumable (the gateway's --resume-window); Join and Leave apply to it
+	// and it gets them on resume. The time the connection dropped; unset
+	// while a connection is attached.
+	DetachedSince *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=detached_since,json=detachedSince,proto3" json:"detached_since,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1050,6 +1067,13 @@ func (x *Socket) GetUser() string {
 		return x.User
 	}
 	return ""
+}
+
+func (x *Socket) GetDetachedSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DetachedSince
+	}
+	return nil
 }
 
 // GetSocketResponse describes one socket.
@@ -2633,23 +2657,25 @@ const file_membership_v1_membership_proto_rawDesc = "" +
 	"\x04room\x18\x01 \x01(\tR\x04room\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x03 \x01(\tR\tpageToken\"S\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"\x96\x01\n" +
 	"\x06Member\x12\x1b\n" +
 	"\tsocket_id\x18\x01 \x01(\tR\bsocketId\x12\x18\n" +
 	"\agateway\x18\x02 \x01(\tR\agateway\x12\x12\n" +
-	"\x04user\x18\x03 \x01(\tR\x04user\"\x8a\x01\n" +
+	"\x04user\x18\x03 \x01(\tR\x04user\x12A\n" +
+	"\x0edetached_since\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\rdetachedSince\"\x8a\x01\n" +
 	"\x13ListMembersResponse\x12/\n" +
 	"\amembers\x18\x01 \x03(\v2\x15.membership.v1.MemberR\amembers\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x1a\n" +
 	"\brevision\x18\x03 \x01(\x03R\brevision\"/\n" +
 	"\x10GetSocketRequest\x12\x1b\n" +
-	"\tsocket_id\x18\x01 \x01(\tR\bsocketId\"\xa8\x01\n" +
+	"\tsocket_id\x18\x01 \x01(\tR\bsocketId\"\xeb\x01\n" +
 	"\x06Socket\x12\x1b\n" +
 	"\tsocket_id\x18\x01 \x01(\tR\bsocketId\x12\x18\n" +
 	"\agateway\x18\x02 \x01(\tR\agateway\x12=\n" +
 	"\fconnected_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\vconnectedAt\x12\x14\n" +
 	"\x05rooms\x18\x04 \x03(\tR\x05rooms\x12\x12\n" +
-	"\x04user\x18\x05 \x01(\tR\x04user\"^\n" +
+	"\x04user\x18\x05 \x01(\tR\x04user\x12A\n" +
+	"\x0edetached_since\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\rdetachedSince\"^\n" +
 	"\x11GetSocketResponse\x12-\n" +
 	"\x06socket\x18\x01 \x01(\v2\x15.membership.v1.SocketR\x06socket\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\"\x96\x01\n" +
@@ -2835,52 +2861,54 @@ var file_membership_v1_membership_proto_depIdxs = []int32{
 	0,  // 2: membership.v1.LeaveRequest.wait_for:type_name -> membership.v1.WaitFor
 	3,  // 3: membership.v1.LeaveResponse.results:type_name -> membership.v1.SocketResult
 	8,  // 4: membership.v1.ListRoomsResponse.rooms:type_name -> membership.v1.Room
-	11, // 5: membership.v1.ListMembersResponse.members:type_name -> membership.v1.Member
-	38, // 6: membership.v1.Socket.connected_at:type_name -> google.protobuf.Timestamp
-	14, // 7: membership.v1.GetSocketResponse.socket:type_name -> membership.v1.Socket
-	39, // 8: membership.v1.BroadcastRequest.data:type_name -> google.protobuf.Value
-	39, // 9: membership.v1.BlastRequest.data:type_name -> google.protobuf.Value
-	14, // 10: membership.v1.ListSocketsResponse.sockets:type_name -> membership.v1.Socket
-	8,  // 11: membership.v1.GetRoomResponse.room:type_name -> membership.v1.Room
-	0,  // 12: membership.v1.DisconnectRequest.wait_for:type_name -> membership.v1.WaitFor
-	31, // 13: membership.v1.DisconnectResponse.results:type_name -> membership.v1.DisconnectResult
-	1,  // 14: membership.v1.MembershipEvent.type:type_name -> membership.v1.EventType
-	34, // 15: membership.v1.MembershipEvents.events:type_name -> membership.v1.MembershipEvent
-	35, // 16: membership.v1.WatchMembershipResponse.events:type_name -> membership.v1.MembershipEvents
-	36, // 17: membership.v1.WatchMembershipResponse.progress:type_name -> membership.v1.WatchProgress
-	2,  // 18: membership.v1.MembershipService.Join:input_type -> membership.v1.JoinRequest
-	5,  // 19: membership.v1.MembershipService.Leave:input_type -> membership.v1.LeaveRequest
-	7,  // 20: membership.v1.MembershipService.ListRooms:input_type -> membership.v1.ListRoomsRequest
-	10, // 21: membership.v1.MembershipService.ListMembers:input_type -> membership.v1.ListMembersRequest
-	13, // 22: membership.v1.MembershipService.GetSocket:input_type -> membership.v1.GetSocketRequest
-	16, // 23: membership.v1.MembershipService.Broadcast:input_type -> membership.v1.BroadcastRequest
-	18, // 24: membership.v1.MembershipService.Blast:input_type -> membership.v1.BlastRequest
-	20, // 25: membership.v1.MembershipService.LeaveAll:input_type -> membership.v1.LeaveAllRequest
-	22, // 26: membership.v1.MembershipService.AddRoomMembersToRooms:input_type -> membership.v1.AddRoomMembersToRoomsRequest
-	24, // 27: membership.v1.MembershipService.RemoveRoomMembersFromRooms:input_type -> membership.v1.RemoveRoomMembersFromRoomsRequest
-	26, // 28: membership.v1.MembershipService.ListSockets:input_type -> membership.v1.ListSocketsRequest
-	28, // 29: membership.v1.MembershipService.GetRoom:input_type -> membership.v1.GetRoomRequest
-	30, // 30: membership.v1.MembershipService.Disconnect:input_type -> membership.v1.DisconnectRequest
-	33, // 31: membership.v1.MembershipService.WatchMembership:input_type -> membership.v1.WatchMembershipRequest
-	4,  // 32: membership.v1.MembershipService.Join:output_type -> membership.v1.JoinResponse
-	6,  // 33: membership.v1.MembershipService.Leave:output_type -> membership.v1.LeaveResponse
-	9,  // 34: membership.v1.MembershipService.ListRooms:output_type -> membership.v1.ListRoomsResponse
-	12, // 35: membership.v1.MembershipService.ListMembers:output_type -> membership.v1.ListMembersResponse
-	15, // 36: membership.v1.MembershipService.GetSocket:output_type -> membership.v1.GetSocketResponse
-	17, // 37: membership.v1.MembershipService.Broadcast:output_type -> membership.v1.BroadcastResponse
-	19, // 38: membership.v1.MembershipService.Blast:output_type -> membership.v1.BlastResponse
-	21, // 39: membership.v1.MembershipService.LeaveAll:output_type -> membership.v1.LeaveAllResponse
-	23, // 40: membership.v1.MembershipService.AddRoomMembersToRooms:output_type -> membership.v1.AddRoomMembersToRoomsResponse
-	25, // 41: membership.v1.MembershipService.RemoveRoomMembersFromRooms:output_type -> membership.v1.RemoveRoomMembersFromRoomsResponse
-	27, // 42: membership.v1.MembershipService.ListSockets:output_type -> membership.v1.ListSocketsResponse
-	29, // 43: membership.v1.MembershipService.GetRoom:output_type -> membership.v1.GetRoomResponse
-	32, // 44: membership.v1.MembershipService.Disconnect:output_type -> membership.v1.DisconnectResponse
-	37, // 45: membership.v1.MembershipService.WatchMembership:output_type -> membership.v1.WatchMembershipResponse
-	32, // [32:46] is the sub-list for method output_type
-	18, // [18:32] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	38, // 5: membership.v1.Member.detached_since:type_name -> google.protobuf.Timestamp
+	11, // 6: membership.v1.ListMembersResponse.members:type_name -> membership.v1.Member
+	38, // 7: membership.v1.Socket.connected_at:type_name -> google.protobuf.Timestamp
+	38, // 8: membership.v1.Socket.detached_since:type_name -> google.protobuf.Timestamp
+	14, // 9: membership.v1.GetSocketResponse.socket:type_name -> membership.v1.Socket
+	39, // 10: membership.v1.BroadcastRequest.data:type_name -> google.protobuf.Value
+	39, // 11: membership.v1.BlastRequest.data:type_name -> google.protobuf.Value
+	14, // 12: membership.v1.ListSocketsResponse.sockets:type_name -> membership.v1.Socket
+	8,  // 13: membership.v1.GetRoomResponse.room:type_name -> membership.v1.Room
+	0,  // 14: membership.v1.DisconnectRequest.wait_for:type_name -> membership.v1.WaitFor
+	31, // 15: membership.v1.DisconnectResponse.results:type_name -> membership.v1.DisconnectResult
+	1,  // 16: membership.v1.MembershipEvent.type:type_name -> membership.v1.EventType
+	34, // 17: membership.v1.MembershipEvents.events:type_name -> membership.v1.MembershipEvent
+	35, // 18: membership.v1.WatchMembershipResponse.events:type_name -> membership.v1.MembershipEvents
+	36, // 19: membership.v1.WatchMembershipResponse.progress:type_name -> membership.v1.WatchProgress
+	2,  // 20: membership.v1.MembershipService.Join:input_type -> membership.v1.JoinRequest
+	5,  // 21: membership.v1.MembershipService.Leave:input_type -> membership.v1.LeaveRequest
+	7,  // 22: membership.v1.MembershipService.ListRooms:input_type -> membership.v1.ListRoomsRequest
+	10, // 23: membership.v1.MembershipService.ListMembers:input_type -> membership.v1.ListMembersRequest
+	13, // 24: membership.v1.MembershipService.GetSocket:input_type -> membership.v1.GetSocketRequest
+	16, // 25: membership.v1.MembershipService.Broadcast:input_type -> membership.v1.BroadcastRequest
+	18, // 26: membership.v1.MembershipService.Blast:input_type -> membership.v1.BlastRequest
+	20, // 27: membership.v1.MembershipService.LeaveAll:input_type -> membership.v1.LeaveAllRequest
+	22, // 28: membership.v1.MembershipService.AddRoomMembersToRooms:input_type -> membership.v1.AddRoomMembersToRoomsRequest
+	24, // 29: membership.v1.MembershipService.RemoveRoomMembersFromRooms:input_type -> membership.v1.RemoveRoomMembersFromRoomsRequest
+	26, // 30: membership.v1.MembershipService.ListSockets:input_type -> membership.v1.ListSocketsRequest
+	28, // 31: membership.v1.MembershipService.GetRoom:input_type -> membership.v1.GetRoomRequest
+	30, // 32: membership.v1.MembershipService.Disconnect:input_type -> membership.v1.DisconnectRequest
+	33, // 33: membership.v1.MembershipService.WatchMembership:input_type -> membership.v1.WatchMembershipRequest
+	4,  // 34: membership.v1.MembershipService.Join:output_type -> membership.v1.JoinResponse
+	6,  // 35: membership.v1.MembershipService.Leave:output_type -> membership.v1.LeaveResponse
+	9,  // 36: membership.v1.MembershipService.ListRooms:output_type -> membership.v1.ListRoomsResponse
+	12, // 37: membership.v1.MembershipService.ListMembers:output_type -> membership.v1.ListMembersResponse
+	15, // 38: membership.v1.MembershipService.GetSocket:output_type -> membership.v1.GetSocketResponse
+	17, // 39: membership.v1.MembershipService.Broadcast:output_type -> membership.v1.BroadcastResponse
+	19, // 40: membership.v1.MembershipService.Blast:output_type -> membership.v1.BlastResponse
+	21, // 41: membership.v1.MembershipService.LeaveAll:output_type -> membership.v1.LeaveAllResponse
+	23, // 42: membership.v1.MembershipService.AddRoomMembersToRooms:output_type -> membership.v1.AddRoomMembersToRoomsResponse
+	25, // 43: membership.v1.MembershipService.RemoveRoomMembersFromRooms:output_type -> membership.v1.RemoveRoomMembersFromRoomsResponse
+	27, // 44: membership.v1.MembershipService.ListSockets:output_type -> membership.v1.ListSocketsResponse
+	29, // 45: membership.v1.MembershipService.GetRoom:output_type -> membership.v1.GetRoomResponse
+	32, // 46: membership.v1.MembershipService.Disconnect:output_type -> membership.v1.DisconnectResponse
+	37, // 47: membership.v1.MembershipService.WatchMembership:output_type -> membership.v1.WatchMembershipResponse
+	34, // [34:48] is the sub-list for method output_type
+	20, // [20:34] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_membership_v1_membership_proto_init() }

@@ -1,0 +1,199 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// A socket's home.
+//
+// A socket id names the gateway and lease that created the socket (its
+// origin), but a socket can move to another gateway (move.go) and keep its
+// id. So every change and read of a socket's keys goes by its current home,
+// which its record holds (SocketRecord.Home), while a move in progress is
+// told by its move marker (keys.moveMarker), the key right after the record.
+//
+// The fast path needs no read: a Join or Leave guards each socket on the
+// range [record, marker] having exactly the id's lease (one compare: the
+// record exists, is on the origin's lease, and no move marker exists, since
+// a marker lives on the lease of the home the socket moves to), and writes
+// at the origin. A socket that moved, or is moving, fails that guard; the
+// failure branch of the same transaction reads the range, and the change is
+// retried against the home read there (socketState.guard). A socket that
+// never moved therefore costs one round trip, as before.
+
+// socketState is a socket's record and move marker as read at one revision,
+// or as assumed before any read (originState).
+type socketState struct {
+	exists bool
+	rec    SocketRecord
+	recRev int64 // the record's mod revision; 0 when assumed
+	home   Home
+	// rangeLease is the lease every key of the range [record, marker] is on,
+	// or -1 when they differ: what the lease guard compares.
+	rangeLease clientv3.LeaseID
+	move       *moveRecord // the move in progress, if any
+	moveRev    int64
+	// bad is why the record does not decode: its socket is then taken to be
+	// at its origin, so that it can still be changed and removed, and a
+	// reader that shows the record reports bad.
+	bad error
+}
+
+// originState is the state a change assumes before reading: the socket at
+// its origin, not moving.
+func originState(id SocketID) socketState {
+	o := id.Origin()
+	return socketState{exists: true, home: o, rangeLease: o.Lease}
+}
+
+// moveRecord is the value of a move marker: the move under way (move.go).
+type moveRecord struct {
+	From Home `json:"from"`
+	To   Home `json:"to"`
+	// Back is set while AbortMove brings the memberships back to From.
+	Back bool `json:"back,omitempty"`
+}
+
+// decodeState reads a socket's state from the keys of its range [record,
+// marker] (pbSocketRange's answer). A record that does not decode is
+// st.bad, not an error; a marker that does not decode is an error.
+func (s *Store) decodeState(id SocketID, kvs []*mvccpb.KeyValue) (socketState, error) {
+	st := socketState{rangeLease: -1}
+	recKey, markerKey := s.k.socket(id.String()), s.k.moveMarker(id.String())
+	for i, kv := range kvs {
+		if i == 0 {
+			st.rangeLease = clientv3.LeaseID(kv.Lease)
+		} else if clientv3.LeaseID(kv.Lease) != st.rangeLease {
+			st.rangeLease = -1
+		}
+		switch string(kv.Key) {
+		case recKey:
+			if err := json.Unmarshal(kv.Value, &st.rec); err != nil {
+				st.bad, st.rec = corrupt("socket record", kv.Key, err), SocketRecord{}
+			}
+			st.exists, st.recRev = true, kv.ModRevision
+		case markerKey:
+			st.move = &moveRecord{}
+			if err := json.Unmarshal(kv.Value, st.move); err != nil {
+				return st, corrupt("move marker", kv.Key, err)
+			}
+			st.moveRev = kv.ModRevision
+		}
+	}
+	st.home = id.Origin() // where a socket without a record may have left keys
+	if st.exists {
+		st.rec.ID = id.String()
+		st.home = st.rec.Home(id)
+		st.rec.Gateway, st.rec.Lease = st.home.Gateway, st.home.Lease // as readers show it
+	}
+	return st, nil
+}
+
+// holdsOn tells whether the guard built from st (guard) holds on now, a
+// state read at one revision: whether a change guarded on st would apply.
+func (st socketState) holdsOn(now socketState) bool {
+	if st.move == nil {
+		return now.exists && now.move == nil && now.rangeLease == st.home.Lease
+	}
+	return now.exists && now.recRev == st.recRev && now.move != nil && now.moveRev == st.moveRev
+}
+
+// writeHome is where a Join on a socket in state st writes: its home, or
+// during a move the home it moves to (and during an abort, its home).
+func (st socketState) writeHome() Home {
+	if st.move != nil && !st.move.Back {
+		return st.move.To
+	}
+	return st.home
+}
+
+// pbSocketRange reads a socket's record and move marker.
+func (s *Store) pbSocketRange(id SocketID, keysOnly bool) *etcdserverpb.RequestOp {
+	return &etcdserverpb.RequestOp{Request: &etcdserverpb.RequestOp_RequestRange{RequestRange: &etcdserverpb.RangeRequest{
+		Key: []byte(s.k.socket(id.String())), RangeEnd: []byte(s.k.socketRangeEnd(id.String())), KeysOnly: keysOnly}}}
+}
+
+// guard returns the compares that hold while st is still socket id's state
+// (holdsOn): one compare (the lease of its range) when it is not moving,
+// two (the record's and the marker's mod revisions) while it is.
+func (s *Store) guard(id SocketID, st socketState) []*etcdserverpb.Compare {
+	rec := []byte(s.k.socket(id.String()))
+	if st.move == nil {
+		return []*etcdserverpb.Compare{{Key: rec, RangeEnd: []byte(s.k.socketRangeEnd(id.String())),
+			Target: etcdserverpb.Compare_LEASE, Result: etcdserverpb.Compare_EQUAL,
+			TargetUnion: &etcdserverpb.Compare_Lease{Lease: int64(st.home.Lease)}}}
+	}
+	return []*etcdserverpb.Compare{pbModIs(rec, st.recRev), pbModIs([]byte(s.k.moveMarker(id.String())), st.moveRev)}
+}
+
+func pbModIs(key []byte, rev int64) *etcdserverpb.Compare {
+	return &etcdserverpb.Compare{Key: key, Target: etcdserverpb.Compare_MOD, Result: etcdserverpb.Compare_EQUAL,
+		TargetUnion: &etcdserverpb.Compare_ModRevision{ModRevision: rev}}
+}
+
+// pbMembershipOp is the nested transaction that makes sock, in state st,
+// join or leave room: guarded by the room key (the one key a membership has
+// whatever its home), it writes both keys at st's write home, or deletes the
+// room key and the gwm/ key under every home the socket may have (both homes
+// of a move, so none outlives the membership).
+func (s *Store) pbMembershipOp(sock SocketID, st socketState, room string, join bool) *etcdserverpb.RequestOp {
+	roomKey := []byte(s.k.room(room, sock.String()))
+	t := &etcdserverpb.TxnRequest{Compare: []*etcdserverpb.Compare{pbExists(roomKey)}}
+	if join {
+		h := st.writeHome()
+		t.Failure = []*etcdserverpb.RequestOp{
+			pbPut([]byte(s.k.gwm(h.Gateway, sock, room)), int64(h.Lease)),
+			pbPut(roomKey, int64(h.Lease)),
+		}
+	} else {
+		t.Success = []*etcdserverpb.RequestOp{pbDelete([]byte(s.k.gwm(st.home.Gateway, sock, room)), nil)}
+		if st.move != nil {
+			t.Success = append(t.Success, pbDelete([]byte(s.k.gwm(st.move.To.Gateway, sock, room)), nil))
+		}
+		t.Success = append(t.Success, pbDelete(roomKey, nil))
+	}
+	return &etcdserverpb.RequestOp{Request: &etcdserverpb.RequestOp_RequestTxn{RequestTxn: t}}
+}
+
+// roomPrefixes are the gwm/ prefixes socket id's memberships lie under in
+// state st: its home's, and during a move the destination's too.
+func (s *Store) roomPrefixes(id SocketID, st socketState) []string {
+	out := []string{s.k.socketRoomsPrefix(st.home.Gateway, id)}
+	if st.move != nil && st.move.To.Gateway != st.home.Gateway {
+		out = append(out, s.k.socketRoomsPrefix(st.move.To.Gateway, id))
+	}
+	return out
+}
+
+// socketStates reads the states of sockets (in order) at one revision per
+// read-only transaction of at most --max-txn-ops ranges; opts may fix the
+// revision. A socket without a record has exists false.
+func (s *Store) socketStates(ctx context.Context, sockets []SocketID, opts ...clientv3.OpOption) ([]socketState, error) {
+	out := make([]socketState, 0, len(sockets))
+	per := s.budget.maxOps
+	for start := 0; start < len(sockets); start += per {
+		chunk := sockets[start:min(start+per, len(sockets))]
+		ops := make([]clientv3.Op, len(chunk))
+		for i, id := range chunk {
+			ops[i] = clientv3.OpGet(s.k.socket(id.String()), append([]clientv3.OpOption{clientv3.WithRange(s.k.socketRangeEnd(id.String()))}, opts...)...)
+		}
+		resp, err := s.kv.Txn(ctx).Then(ops...).Commit()
+		if err != nil {
+			return nil, fmt.Errorf("read socket records: %w", err)
+		}
+		for i, r := range resp.Responses {
+			st, err := s.decodeState(chunk[i], r.GetResponseRange().Kvs)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, st)
+		}
+	}
+	return out, nil
+}
