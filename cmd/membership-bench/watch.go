@@ -65,14 +65,14 @@ func benchWatch(ctx context.Context, cfg config) error {
 	var lastAt atomic.Int64 // unix nanos of the last event received
 	var wg sync.WaitGroup
 	wg.Add(1)
-	var recvErr error
+	var recvErr atomic.Pointer[error] // set by the receiving goroutine, read by this one
 	go func() {
 		defer wg.Done()
 		for {
 			m, err := stream.Recv()
 			if err != nil {
 				if sctx.Err() == nil {
-					recvErr = err
+					recvErr.Store(&err)
 				}
 				return
 			}
@@ -104,13 +104,13 @@ func benchWatch(ctx context.Context, cfg config) error {
 		return err
 	}
 	final = resp.Header.Revision
-	if err := waitUntil(5*time.Minute, func() bool { return lastRev.Load() >= final || recvErr != nil }); err != nil {
+	if err := waitUntil(5*time.Minute, func() bool { return lastRev.Load() >= final || recvErr.Load() != nil }); err != nil {
 		return fmt.Errorf("stream did not catch up: %w", err)
 	}
 	cancel()
 	wg.Wait()
-	if recvErr != nil {
-		return recvErr
+	if err := recvErr.Load(); err != nil {
+		return *err
 	}
 	deliverTime := time.Unix(0, lastAt.Load()).Sub(start)
 
