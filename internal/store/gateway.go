@@ -128,7 +128,7 @@ func (s *Store) removeGroup(ctx context.Context, sockets []SocketID) (int, error
 }
 
 // deleteMemberships queues the deletion of socket's memberships, listed by
-// rooms (its gwm/ keys under each of prefixes, as pbSocketRooms reads them,
+// rooms (its gwm/ keys under each of prefixes, as pbRangeKeys reads them,
 // one range answer per prefix): each room key, then the socket's gwm/ keys,
 // last so that a deletion that fails midway can read them again.
 func (s *Store) deleteMemberships(c *txnChunks, socket SocketID, prefixes []string, rooms []*etcdserverpb.ResponseOp) error {

@@ -156,7 +156,7 @@ func (s *Store) ListUserSockets(ctx context.Context, user, after string, limit i
 				return nil, "", 0, err
 			}
 			if !st.exists {
-				continue // the record went after the key was read, or a leftover key (socketUsers)
+				continue // the record went after the key was read, or a leftover key (RemoveSockets)
 			}
 			info := SocketInfo{SocketRecord: st.rec}
 			if st.move != nil {
