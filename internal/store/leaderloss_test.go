@@ -262,11 +262,13 @@ func TestLeaderKillDuringJoinLeave(t *testing.T) {
 				t.Errorf("of %d calls in flight at the kill, %d failed (%q) and the last returned %v after it; want all to succeed within %v",
 					r.caught, r.caughtFailed, r.caughtErrs, r.caughtDone, limit)
 			}
-			// The calls sent again say so (JoinResponse.retried); a call
-			// that never lost an attempt does not.
-			if r.caughtRetried == 0 {
-				t.Errorf("none of the %d calls in flight at the kill was noted as retried", r.caught)
-			}
+			// A call that never lost an attempt is not noted as retried
+			// (JoinResponse.retried). Whether a call in flight at the kill
+			// lost one depends on timing: a proposal the dead leader had
+			// already replicated is committed by the new leader and answered
+			// without a retry. TestRetryNoteAfterALostAnswer checks the note
+			// of a retried call deterministically.
+			t.Logf("%d of the %d calls in flight at the kill were sent again", r.caughtRetried, r.caught)
 			for _, c := range r.retriedBeforeKill {
 				t.Errorf("%s: noted as retried, but it ended before the kill", c)
 			}
