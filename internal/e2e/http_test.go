@@ -236,6 +236,21 @@ func TestHTTPAPIErrors(t *testing.T) {
 		t.Run("malformed JSON over "+c.name, func(t *testing.T) {
 			wantHTTPError(t, st, body, http.StatusBadRequest, c.connect, codes.InvalidArgument, "MALFORMED_REQUEST", "")
 		})
+		// A misspelt enum value is refused, not read as the default
+		// (WAIT_FOR_COMMIT); a field this schema lacks is ignored.
+		st, body = httpCall(t, http.MethodPost, c.url, c.ct, `{"socketId":"`+s.ID+`","room":"r","waitFor":"WAIT_FOR_APPLIED"}`)
+		t.Run("unknown enum name over "+c.name, func(t *testing.T) {
+			wantHTTPError(t, st, body, http.StatusBadRequest, c.connect, codes.InvalidArgument, "MALFORMED_REQUEST", "")
+			if !strings.Contains(string(body), "WAIT_FOR_APPLIED") {
+				t.Errorf("the error does not name the value: %s", body)
+			}
+		})
+		st, body = httpCall(t, http.MethodPost, c.url, c.ct, `{"socketId":"`+s.ID+`","room":"r","fieldFromANewerSchema":1}`)
+		t.Run("unknown field over "+c.name, func(t *testing.T) {
+			if st != http.StatusOK {
+				t.Errorf("status %d, want 200: %s", st, body)
+			}
+		})
 	}
 }
 
