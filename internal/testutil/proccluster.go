@@ -3,12 +3,9 @@ package testutil
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -62,9 +59,8 @@ func StartProcCluster(t testing.TB, n int) *ProcCluster {
 	c := &ProcCluster{t: t, bin: EtcdBinary(t)}
 	t.Cleanup(c.killAll)
 	var peers []string
-	used := map[string]bool{}
 	for i := 0; i < n; i++ {
-		m := &procMember{name: fmt.Sprintf("m%d", i), dir: t.TempDir(), clientAddr: stableAddr(t, used), peerAddr: stableAddr(t, used)}
+		m := &procMember{name: fmt.Sprintf("m%d", i), dir: t.TempDir(), clientAddr: FreeAddr(t), peerAddr: FreeAddr(t)}
 		c.members = append(c.members, m)
 		peers = append(peers, fmt.Sprintf("%s=http://%s", m.name, m.peerAddr))
 	}
@@ -87,36 +83,6 @@ func StartProcCluster(t testing.TB, n int) *ProcCluster {
 	}
 	c.WaitReady(30 * time.Second)
 	return c
-}
-
-// stableAddr returns a free loopback host:port below the kernel's ephemeral
-// port range, so that while a killed member is down no outgoing connection
-// can take its port before it restarts (FreeAddr's ports are ephemeral ones).
-func stableAddr(t testing.TB, used map[string]bool) string {
-	t.Helper()
-	lo := 32768
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
-		if f := strings.Fields(string(b)); len(f) == 2 {
-			if n, err := strconv.Atoi(f[0]); err == nil {
-				lo = n
-			}
-		}
-	}
-	if lo <= 11000 {
-		return FreeAddr(t)
-	}
-	for range 100 {
-		addr := fmt.Sprintf("127.0.0.1:%d", 10000+rand.IntN(lo-10000))
-		if used[addr] {
-			continue // free now, but already given to another member
-		}
-		if l, err := net.Listen("tcp", addr); err == nil {
-			l.Close()
-			used[addr] = true
-			return addr
-		}
-	}
-	return FreeAddr(t)
 }
 
 func (c *ProcCluster) start(m *procMember) error {

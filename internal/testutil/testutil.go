@@ -2,7 +2,13 @@
 package testutil
 
 import (
+	"fmt"
+	"math/rand/v2"
 	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
 	"testing"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -13,9 +19,44 @@ import (
 	"github.com/socketrooms/membership/internal/etcdembed"
 )
 
-// FreeAddr returns a loopback host:port that was free a moment ago.
+// FreeAddr returns a loopback host:port that was free a moment ago, for a
+// listener the test (or a process it starts) binds next.
+//
+// The port is below the kernel's ephemeral range (ip_local_port_range),
+// chosen at random and not handed out before in this test binary: between
+// the pick and the bind, the stacks a test starts open many outgoing
+// connections, and each takes an ephemeral port, so a port picked with
+// "127.0.0.1:0" could be taken by one of them before the listener binds it
+// (or, for an etcd member killed and restarted, while it is down). Where the
+// range starts too low to leave room, it falls back to an ephemeral port.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
+	lo := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil {
+				lo = n
+			}
+		}
+	}
+	if lo > 11000 {
+		for range 100 {
+			addr := fmt.Sprintf("127.0.0.1:%d", 10000+rand.IntN(lo-10000))
+			givenMu.Lock()
+			seen := given[addr]
+			givenMu.Unlock()
+			if seen {
+				continue
+			}
+			if l, err := net.Listen("tcp", addr); err == nil {
+				l.Close()
+				givenMu.Lock()
+				given[addr] = true
+				givenMu.Unlock()
+				return addr
+			}
+		}
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -23,6 +64,11 @@ func FreeAddr(t testing.TB) string {
 	defer l.Close()
 	return l.Addr().String()
 }
+
+var (
+	givenMu sync.Mutex
+	given   = map[string]bool{} // addresses FreeAddr returned
+)
 
 // Etcd is an embedded etcd for one test, with a client to it.
 type Etcd struct {
