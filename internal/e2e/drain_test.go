@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -160,12 +161,39 @@ func drainingGateway(t *testing.T, e *testutil.Etcd, api membershipv1.Membership
 	if err != nil || br.Delivered != 1 || br.FailedGateways != 0 {
 		t.Fatalf("broadcast while draining: %v %v, want delivered 1 (logged for the resume)", br, err)
 	}
+	for name, want := range map[string]float64{"gateway_draining": 1, "gateway_drain_detached_sockets_total": 1, "gateway_detached_sockets": 1} {
+		if got := processMetric(t, g, name); got != want {
+			t.Errorf("%s = %v while draining, want %v", name, got, want)
+		}
+	}
+	if got := processMetric(t, g, "gateway_drain_duration_seconds"); got <= 0 {
+		t.Errorf("gateway_drain_duration_seconds = %v while draining, want > 0", got)
+	}
 	select {
 	case <-g.done:
 		t.Fatal("the gateway exited with a detached socket left")
 	default:
 	}
 	return g, s
+}
+
+// processMetric reads one unlabeled metric from a gateway process's
+// /metrics (on its --ws-addr); -1 when it is not there.
+func processMetric(t *testing.T, p *proc, name string) float64 {
+	t.Helper()
+	resp, err := http.Get(p.httpURL("/metrics"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f
+		}
+	}
+	return -1
 }
 
 // SIGTERM drains: the socket stays resumable, and the gateway exits once
