@@ -40,10 +40,14 @@ const drainReason = "gateway restarting"
 // crash, is etcd's to time.
 const registerWaitMargin = 5 * time.Second
 
-// drainCheckInterval is how often Drain looks whether sockets are left, and
-// closes connections that attached after it began (a resume or a handshake
-// under way as it started).
-const drainCheckInterval = 50 * time.Millisecond
+// drainCheckInterval is how often Drain looks whether sockets are left;
+// every drainSweepEvery-th look it also closes connections that attached
+// after it began (a resume or a handshake under way as it started), which a
+// look at every socket finds: rare, so not every time.
+const (
+	drainCheckInterval = 50 * time.Millisecond
+	drainSweepEvery    = 20
+)
 
 // drainState is the gateway's drain, if one began. Times are UnixNano; 0:
 // not yet.
@@ -97,10 +101,12 @@ func (g *Gateway) Drain(ctx context.Context) {
 	tick := time.NewTicker(drainCheckInterval)
 	defer tick.Stop()
 	outcome := "no socket left"
-	for g.hub.count() > 0 || g.resumes.detached.Load() > 0 {
+	for ticks := 1; g.hub.count() > 0 || g.resumes.detached.Load() > 0; ticks++ {
 		select {
 		case <-tick.C:
-			g.closeForDrain()
+			if ticks%drainSweepEvery == 0 {
+				g.closeForDrain()
+			}
 			continue
 		case <-timeout.C:
 			outcome = "drain timeout passed"
