@@ -24,7 +24,8 @@
 // whose seq was already received is not emitted twice.
 //
 // Every closed connection is retried, whatever its close code (1001 gateway
-// shutting down, 1012 lease lost, 1013 too slow, 1008 too many frames, 1006
+// shutting down, 1012 gateway restarting or lost its lease: the resume goes
+// to another gateway, 1013 too slow, 1008 too many frames, 1006
 // unreachable), with exponential backoff and full jitter: attempt n waits a
 // random time in [0, min(backoffMax, backoffBase * 2^n)). The attempt count
 // goes back to 0 once a connection has stayed up for stableAfter ms, so a

@@ -593,3 +593,30 @@ test("a gateway without resume tokens is reconnected to as before", () => {
   nextAttempt(clock, gw);
   assert.equal(gw.last().url, "ws://gw.test/ws");
 });
+
+test("a 1012 close (gateway restarting) resumes the socket with its token, like any dropped connection", () => {
+  const { socket, clock, gw, events } = setup();
+  socket.on("resumed", (...args) => events.push(["resumed", ...args]));
+  gw.last().accept();
+  gw.last().push({ type: "connected", socket_id: "gw1.1.a", resume_token: "tok1" });
+  gw.last().push({ type: "joined", room: "fun" });
+  gw.last().push({ type: "message", seq: 1, room: "fun", event: "chat", data: 1 });
+  gw.last().drop(1012, "gateway restarting");
+  events.length = 0;
+  nextAttempt(clock, gw);
+  const u = new URL(gw.last().url);
+  assert.equal(u.searchParams.get("resume_token"), "tok1", "the token is kept across a 1012");
+  assert.equal(u.searchParams.get("last_seq"), "1");
+  // The Service sends the reconnection to another gateway, which resumes it.
+  gw.last().accept();
+  gw.last().push({ type: "connected", socket_id: "gw1.1.a", resumed: true, rooms: ["fun"], resume_token: "tok2" });
+  gw.last().push({ type: "message", seq: 2, room: "fun", event: "chat", data: 2 });
+  assert.equal(socket.socketId, "gw1.1.a");
+  assert.deepEqual(
+    events.filter(([n]) => n === "resumed" || n === "chat" || n === "reconnected"),
+    [
+      ["resumed", { socketId: "gw1.1.a", rooms: ["fun"] }],
+      ["chat", 2, { room: "fun", event: "chat" }],
+    ],
+  );
+});

@@ -179,7 +179,9 @@ func run(args []string) error {
 	}
 	// The gateway retries until etcd answers. The demo page is off by
 	// default in the binary; for a local stack it is the point.
-	gateway, err := start(filepath.Join(bin, "gateway"), env, "--gateway-id", getenv("GATEWAY_ID", "gw-local"), "--demo-page")
+	// One gateway: its sockets have nowhere to resume, so Ctrl-C stops it
+	// at once rather than draining (--drain-timeout).
+	gateway, err := start(filepath.Join(bin, "gateway"), env, "--gateway-id", getenv("GATEWAY_ID", "gw-local"), "--demo-page", "--drain-timeout", "0")
 	if err != nil {
 		server.stop(serverStopWait)
 		return err

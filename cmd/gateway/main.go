@@ -63,6 +63,7 @@ func run(args []string) error {
 	maxSocketQueueBytes := fs.Int64("max-socket-queue-bytes", 4<<20, "bytes of frames queued per socket (those being written included) before a slow socket is disconnected (1013); keep it above the membership-server's --max-payload-bytes (0: the default)")
 	resumeWindow := fs.Duration("resume-window", 2*time.Minute, "how long a native socket whose connection failed (no close frame from the client) stays resumable with its id, rooms and missed messages (/ws?resume_token=…&last_seq=N); 0: off, a dropped connection ends its socket at once")
 	resumeBufferBytes := fs.Int64("resume-buffer-bytes", 1<<20, "bytes of message frames a resumable socket keeps for a resume, written ones included, each counted with 32 bytes of bookkeeping; a detached socket past it ends (TOO_FAR_BEHIND) (0: the default)")
+	drainTimeout := fs.Duration("drain-timeout", 25*time.Second, "on SIGTERM or SIGINT with --resume-window, how long the gateway drains before it stops: it takes no new sockets (503, /healthz not ready), closes its native sockets with 1012 and keeps them resumable on other gateways, its lease and internal API up, until none is left or this passes; a second signal ends the drain; keep it below the termination grace period (0: no drain, sockets closed with 1001 at once)")
 	upstreamURL := fs.String("upstream-url", "", "app that socket requests are forwarded to, e.g. http://127.0.0.1:3000 (empty: requests answer 501)")
 	upstreamTimeout := fs.Duration("upstream-timeout", 10*time.Second, "how long a socket request may take upstream before it is answered 504")
 	demoPage := fs.Bool("demo-page", false, "serve a demo page at / that shows a socket's rooms and messages and the grpcurl commands to drive it (off by default: it names the membership API address to anyone who can reach the gateway); /membership.js is served either way")
@@ -172,6 +173,7 @@ func run(args []string) error {
 		MaxSocketQueueBytes: *maxSocketQueueBytes,
 		ResumeWindow:        *resumeWindow,
 		ResumeBufferBytes:   *resumeBufferBytes,
+		DrainTimeout:        *drainTimeout,
 	}, cli)
 	if err != nil {
 		return err
@@ -191,10 +193,13 @@ func run(args []string) error {
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gsrv, hs)
 	grpcMetrics.InitializeMetrics(gsrv)
-	// Stopped in the reverse order: sessions first (every socket closed with
-	// 1001, the lease revoked) while the servers still answer, then the
-	// WebSocket server, the internal API, and metrics last.
-	lc := &app.Lifecycle{Log: log, Health: hs, StopTimeout: stopTimeout}
+	// A signal first drains (--drain-timeout; every part still up: the
+	// internal API keeps logging messages for the detached sockets, and
+	// serves their handoff to other gateways). Then the parts stop in the
+	// reverse order: sessions first (every socket left closed with 1001, the
+	// lease revoked) while the servers still answer, then the WebSocket
+	// server, the internal API, and metrics last.
+	lc := &app.Lifecycle{Log: log, Health: hs, StopTimeout: stopTimeout, Drain: gw.Drain}
 	if metricsLis != nil {
 		lc.HTTP("metrics", &http.Server{Handler: gw.MetricsHandler(), ReadHeaderTimeout: 10 * time.Second}, metricsLis)
 		log.Info("metrics serving", "addr", metricsLis.Addr().String())

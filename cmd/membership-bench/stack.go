@@ -129,6 +129,8 @@ func (s *stack) addGateway(id string, extra ...string) (*gatewayProc, error) {
 	args := append([]string{
 		"--ws-addr", g.wsAddr, "--grpc-addr", freeAddr(), "--etcd-endpoints", s.etcd,
 		"--gateway-id", id, "--pprof-addr", g.pprof, "--log-level", "error",
+		// The stack's teardown stops gateways with SIGTERM: no drain to wait for.
+		"--drain-timeout", "0",
 	}, extra...)
 	g.cmd = exec.Command(filepath.Join(s.cfg.binDir, "gateway"), args...)
 	g.cmd.Stderr = os.Stderr

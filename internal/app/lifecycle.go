@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"os/signal"
 	"sync"
 	"syscall"
@@ -25,7 +26,8 @@ import (
 // order:
 //
 //  1. gRPC health turns NOT_SERVING and Serving reports false, so load
-//     balancers and probes stop sending before anything else stops;
+//     balancers and probes stop sending before anything else stops; then,
+//     in a stop asked for by a signal, Drain runs, every part still up;
 //  2. the parts stop in the reverse of their start order, each given
 //     StopTimeout: a Go part's context is canceled and it is waited for
 //     (no longer: past it, the stop goes on and Run returns without it); an
@@ -50,6 +52,11 @@ type Lifecycle struct {
 	Ready <-chan struct{}
 	// StopTimeout bounds each part's graceful stop; 10s when zero.
 	StopTimeout time.Duration
+	// Drain, when not nil, runs in a stop begun by SIGINT or SIGTERM (not
+	// by a part's failure) after step 1 and before any part stops, for as
+	// long as it takes: it bounds itself (the gateway's --drain-timeout).
+	// Its context ends at a second SIGINT or SIGTERM, which cuts it short.
+	Drain func(ctx context.Context)
 
 	parts []*part
 
@@ -167,7 +174,7 @@ func (l *Lifecycle) Run(ctx context.Context) error {
 	}
 	<-runCtx.Done()
 	fail(nil) // a failure from now on is not the first
-	l.stop()
+	l.stop(failed == nil)
 	return failed
 }
 
@@ -190,8 +197,9 @@ func (l *Lifecycle) isStopping() bool {
 	return l.stopping
 }
 
-// stop runs the stop order of the type's comment.
-func (l *Lifecycle) stop() {
+// stop runs the stop order of the type's comment; signaled: the stop was
+// asked for (a signal or the end of Run's context), so Drain runs.
+func (l *Lifecycle) stop(signaled bool) {
 	l.mu.Lock()
 	l.stopping, l.serving = true, false
 	l.mu.Unlock()
@@ -202,6 +210,27 @@ func (l *Lifecycle) stop() {
 	log.Info("shutting down")
 	if l.Health != nil {
 		l.Health.Shutdown() // NOT_SERVING, and later updates ignored
+	}
+	if l.Drain != nil && signaled {
+		// Registered before the drain starts: a second signal from now on
+		// ends it. (The first one's registration in Run also still holds,
+		// so no signal kills the process meanwhile.)
+		sigs := make(chan os.Signal, 1)
+		signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() {
+			select {
+			case sig := <-sigs:
+				log.Warn("second signal: ending the drain now", "signal", sig.String())
+				cancel()
+			case <-done:
+			}
+		}()
+		l.Drain(ctx)
+		close(done)
+		signal.Stop(sigs)
+		cancel()
 	}
 	timeout := l.StopTimeout
 	if timeout <= 0 {

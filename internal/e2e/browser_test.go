@@ -392,7 +392,8 @@ func TestBrowserDemoPage(t *testing.T) {
 	e := testutil.StartEtcd(t)
 	api := stacktest.StartMembershipServer(t, e)
 	wsAddr := testutil.FreeAddr(t)
-	gatewayFlags := []string{"--demo-page", "--demo-api-addr", api.Addr}
+	// No drain: one gateway, so the page reconnects as a new socket.
+	gatewayFlags := []string{"--demo-page", "--demo-api-addr", api.Addr, "--drain-timeout", "0"}
 	gw := startGatewayProcessAt(t, e, "web", 10*time.Second, wsAddr, gatewayFlags...)
 
 	page := startBrowser(t, 60*time.Second)

@@ -182,10 +182,11 @@ func testGatewayKilled(t *testing.T, shards string) {
 	keeper.Expect("message", "r")
 }
 
+// Without a drain (--drain-timeout 0; drain_test.go has the drain).
 func TestGatewaySIGTERMClosesSocketsAndRemovesThem(t *testing.T) {
 	e := testutil.StartEtcd(t)
 	api := startMembershipServer(t, e)
-	g := startGatewayProcess(t, e, "leaving", 30*time.Second)
+	g := startGatewayProcess(t, e, "leaving", 30*time.Second, "--drain-timeout", "0")
 	s := dial(t, g.WSURL)
 	if _, err := api.Join(context.Background(), &membershipv1.JoinRequest{SocketId: s.ID, Room: "r"}); err != nil {
 		t.Fatal(err)

@@ -48,6 +48,18 @@ type Config struct {
 	// counted with 32 bytes of bookkeeping; a detached socket whose unwritten
 	// frames pass it ends TOO_FAR_BEHIND. 1 MiB.
 	ResumeBufferBytes int64
+	// DrainTimeout bounds a drain (drain.go): how long Drain keeps the
+	// lease, the watch and the internal API up for the sockets it detached
+	// to be resumed on other gateways. 0: Drain returns at once, and a stop
+	// closes every socket as before. The gateway binary's --drain-timeout:
+	// 25s, inside deploy/k8s's termination grace period.
+	DrainTimeout time.Duration
+	// RegisterWait bounds how long Run waits, at registration, for another
+	// process's record of the same gateway id to go (one still draining, or
+	// a crashed one whose lease has yet to expire) before it fails with
+	// store.ErrGatewayTaken. Zero: DrainTimeout + LeaseTTL + 5s, the longest
+	// a previous process with the same settings can hold the id.
+	RegisterWait time.Duration
 	// Socket requests: forwarded to UpstreamURL ("" answers 501).
 	UpstreamURL     string
 	UpstreamTimeout time.Duration // 10s
@@ -109,6 +121,12 @@ func (c *Config) setDefaults() error {
 	}
 	if c.ResumeWindow < 0 || c.ResumeBufferBytes < 0 {
 		return fmt.Errorf("resume window %v, buffer %d bytes: must not be negative", c.ResumeWindow, c.ResumeBufferBytes)
+	}
+	if c.DrainTimeout < 0 || c.RegisterWait < 0 {
+		return fmt.Errorf("drain timeout %v, register wait %v: must not be negative", c.DrainTimeout, c.RegisterWait)
+	}
+	if c.RegisterWait == 0 {
+		c.RegisterWait = c.DrainTimeout + c.LeaseTTL + registerWaitMargin
 	}
 	if c.ResumeBufferBytes == 0 {
 		c.ResumeBufferBytes = defaultResumeBufferBytes

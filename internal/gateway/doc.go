@@ -81,6 +81,7 @@
 //	gateway.go    Gateway, New, the HTTP mux, Run and the session loop
 //	removals.go   closed sockets' keys: the pending set, the janitor, reconcile
 //	resume.go     connection state recovery: detached sockets, seq, resume tokens
+//	drain.go      SIGTERM: refuse new sockets, detach the rest (1012) until resumed elsewhere
 //	lease.go      sessions: leases, their renewal and fencing, the pinger, ending a session
 //	socket.go     the upgrade and a socket's life: registration, the read loop
 //	socketio.go   Socket.IO and Sails clients at /socket.io/: the mapping, sessions as hub members

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -38,7 +39,8 @@ type Gateway struct {
 	// sioConnecting counts Socket.IO sessions not yet in the hub (waiting
 	// for their CONNECT or registering), for --max-sockets.
 	sioConnecting atomic.Int64
-	resumes       *resumes // resumable native sockets (resume.go)
+	resumes       *resumes   // resumable native sockets (resume.go)
+	drainSt       drainState // drain.go
 
 	mu       sync.Mutex
 	sess     *session
@@ -118,19 +120,26 @@ func (g *Gateway) metricsHandler() http.Handler {
 	return promhttp.HandlerFor(g.cfg.Registry, promhttp.HandlerOpts{Registry: g.cfg.Registry})
 }
 
-// serveHealthz answers 200 while the gateway holds a live lease.
+// serveHealthz answers 200 while the gateway holds a live lease and takes
+// sockets: it is the readiness probe, and answers 503 while draining
+// (drain.go) so that new clients go to other gateways.
 func (g *Gateway) serveHealthz(w http.ResponseWriter, _ *http.Request) {
 	if s := g.currentSession(); s == nil || !s.alive() {
 		http.Error(w, "not registered", http.StatusServiceUnavailable)
 		return
 	}
+	if g.Draining() {
+		http.Error(w, "draining", http.StatusServiceUnavailable)
+		return
+	}
 	_, _ = w.Write([]byte("ok\n"))
 }
 
-// Ready reports whether the gateway holds a live lease and accepts sockets.
+// Ready reports whether the gateway holds a live lease and accepts sockets
+// (not draining).
 func (g *Gateway) Ready() bool {
 	s := g.currentSession()
-	return s != nil && s.alive()
+	return s != nil && s.alive() && !g.Draining()
 }
 
 // Sockets is how many sockets are open.
@@ -138,15 +147,33 @@ func (g *Gateway) Sockets() int { return g.hub.count() }
 
 // Run registers the gateway and serves sessions until ctx is done. On return
 // every socket is closed and the lease revoked.
+//
+// Registration never overwrites another process's record of the gateway id
+// (one still draining, or a crashed one whose lease has yet to expire): Run
+// waits for it to go, up to Config.RegisterWait, and then returns an error
+// wrapping store.ErrGatewayTaken.
 func (g *Gateway) Run(ctx context.Context) error {
 	backoff := newBackoff(100*time.Millisecond, 5*time.Second)
+	var waitUntil time.Time // while another process holds the id: how long it may
 	for ctx.Err() == nil {
 		sess, err := g.startSession(ctx)
+		var taken *store.GatewayTakenError
+		if errors.As(err, &taken) {
+			if waitUntil.IsZero() {
+				waitUntil = time.Now().Add(g.cfg.RegisterWait)
+			}
+			if err := g.waitPrevious(ctx, taken, waitUntil); err != nil {
+				g.shutdownIdle()
+				return err
+			}
+			continue
+		}
 		if err != nil {
 			g.log.Warn("cannot register gateway; retrying", "err", err)
 			sleepCtx(ctx, backoff.next())
 			continue
 		}
+		waitUntil = time.Time{}
 		backoff.reset()
 		err = g.serveSession(sess)
 		g.endSession(sess, ctx.Err() != nil)
@@ -155,6 +182,12 @@ func (g *Gateway) Run(ctx context.Context) error {
 			g.log.Error("session ended; sockets closed, registering again", "err", err, "leases", leasesText(sess.leases))
 		}
 	}
+	g.shutdownIdle()
+	return nil
+}
+
+// shutdownIdle ends what outlives sessions, once Run is ending.
+func (g *Gateway) shutdownIdle() {
 	g.mu.Lock()
 	g.stopping = true
 	g.mu.Unlock()
@@ -163,7 +196,30 @@ func (g *Gateway) Run(ctx context.Context) error {
 	g.eio.Close()
 	g.wg.Wait()
 	g.httpClient.CloseIdleConnections()
-	return nil
+}
+
+// waitPrevious waits for the record of another process holding the gateway
+// id (taken) to go, until waitUntil; nil when it went (register again), an
+// error wrapping store.ErrGatewayTaken when waitUntil passed first.
+func (g *Gateway) waitPrevious(ctx context.Context, taken *store.GatewayTakenError, waitUntil time.Time) error {
+	left := time.Until(waitUntil)
+	if left <= 0 {
+		return fmt.Errorf("%w; still registered after waiting %v for it to end: stop that process, or give this one another --gateway-id", taken, g.cfg.RegisterWait)
+	}
+	g.log.Warn("waiting for the previous process with this gateway id to end", "holder", taken.Error(), "wait_left", left.Round(time.Millisecond))
+	wctx, cancel := context.WithDeadline(ctx, waitUntil)
+	defer cancel()
+	err := g.store.WaitGatewayGone(wctx, g.cli, g.cfg.ID, taken.Revision)
+	switch {
+	case err == nil, ctx.Err() != nil:
+		return nil // register again, or Run ends
+	case wctx.Err() != nil:
+		return fmt.Errorf("%w; still registered after waiting %v for it to end: stop that process, or give this one another --gateway-id", taken, g.cfg.RegisterWait)
+	default:
+		g.log.Warn("cannot watch the previous process's record; retrying", "err", err)
+		sleepCtx(wctx, time.Second)
+		return nil
+	}
 }
 
 // startHandler counts a socket handler unless Run is ending.

@@ -18,9 +18,10 @@ import (
 
 // session is one set of leases and what hangs on them.
 type session struct {
-	leases []clientv3.LeaseID // leases[0] holds the gateway record
-	next   atomic.Uint64      // round-robin over leases for new sockets
-	ctx    context.Context    // canceled when the session ends
+	leases []clientv3.LeaseID  // leases[0] holds the gateway record
+	rec    store.GatewayRecord // the gateway record, as registered
+	next   atomic.Uint64       // round-robin over leases for new sockets
+	ctx    context.Context     // canceled when the session ends
 	cancel context.CancelFunc
 
 	// until[i] is the instant (see monoNow) before which leases[i] is
@@ -118,13 +119,16 @@ func (g *Gateway) startSession(parent context.Context) (*session, error) {
 	for i := range leases {
 		s.renewed(i, sent[i], ttls[i])
 	}
-	rev, err := g.store.RegisterGateway(ctx, store.GatewayRecord{
+	s.rec = store.GatewayRecord{
 		ID:        g.cfg.ID,
 		GRPCAddr:  g.cfg.AdvertiseAddr,
 		Version:   g.cfg.Version,
 		StartedAt: time.Now().UTC(),
 		Lease:     leases[0],
-	})
+	}
+	// Never over another process's record (drain.go): one still draining
+	// keeps its detached sockets resumable on its lease until it ends.
+	rev, err := g.store.ClaimGateway(ctx, s.rec)
 	if err != nil {
 		s.cancel()
 		g.revoke(leases...)

@@ -31,6 +31,8 @@ type metrics struct {
 	recordsReconciled prometheus.Counter
 	// resumes counts resume attempts by outcome (resume.go).
 	resumes *prometheus.CounterVec
+	// drainDetached counts sockets a drain closed and kept resumable (drain.go).
+	drainDetached prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, g *Gateway) *metrics {
@@ -60,6 +62,9 @@ func newMetrics(reg prometheus.Registerer, g *Gateway) *metrics {
 			Name: "gateway_resumes_total",
 			Help: "Native sockets' resume attempts (/ws?resume_token=…) by outcome: resumed, or the resume_error: expired, unknown, too_far_behind, gateway_lost."},
 			[]string{"outcome"}),
+		drainDetached: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gateway_drain_detached_sockets_total",
+			Help: "Native sockets a drain (SIGTERM with --drain-timeout) closed with 1012 and kept detached and resumable on another gateway."}),
 		waitApplied: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "gateway_apply_wait_seconds",
 			Help:    "Time Deliver and WaitApplied waited for the membership index to reach the caller's revision.",
@@ -78,7 +83,18 @@ func newMetrics(reg prometheus.Registerer, g *Gateway) *metrics {
 	for _, reason := range []string{"not_retryable"} {
 		m.removalsAbandoned.WithLabelValues(reason) // exported as 0 from the start
 	}
-	reg.MustRegister(m.delivered, m.dropped, m.slowClients, m.renewFailures, m.sessionsLost, m.authFailures, m.removalsAbandoned, m.recordsReconciled, m.resumes, m.waitApplied, m.lagRevisions,
+	reg.MustRegister(m.delivered, m.dropped, m.slowClients, m.renewFailures, m.sessionsLost, m.authFailures, m.removalsAbandoned, m.recordsReconciled, m.resumes, m.drainDetached, m.waitApplied, m.lagRevisions,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gateway_draining",
+			Help: "1 while the gateway drains (SIGTERM with --drain-timeout): it takes no new sockets and waits for its detached ones to resume elsewhere; 0 otherwise."},
+			func() float64 {
+				if g.Draining() {
+					return 1
+				}
+				return 0
+			}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gateway_drain_duration_seconds",
+			Help: "How long the drain took, or has taken so far (at most --drain-timeout); 0 before a drain."},
+			g.drainSeconds),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gateway_sockets", Help: "Open sockets."},
 			func() float64 { return float64(g.hub.count()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gateway_protocol_sockets", Help: "Open sockets by client protocol: native (/ws) or socketio (/socket.io/).",

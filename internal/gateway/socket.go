@@ -137,6 +137,11 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "gateway is not registered in etcd", http.StatusServiceUnavailable)
 		return
 	}
+	if g.Draining() {
+		// Resumes too: the socket is resumed on another gateway.
+		http.Error(w, "gateway is draining; try another", http.StatusServiceUnavailable)
+		return
+	}
 	if g.cfg.MaxSockets > 0 && g.hub.count() >= g.cfg.MaxSockets {
 		http.Error(w, "gateway is full; try another", http.StatusServiceUnavailable)
 		return
@@ -238,6 +243,12 @@ func (g *Gateway) readSocket(sess *session, c *client) {
 	clientClosed := errors.As(err, &ce) && ce.Code != websocket.CloseAbnormalClosure
 	code := c.closingCode()
 	failed := err != nil && !clientClosed && (code == 0 || code == closeAbnormal)
+	drained := g.drainedClose(c)
+	if drained {
+		// Closed by a drain (drain.go): kept resumable as a failed
+		// connection is, to be resumed on another gateway.
+		failed = true
+	}
 	if failed && c.rs != nil {
 		c.shutdown(closeAbnormal, "connection failed") // nothing to say on a dead connection
 	} else {
@@ -247,6 +258,9 @@ func (g *Gateway) readSocket(sess *session, c *client) {
 	c.requests.Wait()
 	<-c.connClosed
 	if g.release(c, failed) {
+		if drained {
+			g.metrics.drainDetached.Inc()
+		}
 		return
 	}
 	g.hub.remove(c)

@@ -201,6 +201,9 @@ func (g *Gateway) sioAuthorize(r *http.Request) error {
 	}
 	// Sessions still connecting count: a client that opens sessions and
 	// never sends CONNECT holds them for sioConnectTimeout each.
+	if g.Draining() {
+		return &engineio.HandshakeError{Status: http.StatusServiceUnavailable, Code: engineio.CodeBadRequest, Message: "gateway is draining; try another"}
+	}
 	if g.cfg.MaxSockets > 0 && g.hub.count()+int(g.sioConnecting.Load()) >= g.cfg.MaxSockets {
 		return &engineio.HandshakeError{Status: http.StatusServiceUnavailable, Code: engineio.CodeBadRequest, Message: "gateway is full; try another"}
 	}

@@ -3,8 +3,10 @@ package store
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -15,7 +17,10 @@ import (
 // This file holds what a gateway does with the keyspace: publish itself and its
 // sockets on its lease, and follow the memberships of its sockets.
 
-// RegisterGateway publishes rec on rec.Lease and returns the revision of the write.
+// RegisterGateway publishes rec on rec.Lease, over any record of rec.ID,
+// and returns the revision of the write. It is for tools and tests that
+// stand in for a gateway; a gateway process claims its id with ClaimGateway,
+// which never overwrites another process's record.
 func (s *Store) RegisterGateway(ctx context.Context, rec GatewayRecord) (int64, error) {
 	b, err := json.Marshal(rec)
 	if err != nil {
@@ -26,6 +31,135 @@ func (s *Store) RegisterGateway(ctx context.Context, rec GatewayRecord) (int64, 
 		return 0, fmt.Errorf("register gateway: %w", err)
 	}
 	return resp.Header.Revision, nil
+}
+
+// ErrGatewayTaken reports a gateway id whose record another process holds
+// (a live gateway, one still draining, or a crashed one whose lease has not
+// yet expired); see GatewayTakenError.
+var ErrGatewayTaken = errors.New("gateway id is registered by another process")
+
+// GatewayTakenError is ClaimGateway's answer when rec.ID already has a
+// record: Holder is that record, read at Revision in the same transaction.
+// It wraps ErrGatewayTaken.
+type GatewayTakenError struct {
+	Holder   GatewayRecord
+	Revision int64
+}
+
+func (e *GatewayTakenError) Error() string {
+	state := "live"
+	if e.Holder.DrainingSince != nil {
+		state = "draining since " + e.Holder.DrainingSince.Format(time.RFC3339)
+	}
+	return fmt.Sprintf("gateway %q is registered by another process (lease %x, started %s, %s)",
+		e.Holder.ID, int64(e.Holder.Lease), e.Holder.StartedAt.Format(time.RFC3339), state)
+}
+
+func (e *GatewayTakenError) Unwrap() error { return ErrGatewayTaken }
+
+// ClaimGateway publishes rec on rec.Lease only if rec.ID has no record, in
+// one transaction (its key's create revision is 0, else the record is read),
+// and returns the revision of the write. When the id is taken it writes
+// nothing and returns a *GatewayTakenError: a new process with the id of one
+// still draining must not take its record, whose lease keeps the draining
+// process's detached sockets resumable; WaitGatewayGone waits for it.
+func (s *Store) ClaimGateway(ctx context.Context, rec GatewayRecord) (int64, error) {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return 0, err
+	}
+	key := s.k.gateway(rec.ID)
+	resp, err := s.kv.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, string(b), clientv3.WithLease(rec.Lease))).
+		Else(clientv3.OpGet(key)).
+		Commit()
+	if err != nil {
+		return 0, fmt.Errorf("register gateway: %w", err)
+	}
+	if resp.Succeeded {
+		return resp.Header.Revision, nil
+	}
+	taken := &GatewayTakenError{Revision: resp.Header.Revision}
+	kvs := resp.Responses[0].GetResponseRange().GetKvs()
+	if len(kvs) == 1 {
+		if err := json.Unmarshal(kvs[0].Value, &taken.Holder); err != nil {
+			return 0, corrupt("gateway record", kvs[0].Key, err)
+		}
+	}
+	taken.Holder.ID = rec.ID
+	return 0, taken
+}
+
+// MarkGatewayDraining rewrites rec, which the caller holds on rec.Lease, with
+// DrainingSince set to since, guarded by the record still being on that
+// lease (ErrGatewayNotFound otherwise: the lease or the record is gone).
+// It returns the revision of the write.
+func (s *Store) MarkGatewayDraining(ctx context.Context, rec GatewayRecord, since time.Time) (int64, error) {
+	rec.DrainingSince = &since
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return 0, err
+	}
+	key := s.k.gateway(rec.ID)
+	resp, err := s.kv.Txn(ctx).
+		If(clientv3.Compare(clientv3.LeaseValue(key), "=", rec.Lease)).
+		Then(clientv3.OpPut(key, string(b), clientv3.WithLease(rec.Lease))).
+		Commit()
+	if err != nil {
+		return 0, fmt.Errorf("mark gateway draining: %w", err)
+	}
+	if !resp.Succeeded {
+		return 0, fmt.Errorf("mark gateway %q draining: %w", rec.ID, ErrGatewayNotFound)
+	}
+	return resp.Header.Revision, nil
+}
+
+// WaitGatewayGone returns once gateway id has no record, watching with w: at once when it has
+// none, else when a watch of its key from after rev (a revision at which it
+// was read) sees it deleted (its process revoked its lease, or the lease
+// expired). A watch that fails (a compaction, a lost connection) reads the
+// key again. It ends with ctx's error when ctx ends first.
+func (s *Store) WaitGatewayGone(ctx context.Context, w clientv3.Watcher, id string, rev int64) error {
+	key := s.k.gateway(id)
+	for {
+		if rev == 0 {
+			resp, err := s.kv.Get(ctx, key, clientv3.WithKeysOnly())
+			if err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				return fmt.Errorf("read gateway %q: %w", id, err)
+			}
+			if len(resp.Kvs) == 0 {
+				return nil
+			}
+			rev = resp.Header.Revision
+		}
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		gone := false
+		for wr := range w.Watch(wctx, key, clientv3.WithRev(rev+1), clientv3.WithFilterPut()) {
+			if wr.Err() != nil {
+				break
+			}
+			for _, ev := range wr.Events {
+				if ev.Type == mvccpb.DELETE {
+					gone = true
+				}
+			}
+			if gone {
+				break
+			}
+		}
+		cancel()
+		if gone {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		rev = 0 // read the key again
+	}
 }
 
 // AddSocket publishes a connected socket on its lease: its record and, when

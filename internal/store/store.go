@@ -86,6 +86,10 @@ type GatewayRecord struct {
 	Version   string           `json:"version"`
 	StartedAt time.Time        `json:"started_at"`
 	Lease     clientv3.LeaseID `json:"lease"`
+	// DrainingSince is when the gateway began to drain (a SIGTERM with
+	// --drain-timeout): it takes no new sockets and its detached sockets
+	// wait to be resumed elsewhere. nil while it serves.
+	DrainingSince *time.Time `json:"draining_since,omitempty"`
 }
 
 // SocketRecord is what is stored about a connected socket.
