@@ -38,7 +38,8 @@ type client struct {
 	onSlow       func() // counts a disconnect for a full queue
 
 	mu    sync.Mutex
-	queue []outFrame // frames waiting for the writer
+	queue []outFrame  // frames waiting for the writer
+	qbuf  *frameQueue // the pooled array queue was taken from (writer.go); nil with queue
 	// queuedBytes counts the bytes of the frames in queue and of those the
 	// writer is writing, as written (seq included): what the socket holds.
 	queuedBytes int64
