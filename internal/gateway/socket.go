@@ -105,7 +105,12 @@ func (f outFrame) size() int {
 // A resumable socket's goes through its log, numbered (resume.go).
 func (c *client) deliver(o *outbound) bool {
 	if c.rs != nil {
-		return c.rs.g.deliverResumable(c.rs, o.nativeFrame())
+		queued, busy := c.rs.g.deliverResumable(c.rs, o.nativeFrame(), o, true)
+		if busy {
+			o.later = append(o.later, laterDelivery{c, o.nativeFrame()})
+			return true // counted now; a drop at the retry is counted then
+		}
+		return queued
 	}
 	return c.enqueue(o.nativeFrame())
 }

@@ -23,10 +23,22 @@ func (c *client) enqueueSeq(frame []byte, seq uint64) bool {
 }
 
 func (c *client) enqueueFrame(f outFrame) bool {
+	queued, start := c.queueFrame(f)
+	if start {
+		go c.writeLoop()
+	}
+	return queued
+}
+
+// queueFrame is enqueueFrame but for starting the writer: when start, the
+// caller runs go c.writeLoop(), after letting go of the locks it holds
+// (deliverResumable's), so that a concurrent Deliver waiting for them does
+// not wait for a goroutine to be made.
+func (c *client) queueFrame(f outFrame) (queued, start bool) {
 	c.mu.Lock()
 	if c.closing {
 		c.mu.Unlock()
-		return false
+		return false, false
 	}
 	size := int64(f.size())
 	if len(c.queue) >= c.maxQueue || (c.maxBytes > 0 && c.queuedBytes+size > c.maxBytes) {
@@ -38,7 +50,7 @@ func (c *client) enqueueFrame(f outFrame) bool {
 		// shutdown, so that the deadline cannot cut short the close frame).
 		_ = c.nc.SetWriteDeadline(time.Now())
 		c.shutdown(closeTryAgainLater, "send queue full")
-		return false
+		return false, false
 	}
 	if c.queue == nil {
 		c.qbuf = frameQueuePool.Get().(*frameQueue)
@@ -46,12 +58,9 @@ func (c *client) enqueueFrame(f outFrame) bool {
 	}
 	c.queue = append(c.queue, f)
 	c.queuedBytes += size
-	start := c.startWriterLocked()
+	start = c.startWriterLocked()
 	c.mu.Unlock()
-	if start {
-		go c.writeLoop()
-	}
-	return true
+	return true, start
 }
 
 // control asks the writer for a ping or a pong.
