@@ -3,6 +3,7 @@ package gateway
 import (
 	"encoding/json"
 	"sync"
+	"sync/atomic"
 
 	"github.com/socketrooms/membership/internal/socketio"
 )
@@ -42,6 +43,50 @@ type outbound struct {
 	data   json.RawMessage
 	native []byte // the native frame for room; reset per room
 	sio    []byte // the Socket.IO EVENT packet: the same for every room
+
+	// logged is the net change of resumable sockets' logged bytes over
+	// this message, added to count (the gateway's resumes.bytes) once when
+	// it is fanned out (flushLogged) rather than per socket: an atomic
+	// shared by every Deliver in flight, per socket per message, while logs
+	// grow to their bound.
+	logged int64
+	count  *atomic.Int64
+
+	// later are the resumable sockets another Deliver held when this one
+	// came to them (deliverResumable's try), each with the frame it is
+	// owed: delivered, waiting for them, once every other socket has been.
+	later []laterDelivery
+}
+
+type laterDelivery struct {
+	c     *client
+	frame []byte
+}
+
+// deliverLater delivers o.later, waiting for each socket's state; it
+// returns how many of them were not queued after all (counted as queued
+// when they were put off).
+func (o *outbound) deliverLater() (dropped int64) {
+	for _, l := range o.later {
+		if queued, _ := l.c.rs.g.deliverResumable(l.c.rs, l.frame, o, false); !queued {
+			dropped++
+		}
+	}
+	o.later = nil
+	return dropped
+}
+
+// addLogged counts d more logged bytes toward count, flushed by flushLogged.
+func (o *outbound) addLogged(count *atomic.Int64, d int64) {
+	o.count = count
+	o.logged += d
+}
+
+func (o *outbound) flushLogged() {
+	if o.logged != 0 {
+		o.count.Add(o.logged)
+		o.logged = 0
+	}
 }
 
 func (o *outbound) nativeFrame() []byte {
@@ -267,6 +312,7 @@ func (h *hub) deliverByProtocol(d delivery) (native, sio, dropped int64) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	o := &outbound{event: d.event, data: d.data}
+	defer o.flushLogged()
 	send := func(id string, c member) {
 		if _, skip := d.except[id]; skip {
 			return
@@ -280,6 +326,10 @@ func (h *hub) deliverByProtocol(d delivery) (native, sio, dropped int64) {
 			native++
 		}
 	}
+	defer func() {
+		n := o.deliverLater()
+		native, dropped = native-n, dropped+n
+	}()
 	if d.all {
 		for id, c := range h.sockets {
 			send(id, c)

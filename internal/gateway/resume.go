@@ -292,11 +292,33 @@ func seqFieldLen(seq uint64) int {
 // the attached connection, if any (client.deliver, under hub.mu read-locked).
 // A detached socket whose frames logged since it detached pass the bound
 // ends TOO_FAR_BEHIND.
-func (g *Gateway) deliverResumable(r *resumable, frame []byte) bool {
-	r.mu.Lock()
+//
+// With try, it does nothing and reports busy when another Deliver holds the
+// socket's state: hub.deliver comes back to the socket once it has been
+// through the rest (outbound.later). Waiting instead parked the goroutine
+// and woke it right behind the other Deliver, at the next socket too, so
+// that concurrent broadcasts to a room went at the pace of one (a lock
+// convoy); they now pass each other.
+func (g *Gateway) deliverResumable(r *resumable, frame []byte, o *outbound, try bool) (queued, busy bool) {
+	// The connection's writer, when it must be started, starts once r.mu
+	// is let go (deferred before its Unlock, so run after it): making a
+	// goroutine under r.mu made a concurrent Deliver at the same socket
+	// wait for it, and park, behind every writer the fan-out had made
+	// runnable.
+	var start *client
+	defer func() {
+		if start != nil {
+			go start.writeLoop()
+		}
+	}()
+	if !try {
+		r.mu.Lock()
+	} else if !r.mu.TryLock() {
+		return false, true
+	}
 	defer r.mu.Unlock()
 	if r.ended != "" {
-		return false
+		return false, false
 	}
 	r.seq++
 	before := r.logBytes
@@ -306,12 +328,12 @@ func (g *Gateway) deliverResumable(r *resumable, frame []byte) bool {
 	for r.logBytes > limit && r.log.len() > 1 && (r.conn != nil || r.log.at(0).seq <= r.detachSeq) {
 		r.logBytes -= loggedSize(r.log.shift().frame)
 	}
-	// The gateway's sum changes once, by the net change: none for a log
-	// at its bound that logged a frame of the size it trimmed, the usual
-	// case of a room's steady traffic, so the shared counter is not
-	// touched per socket per message.
+	// The gateway's sum changes by the net change, once per message
+	// (outbound.flushLogged): none for a log at its bound that logged a
+	// frame of the size it trimmed, and the shared counter is not touched
+	// per socket per message while logs grow.
 	if d := r.logBytes - before; d != 0 {
-		g.resumes.bytes.Add(d)
+		o.addLogged(&g.resumes.bytes, d)
 	}
 	if r.conn == nil {
 		if r.logBytes > limit {
@@ -319,11 +341,15 @@ func (g *Gateway) deliverResumable(r *resumable, frame []byte) bool {
 			// caller's (read-locked) goroutine.
 			g.endLocked(r, resumeTooFarBehind)
 			go g.dropDetached(r)
-			return false
+			return false, false
 		}
-		return true
+		return true, false
 	}
-	return r.conn.enqueueSeq(frame, r.seq)
+	queued, st := r.conn.queueFrame(outFrame{b: frame, seq: r.seq})
+	if st {
+		start = r.conn
+	}
+	return queued, false
 }
 
 // endLocked ends r with outcome: its token is forgotten, later resumes are

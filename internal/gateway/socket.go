@@ -38,7 +38,8 @@ type client struct {
 	onSlow       func() // counts a disconnect for a full queue
 
 	mu    sync.Mutex
-	queue []outFrame // frames waiting for the writer
+	queue []outFrame  // frames waiting for the writer
+	qbuf  *frameQueue // the pooled array queue was taken from (writer.go); nil with queue
 	// queuedBytes counts the bytes of the frames in queue and of those the
 	// writer is writing, as written (seq included): what the socket holds.
 	queuedBytes int64
@@ -104,7 +105,12 @@ func (f outFrame) size() int {
 // A resumable socket's goes through its log, numbered (resume.go).
 func (c *client) deliver(o *outbound) bool {
 	if c.rs != nil {
-		return c.rs.g.deliverResumable(c.rs, o.nativeFrame())
+		queued, busy := c.rs.g.deliverResumable(c.rs, o.nativeFrame(), o, true)
+		if busy {
+			o.later = append(o.later, laterDelivery{c, o.nativeFrame()})
+			return true // counted now; a drop at the retry is counted then
+		}
+		return queued
 	}
 	return c.enqueue(o.nativeFrame())
 }

@@ -3,6 +3,8 @@ package gateway
 import (
 	"encoding/binary"
 	"net"
+	"slices"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -21,10 +23,22 @@ func (c *client) enqueueSeq(frame []byte, seq uint64) bool {
 }
 
 func (c *client) enqueueFrame(f outFrame) bool {
+	queued, start := c.queueFrame(f)
+	if start {
+		go c.writeLoop()
+	}
+	return queued
+}
+
+// queueFrame is enqueueFrame but for starting the writer: when start, the
+// caller runs go c.writeLoop(), after letting go of the locks it holds
+// (deliverResumable's), so that a concurrent Deliver waiting for them does
+// not wait for a goroutine to be made.
+func (c *client) queueFrame(f outFrame) (queued, start bool) {
 	c.mu.Lock()
 	if c.closing {
 		c.mu.Unlock()
-		return false
+		return false, false
 	}
 	size := int64(f.size())
 	if len(c.queue) >= c.maxQueue || (c.maxBytes > 0 && c.queuedBytes+size > c.maxBytes) {
@@ -36,16 +50,17 @@ func (c *client) enqueueFrame(f outFrame) bool {
 		// shutdown, so that the deadline cannot cut short the close frame).
 		_ = c.nc.SetWriteDeadline(time.Now())
 		c.shutdown(closeTryAgainLater, "send queue full")
-		return false
+		return false, false
+	}
+	if c.queue == nil {
+		c.qbuf = frameQueuePool.Get().(*frameQueue)
+		c.queue = c.qbuf.frames
 	}
 	c.queue = append(c.queue, f)
 	c.queuedBytes += size
-	start := c.startWriterLocked()
+	start = c.startWriterLocked()
 	c.mu.Unlock()
-	if start {
-		go c.writeLoop()
-	}
-	return true
+	return true, start
 }
 
 // control asks the writer for a ping or a pong.
@@ -103,60 +118,117 @@ func (c *client) shutdown(code int, reason string) {
 // writeLoop writes what is queued, then exits; at most one runs at a time.
 // Frames queued together go out in one writev: a gateway that falls behind a
 // burst of broadcasts spends one system call on many frames rather than one
-// on each.
+// on each. Its scratch (writeScratch) comes from a pool and goes back when
+// it exits, so a socket holds none while idle and a batch allocates nothing.
 func (c *client) writeLoop() {
-	var heads []byte
-	var bufs net.Buffers
+	s := writeScratchPool.Get().(*writeScratch)
+	defer s.release()
 	var written int64 // bytes of the last batch, counted in queuedBytes until now
 	for {
 		c.mu.Lock()
 		c.queuedBytes -= written
 		written = 0
 		if c.closing {
-			c.queue, c.queuedBytes = nil, 0
+			c.queue, c.qbuf, c.queuedBytes = nil, nil, 0
 			c.mu.Unlock()
 			c.writeClose()
 			return
 		}
-		batch, ctrl := c.queue, c.ctrl
-		c.queue, c.ctrl = nil, 0
+		batch, qbuf, ctrl := c.queue, c.qbuf, c.ctrl
+		c.queue, c.qbuf, c.ctrl = nil, nil, 0
 		for _, f := range batch {
 			written += int64(f.size())
 		}
 		if len(batch) == 0 && ctrl == 0 {
 			c.writing = false
 			c.mu.Unlock()
+			qbuf.put(batch)
 			return
 		}
 		c.mu.Unlock()
-		deadline := time.Now().Add(c.writeTimeout)
-		if ctrl&ctrlPong != 0 {
-			if err := c.writeControl(websocket.PongMessage, nil, deadline); err != nil {
-				c.shutdown(closeAbnormal, "pong failed")
-				continue
-			}
-		}
-		if ctrl&ctrlPing != 0 {
-			if err := c.writeControl(websocket.PingMessage, nil, deadline); err != nil {
-				c.shutdown(closeAbnormal, "ping failed")
-				continue
-			}
-		}
-		if len(batch) == 0 {
-			continue
-		}
-		// Nothing is written once the lease the socket's memberships live on
-		// may have expired: a frozen gateway that resumes must not deliver a
-		// single frame it queued before.
-		if !c.alive() {
-			c.shutdown(closeServiceRestart, "gateway lost its registration; reconnect")
-			continue
-		}
-		heads, bufs = appendFrames(heads[:0], bufs[:0], batch)
-		if err := c.write(&bufs, deadline); err != nil {
-			c.shutdown(closeAbnormal, "write failed")
+		c.writeBatch(s, batch, ctrl)
+		qbuf.put(batch)
+	}
+}
+
+// writeBatch writes the control frames asked for, then batch, in one
+// writev.
+func (c *client) writeBatch(s *writeScratch, batch []outFrame, ctrl uint8) {
+	deadline := time.Now().Add(c.writeTimeout)
+	if ctrl&ctrlPong != 0 {
+		if err := c.writeControl(websocket.PongMessage, nil, deadline); err != nil {
+			c.shutdown(closeAbnormal, "pong failed")
+			return
 		}
 	}
+	if ctrl&ctrlPing != 0 {
+		if err := c.writeControl(websocket.PingMessage, nil, deadline); err != nil {
+			c.shutdown(closeAbnormal, "ping failed")
+			return
+		}
+	}
+	if len(batch) == 0 {
+		return
+	}
+	// Nothing is written once the lease the socket's memberships live on
+	// may have expired: a frozen gateway that resumes must not deliver a
+	// single frame it queued before.
+	if !c.alive() {
+		c.shutdown(closeServiceRestart, "gateway lost its registration; reconnect")
+		return
+	}
+	s.heads, s.bufs = appendFrames(s.heads[:0], s.bufs[:0], batch)
+	// WriteTo consumes the slice it is given: a copy of it, so that the
+	// array is kept for the next batch.
+	bufs := s.bufs
+	if err := c.write(&bufs, deadline); err != nil {
+		c.shutdown(closeAbnormal, "write failed")
+	}
+	clear(s.bufs) // the frames are not held past their write
+}
+
+// writeScratch is a running writer's memory: the headers of a batch's
+// frames (with each seq spliced in) and the writev's buffers. Pooled across
+// sockets' writers: growing them afresh for every batch was an allocation
+// every few frames, most of them for the seq heads (about 30 bytes a frame,
+// against a header's 2).
+type writeScratch struct {
+	heads []byte
+	bufs  net.Buffers
+}
+
+var writeScratchPool = sync.Pool{New: func() any { return new(writeScratch) }}
+
+// frameQueue holds the array of a client's send queue (client.qbuf), pooled
+// across clients: a queue emptied by its writer lets its array go, so an
+// idle socket holds none, and the next frame queued takes one from the
+// pool rather than growing a new one frame by frame.
+type frameQueue struct {
+	frames []outFrame // empty while pooled
+}
+
+var frameQueuePool = sync.Pool{New: func() any { return new(frameQueue) }}
+
+// maxPooledQueue bounds the queue arrays pooled, in frames (32 bytes each);
+// the default queue bound (256 frames) is below it.
+const maxPooledQueue = 1024
+
+// put returns q, written, to the pool in b, its frames let go.
+func (b *frameQueue) put(q []outFrame) {
+	if b == nil || cap(q) > maxPooledQueue {
+		return
+	}
+	clear(q)
+	b.frames = q[:0]
+	frameQueuePool.Put(b)
+}
+
+// release returns s to the pool (writeLoop's exit).
+func (s *writeScratch) release() {
+	if cap(s.heads) > 64*maxPooledQueue {
+		s.heads, s.bufs = nil, nil
+	}
+	writeScratchPool.Put(s)
 }
 
 // write writes bufs to the connection, noting a write that failed inside a
@@ -217,6 +289,12 @@ func closeReasonText(reason string) string {
 // (appendSeqHead), its shared rest following in a buffer of its own. So a
 // frame costs two buffers of the writev, with or without a seq.
 func appendFrames(heads []byte, bufs net.Buffers, frames []outFrame) ([]byte, net.Buffers) {
+	n := 0
+	for _, f := range frames {
+		n += headLen(f)
+	}
+	heads = slices.Grow(heads, n)
+	bufs = slices.Grow(bufs, 2*len(frames))
 	for _, f := range frames {
 		heads = appendFrameHeader(heads, websocket.TextMessage, f.size())
 		if f.seq != 0 {
@@ -225,15 +303,24 @@ func appendFrames(heads []byte, bufs net.Buffers, frames []outFrame) ([]byte, ne
 	}
 	off := 0
 	for _, f := range frames {
-		n, rest := frameHeaderLen(f.size()), f.b
+		n, rest := headLen(f), f.b
 		if f.seq != 0 {
-			n += len(messageHead) + seqFieldLen(f.seq)
 			rest = f.b[len(messageHead):]
 		}
 		bufs = append(bufs, heads[off:off+n], rest)
 		off += n
 	}
 	return heads, bufs
+}
+
+// headLen is the length of what appendFrames puts in heads for f: its
+// header and, with a seq, the message frame's head with the seq.
+func headLen(f outFrame) int {
+	n := frameHeaderLen(f.size())
+	if f.seq != 0 {
+		n += len(messageHead) + seqFieldLen(f.seq)
+	}
+	return n
 }
 
 func frameHeaderLen(n int) int {
