@@ -108,7 +108,9 @@ $(BIN)/etcd: go.mod go.sum internal/testutil/etcdmain/main.go
 # own, so that its dependencies stay out of ours), for the peer scenario.
 $(BIN)/centrifugo: tools/centrifugo/go.mod tools/centrifugo/go.sum
 	@mkdir -p $(BIN)
-	cd tools/centrifugo && go build -o $@ github.com/centrifugal/centrifugo/v6
+	cd tools/centrifugo && go build -o $@ \
+		-ldflags "-X github.com/centrifugal/centrifugo/v6/internal/build.Version=$$(go list -m -f '{{.Version}}' github.com/centrifugal/centrifugo/v6 | sed 's/^v//')" \
+		github.com/centrifugal/centrifugo/v6
 
 ## image: the container image with both binaries (needs a Docker engine).
 image:

@@ -83,7 +83,11 @@ func startCentrifugo(ctx context.Context, binDir string) (*centrifugo, error) {
 	if err := os.WriteFile(file, centrifugoConfig(portOf(c.httpAddr), portOf(c.grpcAddr), c.secret), 0o600); err != nil {
 		return nil, err
 	}
-	c.cmd = exec.Command(filepath.Join(binDir, "centrifugo"), "--config", file)
+	bin, err := filepath.Abs(filepath.Join(binDir, "centrifugo"))
+	if err != nil {
+		return nil, err
+	}
+	c.cmd = exec.Command(bin, "--config", file)
 	c.cmd.Dir = dir
 	c.cmd.Stderr = os.Stderr
 	if err := c.cmd.Start(); err != nil {

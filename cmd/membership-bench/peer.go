@@ -72,7 +72,14 @@ func startEtcd(binDir string) (*etcdProc, error) {
 		"--max-request-bytes", strconv.Itoa(store.DefaultMaxRequestBytes),
 		"--max-txn-ops", strconv.Itoa(store.DefaultMaxTxnOps),
 		"--auto-compaction-mode", "periodic", "--auto-compaction-retention", "1h")
-	e.cmd.Stderr = os.Stderr
+	// Its log goes to a file, read back only if it does not start: at
+	// shutdown etcd logs closed listeners as errors.
+	logFile, err := os.Create(filepath.Join(dir, "etcd.log"))
+	if err != nil {
+		return nil, err
+	}
+	defer logFile.Close()
+	e.cmd.Stderr = logFile
 	if err := e.cmd.Start(); err != nil {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("start etcd (make bench builds it into %s): %w", binDir, err)
@@ -86,8 +93,9 @@ func startEtcd(binDir string) (*etcdProc, error) {
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	}); err != nil {
+		log, _ := os.ReadFile(logFile.Name())
 		e.stop()
-		return nil, fmt.Errorf("etcd not serving: %w", err)
+		return nil, fmt.Errorf("etcd not serving: %w; its log:\n%s", err, log)
 	}
 	return e, nil
 }
@@ -182,9 +190,10 @@ func cpuOf(pids []int) time.Duration {
 	return t
 }
 
-// dialEach opens n connections with dial, parallel at a time; source
-// addresses rotate over 127.0.0.1… every 5,000 (as dialMany does).
-func dialEach[T any](n, parallel int, dial func(i int, local net.IP) (T, error)) ([]T, error) {
+// eachParallel calls f for 0…n-1, parallel at a time, and returns the
+// results and the first error; the source address it hands f (for dialing)
+// rotates over 127.0.0.1… every 5,000 calls, as dialMany's does.
+func eachParallel[T any](n, parallel int, f func(i int, local net.IP) (T, error)) ([]T, error) {
 	out := make([]T, n)
 	var first error
 	var mu sync.Mutex
@@ -196,7 +205,7 @@ func dialEach[T any](n, parallel int, dial func(i int, local net.IP) (T, error))
 			defer wg.Done()
 			for i := range next {
 				k := i / 5000
-				s, err := dial(i, net.IPv4(127, 0, byte(1+k/250), byte(1+k%250)))
+				s, err := f(i, net.IPv4(127, 0, byte(1+k/250), byte(1+k%250)))
 				if err != nil {
 					mu.Lock()
 					if first == nil {
@@ -402,7 +411,7 @@ func benchPeer(ctx context.Context, cfg config) error {
 	for _, row := range fig.rows {
 		o, c, u := median(fig.ours[row]), median(fig.cents[row]), fig.unit[row]
 		if u == "-" {
-			fmt.Printf("| %s | %s | – | %.2f× of Centrifugo's calls/s |\n", row, fmtFigure(o, ""), o/median(fig.cents[row]))
+			fmt.Printf("| %s | %s%s | – | %.2f× of Centrifugo's calls/s |\n", row, fmtFigure(o, ""), roundsOf(fig.ours[row], ""), o/median(fig.cents[row]))
 			continue
 		}
 		fmt.Printf("| %s | %s%s | %s%s | %.2f× |\n", row, fmtFigure(o, u), roundsOf(fig.ours[row], u), fmtFigure(c, u), roundsOf(fig.cents[row], u), o/c)
@@ -433,107 +442,26 @@ func roundsOf(xs []float64, unit string) string {
 
 func peerRound(ctx context.Context, cfg config, st *stack, g *gatewayProc, e *etcdProc, c *centrifugo, n, round int,
 	oursFirst bool, levels []int, fig *peerFigures) error {
-	// Idle sockets, with a reader each on both sides (ours answer the
-	// gateway's WebSocket pings, Centrifugo's its protocol pings).
-	var oursRecv, centRecv atomic.Int64
-	oursLat, centLat := &latencies{}, &latencies{}
-	time.Sleep(time.Second)
-	oursRSS0, _ := g.rssKiB()
-	centRSS0, _ := c.rssKiB()
-	ours, err := dialEach(n, 64, func(i int, local net.IP) (*socket, error) {
-		s, err := dialSocket(ctx, g.url(), local)
-		if err == nil {
-			go func() {
-				for {
-					_, data, err := s.conn.ReadMessage()
-					if err != nil {
-						return
-					}
-					countStamps(data, &oursRecv, oursLat)
-				}
-			}()
-		}
-		return s, err
-	})
-	defer closeAll(ours)
-	if err != nil {
-		return err
-	}
-	cents, err := dialEach(n, 64, func(i int, local net.IP) (*centSocket, error) {
-		s, err := c.dial(ctx, fmt.Sprintf("r%d-u%d", round, i), local)
-		if err == nil {
-			go s.read(func(data []byte) { countStamps(data, &centRecv, centLat) })
-		}
-		return s, err
-	})
-	defer closeCent(cents)
-	if err != nil {
-		return err
-	}
-	time.Sleep(3 * time.Second)
-	oursRSS1, err := g.rssKiB()
-	if err != nil {
-		return err
-	}
-	centRSS1, err := c.rssKiB()
-	if err != nil {
-		return err
-	}
-	fig.add(fmt.Sprintf("idle memory per socket, %d sockets: RSS of the gateway / of Centrifugo", n), "KiB",
-		float64(oursRSS1-oursRSS0)/float64(n), float64(centRSS1-centRSS0)/float64(n))
-
-	// One room of all of them.
-	if err := joinAll(ctx, st, ours, func(int) string { return "fan" }); err != nil {
-		return err
-	}
-	room := centrifugoNamespace + ":fan"
-	if _, err := dialEach(n, 64, func(i int, _ net.IP) (struct{}, error) {
-		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		return struct{}{}, c.subscribe(cctx, room, cents[i].user, cents[i].client)
-	}); err != nil {
-		return fmt.Errorf("centrifugo subscribe: %w", err)
-	}
-
-	oursPids := []int{g.cmd.Process.Pid, st.server.Process.Pid, e.cmd.Process.Pid}
-	runOurs := func() fanoutResult {
-		return runFanout(ctx, cfg.duration, n, &oursRecv, oursLat, oursPids, func(ctx context.Context, data []byte) error {
-			v, err := structpb.NewValue(map[string]any{"t": json64(data)})
-			if err != nil {
-				return err
-			}
-			_, err = st.api.Broadcast(ctx, &membershipv1.BroadcastRequest{Rooms: []string{"fan"}, Data: v})
-			return err
-		})
-	}
-	runCent := func() fanoutResult {
-		return runFanout(ctx, cfg.duration, n, &centRecv, centLat, []int{c.pid()}, func(ctx context.Context, data []byte) error {
-			return c.publish(ctx, room, data)
-		})
-	}
-	warmData, _ := structpb.NewValue(map[string]any{"t": 0.0})
-	// One message first, until every socket has it: the gateway applies the
-	// joins from its watch, so a committed Join is not yet a receiving socket.
-	if err := warmRoom(ctx, n, &oursRecv, func(ctx context.Context) error {
-		_, err := st.api.Broadcast(ctx, &membershipv1.BroadcastRequest{Rooms: []string{"fan"}, Data: warmData})
-		return err
-	}); err != nil {
-		return fmt.Errorf("this product's room: %w", err)
-	}
-	if err := warmRoom(ctx, n, &centRecv, func(ctx context.Context) error { return c.publish(ctx, room, []byte(`{"t":0}`)) }); err != nil {
-		return fmt.Errorf("centrifugo's channel: %w", err)
-	}
+	// One system's sockets at a time: this process may hold at most
+	// RLIMIT_NOFILE of them (20,000 here).
+	var idleO, idleC float64
 	var fo, fc fanoutResult
-	if oursFirst {
-		fo, fc = runOurs(), runCent()
-	} else {
-		fc, fo = runCent(), runOurs()
+	runO := func() (err error) { idleO, fo, err = peerOursSockets(ctx, cfg, st, g, e, n); return err }
+	runC := func() (err error) { idleC, fc, err = peerCentSockets(ctx, cfg, c, n, round); return err }
+	first, second := runO, runC
+	if !oursFirst {
+		first, second = runC, runO
 	}
+	if err := first(); err != nil {
+		return err
+	}
+	if err := second(); err != nil {
+		return err
+	}
+	fig.add(fmt.Sprintf("idle memory per socket, %d sockets: RSS of the gateway / of Centrifugo", n), "KiB", idleO, idleC)
 	fig.add(fmt.Sprintf("fan-out, %d sockets in one room, messages received/s", n), "", fo.rate, fc.rate)
 	fig.add("fan-out delivery latency p99", "ms", msf(fo.p99), msf(fc.p99))
 	fig.add("server CPU per delivered message", "µs", float64(fo.cpuPerMsg)/1e3, float64(fc.cpuPerMsg)/1e3)
-	closeAll(ours)
-	closeCent(cents)
 
 	// Membership changes: 256 sockets on each.
 	mo, err := dialMany(ctx, g.url(), 256, 32, 0)
@@ -544,7 +472,7 @@ func peerRound(ctx context.Context, cfg config, st *stack, g *gatewayProc, e *et
 	for _, s := range mo {
 		drain(s)
 	}
-	mc, err := dialEach(256, 32, func(i int, _ net.IP) (*centSocket, error) {
+	mc, err := eachParallel(256, 32, func(i int, _ net.IP) (*centSocket, error) {
 		s, err := c.dial(ctx, fmt.Sprintf("r%d-m%d", round, i), nil)
 		if err == nil {
 			go s.read(func([]byte) {})
@@ -596,6 +524,109 @@ func warmRoom(ctx context.Context, n int, received *atomic.Int64, send func(ctx 
 		received.Store(0)
 	}
 	return fmt.Errorf("%d of %d sockets received a message within 60 s", received.Load(), n)
+}
+
+// peerOursSockets: n idle sockets on the gateway g (a reader each, which
+// answers the gateway's WebSocket pings), the gateway's RSS per socket after
+// 3 s, then all of them joined to one room and the fan-out phase.
+func peerOursSockets(ctx context.Context, cfg config, st *stack, g *gatewayProc, e *etcdProc, n int) (float64, fanoutResult, error) {
+	var received atomic.Int64
+	lat := &latencies{}
+	time.Sleep(time.Second)
+	rss0, err := g.rssKiB()
+	if err != nil {
+		return 0, fanoutResult{}, err
+	}
+	socks, err := eachParallel(n, 64, func(i int, local net.IP) (*socket, error) {
+		s, err := dialSocket(ctx, g.url(), local)
+		if err == nil {
+			go func() {
+				for {
+					_, data, err := s.conn.ReadMessage()
+					if err != nil {
+						return
+					}
+					countStamps(data, &received, lat)
+				}
+			}()
+		}
+		return s, err
+	})
+	defer closeAll(socks)
+	if err != nil {
+		return 0, fanoutResult{}, err
+	}
+	time.Sleep(3 * time.Second)
+	rss1, err := g.rssKiB()
+	if err != nil {
+		return 0, fanoutResult{}, err
+	}
+	if err := joinAll(ctx, st, socks, func(int) string { return "fan" }); err != nil {
+		return 0, fanoutResult{}, err
+	}
+	// One message first, until every socket has it: the gateway applies the
+	// joins from its watch, so a committed Join is not yet a receiving socket.
+	warm, _ := structpb.NewValue(map[string]any{"t": 0.0})
+	if err := warmRoom(ctx, n, &received, func(ctx context.Context) error {
+		_, err := st.api.Broadcast(ctx, &membershipv1.BroadcastRequest{Rooms: []string{"fan"}, Data: warm})
+		return err
+	}); err != nil {
+		return 0, fanoutResult{}, fmt.Errorf("this product's room: %w", err)
+	}
+	pids := []int{g.cmd.Process.Pid, st.server.Process.Pid, e.cmd.Process.Pid}
+	r := runFanout(ctx, cfg.duration, n, &received, lat, pids, func(ctx context.Context, data []byte) error {
+		v, err := structpb.NewValue(map[string]any{"t": json64(data)})
+		if err != nil {
+			return err
+		}
+		_, err = st.api.Broadcast(ctx, &membershipv1.BroadcastRequest{Rooms: []string{"fan"}, Data: v})
+		return err
+	})
+	return float64(rss1-rss0) / float64(n), r, nil
+}
+
+// peerCentSockets is peerOursSockets for Centrifugo: n connections (a reader
+// each, which answers the protocol's pings), its RSS per connection, then
+// each subscribed on the server side to one channel and the fan-out phase.
+func peerCentSockets(ctx context.Context, cfg config, c *centrifugo, n, round int) (float64, fanoutResult, error) {
+	var received atomic.Int64
+	lat := &latencies{}
+	time.Sleep(time.Second)
+	rss0, err := c.rssKiB()
+	if err != nil {
+		return 0, fanoutResult{}, err
+	}
+	socks, err := eachParallel(n, 64, func(i int, local net.IP) (*centSocket, error) {
+		s, err := c.dial(ctx, fmt.Sprintf("r%d-u%d", round, i), local)
+		if err == nil {
+			go s.read(func(data []byte) { countStamps(data, &received, lat) })
+		}
+		return s, err
+	})
+	defer closeCent(socks)
+	if err != nil {
+		return 0, fanoutResult{}, err
+	}
+	time.Sleep(3 * time.Second)
+	rss1, err := c.rssKiB()
+	if err != nil {
+		return 0, fanoutResult{}, err
+	}
+	room := centrifugoNamespace + ":fan"
+	if _, err := eachParallel(n, 64, func(i int, _ net.IP) (struct{}, error) {
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		return struct{}{}, c.subscribe(cctx, room, socks[i].user, socks[i].client)
+	}); err != nil {
+		return 0, fanoutResult{}, fmt.Errorf("centrifugo subscribe: %w", err)
+	}
+	if err := warmRoom(ctx, n, &received, func(ctx context.Context) error { return c.publish(ctx, room, []byte(`{"t":0}`)) }); err != nil {
+		return 0, fanoutResult{}, fmt.Errorf("centrifugo's channel: %w", err)
+	}
+	r := runFanout(ctx, cfg.duration, n, &received, lat, []int{c.pid()}, func(ctx context.Context, data []byte) error {
+		return c.publish(ctx, room, data)
+	})
+	return float64(rss1-rss0) / float64(n), r, nil
 }
 
 // json64 reads the number in a {"t":N} publication.
