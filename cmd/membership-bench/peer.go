@@ -312,7 +312,10 @@ func runFanout(ctx context.Context, d time.Duration, n int, received *atomic.Int
 	return r
 }
 
-// peerFigures collects one figure per round for each row of the table.
+// peerFigures collects one figure per round for each row of the table, in
+// the row's unit ("" for a count per second). The unit "-" marks a row of
+// ours without a Centrifugo counterpart (WAIT_FOR_APPLY): the Centrifugo
+// figure added with it is the one its ratio is taken against.
 type peerFigures struct {
 	rows  []string
 	ours  map[string][]float64
@@ -336,8 +339,6 @@ func fmtFigure(v float64, unit string) string {
 	switch unit {
 	case "µs", "ms", "KiB":
 		return fmt.Sprintf("%.2f %s", v, unit)
-	case "-":
-		return "–"
 	default:
 		return fmt.Sprintf("%.0f", v)
 	}
@@ -348,7 +349,7 @@ func fmtFigure(v float64, unit string) string {
 // interleaved rounds (the order of the two alternates between rounds). Each
 // round starts a fresh gateway and a fresh Centrifugo node:
 //
-//   - idle memory: peer-sockets idle WebSockets on each, RSS per socket of
+//   - idle memory: --peer-sockets idle WebSockets on each, RSS per socket of
 //     the holding process (the gateway; Centrifugo);
 //   - fan-out: those sockets put in one room (Join, 100 ids a call; Centrifugo's
 //     server-side subscribe, one connection a call), then publishers for
