@@ -195,8 +195,9 @@ func cpuOf(pids []int) time.Duration {
 // registers again (its lease lost), and a client would reconnect.
 var peerRetries atomic.Int64
 
-// eachParallel calls f for 0…n-1, parallel at a time, up to 3 times each
-// (200 ms apart, counted in peerRetries), and returns the results and the
+// eachParallel calls f for 0…n-1, parallel at a time, up to 20 times each
+// (500 ms apart, counted in peerRetries: a gateway registering again after
+// its lease was lost may take seconds), and returns the results and the
 // first error; the source address it hands f (for dialing) rotates over
 // 127.0.0.1… every 5,000 calls, as dialMany's does.
 func eachParallel[T any](n, parallel int, f func(i int, local net.IP) (T, error)) ([]T, error) {
@@ -213,9 +214,9 @@ func eachParallel[T any](n, parallel int, f func(i int, local net.IP) (T, error)
 				k := i / 5000
 				local := net.IPv4(127, 0, byte(1+k/250), byte(1+k%250))
 				s, err := f(i, local)
-				for try := 1; err != nil && try < 3; try++ {
+				for try := 1; err != nil && try < 20; try++ {
 					peerRetries.Add(1)
-					time.Sleep(200 * time.Millisecond)
+					time.Sleep(500 * time.Millisecond)
 					s, err = f(i, local)
 				}
 				if err != nil {
