@@ -91,9 +91,26 @@ fuzz:
 
 ## bench: every scenario of cmd/membership-bench against a fresh local stack;
 ## BENCH_ARGS passes flags (e.g. BENCH_ARGS="-scenario fanout -duration 10s").
-bench: build
+## The peer scenario (BENCH_ARGS="-scenario peer") also needs etcd as its own
+## process and Centrifugo, both built here on first use.
+bench: build $(if $(findstring peer,$(BENCH_ARGS)),$(BIN)/etcd $(BIN)/centrifugo)
 	go build -o $(BIN)/membership-bench ./cmd/membership-bench
 	$(BIN)/membership-bench $(BENCH_ARGS)
+
+# etcd's server, at the version go.mod pins, as its own binary: a main over
+# go.etcd.io/etcd/server/v3/etcdmain (etcd's own main module cannot be built
+# with go install: its go.mod has replace directives).
+$(BIN)/etcd: go.mod go.sum internal/testutil/etcdmain/main.go
+	@mkdir -p $(BIN)
+	go build -o $@ ./internal/testutil/etcdmain
+
+# Centrifugo, the version pinned in tools/centrifugo/go.mod (a module of its
+# own, so that its dependencies stay out of ours), for the peer scenario.
+$(BIN)/centrifugo: tools/centrifugo/go.mod tools/centrifugo/go.sum
+	@mkdir -p $(BIN)
+	cd tools/centrifugo && go build -o $@ \
+		-ldflags "-X github.com/centrifugal/centrifugo/v6/internal/build.Version=$$(go list -m -f '{{.Version}}' github.com/centrifugal/centrifugo/v6 | sed 's/^v//')" \
+		github.com/centrifugal/centrifugo/v6
 
 ## image: the container image with both binaries (needs a Docker engine).
 image:

@@ -29,6 +29,11 @@
 //	            in --http-rounds rounds against one membership-server
 //	watch       events/s one WatchMembership stream delivers while room-wide
 //	            calls change --watch-sockets memberships at a time
+//	peer        beside Centrifugo (one node, memory engine, --bin-dir/centrifugo),
+//	            in 3 interleaved rounds: fan-out and idle memory with
+//	            --peer-sockets sockets, server CPU per delivered message, and
+//	            membership changes at --peer-concurrency; etcd runs as its own
+//	            process (--bin-dir/etcd) here (not part of "all")
 package main
 
 import (
@@ -65,11 +70,15 @@ type config struct {
 	httpProfileDir  string
 	// watch scenario
 	watchSockets int
+	// peer scenario
+	peerSockets    int
+	peerLevels     string
+	peerProfileDir string
 }
 
 func main() {
 	var cfg config
-	scenarios := flag.String("scenario", "all", "throughput,apply,fanout,idle,crash,http, roomwide, bcmem, users, watch, or all (all but roomwide, bcmem, users and watch)")
+	scenarios := flag.String("scenario", "all", "throughput,apply,fanout,idle,crash,http, roomwide, bcmem, users, watch, peer, or all (all but roomwide, bcmem, users, watch and peer)")
 	flag.StringVar(&cfg.binDir, "bin-dir", ".bin", "where the membership-server and gateway binaries are")
 	flag.DurationVar(&cfg.duration, "duration", 5*time.Second, "how long each measured phase runs")
 	flag.IntVar(&cfg.fanoutSockets, "fanout-sockets", 10000, "sockets in the fan-out room")
@@ -90,6 +99,9 @@ func main() {
 	flag.IntVar(&cfg.httpConcurrency, "http-concurrency", 64, "http: concurrent callers")
 	flag.IntVar(&cfg.httpRounds, "http-rounds", 3, "http: rounds, each running every transport for --duration")
 	flag.StringVar(&cfg.httpProfileDir, "http-cpuprofile", "", "http: after the rounds, record the membership-server's CPU profile under each transport into this directory")
+	flag.IntVar(&cfg.peerSockets, "peer-sockets", 10000, "peer: sockets in the fan-out room and idle sockets, on each system")
+	flag.StringVar(&cfg.peerLevels, "peer-concurrency", "64,256", "peer: concurrency levels of the membership changes")
+	flag.StringVar(&cfg.peerProfileDir, "peer-profile-dir", "", "peer: after the rounds, record 10 s CPU profiles of the membership-server, gateway and etcd under Join/Leave at concurrency 64 into this directory")
 	flag.StringVar(&clientProtocol, "protocol", "native", "fanout, idle: the bench sockets' protocol, native (/ws) or socketio (/socket.io/, Engine.IO 4 WebSocket)")
 	flag.Parse()
 	if clientProtocol != "native" && clientProtocol != "socketio" {
@@ -110,6 +122,7 @@ func main() {
 		"http":       benchHTTP,
 		"users":      benchUsers,
 		"watch":      benchWatch,
+		"peer":       benchPeer,
 	}
 	order := []string{"throughput", "apply", "fanout", "idle", "crash", "http"}
 	if *scenarios != "all" {
