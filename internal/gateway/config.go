@@ -3,6 +3,7 @@ package gateway
 import (
 	"errors"
 	"fmt"
+	"google.golang.org/grpc"
 	"log/slog"
 	"net/http"
 	"time"
@@ -48,6 +49,11 @@ type Config struct {
 	// counted with 32 bytes of bookkeeping; a detached socket whose unwritten
 	// frames pass it ends TOO_FAR_BEHIND. 1 MiB.
 	ResumeBufferBytes int64
+	// PeerDialOptions are used to dial another gateway's internal API, for
+	// a resume on this gateway of a socket that gateway holds (handoff.go):
+	// the credentials (TLS, the bearer token) its GatewayService asks of
+	// callers. Empty: plaintext without a token.
+	PeerDialOptions []grpc.DialOption
 	// Socket requests: forwarded to UpstreamURL ("" answers 501).
 	UpstreamURL     string
 	UpstreamTimeout time.Duration // 10s

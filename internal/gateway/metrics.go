@@ -31,6 +31,10 @@ type metrics struct {
 	recordsReconciled prometheus.Counter
 	// resumes counts resume attempts by outcome (resume.go).
 	resumes *prometheus.CounterVec
+	// handoffs counts resumes across gateways by side and outcome, and
+	// forwarded the late messages forwarded after one (handoff.go).
+	handoffs  *prometheus.CounterVec
+	forwarded *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, g *Gateway) *metrics {
@@ -60,6 +64,14 @@ func newMetrics(reg prometheus.Registerer, g *Gateway) *metrics {
 			Name: "gateway_resumes_total",
 			Help: "Native sockets' resume attempts (/ws?resume_token=…) by outcome: resumed, or the resume_error: expired, unknown, too_far_behind, gateway_lost."},
 			[]string{"outcome"}),
+		handoffs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gateway_handoffs_total",
+			Help: "Resumes of a socket held by another gateway, by side (to: the gateway the client reconnected to; from: the one that held the socket) and outcome: handed_off, aborted (undone, the socket stays on its gateway), failed, or the resume_error (expired, unknown, too_far_behind, gateway_lost)."},
+			[]string{"side", "outcome"}),
+		forwarded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gateway_handoff_forwarded_messages_total",
+			Help: "Messages for a socket handed off to another gateway that reached this one after the handoff (a Broadcast of a revision below the move's), by result: forwarded, or lost (the new gateway could not be reached or no longer holds the socket)."},
+			[]string{"result"}),
 		waitApplied: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "gateway_apply_wait_seconds",
 			Help:    "Time Deliver and WaitApplied waited for the membership index to reach the caller's revision.",
@@ -75,10 +87,17 @@ func newMetrics(reg prometheus.Registerer, g *Gateway) *metrics {
 	for _, o := range []string{resumeOK, resumeExpired, resumeUnknown, resumeTooFarBehind, resumeGatewayLost} {
 		m.resumes.WithLabelValues(outcomeLabel(o)) // exported as 0 from the start
 	}
+	for _, side := range []string{"from", "to"} {
+		for _, o := range []string{handoffDone, handoffAborted, handoffFailed, resumeExpired, resumeUnknown, resumeTooFarBehind, resumeGatewayLost} {
+			m.handoffs.WithLabelValues(side, outcomeLabel(o)) // exported as 0 from the start
+		}
+	}
+	m.forwarded.WithLabelValues("forwarded")
+	m.forwarded.WithLabelValues("lost")
 	for _, reason := range []string{"not_retryable"} {
 		m.removalsAbandoned.WithLabelValues(reason) // exported as 0 from the start
 	}
-	reg.MustRegister(m.delivered, m.dropped, m.slowClients, m.renewFailures, m.sessionsLost, m.authFailures, m.removalsAbandoned, m.recordsReconciled, m.resumes, m.waitApplied, m.lagRevisions,
+	reg.MustRegister(m.delivered, m.dropped, m.slowClients, m.renewFailures, m.sessionsLost, m.authFailures, m.removalsAbandoned, m.recordsReconciled, m.resumes, m.handoffs, m.forwarded, m.waitApplied, m.lagRevisions,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gateway_sockets", Help: "Open sockets."},
 			func() float64 { return float64(g.hub.count()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gateway_protocol_sockets", Help: "Open sockets by client protocol: native (/ws) or socketio (/socket.io/).",

@@ -156,6 +156,11 @@ type resumable struct {
 	ended     string      // why it ended; "" while resumable
 	syncing   bool        // a goroutine writes the record's detached_since
 	dirty     bool        // the record must be written again
+	// out is set once a handoff of the socket to another gateway began
+	// (handoff.go); it stays once the handoff finished.
+	out *handoffOut
+	// in is set while a handoff of the socket to this gateway is under way.
+	in *handoffIn
 }
 
 // resumes is the gateway's register of resumable sockets, by socket id, and
@@ -295,15 +300,28 @@ func seqFieldLen(seq uint64) int {
 func (g *Gateway) deliverResumable(r *resumable, frame []byte) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return g.deliverResumableLocked(r, frame)
+}
+
+// deliverResumableLocked is deliverResumable with r.mu held. While a
+// handoff to this gateway is under way the frame is held, to be numbered
+// after the old gateway's frames; while one away from it is, nothing is
+// trimmed nor ended for the bound, for the new gateway asks for the frames
+// after the client's last seq (the handoff is bounded in time instead).
+func (g *Gateway) deliverResumableLocked(r *resumable, frame []byte) bool {
 	if r.ended != "" {
 		return false
+	}
+	if r.in != nil && r.in.holding {
+		r.in.pending = append(r.in.pending, frame)
+		return true
 	}
 	r.seq++
 	before := r.logBytes
 	r.log.push(logged{seq: r.seq, frame: frame})
 	r.logBytes += loggedSize(frame)
 	limit := g.cfg.ResumeBufferBytes
-	for r.logBytes > limit && r.log.len() > 1 && (r.conn != nil || r.log.at(0).seq <= r.detachSeq) {
+	for r.out == nil && r.logBytes > limit && r.log.len() > 1 && (r.conn != nil || r.log.at(0).seq <= r.detachSeq) {
 		r.logBytes -= loggedSize(r.log.shift().frame)
 	}
 	// The gateway's sum changes once, by the net change: none for a log
@@ -314,7 +332,7 @@ func (g *Gateway) deliverResumable(r *resumable, frame []byte) bool {
 		g.resumes.bytes.Add(d)
 	}
 	if r.conn == nil {
-		if r.logBytes > limit {
+		if r.logBytes > limit && r.out == nil {
 			// Frames never written pass the bound: ended, removed off the
 			// caller's (read-locked) goroutine.
 			g.endLocked(r, resumeTooFarBehind)
@@ -384,6 +402,12 @@ func (g *Gateway) release(c *client, failed bool) bool {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.out != nil {
+		// Being handed off, or handed off, to another gateway: its keys
+		// are (or will be) that gateway's, and an undone handoff keeps it
+		// here, detached.
+		return true
+	}
 	if r.ended != "" {
 		return false
 	}
@@ -470,10 +494,8 @@ func (g *Gateway) resume(req *resumeRequest, user string, c *client) (*resumable
 		return nil, resumeUnknown
 	}
 	if t.issuer != g.cfg.ID {
-		// Only the issuing gateway can verify a token; until resumes move
-		// sockets between gateways (the issuer's address is in etcd, under
-		// the id the token names), this one cannot resume it, nor tell
-		// whether the issuer still holds it.
+		// Only the issuing gateway can verify a token: runSocket asks it
+		// (handOffIn).
 		return nil, resumeUnknown
 	}
 	if t.incarnation != g.resumes.incarnation {
@@ -548,6 +570,7 @@ func (h *hub) replaceLocked(old, c *client) []string {
 	rooms := old.rooms
 	old.rooms = nil
 	c.rooms = rooms
+	c.movedIn, c.since = old.movedIn, old.since // a socket handed off here keeps its rooms' revisions
 	if h.sockets[c.id] == member(old) {
 		h.sockets[c.id] = c
 	}
@@ -579,7 +602,7 @@ func (g *Gateway) syncRecord(r *resumable) {
 	backoff := newBackoff(100*time.Millisecond, 5*time.Second)
 	for {
 		r.mu.Lock()
-		if !r.dirty || r.ended != "" || r.sess.ctx.Err() != nil {
+		if !r.dirty || r.ended != "" || r.out != nil || r.sess.ctx.Err() != nil {
 			r.syncing = false
 			r.mu.Unlock()
 			return

@@ -61,6 +61,12 @@ type client struct {
 	// rs is the socket's recoverable state (resume.go), shared by each
 	// connection the socket has had; nil when sockets are not resumable.
 	rs *resumable
+
+	// Handoffs between gateways (handoff.go); hub.mu guards these.
+	handingOff bool             // being handed off to another gateway
+	movedIn    bool             // handed off to this gateway
+	quiet      bool             // joined and left frames are not sent (until the handoff finishes)
+	since      map[string]int64 // room → the revision it joined at, for a socket moved in
 }
 
 const (
@@ -103,6 +109,13 @@ func (f outFrame) size() int {
 // deliver queues the message's native frame (member).
 // A resumable socket's goes through its log, numbered (resume.go).
 func (c *client) deliver(o *outbound) bool {
+	if c.since != nil && o.rev != 0 {
+		if rev, ok := c.since[o.room]; ok && o.rev < rev {
+			// The old gateway of a socket handed off here gives it the
+			// messages below the revision its room moved at.
+			return true
+		}
+	}
 	if c.rs != nil {
 		return c.rs.g.deliverResumable(c.rs, o.nativeFrame())
 	}
@@ -111,6 +124,9 @@ func (c *client) deliver(o *outbound) bool {
 
 // notice queues a joined or left frame (member).
 func (c *client) notice(joined bool, room string) {
+	if c.quiet {
+		return // the resumed connected frame will carry the rooms
+	}
 	typ := frameLeft
 	if joined {
 		typ = frameJoined
@@ -174,7 +190,16 @@ func (g *Gateway) runSocket(sess *session, conn *websocket.Conn, user string, re
 	c.onSlow = g.metrics.slowClients.WithLabelValues(protocolNative).Inc
 	resumeErr := ""
 	if resume != nil {
-		r, outcome := g.resume(resume, user, c)
+		var r *resumable
+		var outcome string
+		if t, err := parseToken(resume.token); err == nil && t.issuer != g.cfg.ID {
+			r, outcome = g.handOffIn(sess, resume, user, c, t)
+			if r == nil {
+				c.sid, c.id, c.rs, c.movedIn, c.quiet = sid, sid.String(), nil, false, false
+			}
+		} else {
+			r, outcome = g.resume(resume, user, c)
+		}
 		g.metrics.resumes.WithLabelValues(outcomeLabel(outcome)).Inc()
 		if r != nil {
 			c.release()
