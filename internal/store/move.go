@@ -378,6 +378,12 @@ func pbNoKeyUnder(prefix string) *etcdserverpb.Compare {
 		TargetUnion: &etcdserverpb.Compare_CreateRevision{CreateRevision: 0}}
 }
 
+// SetMoveHook makes hook run after each step a move (or an abort) commits:
+// its error ends the move right there, as a caller that dies after that
+// commit would. It is for tests (of this package, and of a gateway whose
+// handoff must survive a move cut short); set it before the store is used.
+func (s *Store) SetMoveHook(hook func(step string) error) { s.moveHook = hook }
+
 // hook runs the test hook after a committed step; an error it returns ends
 // the move there, as a crash of the caller would.
 func (s *Store) hook(step string) error {
