@@ -104,9 +104,6 @@ const (
 // to to; a *TxnTooLargeError when one room's keys cannot fit the budget. An
 // error after step 1 leaves the move in progress: call MoveSocket again
 // with the same homes to complete it, or AbortMove.
-//
-// Nothing calls it in production yet: the resume handoff between gateways
-// (issue 16) will.
 func (s *Store) MoveSocket(ctx context.Context, socket SocketID, from, to Home) error {
 	if from == to || from.Lease == to.Lease || to.Lease == 0 || ValidateGatewayID(to.Gateway) != nil {
 		return fmt.Errorf("move socket %s from %+v to %+v: the destination must be another gateway's lease", socket, from, to)
