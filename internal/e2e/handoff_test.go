@@ -12,6 +12,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
 
 	membershipv1 "github.com/socketrooms/membership/gen/membership/v1"
 	"github.com/socketrooms/membership/internal/gateway"
@@ -289,4 +290,47 @@ func TestHandoffRefusesForgedReusedAndCrossUserTokens(t *testing.T) {
 	g1.Stop()
 	lost := dialAs("carol", resumeURL(g2, s2.Connected.ResumeToken, 0))
 	wantNotResumed(t, lost, s2.ID, "GATEWAY_LOST")
+}
+
+// A Broadcast whose Deliver reaches gw1 only after the socket was handed
+// off to gw2 (its revision below the move's: gw1 still owed it the
+// message) is forwarded by gw1 to gw2, which numbers it next; the
+// Broadcast returns once it is forwarded.
+func TestHandoffForwardsALateDeliver(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	api := startMembershipServer(t, e)
+	var hold atomic.Bool
+	held, release := make(chan struct{}), make(chan struct{})
+	delay := grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		if strings.HasSuffix(info.FullMethod, "/Deliver") && hold.CompareAndSwap(true, false) {
+			held <- struct{}{}
+			<-release
+		}
+		return h(ctx, req)
+	})
+	g1 := stacktest.StartGatewayServing(t, e.Endpoint, gateway.Config{ID: "gw1", LeaseTTL: 10 * time.Second, ResumeWindow: time.Minute}, delay)
+	g2 := startResumeGateway(t, e, gateway.Config{ID: "gw2", ResumeWindow: time.Minute})
+	s := detachedSocket(t, api, g1, "a")
+
+	hold.Store(true)
+	done := make(chan error, 1)
+	go func() {
+		_, err := api.Broadcast(context.Background(), &membershipv1.BroadcastRequest{Rooms: []string{"a"}, Event: "e", Data: text("late")})
+		done <- err
+	}()
+	<-held // the Broadcast's targets are resolved (gw1) and its Deliver waits
+	r := dial(t, resumeURL(g2, s.Connected.ResumeToken, 0))
+	wantResumed(t, r, s.ID, "a")
+	r.ExpectNothing(100 * time.Millisecond)
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	expectMessage(t, r, "late", 1)
+	bcast(t, api, "a", "live")
+	expectMessage(t, r, "live", 2)
+	r.ExpectNothing(200 * time.Millisecond)
+	if n := metric(t, g1, `gateway_handoff_forwarded_messages_total{result="forwarded"}`); n != 1 {
+		t.Errorf("gw1 forwarded %v messages, want 1", n)
+	}
 }
