@@ -176,3 +176,55 @@ func TestHandoffUndoneWhenTheNewGatewayFailsMidMove(t *testing.T) {
 		t.Errorf("gw1 counts %v aborted handoffs, want 1", n)
 	}
 }
+
+// A resume on gw2 whose old gateway gw1 dies mid-move (its lease ends
+// right after the move began, as a SIGKILLed gateway's does after its TTL)
+// gets a new socket with GATEWAY_LOST, and nothing of the old socket is
+// left in etcd: its record went with gw1's lease, and gw2 removed what the
+// move had put on its own.
+func TestHandoffWhoseOldGatewayDiesMidMove(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	g1, u1 := startPeer(t, e.Client, "gw1")
+	g2, u2 := startPeer(t, e.Client, "gw2")
+	conn, hello := dialWS(t, u1)
+	sid, err := store.ParseSocketID(hello.SocketID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, room := range []string{"r0", "r1"} {
+		if _, err := g1.store.Join(context.Background(), []store.SocketID{sid}, room); err != nil {
+			t.Fatal(err)
+		}
+		readFrame(t, conn)
+	}
+	conn.UnderlyingConn().Close()
+	waitFor(t, 10*time.Second, "the socket detached", func() bool { return g1.resumes.detached.Load() == 1 })
+	var died atomic.Bool
+	g2.store.SetMoveHook(func(step string) error {
+		if step == "begin" && died.CompareAndSwap(false, true) {
+			if _, err := e.Client.Revoke(context.Background(), sid.Lease); err != nil {
+				t.Error(err)
+			}
+		}
+		return nil
+	})
+	_, f := dialWS(t, u2+"?resume_token="+url.QueryEscape(hello.ResumeToken)+"&last_seq=0")
+	if f.Resumed == nil || *f.Resumed || f.ResumeError != "GATEWAY_LOST" || f.SocketID == hello.SocketID {
+		t.Fatalf("connected %+v, want a new socket with GATEWAY_LOST", f)
+	}
+	if !died.Load() {
+		t.Fatal("the move never began")
+	}
+	resp, err := e.Client.Get(context.Background(), store.DefaultPrefix, clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range resp.Kvs {
+		if strings.Contains(string(kv.Key), hello.SocketID) {
+			t.Errorf("key %s left after the old gateway died mid-move", kv.Key)
+		}
+	}
+	if n := labeledCounter(t, g2, "gateway_handoffs_total", map[string]string{"side": "to", "outcome": "gateway_lost"}); n != 1 {
+		t.Errorf("gw2 counts %v handoffs lost with their gateway, want 1", n)
+	}
+}
