@@ -195,7 +195,7 @@ func (g *Gateway) runSocket(sess *session, conn *websocket.Conn, user string, re
 		if t, err := parseToken(resume.token); err == nil && t.issuer != g.cfg.ID {
 			r, outcome = g.handOffIn(sess, resume, user, c, t)
 			if r == nil {
-				c.sid, c.id, c.rs, c.movedIn, c.quiet = sid, sid.String(), nil, false, false
+				c.sid, c.id, c.rs, c.movedIn, c.quiet, c.since = sid, sid.String(), nil, false, false, nil
 			}
 		} else {
 			r, outcome = g.resume(resume, user, c)
