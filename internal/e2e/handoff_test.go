@@ -169,9 +169,9 @@ func TestHandoffResumesOnAnotherGateway(t *testing.T) {
 	})
 }
 
-// Broadcasts run without pause while the socket is handed off: every one
-// reaches it exactly once, the seq going up by one, in the order they were
-// sent (each returned before the next began).
+// Broadcasts and Blasts run without pause while the socket is handed off:
+// every one reaches it exactly once, the seq going up by one, in the order
+// they were sent (each returned before the next began).
 func TestHandoffUnderASteadyBroadcastStream(t *testing.T) {
 	_, api, g1, g2 := handoffStack(t, gateway.Config{})
 	s := dial(t, g1.WSURL)
@@ -191,7 +191,14 @@ func TestHandoffUnderASteadyBroadcastStream(t *testing.T) {
 				return
 			default:
 			}
-			bcast(t, api, []string{"a", "b"}[i%2], fmt.Sprint("m", i))
+			if i%3 == 2 {
+				if _, err := api.Blast(context.Background(), &membershipv1.BlastRequest{Event: "e", Data: text(fmt.Sprint("m", i))}); err != nil {
+					t.Error(err)
+					return
+				}
+			} else {
+				bcast(t, api, []string{"a", "b"}[i%2], fmt.Sprint("m", i))
+			}
 			sent.Add(1)
 		}
 	}()
@@ -217,7 +224,7 @@ func TestHandoffUnderASteadyBroadcastStream(t *testing.T) {
 	data, seqs := messages(t, r, n-int(last))
 	for i := range data {
 		if want := fmt.Sprint("m", int(last)+i); data[i] != want || seqs[i] != last+uint64(i)+1 {
-			t.Fatalf("message %d after the resume: %q seq %d, want %q seq %d", i, data[i], seqs[i], want, last+uint64(i)+1)
+			t.Fatalf("message %d after the resume: %q seq %d, want %q seq %d (last %d; got %v %v)", i, data[i], seqs[i], want, last+uint64(i)+1, last, data, seqs)
 		}
 	}
 	r.ExpectNothing(300 * time.Millisecond)

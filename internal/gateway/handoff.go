@@ -70,6 +70,11 @@ const (
 type handoffOut struct {
 	oldSecret []byte // the token's secret, restored when the handoff is undone
 	lastSeq   uint64 // the client's last_seq
+	beginSeq  uint64 // the seq when the handoff began: later ones were never sent
+	// blastRevs are the revisions of the blasts logged since the handoff
+	// began, by seq: those at or above the finish revision are the new
+	// gateway's to give, and are left out of the frames handed over.
+	blastRevs map[uint64]int64
 	toID      string // the new gateway, its record's lease, its address
 	toLease   int64
 	toAddr    string
@@ -81,7 +86,13 @@ type handoffOut struct {
 // give it are held, to be numbered after the old gateway's.
 type handoffIn struct {
 	holding bool
-	pending [][]byte
+	pending []held
+}
+
+// held is a message held during a handoff; blastRev is a blast's revision.
+type held struct {
+	frame    []byte
+	blastRev int64
 }
 
 // goneMember is a socket whose membership of a room on this gateway ended
@@ -140,6 +151,7 @@ func (h *hub) dropGoneLocked(room, id string) {
 func (h *hub) dropGone(id string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	delete(h.goneAll, id)
 	for room := range h.gone {
 		h.dropGoneLocked(room, id)
 	}
@@ -173,7 +185,7 @@ func (g *Gateway) deliverGone(r *resumable, frame []byte, forwards *[]forward) {
 	switch {
 	case r.out == nil:
 	case !r.out.finished:
-		g.deliverResumableLocked(r, frame)
+		g.deliverResumableLocked(r, frame, 0)
 	case forwards != nil:
 		*forwards = append(*forwards, forward{r: r, out: r.out, frame: frame})
 	}
@@ -265,7 +277,8 @@ func (g *Gateway) handOffBegin(b *gatewayv1.HandoffBegin) (*resumable, *gatewayv
 		r.timer.Stop()
 	}
 	r.detaches++ // a window timer already firing does nothing
-	r.out = &handoffOut{oldSecret: r.secret, lastSeq: b.LastSeq, toID: b.ToGatewayId, toLease: b.ToLease, toAddr: b.ToGrpcAddr}
+	r.out = &handoffOut{oldSecret: r.secret, lastSeq: b.LastSeq, beginSeq: r.seq, blastRevs: map[uint64]int64{},
+		toID: b.ToGatewayId, toLease: b.ToLease, toAddr: b.ToGrpcAddr}
 	r.secret = nil // spent: nothing matches it
 	m.handingOff = true
 	return r, &gatewayv1.HandoffAccepted{
@@ -287,16 +300,34 @@ func tokenMismatch(presented, secret []byte) bool {
 // the move: the frames after the client's last_seq and the last seq given;
 // the socket is the new gateway's from here, forgotten here without its
 // keys being removed, its late messages forwarded for a while.
-func (g *Gateway) handOffFinish(r *resumable) *gatewayv1.HandoffFrames {
+//
+// Blasts go by the revision F the new gateway names (a blast has no room
+// to have moved; F is the revision the socket's first room moved at, so
+// that every message below it, of a room or a blast, is this gateway's and
+// every later one the new gateway's, in revision order): this gateway
+// gives the socket those below F, the new one those at or above. Frames logged since the handoff began were never sent, so they go
+// without a seq, blasts at or above F left out, and the new gateway numbers
+// them on from the seq the handoff began at.
+func (g *Gateway) handOffFinish(r *resumable, finish int64) *gatewayv1.HandoffFrames {
 	g.hub.mu.Lock()
 	r.mu.Lock()
-	out := &gatewayv1.HandoffFrames{Seq: r.seq}
+	out := &gatewayv1.HandoffFrames{Seq: r.out.beginSeq}
 	for i := range r.log.len() {
-		if l := r.log.at(i); l.seq > r.out.lastSeq {
+		l := r.log.at(i)
+		switch {
+		case l.seq <= r.out.lastSeq:
+		case l.seq <= r.out.beginSeq:
 			out.Frames = append(out.Frames, &gatewayv1.LoggedFrame{Seq: l.seq, Frame: l.frame})
+		case r.out.blastRevs[l.seq] >= finish:
+		default:
+			out.Frames = append(out.Frames, &gatewayv1.LoggedFrame{Frame: l.frame})
 		}
 	}
 	r.out.finished = true
+	if g.hub.goneAll == nil {
+		g.hub.goneAll = map[string]goneMember{}
+	}
+	g.hub.goneAll[r.sid.String()] = goneMember{r: r, rev: finish}
 	m := r.member
 	g.endLocked(r, resumeUnknown) // the token is spent: a resume here is UNKNOWN
 	r.mu.Unlock()
@@ -424,7 +455,11 @@ func (g *Gateway) serveHandoff(stream gatewayv1.GatewayService_HandoffServer, b 
 	if _, err := g.waitApplied(ctx, r.sess, fin.Revision); err != nil {
 		return abort(waitError(err))
 	}
-	frames := g.handOffFinish(r)
+	cut := fin.BlastRevision
+	if cut == 0 {
+		cut = fin.Revision
+	}
+	frames := g.handOffFinish(r, cut)
 	g.metrics.handoffs.WithLabelValues("from", handoffDone).Inc()
 	return stream.Send(&gatewayv1.HandoffResponse{Step: &gatewayv1.HandoffResponse_Frames{Frames: frames}})
 }
@@ -539,8 +574,16 @@ func (g *Gateway) handOffInSteps(sess *session, req *resumeRequest, user string,
 	if err == nil && info.Gateway != g.cfg.ID {
 		err = errors.New("the socket is not on this gateway after its move")
 	}
+	// Blasts below the revision the first room moved at are the old
+	// gateway's, as that room's messages are (handOffFinish).
+	cut := rev
+	g.hub.mu.RLock()
+	for _, m := range c.since {
+		cut = min(cut, m)
+	}
+	g.hub.mu.RUnlock()
 	if err == nil {
-		err = stream.Send(&gatewayv1.HandoffRequest{Step: &gatewayv1.HandoffRequest_Finish{Finish: &gatewayv1.HandoffFinish{Revision: rev}}})
+		err = stream.Send(&gatewayv1.HandoffRequest{Step: &gatewayv1.HandoffRequest_Finish{Finish: &gatewayv1.HandoffFinish{Revision: rev, BlastRevision: cut}}})
 	}
 	if err == nil {
 		resp, err = stream.Recv()
@@ -571,20 +614,28 @@ func (g *Gateway) handOffInSteps(sess *session, req *resumeRequest, user string,
 	}
 	slices.Sort(rooms)
 	c.quiet = false
+	c.blastSince = cut // blasts below it are the old gateway's
 	c.enqueue(resumedFrame(c.id, r.record.User, rooms, g.tokenLocked(r)))
 	r.seq = frames.Seq
 	var added int64
 	for _, f := range frames.Frames {
-		r.log.push(logged{seq: f.Seq, frame: f.Frame})
+		seq := f.Seq
+		if seq == 0 { // logged after the handoff began: numbered here
+			r.seq++
+			seq = r.seq
+		}
+		r.log.push(logged{seq: seq, frame: f.Frame})
 		added += loggedSize(f.Frame)
-		c.enqueueSeq(f.Frame, f.Seq)
+		c.enqueueSeq(f.Frame, seq)
 	}
 	r.logBytes += added
 	g.resumes.bytes.Add(added)
 	pending := r.in.pending
 	r.in = nil
 	for _, p := range pending {
-		g.deliverResumableLocked(r, p)
+		if p.blastRev == 0 || p.blastRev >= cut {
+			g.deliverResumableLocked(r, p.frame, 0)
+		}
 	}
 	g.syncRecordLocked(r)
 	return r, resumeOK
@@ -601,5 +652,5 @@ func (g *Gateway) acceptForward(socket string, frame []byte) bool {
 	}
 	g.hub.mu.RLock()
 	defer g.hub.mu.RUnlock()
-	return g.deliverResumable(r, frame)
+	return g.deliverResumable(r, frame, 0)
 }

@@ -78,6 +78,9 @@ type hub struct {
 	// another gateway that were members of it until a revision (handoff.go):
 	// Deliver still gives them a message of a lower revision.
 	gone map[string]map[string]goneMember
+	// goneAll holds the sockets handed off to another gateway with the
+	// revision from which blasts are that gateway's to give.
+	goneAll map[string]goneMember
 }
 
 func newHub() *hub {
@@ -298,6 +301,11 @@ func (h *hub) deliverByProtocol(d delivery) (native, sio, dropped int64) {
 	if d.all {
 		for id, c := range h.sockets {
 			send(id, c)
+		}
+		for id, gm := range h.goneAll {
+			if _, skip := d.except[id]; !skip && d.rev != 0 && d.rev < gm.rev {
+				gm.r.g.deliverGone(gm.r, o.nativeFrame(), d.forwards)
+			}
 		}
 		return native, sio, dropped
 	}

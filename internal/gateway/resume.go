@@ -297,10 +297,13 @@ func seqFieldLen(seq uint64) int {
 // the attached connection, if any (client.deliver, under hub.mu read-locked).
 // A detached socket whose frames logged since it detached pass the bound
 // ends TOO_FAR_BEHIND.
-func (g *Gateway) deliverResumable(r *resumable, frame []byte) bool {
+//
+// blastRev is a blast's revision (0 for a room's message): a handoff
+// decides by it which gateway gives the socket a blast (handoff.go).
+func (g *Gateway) deliverResumable(r *resumable, frame []byte, blastRev int64) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return g.deliverResumableLocked(r, frame)
+	return g.deliverResumableLocked(r, frame, blastRev)
 }
 
 // deliverResumableLocked is deliverResumable with r.mu held. While a
@@ -308,15 +311,18 @@ func (g *Gateway) deliverResumable(r *resumable, frame []byte) bool {
 // after the old gateway's frames; while one away from it is, nothing is
 // trimmed nor ended for the bound, for the new gateway asks for the frames
 // after the client's last seq (the handoff is bounded in time instead).
-func (g *Gateway) deliverResumableLocked(r *resumable, frame []byte) bool {
+func (g *Gateway) deliverResumableLocked(r *resumable, frame []byte, blastRev int64) bool {
 	if r.ended != "" {
 		return false
 	}
 	if r.in != nil && r.in.holding {
-		r.in.pending = append(r.in.pending, frame)
+		r.in.pending = append(r.in.pending, held{frame: frame, blastRev: blastRev})
 		return true
 	}
 	r.seq++
+	if r.out != nil && blastRev != 0 {
+		r.out.blastRevs[r.seq] = blastRev
+	}
 	before := r.logBytes
 	r.log.push(logged{seq: r.seq, frame: frame})
 	r.logBytes += loggedSize(frame)
@@ -570,7 +576,7 @@ func (h *hub) replaceLocked(old, c *client) []string {
 	rooms := old.rooms
 	old.rooms = nil
 	c.rooms = rooms
-	c.movedIn, c.since = old.movedIn, old.since // a socket handed off here keeps its rooms' revisions
+	c.movedIn, c.since, c.blastSince = old.movedIn, old.since, old.blastSince // a socket handed off here keeps its revisions
 	if h.sockets[c.id] == member(old) {
 		h.sockets[c.id] = c
 	}

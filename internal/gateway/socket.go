@@ -67,6 +67,7 @@ type client struct {
 	movedIn    bool             // handed off to this gateway
 	quiet      bool             // joined and left frames are not sent (until the handoff finishes)
 	since      map[string]int64 // room → the revision it joined at, for a socket moved in
+	blastSince int64            // for a socket moved in: the revision from which blasts are this gateway's
 }
 
 const (
@@ -116,8 +117,15 @@ func (c *client) deliver(o *outbound) bool {
 			return true
 		}
 	}
+	if o.room == "" && c.movedIn && o.rev != 0 && o.rev < c.blastSince {
+		return true // the old gateway's to give, as a room's message above
+	}
 	if c.rs != nil {
-		return c.rs.g.deliverResumable(c.rs, o.nativeFrame())
+		blastRev := int64(0)
+		if o.room == "" {
+			blastRev = o.rev
+		}
+		return c.rs.g.deliverResumable(c.rs, o.nativeFrame(), blastRev)
 	}
 	return c.enqueue(o.nativeFrame())
 }
@@ -195,7 +203,7 @@ func (g *Gateway) runSocket(sess *session, conn *websocket.Conn, user string, re
 		if t, err := parseToken(resume.token); err == nil && t.issuer != g.cfg.ID {
 			r, outcome = g.handOffIn(sess, resume, user, c, t)
 			if r == nil {
-				c.sid, c.id, c.rs, c.movedIn, c.quiet, c.since = sid, sid.String(), nil, false, false, nil
+				c.sid, c.id, c.rs, c.movedIn, c.quiet, c.since, c.blastSince = sid, sid.String(), nil, false, false, nil, 0
 			}
 		} else {
 			r, outcome = g.resume(resume, user, c)

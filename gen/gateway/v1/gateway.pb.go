@@ -223,7 +223,12 @@ type HandoffFinish struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// An etcd revision at or after the move's last transaction; the caller's
 	// watch has applied it.
-	Revision      int64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	Revision int64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	// The revision from which blasts are the caller's to give the socket, those
+	// below it the old gateway's: the first revision that moved one of its rooms
+	// (revision when it had none), so that every message below it, of a room or
+	// a blast, comes from the old gateway and every later one from the new.
+	BlastRevision int64 `protobuf:"varint,2,opt,name=blast_revision,json=blastRevision,proto3" json:"blast_revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -261,6 +266,13 @@ func (*HandoffFinish) Descriptor() ([]byte, []int) {
 func (x *HandoffFinish) GetRevision() int64 {
 	if x != nil {
 		return x.Revision
+	}
+	return 0
+}
+
+func (x *HandoffFinish) GetBlastRevision() int64 {
+	if x != nil {
+		return x.BlastRevision
 	}
 	return 0
 }
@@ -497,12 +509,15 @@ func (x *HandoffRefused) GetResumeError() string {
 	return ""
 }
 
-// HandoffFrames are the socket's message frames after last_seq, in seq order.
+// HandoffFrames are the socket's message frames after last_seq, in order.
 type HandoffFrames struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The frames, oldest first.
+	// The frames, oldest first: those numbered before the handoff began, then
+	// those logged since (never sent: without a seq), blasts of a revision at or
+	// above finish.blast_revision left out (the new gateway gives those).
 	Frames []*LoggedFrame `protobuf:"bytes,1,rep,name=frames,proto3" json:"frames,omitempty"`
-	// The last seq the socket gave here: the new gateway numbers on from it.
+	// The last seq the socket was given before the handoff began: the new
+	// gateway numbers on from it.
 	Seq           uint64 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -555,7 +570,8 @@ func (x *HandoffFrames) GetSeq() uint64 {
 // LoggedFrame is one message frame as the socket was given it.
 type LoggedFrame struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Its seq.
+	// Its seq; 0 for a frame logged after the handoff began, which the new
+	// gateway numbers.
 	Seq uint64 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
 	// The native message frame without its seq (the gateway puts it in).
 	Frame         []byte `protobuf:"bytes,2,opt,name=frame,proto3" json:"frame,omitempty"`
@@ -1026,9 +1042,10 @@ const file_gateway_v1_gateway_proto_rawDesc = "" +
 	"\rto_gateway_id\x18\x06 \x01(\tR\vtoGatewayId\x12 \n" +
 	"\fto_grpc_addr\x18\a \x01(\tR\n" +
 	"toGrpcAddr\x12\x19\n" +
-	"\bto_lease\x18\b \x01(\x03R\atoLease\"+\n" +
+	"\bto_lease\x18\b \x01(\x03R\atoLease\"R\n" +
 	"\rHandoffFinish\x12\x1a\n" +
-	"\brevision\x18\x01 \x01(\x03R\brevision\"\xc1\x01\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\x12%\n" +
+	"\x0eblast_revision\x18\x02 \x01(\x03R\rblastRevision\"\xc1\x01\n" +
 	"\x0fHandoffResponse\x129\n" +
 	"\baccepted\x18\x01 \x01(\v2\x1b.gateway.v1.HandoffAcceptedH\x00R\baccepted\x126\n" +
 	"\arefused\x18\x02 \x01(\v2\x1a.gateway.v1.HandoffRefusedH\x00R\arefused\x123\n" +
