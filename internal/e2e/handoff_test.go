@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -340,4 +341,24 @@ func TestHandoffForwardsALateDeliver(t *testing.T) {
 	if n := metric(t, g1, `gateway_handoff_forwarded_messages_total{result="forwarded"}`); n != 1 {
 		t.Errorf("gw1 forwarded %v messages, want 1", n)
 	}
+}
+
+// A socket whose gateway was SIGKILLed (its record still in etcd, its
+// lease not yet expired) gets a new socket with GATEWAY_LOST when it
+// resumes on another gateway: the old one does not answer.
+func TestHandoffFromASIGKILLedGateway(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	api := startMembershipServer(t, e)
+	doomed := startGatewayProcess(t, e, "doomed", 10*time.Second, "--resume-window", "1m")
+	g2 := startResumeGateway(t, e, gateway.Config{ID: "gw2", ResumeWindow: time.Minute})
+	s := detachedSocket(t, api, &stacktest.Gateway{WSURL: doomed.WSURL}, "a")
+	if err := doomed.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-doomed.done
+	if rec, err := e.Client.Get(context.Background(), store.DefaultPrefix+"gateways/doomed"); err != nil || len(rec.Kvs) != 1 {
+		t.Fatalf("the killed gateway's record: %v, %v; want it still there (its lease lives on)", rec, err)
+	}
+	r := dial(t, resumeURL(g2, s.Connected.ResumeToken, 0))
+	wantNotResumed(t, r, s.ID, "GATEWAY_LOST")
 }
