@@ -18,6 +18,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
@@ -44,12 +45,16 @@ func run(args []string) error {
 	endpoints := fs.String("etcd-endpoints", "127.0.0.1:2379", "comma-separated etcd client URLs")
 	prefix := fs.String("etcd-prefix", store.DefaultPrefix, "prefix of every etcd key")
 	leaseTTL := fs.Duration("lease-ttl", 10*time.Second, "TTL of the gateway's etcd lease; its sockets vanish this long after a crash (at least 2s)")
-	tokenFile := fs.String("auth-token-file", "", "file holding the bearer token membership-servers must present to the internal API (empty: none)")
+	tokenFile := fs.String("auth-token-file", "", "file holding the bearer token membership-servers and other gateways must present to the internal API, and that this gateway presents to others (empty: none)")
 	etcdTLS := app.AddEtcdTLSFlags(fs)
 	skipVersionCheck := app.AddEtcdVersionCheckFlag(fs)
 	etcdLimits := app.AddEtcdTxnLimitFlags(fs)
 	inflight := app.AddInflightPayloadFlag(fs, "Deliver calls (from membership-servers)")
 	serverTLS := app.AddServerTLSFlags(fs, "internal API")
+	peerCA := fs.String("gateway-tls-ca-file", "", "CA bundle to verify other gateways' internal API certificates, dialled when a socket one of them holds resumes here; empty: plaintext to gateways")
+	peerCert := fs.String("gateway-tls-cert-file", "", "client certificate presented to other gateways (mutual TLS)")
+	peerKey := fs.String("gateway-tls-key-file", "", "key of --gateway-tls-cert-file")
+	peerServerName := fs.String("gateway-tls-server-name", "", "name to verify in other gateways' certificates instead of their advertised host")
 	maxSockets := fs.Int("max-sockets", 0, "sockets this gateway holds at most; more are refused with HTTP 503 (0: no limit)")
 	framesPerSecond := fs.Float64("frames-per-second", 50, "client frames a socket may send per second (bursts of 2 s); past it requests get 429, far past it the socket is closed (1008)")
 	origins := fs.String("allowed-origins", "", "comma-separated browser origins (scheme://host[:port]) allowed to open sockets, or *; empty: same-origin and non-browser clients only")
@@ -148,6 +153,26 @@ func run(args []string) error {
 	if err := app.CheckEtcdVersion(context.Background(), cli, *skipVersionCheck, app.EtcdVersionCheckWait, log); err != nil {
 		return err
 	}
+	token, err := app.ReadToken(*tokenFile)
+	if err != nil {
+		return err
+	}
+	// A gateway calls another (a resume of a socket the other holds) as a
+	// membership-server does: with the internal API's token, which every
+	// gateway of a deployment shares, and its TLS.
+	var peerDial []grpc.DialOption
+	if token != "" {
+		peerDial = append(peerDial, grpc.WithPerRPCCredentials(app.BearerToken(token)))
+	}
+	peerCreds, err := app.ClientTLS(*peerCA, *peerCert, *peerKey, *peerServerName)
+	if err != nil {
+		return err
+	}
+	if peerCreds != nil {
+		peerDial = append(peerDial, grpc.WithTransportCredentials(peerCreds))
+	} else {
+		peerDial = append(peerDial, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	}
 	gw, err := gateway.New(gateway.Config{
 		ID:               id,
 		AdvertiseAddr:    adv,
@@ -174,16 +199,13 @@ func run(args []string) error {
 		ResumeWindow:        *resumeWindow,
 		ResumeBufferBytes:   *resumeBufferBytes,
 		DrainTimeout:        *drainTimeout,
+		PeerDialOptions:     peerDial,
 	}, cli)
 	if err != nil {
 		return err
 	}
 
 	grpcMetrics := app.GRPCServerMetrics(reg)
-	token, err := app.ReadToken(*tokenFile)
-	if err != nil {
-		return err
-	}
 	serverOpts, err := serverTLS.Append(append(app.ServerOptions(log, 10*time.Second, token, grpcMetrics), inflight.ServerOptions(reg, "gateway", 10*time.Second, token)...))
 	if err != nil {
 		return err

@@ -3,6 +3,7 @@ package gateway
 import (
 	"errors"
 	"fmt"
+	"google.golang.org/grpc"
 	"log/slog"
 	"net/http"
 	"time"
@@ -60,6 +61,11 @@ type Config struct {
 	// store.ErrGatewayTaken. Zero: DrainTimeout + LeaseTTL + 5s, the longest
 	// a previous process with the same settings can hold the id.
 	RegisterWait time.Duration
+	// PeerDialOptions are used to dial another gateway's internal API, for
+	// a resume on this gateway of a socket that gateway holds (handoff.go):
+	// the credentials (TLS, the bearer token) its GatewayService asks of
+	// callers. Empty: plaintext without a token.
+	PeerDialOptions []grpc.DialOption
 	// Socket requests: forwarded to UpstreamURL ("" answers 501).
 	UpstreamURL     string
 	UpstreamTimeout time.Duration // 10s

@@ -105,7 +105,7 @@ func BenchmarkHubDeliverConcurrent(b *testing.B) {
 			c := newClient(store.NewSocketID("bench", 1), nil, 1<<30, 1, time.Second, func() bool { return true })
 			clients[i] = c
 			h.add(c)
-			h.apply(c.id, "r0", true)
+			h.apply(c.id, "r0", true, 1)
 		}
 		benchDeliverConcurrent(b, h)
 	})

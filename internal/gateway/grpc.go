@@ -42,11 +42,14 @@ func (s *grpcService) Deliver(ctx context.Context, req *gatewayv1.DeliverRequest
 	if !sess.alive() || s.g.currentSession() != sess {
 		return nil, status.Error(codes.Unavailable, "gateway lost its lease")
 	}
+	var forwards []forward
 	d := delivery{
-		rooms: req.Rooms,
-		all:   req.AllSockets,
-		event: req.Event,
-		data:  req.DataJson,
+		rev:      req.Revision,
+		forwards: &forwards,
+		rooms:    req.Rooms,
+		all:      req.AllSockets,
+		event:    req.Event,
+		data:     req.DataJson,
 	}
 	if len(req.ExceptSocketIds) > 0 {
 		d.except = make(map[string]struct{}, len(req.ExceptSocketIds))
@@ -55,6 +58,10 @@ func (s *grpcService) Deliver(ctx context.Context, req *gatewayv1.DeliverRequest
 		}
 	}
 	native, sio, dropped := s.g.hub.deliverByProtocol(d)
+	// Messages for sockets handed off to another gateway go there before
+	// this call returns, so that a Broadcast that returned reached them
+	// before any later one.
+	s.g.forwardMessages(ctx, forwards)
 	s.g.metrics.delivered.WithLabelValues(protocolNative).Add(float64(native))
 	s.g.metrics.delivered.WithLabelValues(protocolSocketIO).Add(float64(sio))
 	s.g.metrics.dropped.Add(float64(dropped))
@@ -72,6 +79,35 @@ func (s *grpcService) WaitApplied(ctx context.Context, req *gatewayv1.WaitApplie
 		return nil, waitError(err)
 	}
 	return &gatewayv1.WaitAppliedResponse{AppliedRevision: rev}, nil
+}
+
+// Handoff hands a detached socket of this gateway to the calling gateway
+// (handoff.go).
+func (s *grpcService) Handoff(stream gatewayv1.GatewayService_HandoffServer) error {
+	req, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	b := req.GetBegin()
+	if b == nil {
+		return status.Error(codes.InvalidArgument, "the first message of a handoff must be begin")
+	}
+	if _, err := s.live(b.GatewayId, b.Lease); err != nil {
+		return err
+	}
+	return s.g.serveHandoff(stream, b)
+}
+
+// ForwardMessage gives a socket handed off to this gateway a message its
+// old gateway received after the handoff.
+func (s *grpcService) ForwardMessage(_ context.Context, req *gatewayv1.ForwardMessageRequest) (*gatewayv1.ForwardMessageResponse, error) {
+	if len(req.Frame) == 0 || !json.Valid(req.Frame) {
+		return nil, status.Error(codes.InvalidArgument, "frame is not a JSON message frame")
+	}
+	if _, err := s.live(req.GatewayId, req.Lease); err != nil {
+		return nil, err
+	}
+	return &gatewayv1.ForwardMessageResponse{Delivered: s.g.acceptForward(req.SocketId, req.Frame)}, nil
 }
 
 // timedWait is waitApplied, observed.

@@ -38,6 +38,7 @@ func (m *memberCore) core() *memberCore { return m }
 // protocol needs it and then shared, so a room of native sockets costs one
 // native frame and no Socket.IO packet, and the reverse.
 type outbound struct {
+	rev    int64  // the Broadcast's revision (0: none given)
 	room   string // "" for a blast
 	event  string
 	data   json.RawMessage
@@ -59,8 +60,9 @@ type outbound struct {
 }
 
 type laterDelivery struct {
-	c     *client
-	frame []byte
+	c        *client
+	frame    []byte
+	blastRev int64
 }
 
 // deliverLater delivers o.later, waiting for each socket's state; it
@@ -68,7 +70,7 @@ type laterDelivery struct {
 // when they were put off).
 func (o *outbound) deliverLater() (dropped int64) {
 	for _, l := range o.later {
-		if queued, _ := l.c.rs.g.deliverResumable(l.c.rs, l.frame, o, false); !queued {
+		if queued, _ := l.c.rs.g.deliverResumable(l.c.rs, l.frame, l.blastRev, o, false); !queued {
 			dropped++
 		}
 	}
@@ -118,6 +120,13 @@ type hub struct {
 	rooms   map[string]map[string]member
 	members int // memberships of local sockets
 	sio     int // sockets that are Socket.IO sessions
+	// gone holds, per room, the sockets being or already handed off to
+	// another gateway that were members of it until a revision (handoff.go):
+	// Deliver still gives them a message of a lower revision.
+	gone map[string]map[string]goneMember
+	// goneAll holds the sockets handed off to another gateway with the
+	// revision from which blasts are that gateway's to give.
+	goneAll map[string]goneMember
 }
 
 func newHub() *hub {
@@ -219,14 +228,19 @@ func (h *hub) count() int {
 	return len(h.sockets)
 }
 
-// apply records one membership change of a local socket and tells the socket.
-// Changes for sockets this gateway does not hold (already gone) are ignored.
-func (h *hub) apply(socket, room string, joined bool) {
+// apply records one membership change of a local socket, made at etcd
+// revision rev, and tells the socket. Changes for sockets this gateway does
+// not hold (already gone) are ignored. A socket being handed off to another
+// gateway, or handed off to this one, keeps the revision (handoff.go).
+func (h *hub) apply(socket, room string, joined bool, rev int64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	c := h.sockets[socket]
 	if c == nil {
 		return
+	}
+	if cl, ok := c.(*client); ok {
+		cl.handoffApplyLocked(h, room, joined, rev)
 	}
 	_, isMember := c.core().rooms[room]
 	switch {
@@ -290,11 +304,16 @@ func (h *hub) leaveLocked(c member, room string) {
 
 // delivery is one message for local sockets.
 type delivery struct {
+	rev    int64    // the Broadcast's revision (0: none given)
 	rooms  []string // in order; a socket in several gets the first room's frame
 	all    bool
 	except map[string]struct{}
 	event  string
 	data   json.RawMessage
+	// forwards collects the messages for sockets handed off to another
+	// gateway, which the caller forwards once the hub is unlocked (nil:
+	// none are collected).
+	forwards *[]forward
 }
 
 // deliver queues the message for every target socket, encoding it once per
@@ -311,7 +330,7 @@ func (h *hub) deliver(d delivery) (delivered, dropped int64) {
 func (h *hub) deliverByProtocol(d delivery) (native, sio, dropped int64) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
-	o := &outbound{event: d.event, data: d.data}
+	o := &outbound{rev: d.rev, event: d.event, data: d.data}
 	defer o.flushLogged()
 	send := func(id string, c member) {
 		if _, skip := d.except[id]; skip {
@@ -334,6 +353,11 @@ func (h *hub) deliverByProtocol(d delivery) (native, sio, dropped int64) {
 		for id, c := range h.sockets {
 			send(id, c)
 		}
+		for id, gm := range h.goneAll {
+			if _, skip := d.except[id]; !skip && d.rev != 0 && d.rev < gm.rev {
+				gm.r.g.deliverGone(gm.r, o.nativeFrame(), d.forwards)
+			}
+		}
 		return native, sio, dropped
 	}
 	var seen map[string]struct{}
@@ -342,10 +366,11 @@ func (h *hub) deliverByProtocol(d delivery) (native, sio, dropped int64) {
 	}
 	for _, room := range d.rooms {
 		members := h.rooms[room]
-		if len(members) == 0 {
+		if len(members) == 0 && len(h.gone[room]) == 0 {
 			continue
 		}
 		o.room, o.native = room, nil
+		h.deliverGoneLocked(d, o, seen)
 		for id, c := range members {
 			if seen != nil {
 				if _, dup := seen[id]; dup {

@@ -22,7 +22,7 @@ func BenchmarkHubDeliverNative(b *testing.B) {
 		c := newClient(store.NewSocketID("bench", 1), nil, 1<<30, 1, time.Second, func() bool { return true })
 		clients[i] = c
 		h.add(c)
-		h.apply(c.id, "r"+strconv.Itoa(i%2), true)
+		h.apply(c.id, "r"+strconv.Itoa(i%2), true, 1)
 	}
 	benchDeliver(b, h, clients)
 }

@@ -33,6 +33,10 @@ type metrics struct {
 	resumes *prometheus.CounterVec
 	// drainDetached counts sockets a drain closed and kept resumable (drain.go).
 	drainDetached prometheus.Counter
+	// handoffs counts resumes across gateways by side and outcome, and
+	// forwarded the late messages forwarded after one (handoff.go).
+	handoffs  *prometheus.CounterVec
+	forwarded *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, g *Gateway) *metrics {
@@ -65,6 +69,14 @@ func newMetrics(reg prometheus.Registerer, g *Gateway) *metrics {
 		drainDetached: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "gateway_drain_detached_sockets_total",
 			Help: "Native sockets a drain (SIGTERM with --drain-timeout) closed with 1012 and kept detached and resumable on another gateway."}),
+		handoffs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gateway_handoffs_total",
+			Help: "Resumes of a socket held by another gateway, by side (to: the gateway the client reconnected to; from: the one that held the socket) and outcome: handed_off, aborted (undone, the socket stays on its gateway), failed, or the resume_error (expired, unknown, too_far_behind, gateway_lost)."},
+			[]string{"side", "outcome"}),
+		forwarded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gateway_handoff_forwarded_messages_total",
+			Help: "Messages for a socket handed off to another gateway that reached this one after the handoff (a Broadcast of a revision below the move's), by result: forwarded, or lost (the new gateway could not be reached or no longer holds the socket)."},
+			[]string{"result"}),
 		waitApplied: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "gateway_apply_wait_seconds",
 			Help:    "Time Deliver and WaitApplied waited for the membership index to reach the caller's revision.",
@@ -80,10 +92,17 @@ func newMetrics(reg prometheus.Registerer, g *Gateway) *metrics {
 	for _, o := range []string{resumeOK, resumeExpired, resumeUnknown, resumeTooFarBehind, resumeGatewayLost} {
 		m.resumes.WithLabelValues(outcomeLabel(o)) // exported as 0 from the start
 	}
+	for _, side := range []string{"from", "to"} {
+		for _, o := range []string{handoffDone, handoffAborted, handoffFailed, resumeExpired, resumeUnknown, resumeTooFarBehind, resumeGatewayLost} {
+			m.handoffs.WithLabelValues(side, outcomeLabel(o)) // exported as 0 from the start
+		}
+	}
+	m.forwarded.WithLabelValues("forwarded")
+	m.forwarded.WithLabelValues("lost")
 	for _, reason := range []string{"not_retryable"} {
 		m.removalsAbandoned.WithLabelValues(reason) // exported as 0 from the start
 	}
-	reg.MustRegister(m.delivered, m.dropped, m.slowClients, m.renewFailures, m.sessionsLost, m.authFailures, m.removalsAbandoned, m.recordsReconciled, m.resumes, m.drainDetached, m.waitApplied, m.lagRevisions,
+	reg.MustRegister(m.delivered, m.dropped, m.slowClients, m.renewFailures, m.sessionsLost, m.authFailures, m.removalsAbandoned, m.recordsReconciled, m.resumes, m.drainDetached, m.handoffs, m.forwarded, m.waitApplied, m.lagRevisions,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gateway_draining",
 			Help: "1 while the gateway drains (SIGTERM with --drain-timeout): it takes no new sockets and waits for its detached ones to resume elsewhere; 0 otherwise."},
 			func() float64 {

@@ -156,6 +156,11 @@ type resumable struct {
 	ended     string      // why it ended; "" while resumable
 	syncing   bool        // a goroutine writes the record's detached_since
 	dirty     bool        // the record must be written again
+	// out is set once a handoff of the socket to another gateway began
+	// (handoff.go); it stays once the handoff finished.
+	out *handoffOut
+	// in is set while a handoff of the socket to this gateway is under way.
+	in *handoffIn
 }
 
 // resumes is the gateway's register of resumable sockets, by socket id, and
@@ -293,13 +298,18 @@ func seqFieldLen(seq uint64) int {
 // A detached socket whose frames logged since it detached pass the bound
 // ends TOO_FAR_BEHIND.
 //
+// blastRev is a blast's revision (0 for a room's message): a handoff
+// decides by it which gateway gives the socket a blast (handoff.go). o, when
+// not nil, collects the change to the gateway's logged-bytes count for the
+// whole fan-out (outbound.flushLogged).
+//
 // With try, it does nothing and reports busy when another Deliver holds the
 // socket's state: hub.deliver comes back to the socket once it has been
 // through the rest (outbound.later). Waiting instead parked the goroutine
 // and woke it right behind the other Deliver, at the next socket too, so
 // that concurrent broadcasts to a room went at the pace of one (a lock
 // convoy); they now pass each other.
-func (g *Gateway) deliverResumable(r *resumable, frame []byte, o *outbound, try bool) (queued, busy bool) {
+func (g *Gateway) deliverResumable(r *resumable, frame []byte, blastRev int64, o *outbound, try bool) (queued, busy bool) {
 	// The connection's writer, when it must be started, starts once r.mu
 	// is let go (deferred before its Unlock, so run after it): making a
 	// goroutine under r.mu made a concurrent Deliver at the same socket
@@ -317,39 +327,62 @@ func (g *Gateway) deliverResumable(r *resumable, frame []byte, o *outbound, try 
 		return false, true
 	}
 	defer r.mu.Unlock()
+	queued, start = g.deliverResumableLocked(r, frame, blastRev, o)
+	return queued, false
+}
+
+// deliverResumableLocked is deliverResumable with r.mu held. While a
+// handoff to this gateway is under way the frame is held, to be numbered
+// after the old gateway's frames; while one away from it is, nothing is
+// trimmed nor ended for the bound, for the new gateway asks for the frames
+// after the client's last seq (the handoff is bounded in time instead).
+// start is the connection whose writer the caller must start once it has
+// let r.mu go (nil: none).
+func (g *Gateway) deliverResumableLocked(r *resumable, frame []byte, blastRev int64, o *outbound) (queued bool, start *client) {
 	if r.ended != "" {
-		return false, false
+		return false, nil
+	}
+	if r.in != nil && r.in.holding {
+		r.in.pending = append(r.in.pending, held{frame: frame, blastRev: blastRev})
+		return true, nil
 	}
 	r.seq++
+	if r.out != nil && blastRev != 0 {
+		r.out.blastRevs[r.seq] = blastRev
+	}
 	before := r.logBytes
 	r.log.push(logged{seq: r.seq, frame: frame})
 	r.logBytes += loggedSize(frame)
 	limit := g.cfg.ResumeBufferBytes
-	for r.logBytes > limit && r.log.len() > 1 && (r.conn != nil || r.log.at(0).seq <= r.detachSeq) {
+	for r.out == nil && r.logBytes > limit && r.log.len() > 1 && (r.conn != nil || r.log.at(0).seq <= r.detachSeq) {
 		r.logBytes -= loggedSize(r.log.shift().frame)
 	}
-	// The gateway's sum changes by the net change, once per message
-	// (outbound.flushLogged): none for a log at its bound that logged a
-	// frame of the size it trimmed, and the shared counter is not touched
-	// per socket per message while logs grow.
+	// The gateway's sum changes by the net change, once per message when o
+	// collects it (outbound.flushLogged): none for a log at its bound that
+	// logged a frame of the size it trimmed, and the shared counter is not
+	// touched per socket per message while logs grow.
 	if d := r.logBytes - before; d != 0 {
-		o.addLogged(&g.resumes.bytes, d)
+		if o != nil {
+			o.addLogged(&g.resumes.bytes, d)
+		} else {
+			g.resumes.bytes.Add(d)
+		}
 	}
 	if r.conn == nil {
-		if r.logBytes > limit {
+		if r.logBytes > limit && r.out == nil {
 			// Frames never written pass the bound: ended, removed off the
 			// caller's (read-locked) goroutine.
 			g.endLocked(r, resumeTooFarBehind)
 			go g.dropDetached(r)
-			return false, false
+			return false, nil
 		}
-		return true, false
+		return true, nil
 	}
 	queued, st := r.conn.queueFrame(outFrame{b: frame, seq: r.seq})
 	if st {
 		start = r.conn
 	}
-	return queued, false
+	return queued, start
 }
 
 // endLocked ends r with outcome: its token is forgotten, later resumes are
@@ -410,6 +443,12 @@ func (g *Gateway) release(c *client, failed bool) bool {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.out != nil {
+		// Being handed off, or handed off, to another gateway: its keys
+		// are (or will be) that gateway's, and an undone handoff keeps it
+		// here, detached.
+		return true
+	}
 	if r.ended != "" {
 		return false
 	}
@@ -496,10 +535,8 @@ func (g *Gateway) resume(req *resumeRequest, user string, c *client) (*resumable
 		return nil, resumeUnknown
 	}
 	if t.issuer != g.cfg.ID {
-		// Only the issuing gateway can verify a token; until resumes move
-		// sockets between gateways (the issuer's address is in etcd, under
-		// the id the token names), this one cannot resume it, nor tell
-		// whether the issuer still holds it.
+		// Only the issuing gateway can verify a token: runSocket asks it
+		// (handOffIn).
 		return nil, resumeUnknown
 	}
 	if t.incarnation != g.resumes.incarnation {
@@ -574,6 +611,7 @@ func (h *hub) replaceLocked(old, c *client) []string {
 	rooms := old.rooms
 	old.rooms = nil
 	c.rooms = rooms
+	c.movedIn, c.since, c.blastSince = old.movedIn, old.since, old.blastSince // a socket handed off here keeps its revisions
 	if h.sockets[c.id] == member(old) {
 		h.sockets[c.id] = c
 	}
@@ -605,7 +643,7 @@ func (g *Gateway) syncRecord(r *resumable) {
 	backoff := newBackoff(100*time.Millisecond, 5*time.Second)
 	for {
 		r.mu.Lock()
-		if !r.dirty || r.ended != "" || r.sess.ctx.Err() != nil {
+		if !r.dirty || r.ended != "" || r.out != nil || r.sess.ctx.Err() != nil {
 			r.syncing = false
 			r.mu.Unlock()
 			return

@@ -183,7 +183,7 @@ func resumableHub(tb testing.TB, n, rooms int, bound int64) (*hub, []*client) {
 		c.rs.conn, c.rs.member = c, c
 		clients[i] = c
 		h.add(c)
-		h.apply(c.id, "r"+strconv.Itoa(i%rooms), true)
+		h.apply(c.id, "r"+strconv.Itoa(i%rooms), true, 1)
 	}
 	return h, clients
 }

@@ -62,6 +62,13 @@ type client struct {
 	// rs is the socket's recoverable state (resume.go), shared by each
 	// connection the socket has had; nil when sockets are not resumable.
 	rs *resumable
+
+	// Handoffs between gateways (handoff.go); hub.mu guards these.
+	handingOff bool             // being handed off to another gateway
+	movedIn    bool             // handed off to this gateway
+	quiet      bool             // joined and left frames are not sent (until the handoff finishes)
+	since      map[string]int64 // room → the revision it joined at, for a socket moved in
+	blastSince int64            // for a socket moved in: the revision from which blasts are this gateway's
 }
 
 const (
@@ -104,10 +111,24 @@ func (f outFrame) size() int {
 // deliver queues the message's native frame (member).
 // A resumable socket's goes through its log, numbered (resume.go).
 func (c *client) deliver(o *outbound) bool {
+	if c.since != nil && o.rev != 0 {
+		if rev, ok := c.since[o.room]; ok && o.rev < rev {
+			// The old gateway of a socket handed off here gives it the
+			// messages below the revision its room moved at.
+			return true
+		}
+	}
+	if o.room == "" && c.movedIn && o.rev != 0 && o.rev < c.blastSince {
+		return true // the old gateway's to give, as a room's message above
+	}
 	if c.rs != nil {
-		queued, busy := c.rs.g.deliverResumable(c.rs, o.nativeFrame(), o, true)
+		blastRev := int64(0)
+		if o.room == "" {
+			blastRev = o.rev
+		}
+		queued, busy := c.rs.g.deliverResumable(c.rs, o.nativeFrame(), blastRev, o, true)
 		if busy {
-			o.later = append(o.later, laterDelivery{c, o.nativeFrame()})
+			o.later = append(o.later, laterDelivery{c, o.nativeFrame(), blastRev})
 			return true // counted now; a drop at the retry is counted then
 		}
 		return queued
@@ -117,6 +138,9 @@ func (c *client) deliver(o *outbound) bool {
 
 // notice queues a joined or left frame (member).
 func (c *client) notice(joined bool, room string) {
+	if c.quiet {
+		return // the resumed connected frame will carry the rooms
+	}
 	typ := frameLeft
 	if joined {
 		typ = frameJoined
@@ -185,7 +209,16 @@ func (g *Gateway) runSocket(sess *session, conn *websocket.Conn, user string, re
 	c.onSlow = g.metrics.slowClients.WithLabelValues(protocolNative).Inc
 	resumeErr := ""
 	if resume != nil {
-		r, outcome := g.resume(resume, user, c)
+		var r *resumable
+		var outcome string
+		if t, err := parseToken(resume.token); err == nil && t.issuer != g.cfg.ID {
+			r, outcome = g.handOffIn(sess, resume, user, c, t)
+			if r == nil {
+				c.sid, c.id, c.rs, c.movedIn, c.quiet, c.since, c.blastSince = sid, sid.String(), nil, false, false, nil, 0
+			}
+		} else {
+			r, outcome = g.resume(resume, user, c)
+		}
 		g.metrics.resumes.WithLabelValues(outcomeLabel(outcome)).Inc()
 		if r != nil {
 			c.release()

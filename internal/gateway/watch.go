@@ -62,7 +62,7 @@ func (g *Gateway) watchLoop(s *session) error {
 		Apply: func(events []*clientv3.Event, _ int64) {
 			for _, ev := range events {
 				if ch, ok := g.store.DecodeMembershipEvent(g.cfg.ID, ev); ok {
-					g.hub.apply(ch.Socket, ch.Room, ch.Joined)
+					g.hub.apply(ch.Socket, ch.Room, ch.Joined, ch.Revision)
 				} else if d, ok := g.store.DecodeDisconnectEvent(g.cfg.ID, ev); ok {
 					g.applyDisconnect(s, d)
 				}

@@ -15,7 +15,9 @@ import (
 // guard and the membership stream (which emits connected only when a record
 // is created) see the same socket. It fails with ErrSocketNotFound when the
 // record is gone (the socket was removed or disconnected): a removed socket
-// is never written back.
+// is never written back. It is guarded too by the record being on the
+// lease of rec's home (rec.Home): a gateway that handed the socket off to
+// another (move.go) can no longer write it, and gets ErrSocketNotFound.
 func (s *Store) SetSocketRecord(ctx context.Context, socket SocketID, rec SocketRecord) (int64, error) {
 	b, err := json.Marshal(rec)
 	if err != nil {
@@ -23,7 +25,7 @@ func (s *Store) SetSocketRecord(ctx context.Context, socket SocketID, rec Socket
 	}
 	key := s.k.socket(socket.String())
 	resp, err := s.kv.Txn(ctx).
-		If(socketExists(key)).
+		If(socketExists(key), clientv3.Compare(clientv3.LeaseValue(key), "=", int64(rec.Home(socket).Lease))).
 		Then(clientv3.OpPut(key, string(b), clientv3.WithIgnoreLease())).
 		Commit()
 	if err != nil {

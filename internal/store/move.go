@@ -104,9 +104,6 @@ const (
 // to to; a *TxnTooLargeError when one room's keys cannot fit the budget. An
 // error after step 1 leaves the move in progress: call MoveSocket again
 // with the same homes to complete it, or AbortMove.
-//
-// Nothing calls it in production yet: the resume handoff between gateways
-// (issue 16) will.
 func (s *Store) MoveSocket(ctx context.Context, socket SocketID, from, to Home) error {
 	if from == to || from.Lease == to.Lease || to.Lease == 0 || ValidateGatewayID(to.Gateway) != nil {
 		return fmt.Errorf("move socket %s from %+v to %+v: the destination must be another gateway's lease", socket, from, to)
@@ -377,6 +374,12 @@ func pbNoKeyUnder(prefix string) *etcdserverpb.Compare {
 		Target: etcdserverpb.Compare_CREATE, Result: etcdserverpb.Compare_EQUAL,
 		TargetUnion: &etcdserverpb.Compare_CreateRevision{CreateRevision: 0}}
 }
+
+// SetMoveHook makes hook run after each step a move (or an abort) commits:
+// its error ends the move right there, as a caller that dies after that
+// commit would. It is for tests (of this package, and of a gateway whose
+// handoff must survive a move cut short); set it before the store is used.
+func (s *Store) SetMoveHook(hook func(step string) error) { s.moveHook = hook }
 
 // hook runs the test hook after a committed step; an error it returns ends
 // the move there, as a crash of the caller would.

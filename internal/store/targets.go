@@ -56,6 +56,90 @@ type TargetIndex struct {
 	gatewaysChanged chan struct{}
 	loaded          chan struct{} // closed once the first listing is in
 	load            sync.Once
+	// gone remembers, for a while, where rooms had members: see
+	// TargetTombstoneTTL.
+	gone tombstones
+}
+
+// TargetTombstoneTTL is how long the index remembers that a gateway's last
+// member of a room went, at which revision D (a tombstone): Targets of a
+// Broadcast whose revision R is below D still names that gateway. A socket
+// resumed on another gateway moves its memberships there (move.go), and the
+// old gateway delivers to it every Broadcast with R below the move's
+// revision (docs/ARCHITECTURE.md, "Connection state recovery"); an index
+// that has applied the move before such a Broadcast resolves its targets
+// would otherwise leave that gateway out, and the message would reach
+// neither. Any Broadcast resolved later than this after the move names a
+// revision above D (Targets reads etcd's current revision first), unless its
+// caller stalled that long between reading the revision and the index: the
+// gateway then no longer holds the socket either.
+const TargetTombstoneTTL = 2 * time.Minute
+
+// maxTargetTombstones bounds the tombstones kept: past it the oldest go
+// first. A tombstone costs a few dozen bytes; this is far more rooms than
+// gateways empty in TargetTombstoneTTL when sockets move a few at a time
+// (a gateway that dies empties all its rooms at once; its record goes with
+// its lease, and a gateway without a record is never a target anyway).
+const maxTargetTombstones = 1 << 16
+
+// tombstones are the (room, gateway, revision) triples of rooms a gateway
+// stopped holding members of, oldest first. Guarded by TargetIndex.mu.
+type tombstones struct {
+	byRoom map[string]map[string]int64 // room → gateway → revision
+	queue  []tombstoneEntry            // oldest first
+	head   int                         // queue[head:] are live
+}
+
+type tombstoneEntry struct {
+	room, gateway string
+	rev           int64
+	at            time.Time
+}
+
+// put records that room's last member on gateway went at rev.
+func (t *tombstones) put(room, gateway string, rev int64, now time.Time) {
+	if t.byRoom == nil {
+		t.byRoom = map[string]map[string]int64{}
+	}
+	m := t.byRoom[room]
+	if m == nil {
+		m = map[string]int64{}
+		t.byRoom[room] = m
+	}
+	m[gateway] = max(m[gateway], rev)
+	t.queue = append(t.queue, tombstoneEntry{room: room, gateway: gateway, rev: rev, at: now})
+	t.expire(now)
+}
+
+// expire drops the tombstones older than TargetTombstoneTTL, and the oldest
+// past maxTargetTombstones.
+func (t *tombstones) expire(now time.Time) {
+	for t.head < len(t.queue) && (len(t.queue)-t.head > maxTargetTombstones || now.Sub(t.queue[t.head].at) > TargetTombstoneTTL) {
+		e := t.queue[t.head]
+		t.queue[t.head] = tombstoneEntry{}
+		t.head++
+		if m := t.byRoom[e.room]; m != nil && m[e.gateway] == e.rev {
+			delete(m, e.gateway)
+			if len(m) == 0 {
+				delete(t.byRoom, e.room)
+			}
+		}
+	}
+	if t.head > 0 && t.head*2 >= len(t.queue) {
+		// Compact once half the queue is spent: amortized O(1) per entry.
+		t.queue = append(t.queue[:0], t.queue[t.head:]...)
+		t.head = 0
+	}
+}
+
+// after calls f for each gateway whose last member of room went at a
+// revision above rev.
+func (t *tombstones) after(room string, rev int64, f func(gateway string)) {
+	for gw, d := range t.byRoom[room] {
+		if rev < d {
+			f(gw)
+		}
+	}
 }
 
 // roomEntry is one room with members: how many, and on which gateways.
@@ -173,6 +257,7 @@ func (x *TargetIndex) apply(events []*clientv3.Event, rev int64) {
 		gateways = x.applyLocked(ev) || gateways
 	}
 	x.rev = max(x.rev, rev)
+	x.gone.expire(time.Now())
 	x.mu.Unlock()
 	if gateways {
 		x.signalGateways()
@@ -225,6 +310,9 @@ func (x *TargetIndex) applyLocked(ev *clientv3.Event) bool {
 			x.membershipUserLocked(room, socket, -1)
 			add(x.rooms, x.byName, room, gw, -1)
 			x.total--
+			if e := x.rooms[room]; e == nil || e.gateways[gw] == 0 {
+				x.gone.put(room, gw, ev.Kv.ModRevision, time.Now())
+			}
 		case ev.IsCreate():
 			add(x.rooms, x.byName, room, gw, 1)
 			x.membershipUserLocked(room, socket, 1)
@@ -305,11 +393,22 @@ func (x *TargetIndex) Sizes() (rooms, memberships, gateways int) {
 // Targets returns the gateways holding members of any of rooms (every
 // gateway when rooms is nil), as of a revision at least etcd's current one
 // when the call began; Revision is that revision.
+//
+// A gateway whose last member of a room went at a revision above Revision
+// (within TargetTombstoneTTL) is named too: it may hold a member as of
+// Revision, which is what it delivers by (a socket that moved to another
+// gateway gets from the old one every message below the move's revision).
 func (x *TargetIndex) Targets(ctx context.Context, rooms []string) (Targets, error) {
 	rev, err := x.catchUp(ctx)
 	if err != nil {
 		return Targets{}, err
 	}
+	return x.targetsAt(rooms, rev), nil
+}
+
+// targetsAt is Targets as of revision rev, from the index as it is (which
+// has applied rev or later).
+func (x *TargetIndex) targetsAt(rooms []string, rev int64) Targets {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
 	t := Targets{Revision: rev, Gateways: map[string]GatewayRecord{}}
@@ -319,6 +418,11 @@ func (x *TargetIndex) Targets(ctx context.Context, rooms []string) (Targets, err
 		}
 	}
 	for _, room := range rooms {
+		x.gone.after(room, rev, func(gw string) {
+			if rec, ok := x.records[gw]; ok {
+				t.Gateways[gw] = rec
+			}
+		})
 		e := x.rooms[room]
 		if e == nil {
 			continue
@@ -329,7 +433,7 @@ func (x *TargetIndex) Targets(ctx context.Context, rooms []string) (Targets, err
 			}
 		}
 	}
-	return t, nil
+	return t
 }
 
 // ListRooms returns up to limit (≥ 1) rooms that have members, with their

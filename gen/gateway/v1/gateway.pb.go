@@ -21,6 +21,728 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// HandoffRequest is one message of the calling (new) gateway in a Handoff.
+type HandoffRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Step:
+	//
+	//	*HandoffRequest_Begin
+	//	*HandoffRequest_Finish
+	Step          isHandoffRequest_Step `protobuf_oneof:"step"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HandoffRequest) Reset() {
+	*x = HandoffRequest{}
+	mi := &file_gateway_v1_gateway_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HandoffRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HandoffRequest) ProtoMessage() {}
+
+func (x *HandoffRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gateway_v1_gateway_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HandoffRequest.ProtoReflect.Descriptor instead.
+func (*HandoffRequest) Descriptor() ([]byte, []int) {
+	return file_gateway_v1_gateway_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *HandoffRequest) GetStep() isHandoffRequest_Step {
+	if x != nil {
+		return x.Step
+	}
+	return nil
+}
+
+func (x *HandoffRequest) GetBegin() *HandoffBegin {
+	if x != nil {
+		if x, ok := x.Step.(*HandoffRequest_Begin); ok {
+			return x.Begin
+		}
+	}
+	return nil
+}
+
+func (x *HandoffRequest) GetFinish() *HandoffFinish {
+	if x != nil {
+		if x, ok := x.Step.(*HandoffRequest_Finish); ok {
+			return x.Finish
+		}
+	}
+	return nil
+}
+
+type isHandoffRequest_Step interface {
+	isHandoffRequest_Step()
+}
+
+type HandoffRequest_Begin struct {
+	// The first message.
+	Begin *HandoffBegin `protobuf:"bytes,1,opt,name=begin,proto3,oneof"`
+}
+
+type HandoffRequest_Finish struct {
+	// The second, once the socket's keys are on the caller's lease.
+	Finish *HandoffFinish `protobuf:"bytes,2,opt,name=finish,proto3,oneof"`
+}
+
+func (*HandoffRequest_Begin) isHandoffRequest_Step() {}
+
+func (*HandoffRequest_Finish) isHandoffRequest_Step() {}
+
+// HandoffBegin asks for the socket a resume token names.
+type HandoffBegin struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The gateway the caller means (the token's issuer) and the lease of its
+	// record; see DeliverRequest.gateway_id.
+	GatewayId string `protobuf:"bytes,1,opt,name=gateway_id,json=gatewayId,proto3" json:"gateway_id,omitempty"`
+	// See gateway_id.
+	Lease int64 `protobuf:"varint,2,opt,name=lease,proto3" json:"lease,omitempty"`
+	// The resume token the client presented, as it presented it.
+	ResumeToken string `protobuf:"bytes,3,opt,name=resume_token,json=resumeToken,proto3" json:"resume_token,omitempty"`
+	// The last seq the client received (0: none).
+	LastSeq uint64 `protobuf:"varint,4,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	// The user the client authenticated as ("" without authentication): it
+	// must be the socket's.
+	User string `protobuf:"bytes,5,opt,name=user,proto3" json:"user,omitempty"`
+	// The calling gateway's id and gRPC address (its record's), to which
+	// messages are forwarded after the handoff.
+	ToGatewayId string `protobuf:"bytes,6,opt,name=to_gateway_id,json=toGatewayId,proto3" json:"to_gateway_id,omitempty"`
+	// See to_gateway_id.
+	ToGrpcAddr string `protobuf:"bytes,7,opt,name=to_grpc_addr,json=toGrpcAddr,proto3" json:"to_grpc_addr,omitempty"`
+	// The lease of the calling gateway's record, which ForwardMessage names.
+	ToLease       int64 `protobuf:"varint,8,opt,name=to_lease,json=toLease,proto3" json:"to_lease,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HandoffBegin) Reset() {
+	*x = HandoffBegin{}
+	mi := &file_gateway_v1_gateway_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HandoffBegin) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HandoffBegin) ProtoMessage() {}
+
+func (x *HandoffBegin) ProtoReflect() protoreflect.Message {
+	mi := &file_gateway_v1_gateway_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HandoffBegin.ProtoReflect.Descriptor instead.
+func (*HandoffBegin) Descriptor() ([]byte, []int) {
+	return file_gateway_v1_gateway_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *HandoffBegin) GetGatewayId() string {
+	if x != nil {
+		return x.GatewayId
+	}
+	return ""
+}
+
+func (x *HandoffBegin) GetLease() int64 {
+	if x != nil {
+		return x.Lease
+	}
+	return 0
+}
+
+func (x *HandoffBegin) GetResumeToken() string {
+	if x != nil {
+		return x.ResumeToken
+	}
+	return ""
+}
+
+func (x *HandoffBegin) GetLastSeq() uint64 {
+	if x != nil {
+		return x.LastSeq
+	}
+	return 0
+}
+
+func (x *HandoffBegin) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *HandoffBegin) GetToGatewayId() string {
+	if x != nil {
+		return x.ToGatewayId
+	}
+	return ""
+}
+
+func (x *HandoffBegin) GetToGrpcAddr() string {
+	if x != nil {
+		return x.ToGrpcAddr
+	}
+	return ""
+}
+
+func (x *HandoffBegin) GetToLease() int64 {
+	if x != nil {
+		return x.ToLease
+	}
+	return 0
+}
+
+// HandoffFinish says the socket's keys are on the caller's lease.
+type HandoffFinish struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// An etcd revision at or after the move's last transaction; the caller's
+	// watch has applied it.
+	Revision int64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	// The revision from which blasts are the caller's to give the socket, those
+	// below it the old gateway's: the first revision that moved one of its rooms
+	// (revision when it had none), so that every message below it, of a room or
+	// a blast, comes from the old gateway and every later one from the new.
+	BlastRevision int64 `protobuf:"varint,2,opt,name=blast_revision,json=blastRevision,proto3" json:"blast_revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HandoffFinish) Reset() {
+	*x = HandoffFinish{}
+	mi := &file_gateway_v1_gateway_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HandoffFinish) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HandoffFinish) ProtoMessage() {}
+
+func (x *HandoffFinish) ProtoReflect() protoreflect.Message {
+	mi := &file_gateway_v1_gateway_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HandoffFinish.ProtoReflect.Descriptor instead.
+func (*HandoffFinish) Descriptor() ([]byte, []int) {
+	return file_gateway_v1_gateway_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *HandoffFinish) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *HandoffFinish) GetBlastRevision() int64 {
+	if x != nil {
+		return x.BlastRevision
+	}
+	return 0
+}
+
+// HandoffResponse is one message of the socket's (old) gateway in a Handoff.
+type HandoffResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Step:
+	//
+	//	*HandoffResponse_Accepted
+	//	*HandoffResponse_Refused
+	//	*HandoffResponse_Frames
+	Step          isHandoffResponse_Step `protobuf_oneof:"step"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HandoffResponse) Reset() {
+	*x = HandoffResponse{}
+	mi := &file_gateway_v1_gateway_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HandoffResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HandoffResponse) ProtoMessage() {}
+
+func (x *HandoffResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gateway_v1_gateway_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HandoffResponse.ProtoReflect.Descriptor instead.
+func (*HandoffResponse) Descriptor() ([]byte, []int) {
+	return file_gateway_v1_gateway_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *HandoffResponse) GetStep() isHandoffResponse_Step {
+	if x != nil {
+		return x.Step
+	}
+	return nil
+}
+
+func (x *HandoffResponse) GetAccepted() *HandoffAccepted {
+	if x != nil {
+		if x, ok := x.Step.(*HandoffResponse_Accepted); ok {
+			return x.Accepted
+		}
+	}
+	return nil
+}
+
+func (x *HandoffResponse) GetRefused() *HandoffRefused {
+	if x != nil {
+		if x, ok := x.Step.(*HandoffResponse_Refused); ok {
+			return x.Refused
+		}
+	}
+	return nil
+}
+
+func (x *HandoffResponse) GetFrames() *HandoffFrames {
+	if x != nil {
+		if x, ok := x.Step.(*HandoffResponse_Frames); ok {
+			return x.Frames
+		}
+	}
+	return nil
+}
+
+type isHandoffResponse_Step interface {
+	isHandoffResponse_Step()
+}
+
+type HandoffResponse_Accepted struct {
+	// The answer to begin when the socket can be handed off.
+	Accepted *HandoffAccepted `protobuf:"bytes,1,opt,name=accepted,proto3,oneof"`
+}
+
+type HandoffResponse_Refused struct {
+	// The answer to begin when it cannot; the stream then ends.
+	Refused *HandoffRefused `protobuf:"bytes,2,opt,name=refused,proto3,oneof"`
+}
+
+type HandoffResponse_Frames struct {
+	// The answer to finish; the stream then ends.
+	Frames *HandoffFrames `protobuf:"bytes,3,opt,name=frames,proto3,oneof"`
+}
+
+func (*HandoffResponse_Accepted) isHandoffResponse_Step() {}
+
+func (*HandoffResponse_Refused) isHandoffResponse_Step() {}
+
+func (*HandoffResponse_Frames) isHandoffResponse_Step() {}
+
+// HandoffAccepted describes the socket. Until the handoff ends it can be
+// resumed nowhere else.
+type HandoffAccepted struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The socket's id.
+	SocketId string `protobuf:"bytes,1,opt,name=socket_id,json=socketId,proto3" json:"socket_id,omitempty"`
+	// Its user ("" without one).
+	User string `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`
+	// When it connected, in Unix nanoseconds.
+	ConnectedAtUnixNano int64 `protobuf:"varint,3,opt,name=connected_at_unix_nano,json=connectedAtUnixNano,proto3" json:"connected_at_unix_nano,omitempty"`
+	// The lease its keys are on now (its home's): the move's origin.
+	SocketLease int64 `protobuf:"varint,4,opt,name=socket_lease,json=socketLease,proto3" json:"socket_lease,omitempty"`
+	// The last seq the socket has given so far.
+	Seq           uint64 `protobuf:"varint,5,opt,name=seq,proto3" json:"seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HandoffAccepted) Reset() {
+	*x = HandoffAccepted{}
+	mi := &file_gateway_v1_gateway_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HandoffAccepted) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HandoffAccepted) ProtoMessage() {}
+
+func (x *HandoffAccepted) ProtoReflect() protoreflect.Message {
+	mi := &file_gateway_v1_gateway_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HandoffAccepted.ProtoReflect.Descriptor instead.
+func (*HandoffAccepted) Descriptor() ([]byte, []int) {
+	return file_gateway_v1_gateway_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *HandoffAccepted) GetSocketId() string {
+	if x != nil {
+		return x.SocketId
+	}
+	return ""
+}
+
+func (x *HandoffAccepted) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *HandoffAccepted) GetConnectedAtUnixNano() int64 {
+	if x != nil {
+		return x.ConnectedAtUnixNano
+	}
+	return 0
+}
+
+func (x *HandoffAccepted) GetSocketLease() int64 {
+	if x != nil {
+		return x.SocketLease
+	}
+	return 0
+}
+
+func (x *HandoffAccepted) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+// HandoffRefused tells why the socket cannot be resumed.
+type HandoffRefused struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The resume_error the client is given: UNKNOWN, EXPIRED, TOO_FAR_BEHIND or
+	// GATEWAY_LOST.
+	ResumeError   string `protobuf:"bytes,1,opt,name=resume_error,json=resumeError,proto3" json:"resume_error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HandoffRefused) Reset() {
+	*x = HandoffRefused{}
+	mi := &file_gateway_v1_gateway_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HandoffRefused) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HandoffRefused) ProtoMessage() {}
+
+func (x *HandoffRefused) ProtoReflect() protoreflect.Message {
+	mi := &file_gateway_v1_gateway_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HandoffRefused.ProtoReflect.Descriptor instead.
+func (*HandoffRefused) Descriptor() ([]byte, []int) {
+	return file_gateway_v1_gateway_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *HandoffRefused) GetResumeError() string {
+	if x != nil {
+		return x.ResumeError
+	}
+	return ""
+}
+
+// HandoffFrames are the socket's message frames after last_seq, in order.
+type HandoffFrames struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The frames, oldest first: those numbered before the handoff began, then
+	// those logged since (never sent: without a seq), blasts of a revision at or
+	// above finish.blast_revision left out (the new gateway gives those).
+	Frames []*LoggedFrame `protobuf:"bytes,1,rep,name=frames,proto3" json:"frames,omitempty"`
+	// The last seq the socket was given before the handoff began: the new
+	// gateway numbers on from it.
+	Seq           uint64 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HandoffFrames) Reset() {
+	*x = HandoffFrames{}
+	mi := &file_gateway_v1_gateway_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HandoffFrames) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HandoffFrames) ProtoMessage() {}
+
+func (x *HandoffFrames) ProtoReflect() protoreflect.Message {
+	mi := &file_gateway_v1_gateway_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HandoffFrames.ProtoReflect.Descriptor instead.
+func (*HandoffFrames) Descriptor() ([]byte, []int) {
+	return file_gateway_v1_gateway_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *HandoffFrames) GetFrames() []*LoggedFrame {
+	if x != nil {
+		return x.Frames
+	}
+	return nil
+}
+
+func (x *HandoffFrames) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+// LoggedFrame is one message frame as the socket was given it.
+type LoggedFrame struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Its seq; 0 for a frame logged after the handoff began, which the new
+	// gateway numbers.
+	Seq uint64 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	// The native message frame without its seq (the gateway puts it in).
+	Frame         []byte `protobuf:"bytes,2,opt,name=frame,proto3" json:"frame,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LoggedFrame) Reset() {
+	*x = LoggedFrame{}
+	mi := &file_gateway_v1_gateway_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LoggedFrame) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LoggedFrame) ProtoMessage() {}
+
+func (x *LoggedFrame) ProtoReflect() protoreflect.Message {
+	mi := &file_gateway_v1_gateway_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LoggedFrame.ProtoReflect.Descriptor instead.
+func (*LoggedFrame) Descriptor() ([]byte, []int) {
+	return file_gateway_v1_gateway_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *LoggedFrame) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *LoggedFrame) GetFrame() []byte {
+	if x != nil {
+		return x.Frame
+	}
+	return nil
+}
+
+// ForwardMessageRequest is one message for a socket handed off to this gateway.
+type ForwardMessageRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// This gateway and its record's lease, as the handoff named them; see
+	// DeliverRequest.gateway_id.
+	GatewayId string `protobuf:"bytes,1,opt,name=gateway_id,json=gatewayId,proto3" json:"gateway_id,omitempty"`
+	// See gateway_id.
+	Lease int64 `protobuf:"varint,2,opt,name=lease,proto3" json:"lease,omitempty"`
+	// The socket.
+	SocketId string `protobuf:"bytes,3,opt,name=socket_id,json=socketId,proto3" json:"socket_id,omitempty"`
+	// The native message frame without its seq.
+	Frame         []byte `protobuf:"bytes,4,opt,name=frame,proto3" json:"frame,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForwardMessageRequest) Reset() {
+	*x = ForwardMessageRequest{}
+	mi := &file_gateway_v1_gateway_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForwardMessageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForwardMessageRequest) ProtoMessage() {}
+
+func (x *ForwardMessageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gateway_v1_gateway_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForwardMessageRequest.ProtoReflect.Descriptor instead.
+func (*ForwardMessageRequest) Descriptor() ([]byte, []int) {
+	return file_gateway_v1_gateway_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ForwardMessageRequest) GetGatewayId() string {
+	if x != nil {
+		return x.GatewayId
+	}
+	return ""
+}
+
+func (x *ForwardMessageRequest) GetLease() int64 {
+	if x != nil {
+		return x.Lease
+	}
+	return 0
+}
+
+func (x *ForwardMessageRequest) GetSocketId() string {
+	if x != nil {
+		return x.SocketId
+	}
+	return ""
+}
+
+func (x *ForwardMessageRequest) GetFrame() []byte {
+	if x != nil {
+		return x.Frame
+	}
+	return nil
+}
+
+// ForwardMessageResponse says whether the socket was given the message.
+type ForwardMessageResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// False when this gateway no longer holds the socket.
+	Delivered     bool `protobuf:"varint,1,opt,name=delivered,proto3" json:"delivered,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForwardMessageResponse) Reset() {
+	*x = ForwardMessageResponse{}
+	mi := &file_gateway_v1_gateway_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForwardMessageResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForwardMessageResponse) ProtoMessage() {}
+
+func (x *ForwardMessageResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gateway_v1_gateway_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForwardMessageResponse.ProtoReflect.Descriptor instead.
+func (*ForwardMessageResponse) Descriptor() ([]byte, []int) {
+	return file_gateway_v1_gateway_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ForwardMessageResponse) GetDelivered() bool {
+	if x != nil {
+		return x.Delivered
+	}
+	return false
+}
+
 // DeliverRequest is one message for a gateway's sockets.
 type DeliverRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -49,7 +771,7 @@ type DeliverRequest struct {
 
 func (x *DeliverRequest) Reset() {
 	*x = DeliverRequest{}
-	mi := &file_gateway_v1_gateway_proto_msgTypes[0]
+	mi := &file_gateway_v1_gateway_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -61,7 +783,7 @@ func (x *DeliverRequest) String() string {
 func (*DeliverRequest) ProtoMessage() {}
 
 func (x *DeliverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gateway_v1_gateway_proto_msgTypes[0]
+	mi := &file_gateway_v1_gateway_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -74,7 +796,7 @@ func (x *DeliverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeliverRequest.ProtoReflect.Descriptor instead.
 func (*DeliverRequest) Descriptor() ([]byte, []int) {
-	return file_gateway_v1_gateway_proto_rawDescGZIP(), []int{0}
+	return file_gateway_v1_gateway_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DeliverRequest) GetRevision() int64 {
@@ -146,7 +868,7 @@ type DeliverResponse struct {
 
 func (x *DeliverResponse) Reset() {
 	*x = DeliverResponse{}
-	mi := &file_gateway_v1_gateway_proto_msgTypes[1]
+	mi := &file_gateway_v1_gateway_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -158,7 +880,7 @@ func (x *DeliverResponse) String() string {
 func (*DeliverResponse) ProtoMessage() {}
 
 func (x *DeliverResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gateway_v1_gateway_proto_msgTypes[1]
+	mi := &file_gateway_v1_gateway_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -171,7 +893,7 @@ func (x *DeliverResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeliverResponse.ProtoReflect.Descriptor instead.
 func (*DeliverResponse) Descriptor() ([]byte, []int) {
-	return file_gateway_v1_gateway_proto_rawDescGZIP(), []int{1}
+	return file_gateway_v1_gateway_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DeliverResponse) GetDelivered() int64 {
@@ -205,7 +927,7 @@ type WaitAppliedRequest struct {
 
 func (x *WaitAppliedRequest) Reset() {
 	*x = WaitAppliedRequest{}
-	mi := &file_gateway_v1_gateway_proto_msgTypes[2]
+	mi := &file_gateway_v1_gateway_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -217,7 +939,7 @@ func (x *WaitAppliedRequest) String() string {
 func (*WaitAppliedRequest) ProtoMessage() {}
 
 func (x *WaitAppliedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gateway_v1_gateway_proto_msgTypes[2]
+	mi := &file_gateway_v1_gateway_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -230,7 +952,7 @@ func (x *WaitAppliedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitAppliedRequest.ProtoReflect.Descriptor instead.
 func (*WaitAppliedRequest) Descriptor() ([]byte, []int) {
-	return file_gateway_v1_gateway_proto_rawDescGZIP(), []int{2}
+	return file_gateway_v1_gateway_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *WaitAppliedRequest) GetRevision() int64 {
@@ -265,7 +987,7 @@ type WaitAppliedResponse struct {
 
 func (x *WaitAppliedResponse) Reset() {
 	*x = WaitAppliedResponse{}
-	mi := &file_gateway_v1_gateway_proto_msgTypes[3]
+	mi := &file_gateway_v1_gateway_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -277,7 +999,7 @@ func (x *WaitAppliedResponse) String() string {
 func (*WaitAppliedResponse) ProtoMessage() {}
 
 func (x *WaitAppliedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gateway_v1_gateway_proto_msgTypes[3]
+	mi := &file_gateway_v1_gateway_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -290,7 +1012,7 @@ func (x *WaitAppliedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitAppliedResponse.ProtoReflect.Descriptor instead.
 func (*WaitAppliedResponse) Descriptor() ([]byte, []int) {
-	return file_gateway_v1_gateway_proto_rawDescGZIP(), []int{3}
+	return file_gateway_v1_gateway_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *WaitAppliedResponse) GetAppliedRevision() int64 {
@@ -305,7 +1027,52 @@ var File_gateway_v1_gateway_proto protoreflect.FileDescriptor
 const file_gateway_v1_gateway_proto_rawDesc = "" +
 	"\n" +
 	"\x18gateway/v1/gateway.proto\x12\n" +
-	"gateway.v1\"\xf7\x01\n" +
+	"gateway.v1\"\x7f\n" +
+	"\x0eHandoffRequest\x120\n" +
+	"\x05begin\x18\x01 \x01(\v2\x18.gateway.v1.HandoffBeginH\x00R\x05begin\x123\n" +
+	"\x06finish\x18\x02 \x01(\v2\x19.gateway.v1.HandoffFinishH\x00R\x06finishB\x06\n" +
+	"\x04step\"\xf6\x01\n" +
+	"\fHandoffBegin\x12\x1d\n" +
+	"\n" +
+	"gateway_id\x18\x01 \x01(\tR\tgatewayId\x12\x14\n" +
+	"\x05lease\x18\x02 \x01(\x03R\x05lease\x12!\n" +
+	"\fresume_token\x18\x03 \x01(\tR\vresumeToken\x12\x19\n" +
+	"\blast_seq\x18\x04 \x01(\x04R\alastSeq\x12\x12\n" +
+	"\x04user\x18\x05 \x01(\tR\x04user\x12\"\n" +
+	"\rto_gateway_id\x18\x06 \x01(\tR\vtoGatewayId\x12 \n" +
+	"\fto_grpc_addr\x18\a \x01(\tR\n" +
+	"toGrpcAddr\x12\x19\n" +
+	"\bto_lease\x18\b \x01(\x03R\atoLease\"R\n" +
+	"\rHandoffFinish\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\x12%\n" +
+	"\x0eblast_revision\x18\x02 \x01(\x03R\rblastRevision\"\xc1\x01\n" +
+	"\x0fHandoffResponse\x129\n" +
+	"\baccepted\x18\x01 \x01(\v2\x1b.gateway.v1.HandoffAcceptedH\x00R\baccepted\x126\n" +
+	"\arefused\x18\x02 \x01(\v2\x1a.gateway.v1.HandoffRefusedH\x00R\arefused\x123\n" +
+	"\x06frames\x18\x03 \x01(\v2\x19.gateway.v1.HandoffFramesH\x00R\x06framesB\x06\n" +
+	"\x04step\"\xac\x01\n" +
+	"\x0fHandoffAccepted\x12\x1b\n" +
+	"\tsocket_id\x18\x01 \x01(\tR\bsocketId\x12\x12\n" +
+	"\x04user\x18\x02 \x01(\tR\x04user\x123\n" +
+	"\x16connected_at_unix_nano\x18\x03 \x01(\x03R\x13connectedAtUnixNano\x12!\n" +
+	"\fsocket_lease\x18\x04 \x01(\x03R\vsocketLease\x12\x10\n" +
+	"\x03seq\x18\x05 \x01(\x04R\x03seq\"3\n" +
+	"\x0eHandoffRefused\x12!\n" +
+	"\fresume_error\x18\x01 \x01(\tR\vresumeError\"R\n" +
+	"\rHandoffFrames\x12/\n" +
+	"\x06frames\x18\x01 \x03(\v2\x17.gateway.v1.LoggedFrameR\x06frames\x12\x10\n" +
+	"\x03seq\x18\x02 \x01(\x04R\x03seq\"5\n" +
+	"\vLoggedFrame\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x14\n" +
+	"\x05frame\x18\x02 \x01(\fR\x05frame\"\x7f\n" +
+	"\x15ForwardMessageRequest\x12\x1d\n" +
+	"\n" +
+	"gateway_id\x18\x01 \x01(\tR\tgatewayId\x12\x14\n" +
+	"\x05lease\x18\x02 \x01(\x03R\x05lease\x12\x1b\n" +
+	"\tsocket_id\x18\x03 \x01(\tR\bsocketId\x12\x14\n" +
+	"\x05frame\x18\x04 \x01(\fR\x05frame\"6\n" +
+	"\x16ForwardMessageResponse\x12\x1c\n" +
+	"\tdelivered\x18\x01 \x01(\bR\tdelivered\"\xf7\x01\n" +
 	"\x0eDeliverRequest\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x14\n" +
 	"\x05rooms\x18\x02 \x03(\tR\x05rooms\x12\x1f\n" +
@@ -326,10 +1093,12 @@ const file_gateway_v1_gateway_proto_rawDesc = "" +
 	"gateway_id\x18\x02 \x01(\tR\tgatewayId\x12\x14\n" +
 	"\x05lease\x18\x03 \x01(\x03R\x05lease\"@\n" +
 	"\x13WaitAppliedResponse\x12)\n" +
-	"\x10applied_revision\x18\x01 \x01(\x03R\x0fappliedRevision2\xa9\x01\n" +
+	"\x10applied_revision\x18\x01 \x01(\x03R\x0fappliedRevision2\xca\x02\n" +
 	"\x0eGatewayService\x12B\n" +
 	"\aDeliver\x12\x1a.gateway.v1.DeliverRequest\x1a\x1b.gateway.v1.DeliverResponse\x12S\n" +
-	"\vWaitApplied\x12\x1e.gateway.v1.WaitAppliedRequest\x1a\x1f.gateway.v1.WaitAppliedResponse\"\x03\x90\x02\x01B<Z:github.com/socketrooms/membership/gen/gateway/v1;gatewayv1b\x06proto3"
+	"\vWaitApplied\x12\x1e.gateway.v1.WaitAppliedRequest\x1a\x1f.gateway.v1.WaitAppliedResponse\"\x03\x90\x02\x01\x12F\n" +
+	"\aHandoff\x12\x1a.gateway.v1.HandoffRequest\x1a\x1b.gateway.v1.HandoffResponse(\x010\x01\x12W\n" +
+	"\x0eForwardMessage\x12!.gateway.v1.ForwardMessageRequest\x1a\".gateway.v1.ForwardMessageResponseB<Z:github.com/socketrooms/membership/gen/gateway/v1;gatewayv1b\x06proto3"
 
 var (
 	file_gateway_v1_gateway_proto_rawDescOnce sync.Once
@@ -343,23 +1112,43 @@ func file_gateway_v1_gateway_proto_rawDescGZIP() []byte {
 	return file_gateway_v1_gateway_proto_rawDescData
 }
 
-var file_gateway_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_gateway_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_gateway_v1_gateway_proto_goTypes = []any{
-	(*DeliverRequest)(nil),      // 0: gateway.v1.DeliverRequest
-	(*DeliverResponse)(nil),     // 1: gateway.v1.DeliverResponse
-	(*WaitAppliedRequest)(nil),  // 2: gateway.v1.WaitAppliedRequest
-	(*WaitAppliedResponse)(nil), // 3: gateway.v1.WaitAppliedResponse
+	(*HandoffRequest)(nil),         // 0: gateway.v1.HandoffRequest
+	(*HandoffBegin)(nil),           // 1: gateway.v1.HandoffBegin
+	(*HandoffFinish)(nil),          // 2: gateway.v1.HandoffFinish
+	(*HandoffResponse)(nil),        // 3: gateway.v1.HandoffResponse
+	(*HandoffAccepted)(nil),        // 4: gateway.v1.HandoffAccepted
+	(*HandoffRefused)(nil),         // 5: gateway.v1.HandoffRefused
+	(*HandoffFrames)(nil),          // 6: gateway.v1.HandoffFrames
+	(*LoggedFrame)(nil),            // 7: gateway.v1.LoggedFrame
+	(*ForwardMessageRequest)(nil),  // 8: gateway.v1.ForwardMessageRequest
+	(*ForwardMessageResponse)(nil), // 9: gateway.v1.ForwardMessageResponse
+	(*DeliverRequest)(nil),         // 10: gateway.v1.DeliverRequest
+	(*DeliverResponse)(nil),        // 11: gateway.v1.DeliverResponse
+	(*WaitAppliedRequest)(nil),     // 12: gateway.v1.WaitAppliedRequest
+	(*WaitAppliedResponse)(nil),    // 13: gateway.v1.WaitAppliedResponse
 }
 var file_gateway_v1_gateway_proto_depIdxs = []int32{
-	0, // 0: gateway.v1.GatewayService.Deliver:input_type -> gateway.v1.DeliverRequest
-	2, // 1: gateway.v1.GatewayService.WaitApplied:input_type -> gateway.v1.WaitAppliedRequest
-	1, // 2: gateway.v1.GatewayService.Deliver:output_type -> gateway.v1.DeliverResponse
-	3, // 3: gateway.v1.GatewayService.WaitApplied:output_type -> gateway.v1.WaitAppliedResponse
-	2, // [2:4] is the sub-list for method output_type
-	0, // [0:2] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
+	1,  // 0: gateway.v1.HandoffRequest.begin:type_name -> gateway.v1.HandoffBegin
+	2,  // 1: gateway.v1.HandoffRequest.finish:type_name -> gateway.v1.HandoffFinish
+	4,  // 2: gateway.v1.HandoffResponse.accepted:type_name -> gateway.v1.HandoffAccepted
+	5,  // 3: gateway.v1.HandoffResponse.refused:type_name -> gateway.v1.HandoffRefused
+	6,  // 4: gateway.v1.HandoffResponse.frames:type_name -> gateway.v1.HandoffFrames
+	7,  // 5: gateway.v1.HandoffFrames.frames:type_name -> gateway.v1.LoggedFrame
+	10, // 6: gateway.v1.GatewayService.Deliver:input_type -> gateway.v1.DeliverRequest
+	12, // 7: gateway.v1.GatewayService.WaitApplied:input_type -> gateway.v1.WaitAppliedRequest
+	0,  // 8: gateway.v1.GatewayService.Handoff:input_type -> gateway.v1.HandoffRequest
+	8,  // 9: gateway.v1.GatewayService.ForwardMessage:input_type -> gateway.v1.ForwardMessageRequest
+	11, // 10: gateway.v1.GatewayService.Deliver:output_type -> gateway.v1.DeliverResponse
+	13, // 11: gateway.v1.GatewayService.WaitApplied:output_type -> gateway.v1.WaitAppliedResponse
+	3,  // 12: gateway.v1.GatewayService.Handoff:output_type -> gateway.v1.HandoffResponse
+	9,  // 13: gateway.v1.GatewayService.ForwardMessage:output_type -> gateway.v1.ForwardMessageResponse
+	10, // [10:14] is the sub-list for method output_type
+	6,  // [6:10] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_gateway_v1_gateway_proto_init() }
@@ -367,13 +1156,22 @@ func file_gateway_v1_gateway_proto_init() {
 	if File_gateway_v1_gateway_proto != nil {
 		return
 	}
+	file_gateway_v1_gateway_proto_msgTypes[0].OneofWrappers = []any{
+		(*HandoffRequest_Begin)(nil),
+		(*HandoffRequest_Finish)(nil),
+	}
+	file_gateway_v1_gateway_proto_msgTypes[3].OneofWrappers = []any{
+		(*HandoffResponse_Accepted)(nil),
+		(*HandoffResponse_Refused)(nil),
+		(*HandoffResponse_Frames)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gateway_v1_gateway_proto_rawDesc), len(file_gateway_v1_gateway_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,16 +19,21 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	GatewayService_Deliver_FullMethodName     = "/gateway.v1.GatewayService/Deliver"
-	GatewayService_WaitApplied_FullMethodName = "/gateway.v1.GatewayService/WaitApplied"
+	GatewayService_Deliver_FullMethodName        = "/gateway.v1.GatewayService/Deliver"
+	GatewayService_WaitApplied_FullMethodName    = "/gateway.v1.GatewayService/WaitApplied"
+	GatewayService_Handoff_FullMethodName        = "/gateway.v1.GatewayService/Handoff"
+	GatewayService_ForwardMessage_FullMethodName = "/gateway.v1.GatewayService/ForwardMessage"
 )
 
 // GatewayServiceClient is the client API for GatewayService service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// GatewayService is the internal API a gateway serves to membership-servers. It is
-// not meant for applications.
+// GatewayService is the internal API a gateway serves to membership-servers and
+// to other gateways (Handoff, ForwardMessage). It is not meant for applications.
+// Every call names the gateway it means and the lease its record was read with
+// (gateway_id, lease): a mismatch is refused with FAILED_PRECONDITION, and the
+// bearer token and TLS of the internal API apply to gateways as callers too.
 //
 // Errors answered before a handler runs carry a google.rpc.ErrorInfo (domain
 // "gateway.v1"): MALFORMED_REQUEST (INVALID_ARGUMENT: the request's bytes do
@@ -42,6 +47,21 @@ type GatewayServiceClient interface {
 	Deliver(ctx context.Context, in *DeliverRequest, opts ...grpc.CallOption) (*DeliverResponse, error)
 	// WaitApplied returns once the gateway has applied membership up to revision.
 	WaitApplied(ctx context.Context, in *WaitAppliedRequest, opts ...grpc.CallOption) (*WaitAppliedResponse, error)
+	// Handoff moves a detached socket of this gateway (the one that issued the
+	// resume token) to the calling gateway, where its client reconnected. The
+	// caller sends begin; this gateway verifies the token and answers accepted
+	// (or refused, and the stream ends). The caller then moves the socket's keys
+	// to its own lease (store.MoveSocket) and sends finish; this gateway answers
+	// frames once its watch has applied finish.revision, and the socket is the
+	// caller's. A stream that ends before frames were sent undoes the move
+	// (store.AbortMove): the socket stays here, resumable with the same token.
+	Handoff(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[HandoffRequest, HandoffResponse], error)
+	// ForwardMessage gives a socket that was handed off to this gateway a
+	// message its old gateway received for it after the handoff (a Broadcast
+	// with a revision below the one that moved the room): the socket numbers it
+	// and sends it on arrival. The old gateway forwards for a bounded time
+	// (the broadcast target index's tombstone time, two minutes).
+	ForwardMessage(ctx context.Context, in *ForwardMessageRequest, opts ...grpc.CallOption) (*ForwardMessageResponse, error)
 }
 
 type gatewayServiceClient struct {
@@ -72,12 +92,38 @@ func (c *gatewayServiceClient) WaitApplied(ctx context.Context, in *WaitAppliedR
 	return out, nil
 }
 
+func (c *gatewayServiceClient) Handoff(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[HandoffRequest, HandoffResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &GatewayService_ServiceDesc.Streams[0], GatewayService_Handoff_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[HandoffRequest, HandoffResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type GatewayService_HandoffClient = grpc.BidiStreamingClient[HandoffRequest, HandoffResponse]
+
+func (c *gatewayServiceClient) ForwardMessage(ctx context.Context, in *ForwardMessageRequest, opts ...grpc.CallOption) (*ForwardMessageResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ForwardMessageResponse)
+	err := c.cc.Invoke(ctx, GatewayService_ForwardMessage_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // GatewayServiceServer is the server API for GatewayService service.
 // All implementations must embed UnimplementedGatewayServiceServer
 // for forward compatibility.
 //
-// GatewayService is the internal API a gateway serves to membership-servers. It is
-// not meant for applications.
+// GatewayService is the internal API a gateway serves to membership-servers and
+// to other gateways (Handoff, ForwardMessage). It is not meant for applications.
+// Every call names the gateway it means and the lease its record was read with
+// (gateway_id, lease): a mismatch is refused with FAILED_PRECONDITION, and the
+// bearer token and TLS of the internal API apply to gateways as callers too.
 //
 // Errors answered before a handler runs carry a google.rpc.ErrorInfo (domain
 // "gateway.v1"): MALFORMED_REQUEST (INVALID_ARGUMENT: the request's bytes do
@@ -91,6 +137,21 @@ type GatewayServiceServer interface {
 	Deliver(context.Context, *DeliverRequest) (*DeliverResponse, error)
 	// WaitApplied returns once the gateway has applied membership up to revision.
 	WaitApplied(context.Context, *WaitAppliedRequest) (*WaitAppliedResponse, error)
+	// Handoff moves a detached socket of this gateway (the one that issued the
+	// resume token) to the calling gateway, where its client reconnected. The
+	// caller sends begin; this gateway verifies the token and answers accepted
+	// (or refused, and the stream ends). The caller then moves the socket's keys
+	// to its own lease (store.MoveSocket) and sends finish; this gateway answers
+	// frames once its watch has applied finish.revision, and the socket is the
+	// caller's. A stream that ends before frames were sent undoes the move
+	// (store.AbortMove): the socket stays here, resumable with the same token.
+	Handoff(grpc.BidiStreamingServer[HandoffRequest, HandoffResponse]) error
+	// ForwardMessage gives a socket that was handed off to this gateway a
+	// message its old gateway received for it after the handoff (a Broadcast
+	// with a revision below the one that moved the room): the socket numbers it
+	// and sends it on arrival. The old gateway forwards for a bounded time
+	// (the broadcast target index's tombstone time, two minutes).
+	ForwardMessage(context.Context, *ForwardMessageRequest) (*ForwardMessageResponse, error)
 	mustEmbedUnimplementedGatewayServiceServer()
 }
 
@@ -106,6 +167,12 @@ func (UnimplementedGatewayServiceServer) Deliver(context.Context, *DeliverReques
 }
 func (UnimplementedGatewayServiceServer) WaitApplied(context.Context, *WaitAppliedRequest) (*WaitAppliedResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method WaitApplied not implemented")
+}
+func (UnimplementedGatewayServiceServer) Handoff(grpc.BidiStreamingServer[HandoffRequest, HandoffResponse]) error {
+	return status.Error(codes.Unimplemented, "method Handoff not implemented")
+}
+func (UnimplementedGatewayServiceServer) ForwardMessage(context.Context, *ForwardMessageRequest) (*ForwardMessageResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ForwardMessage not implemented")
 }
 func (UnimplementedGatewayServiceServer) mustEmbedUnimplementedGatewayServiceServer() {}
 func (UnimplementedGatewayServiceServer) testEmbeddedByValue()                        {}
@@ -164,6 +231,31 @@ func _GatewayService_WaitApplied_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _GatewayService_Handoff_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(GatewayServiceServer).Handoff(&grpc.GenericServerStream[HandoffRequest, HandoffResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type GatewayService_HandoffServer = grpc.BidiStreamingServer[HandoffRequest, HandoffResponse]
+
+func _GatewayService_ForwardMessage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ForwardMessageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayServiceServer).ForwardMessage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GatewayService_ForwardMessage_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayServiceServer).ForwardMessage(ctx, req.(*ForwardMessageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // GatewayService_ServiceDesc is the grpc.ServiceDesc for GatewayService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -179,7 +271,18 @@ var GatewayService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "WaitApplied",
 			Handler:    _GatewayService_WaitApplied_Handler,
 		},
+		{
+			MethodName: "ForwardMessage",
+			Handler:    _GatewayService_ForwardMessage_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Handoff",
+			Handler:       _GatewayService_Handoff_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "gateway/v1/gateway.proto",
 }

@@ -1,0 +1,230 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+
+	"github.com/socketrooms/membership/internal/store"
+	"github.com/socketrooms/membership/internal/testutil"
+)
+
+// startPeer runs a resumable gateway id on cli that serves its internal
+// API (for handoffs) and its sockets until the test ends.
+func startPeer(t *testing.T, cli *clientv3.Client, id string) (*Gateway, string) {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := New(Config{ID: id, AdvertiseAddr: lis.Addr().String(), ResumeWindow: time.Minute, LeaseTTL: 10 * time.Second}, cli)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gsrv := grpc.NewServer()
+	g.RegisterGRPC(gsrv)
+	go gsrv.Serve(lis)
+	srv := httptest.NewServer(g.Handler())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		srv.Close()
+		gsrv.Stop()
+	})
+	waitFor(t, 10*time.Second, "gateway registered", g.Ready)
+	return g, "ws" + strings.TrimPrefix(srv.URL, "http") + "/ws"
+}
+
+// wsFrame is any frame a test reads: frame's fields and connected's.
+type wsFrame struct {
+	frame
+	Resumed     *bool     `json:"resumed"`
+	Rooms       *[]string `json:"rooms"`
+	ResumeToken string    `json:"resume_token"`
+	ResumeError string    `json:"resume_error"`
+}
+
+// readFrame reads one frame of conn.
+func readFrame(t *testing.T, conn *websocket.Conn) wsFrame {
+	t.Helper()
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var f wsFrame
+	if _, b, err := conn.ReadMessage(); err != nil || json.Unmarshal(b, &f) != nil {
+		t.Fatalf("read a frame: %v", err)
+	}
+	return f
+}
+
+// labeledCounter is the value of counter name with exactly labels.
+func labeledCounter(t *testing.T, g *Gateway, name string, labels map[string]string) float64 {
+	t.Helper()
+	families, err := g.cfg.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range families {
+		if mf.GetName() != name {
+			continue
+		}
+	metrics:
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if labels[l.GetName()] != l.GetValue() {
+					continue metrics
+				}
+			}
+			return m.GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s%v", name, labels)
+	return 0
+}
+
+// dialWS opens a socket at u and returns it with its connected frame.
+func dialWS(t *testing.T, u string) (*websocket.Conn, wsFrame) {
+	t.Helper()
+	conn, _, err := websocket.DefaultDialer.Dial(u, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	f := readFrame(t, conn)
+	if f.Type != "connected" {
+		t.Fatalf("first frame %+v, want connected", f)
+	}
+	return conn, f
+}
+
+// A resume on gw2 of a socket of gw1 whose move fails after gw2 moved its
+// rooms (gw2's store stops the move there, as a gateway that dies would)
+// is undone by gw1: every key of the socket is back on gw1's lease, no
+// move marker is left, and the socket resumes on gw1 with the same token,
+// in all its rooms. The client at gw2 got a new socket.
+func TestHandoffUndoneWhenTheNewGatewayFailsMidMove(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	g1, u1 := startPeer(t, e.Client, "gw1")
+	g2, u2 := startPeer(t, e.Client, "gw2")
+	var cut atomic.Bool
+	g2.store.SetMoveHook(func(step string) error {
+		if step == "rooms" {
+			cut.Store(true)
+			return errors.New("the gateway stops mid-move")
+		}
+		return nil
+	})
+
+	conn, hello := dialWS(t, u1)
+	sid, err := store.ParseSocketID(hello.SocketID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rooms := []string{"r0", "r1", "r2"}
+	for _, room := range rooms {
+		if _, err := g1.store.Join(context.Background(), []store.SocketID{sid}, room); err != nil {
+			t.Fatal(err)
+		}
+		if f := readFrame(t, conn); f.Type != "joined" || f.Room != room {
+			t.Fatalf("frame %+v, want joined %s", f, room)
+		}
+	}
+	conn.UnderlyingConn().Close() // no close frame: the socket detaches
+	waitFor(t, 10*time.Second, "the socket detached", func() bool { return g1.resumes.detached.Load() == 1 })
+
+	resumeAt := func(u string) wsFrame {
+		_, f := dialWS(t, u+"?resume_token="+url.QueryEscape(hello.ResumeToken)+"&last_seq=0")
+		return f
+	}
+	if f := resumeAt(u2); f.Resumed == nil || *f.Resumed || f.SocketID == hello.SocketID {
+		t.Fatalf("at gw2: connected %+v, want a new socket", f)
+	}
+	if !cut.Load() {
+		t.Fatal("gw2 never moved a room")
+	}
+	waitFor(t, 10*time.Second, "the move undone", func() bool {
+		info, _, err := g1.store.GetSocket(context.Background(), sid)
+		return err == nil && info.MovingTo == nil && info.Gateway == "gw1" && len(info.Rooms) == 3
+	})
+	resp, err := e.Client.Get(context.Background(), store.DefaultPrefix, clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range resp.Kvs {
+		k := string(kv.Key)
+		if strings.Contains(k, hello.SocketID) && (clientv3.LeaseID(kv.Lease) != sid.Lease || strings.Contains(k, "gw2/")) {
+			t.Errorf("key %s on lease %x after the undone move, want gw1's %x", k, kv.Lease, int64(sid.Lease))
+		}
+	}
+	f := resumeAt(u1)
+	if f.Resumed == nil || !*f.Resumed || f.SocketID != hello.SocketID || f.Rooms == nil || strings.Join(*f.Rooms, ",") != "r0,r1,r2" {
+		t.Fatalf("at gw1: connected %+v, want socket %s resumed in r0,r1,r2", f, hello.SocketID)
+	}
+	if n := labeledCounter(t, g1, "gateway_handoffs_total", map[string]string{"side": "from", "outcome": "aborted"}); n != 1 {
+		t.Errorf("gw1 counts %v aborted handoffs, want 1", n)
+	}
+}
+
+// A resume on gw2 whose old gateway gw1 dies mid-move (its lease ends
+// right after the move began, as a SIGKILLed gateway's does after its TTL)
+// gets a new socket with GATEWAY_LOST, and nothing of the old socket is
+// left in etcd: its record went with gw1's lease, and gw2 removed what the
+// move had put on its own.
+func TestHandoffWhoseOldGatewayDiesMidMove(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	g1, u1 := startPeer(t, e.Client, "gw1")
+	g2, u2 := startPeer(t, e.Client, "gw2")
+	conn, hello := dialWS(t, u1)
+	sid, err := store.ParseSocketID(hello.SocketID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, room := range []string{"r0", "r1"} {
+		if _, err := g1.store.Join(context.Background(), []store.SocketID{sid}, room); err != nil {
+			t.Fatal(err)
+		}
+		readFrame(t, conn)
+	}
+	conn.UnderlyingConn().Close()
+	waitFor(t, 10*time.Second, "the socket detached", func() bool { return g1.resumes.detached.Load() == 1 })
+	var died atomic.Bool
+	g2.store.SetMoveHook(func(step string) error {
+		if step == "begin" && died.CompareAndSwap(false, true) {
+			if _, err := e.Client.Revoke(context.Background(), sid.Lease); err != nil {
+				t.Error(err)
+			}
+		}
+		return nil
+	})
+	_, f := dialWS(t, u2+"?resume_token="+url.QueryEscape(hello.ResumeToken)+"&last_seq=0")
+	if f.Resumed == nil || *f.Resumed || f.ResumeError != "GATEWAY_LOST" || f.SocketID == hello.SocketID {
+		t.Fatalf("connected %+v, want a new socket with GATEWAY_LOST", f)
+	}
+	if !died.Load() {
+		t.Fatal("the move never began")
+	}
+	resp, err := e.Client.Get(context.Background(), store.DefaultPrefix, clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range resp.Kvs {
+		if strings.Contains(string(kv.Key), hello.SocketID) {
+			t.Errorf("key %s left after the old gateway died mid-move", kv.Key)
+		}
+	}
+	if n := labeledCounter(t, g2, "gateway_handoffs_total", map[string]string{"side": "to", "outcome": "gateway_lost"}); n != 1 {
+		t.Errorf("gw2 counts %v handoffs lost with their gateway, want 1", n)
+	}
+}
