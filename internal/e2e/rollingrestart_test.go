@@ -43,7 +43,7 @@ const (
 	rrInterval    = 100 * time.Millisecond // per room
 	rrResumeWait  = 20 * time.Second       // per phase, for every client to resume or give up
 	rrDrain       = "15s"
-	rrLeaseTTL    = 5 * time.Second
+	rrLeaseTTL    = 10 * time.Second
 	rrSettleAfter = time.Second
 )
 
@@ -120,6 +120,7 @@ type rrClient struct {
 	// Broadcast began before it; the rest of them may have come live).
 	buffered, mayBuffered int
 	resumes               chan rrOutcome // one per dropped connection
+	closed                atomic.Bool    // the test is done with it: no more resumes
 }
 
 type rrFrame struct {
@@ -165,7 +166,7 @@ func (c *rrClient) dial(wsURL string) error {
 
 func rrFirstFrame(conn *websocket.Conn) (rrFrame, error) {
 	var f rrFrame
-	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second)) // membership.js's connectTimeout
 	_, data, err := conn.ReadMessage()
 	if err != nil {
 		return f, err
@@ -187,7 +188,7 @@ func (c *rrClient) read(conn *websocket.Conn) {
 			}
 			conn.Close()
 			c.mu.Lock()
-			closed := c.conn != conn // the test closed it
+			closed := c.conn != conn || c.closed.Load() // the test closed it
 			c.closes = append(c.closes, code)
 			c.mu.Unlock()
 			if !closed {
@@ -230,7 +231,7 @@ func (c *rrClient) read(conn *websocket.Conn) {
 func (c *rrClient) resume(closedAt time.Time) rrOutcome {
 	backoff := 20 * time.Millisecond
 	lastErr := ""
-	for time.Since(closedAt) < rrResumeWait {
+	for time.Since(closedAt) < rrResumeWait && !c.closed.Load() {
 		c.mu.Lock()
 		u := *c.target.Load() + "?resume_token=" + url.QueryEscape(c.token) + "&last_seq=" + strconv.FormatUint(c.lastSeq, 10)
 		c.mu.Unlock()
@@ -271,6 +272,7 @@ func (c *rrClient) resume(closedAt time.Time) rrOutcome {
 }
 
 func (c *rrClient) close() {
+	c.closed.Store(true)
 	c.mu.Lock()
 	conn := c.conn
 	c.conn = nil
@@ -364,11 +366,12 @@ func TestRollingRestartLosesNoMessage(t *testing.T) {
 	for i := range clients {
 		clients[i] = newRRClient(i, sent, &target, rng)
 	}
-	t.Cleanup(func() {
+	closeAll := func() {
 		for _, c := range clients {
 			c.close()
 		}
-	})
+	}
+	t.Cleanup(closeAll)
 	// Half on each gateway, dialed by a few workers.
 	onGW1 := clients[:rrSockets/2]
 	var wg sync.WaitGroup
@@ -462,6 +465,7 @@ func TestRollingRestartLosesNoMessage(t *testing.T) {
 		t.Fatal(err)
 	}
 	newGW1, _ := launchGatewayProcess(t, e, "gw1", rrLeaseTTL, testutil.FreeAddr(t), flags...)
+	t.Cleanup(closeAll) // before newGW1 stops: its clients must not try to resume then
 	rrPhase(t, "SIGTERM gw1, clients to gw2", onGW1, &took, &buffered, &mayBuffered)
 	waitExit(t, gw1, 30*time.Second, "once its sockets resumed elsewhere")
 	waitHealthyWithin(t, newGW1, 30*time.Second)

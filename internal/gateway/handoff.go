@@ -55,7 +55,7 @@ import (
 
 // handoffTimeout bounds a handoff, on both sides: B's whole attempt, and
 // how long A waits for finish before it undoes the move.
-const handoffTimeout = 20 * time.Second
+const handoffTimeout = 8 * time.Second
 
 // Handoff outcomes (gateway_handoffs_total's outcome label) beyond the
 // resume errors: handed_off (done), aborted (undone: the socket stays on the
@@ -243,6 +243,12 @@ func (g *Gateway) handOffBegin(b *gatewayv1.HandoffBegin) (*resumable, *gatewayv
 	defer g.hub.mu.Unlock()
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.out != nil && !r.out.finished && !tokenMismatch(t.secret, r.out.oldSecret) && r.record.User == b.User {
+		// An earlier attempt with this token is handing the socket off
+		// (its client gave up waiting, or is waiting still): the new
+		// gateway has the client try again, as resume does here.
+		return nil, nil, resumeRetry
+	}
 	if r.out != nil || tokenMismatch(t.secret, r.secret) || r.record.User != b.User {
 		return nil, nil, resumeUnknown // as resume: a spent, guessed or another user's token
 	}
@@ -485,7 +491,9 @@ func (g *Gateway) handOffIn(sess *session, req *resumeRequest, user string, c *c
 	case r != nil:
 		label = handoffDone
 	case outcome == "":
-		outcome, label = resumeUnknown, handoffFailed
+		// The socket stays on its gateway, resumable with the same token
+		// (an undone move restores it): the client tries again.
+		outcome, label = resumeRetry, handoffFailed
 	}
 	g.metrics.handoffs.WithLabelValues("to", outcomeLabel(label)).Inc()
 	return r, outcome

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -113,7 +114,7 @@ func dialWS(t *testing.T, u string) (*websocket.Conn, wsFrame) {
 // rooms (gw2's store stops the move there, as a gateway that dies would)
 // is undone by gw1: every key of the socket is back on gw1's lease, no
 // move marker is left, and the socket resumes on gw1 with the same token,
-// in all its rooms. The client at gw2 got a new socket.
+// in all its rooms. The client at gw2 was told to try again (1013).
 func TestHandoffUndoneWhenTheNewGatewayFailsMidMove(t *testing.T) {
 	e := testutil.StartEtcd(t)
 	g1, u1 := startPeer(t, e.Client, "gw1")
@@ -148,8 +149,10 @@ func TestHandoffUndoneWhenTheNewGatewayFailsMidMove(t *testing.T) {
 		_, f := dialWS(t, u+"?resume_token="+url.QueryEscape(hello.ResumeToken)+"&last_seq=0")
 		return f
 	}
-	if f := resumeAt(u2); f.Resumed == nil || *f.Resumed || f.SocketID == hello.SocketID {
-		t.Fatalf("at gw2: connected %+v, want a new socket", f)
+	// The socket stays gw1's: the client at gw2 is told to try again (1013
+	// before any frame), not given a new socket that would lose it.
+	if code := refusedWith(t, u2+"?resume_token="+url.QueryEscape(hello.ResumeToken)+"&last_seq=0"); code != websocket.CloseTryAgainLater {
+		t.Fatalf("at gw2: closed with %d, want 1013 before any frame", code)
 	}
 	if !cut.Load() {
 		t.Fatal("gw2 never moved a room")
@@ -174,6 +177,96 @@ func TestHandoffUndoneWhenTheNewGatewayFailsMidMove(t *testing.T) {
 	}
 	if n := labeledCounter(t, g1, "gateway_handoffs_total", map[string]string{"side": "from", "outcome": "aborted"}); n != 1 {
 		t.Errorf("gw1 counts %v aborted handoffs, want 1", n)
+	}
+}
+
+// refusedWith dials u and returns the close code the gateway ends the
+// connection with before sending any frame (it fails the test if a frame
+// comes first).
+func refusedWith(t *testing.T, u string) int {
+	t.Helper()
+	conn, _, err := websocket.DefaultDialer.Dial(u, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetReadDeadline(time.Now().Add(15 * time.Second))
+	_, b, err := conn.ReadMessage()
+	var ce *websocket.CloseError
+	if !errors.As(err, &ce) {
+		t.Fatalf("got frame %s (err %v), want the connection closed before any frame", b, err)
+	}
+	return ce.Code
+}
+
+// While a resume of a socket on gw2 is moving it from gw1, another attempt
+// with the same token, at gw1 or at gw2, is told to try again (1013 before
+// any frame): the first may still fail and leave the token good, so the
+// token is not refused as spent (UNKNOWN, a new socket, the old one lost).
+// Once the first attempt resumed it, the token is spent: UNKNOWN.
+func TestResumeDuringAHandoffIsToldToTryAgain(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	g1, u1 := startPeer(t, e.Client, "gw1")
+	g2, u2 := startPeer(t, e.Client, "gw2")
+	moving, release := make(chan struct{}), make(chan struct{})
+	var once, released sync.Once
+	letGo := func() { released.Do(func() { close(release) }) }
+	t.Cleanup(letGo) // before the gateways stop (cleanups run last first): a failed test hangs no move
+	g2.store.SetMoveHook(func(step string) error {
+		if step == "begin" {
+			once.Do(func() { close(moving) })
+			<-release
+		}
+		return nil
+	})
+	conn, hello := dialWS(t, u1)
+	sid, err := store.ParseSocketID(hello.SocketID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g1.store.Join(context.Background(), []store.SocketID{sid}, "r0"); err != nil {
+		t.Fatal(err)
+	}
+	if f := readFrame(t, conn); f.Type != "joined" {
+		t.Fatalf("frame %+v, want joined", f)
+	}
+	conn.UnderlyingConn().Close()
+	waitFor(t, 10*time.Second, "the socket detached", func() bool { return g1.resumes.detached.Load() == 1 })
+
+	q := "?resume_token=" + url.QueryEscape(hello.ResumeToken) + "&last_seq=0"
+	first := make(chan wsFrame, 1)
+	go func() {
+		c, _, err := websocket.DefaultDialer.Dial(u2+q, nil)
+		if err != nil {
+			close(first)
+			return
+		}
+		t.Cleanup(func() { c.Close() })
+		_ = c.SetReadDeadline(time.Now().Add(15 * time.Second))
+		var f wsFrame
+		if _, b, err := c.ReadMessage(); err == nil && json.Unmarshal(b, &f) == nil {
+			first <- f
+		}
+		close(first)
+	}()
+	select {
+	case <-moving:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first resume never began moving the socket")
+	}
+	for _, u := range []string{u1, u2} {
+		if code := refusedWith(t, u+q); code != websocket.CloseTryAgainLater {
+			t.Fatalf("a second attempt at %s during the handoff: closed with %d, want 1013", u, code)
+		}
+	}
+	letGo()
+	f, ok := <-first
+	if !ok || f.Resumed == nil || !*f.Resumed || f.SocketID != hello.SocketID {
+		t.Fatalf("the first attempt: %+v, want socket %s resumed", f, hello.SocketID)
+	}
+	_, late := dialWS(t, u1+q)
+	if late.Resumed == nil || *late.Resumed || late.ResumeError != "UNKNOWN" {
+		t.Fatalf("the spent token after the handoff: %+v, want a new socket with UNKNOWN", late)
 	}
 }
 

@@ -52,6 +52,13 @@ const (
 	resumeUnknown      = "UNKNOWN"
 	resumeTooFarBehind = "TOO_FAR_BEHIND"
 	resumeGatewayLost  = "GATEWAY_LOST"
+	// resumeRetry is never sent: the socket could not be resumed now but
+	// stays resumable with the same token (a handoff of it is under way, or
+	// one failed and was undone), so the connection is closed with 1013
+	// before any connected frame and the client tries again, as after any
+	// failed connection attempt. Giving it a new socket instead would lose
+	// the one it has.
+	resumeRetry = "RETRY"
 )
 
 // Resume defaults (Config.ResumeBufferBytes): 1 MiB of message frames per
@@ -558,6 +565,11 @@ func (g *Gateway) resume(req *resumeRequest, user string, c *client) (*resumable
 	defer g.hub.mu.Unlock()
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.out != nil && !r.out.finished && !tokenMismatch(t.secret, r.out.oldSecret) && r.record.User == user {
+		// An earlier attempt with this token is handing the socket off to
+		// another gateway; if it fails, the token is good here again.
+		return nil, resumeRetry
+	}
 	if subtle.ConstantTimeCompare(t.secret, r.secret) != 1 || r.record.User != user {
 		// A guessed or spent token, or one presented by another user: the
 		// same answer for each, so none tells which.

@@ -226,6 +226,12 @@ func (g *Gateway) runSocket(sess *session, conn *websocket.Conn, user string, re
 			go g.readSocket(r.sess, c)
 			return
 		}
+		if outcome == resumeRetry {
+			c.shutdown(closeTryAgainLater, "socket busy resuming elsewhere; try again")
+			<-c.connClosed
+			g.wg.Done()
+			return
+		}
 		resumeErr = outcome
 	}
 	rec := store.SocketRecord{Gateway: g.cfg.ID, ConnectedAt: time.Now().UTC(), User: user}
