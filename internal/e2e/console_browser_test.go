@@ -264,6 +264,9 @@ func TestBrowserConsole(t *testing.T) {
 	page.waitConsole(10*time.Second, "alice's DISCONNECTED event", func() bool {
 		return page.feedHas("DISCONNECTED", alice.ID) && page.feedHas("LEFT", "room lobby", alice.ID)
 	})
+	page.waitConsole(10*time.Second, "alice's detail to say she is gone", func() bool {
+		return strings.Contains(page.text("socket-error"), "SOCKET_NOT_FOUND") && page.text("socket-id") == "—"
+	})
 
 	// A membership-server restart: a socket connects while it is down, and
 	// the feed, resuming from its last revision, shows it.
@@ -285,6 +288,41 @@ func TestBrowserConsole(t *testing.T) {
 			evaluate[string](page, `[...document.querySelectorAll("#rooms tbody tr")].map((tr) => [...tr.cells].map((c) => c.textContent).join("|")).join(";")`) == "lobby|1|0"
 	})
 
+	page.do("open lobby", chromedp.Click(chromedp.Search(`//table[@id="rooms"]//button[text()="lobby"]`)))
+	page.waitConsole(10*time.Second, "lobby's members after the restart", func() bool {
+		items := page.listItems("members")
+		return len(items) == 1 && strings.HasPrefix(items[0], bob.ID)
+	})
+	page.do("open bob", chromedp.Click(chromedp.CSS(`#members button`)))
+	page.waitConsole(10*time.Second, "bob's detail", func() bool { return page.text("socket-id") == bob.ID })
+	if out := os.Getenv("CONSOLE_SCREENSHOT"); out != "" {
+		png, err := chromedp.Run(page.ctx, chromedp.CaptureScreenshot())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(out, png, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("screenshot saved to %s", out)
+	}
+
+	// The feed filtered by a room shows that room's events only: an event
+	// of another room, at an earlier revision, would come first.
+	page.fill("feed-room", "stage <b>")
+	page.do("filter the feed", chromedp.Click(chromedp.CSS("#feed-form button")))
+	page.waitConsole(10*time.Second, "the filtered feed", func() bool { return page.text("feed-state") == "room stage <b>: live" })
+	for _, room := range []string{"elsewhere", "stage <b>"} {
+		if _, err := api.client.Join(api.ctx(), &membershipv1.JoinRequest{SocketIds: []string{bob.ID}, Room: room}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	page.waitConsole(10*time.Second, "bob's JOINED in the filtered feed", func() bool {
+		return page.feedHas("JOINED", "room stage <b>", bob.ID)
+	})
+	if page.feedHas("elsewhere") || len(page.listItems("feed")) != 1 {
+		t.Errorf("the feed filtered by room shows %q", page.listItems("feed"))
+	}
+
 	// A phone's width: nothing is wider than the screen.
 	page.do("a phone's viewport", chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile))
 	if w := evaluate[int](page, `document.documentElement.scrollWidth - window.innerWidth`); w > 0 {
@@ -301,20 +339,6 @@ func TestBrowserConsole(t *testing.T) {
 		t.Errorf("background %s in both light and dark", dark)
 	}
 
-	if out := os.Getenv("CONSOLE_SCREENSHOT"); out != "" {
-		page.do("the screenshot's viewport", chromedp.EmulateViewport(1280, 800), chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
-			_, err := cdp.Call(ctx, t, emulation.SetEmulatedMedia, emulation.SetEmulatedMediaParams{})
-			return err
-		}))
-		png, err := chromedp.Run(page.ctx, chromedp.CaptureScreenshot())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(out, png, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("screenshot saved to %s", out)
-	}
 }
 
 // gwAddr is the gRPC address the test's one gateway registered.

@@ -248,6 +248,8 @@ async function loadSocket(id) {
     setError("socket-error", null);
   } catch (e) {
     shownSocket = "";
+    for (const f of ["socket-id", "socket-gateway", "socket-user", "socket-connected", "socket-detached"]) $(f).textContent = "—";
+    $("socket-rooms").replaceChildren();
     $("socket-disconnect").disabled = true;
     setError("socket-error", e);
   }
@@ -348,6 +350,7 @@ $("leave-form").addEventListener("submit", (ev) => {
 function disconnect(selector, what, reason) {
   act(`Disconnect ${what}? Its clients are closed with code 4000${reason ? ` and reason "${reason}"` : ""}.`, async () => {
     const r = await client.call("Disconnect", { ...selector, code: 4000, reason });
+    if (shownSocket && selector.socketIds?.includes(shownSocket)) loadSocket(shownSocket); // now gone
     return `Disconnected ${r.disconnected ?? 0} socket(s) at revision ${r.revision ?? 0}`;
   });
 }
