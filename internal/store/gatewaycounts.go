@@ -44,31 +44,36 @@ func newSocketCounts() socketCounts {
 	return socketCounts{byGateway: map[string]int64{}, moved: map[string]string{}}
 }
 
-// decodeSocketKey returns the socket id of a sockets/{socket} record key;
-// ok is false for any other key (a move marker sockets/{socket}/move
-// included).
-func (s *Store) decodeSocketKey(key string) (SocketID, bool) {
-	rest, ok := strings.CutPrefix(key, s.k.socketsPrefix())
-	if !ok || strings.Contains(rest, "/") {
-		return SocketID{}, false
+// decodeSocketKey returns the socket id of a sockets/{socket} record key,
+// as written and parsed; ok is false for any other key (a move marker
+// sockets/{socket}/move included).
+func (s *Store) decodeSocketKey(key string) (id string, sid SocketID, ok bool) {
+	id, ok = strings.CutPrefix(key, s.k.socketsPrefix())
+	if !ok || strings.Contains(id, "/") {
+		return "", SocketID{}, false
 	}
-	sid, err := ParseSocketID(rest)
-	return sid, err == nil
+	sid, err := ParseSocketID(id)
+	return id, sid, err == nil
 }
 
 // homeOf is the gateway a socket record's value names as its home; a value
 // that does not decode counts at the id's origin (the record exists).
 func homeOf(sid SocketID, value []byte) string {
-	var rec SocketRecord
-	if json.Unmarshal(value, &rec) != nil {
+	// Only the home's fields: decoding connected_at and the rest would cost
+	// each connect a time parse and more allocations for nothing.
+	var home struct {
+		Gateway string           `json:"gateway"`
+		Lease   clientv3.LeaseID `json:"lease"`
+	}
+	if json.Unmarshal(value, &home) != nil {
 		return sid.Gateway
 	}
-	return rec.Home(sid).Gateway
+	return SocketRecord{Gateway: home.Gateway, Lease: home.Lease}.Home(sid).Gateway
 }
 
-// put counts a socket record written with value (create: new).
-func (c *socketCounts) put(sid SocketID, value []byte, create bool) {
-	id := sid.String()
+// put counts the record of socket id (sid parsed) written with value
+// (create: new).
+func (c *socketCounts) put(id string, sid SocketID, value []byte, create bool) {
 	home := homeOf(sid, value)
 	if !create {
 		old := sid.Gateway
@@ -88,9 +93,8 @@ func (c *socketCounts) put(sid SocketID, value []byte, create bool) {
 	}
 }
 
-// remove uncounts a deleted socket record.
-func (c *socketCounts) remove(sid SocketID) {
-	id := sid.String()
+// remove uncounts the deleted record of socket id (sid parsed).
+func (c *socketCounts) remove(id string, sid SocketID) {
 	home := sid.Gateway
 	if h, ok := c.moved[id]; ok {
 		home = h
@@ -107,17 +111,17 @@ func (c *socketCounts) add(gw string, d int64) {
 	}
 }
 
-// applySocketLocked applies a watch event when it is a socket record's; it
-// reports whether it was.
-func (x *TargetIndex) applySocketLocked(ev *clientv3.Event) bool {
-	sid, ok := x.s.decodeSocketKey(string(ev.Kv.Key))
+// applySocketLocked applies a watch event of key when it is a socket
+// record's; it reports whether it was.
+func (x *TargetIndex) applySocketLocked(key string, ev *clientv3.Event) bool {
+	id, sid, ok := x.s.decodeSocketKey(key)
 	if !ok {
 		return false
 	}
 	if ev.Type == mvccpb.DELETE {
-		x.sockets.remove(sid)
+		x.sockets.remove(id, sid)
 	} else {
-		x.sockets.put(sid, ev.Kv.Value, ev.IsCreate())
+		x.sockets.put(id, sid, ev.Kv.Value, ev.IsCreate())
 	}
 	return true
 }
@@ -127,8 +131,8 @@ func (x *TargetIndex) listSockets(ctx context.Context, rev int64) (socketCounts,
 	c := newSocketCounts()
 	prefix := x.s.k.socketsPrefix()
 	_, err := x.s.scan(ctx, prefix, prefix, rev, false, func(kv *mvccpb.KeyValue) bool {
-		if sid, ok := x.s.decodeSocketKey(string(kv.Key)); ok {
-			c.put(sid, kv.Value, true)
+		if id, sid, ok := x.s.decodeSocketKey(string(kv.Key)); ok {
+			c.put(id, sid, kv.Value, true)
 		}
 		return true
 	})

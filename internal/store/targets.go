@@ -223,10 +223,10 @@ func (x *TargetIndex) GatewayAsOf(id string, rev int64) (rec GatewayRecord, ok b
 
 // applyLocked applies one event; it reports whether a gateway record changed.
 func (x *TargetIndex) applyLocked(ev *clientv3.Event) bool {
-	if x.applySocketLocked(ev) {
+	key := string(ev.Kv.Key)
+	if x.applySocketLocked(key, ev) {
 		return false
 	}
-	key := string(ev.Kv.Key)
 	room, gw, socket, ok, notice := x.s.decodeGwmKey(key)
 	if ok {
 		switch {
