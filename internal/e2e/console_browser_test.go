@@ -147,7 +147,9 @@ func (p *browserPage) confirm(button string) {
 // the room real sockets made, a JOINED event live, broadcasts to a real
 // socket and disconnects it (its DISCONNECTED event following), and its
 // feed resumes after a membership-server restart with the events of the
-// outage. It fits a phone's width and follows a dark color scheme.
+// outage; its feed filters by room, it makes a socket leave a room, and an
+// action cancelled at its confirmation is not taken. It fits a phone's
+// width and follows a dark color scheme.
 //
 // With CONSOLE_SCREENSHOT set to a file path, it saves a 1280×800
 // screenshot of the console there at the end (make console-screenshot);
@@ -321,6 +323,36 @@ func TestBrowserConsole(t *testing.T) {
 	})
 	if page.feedHas("elsewhere") || len(page.listItems("feed")) != 1 {
 		t.Errorf("the feed filtered by room shows %q", page.listItems("feed"))
+	}
+
+	// Leave from the console.
+	page.fill("leave-room", "elsewhere")
+	page.fill("leave-who", bob.ID)
+	page.confirm("leave-send")
+	page.waitConsole(10*time.Second, "the leave's result", func() bool {
+		return strings.HasPrefix(page.text("action-result"), "Left room elsewhere at revision")
+	})
+	if r, err := api.client.GetSocket(api.ctx(), &membershipv1.GetSocketRequest{SocketId: bob.ID}); err != nil || strings.Join(r.Socket.Rooms, ",") != "lobby,stage <b>" {
+		t.Fatalf("bob after leaving elsewhere: %v, %v", r, err)
+	}
+
+	// An action cancelled at its confirmation is not taken.
+	page.fill("disconnect-who", bob.ID)
+	page.do("ask to disconnect bob", chromedp.Click(chromedp.ID("disconnect-send")))
+	page.waitConsole(5*time.Second, "the confirmation dialog", func() bool {
+		return evaluate[bool](page, `document.getElementById("confirm").open`)
+	})
+	if text := page.text("confirm-text"); !strings.Contains(text, bob.ID) {
+		t.Errorf("the confirmation says %q, without the socket", text)
+	}
+	page.do("cancel", chromedp.Click(chromedp.ID("confirm-cancel")))
+	select {
+	case ce := <-bob.Closed:
+		t.Fatalf("bob closed (%v) after the disconnect was cancelled", ce)
+	case <-time.After(time.Second):
+	}
+	if got := page.text("action-result") + page.text("action-error"); got != "" {
+		t.Errorf("a cancelled action reported %q", got)
 	}
 
 	// A phone's width: nothing is wider than the screen.
