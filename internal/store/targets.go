@@ -22,9 +22,9 @@ import (
 // "which rooms exist, in name order, with how many members" without reading
 // the rooms' member keys on every call. It is derived from etcd alone: a
 // listing of gwm/ (memberships, under the gateway holding each socket),
-// users/ and gateways/ at one revision, then a watch from the next
-// (internal/watchfollow), so it can always be rebuilt, and every replica has
-// its own. A watch interrupted by an election or a lost connection resumes
+// users/, gateways/ and sockets/ (gatewaycounts.go) at one revision, then a
+// watch from the next (internal/watchfollow), so it can always be rebuilt,
+// and every replica has its own. A watch interrupted by an election or a lost connection resumes
 // from the applied revision; only a compaction of the history it needs makes
 // it list again.
 //
@@ -79,8 +79,9 @@ func (s *Store) NewTargetIndex(cli *clientv3.Client, log *slog.Logger) *TargetIn
 	x := &TargetIndex{s: s, cli: cli, log: log, applied: revwait.New(), stopped: make(chan struct{}),
 		rooms: map[string]*roomEntry{}, byName: newRoomTree(), records: map[string]GatewayRecord{},
 		socketUsers: map[string]*userRef{}, sockets: newSocketCounts(), gatewaysChanged: make(chan struct{}, 1)}
-	// One watch over the whole keyspace: gwm/, users/ and gateways/
-	// changes, in revision order, on one stream whose progress covers all.
+	// One watch over the whole keyspace: gwm/, users/, gateways/ and
+	// sockets/ changes, in revision order, on one stream whose progress
+	// covers all.
 	x.follow = watchfollow.New(watchfollow.Config{
 		Client:  cli,
 		Prefix:  s.k.prefix,
