@@ -7,7 +7,7 @@ export PATH := $(BIN):$(PATH)
 
 GO_TEST_FLAGS ?= -race -count=1 -timeout 15m
 
-.PHONY: all build run test test-js fuzz generate check-generated lint tools grpcurl bench image clean
+.PHONY: all build run test test-js fuzz generate check-generated lint tools grpcurl bench image clean console-screenshot
 
 all: build
 
@@ -69,13 +69,13 @@ test: check-generated lint test-js $(BIN)/grpcurl
 	cd deploy && go test -count=1 ./...
 	$(MAKE) fuzz
 
-## test-js: the browser library's unit tests under Node's test runner (Node and
+## test-js: the browser library's and the console's unit tests under Node's test runner (Node and
 ## npm, which the Socket.IO client tests use to install their pinned packages,
 ## are installed from the distribution when missing; the browser end-to-end
 ## test installs Chromium the same way).
 test-js:
 	@command -v node >/dev/null && command -v npm >/dev/null || { apt-get update && apt-get install -y nodejs npm; }
-	node --test web/
+	node --test web/ internal/console/
 
 # An iteration count rather than a duration: a time limit lets the fuzz engine
 # fail with "context deadline exceeded" when a worker is busy as time runs out.
@@ -111,6 +111,12 @@ $(BIN)/centrifugo: tools/centrifugo/go.mod tools/centrifugo/go.sum
 	cd tools/centrifugo && go build -o $@ \
 		-ldflags "-X github.com/centrifugal/centrifugo/v6/internal/build.Version=$$(go list -m -f '{{.Version}}' github.com/centrifugal/centrifugo/v6 | sed 's/^v//')" \
 		github.com/centrifugal/centrifugo/v6
+
+## console-screenshot: refresh docs/console.png (the README's picture of the
+## operator console) from a run of its browser test against a real stack;
+## the test alone never writes into the tree.
+console-screenshot:
+	CONSOLE_SCREENSHOT=$(CURDIR)/docs/console.png go test -count=1 -run '^TestBrowserConsole$$' ./internal/e2e
 
 ## image: the container image with both binaries (needs a Docker engine).
 image:

@@ -171,7 +171,8 @@ func run(args []string) error {
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 
 	if httpAddr != "" {
-		serverArgs = append(serverArgs, "--http-addr", httpAddr)
+		// The operator console rides on the HTTP API; off in the binary.
+		serverArgs = append(serverArgs, "--http-addr", httpAddr, "--console")
 	}
 	server, err := start(filepath.Join(bin, "membership-server"), env, append(serverArgs, args...)...)
 	if err != nil {
@@ -215,7 +216,8 @@ func run(args []string) error {
 			}
 			httpLine := ""
 			if httpAddr != "" {
-				httpLine = "\nHTTP API:        http://" + httpAddr + " (Connect, gRPC-Web, REST: curl http://" + httpAddr + "/v1/rooms)"
+				httpLine = "\nHTTP API:        http://" + httpAddr + " (Connect, gRPC-Web, REST: curl http://" + httpAddr + "/v1/rooms)" +
+					"\nconsole:         http://" + httpAddr + "/console/"
 			}
 			metrics := "off (membership-server)"
 			if metricsAddr != "" {

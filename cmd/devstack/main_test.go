@@ -387,6 +387,18 @@ func TestBannerListsEveryAddress(t *testing.T) {
 	if resp.StatusCode != http.StatusOK {
 		t.Errorf("GET /v1/rooms on the stack's HTTP API: %s", resp.Status)
 	}
+	// make run turns the operator console on, and the banner names it.
+	if want := "http://" + s.http + "/console/"; !strings.Contains(s.banner, want) {
+		t.Errorf("devstack printed\n%s\nwithout the console at %s", s.banner, want)
+	}
+	resp, err = http.Get("http://" + s.http + "/console/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("GET /console/ on the stack's HTTP API: %s", resp.Status)
+	}
 }
 
 // A port in use stops the stack with the error and no "ready" banner.

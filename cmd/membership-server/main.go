@@ -23,6 +23,7 @@ import (
 
 	membershipv1 "github.com/socketrooms/membership/gen/membership/v1"
 	"github.com/socketrooms/membership/internal/app"
+	"github.com/socketrooms/membership/internal/console"
 	"github.com/socketrooms/membership/internal/etcdembed"
 	"github.com/socketrooms/membership/internal/httpapi"
 	"github.com/socketrooms/membership/internal/service"
@@ -68,6 +69,7 @@ func run(args []string) error {
 	etcdLimits := app.AddEtcdTxnLimitFlags(fs)
 	inflight := app.AddInflightPayloadFlag(fs, "Broadcast and Blast calls (and of the Deliver requests they send to gateways, while in flight)")
 	httpAddr := fs.String("http-addr", "", "address serving the same API over HTTP: Connect (JSON and binary), gRPC-Web and REST-style JSON routes (same token, TLS and limits as --grpc-addr; empty: off; make run uses 127.0.0.1:8090)")
+	consoleOn := fs.Bool("console", false, "serve the operator console at /console/ on --http-addr (make run turns it on); it calls the API with the token the operator signs in with")
 	corsOrigins := fs.String("http-cors-origins", "", "comma-separated browser origins allowed to call --http-addr (CORS; \"*\": any; empty: none)")
 	pprofAddr := fs.String("pprof-addr", "", "serve net/http/pprof on this address (empty: off)")
 	shutdownTimeout := fs.Duration("shutdown-timeout", 10*time.Second, "how long in-flight calls may finish on SIGTERM")
@@ -122,6 +124,8 @@ func run(args []string) error {
 		defer hlis.Close()
 	} else if *corsOrigins != "" {
 		return errors.New("--http-cors-origins needs --http-addr")
+	} else if *consoleOn {
+		return errors.New("--console needs --http-addr")
 	}
 
 	var eps []string
@@ -210,6 +214,10 @@ func run(args []string) error {
 			Reserve: budget.ReserveHTTP})
 		if err != nil {
 			return err
+		}
+		if *consoleOn {
+			h = console.Mount(h)
+			log.Info("operator console serving", "addr", hlis.Addr().String(), "path", console.Prefix)
 		}
 		tlsCfg, err := serverTLS.Config()
 		if err != nil {

@@ -89,3 +89,12 @@ func TestOwnAddressInUseReportedBeforeEtcdStarts(t *testing.T) {
 		})
 	}
 }
+
+// The console rides on the HTTP API: asking for it without one is an error
+// at once, not a console that silently is nowhere.
+func TestConsoleNeedsHTTPAddr(t *testing.T) {
+	err := run([]string{"--console", "--grpc-addr", testutil.FreeAddr(t), "--metrics-addr", "", "--log-level", "error"})
+	if err == nil || err.Error() != "--console needs --http-addr" {
+		t.Fatalf("run = %v; want --console needs --http-addr", err)
+	}
+}

@@ -361,6 +361,8 @@ func TestHTTPAPIInvalidRequestPerRPC(t *testing.T) {
 			http.MethodGet, "/v1/users/" + long + "/sockets", ""},
 		{"GetRoom", &membershipv1.GetRoomRequest{Room: long}, &membershipv1.GetRoomResponse{},
 			http.MethodGet, "/v1/rooms/" + long, ""},
+		{"ListGateways", &membershipv1.ListGatewaysRequest{PageSize: 1001}, &membershipv1.ListGatewaysResponse{},
+			http.MethodGet, "/v1/gateways?pageSize=1001", ""},
 		{"Disconnect", &membershipv1.DisconnectRequest{Room: "r", Code: 3999}, &membershipv1.DisconnectResponse{},
 			http.MethodPost, "/v1/sockets:disconnect", `{"room":"r","code":3999}`},
 	} {

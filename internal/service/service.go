@@ -7,9 +7,10 @@
 //
 // Files: service.go holds the server and the membership changes, read.go
 // the listings, deliver.go Broadcast and Blast, users.go the user selector
-// of Join/Leave and ListSockets, presence.go GetRoom, disconnect.go
-// Disconnect, watch.go the WatchMembership streams, validate.go request
-// checks, errors.go the one error mapper, metrics.go the metrics.
+// of Join/Leave and ListSockets, presence.go GetRoom, listgateways.go
+// ListGateways, disconnect.go Disconnect, watch.go the WatchMembership
+// streams, validate.go request checks, errors.go the one error mapper,
+// metrics.go the metrics.
 package service
 
 import (

@@ -22,9 +22,9 @@ import (
 // "which rooms exist, in name order, with how many members" without reading
 // the rooms' member keys on every call. It is derived from etcd alone: a
 // listing of gwm/ (memberships, under the gateway holding each socket),
-// users/ and gateways/ at one revision, then a watch from the next
-// (internal/watchfollow), so it can always be rebuilt, and every replica has
-// its own. A watch interrupted by an election or a lost connection resumes
+// users/, gateways/ and sockets/ (gatewaycounts.go) at one revision, then a
+// watch from the next (internal/watchfollow), so it can always be rebuilt,
+// and every replica has its own. A watch interrupted by an election or a lost connection resumes
 // from the applied revision; only a compaction of the history it needs makes
 // it list again.
 //
@@ -43,6 +43,7 @@ type TargetIndex struct {
 	byName  *btree.BTree[*roomEntry] // rooms with members, by name (byte-wise)
 	total   int                      // memberships, the sum of members
 	records map[string]GatewayRecord // gateway → record
+	sockets socketCounts             // sockets per home gateway (gatewaycounts.go)
 	// socketUsers holds the user of each socket with one (presence.go).
 	socketUsers map[string]*userRef
 	rev         int64 // the revision the fields above reflect
@@ -161,9 +162,10 @@ func newRoomTree() *btree.BTree[*roomEntry] {
 func (s *Store) NewTargetIndex(cli *clientv3.Client, log *slog.Logger) *TargetIndex {
 	x := &TargetIndex{s: s, cli: cli, log: log, applied: revwait.New(), stopped: make(chan struct{}),
 		rooms: map[string]*roomEntry{}, byName: newRoomTree(), records: map[string]GatewayRecord{},
-		socketUsers: map[string]*userRef{}, gatewaysChanged: make(chan struct{}, 1)}
-	// One watch over the whole keyspace: gwm/, users/ and gateways/
-	// changes, in revision order, on one stream whose progress covers all.
+		socketUsers: map[string]*userRef{}, sockets: newSocketCounts(), gatewaysChanged: make(chan struct{}, 1)}
+	// One watch over the whole keyspace: gwm/, users/, gateways/ and
+	// sockets/ changes, in revision order, on one stream whose progress
+	// covers all.
 	x.follow = watchfollow.New(watchfollow.Config{
 		Client:  cli,
 		Prefix:  s.k.prefix,
@@ -240,8 +242,13 @@ func (x *TargetIndex) list(ctx context.Context) (int64, error) {
 			x.corrupt(string(kv.Key))
 		}
 	}
+	sockets, err := x.listSockets(ctx, rev)
+	if err != nil {
+		return 0, err
+	}
 	x.mu.Lock()
 	x.rooms, x.byName, x.total, x.records, x.rev = rooms, byName, total, records, rev
+	x.sockets = sockets
 	x.socketUsers = tmp.socketUsers
 	x.mu.Unlock()
 	x.signalGateways() // records may have gone while the watch was behind
@@ -303,6 +310,9 @@ func (x *TargetIndex) GatewayAsOf(id string, rev int64) (rec GatewayRecord, ok b
 // applyLocked applies one event; it reports whether a gateway record changed.
 func (x *TargetIndex) applyLocked(ev *clientv3.Event) bool {
 	key := string(ev.Kv.Key)
+	if x.applySocketLocked(key, ev) {
+		return false
+	}
 	room, gw, socket, ok, notice := x.s.decodeGwmKey(key)
 	if ok {
 		switch {

@@ -2029,6 +2029,237 @@ func (x *GetRoomResponse) GetRevision() int64 {
 	return 0
 }
 
+// ListGatewaysRequest asks for a page of the registered gateways.
+type ListGatewaysRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// At most this many gateways per page; 0 means 100, the maximum is 1000.
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The next_page_token of the previous page, or empty for the first page.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListGatewaysRequest) Reset() {
+	*x = ListGatewaysRequest{}
+	mi := &file_membership_v1_membership_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListGatewaysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListGatewaysRequest) ProtoMessage() {}
+
+func (x *ListGatewaysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_membership_v1_membership_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListGatewaysRequest.ProtoReflect.Descriptor instead.
+func (*ListGatewaysRequest) Descriptor() ([]byte, []int) {
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *ListGatewaysRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListGatewaysRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// Gateway is a registered gateway as its etcd record and lease describe it.
+type Gateway struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The gateway's id (its --id), the first part of its sockets' ids.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The address of its internal gRPC API (gateway.v1), as it advertised it.
+	GrpcAddr string `protobuf:"bytes,2,opt,name=grpc_addr,json=grpcAddr,proto3" json:"grpc_addr,omitempty"`
+	// How many sockets it holds: socket records whose home is this gateway,
+	// detached ones included.
+	SocketCount int64 `protobuf:"varint,3,opt,name=socket_count,json=socketCount,proto3" json:"socket_count,omitempty"`
+	// The etcd lease its record is on (its first lease), in decimal.
+	LeaseId int64 `protobuf:"varint,4,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
+	// Seconds left on that lease when the call read it; -1 when the lease has
+	// just expired or been revoked (the record goes with it).
+	LeaseTtlSeconds int64 `protobuf:"varint,5,opt,name=lease_ttl_seconds,json=leaseTtlSeconds,proto3" json:"lease_ttl_seconds,omitempty"`
+	// The lease's granted TTL in seconds (the gateway's --lease-ttl).
+	LeaseGrantedTtlSeconds int64 `protobuf:"varint,6,opt,name=lease_granted_ttl_seconds,json=leaseGrantedTtlSeconds,proto3" json:"lease_granted_ttl_seconds,omitempty"`
+	// When the gateway started.
+	StartedAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	// The gateway's build version.
+	Version       string `protobuf:"bytes,8,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Gateway) Reset() {
+	*x = Gateway{}
+	mi := &file_membership_v1_membership_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Gateway) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Gateway) ProtoMessage() {}
+
+func (x *Gateway) ProtoReflect() protoreflect.Message {
+	mi := &file_membership_v1_membership_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Gateway.ProtoReflect.Descriptor instead.
+func (*Gateway) Descriptor() ([]byte, []int) {
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *Gateway) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Gateway) GetGrpcAddr() string {
+	if x != nil {
+		return x.GrpcAddr
+	}
+	return ""
+}
+
+func (x *Gateway) GetSocketCount() int64 {
+	if x != nil {
+		return x.SocketCount
+	}
+	return 0
+}
+
+func (x *Gateway) GetLeaseId() int64 {
+	if x != nil {
+		return x.LeaseId
+	}
+	return 0
+}
+
+func (x *Gateway) GetLeaseTtlSeconds() int64 {
+	if x != nil {
+		return x.LeaseTtlSeconds
+	}
+	return 0
+}
+
+func (x *Gateway) GetLeaseGrantedTtlSeconds() int64 {
+	if x != nil {
+		return x.LeaseGrantedTtlSeconds
+	}
+	return 0
+}
+
+func (x *Gateway) GetStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartedAt
+	}
+	return nil
+}
+
+func (x *Gateway) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+// ListGatewaysResponse is one page of gateways.
+type ListGatewaysResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Gateways in byte-wise order of their ids.
+	Gateways []*Gateway `protobuf:"bytes,1,rep,name=gateways,proto3" json:"gateways,omitempty"`
+	// Token for the next page; empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	// The revision of the serving replica's index the page is a snapshot of:
+	// at least etcd's revision when the call began.
+	Revision      int64 `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListGatewaysResponse) Reset() {
+	*x = ListGatewaysResponse{}
+	mi := &file_membership_v1_membership_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListGatewaysResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListGatewaysResponse) ProtoMessage() {}
+
+func (x *ListGatewaysResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_membership_v1_membership_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListGatewaysResponse.ProtoReflect.Descriptor instead.
+func (*ListGatewaysResponse) Descriptor() ([]byte, []int) {
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ListGatewaysResponse) GetGateways() []*Gateway {
+	if x != nil {
+		return x.Gateways
+	}
+	return nil
+}
+
+func (x *ListGatewaysResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+func (x *ListGatewaysResponse) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
 // DisconnectRequest selects the sockets to close: exactly one of socket_ids,
 // user and room.
 type DisconnectRequest struct {
@@ -2061,7 +2292,7 @@ type DisconnectRequest struct {
 
 func (x *DisconnectRequest) Reset() {
 	*x = DisconnectRequest{}
-	mi := &file_membership_v1_membership_proto_msgTypes[28]
+	mi := &file_membership_v1_membership_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2073,7 +2304,7 @@ func (x *DisconnectRequest) String() string {
 func (*DisconnectRequest) ProtoMessage() {}
 
 func (x *DisconnectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_membership_v1_membership_proto_msgTypes[28]
+	mi := &file_membership_v1_membership_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2086,7 +2317,7 @@ func (x *DisconnectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DisconnectRequest.ProtoReflect.Descriptor instead.
 func (*DisconnectRequest) Descriptor() ([]byte, []int) {
-	return file_membership_v1_membership_proto_rawDescGZIP(), []int{28}
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *DisconnectRequest) GetSocketIds() []string {
@@ -2144,7 +2375,7 @@ type DisconnectResult struct {
 
 func (x *DisconnectResult) Reset() {
 	*x = DisconnectResult{}
-	mi := &file_membership_v1_membership_proto_msgTypes[29]
+	mi := &file_membership_v1_membership_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2156,7 +2387,7 @@ func (x *DisconnectResult) String() string {
 func (*DisconnectResult) ProtoMessage() {}
 
 func (x *DisconnectResult) ProtoReflect() protoreflect.Message {
-	mi := &file_membership_v1_membership_proto_msgTypes[29]
+	mi := &file_membership_v1_membership_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2169,7 +2400,7 @@ func (x *DisconnectResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DisconnectResult.ProtoReflect.Descriptor instead.
 func (*DisconnectResult) Descriptor() ([]byte, []int) {
-	return file_membership_v1_membership_proto_rawDescGZIP(), []int{29}
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DisconnectResult) GetSocketId() string {
@@ -2201,7 +2432,7 @@ type DisconnectResponse struct {
 
 func (x *DisconnectResponse) Reset() {
 	*x = DisconnectResponse{}
-	mi := &file_membership_v1_membership_proto_msgTypes[30]
+	mi := &file_membership_v1_membership_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2213,7 +2444,7 @@ func (x *DisconnectResponse) String() string {
 func (*DisconnectResponse) ProtoMessage() {}
 
 func (x *DisconnectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_membership_v1_membership_proto_msgTypes[30]
+	mi := &file_membership_v1_membership_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2226,7 +2457,7 @@ func (x *DisconnectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DisconnectResponse.ProtoReflect.Descriptor instead.
 func (*DisconnectResponse) Descriptor() ([]byte, []int) {
-	return file_membership_v1_membership_proto_rawDescGZIP(), []int{30}
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *DisconnectResponse) GetDisconnected() int64 {
@@ -2270,7 +2501,7 @@ type WatchMembershipRequest struct {
 
 func (x *WatchMembershipRequest) Reset() {
 	*x = WatchMembershipRequest{}
-	mi := &file_membership_v1_membership_proto_msgTypes[31]
+	mi := &file_membership_v1_membership_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2282,7 +2513,7 @@ func (x *WatchMembershipRequest) String() string {
 func (*WatchMembershipRequest) ProtoMessage() {}
 
 func (x *WatchMembershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_membership_v1_membership_proto_msgTypes[31]
+	mi := &file_membership_v1_membership_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2295,7 +2526,7 @@ func (x *WatchMembershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchMembershipRequest.ProtoReflect.Descriptor instead.
 func (*WatchMembershipRequest) Descriptor() ([]byte, []int) {
-	return file_membership_v1_membership_proto_rawDescGZIP(), []int{31}
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *WatchMembershipRequest) GetRoom() string {
@@ -2347,7 +2578,7 @@ type MembershipEvent struct {
 
 func (x *MembershipEvent) Reset() {
 	*x = MembershipEvent{}
-	mi := &file_membership_v1_membership_proto_msgTypes[32]
+	mi := &file_membership_v1_membership_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2359,7 +2590,7 @@ func (x *MembershipEvent) String() string {
 func (*MembershipEvent) ProtoMessage() {}
 
 func (x *MembershipEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_membership_v1_membership_proto_msgTypes[32]
+	mi := &file_membership_v1_membership_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2372,7 +2603,7 @@ func (x *MembershipEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembershipEvent.ProtoReflect.Descriptor instead.
 func (*MembershipEvent) Descriptor() ([]byte, []int) {
-	return file_membership_v1_membership_proto_rawDescGZIP(), []int{32}
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *MembershipEvent) GetType() EventType {
@@ -2430,7 +2661,7 @@ type MembershipEvents struct {
 
 func (x *MembershipEvents) Reset() {
 	*x = MembershipEvents{}
-	mi := &file_membership_v1_membership_proto_msgTypes[33]
+	mi := &file_membership_v1_membership_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2442,7 +2673,7 @@ func (x *MembershipEvents) String() string {
 func (*MembershipEvents) ProtoMessage() {}
 
 func (x *MembershipEvents) ProtoReflect() protoreflect.Message {
-	mi := &file_membership_v1_membership_proto_msgTypes[33]
+	mi := &file_membership_v1_membership_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2455,7 +2686,7 @@ func (x *MembershipEvents) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembershipEvents.ProtoReflect.Descriptor instead.
 func (*MembershipEvents) Descriptor() ([]byte, []int) {
-	return file_membership_v1_membership_proto_rawDescGZIP(), []int{33}
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *MembershipEvents) GetRevision() int64 {
@@ -2483,7 +2714,7 @@ type WatchProgress struct {
 
 func (x *WatchProgress) Reset() {
 	*x = WatchProgress{}
-	mi := &file_membership_v1_membership_proto_msgTypes[34]
+	mi := &file_membership_v1_membership_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2495,7 +2726,7 @@ func (x *WatchProgress) String() string {
 func (*WatchProgress) ProtoMessage() {}
 
 func (x *WatchProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_membership_v1_membership_proto_msgTypes[34]
+	mi := &file_membership_v1_membership_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2508,7 +2739,7 @@ func (x *WatchProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchProgress.ProtoReflect.Descriptor instead.
 func (*WatchProgress) Descriptor() ([]byte, []int) {
-	return file_membership_v1_membership_proto_rawDescGZIP(), []int{34}
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *WatchProgress) GetRevision() int64 {
@@ -2534,7 +2765,7 @@ type WatchMembershipResponse struct {
 
 func (x *WatchMembershipResponse) Reset() {
 	*x = WatchMembershipResponse{}
-	mi := &file_membership_v1_membership_proto_msgTypes[35]
+	mi := &file_membership_v1_membership_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2546,7 +2777,7 @@ func (x *WatchMembershipResponse) String() string {
 func (*WatchMembershipResponse) ProtoMessage() {}
 
 func (x *WatchMembershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_membership_v1_membership_proto_msgTypes[35]
+	mi := &file_membership_v1_membership_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2559,7 +2790,7 @@ func (x *WatchMembershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchMembershipResponse.ProtoReflect.Descriptor instead.
 func (*WatchMembershipResponse) Descriptor() ([]byte, []int) {
-	return file_membership_v1_membership_proto_rawDescGZIP(), []int{35}
+	return file_membership_v1_membership_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *WatchMembershipResponse) GetKind() isWatchMembershipResponse_Kind {
@@ -2735,7 +2966,25 @@ const file_membership_v1_membership_proto_rawDesc = "" +
 	"\x04room\x18\x01 \x01(\tR\x04room\"V\n" +
 	"\x0fGetRoomResponse\x12'\n" +
 	"\x04room\x18\x01 \x01(\v2\x13.membership.v1.RoomR\x04room\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x03R\brevision\"\xb9\x01\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"Q\n" +
+	"\x13ListGatewaysRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"\xb0\x02\n" +
+	"\aGateway\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
+	"\tgrpc_addr\x18\x02 \x01(\tR\bgrpcAddr\x12!\n" +
+	"\fsocket_count\x18\x03 \x01(\x03R\vsocketCount\x12\x19\n" +
+	"\blease_id\x18\x04 \x01(\x03R\aleaseId\x12*\n" +
+	"\x11lease_ttl_seconds\x18\x05 \x01(\x03R\x0fleaseTtlSeconds\x129\n" +
+	"\x19lease_granted_ttl_seconds\x18\x06 \x01(\x03R\x16leaseGrantedTtlSeconds\x129\n" +
+	"\n" +
+	"started_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12\x18\n" +
+	"\aversion\x18\b \x01(\tR\aversion\"\x8e\x01\n" +
+	"\x14ListGatewaysResponse\x122\n" +
+	"\bgateways\x18\x01 \x03(\v2\x16.membership.v1.GatewayR\bgateways\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x1a\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\"\xb9\x01\n" +
 	"\x11DisconnectRequest\x12\x1d\n" +
 	"\n" +
 	"socket_ids\x18\x01 \x03(\tR\tsocketIds\x12\x12\n" +
@@ -2781,7 +3030,7 @@ const file_membership_v1_membership_proto_rawDesc = "" +
 	"\x14EVENT_TYPE_CONNECTED\x10\x01\x12\x1b\n" +
 	"\x17EVENT_TYPE_DISCONNECTED\x10\x02\x12\x15\n" +
 	"\x11EVENT_TYPE_JOINED\x10\x03\x12\x13\n" +
-	"\x0fEVENT_TYPE_LEFT\x10\x042\xf9\r\n" +
+	"\x0fEVENT_TYPE_LEFT\x10\x042\xeb\x0e\n" +
 	"\x11MembershipService\x12g\n" +
 	"\x04Join\x12\x1a.membership.v1.JoinRequest\x1a\x1b.membership.v1.JoinResponse\"&\x82\xd3\xe4\x93\x02\x1d:\x01*\"\x18/v1/rooms/{room}/members\x90\x02\x02\x12\x98\x01\n" +
 	"\x05Leave\x12\x1b.membership.v1.LeaveRequest\x1a\x1c.membership.v1.LeaveResponse\"T\x82\xd3\xe4\x93\x02KZ#:\x01*\"\x1e/v1/rooms/{room}/members:leave*$/v1/rooms/{room}/members/{socket_id}\x90\x02\x02\x12\x85\x01\n" +
@@ -2794,7 +3043,8 @@ const file_membership_v1_membership_proto_rawDesc = "" +
 	"\x15AddRoomMembersToRooms\x12+.membership.v1.AddRoomMembersToRoomsRequest\x1a,.membership.v1.AddRoomMembersToRoomsResponse\"7\x82\xd3\xe4\x93\x02.:\x01*\")/v1/rooms/{source_room}:addMembersToRooms\x90\x02\x02\x12\xbf\x01\n" +
 	"\x1aRemoveRoomMembersFromRooms\x120.membership.v1.RemoveRoomMembersFromRoomsRequest\x1a1.membership.v1.RemoveRoomMembersFromRoomsResponse\"<\x82\xd3\xe4\x93\x023:\x01*\"./v1/rooms/{source_room}:removeMembersFromRooms\x90\x02\x02\x12y\n" +
 	"\vListSockets\x12!.membership.v1.ListSocketsRequest\x1a\".membership.v1.ListSocketsResponse\"#\x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/users/{user}/sockets\x90\x02\x01\x12e\n" +
-	"\aGetRoom\x12\x1d.membership.v1.GetRoomRequest\x1a\x1e.membership.v1.GetRoomResponse\"\x1b\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/rooms/{room}\x90\x02\x01\x12w\n" +
+	"\aGetRoom\x12\x1d.membership.v1.GetRoomRequest\x1a\x1e.membership.v1.GetRoomResponse\"\x1b\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/rooms/{room}\x90\x02\x01\x12p\n" +
+	"\fListGateways\x12\".membership.v1.ListGatewaysRequest\x1a#.membership.v1.ListGatewaysResponse\"\x17\x82\xd3\xe4\x93\x02\x0e\x12\f/v1/gateways\x90\x02\x01\x12w\n" +
 	"\n" +
 	"Disconnect\x12 .membership.v1.DisconnectRequest\x1a!.membership.v1.DisconnectResponse\"$\x82\xd3\xe4\x93\x02\x1b:\x01*\"\x16/v1/sockets:disconnect\x90\x02\x02\x12g\n" +
 	"\x0fWatchMembership\x12%.membership.v1.WatchMembershipRequest\x1a&.membership.v1.WatchMembershipResponse\"\x03\x90\x02\x010\x01BBZ@github.com/socketrooms/membership/gen/membership/v1;membershipv1b\x06proto3"
@@ -2812,7 +3062,7 @@ func file_membership_v1_membership_proto_rawDescGZIP() []byte {
 }
 
 var file_membership_v1_membership_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_membership_v1_membership_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_membership_v1_membership_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_membership_v1_membership_proto_goTypes = []any{
 	(WaitFor)(0),                               // 0: membership.v1.WaitFor
 	(EventType)(0),                             // 1: membership.v1.EventType
@@ -2844,16 +3094,19 @@ var file_membership_v1_membership_proto_goTypes = []any{
 	(*ListSocketsResponse)(nil),                // 27: membership.v1.ListSocketsResponse
 	(*GetRoomRequest)(nil),                     // 28: membership.v1.GetRoomRequest
 	(*GetRoomResponse)(nil),                    // 29: membership.v1.GetRoomResponse
-	(*DisconnectRequest)(nil),                  // 30: membership.v1.DisconnectRequest
-	(*DisconnectResult)(nil),                   // 31: membership.v1.DisconnectResult
-	(*DisconnectResponse)(nil),                 // 32: membership.v1.DisconnectResponse
-	(*WatchMembershipRequest)(nil),             // 33: membership.v1.WatchMembershipRequest
-	(*MembershipEvent)(nil),                    // 34: membership.v1.MembershipEvent
-	(*MembershipEvents)(nil),                   // 35: membership.v1.MembershipEvents
-	(*WatchProgress)(nil),                      // 36: membership.v1.WatchProgress
-	(*WatchMembershipResponse)(nil),            // 37: membership.v1.WatchMembershipResponse
-	(*timestamppb.Timestamp)(nil),              // 38: google.protobuf.Timestamp
-	(*structpb.Value)(nil),                     // 39: google.protobuf.Value
+	(*ListGatewaysRequest)(nil),                // 30: membership.v1.ListGatewaysRequest
+	(*Gateway)(nil),                            // 31: membership.v1.Gateway
+	(*ListGatewaysResponse)(nil),               // 32: membership.v1.ListGatewaysResponse
+	(*DisconnectRequest)(nil),                  // 33: membership.v1.DisconnectRequest
+	(*DisconnectResult)(nil),                   // 34: membership.v1.DisconnectResult
+	(*DisconnectResponse)(nil),                 // 35: membership.v1.DisconnectResponse
+	(*WatchMembershipRequest)(nil),             // 36: membership.v1.WatchMembershipRequest
+	(*MembershipEvent)(nil),                    // 37: membership.v1.MembershipEvent
+	(*MembershipEvents)(nil),                   // 38: membership.v1.MembershipEvents
+	(*WatchProgress)(nil),                      // 39: membership.v1.WatchProgress
+	(*WatchMembershipResponse)(nil),            // 40: membership.v1.WatchMembershipResponse
+	(*timestamppb.Timestamp)(nil),              // 41: google.protobuf.Timestamp
+	(*structpb.Value)(nil),                     // 42: google.protobuf.Value
 }
 var file_membership_v1_membership_proto_depIdxs = []int32{
 	0,  // 0: membership.v1.JoinRequest.wait_for:type_name -> membership.v1.WaitFor
@@ -2861,54 +3114,58 @@ var file_membership_v1_membership_proto_depIdxs = []int32{
 	0,  // 2: membership.v1.LeaveRequest.wait_for:type_name -> membership.v1.WaitFor
 	3,  // 3: membership.v1.LeaveResponse.results:type_name -> membership.v1.SocketResult
 	8,  // 4: membership.v1.ListRoomsResponse.rooms:type_name -> membership.v1.Room
-	38, // 5: membership.v1.Member.detached_since:type_name -> google.protobuf.Timestamp
+	41, // 5: membership.v1.Member.detached_since:type_name -> google.protobuf.Timestamp
 	11, // 6: membership.v1.ListMembersResponse.members:type_name -> membership.v1.Member
-	38, // 7: membership.v1.Socket.connected_at:type_name -> google.protobuf.Timestamp
-	38, // 8: membership.v1.Socket.detached_since:type_name -> google.protobuf.Timestamp
+	41, // 7: membership.v1.Socket.connected_at:type_name -> google.protobuf.Timestamp
+	41, // 8: membership.v1.Socket.detached_since:type_name -> google.protobuf.Timestamp
 	14, // 9: membership.v1.GetSocketResponse.socket:type_name -> membership.v1.Socket
-	39, // 10: membership.v1.BroadcastRequest.data:type_name -> google.protobuf.Value
-	39, // 11: membership.v1.BlastRequest.data:type_name -> google.protobuf.Value
+	42, // 10: membership.v1.BroadcastRequest.data:type_name -> google.protobuf.Value
+	42, // 11: membership.v1.BlastRequest.data:type_name -> google.protobuf.Value
 	14, // 12: membership.v1.ListSocketsResponse.sockets:type_name -> membership.v1.Socket
 	8,  // 13: membership.v1.GetRoomResponse.room:type_name -> membership.v1.Room
-	0,  // 14: membership.v1.DisconnectRequest.wait_for:type_name -> membership.v1.WaitFor
-	31, // 15: membership.v1.DisconnectResponse.results:type_name -> membership.v1.DisconnectResult
-	1,  // 16: membership.v1.MembershipEvent.type:type_name -> membership.v1.EventType
-	34, // 17: membership.v1.MembershipEvents.events:type_name -> membership.v1.MembershipEvent
-	35, // 18: membership.v1.WatchMembershipResponse.events:type_name -> membership.v1.MembershipEvents
-	36, // 19: membership.v1.WatchMembershipResponse.progress:type_name -> membership.v1.WatchProgress
-	2,  // 20: membership.v1.MembershipService.Join:input_type -> membership.v1.JoinRequest
-	5,  // 21: membership.v1.MembershipService.Leave:input_type -> membership.v1.LeaveRequest
-	7,  // 22: membership.v1.MembershipService.ListRooms:input_type -> membership.v1.ListRoomsRequest
-	10, // 23: membership.v1.MembershipService.ListMembers:input_type -> membership.v1.ListMembersRequest
-	13, // 24: membership.v1.MembershipService.GetSocket:input_type -> membership.v1.GetSocketRequest
-	16, // 25: membership.v1.MembershipService.Broadcast:input_type -> membership.v1.BroadcastRequest
-	18, // 26: membership.v1.MembershipService.Blast:input_type -> membership.v1.BlastRequest
-	20, // 27: membership.v1.MembershipService.LeaveAll:input_type -> membership.v1.LeaveAllRequest
-	22, // 28: membership.v1.MembershipService.AddRoomMembersToRooms:input_type -> membership.v1.AddRoomMembersToRoomsRequest
-	24, // 29: membership.v1.MembershipService.RemoveRoomMembersFromRooms:input_type -> membership.v1.RemoveRoomMembersFromRoomsRequest
-	26, // 30: membership.v1.MembershipService.ListSockets:input_type -> membership.v1.ListSocketsRequest
-	28, // 31: membership.v1.MembershipService.GetRoom:input_type -> membership.v1.GetRoomRequest
-	30, // 32: membership.v1.MembershipService.Disconnect:input_type -> membership.v1.DisconnectRequest
-	33, // 33: membership.v1.MembershipService.WatchMembership:input_type -> membership.v1.WatchMembershipRequest
-	4,  // 34: membership.v1.MembershipService.Join:output_type -> membership.v1.JoinResponse
-	6,  // 35: membership.v1.MembershipService.Leave:output_type -> membership.v1.LeaveResponse
-	9,  // 36: membership.v1.MembershipService.ListRooms:output_type -> membership.v1.ListRoomsResponse
-	12, // 37: membership.v1.MembershipService.ListMembers:output_type -> membership.v1.ListMembersResponse
-	15, // 38: membership.v1.MembershipService.GetSocket:output_type -> membership.v1.GetSocketResponse
-	17, // 39: membership.v1.MembershipService.Broadcast:output_type -> membership.v1.BroadcastResponse
-	19, // 40: membership.v1.MembershipService.Blast:output_type -> membership.v1.BlastResponse
-	21, // 41: membership.v1.MembershipService.LeaveAll:output_type -> membership.v1.LeaveAllResponse
-	23, // 42: membership.v1.MembershipService.AddRoomMembersToRooms:output_type -> membership.v1.AddRoomMembersToRoomsResponse
-	25, // 43: membership.v1.MembershipService.RemoveRoomMembersFromRooms:output_type -> membership.v1.RemoveRoomMembersFromRoomsResponse
-	27, // 44: membership.v1.MembershipService.ListSockets:output_type -> membership.v1.ListSocketsResponse
-	29, // 45: membership.v1.MembershipService.GetRoom:output_type -> membership.v1.GetRoomResponse
-	32, // 46: membership.v1.MembershipService.Disconnect:output_type -> membership.v1.DisconnectResponse
-	37, // 47: membership.v1.MembershipService.WatchMembership:output_type -> membership.v1.WatchMembershipResponse
-	34, // [34:48] is the sub-list for method output_type
-	20, // [20:34] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	41, // 14: membership.v1.Gateway.started_at:type_name -> google.protobuf.Timestamp
+	31, // 15: membership.v1.ListGatewaysResponse.gateways:type_name -> membership.v1.Gateway
+	0,  // 16: membership.v1.DisconnectRequest.wait_for:type_name -> membership.v1.WaitFor
+	34, // 17: membership.v1.DisconnectResponse.results:type_name -> membership.v1.DisconnectResult
+	1,  // 18: membership.v1.MembershipEvent.type:type_name -> membership.v1.EventType
+	37, // 19: membership.v1.MembershipEvents.events:type_name -> membership.v1.MembershipEvent
+	38, // 20: membership.v1.WatchMembershipResponse.events:type_name -> membership.v1.MembershipEvents
+	39, // 21: membership.v1.WatchMembershipResponse.progress:type_name -> membership.v1.WatchProgress
+	2,  // 22: membership.v1.MembershipService.Join:input_type -> membership.v1.JoinRequest
+	5,  // 23: membership.v1.MembershipService.Leave:input_type -> membership.v1.LeaveRequest
+	7,  // 24: membership.v1.MembershipService.ListRooms:input_type -> membership.v1.ListRoomsRequest
+	10, // 25: membership.v1.MembershipService.ListMembers:input_type -> membership.v1.ListMembersRequest
+	13, // 26: membership.v1.MembershipService.GetSocket:input_type -> membership.v1.GetSocketRequest
+	16, // 27: membership.v1.MembershipService.Broadcast:input_type -> membership.v1.BroadcastRequest
+	18, // 28: membership.v1.MembershipService.Blast:input_type -> membership.v1.BlastRequest
+	20, // 29: membership.v1.MembershipService.LeaveAll:input_type -> membership.v1.LeaveAllRequest
+	22, // 30: membership.v1.MembershipService.AddRoomMembersToRooms:input_type -> membership.v1.AddRoomMembersToRoomsRequest
+	24, // 31: membership.v1.MembershipService.RemoveRoomMembersFromRooms:input_type -> membership.v1.RemoveRoomMembersFromRoomsRequest
+	26, // 32: membership.v1.MembershipService.ListSockets:input_type -> membership.v1.ListSocketsRequest
+	28, // 33: membership.v1.MembershipService.GetRoom:input_type -> membership.v1.GetRoomRequest
+	30, // 34: membership.v1.MembershipService.ListGateways:input_type -> membership.v1.ListGatewaysRequest
+	33, // 35: membership.v1.MembershipService.Disconnect:input_type -> membership.v1.DisconnectRequest
+	36, // 36: membership.v1.MembershipService.WatchMembership:input_type -> membership.v1.WatchMembershipRequest
+	4,  // 37: membership.v1.MembershipService.Join:output_type -> membership.v1.JoinResponse
+	6,  // 38: membership.v1.MembershipService.Leave:output_type -> membership.v1.LeaveResponse
+	9,  // 39: membership.v1.MembershipService.ListRooms:output_type -> membership.v1.ListRoomsResponse
+	12, // 40: membership.v1.MembershipService.ListMembers:output_type -> membership.v1.ListMembersResponse
+	15, // 41: membership.v1.MembershipService.GetSocket:output_type -> membership.v1.GetSocketResponse
+	17, // 42: membership.v1.MembershipService.Broadcast:output_type -> membership.v1.BroadcastResponse
+	19, // 43: membership.v1.MembershipService.Blast:output_type -> membership.v1.BlastResponse
+	21, // 44: membership.v1.MembershipService.LeaveAll:output_type -> membership.v1.LeaveAllResponse
+	23, // 45: membership.v1.MembershipService.AddRoomMembersToRooms:output_type -> membership.v1.AddRoomMembersToRoomsResponse
+	25, // 46: membership.v1.MembershipService.RemoveRoomMembersFromRooms:output_type -> membership.v1.RemoveRoomMembersFromRoomsResponse
+	27, // 47: membership.v1.MembershipService.ListSockets:output_type -> membership.v1.ListSocketsResponse
+	29, // 48: membership.v1.MembershipService.GetRoom:output_type -> membership.v1.GetRoomResponse
+	32, // 49: membership.v1.MembershipService.ListGateways:output_type -> membership.v1.ListGatewaysResponse
+	35, // 50: membership.v1.MembershipService.Disconnect:output_type -> membership.v1.DisconnectResponse
+	40, // 51: membership.v1.MembershipService.WatchMembership:output_type -> membership.v1.WatchMembershipResponse
+	37, // [37:52] is the sub-list for method output_type
+	22, // [22:37] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_membership_v1_membership_proto_init() }
@@ -2916,7 +3173,7 @@ func file_membership_v1_membership_proto_init() {
 	if File_membership_v1_membership_proto != nil {
 		return
 	}
-	file_membership_v1_membership_proto_msgTypes[35].OneofWrappers = []any{
+	file_membership_v1_membership_proto_msgTypes[38].OneofWrappers = []any{
 		(*WatchMembershipResponse_Events)(nil),
 		(*WatchMembershipResponse_Progress)(nil),
 	}
@@ -2926,7 +3183,7 @@ func file_membership_v1_membership_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_membership_v1_membership_proto_rawDesc), len(file_membership_v1_membership_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   36,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

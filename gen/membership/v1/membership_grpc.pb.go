@@ -31,6 +31,7 @@ const (
 	MembershipService_RemoveRoomMembersFromRooms_FullMethodName = "/membership.v1.MembershipService/RemoveRoomMembersFromRooms"
 	MembershipService_ListSockets_FullMethodName                = "/membership.v1.MembershipService/ListSockets"
 	MembershipService_GetRoom_FullMethodName                    = "/membership.v1.MembershipService/GetRoom"
+	MembershipService_ListGateways_FullMethodName               = "/membership.v1.MembershipService/ListGateways"
 	MembershipService_Disconnect_FullMethodName                 = "/membership.v1.MembershipService/Disconnect"
 	MembershipService_WatchMembership_FullMethodName            = "/membership.v1.MembershipService/WatchMembership"
 )
@@ -157,6 +158,16 @@ type MembershipServiceClient interface {
 	// index and no etcd operation (BENCHMARKS.md section 11); a socket with a
 	// user costs one more key, written and deleted with its record.
 	GetRoom(ctx context.Context, in *GetRoomRequest, opts ...grpc.CallOption) (*GetRoomResponse, error)
+	// ListGateways lists the registered gateways (a gateways/ record in etcd,
+	// on the gateway's lease) with each one's address, socket count and lease.
+	// Served from the serving replica's broadcast target index, caught up
+	// with etcd's revision when the call began, like ListRooms; the socket
+	// counts are kept there incrementally from the same watch (each socket
+	// record counted under its home gateway), so a page costs no scan of the
+	// sockets. Each gateway's lease TTL is read from etcd, one
+	// LeaseTimeToLive per gateway on the page. Results are ordered by gateway
+	// id, byte-wise, and paged like ListRooms.
+	ListGateways(ctx context.Context, in *ListGatewaysRequest, opts ...grpc.CallOption) (*ListGatewaysResponse, error)
 	// Disconnect closes sockets cluster-wide (Socket.IO's disconnectSockets,
 	// Centrifugo's disconnect), selected by exactly one of socket_ids, user or
 	// room (every member as of one revision; sockets joining later stay). Each
@@ -323,6 +334,16 @@ func (c *membershipServiceClient) GetRoom(ctx context.Context, in *GetRoomReques
 	return out, nil
 }
 
+func (c *membershipServiceClient) ListGateways(ctx context.Context, in *ListGatewaysRequest, opts ...grpc.CallOption) (*ListGatewaysResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListGatewaysResponse)
+	err := c.cc.Invoke(ctx, MembershipService_ListGateways_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *membershipServiceClient) Disconnect(ctx context.Context, in *DisconnectRequest, opts ...grpc.CallOption) (*DisconnectResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(DisconnectResponse)
@@ -474,6 +495,16 @@ type MembershipServiceServer interface {
 	// index and no etcd operation (BENCHMARKS.md section 11); a socket with a
 	// user costs one more key, written and deleted with its record.
 	GetRoom(context.Context, *GetRoomRequest) (*GetRoomResponse, error)
+	// ListGateways lists the registered gateways (a gateways/ record in etcd,
+	// on the gateway's lease) with each one's address, socket count and lease.
+	// Served from the serving replica's broadcast target index, caught up
+	// with etcd's revision when the call began, like ListRooms; the socket
+	// counts are kept there incrementally from the same watch (each socket
+	// record counted under its home gateway), so a page costs no scan of the
+	// sockets. Each gateway's lease TTL is read from etcd, one
+	// LeaseTimeToLive per gateway on the page. Results are ordered by gateway
+	// id, byte-wise, and paged like ListRooms.
+	ListGateways(context.Context, *ListGatewaysRequest) (*ListGatewaysResponse, error)
 	// Disconnect closes sockets cluster-wide (Socket.IO's disconnectSockets,
 	// Centrifugo's disconnect), selected by exactly one of socket_ids, user or
 	// room (every member as of one revision; sockets joining later stay). Each
@@ -555,6 +586,9 @@ func (UnimplementedMembershipServiceServer) ListSockets(context.Context, *ListSo
 }
 func (UnimplementedMembershipServiceServer) GetRoom(context.Context, *GetRoomRequest) (*GetRoomResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetRoom not implemented")
+}
+func (UnimplementedMembershipServiceServer) ListGateways(context.Context, *ListGatewaysRequest) (*ListGatewaysResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListGateways not implemented")
 }
 func (UnimplementedMembershipServiceServer) Disconnect(context.Context, *DisconnectRequest) (*DisconnectResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Disconnect not implemented")
@@ -799,6 +833,24 @@ func _MembershipService_GetRoom_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _MembershipService_ListGateways_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListGatewaysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MembershipServiceServer).ListGateways(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MembershipService_ListGateways_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MembershipServiceServer).ListGateways(ctx, req.(*ListGatewaysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _MembershipService_Disconnect_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(DisconnectRequest)
 	if err := dec(in); err != nil {
@@ -882,6 +934,10 @@ var MembershipService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetRoom",
 			Handler:    _MembershipService_GetRoom_Handler,
+		},
+		{
+			MethodName: "ListGateways",
+			Handler:    _MembershipService_ListGateways_Handler,
 		},
 		{
 			MethodName: "Disconnect",

@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file membership/v1/membership.proto.
  */
 export const file_membership_v1_membership: GenFile = /*@__PURE__*/
-  fileDesc("Ch5tZW1iZXJzaGlwL3YxL21lbWJlcnNoaXAucHJvdG8SDW1lbWJlcnNoaXAudjEiegoLSm9pblJlcXVlc3QSEQoJc29ja2V0X2lkGAEgASgJEgwKBHJvb20YAiABKAkSKAoId2FpdF9mb3IYAyABKA4yFi5tZW1iZXJzaGlwLnYxLldhaXRGb3ISEgoKc29ja2V0X2lkcxgEIAMoCRIMCgR1c2VyGAUgASgJIjUKDFNvY2tldFJlc3VsdBIRCglzb2NrZXRfaWQYASABKAkSEgoKd2FzX21lbWJlchgCIAEoCCJ3CgxKb2luUmVzcG9uc2USFgoOYWxyZWFkeV9tZW1iZXIYASABKAgSEAoIcmV2aXNpb24YAiABKAMSLAoHcmVzdWx0cxgDIAMoCzIbLm1lbWJlcnNoaXAudjEuU29ja2V0UmVzdWx0Eg8KB3JldHJpZWQYBCABKAgiewoMTGVhdmVSZXF1ZXN0EhEKCXNvY2tldF9pZBgBIAEoCRIMCgRyb29tGAIgASgJEigKCHdhaXRfZm9yGAMgASgOMhYubWVtYmVyc2hpcC52MS5XYWl0Rm9yEhIKCnNvY2tldF9pZHMYBCADKAkSDAoEdXNlchgFIAEoCSJ0Cg1MZWF2ZVJlc3BvbnNlEhIKCndhc19tZW1iZXIYASABKAgSEAoIcmV2aXNpb24YAiABKAMSLAoHcmVzdWx0cxgDIAMoCzIbLm1lbWJlcnNoaXAudjEuU29ja2V0UmVzdWx0Eg8KB3JldHJpZWQYBCABKAgiTAoQTGlzdFJvb21zUmVxdWVzdBIRCglzb2NrZXRfaWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiPgoEUm9vbRIMCgRuYW1lGAEgASgJEhQKDG1lbWJlcl9jb3VudBgCIAEoAxISCgp1c2VyX2NvdW50GAMgASgDImIKEUxpc3RSb29tc1Jlc3BvbnNlEiIKBXJvb21zGAEgAygLMhMubWVtYmVyc2hpcC52MS5Sb29tEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCRIQCghyZXZpc2lvbhgDIAEoAyJJChJMaXN0TWVtYmVyc1JlcXVlc3QSDAoEcm9vbRgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJuCgZNZW1iZXISEQoJc29ja2V0X2lkGAEgASgJEg8KB2dhdGV3YXkYAiABKAkSDAoEdXNlchgDIAEoCRIyCg5kZXRhY2hlZF9zaW5jZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiaAoTTGlzdE1lbWJlcnNSZXNwb25zZRImCgdtZW1iZXJzGAEgAygLMhUubWVtYmVyc2hpcC52MS5NZW1iZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJEhAKCHJldmlzaW9uGAMgASgDIiUKEEdldFNvY2tldFJlcXVlc3QSEQoJc29ja2V0X2lkGAEgASgJIq8BCgZTb2NrZXQSEQoJc29ja2V0X2lkGAEgASgJEg8KB2dhdGV3YXkYAiABKAkSMAoMY29ubmVjdGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVyb29tcxgEIAMoCRIMCgR1c2VyGAUgASgJEjIKDmRldGFjaGVkX3NpbmNlGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJMChFHZXRTb2NrZXRSZXNwb25zZRIlCgZzb2NrZXQYASABKAsyFS5tZW1iZXJzaGlwLnYxLlNvY2tldBIQCghyZXZpc2lvbhgCIAEoAyJxChBCcm9hZGNhc3RSZXF1ZXN0Eg0KBXJvb21zGAEgAygJEg0KBWV2ZW50GAIgASgJEiQKBGRhdGEYAyABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSGQoRZXhjZXB0X3NvY2tldF9pZHMYBCADKAkiUQoRQnJvYWRjYXN0UmVzcG9uc2USEQoJZGVsaXZlcmVkGAEgASgDEhAKCHJldmlzaW9uGAIgASgDEhcKD2ZhaWxlZF9nYXRld2F5cxgDIAEoBSJeCgxCbGFzdFJlcXVlc3QSDQoFZXZlbnQYASABKAkSJAoEZGF0YRgCIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIZChFleGNlcHRfc29ja2V0X2lkcxgDIAMoCSJNCg1CbGFzdFJlc3BvbnNlEhEKCWRlbGl2ZXJlZBgBIAEoAxIQCghyZXZpc2lvbhgCIAEoAxIXCg9mYWlsZWRfZ2F0ZXdheXMYAyABKAUiHwoPTGVhdmVBbGxSZXF1ZXN0EgwKBHJvb20YASABKAkiRgoQTGVhdmVBbGxSZXNwb25zZRIPCgdzb2NrZXRzGAEgASgDEg8KB2NoYW5nZWQYAiABKAMSEAoIcmV2aXNpb24YAyABKAMiRwocQWRkUm9vbU1lbWJlcnNUb1Jvb21zUmVxdWVzdBITCgtzb3VyY2Vfcm9vbRgBIAEoCRISCgpkZXN0X3Jvb21zGAIgAygJImcKHUFkZFJvb21NZW1iZXJzVG9Sb29tc1Jlc3BvbnNlEg8KB3NvY2tldHMYASABKAMSDwoHY2hhbmdlZBgCIAEoAxIQCghyZXZpc2lvbhgDIAEoAxISCgpvdmVyX2xpbWl0GAQgASgDIkwKIVJlbW92ZVJvb21NZW1iZXJzRnJvbVJvb21zUmVxdWVzdBITCgtzb3VyY2Vfcm9vbRgBIAEoCRISCgpkZXN0X3Jvb21zGAIgAygJIlgKIlJlbW92ZVJvb21NZW1iZXJzRnJvbVJvb21zUmVzcG9uc2USDwoHc29ja2V0cxgBIAEoAxIPCgdjaGFuZ2VkGAIgASgDEhAKCHJldmlzaW9uGAMgASgDIkkKEkxpc3RTb2NrZXRzUmVxdWVzdBIMCgR1c2VyGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJImgKE0xpc3RTb2NrZXRzUmVzcG9uc2USJgoHc29ja2V0cxgBIAMoCzIVLm1lbWJlcnNoaXAudjEuU29ja2V0EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCRIQCghyZXZpc2lvbhgDIAEoAyIeCg5HZXRSb29tUmVxdWVzdBIMCgRyb29tGAEgASgJIkYKD0dldFJvb21SZXNwb25zZRIhCgRyb29tGAEgASgLMhMubWVtYmVyc2hpcC52MS5Sb29tEhAKCHJldmlzaW9uGAIgASgDIosBChFEaXNjb25uZWN0UmVxdWVzdBISCgpzb2NrZXRfaWRzGAEgAygJEgwKBHVzZXIYAiABKAkSDAoEcm9vbRgDIAEoCRIMCgRjb2RlGAQgASgFEg4KBnJlYXNvbhgFIAEoCRIoCgh3YWl0X2ZvchgGIAEoDjIWLm1lbWJlcnNoaXAudjEuV2FpdEZvciI7ChBEaXNjb25uZWN0UmVzdWx0EhEKCXNvY2tldF9pZBgBIAEoCRIUCgxkaXNjb25uZWN0ZWQYAiABKAgibgoSRGlzY29ubmVjdFJlc3BvbnNlEhQKDGRpc2Nvbm5lY3RlZBgBIAEoAxIQCghyZXZpc2lvbhgCIAEoAxIwCgdyZXN1bHRzGAMgAygLMh8ubWVtYmVyc2hpcC52MS5EaXNjb25uZWN0UmVzdWx0Il8KFldhdGNoTWVtYmVyc2hpcFJlcXVlc3QSDAoEcm9vbRgBIAEoCRIMCgR1c2VyGAIgASgJEhEKCXNvY2tldF9pZBgDIAEoCRIWCg5hZnRlcl9yZXZpc2lvbhgEIAEoAyKLAQoPTWVtYmVyc2hpcEV2ZW50EiYKBHR5cGUYASABKA4yGC5tZW1iZXJzaGlwLnYxLkV2ZW50VHlwZRIRCglzb2NrZXRfaWQYAiABKAkSDAoEdXNlchgDIAEoCRIPCgdnYXRld2F5GAQgASgJEgwKBHJvb20YBSABKAkSEAoIcmV2aXNpb24YBiABKAMiVAoQTWVtYmVyc2hpcEV2ZW50cxIQCghyZXZpc2lvbhgBIAEoAxIuCgZldmVudHMYAiADKAsyHi5tZW1iZXJzaGlwLnYxLk1lbWJlcnNoaXBFdmVudCIhCg1XYXRjaFByb2dyZXNzEhAKCHJldmlzaW9uGAEgASgDIoYBChdXYXRjaE1lbWJlcnNoaXBSZXNwb25zZRIxCgZldmVudHMYASABKAsyHy5tZW1iZXJzaGlwLnYxLk1lbWJlcnNoaXBFdmVudHNIABIwCghwcm9ncmVzcxgCIAEoCzIcLm1lbWJlcnNoaXAudjEuV2F0Y2hQcm9ncmVzc0gAQgYKBGtpbmQqTAoHV2FpdEZvchIYChRXQUlUX0ZPUl9VTlNQRUNJRklFRBAAEhMKD1dBSVRfRk9SX0NPTU1JVBABEhIKDldBSVRfRk9SX0FQUExZEAIqigEKCUV2ZW50VHlwZRIaChZFVkVOVF9UWVBFX1VOU1BFQ0lGSUVEEAASGAoURVZFTlRfVFlQRV9DT05ORUNURUQQARIbChdFVkVOVF9UWVBFX0RJU0NPTk5FQ1RFRBACEhUKEUVWRU5UX1RZUEVfSk9JTkVEEAMSEwoPRVZFTlRfVFlQRV9MRUZUEAQy+Q0KEU1lbWJlcnNoaXBTZXJ2aWNlEmcKBEpvaW4SGi5tZW1iZXJzaGlwLnYxLkpvaW5SZXF1ZXN0GhsubWVtYmVyc2hpcC52MS5Kb2luUmVzcG9uc2UiJpACAoLT5JMCHToBKiIYL3YxL3Jvb21zL3tyb29tfS9tZW1iZXJzEpgBCgVMZWF2ZRIbLm1lbWJlcnNoaXAudjEuTGVhdmVSZXF1ZXN0GhwubWVtYmVyc2hpcC52MS5MZWF2ZVJlc3BvbnNlIlSQAgKC0+STAktaIzoBKiIeL3YxL3Jvb21zL3tyb29tfS9tZW1iZXJzOmxlYXZlKiQvdjEvcm9vbXMve3Jvb219L21lbWJlcnMve3NvY2tldF9pZH0ShQEKCUxpc3RSb29tcxIfLm1lbWJlcnNoaXAudjEuTGlzdFJvb21zUmVxdWVzdBogLm1lbWJlcnNoaXAudjEuTGlzdFJvb21zUmVzcG9uc2UiNZACAYLT5JMCLFofEh0vdjEvc29ja2V0cy97c29ja2V0X2lkfS9yb29tcxIJL3YxL3Jvb21zEnkKC0xpc3RNZW1iZXJzEiEubWVtYmVyc2hpcC52MS5MaXN0TWVtYmVyc1JlcXVlc3QaIi5tZW1iZXJzaGlwLnYxLkxpc3RNZW1iZXJzUmVzcG9uc2UiI5ACAYLT5JMCGhIYL3YxL3Jvb21zL3tyb29tfS9tZW1iZXJzEnIKCUdldFNvY2tldBIfLm1lbWJlcnNoaXAudjEuR2V0U29ja2V0UmVxdWVzdBogLm1lbWJlcnNoaXAudjEuR2V0U29ja2V0UmVzcG9uc2UiIpACAYLT5JMCGRIXL3YxL3NvY2tldHMve3NvY2tldF9pZH0SaAoJQnJvYWRjYXN0Eh8ubWVtYmVyc2hpcC52MS5Ccm9hZGNhc3RSZXF1ZXN0GiAubWVtYmVyc2hpcC52MS5Ccm9hZGNhc3RSZXNwb25zZSIYgtPkkwISOgEqIg0vdjEvYnJvYWRjYXN0ElgKBUJsYXN0EhsubWVtYmVyc2hpcC52MS5CbGFzdFJlcXVlc3QaHC5tZW1iZXJzaGlwLnYxLkJsYXN0UmVzcG9uc2UiFILT5JMCDjoBKiIJL3YxL2JsYXN0EnEKCExlYXZlQWxsEh4ubWVtYmVyc2hpcC52MS5MZWF2ZUFsbFJlcXVlc3QaHy5tZW1iZXJzaGlwLnYxLkxlYXZlQWxsUmVzcG9uc2UiJJACAoLT5JMCGyIZL3YxL3Jvb21zL3tyb29tfTpsZWF2ZUFsbBKrAQoVQWRkUm9vbU1lbWJlcnNUb1Jvb21zEisubWVtYmVyc2hpcC52MS5BZGRSb29tTWVtYmVyc1RvUm9vbXNSZXF1ZXN0GiwubWVtYmVyc2hpcC52MS5BZGRSb29tTWVtYmVyc1RvUm9vbXNSZXNwb25zZSI3kAICgtPkkwIuOgEqIikvdjEvcm9vbXMve3NvdXJjZV9yb29tfTphZGRNZW1iZXJzVG9Sb29tcxK/AQoaUmVtb3ZlUm9vbU1lbWJlcnNGcm9tUm9vbXMSMC5tZW1iZXJzaGlwLnYxLlJlbW92ZVJvb21NZW1iZXJzRnJvbVJvb21zUmVxdWVzdBoxLm1lbWJlcnNoaXAudjEuUmVtb3ZlUm9vbU1lbWJlcnNGcm9tUm9vbXNSZXNwb25zZSI8kAICgtPkkwIzOgEqIi4vdjEvcm9vbXMve3NvdXJjZV9yb29tfTpyZW1vdmVNZW1iZXJzRnJvbVJvb21zEnkKC0xpc3RTb2NrZXRzEiEubWVtYmVyc2hpcC52MS5MaXN0U29ja2V0c1JlcXVlc3QaIi5tZW1iZXJzaGlwLnYxLkxpc3RTb2NrZXRzUmVzcG9uc2UiI5ACAYLT5JMCGhIYL3YxL3VzZXJzL3t1c2VyfS9zb2NrZXRzEmUKB0dldFJvb20SHS5tZW1iZXJzaGlwLnYxLkdldFJvb21SZXF1ZXN0Gh4ubWVtYmVyc2hpcC52MS5HZXRSb29tUmVzcG9uc2UiG5ACAYLT5JMCEhIQL3YxL3Jvb21zL3tyb29tfRJ3CgpEaXNjb25uZWN0EiAubWVtYmVyc2hpcC52MS5EaXNjb25uZWN0UmVxdWVzdBohLm1lbWJlcnNoaXAudjEuRGlzY29ubmVjdFJlc3BvbnNlIiSQAgKC0+STAhs6ASoiFi92MS9zb2NrZXRzOmRpc2Nvbm5lY3QSZwoPV2F0Y2hNZW1iZXJzaGlwEiUubWVtYmVyc2hpcC52MS5XYXRjaE1lbWJlcnNoaXBSZXF1ZXN0GiYubWVtYmVyc2hpcC52MS5XYXRjaE1lbWJlcnNoaXBSZXNwb25zZSIDkAIBMAFCQlpAZ2l0aHViLmNvbS9zb2NrZXRyb29tcy9tZW1iZXJzaGlwL2dlbi9tZW1iZXJzaGlwL3YxO21lbWJlcnNoaXB2MWIGcHJvdG8z", [file_google_api_annotations, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("Ch5tZW1iZXJzaGlwL3YxL21lbWJlcnNoaXAucHJvdG8SDW1lbWJlcnNoaXAudjEiegoLSm9pblJlcXVlc3QSEQoJc29ja2V0X2lkGAEgASgJEgwKBHJvb20YAiABKAkSKAoId2FpdF9mb3IYAyABKA4yFi5tZW1iZXJzaGlwLnYxLldhaXRGb3ISEgoKc29ja2V0X2lkcxgEIAMoCRIMCgR1c2VyGAUgASgJIjUKDFNvY2tldFJlc3VsdBIRCglzb2NrZXRfaWQYASABKAkSEgoKd2FzX21lbWJlchgCIAEoCCJ3CgxKb2luUmVzcG9uc2USFgoOYWxyZWFkeV9tZW1iZXIYASABKAgSEAoIcmV2aXNpb24YAiABKAMSLAoHcmVzdWx0cxgDIAMoCzIbLm1lbWJlcnNoaXAudjEuU29ja2V0UmVzdWx0Eg8KB3JldHJpZWQYBCABKAgiewoMTGVhdmVSZXF1ZXN0EhEKCXNvY2tldF9pZBgBIAEoCRIMCgRyb29tGAIgASgJEigKCHdhaXRfZm9yGAMgASgOMhYubWVtYmVyc2hpcC52MS5XYWl0Rm9yEhIKCnNvY2tldF9pZHMYBCADKAkSDAoEdXNlchgFIAEoCSJ0Cg1MZWF2ZVJlc3BvbnNlEhIKCndhc19tZW1iZXIYASABKAgSEAoIcmV2aXNpb24YAiABKAMSLAoHcmVzdWx0cxgDIAMoCzIbLm1lbWJlcnNoaXAudjEuU29ja2V0UmVzdWx0Eg8KB3JldHJpZWQYBCABKAgiTAoQTGlzdFJvb21zUmVxdWVzdBIRCglzb2NrZXRfaWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiPgoEUm9vbRIMCgRuYW1lGAEgASgJEhQKDG1lbWJlcl9jb3VudBgCIAEoAxISCgp1c2VyX2NvdW50GAMgASgDImIKEUxpc3RSb29tc1Jlc3BvbnNlEiIKBXJvb21zGAEgAygLMhMubWVtYmVyc2hpcC52MS5Sb29tEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCRIQCghyZXZpc2lvbhgDIAEoAyJJChJMaXN0TWVtYmVyc1JlcXVlc3QSDAoEcm9vbRgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJuCgZNZW1iZXISEQoJc29ja2V0X2lkGAEgASgJEg8KB2dhdGV3YXkYAiABKAkSDAoEdXNlchgDIAEoCRIyCg5kZXRhY2hlZF9zaW5jZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiaAoTTGlzdE1lbWJlcnNSZXNwb25zZRImCgdtZW1iZXJzGAEgAygLMhUubWVtYmVyc2hpcC52MS5NZW1iZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJEhAKCHJldmlzaW9uGAMgASgDIiUKEEdldFNvY2tldFJlcXVlc3QSEQoJc29ja2V0X2lkGAEgASgJIq8BCgZTb2NrZXQSEQoJc29ja2V0X2lkGAEgASgJEg8KB2dhdGV3YXkYAiABKAkSMAoMY29ubmVjdGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVyb29tcxgEIAMoCRIMCgR1c2VyGAUgASgJEjIKDmRldGFjaGVkX3NpbmNlGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJMChFHZXRTb2NrZXRSZXNwb25zZRIlCgZzb2NrZXQYASABKAsyFS5tZW1iZXJzaGlwLnYxLlNvY2tldBIQCghyZXZpc2lvbhgCIAEoAyJxChBCcm9hZGNhc3RSZXF1ZXN0Eg0KBXJvb21zGAEgAygJEg0KBWV2ZW50GAIgASgJEiQKBGRhdGEYAyABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSGQoRZXhjZXB0X3NvY2tldF9pZHMYBCADKAkiUQoRQnJvYWRjYXN0UmVzcG9uc2USEQoJZGVsaXZlcmVkGAEgASgDEhAKCHJldmlzaW9uGAIgASgDEhcKD2ZhaWxlZF9nYXRld2F5cxgDIAEoBSJeCgxCbGFzdFJlcXVlc3QSDQoFZXZlbnQYASABKAkSJAoEZGF0YRgCIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIZChFleGNlcHRfc29ja2V0X2lkcxgDIAMoCSJNCg1CbGFzdFJlc3BvbnNlEhEKCWRlbGl2ZXJlZBgBIAEoAxIQCghyZXZpc2lvbhgCIAEoAxIXCg9mYWlsZWRfZ2F0ZXdheXMYAyABKAUiHwoPTGVhdmVBbGxSZXF1ZXN0EgwKBHJvb20YASABKAkiRgoQTGVhdmVBbGxSZXNwb25zZRIPCgdzb2NrZXRzGAEgASgDEg8KB2NoYW5nZWQYAiABKAMSEAoIcmV2aXNpb24YAyABKAMiRwocQWRkUm9vbU1lbWJlcnNUb1Jvb21zUmVxdWVzdBITCgtzb3VyY2Vfcm9vbRgBIAEoCRISCgpkZXN0X3Jvb21zGAIgAygJImcKHUFkZFJvb21NZW1iZXJzVG9Sb29tc1Jlc3BvbnNlEg8KB3NvY2tldHMYASABKAMSDwoHY2hhbmdlZBgCIAEoAxIQCghyZXZpc2lvbhgDIAEoAxISCgpvdmVyX2xpbWl0GAQgASgDIkwKIVJlbW92ZVJvb21NZW1iZXJzRnJvbVJvb21zUmVxdWVzdBITCgtzb3VyY2Vfcm9vbRgBIAEoCRISCgpkZXN0X3Jvb21zGAIgAygJIlgKIlJlbW92ZVJvb21NZW1iZXJzRnJvbVJvb21zUmVzcG9uc2USDwoHc29ja2V0cxgBIAEoAxIPCgdjaGFuZ2VkGAIgASgDEhAKCHJldmlzaW9uGAMgASgDIkkKEkxpc3RTb2NrZXRzUmVxdWVzdBIMCgR1c2VyGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJImgKE0xpc3RTb2NrZXRzUmVzcG9uc2USJgoHc29ja2V0cxgBIAMoCzIVLm1lbWJlcnNoaXAudjEuU29ja2V0EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCRIQCghyZXZpc2lvbhgDIAEoAyIeCg5HZXRSb29tUmVxdWVzdBIMCgRyb29tGAEgASgJIkYKD0dldFJvb21SZXNwb25zZRIhCgRyb29tGAEgASgLMhMubWVtYmVyc2hpcC52MS5Sb29tEhAKCHJldmlzaW9uGAIgASgDIjwKE0xpc3RHYXRld2F5c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkizwEKB0dhdGV3YXkSCgoCaWQYASABKAkSEQoJZ3JwY19hZGRyGAIgASgJEhQKDHNvY2tldF9jb3VudBgDIAEoAxIQCghsZWFzZV9pZBgEIAEoAxIZChFsZWFzZV90dGxfc2Vjb25kcxgFIAEoAxIhChlsZWFzZV9ncmFudGVkX3R0bF9zZWNvbmRzGAYgASgDEi4KCnN0YXJ0ZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3ZlcnNpb24YCCABKAkiawoUTGlzdEdhdGV3YXlzUmVzcG9uc2USKAoIZ2F0ZXdheXMYASADKAsyFi5tZW1iZXJzaGlwLnYxLkdhdGV3YXkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJEhAKCHJldmlzaW9uGAMgASgDIosBChFEaXNjb25uZWN0UmVxdWVzdBISCgpzb2NrZXRfaWRzGAEgAygJEgwKBHVzZXIYAiABKAkSDAoEcm9vbRgDIAEoCRIMCgRjb2RlGAQgASgFEg4KBnJlYXNvbhgFIAEoCRIoCgh3YWl0X2ZvchgGIAEoDjIWLm1lbWJlcnNoaXAudjEuV2FpdEZvciI7ChBEaXNjb25uZWN0UmVzdWx0EhEKCXNvY2tldF9pZBgBIAEoCRIUCgxkaXNjb25uZWN0ZWQYAiABKAgibgoSRGlzY29ubmVjdFJlc3BvbnNlEhQKDGRpc2Nvbm5lY3RlZBgBIAEoAxIQCghyZXZpc2lvbhgCIAEoAxIwCgdyZXN1bHRzGAMgAygLMh8ubWVtYmVyc2hpcC52MS5EaXNjb25uZWN0UmVzdWx0Il8KFldhdGNoTWVtYmVyc2hpcFJlcXVlc3QSDAoEcm9vbRgBIAEoCRIMCgR1c2VyGAIgASgJEhEKCXNvY2tldF9pZBgDIAEoCRIWCg5hZnRlcl9yZXZpc2lvbhgEIAEoAyKLAQoPTWVtYmVyc2hpcEV2ZW50EiYKBHR5cGUYASABKA4yGC5tZW1iZXJzaGlwLnYxLkV2ZW50VHlwZRIRCglzb2NrZXRfaWQYAiABKAkSDAoEdXNlchgDIAEoCRIPCgdnYXRld2F5GAQgASgJEgwKBHJvb20YBSABKAkSEAoIcmV2aXNpb24YBiABKAMiVAoQTWVtYmVyc2hpcEV2ZW50cxIQCghyZXZpc2lvbhgBIAEoAxIuCgZldmVudHMYAiADKAsyHi5tZW1iZXJzaGlwLnYxLk1lbWJlcnNoaXBFdmVudCIhCg1XYXRjaFByb2dyZXNzEhAKCHJldmlzaW9uGAEgASgDIoYBChdXYXRjaE1lbWJlcnNoaXBSZXNwb25zZRIxCgZldmVudHMYASABKAsyHy5tZW1iZXJzaGlwLnYxLk1lbWJlcnNoaXBFdmVudHNIABIwCghwcm9ncmVzcxgCIAEoCzIcLm1lbWJlcnNoaXAudjEuV2F0Y2hQcm9ncmVzc0gAQgYKBGtpbmQqTAoHV2FpdEZvchIYChRXQUlUX0ZPUl9VTlNQRUNJRklFRBAAEhMKD1dBSVRfRk9SX0NPTU1JVBABEhIKDldBSVRfRk9SX0FQUExZEAIqigEKCUV2ZW50VHlwZRIaChZFVkVOVF9UWVBFX1VOU1BFQ0lGSUVEEAASGAoURVZFTlRfVFlQRV9DT05ORUNURUQQARIbChdFVkVOVF9UWVBFX0RJU0NPTk5FQ1RFRBACEhUKEUVWRU5UX1RZUEVfSk9JTkVEEAMSEwoPRVZFTlRfVFlQRV9MRUZUEAQy6w4KEU1lbWJlcnNoaXBTZXJ2aWNlEmcKBEpvaW4SGi5tZW1iZXJzaGlwLnYxLkpvaW5SZXF1ZXN0GhsubWVtYmVyc2hpcC52MS5Kb2luUmVzcG9uc2UiJpACAoLT5JMCHToBKiIYL3YxL3Jvb21zL3tyb29tfS9tZW1iZXJzEpgBCgVMZWF2ZRIbLm1lbWJlcnNoaXAudjEuTGVhdmVSZXF1ZXN0GhwubWVtYmVyc2hpcC52MS5MZWF2ZVJlc3BvbnNlIlSQAgKC0+STAktaIzoBKiIeL3YxL3Jvb21zL3tyb29tfS9tZW1iZXJzOmxlYXZlKiQvdjEvcm9vbXMve3Jvb219L21lbWJlcnMve3NvY2tldF9pZH0ShQEKCUxpc3RSb29tcxIfLm1lbWJlcnNoaXAudjEuTGlzdFJvb21zUmVxdWVzdBogLm1lbWJlcnNoaXAudjEuTGlzdFJvb21zUmVzcG9uc2UiNZACAYLT5JMCLFofEh0vdjEvc29ja2V0cy97c29ja2V0X2lkfS9yb29tcxIJL3YxL3Jvb21zEnkKC0xpc3RNZW1iZXJzEiEubWVtYmVyc2hpcC52MS5MaXN0TWVtYmVyc1JlcXVlc3QaIi5tZW1iZXJzaGlwLnYxLkxpc3RNZW1iZXJzUmVzcG9uc2UiI5ACAYLT5JMCGhIYL3YxL3Jvb21zL3tyb29tfS9tZW1iZXJzEnIKCUdldFNvY2tldBIfLm1lbWJlcnNoaXAudjEuR2V0U29ja2V0UmVxdWVzdBogLm1lbWJlcnNoaXAudjEuR2V0U29ja2V0UmVzcG9uc2UiIpACAYLT5JMCGRIXL3YxL3NvY2tldHMve3NvY2tldF9pZH0SaAoJQnJvYWRjYXN0Eh8ubWVtYmVyc2hpcC52MS5Ccm9hZGNhc3RSZXF1ZXN0GiAubWVtYmVyc2hpcC52MS5Ccm9hZGNhc3RSZXNwb25zZSIYgtPkkwISOgEqIg0vdjEvYnJvYWRjYXN0ElgKBUJsYXN0EhsubWVtYmVyc2hpcC52MS5CbGFzdFJlcXVlc3QaHC5tZW1iZXJzaGlwLnYxLkJsYXN0UmVzcG9uc2UiFILT5JMCDjoBKiIJL3YxL2JsYXN0EnEKCExlYXZlQWxsEh4ubWVtYmVyc2hpcC52MS5MZWF2ZUFsbFJlcXVlc3QaHy5tZW1iZXJzaGlwLnYxLkxlYXZlQWxsUmVzcG9uc2UiJJACAoLT5JMCGyIZL3YxL3Jvb21zL3tyb29tfTpsZWF2ZUFsbBKrAQoVQWRkUm9vbU1lbWJlcnNUb1Jvb21zEisubWVtYmVyc2hpcC52MS5BZGRSb29tTWVtYmVyc1RvUm9vbXNSZXF1ZXN0GiwubWVtYmVyc2hpcC52MS5BZGRSb29tTWVtYmVyc1RvUm9vbXNSZXNwb25zZSI3kAICgtPkkwIuOgEqIikvdjEvcm9vbXMve3NvdXJjZV9yb29tfTphZGRNZW1iZXJzVG9Sb29tcxK/AQoaUmVtb3ZlUm9vbU1lbWJlcnNGcm9tUm9vbXMSMC5tZW1iZXJzaGlwLnYxLlJlbW92ZVJvb21NZW1iZXJzRnJvbVJvb21zUmVxdWVzdBoxLm1lbWJlcnNoaXAudjEuUmVtb3ZlUm9vbU1lbWJlcnNGcm9tUm9vbXNSZXNwb25zZSI8kAICgtPkkwIzOgEqIi4vdjEvcm9vbXMve3NvdXJjZV9yb29tfTpyZW1vdmVNZW1iZXJzRnJvbVJvb21zEnkKC0xpc3RTb2NrZXRzEiEubWVtYmVyc2hpcC52MS5MaXN0U29ja2V0c1JlcXVlc3QaIi5tZW1iZXJzaGlwLnYxLkxpc3RTb2NrZXRzUmVzcG9uc2UiI5ACAYLT5JMCGhIYL3YxL3VzZXJzL3t1c2VyfS9zb2NrZXRzEmUKB0dldFJvb20SHS5tZW1iZXJzaGlwLnYxLkdldFJvb21SZXF1ZXN0Gh4ubWVtYmVyc2hpcC52MS5HZXRSb29tUmVzcG9uc2UiG5ACAYLT5JMCEhIQL3YxL3Jvb21zL3tyb29tfRJwCgxMaXN0R2F0ZXdheXMSIi5tZW1iZXJzaGlwLnYxLkxpc3RHYXRld2F5c1JlcXVlc3QaIy5tZW1iZXJzaGlwLnYxLkxpc3RHYXRld2F5c1Jlc3BvbnNlIheQAgGC0+STAg4SDC92MS9nYXRld2F5cxJ3CgpEaXNjb25uZWN0EiAubWVtYmVyc2hpcC52MS5EaXNjb25uZWN0UmVxdWVzdBohLm1lbWJlcnNoaXAudjEuRGlzY29ubmVjdFJlc3BvbnNlIiSQAgKC0+STAhs6ASoiFi92MS9zb2NrZXRzOmRpc2Nvbm5lY3QSZwoPV2F0Y2hNZW1iZXJzaGlwEiUubWVtYmVyc2hpcC52MS5XYXRjaE1lbWJlcnNoaXBSZXF1ZXN0GiYubWVtYmVyc2hpcC52MS5XYXRjaE1lbWJlcnNoaXBSZXNwb25zZSIDkAIBMAFCQlpAZ2l0aHViLmNvbS9zb2NrZXRyb29tcy9tZW1iZXJzaGlwL2dlbi9tZW1iZXJzaGlwL3YxO21lbWJlcnNoaXB2MWIGcHJvdG8z", [file_google_api_annotations, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * JoinRequest adds socket_id (and socket_ids) to room.
@@ -1091,6 +1091,142 @@ export const GetRoomResponseSchema: GenMessage<GetRoomResponse> = /*@__PURE__*/
   messageDesc(file_membership_v1_membership, 27);
 
 /**
+ * ListGatewaysRequest asks for a page of the registered gateways.
+ *
+ * @generated from message membership.v1.ListGatewaysRequest
+ */
+export type ListGatewaysRequest = Message<"membership.v1.ListGatewaysRequest"> & {
+  /**
+   * At most this many gateways per page; 0 means 100, the maximum is 1000.
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * The next_page_token of the previous page, or empty for the first page.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message membership.v1.ListGatewaysRequest.
+ * Use `create(ListGatewaysRequestSchema)` to create a new message.
+ */
+export const ListGatewaysRequestSchema: GenMessage<ListGatewaysRequest> = /*@__PURE__*/
+  messageDesc(file_membership_v1_membership, 28);
+
+/**
+ * Gateway is a registered gateway as its etcd record and lease describe it.
+ *
+ * @generated from message membership.v1.Gateway
+ */
+export type Gateway = Message<"membership.v1.Gateway"> & {
+  /**
+   * The gateway's id (its --id), the first part of its sockets' ids.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * The address of its internal gRPC API (gateway.v1), as it advertised it.
+   *
+   * @generated from field: string grpc_addr = 2;
+   */
+  grpcAddr: string;
+
+  /**
+   * How many sockets it holds: socket records whose home is this gateway,
+   * detached ones included.
+   *
+   * @generated from field: int64 socket_count = 3;
+   */
+  socketCount: bigint;
+
+  /**
+   * The etcd lease its record is on (its first lease), in decimal.
+   *
+   * @generated from field: int64 lease_id = 4;
+   */
+  leaseId: bigint;
+
+  /**
+   * Seconds left on that lease when the call read it; -1 when the lease has
+   * just expired or been revoked (the record goes with it).
+   *
+   * @generated from field: int64 lease_ttl_seconds = 5;
+   */
+  leaseTtlSeconds: bigint;
+
+  /**
+   * The lease's granted TTL in seconds (the gateway's --lease-ttl).
+   *
+   * @generated from field: int64 lease_granted_ttl_seconds = 6;
+   */
+  leaseGrantedTtlSeconds: bigint;
+
+  /**
+   * When the gateway started.
+   *
+   * @generated from field: google.protobuf.Timestamp started_at = 7;
+   */
+  startedAt?: Timestamp | undefined;
+
+  /**
+   * The gateway's build version.
+   *
+   * @generated from field: string version = 8;
+   */
+  version: string;
+};
+
+/**
+ * Describes the message membership.v1.Gateway.
+ * Use `create(GatewaySchema)` to create a new message.
+ */
+export const GatewaySchema: GenMessage<Gateway> = /*@__PURE__*/
+  messageDesc(file_membership_v1_membership, 29);
+
+/**
+ * ListGatewaysResponse is one page of gateways.
+ *
+ * @generated from message membership.v1.ListGatewaysResponse
+ */
+export type ListGatewaysResponse = Message<"membership.v1.ListGatewaysResponse"> & {
+  /**
+   * Gateways in byte-wise order of their ids.
+   *
+   * @generated from field: repeated membership.v1.Gateway gateways = 1;
+   */
+  gateways: Gateway[];
+
+  /**
+   * Token for the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+
+  /**
+   * The revision of the serving replica's index the page is a snapshot of:
+   * at least etcd's revision when the call began.
+   *
+   * @generated from field: int64 revision = 3;
+   */
+  revision: bigint;
+};
+
+/**
+ * Describes the message membership.v1.ListGatewaysResponse.
+ * Use `create(ListGatewaysResponseSchema)` to create a new message.
+ */
+export const ListGatewaysResponseSchema: GenMessage<ListGatewaysResponse> = /*@__PURE__*/
+  messageDesc(file_membership_v1_membership, 30);
+
+/**
  * DisconnectRequest selects the sockets to close: exactly one of socket_ids,
  * user and room.
  *
@@ -1155,7 +1291,7 @@ export type DisconnectRequest = Message<"membership.v1.DisconnectRequest"> & {
  * Use `create(DisconnectRequestSchema)` to create a new message.
  */
 export const DisconnectRequestSchema: GenMessage<DisconnectRequest> = /*@__PURE__*/
-  messageDesc(file_membership_v1_membership, 28);
+  messageDesc(file_membership_v1_membership, 31);
 
 /**
  * DisconnectResult is what a Disconnect did to one socket.
@@ -1183,7 +1319,7 @@ export type DisconnectResult = Message<"membership.v1.DisconnectResult"> & {
  * Use `create(DisconnectResultSchema)` to create a new message.
  */
 export const DisconnectResultSchema: GenMessage<DisconnectResult> = /*@__PURE__*/
-  messageDesc(file_membership_v1_membership, 29);
+  messageDesc(file_membership_v1_membership, 32);
 
 /**
  * DisconnectResponse reports a committed Disconnect.
@@ -1218,7 +1354,7 @@ export type DisconnectResponse = Message<"membership.v1.DisconnectResponse"> & {
  * Use `create(DisconnectResponseSchema)` to create a new message.
  */
 export const DisconnectResponseSchema: GenMessage<DisconnectResponse> = /*@__PURE__*/
-  messageDesc(file_membership_v1_membership, 30);
+  messageDesc(file_membership_v1_membership, 33);
 
 /**
  * WatchMembershipRequest says which changes to stream, and from where.
@@ -1263,7 +1399,7 @@ export type WatchMembershipRequest = Message<"membership.v1.WatchMembershipReque
  * Use `create(WatchMembershipRequestSchema)` to create a new message.
  */
 export const WatchMembershipRequestSchema: GenMessage<WatchMembershipRequest> = /*@__PURE__*/
-  messageDesc(file_membership_v1_membership, 31);
+  messageDesc(file_membership_v1_membership, 34);
 
 /**
  * MembershipEvent is one change.
@@ -1319,7 +1455,7 @@ export type MembershipEvent = Message<"membership.v1.MembershipEvent"> & {
  * Use `create(MembershipEventSchema)` to create a new message.
  */
 export const MembershipEventSchema: GenMessage<MembershipEvent> = /*@__PURE__*/
-  messageDesc(file_membership_v1_membership, 32);
+  messageDesc(file_membership_v1_membership, 35);
 
 /**
  * MembershipEvents are all the matching events of one revision.
@@ -1347,7 +1483,7 @@ export type MembershipEvents = Message<"membership.v1.MembershipEvents"> & {
  * Use `create(MembershipEventsSchema)` to create a new message.
  */
 export const MembershipEventsSchema: GenMessage<MembershipEvents> = /*@__PURE__*/
-  messageDesc(file_membership_v1_membership, 33);
+  messageDesc(file_membership_v1_membership, 36);
 
 /**
  * WatchProgress says every matching event up to revision has been sent.
@@ -1368,7 +1504,7 @@ export type WatchProgress = Message<"membership.v1.WatchProgress"> & {
  * Use `create(WatchProgressSchema)` to create a new message.
  */
 export const WatchProgressSchema: GenMessage<WatchProgress> = /*@__PURE__*/
-  messageDesc(file_membership_v1_membership, 34);
+  messageDesc(file_membership_v1_membership, 37);
 
 /**
  * WatchMembershipResponse is one revision's events or a progress message.
@@ -1405,7 +1541,7 @@ export type WatchMembershipResponse = Message<"membership.v1.WatchMembershipResp
  * Use `create(WatchMembershipResponseSchema)` to create a new message.
  */
 export const WatchMembershipResponseSchema: GenMessage<WatchMembershipResponse> = /*@__PURE__*/
-  messageDesc(file_membership_v1_membership, 35);
+  messageDesc(file_membership_v1_membership, 38);
 
 /**
  * WaitFor says when a membership change returns.
@@ -1708,6 +1844,24 @@ export const MembershipService: GenService<{
     methodKind: "unary";
     input: typeof GetRoomRequestSchema;
     output: typeof GetRoomResponseSchema;
+  },
+  /**
+   * ListGateways lists the registered gateways (a gateways/ record in etcd,
+   * on the gateway's lease) with each one's address, socket count and lease.
+   * Served from the serving replica's broadcast target index, caught up
+   * with etcd's revision when the call began, like ListRooms; the socket
+   * counts are kept there incrementally from the same watch (each socket
+   * record counted under its home gateway), so a page costs no scan of the
+   * sockets. Each gateway's lease TTL is read from etcd, one
+   * LeaseTimeToLive per gateway on the page. Results are ordered by gateway
+   * id, byte-wise, and paged like ListRooms.
+   *
+   * @generated from rpc membership.v1.MembershipService.ListGateways
+   */
+  listGateways: {
+    methodKind: "unary";
+    input: typeof ListGatewaysRequestSchema;
+    output: typeof ListGatewaysResponseSchema;
   },
   /**
    * Disconnect closes sockets cluster-wide (Socket.IO's disconnectSockets,
