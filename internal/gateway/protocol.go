@@ -197,7 +197,7 @@ const (
 	closeTooBig          = websocket.CloseMessageTooBig           // 1009: a frame larger than Config.MaxFrameBytes
 	closeInternal        = websocket.CloseInternalServerErr       // 1011: the socket could not be registered in etcd
 	closeServiceRestart  = websocket.CloseServiceRestart          // 1012: the gateway lost its etcd lease (or is re-registering): reconnect
-	closeTryAgainLater   = websocket.CloseTryAgainLater           // 1013: too slow: the socket's send queue passed its frame or byte bound
+	closeTryAgainLater   = websocket.CloseTryAgainLater           // 1013: too slow: the socket's send queue passed its frame or byte bound; or, before any frame, a resume to try again (resumeRetry)
 	// 4000–4999: the membership API's Disconnect, with its caller's code and
 	// reason (disconnect.go); clients do not reconnect on them.
 )
