@@ -33,9 +33,10 @@ import (
 // with whatever else is waiting and goes on while calls wait; so a lone call
 // is sent at once. While transactions are in flight, a call starts a further
 // committer (up to max) only when at least extraCommitterBatch calls wait,
-// enough to be worth a transaction of their own; otherwise it waits to be
-// picked up by a committer in flight, which takes every waiting call that
-// fits when its transaction returns. A transaction started for one call
+// enough to be worth a transaction of their own, or when every committer is
+// pausing before a retry; otherwise it waits to be picked up by a committer
+// in flight, which takes every waiting call that fits when its transaction
+// returns. A transaction started for one call
 // while another is in flight costs etcd a raft entry, an apply and a
 // backend write, and the membership-server a round trip, for that one call:
 // under load that kept batches small, and at concurrency 64 cost a quarter
@@ -60,6 +61,7 @@ type batcher struct {
 	mu      sync.Mutex
 	pending []*batchCall
 	active  int // transactions being built or in flight
+	paused  int // of active, those pausing before a retry (retry.go)
 	stopped bool
 	idle    sync.Cond // signalled when active drops to 0
 
@@ -141,7 +143,9 @@ func (b *batcher) do(ctx context.Context, op *etcdserverpb.TxnRequest, keys []st
 		return nil, 0, errBatcherStopped
 	}
 	b.pending = append(b.pending, c)
-	lead := b.active == 0 || (b.active < b.max && len(b.pending) >= b.extraCommitterBatch())
+	// A committer pausing before a retry (an etcd election) is not waited
+	// for: the call starts its own, as it would with none in flight.
+	lead := b.active < b.max && (b.active == b.paused || len(b.pending) >= b.extraCommitterBatch())
 	if lead {
 		b.active++
 	}
@@ -290,7 +294,13 @@ func (b *batcher) commit(batch []*batchCall) {
 		}
 		// Cut short when the remaining callers give up or the batcher stops;
 		// the next round answers them.
+		b.mu.Lock()
+		b.paused++
+		b.mu.Unlock()
 		sleepCtx(ctx, pause)
+		b.mu.Lock()
+		b.paused--
+		b.mu.Unlock()
 		cancel()
 	}
 }

@@ -3,6 +3,8 @@ package store_test
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -10,6 +12,8 @@ import (
 
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/socketrooms/membership/internal/store"
 	"github.com/socketrooms/membership/internal/testutil"
@@ -121,5 +125,80 @@ func TestBatchStartsAnotherCommitterOnlyForABacklog(t *testing.T) {
 				t.Errorf("socket in %d rooms; want %d", len(info.Rooms), waiting+1)
 			}
 		})
+	}
+}
+
+// electionKV answers the first failFirst transactions for room "first" with
+// UNAVAILABLE (as during an etcd election) without sending them, and records
+// the room of every transaction sent through it.
+type electionKV struct {
+	etcdserverpb.KVClient
+	failFirst int
+	mu        sync.Mutex
+	sent      []string // "first" or "second", in order
+}
+
+func (k *electionKV) Txn(ctx context.Context, in *etcdserverpb.TxnRequest, opts ...grpc.CallOption) (*etcdserverpb.TxnResponse, error) {
+	room := "first"
+	// The call's nested transaction; in it, the membership's, guarded by its room key.
+	call := in.Success[0].GetRequestTxn()
+	if strings.Contains(string(call.Success[0].GetRequestTxn().Compare[0].Key), "/second/") {
+		room = "second"
+	}
+	k.mu.Lock()
+	k.sent = append(k.sent, room)
+	fail := room == "first" && len(k.sent) <= k.failFirst
+	k.mu.Unlock()
+	if fail {
+		return nil, status.Error(codes.Unavailable, "etcdserver: leader changed")
+	}
+	return k.KVClient.Txn(ctx, in, opts...)
+}
+
+func (k *electionKV) order() []string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return slices.Clone(k.sent)
+}
+
+// A call made while the only committer pauses before a retry (an etcd
+// election) is sent at once by a committer of its own, not held until that
+// committer's retries end: waiting for a transaction in flight is for a
+// transaction that is in flight.
+func TestBatchCallIsNotHeldBehindARetryPause(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	s := store.New(e.Client, "/t/")
+	sock := connect(t, e.Client, s, "gw1")
+	// From the fourth retry on, pauses are 80 ms or more (retry.go).
+	kv := &electionKV{failFirst: 6}
+	s.WrapKV(func(inner etcdserverpb.KVClient) etcdserverpb.KVClient {
+		kv.KVClient = inner
+		return kv
+	})
+	defer s.StartBatching(4)()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	first := make(chan error, 1)
+	go func() {
+		_, err := s.Join(ctx, []store.SocketID{sock}, "first")
+		first <- err
+	}()
+	for len(kv.order()) < 4 || s.PausedCommitters() == 0 {
+		if len(kv.order()) > kv.failFirst || ctx.Err() != nil {
+			t.Fatalf("no pause seen before a retry; sent %v", kv.order())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := s.Join(ctx, []store.SocketID{sock}, "second"); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	order := kv.order()
+	i := slices.Index(order, "second")
+	if i < 0 || !slices.Contains(order[i+1:], "first") {
+		t.Errorf("transactions sent %v: the second Join waited for the first's retries to end", order)
 	}
 }

@@ -10,3 +10,10 @@ func (s *Store) PendingCalls() int {
 	defer s.batch.mu.Unlock()
 	return len(s.batch.pending)
 }
+
+// PausedCommitters is how many committers pause before a retry.
+func (s *Store) PausedCommitters() int {
+	s.batch.mu.Lock()
+	defer s.batch.mu.Unlock()
+	return s.batch.paused
+}
