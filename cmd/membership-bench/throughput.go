@@ -44,8 +44,11 @@ func benchThroughput(ctx context.Context, cfg config) error {
 	}
 
 	fmt.Printf("## Join/Leave throughput (%v per point)\n\n", cfg.duration)
-	fmt.Println("| concurrency | raw etcd txn calls/s | raw p50 | raw p99 | API uncoalesced calls/s | p50 | p99 | API calls/s | API p50 | API p99 | API / raw |")
-	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|")
+	// CPU per API call: utime+stime from /proc of the membership-server (with
+	// its embedded etcd) and of the gateway (applying the changes it watches
+	// and writing the notices) over the API phase, over the calls completed.
+	fmt.Println("| concurrency | raw etcd txn calls/s | raw p50 | raw p99 | API uncoalesced calls/s | p50 | p99 | API calls/s | API p50 | API p99 | API / raw | API µs CPU per call: server+etcd | gateway |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	levels, err := concurrencyLevels(cfg.tpLevels, len(socks))
 	if err != nil {
 		return err
@@ -68,12 +71,20 @@ func benchThroughput(ctx context.Context, cfg config) error {
 			plainRate, plainLat = loop(ctx, c, cfg.duration, apiJoinLeave(plain, socks))
 		}
 		apiRate, apiLat := 0.0, &latencies{}
+		var serverCPU, gatewayCPU float64
 		if strings.Contains(cfg.tpPaths, "api") {
+			s0, g0, t0 := processCPU(st.server.Process.Pid), processCPU(g.cmd.Process.Pid), time.Now()
 			apiRate, apiLat = loop(ctx, c, cfg.duration, apiJoinLeave(st.api, socks))
+			// Read at once, before the gateway finishes applying the tail.
+			s1, g1 := processCPU(st.server.Process.Pid), processCPU(g.cmd.Process.Pid)
+			if calls := apiRate * time.Since(t0).Seconds(); calls > 0 {
+				serverCPU = float64((s1 - s0).Microseconds()) / calls
+				gatewayCPU = float64((g1 - g0).Microseconds()) / calls
+			}
 		}
-		fmt.Printf("| %d | %.0f | %s | %s | %.0f | %s | %s | %.0f | %s | %s | %.2f× |\n", c,
+		fmt.Printf("| %d | %.0f | %s | %s | %.0f | %s | %s | %.0f | %s | %s | %.2f× | %.0f | %.0f |\n", c,
 			rawRate, ms(rawLat.pct(50)), ms(rawLat.pct(99)), plainRate, ms(plainLat.pct(50)), ms(plainLat.pct(99)),
-			apiRate, ms(apiLat.pct(50)), ms(apiLat.pct(99)), apiRate/rawRate)
+			apiRate, ms(apiLat.pct(50)), ms(apiLat.pct(99)), apiRate/rawRate, serverCPU, gatewayCPU)
 	}
 	fmt.Println()
 	return nil

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -87,18 +88,7 @@ func Version() string {
 // (grpcedge.CodecOptions), before the token is checked: a kept decode error
 // must be taken by its interceptor, which nothing may skip.
 func ServerOptions(log *slog.Logger, defaultTimeout time.Duration, token string, metrics ...*grpcprom.ServerMetrics) []grpc.ServerOption {
-	logger := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
-		log.Log(ctx, slog.Level(lvl), msg, fields...)
-	})
-	logOpts := []logging.Option{
-		logging.WithLogOnEvents(logging.FinishCall),
-		logging.WithLevels(func(c codes.Code) logging.Level {
-			if c == codes.OK {
-				return logging.LevelDebug
-			}
-			return logging.DefaultServerCodeToLevel(c)
-		}),
-	}
+	logger, logOpts := serverLogging(log)
 	recoverOpt := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
 		log.ErrorContext(ctx, "panic in handler", "panic", p, "stack", string(debug.Stack()))
 		return status.Error(codes.Internal, "internal error")
@@ -111,7 +101,7 @@ func ServerOptions(log *slog.Logger, defaultTimeout time.Duration, token string,
 		}
 		return h(ctx, req)
 	}
-	unary := []grpc.UnaryServerInterceptor{logging.UnaryServerInterceptor(logger, logOpts...)}
+	unary := []grpc.UnaryServerInterceptor{unaryLogging(log, logger, logOpts)}
 	stream := []grpc.StreamServerInterceptor{logging.StreamServerInterceptor(logger, logOpts...)}
 	for _, m := range metrics {
 		unary = append(unary, m.UnaryServerInterceptor())
@@ -128,12 +118,84 @@ func ServerOptions(log *slog.Logger, defaultTimeout time.Duration, token string,
 	return []grpc.ServerOption{
 		grpcedge.ServerCodec(),
 		// Reused handler goroutines keep their grown stacks; a fresh goroutine
-		// per call spent an eighth of the CPU growing its stack.
-		grpc.NumStreamWorkers(uint32(4 * runtime.GOMAXPROCS(0))),
+		// per call spent an eighth of the CPU growing its stack. A call holds
+		// its worker while it waits (a Join until its etcd transaction
+		// commits), so the pool is sized by calls in flight, not by cores: a
+		// call that finds every worker busy is served by a fresh goroutine.
+		grpc.NumStreamWorkers(uint32(max(StreamWorkers, 4*runtime.GOMAXPROCS(0)))),
 		grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(stream...),
 	}
 }
+
+// serverLogging is the logger and options of the logging interceptors:
+// each call's end, successful ones at debug level.
+func serverLogging(log *slog.Logger) (logging.Logger, []logging.Option) {
+	logger := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
+		log.Log(ctx, slog.Level(lvl), msg, fields...)
+	})
+	logOpts := []logging.Option{
+		logging.WithLogOnEvents(logging.FinishCall),
+		logging.WithFieldsFromContextAndCallMeta(replayedCallFields),
+		logging.WithLevels(func(c codes.Code) logging.Level {
+			if c == codes.OK {
+				return logging.LevelDebug
+			}
+			return logging.DefaultServerCodeToLevel(c)
+		}),
+	}
+	return logger, logOpts
+}
+
+// unaryLogging logs each unary call's end with the logging interceptor, at
+// debug level when it succeeded (see ServerOptions). While debug is off a
+// successful call logs nothing, yet the interceptor would still build its
+// fields (a formatted start time and deadline, the peer's address, the
+// duration): 5 % of the membership-server's CPU under Join/Leave
+// (BENCHMARKS.md, section 1). So with debug off the call runs without it, and
+// only a failed call is passed through it afterwards, with its real start
+// time and duration (replayedCallFields): the record is the interceptor's
+// own, as with debug on.
+func unaryLogging(log *slog.Logger, logger logging.Logger, opts []logging.Option) grpc.UnaryServerInterceptor {
+	full := logging.UnaryServerInterceptor(logger, opts...)
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		if log.Enabled(ctx, slog.LevelDebug) {
+			return full(ctx, req, info, h)
+		}
+		start := time.Now()
+		resp, err := h(ctx, req)
+		if err == nil {
+			return resp, nil
+		}
+		rctx := context.WithValue(ctx, replayedCallKey{}, replayedCall{start: start, took: time.Since(start)})
+		return full(rctx, req, info, func(context.Context, any) (any, error) { return resp, err })
+	}
+}
+
+type replayedCallKey struct{}
+
+type replayedCall struct {
+	start time.Time
+	took  time.Duration
+}
+
+// replayedCallFields gives a call logged after it ended (unaryLogging) its
+// real start time and duration, which take precedence over those the
+// interceptor measures around the replay.
+func replayedCallFields(ctx context.Context, _ interceptors.CallMeta) logging.Fields {
+	c, ok := ctx.Value(replayedCallKey{}).(replayedCall)
+	if !ok {
+		return nil
+	}
+	return append(logging.Fields{"grpc.start_time", c.start.Format(time.RFC3339)}, logging.DurationToTimeMillisFields(c.took)...)
+}
+
+// StreamWorkers is how many calls at once ServerOptions serves on reused
+// handler goroutines (grpc.NumStreamWorkers; more when GOMAXPROCS is past
+// 64). With 8 (4 per core on 2 cores), 64 concurrent Joins ran mostly on
+// fresh goroutines, whose stack growth cost 5 % of the membership-server's
+// CPU (BENCHMARKS.md, section 1). An idle worker costs a goroutine's stack.
+const StreamWorkers = 256
 
 // EtcdConfig is how both binaries (and the tests) configure their etcd
 // client. Unary calls are retried only a few times inside the client: a member

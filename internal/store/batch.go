@@ -29,11 +29,20 @@ import (
 // the same membership never share a batch: the later one waits for the next.
 
 // batcher coalesces calls. There is no standing committer goroutine: a call
-// that finds fewer than max transactions in flight starts one, which commits
-// it together with whatever else is waiting and goes on while calls wait; so
-// a lone call is sent at once. A call that finds max in flight waits to be
-// picked up. The caller itself only waits, so that it returns by its deadline
-// even while the transaction carrying it is retried for others (retry.go).
+// that finds no transaction in flight starts one, which commits it together
+// with whatever else is waiting and goes on while calls wait; so a lone call
+// is sent at once. While transactions are in flight, a call starts a further
+// committer (up to max) only when at least extraCommitterBatch calls wait,
+// enough to be worth a transaction of their own, or when every committer is
+// pausing before a retry; otherwise it waits to be picked up by a committer
+// in flight, which takes every waiting call that fits when its transaction
+// returns. A transaction started for one call
+// while another is in flight costs etcd a raft entry, an apply and a
+// backend write, and the membership-server a round trip, for that one call:
+// under load that kept batches small, and at concurrency 64 cost a quarter
+// more CPU per call than taking turns (BENCHMARKS.md, section 1). The caller
+// itself only waits, so that it returns by its deadline even while the
+// transaction carrying it is retried for others (retry.go).
 //
 // An attempt lives no longer than someone waits for it: it is cancelled when
 // every call it carries has been abandoned by its caller (so that a call that
@@ -52,6 +61,7 @@ type batcher struct {
 	mu      sync.Mutex
 	pending []*batchCall
 	active  int // transactions being built or in flight
+	paused  int // of active, those pausing before a retry (retry.go)
 	stopped bool
 	idle    sync.Cond // signalled when active drops to 0
 
@@ -74,7 +84,8 @@ type batchResult struct {
 }
 
 // StartBatching makes Join and Leave coalesce concurrent calls, with up to
-// committers etcd transactions in flight at once. Call the returned function
+// committers etcd transactions in flight at once (more than one only while
+// calls back up: see batcher). Call the returned function
 // to stop: it cancels the transactions in flight (their outcome is unknown,
 // as for any request abandoned in flight), fails the calls they carry and
 // those still waiting with ErrShuttingDown, and returns once every committer
@@ -111,6 +122,15 @@ func (s *Store) BatchStats() (txns, calls int64) {
 	return s.batch.txns.Load(), s.batch.calls.Load()
 }
 
+// extraCommitterBatch is how many calls must wait, while a transaction is in
+// flight, before another committer starts for them: half of what one
+// transaction carries (single-socket calls, one operation each), 64 at
+// etcd's default --max-txn-ops. Below it they wait for the one in flight (a
+// round trip of etcd, a few milliseconds), which then takes them all at
+// once. Measured at concurrency 64 and 256, 16 cost about 10 % more CPU per
+// call than 64 (BENCHMARKS.md, section 1).
+func (b *batcher) extraCommitterBatch() int { return max(1, b.budget.maxOps/2) }
+
 var errBatcherStopped = fmt.Errorf("batcher stopped: %w", ErrShuttingDown)
 
 // do commits one call, alone or with others, and returns its share. need and
@@ -123,7 +143,9 @@ func (b *batcher) do(ctx context.Context, op *etcdserverpb.TxnRequest, keys []st
 		return nil, 0, errBatcherStopped
 	}
 	b.pending = append(b.pending, c)
-	lead := b.active < b.max
+	// A committer pausing before a retry (an etcd election) is not waited
+	// for: the call starts its own, as it would with none in flight.
+	lead := b.active < b.max && (b.active == b.paused || len(b.pending) >= b.extraCommitterBatch())
 	if lead {
 		b.active++
 	}
@@ -272,7 +294,13 @@ func (b *batcher) commit(batch []*batchCall) {
 		}
 		// Cut short when the remaining callers give up or the batcher stops;
 		// the next round answers them.
+		b.mu.Lock()
+		b.paused++
+		b.mu.Unlock()
 		sleepCtx(ctx, pause)
+		b.mu.Lock()
+		b.paused--
+		b.mu.Unlock()
 		cancel()
 	}
 }

@@ -133,9 +133,31 @@ func NewSocketID(gateway string, lease clientv3.LeaseID) SocketID {
 	return SocketID{Gateway: gateway, Lease: lease, Nonce: base64.RawURLEncoding.EncodeToString(b[:])}
 }
 
-// String encodes the id as "{gateway}.{lease hex}.{nonce}".
+// String encodes the id as "{gateway}.{lease hex}.{nonce}", the lease as 16
+// lower-case hex digits (fmt's %016x of the int64).
+//
+// A Join or Leave encodes each of its ids several times (keys, guards), so
+// this builds the string in one allocation; through fmt it cost 5 % of the
+// membership-server's CPU under Join/Leave (BENCHMARKS.md, section 1).
 func (s SocketID) String() string {
-	return s.Gateway + "." + fmt.Sprintf("%016x", int64(s.Lease)) + "." + s.Nonce
+	lease := int64(s.Lease)
+	if lease < 0 { // etcd grants positive ids; fmt writes a sign
+		return s.Gateway + "." + fmt.Sprintf("%016x", lease) + "." + s.Nonce
+	}
+	const hexDigits = "0123456789abcdef"
+	var h [16]byte
+	for i := len(h) - 1; i >= 0; i-- {
+		h[i] = hexDigits[lease&0xf]
+		lease >>= 4
+	}
+	var b strings.Builder
+	b.Grow(len(s.Gateway) + 1 + len(h) + 1 + len(s.Nonce))
+	b.WriteString(s.Gateway)
+	b.WriteByte('.')
+	b.Write(h[:])
+	b.WriteByte('.')
+	b.WriteString(s.Nonce)
+	return b.String()
 }
 
 // ParseSocketID decodes a socket id made by NewSocketID.
