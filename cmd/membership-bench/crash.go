@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -13,9 +14,13 @@ import (
 	"github.com/socketrooms/membership/internal/store"
 )
 
-// benchCrash: a gateway holding cfg.crashSockets sockets, each in one room, is
-// SIGKILLed. How long until etcd has dropped them all, and what Join/Leave
-// latency sockets on another gateway see meanwhile.
+// benchCrash: a gateway holding cfg.crashSockets sockets, each in
+// cfg.crashRooms rooms, is SIGKILLed. How long until etcd has dropped them
+// all, and what Join/Leave latency sockets on another gateway see meanwhile:
+// over the expiry window (from just before the first of the dead gateway's
+// keys is gone to just after the last), the p99 and the longest write pause,
+// the longest gap between two successive completions of the other gateway's
+// calls (16 loops, each calling again 5 ms after its last call returned).
 func benchCrash(ctx context.Context, cfg config) error {
 	st, err := startStack(ctx, cfg)
 	if err != nil {
@@ -23,11 +28,11 @@ func benchCrash(ctx context.Context, cfg config) error {
 	}
 	defer st.stop()
 	const ttl = 10 * time.Second
-	doomed, err := st.addGateway("doomed", "--lease-ttl", ttl.String(), "--lease-shards", strconv.Itoa(cfg.crashShards))
+	doomed, err := st.addGateway("doomed", "--lease-ttl", ttl.String(), "--lease-shards", strconv.Itoa(cfg.crashShards), "--log-level", "warn")
 	if err != nil {
 		return err
 	}
-	steady, err := st.addGateway("steady")
+	steady, err := st.addGateway("steady", "--log-level", "warn")
 	if err != nil {
 		return err
 	}
@@ -36,7 +41,7 @@ func benchCrash(ctx context.Context, cfg config) error {
 		return err
 	}
 	defer closeAll(socks)
-	for r := 0; r < 3; r++ {
+	for r := 0; r < cfg.crashRooms; r++ {
 		if err := joinAll(ctx, st, socks, func(i int) string { return fmt.Sprintf("crash-%d-%d", r, i%100) }); err != nil {
 			return err
 		}
@@ -92,8 +97,16 @@ func benchCrash(ctx context.Context, cfg config) error {
 	killed := time.Now()
 	prefix := store.DefaultPrefix + "gwm/doomed/"
 	var gone time.Duration
+	var firstDrop time.Time // the first poll that saw fewer keys than the first
+	initial := int64(-1)
 	for {
 		resp, err := st.cli.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err == nil && initial < 0 {
+			initial = resp.Count
+		}
+		if err == nil && firstDrop.IsZero() && resp.Count < initial {
+			firstDrop = time.Now()
+		}
 		if err == nil && resp.Count == 0 {
 			gone = time.Since(killed)
 			break
@@ -108,29 +121,57 @@ func benchCrash(ctx context.Context, cfg config) error {
 	close(stop)
 	wg.Wait()
 
-	before, during := &latencies{}, &latencies{}
+	// The expiry window, with a poll interval's slack either side.
+	winFrom, winTo := firstDrop.Add(-100*time.Millisecond), killed.Add(gone+100*time.Millisecond)
+	if firstDrop.IsZero() || gone < 0 {
+		winFrom, winTo = killed, time.Now()
+	}
+	before, during, expiry := &latencies{}, &latencies{}, &latencies{}
 	errs := 0
 	var worst time.Duration
+	var done, doneBefore []time.Time // completions after the kill, and before
 	for _, s := range samples {
+		end := s.at.Add(s.lat)
 		switch {
 		case s.at.Before(killed):
 			before.add(s.lat)
+			doneBefore = append(doneBefore, end)
 		default:
 			during.add(s.lat)
 			worst = max(worst, s.lat)
 			if s.err {
 				errs++
 			}
+			done = append(done, end)
+		}
+		// Calls under way at any moment of the window count.
+		if end.After(winFrom) && s.at.Before(winTo) {
+			expiry.add(s.lat)
 		}
 	}
-	fmt.Printf("## Gateway crash holding %d sockets and %d memberships (%d keys on %d lease(s); TTL %v)\n\n", len(socks), 3*len(socks), 7*len(socks)+1, cfg.crashShards, ttl)
-	fmt.Println("| gone after SIGKILL | other gateway's Join/Leave p50 / p99 before | after the kill: p50 / p99 / max | failed calls after the kill |")
-	fmt.Println("|---|---|---|---|")
+	// The longest gap between successive completions that overlaps the
+	// window: no call finished for that long.
+	slices.SortFunc(done, func(a, b time.Time) int { return a.Compare(b) })
+	var pause time.Duration
+	for i := 1; i < len(done); i++ {
+		if done[i].After(winFrom) && done[i-1].Before(winTo) {
+			pause = max(pause, done[i].Sub(done[i-1]))
+		}
+	}
+	slices.SortFunc(doneBefore, func(a, b time.Time) int { return a.Compare(b) })
+	var pauseBefore time.Duration
+	for i := 1; i < len(doneBefore); i++ {
+		pauseBefore = max(pauseBefore, doneBefore[i].Sub(doneBefore[i-1]))
+	}
+	keys := (1+2*cfg.crashRooms)*len(socks) + 1
+	fmt.Printf("## Gateway crash holding %d sockets and %d memberships (%d keys on %d lease(s); TTL %v)\n\n", len(socks), cfg.crashRooms*len(socks), keys, cfg.crashShards, ttl)
+	fmt.Println("| gone after SIGKILL | expiry window | other gateway's Join/Leave p50 / p99 / max write pause before | after the kill: p50 / p99 / max | in the expiry window: p99 / max write pause | failed calls after the kill |")
+	fmt.Println("|---|---|---|---|---|---|")
 	goneText := "not within 3× TTL"
 	if gone >= 0 {
 		goneText = fmt.Sprintf("%.2f s", gone.Seconds())
 	}
-	fmt.Printf("| %s | %s / %s | %s / %s / %s | %d |\n\n", goneText, ms(before.pct(50)), ms(before.pct(99)),
-		ms(during.pct(50)), ms(during.pct(99)), ms(worst), errs)
+	fmt.Printf("| %s | %.2f s | %s / %s / %s | %s / %s / %s | %s / %s | %d |\n\n", goneText, winTo.Sub(winFrom).Seconds(), ms(before.pct(50)), ms(before.pct(99)), ms(pauseBefore),
+		ms(during.pct(50)), ms(during.pct(99)), ms(worst), ms(expiry.pct(99)), ms(pause), errs)
 	return nil
 }
