@@ -51,6 +51,7 @@ type config struct {
 	crashSockets  int
 	crashShards   int
 	crashRooms    int
+	crashTTL      time.Duration
 	idleHold      time.Duration
 	serverArgs    string
 	tpLevels      string
@@ -83,6 +84,7 @@ func main() {
 	flag.IntVar(&cfg.crashSockets, "crash-sockets", 19000, "sockets on the gateway that crashes; each joins --crash-rooms rooms")
 	flag.IntVar(&cfg.crashRooms, "crash-rooms", 2, "rooms each socket of the crashing gateway joins (its keys: a record and 2 per membership)")
 	flag.IntVar(&cfg.crashShards, "crash-lease-shards", 16, "the crashing gateway's --lease-shards")
+	flag.DurationVar(&cfg.crashTTL, "crash-lease-ttl", 10*time.Second, "the crashing gateway's --lease-ttl")
 	flag.StringVar(&cfg.tpLevels, "tp-concurrency", "1,16,64,256", "throughput: concurrency levels")
 	flag.StringVar(&cfg.tpPaths, "tp-paths", "raw,plain,api", "throughput: which paths to measure (raw etcd, API without coalescing, API)")
 	flag.IntVar(&cfg.roomwideMembers, "roomwide-members", 100000, "roomwide: members of the source room (a multiple of 100)")

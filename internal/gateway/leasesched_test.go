@@ -109,3 +109,19 @@ func TestSessionEndsWhenOneShardsProofRunsOut(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkLeaseRenewal is what one renewal (KeepAliveOnce, as keepAlive
+// sends it) costs against a single-member etcd, one at a time: the price of
+// more shards at idle, n/renewalPeriod renewals per second per gateway.
+func BenchmarkLeaseRenewal(b *testing.B) {
+	e := testutil.StartEtcd(b)
+	lease, err := e.Client.Grant(context.Background(), 10)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if _, err := e.Client.KeepAliveOnce(clientv3.WithRequireLeader(context.Background()), lease.ID); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
