@@ -12,9 +12,10 @@
 //	            messages/s and delivery latency, with and without a stalled client
 //	idle        --idle-sockets idle sockets on one gateway: its memory and
 //	            goroutines per socket
-//	crash       a gateway holding --crash-sockets sockets in 3 rooms each is
-//	            SIGKILLed: time until its memberships are gone, and other
-//	            sockets' Join/Leave latency meanwhile
+//	crash       a gateway holding --crash-sockets sockets in --crash-rooms
+//	            rooms each is SIGKILLed: time until its memberships are gone,
+//	            and other sockets' Join/Leave latency and the longest write
+//	            pause while etcd revokes its leases
 //	roomwide    AddRoomMembersToRooms from a room of --roomwide-members to
 //	            --roomwide-rooms rooms: the membership-server's peak RSS
 //	            (not part of "all": it writes millions of keys)
@@ -54,6 +55,8 @@ type config struct {
 	idleSockets   int
 	crashSockets  int
 	crashShards   int
+	crashRooms    int
+	crashTTL      time.Duration
 	idleHold      time.Duration
 	serverArgs    string
 	tpLevels      string
@@ -87,8 +90,10 @@ func main() {
 	flag.IntVar(&cfg.idleSockets, "idle-sockets", 18000, "idle sockets on one gateway")
 	flag.StringVar(&cfg.serverArgs, "server-args", "", "extra flags for the membership-server, space-separated (e.g. \"--batch-committers 0\")")
 	flag.DurationVar(&cfg.idleHold, "idle-hold", 0, "keep the idle sockets open this long after measuring (to profile the gateway)")
-	flag.IntVar(&cfg.crashSockets, "crash-sockets", 17000, "sockets on the gateway that crashes; each joins 3 rooms")
-	flag.IntVar(&cfg.crashShards, "crash-lease-shards", 1, "the crashing gateway's --lease-shards")
+	flag.IntVar(&cfg.crashSockets, "crash-sockets", 19000, "sockets on the gateway that crashes; each joins --crash-rooms rooms")
+	flag.IntVar(&cfg.crashRooms, "crash-rooms", 2, "rooms each socket of the crashing gateway joins (its keys: a record and 2 per membership)")
+	flag.IntVar(&cfg.crashShards, "crash-lease-shards", 16, "the crashing gateway's --lease-shards")
+	flag.DurationVar(&cfg.crashTTL, "crash-lease-ttl", 10*time.Second, "the crashing gateway's --lease-ttl")
 	flag.StringVar(&cfg.tpLevels, "tp-concurrency", "1,16,64,256", "throughput: concurrency levels")
 	flag.StringVar(&cfg.tpPaths, "tp-paths", "raw,plain,api", "throughput: which paths to measure (raw etcd, API without coalescing, API)")
 	flag.IntVar(&cfg.roomwideMembers, "roomwide-members", 100000, "roomwide: members of the source room (a multiple of 100)")

@@ -63,7 +63,8 @@
 //
 // # When etcd goes away
 //
-// A session is a set of etcd leases (Config.LeaseShards, usually one) with
+// A session is a set of etcd leases (Config.LeaseShards, renewed one at a
+// time at staggered slots: leasesched.go) with
 // everything on them. While renewals fail, the session lives on as long as
 // the last successful renewals prove every lease alive (their send time plus
 // the TTL, less a margin); sockets stay open and deliveries go on. Once the
@@ -83,6 +84,7 @@
 //	resume.go     connection state recovery: detached sockets, seq, resume tokens
 //	drain.go      SIGTERM: refuse new sockets, detach the rest (1012) until resumed elsewhere
 //	lease.go      sessions: leases, their renewal and fencing, the pinger, ending a session
+//	leasesched.go when each lease shard is renewed: one at a time, spread over the period
 //	socket.go     the upgrade and a socket's life: registration, the read loop
 //	socketio.go   Socket.IO and Sails clients at /socket.io/: the mapping, sessions as hub members
 //	writer.go     a socket's send queue and its writer goroutine

@@ -167,50 +167,59 @@ func (g *Gateway) pinger(s *session) error {
 	}
 }
 
-// keepAlive renews the lease every third of its TTL and fences the session:
-// each renewal proves the lease alive for one TTL from the moment its request
-// was sent, and once that proof runs out the session ends, whatever etcd says
-// or fails to say. Renewals are single requests (not the client's keep-alive
-// stream) so that the send time of each is known: a reply that sat in a buffer
-// while the process was frozen proves nothing beyond its send time plus TTL.
+// keepAlive renews the leases and fences the session: each renewal proves its
+// lease alive for one TTL from the moment its request was sent, and once the
+// proof of any lease runs out the session ends, whatever etcd says or fails to
+// say. Each lease is renewed once per renewalPeriod, the leases one at a time
+// at evenly spaced slots (leasesched.go), so that after a crash they expire in
+// different passes of etcd's lessor. Renewals are single requests (not the
+// client's keep-alive stream) so that the send time of each is known: a reply
+// that sat in a buffer while the process was frozen proves nothing beyond its
+// send time plus TTL.
 func (g *Gateway) keepAlive(s *session) error {
-	interval := g.cfg.LeaseTTL / 3
+	period := renewalPeriod(g.cfg.LeaseTTL, len(s.leases))
+	slot := firstRenewals(monoNow(), len(s.leases), period) // each lease's next slot
+	due := append([]int64(nil), slot...)                    // slot, or sooner to retry a failure
 	for {
-		start := monoNow()
-		failed := false
-		for i, lease := range s.leases {
-			sent := monoNow()
-			timeout := min(interval, time.Duration(s.aliveUntil.Load()-sent))
-			if timeout <= 0 {
-				return errLeaseLost
+		i := 0
+		for j := range due {
+			if due[j] < due[i] {
+				i = j
 			}
-			ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(s.ctx), timeout)
-			resp, err := g.cli.KeepAliveOnce(ctx, lease)
-			cancel()
-			switch {
-			case s.ctx.Err() != nil:
+		}
+		if wait := time.Duration(due[i] - monoNow()); wait > 0 {
+			sleepCtx(s.ctx, wait)
+			if s.ctx.Err() != nil {
 				return s.ctx.Err()
-			case errors.Is(err, rpctypes.ErrLeaseNotFound):
-				return errLeaseLost
-			case err != nil:
-				failed = true
-				g.metrics.renewFailures.Inc()
-				g.log.Warn("lease renewal failed", "err", err, "lease", fmt.Sprintf("%x", int64(lease)))
-			case resp.TTL <= 0:
-				return errLeaseLost
-			default:
-				s.renewed(i, sent, time.Duration(resp.TTL)*time.Second)
 			}
+		}
+		lease := s.leases[i]
+		sent := monoNow()
+		timeout := min(period, time.Duration(s.aliveUntil.Load()-sent))
+		if timeout <= 0 {
+			return errLeaseLost
+		}
+		ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(s.ctx), timeout)
+		resp, err := g.cli.KeepAliveOnce(ctx, lease)
+		cancel()
+		switch {
+		case s.ctx.Err() != nil:
+			return s.ctx.Err()
+		case errors.Is(err, rpctypes.ErrLeaseNotFound):
+			return errLeaseLost
+		case err != nil:
+			g.metrics.renewFailures.Inc()
+			g.log.Warn("lease renewal failed", "err", err, "lease", fmt.Sprintf("%x", int64(lease)))
+			due[i] = monoNow() + int64(100*time.Millisecond) // retry soon; the proof is running out
+		case resp.TTL <= 0:
+			return errLeaseLost
+		default:
+			s.renewed(i, sent, time.Duration(resp.TTL)*time.Second)
+			slot[i] = nextSlot(slot[i], monoNow(), period)
+			due[i] = slot[i]
 		}
 		if !s.alive() {
 			return errLeaseLost
-		}
-		next := interval - time.Duration(monoNow()-start)
-		if failed {
-			next = min(next, 100*time.Millisecond) // retry soon; the proof is running out
-		}
-		if next > 0 {
-			sleepCtx(s.ctx, next)
 		}
 	}
 }

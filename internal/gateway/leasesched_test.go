@@ -1,0 +1,127 @@
+package gateway
+
+import (
+	"context"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/socketrooms/membership/internal/testutil"
+)
+
+// After a renewal round, etcd holds the shards' leases with remaining TTLs
+// spread over the renewal period, so that after a crash they expire in
+// different passes of etcd's lessor rather than all in one.
+func TestLeaseShardsExpireApart(t *testing.T) {
+	const ttl, shards = 8 * time.Second, 8
+	e := testutil.StartEtcd(t)
+	g, _ := startGateway(t, Config{ID: "gw", AdvertiseAddr: "127.0.0.1:1", LeaseTTL: ttl, LeaseShards: shards,
+		EtcdTimeout: 2 * time.Second, PingInterval: time.Hour}, e.Client)
+	s := g.currentSession()
+	// Every shard has been renewed at least once one period after the grant;
+	// from then on the deadlines stay spread, whenever they are read.
+	time.Sleep(renewalPeriod(ttl, shards) + 500*time.Millisecond)
+	if g.currentSession() != s {
+		t.Fatal("session ended")
+	}
+	var remaining []int64
+	for _, l := range s.leases {
+		resp, err := e.Client.TimeToLive(context.Background(), l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		remaining = append(remaining, resp.TTL)
+	}
+	// Renewed one at a time, period/8 apart, the deadlines span 7/8 of the
+	// 4 s period: 3.5 s. Renewed together they would lie within 1 s.
+	if spread := slices.Max(remaining) - slices.Min(remaining); spread < 2 {
+		t.Fatalf("remaining TTLs of the %d leases %v s: spread %d s, want at least 2 s", shards, remaining, spread)
+	}
+}
+
+// leaseRenewalBlock fails every renewal of one lease (its ID, once set) and
+// lets the others through, as when one lease's renewals keep failing.
+type leaseRenewalBlock struct{ id atomic.Int64 }
+
+func (b *leaseRenewalBlock) intercept(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	cs, err := streamer(ctx, desc, cc, method, opts...)
+	if err != nil || method != "/etcdserverpb.Lease/LeaseKeepAlive" {
+		return cs, err
+	}
+	return blockedStream{cs, b}, nil
+}
+
+type blockedStream struct {
+	grpc.ClientStream
+	b *leaseRenewalBlock
+}
+
+func (s blockedStream) SendMsg(m any) error {
+	if r, ok := m.(*pb.LeaseKeepAliveRequest); ok && r.ID != 0 && r.ID == s.b.id.Load() {
+		return status.Error(codes.Unavailable, "renewal of this lease blocked by the test")
+	}
+	return s.ClientStream.SendMsg(m)
+}
+
+// Fencing stays exact with staggered renewals: the session ends once the proof
+// of any one lease runs out, even while the others are renewed on time, and
+// not before.
+func TestSessionEndsWhenOneShardsProofRunsOut(t *testing.T) {
+	const ttl, shards, blocked = 6 * time.Second, 8, 3
+	e := testutil.StartEtcd(t)
+	var block leaseRenewalBlock
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints: []string{e.Endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
+		DialOptions: []grpc.DialOption{grpc.WithChainStreamInterceptor(block.intercept)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	g, _ := startGateway(t, Config{ID: "gw", AdvertiseAddr: "127.0.0.1:1", LeaseTTL: ttl, LeaseShards: shards,
+		EtcdTimeout: 2 * time.Second, PingInterval: time.Hour}, cli)
+	s := g.currentSession()
+	block.id.Store(int64(s.leases[blocked]))
+
+	var ended int64
+	select {
+	case <-s.ctx.Done():
+		ended = monoNow()
+	case <-time.After(2 * ttl):
+		t.Fatalf("session still alive %v after lease %d's renewals began to fail", 2*ttl, blocked)
+	}
+	until := s.until[blocked].Load()
+	if ended < until {
+		t.Fatalf("session ended %v before lease %d's proof ran out", time.Duration(until-ended), blocked)
+	}
+	// The other leases were renewed meanwhile: their proofs reach further.
+	for i := range s.leases {
+		if i != blocked && s.until[i].Load() <= until {
+			t.Errorf("lease %d's proof ends no later than the blocked lease's: not renewed", i)
+		}
+	}
+}
+
+// BenchmarkLeaseRenewal is what one renewal (KeepAliveOnce, as keepAlive
+// sends it) costs against a single-member etcd, one at a time: the price of
+// more shards at idle, n/renewalPeriod renewals per second per gateway.
+func BenchmarkLeaseRenewal(b *testing.B) {
+	e := testutil.StartEtcd(b)
+	lease, err := e.Client.Grant(context.Background(), 10)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if _, err := e.Client.KeepAliveOnce(clientv3.WithRequireLeader(context.Background()), lease.ID); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
