@@ -19,7 +19,7 @@ type Config struct {
 	AdvertiseAddr string        // internal gRPC address membership-servers dial; required
 	Prefix        string        // etcd key prefix; store.DefaultPrefix
 	LeaseTTL      time.Duration // 10s; etcd's floor is 2s
-	LeaseShards   int           // leases the gateway's sockets are spread over, renewed at staggered times; 16
+	LeaseShards   int           // leases the gateway's sockets are spread over, renewed at staggered times; 1
 	// EtcdLimits are etcd's --max-txn-ops and --max-request-bytes, which
 	// socket removal is sized against; zero fields: etcd's defaults.
 	EtcdLimits store.TxnLimits
@@ -111,11 +111,14 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("lease TTL %v is below etcd's floor of 2s", c.LeaseTTL)
 	}
 	if c.LeaseShards == 0 {
-		// Staggered (leasesched.go), 16 shards put about 1/16 of a crashed
-		// gateway's keys in each revocation and 1 or 2 revocations in each
-		// 500 ms pass of etcd's lessor; renewing them costs etcd 3.2
-		// requests/s at the default TTL.
-		c.LeaseShards = 16
+		// One lease: renewed every third of the TTL, so the session
+		// outlives an etcd outage of about two thirds of it. Several shards
+		// (16 for a gateway of tens of thousands of sockets: about 1/16 of a
+		// crashed gateway's keys in each revocation, 1 or 2 revocations in
+		// each 500 ms pass of etcd's lessor) are renewed every half TTL
+		// (leasesched.go), which shortens that to half the TTL less 0.5 s:
+		// a trade an operator makes knowingly.
+		c.LeaseShards = 1
 	}
 	if c.LeaseShards < 1 || c.LeaseShards > 64 {
 		return fmt.Errorf("lease shards %d: 1 to 64", c.LeaseShards)
