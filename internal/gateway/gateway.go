@@ -41,6 +41,9 @@ type Gateway struct {
 	sioConnecting atomic.Int64
 	resumes       *resumes   // resumable native sockets (resume.go)
 	drainSt       drainState // drain.go
+	// handoffSlots holds one token per handoff to this gateway under way
+	// (handoff.go, maxHandoffsIn).
+	handoffSlots chan struct{}
 
 	mu       sync.Mutex
 	sess     *session
@@ -66,15 +69,16 @@ func New(cfg Config, cli *clientv3.Client) (*Gateway, error) {
 		return nil, fmt.Errorf("etcd limits: %w", err)
 	}
 	g := &Gateway{
-		upstream:   upstream,
-		httpClient: &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()},
-		cfg:        cfg,
-		cli:        cli,
-		store:      st,
-		log:        cfg.Logger.With("gateway", cfg.ID),
-		hub:        newHub(),
-		resumes:    newResumes(),
-		applied:    revwait.New(),
+		upstream:     upstream,
+		httpClient:   &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()},
+		cfg:          cfg,
+		cli:          cli,
+		store:        st,
+		log:          cfg.Logger.With("gateway", cfg.ID),
+		hub:          newHub(),
+		resumes:      newResumes(),
+		handoffSlots: make(chan struct{}, maxHandoffsIn),
+		applied:      revwait.New(),
 		upgrader: websocket.Upgrader{
 			// Client frames are small; server frames are written by the
 			// client's writer straight to the connection, so the write buffer

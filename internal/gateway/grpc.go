@@ -101,8 +101,8 @@ func (s *grpcService) Handoff(stream gatewayv1.GatewayService_HandoffServer) err
 // ForwardMessage gives a socket handed off to this gateway a message its
 // old gateway received after the handoff.
 func (s *grpcService) ForwardMessage(_ context.Context, req *gatewayv1.ForwardMessageRequest) (*gatewayv1.ForwardMessageResponse, error) {
-	if len(req.Frame) == 0 || !json.Valid(req.Frame) {
-		return nil, status.Error(codes.InvalidArgument, "frame is not a JSON message frame")
+	if !isMessageFrame(req.Frame) {
+		return nil, status.Error(codes.InvalidArgument, "frame: not a JSON message frame (one that begins "+messageHead+")")
 	}
 	if _, err := s.live(req.GatewayId, req.Lease); err != nil {
 		return nil, err

@@ -57,6 +57,15 @@ import (
 // how long A waits for finish before it undoes the move.
 const handoffTimeout = 8 * time.Second
 
+// maxHandoffsIn bounds the handoffs to this gateway under way at once, and
+// handoffQueueWait how long one waits for its turn before its client is
+// told to try again; handoffQueueWait + handoffTimeout stay within
+// membership.js's 10 s connect timeout.
+const (
+	maxHandoffsIn    = 32
+	handoffQueueWait = 1500 * time.Millisecond
+)
+
 // Handoff outcomes (gateway_handoffs_total's outcome label) beyond the
 // resume errors: handed_off (done), aborted (undone: the socket stays on the
 // old gateway), failed (the new gateway could not complete it).
@@ -500,6 +509,21 @@ func (g *Gateway) handOffIn(sess *session, req *resumeRequest, user string, c *c
 }
 
 func (g *Gateway) handOffInSteps(sess *session, req *resumeRequest, user string, c *client, t parsedToken) (*resumable, string) {
+	// At most maxHandoffsIn at once: a gateway that drains sends all its
+	// clients here together, and a thousand handoffs each making their
+	// etcd round trips at once would all run past handoffTimeout. One that
+	// cannot start soon has its client try again (1013) with its token.
+	wait := time.NewTimer(handoffQueueWait)
+	select {
+	case g.handoffSlots <- struct{}{}:
+		wait.Stop()
+		defer func() { <-g.handoffSlots }()
+	case <-wait.C:
+		return nil, resumeRetry
+	case <-sess.ctx.Done():
+		wait.Stop()
+		return nil, resumeGatewayLost
+	}
 	ctx, cancel := context.WithTimeout(sess.ctx, handoffTimeout)
 	defer cancel()
 	rec, err := g.store.Gateway(ctx, t.issuer)
@@ -567,7 +591,17 @@ func (g *Gateway) handOffInSteps(sess *session, req *resumeRequest, user string,
 		}
 	}
 	from, to := store.Home{Gateway: t.issuer, Lease: clientv3.LeaseID(acc.SocketLease)}, store.Home{Gateway: g.cfg.ID, Lease: lease}
-	if err := g.store.MoveSocket(ctx, sid, from, to); err != nil {
+	err = g.store.MoveSocket(ctx, sid, from, to)
+	if err != nil && !errors.Is(err, store.ErrSocketNotFound) && ctx.Err() == nil {
+		// The move's last step may have committed with its answer lost:
+		// then the keys are this gateway's, and only finishing keeps the
+		// socket (the old gateway's undo would change nothing, and it
+		// would forget the socket).
+		if info, _, gerr := g.store.GetSocket(ctx, sid); gerr == nil && info.Gateway == g.cfg.ID && info.MovingTo == nil {
+			err = nil
+		}
+	}
+	if err != nil {
 		fail(false)
 		if errors.Is(err, store.ErrSocketNotFound) {
 			// The old gateway died: the socket went with its lease, and
@@ -629,6 +663,10 @@ func (g *Gateway) handOffInSteps(sess *session, req *resumeRequest, user string,
 	r.seq = frames.Seq
 	var added int64
 	for _, f := range frames.Frames {
+		if !isMessageFrame(f.Frame) {
+			g.log.Warn("resume on another gateway: a handed-over frame is not a message frame; skipped", "socket", sid.String())
+			continue
+		}
 		seq := f.Seq
 		if seq == 0 { // logged after the handoff began: numbered here
 			r.seq++

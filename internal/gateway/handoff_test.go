@@ -16,7 +16,11 @@ import (
 	"github.com/gorilla/websocket"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
+	gatewayv1 "github.com/socketrooms/membership/gen/gateway/v1"
 	"github.com/socketrooms/membership/internal/store"
 	"github.com/socketrooms/membership/internal/testutil"
 )
@@ -319,5 +323,67 @@ func TestHandoffWhoseOldGatewayDiesMidMove(t *testing.T) {
 	}
 	if n := labeledCounter(t, g2, "gateway_handoffs_total", map[string]string{"side": "to", "outcome": "gateway_lost"}); n != 1 {
 		t.Errorf("gw2 counts %v handoffs lost with their gateway, want 1", n)
+	}
+}
+
+// A move whose last step committed but whose answer was lost (the store
+// reports an error after the commit, as a lost answer or a timeout does)
+// still resumes the socket on gw2: the keys are gw2's, and only finishing
+// the handoff keeps it; undoing it would leave them there with no socket.
+func TestHandoffWhoseMoveCommittedWithAnError(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	g1, u1 := startPeer(t, e.Client, "gw1")
+	g2, u2 := startPeer(t, e.Client, "gw2")
+	var failed atomic.Bool
+	g2.store.SetMoveHook(func(step string) error {
+		if step == "commit" && failed.CompareAndSwap(false, true) {
+			return errors.New("the answer to the commit was lost")
+		}
+		return nil
+	})
+	conn, hello := dialWS(t, u1)
+	sid, err := store.ParseSocketID(hello.SocketID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g1.store.Join(context.Background(), []store.SocketID{sid}, "r0"); err != nil {
+		t.Fatal(err)
+	}
+	if f := readFrame(t, conn); f.Type != "joined" {
+		t.Fatalf("frame %+v, want joined", f)
+	}
+	conn.UnderlyingConn().Close()
+	waitFor(t, 10*time.Second, "the socket detached", func() bool { return g1.resumes.detached.Load() == 1 })
+
+	_, f := dialWS(t, u2+"?resume_token="+url.QueryEscape(hello.ResumeToken)+"&last_seq=0")
+	if !failed.Load() {
+		t.Fatal("the move's commit never ran")
+	}
+	if f.Resumed == nil || !*f.Resumed || f.SocketID != hello.SocketID {
+		t.Fatalf("at gw2: connected %+v, want socket %s resumed", f, hello.SocketID)
+	}
+	info, _, err := g2.store.GetSocket(context.Background(), sid)
+	if err != nil || info.Gateway != "gw2" || len(info.Rooms) != 1 {
+		t.Fatalf("after the handoff: %+v %v, want the socket on gw2 in r0", info, err)
+	}
+}
+
+// ForwardMessage takes only a message frame: anything else (which the
+// writer could not splice a seq into) is INVALID_ARGUMENT, and the gateway
+// lives on.
+func TestForwardMessageRefusesAFrameThatIsNotAMessage(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	g, _ := startPeer(t, e.Client, "gw1")
+	cc, err := grpc.NewClient(g.cfg.AdvertiseAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	api := gatewayv1.NewGatewayServiceClient(cc)
+	for _, frame := range []string{"1", "{}", `{"type":"joined","room":"r"}`, `{"type":"message",`} {
+		_, err := api.ForwardMessage(context.Background(), &gatewayv1.ForwardMessageRequest{GatewayId: "gw1", SocketId: "gw1.1.x", Frame: []byte(frame)})
+		if status.Code(err) != codes.InvalidArgument {
+			t.Errorf("frame %q: %v, want INVALID_ARGUMENT", frame, err)
+		}
 	}
 }

@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"encoding/json"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
@@ -278,6 +280,13 @@ func first(v []string) string {
 // messageHead is how every frame messageFrame makes begins; the seq goes
 // right after it.
 const messageHead = `{"type":"message",`
+
+// isMessageFrame reports whether b is a message frame as messageFrame makes
+// them: the writer splices the seq in after messageHead, so a frame another
+// gateway hands over (handoff.go) must be one.
+func isMessageFrame(b []byte) bool {
+	return bytes.HasPrefix(b, []byte(messageHead)) && json.Valid(b)
+}
 
 // appendSeqHead appends the head of a numbered message frame,
 // `{"type":"message","seq":N,`; the rest of the frame messageFrame made

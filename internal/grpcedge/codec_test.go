@@ -59,11 +59,23 @@ func TestInvalidUTF8IsInvalidArgumentOnEveryMethod(t *testing.T) {
 	s := startServers(t, nil, nil)
 	for _, m := range s.methods(t) {
 		t.Run(m.full, func(t *testing.T) {
-			var fd protoreflect.FieldDescriptor
-			for i := range m.in.Fields().Len() {
-				if f := m.in.Fields().Get(i); f.Kind() == protoreflect.StringKind {
-					fd = f
-					break
+			// The first string field, or (for a request made of steps, as
+			// Handoff's) the first string field of its first message field.
+			stringField := func(md protoreflect.MessageDescriptor) protoreflect.FieldDescriptor {
+				for i := range md.Fields().Len() {
+					if f := md.Fields().Get(i); f.Kind() == protoreflect.StringKind {
+						return f
+					}
+				}
+				return nil
+			}
+			var outer protoreflect.FieldDescriptor
+			fd := stringField(m.in)
+			for i := 0; fd == nil && i < m.in.Fields().Len(); i++ {
+				if f := m.in.Fields().Get(i); f.Kind() == protoreflect.MessageKind && !f.IsList() && !f.IsMap() {
+					if fd = stringField(f.Message()); fd != nil {
+						outer = f
+					}
 				}
 			}
 			if fd == nil {
@@ -73,11 +85,20 @@ func TestInvalidUTF8IsInvalidArgumentOnEveryMethod(t *testing.T) {
 			if fd.IsList() {
 				want += "[0]"
 			}
+			if outer != nil {
+				want = string(outer.Name()) + "." + want
+			}
 			// A valid field first, so that the bad one is not at offset 0.
 			b := protowire.AppendTag(nil, 1000, protowire.VarintType)
 			b = protowire.AppendVarint(b, 7)
-			b = protowire.AppendTag(b, fd.Number(), protowire.BytesType)
-			b = protowire.AppendBytes(b, []byte("room-\xff\xfe"))
+			bad := protowire.AppendTag(nil, fd.Number(), protowire.BytesType)
+			bad = protowire.AppendBytes(bad, []byte("room-\xff\xfe"))
+			if outer != nil {
+				b = protowire.AppendTag(b, outer.Number(), protowire.BytesType)
+				b = protowire.AppendBytes(b, bad)
+			} else {
+				b = append(b, bad...)
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			err := invokeRaw(ctx, m.cc, m.full, b)
