@@ -1,13 +1,13 @@
 package gateway
 
 import (
-	"encoding/json"
 	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"slices"
 	"strconv"
