@@ -44,6 +44,10 @@ type Gateway struct {
 	// handoffSlots holds one token per handoff to this gateway under way
 	// (handoff.go, maxHandoffsIn).
 	handoffSlots chan struct{}
+	// prevRecordLease is the lease of this process's last gateway record
+	// (0: none yet), which a session started after a lost one may replace
+	// (store.ClaimGateway). Only Run's goroutine uses it.
+	prevRecordLease clientv3.LeaseID
 
 	mu       sync.Mutex
 	sess     *session

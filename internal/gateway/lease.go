@@ -128,12 +128,13 @@ func (g *Gateway) startSession(parent context.Context) (*session, error) {
 	}
 	// Never over another process's record (drain.go): one still draining
 	// keeps its detached sockets resumable on its lease until it ends.
-	rev, err := g.store.ClaimGateway(ctx, s.rec)
+	rev, err := g.store.ClaimGateway(ctx, s.rec, g.prevRecordLease)
 	if err != nil {
 		s.cancel()
 		g.revoke(leases...)
 		return nil, err
 	}
+	g.prevRecordLease = leases[0] // Run's goroutine alone starts sessions
 	// Nothing of these leases existed before rev: the index is complete up to it.
 	g.applied.Advance(rev)
 	g.setSession(s)

@@ -63,7 +63,14 @@ func (e *GatewayTakenError) Unwrap() error { return ErrGatewayTaken }
 // nothing and returns a *GatewayTakenError: a new process with the id of one
 // still draining must not take its record, whose lease keeps the draining
 // process's detached sockets resumable; WaitGatewayGone waits for it.
-func (s *Store) ClaimGateway(ctx context.Context, rec GatewayRecord) (int64, error) {
+//
+// replaces (0: none) is the lease of the caller's own previous record: a
+// gateway registering again after it lost its session (its lease could no
+// longer be proven alive, and revoking it failed) takes over a record still
+// on that lease at once, guarded by the record being on it, instead of
+// waiting for the lease to expire. Its sockets of that session are closed
+// already.
+func (s *Store) ClaimGateway(ctx context.Context, rec GatewayRecord, replaces clientv3.LeaseID) (int64, error) {
 	b, err := json.Marshal(rec)
 	if err != nil {
 		return 0, err
@@ -88,6 +95,19 @@ func (s *Store) ClaimGateway(ctx context.Context, rec GatewayRecord) (int64, err
 		}
 	}
 	taken.Holder.ID = rec.ID
+	if replaces != 0 && taken.Holder.Lease == replaces {
+		resp, err := s.kv.Txn(ctx).
+			If(clientv3.Compare(clientv3.LeaseValue(key), "=", replaces)).
+			Then(clientv3.OpPut(key, string(b), clientv3.WithLease(rec.Lease))).
+			Commit()
+		if err != nil {
+			return 0, fmt.Errorf("register gateway: %w", err)
+		}
+		if resp.Succeeded {
+			return resp.Header.Revision, nil
+		}
+		return s.ClaimGateway(ctx, rec, 0) // it changed meanwhile: claim afresh
+	}
 	return 0, taken
 }
 
