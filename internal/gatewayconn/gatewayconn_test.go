@@ -121,13 +121,16 @@ func TestPoolHoldsConnectionsToLiveGatewaysOnly(t *testing.T) {
 }
 
 // A gateway that registers again under its id at a new address while its old
-// record still stands (the old process died without revoking its lease)
-// replaces the record in place: the old connection is closed and the new
-// address gets one.
+// record still stands (the old process was cut off without revoking its
+// lease) takes the id once that lease expires (registration never
+// overwrites a live record of another process: store.ClaimGateway), and the
+// record changes in place: the old connection is closed and the new address
+// gets one.
 func TestPoolReplacesConnectionOfGatewayAtNewAddress(t *testing.T) {
 	f := newFixture(t)
 	proxy := testutil.StartProxy(t, f.e.Endpoint)
-	old := stacktest.StartGatewayVia(t, proxy.Endpoint(), gateway.Config{ID: "gw", LeaseTTL: 10 * time.Second, EtcdTimeout: 500 * time.Millisecond})
+	// A short TTL: the new process waits for the old record's lease to expire.
+	old := stacktest.StartGatewayVia(t, proxy.Endpoint(), gateway.Config{ID: "gw", LeaseTTL: 3 * time.Second, EtcdTimeout: 500 * time.Millisecond})
 	f.blast()
 	f.wantHeld("gw")
 	oldAddr := f.pool.Held()["gw"]
