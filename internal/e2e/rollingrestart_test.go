@@ -41,8 +41,8 @@ const (
 	rrSockets     = 1000
 	rrRooms       = 10
 	rrInterval    = 100 * time.Millisecond // per room
-	rrResumeWait  = 20 * time.Second       // per phase, for every client to resume or give up
-	rrDrain       = "15s"
+	rrResumeWait  = 30 * time.Second       // per phase, for every client to resume or give up
+	rrDrain       = "25s"                  // the gateway binary's default
 	rrLeaseTTL    = 10 * time.Second
 	rrSettleAfter = time.Second
 )

@@ -44,6 +44,9 @@ type Gateway struct {
 	// handoffSlots holds one token per handoff to this gateway under way
 	// (handoff.go, maxHandoffsIn).
 	handoffSlots chan struct{}
+	// handoffsOut counts handoffs away from this gateway under way
+	// (handoff.go serveHandoff): a drain does not end the session under one.
+	handoffsOut atomic.Int64
 	// prevRecordLease is the lease of this process's last gateway record
 	// (0: none yet), which a session started after a lost one may replace
 	// (store.ClaimGateway). Only Run's goroutine uses it.

@@ -429,6 +429,8 @@ func (h *hub) removeLocked(c member) {
 
 // serveHandoff is the old gateway's side of GatewayService.Handoff.
 func (g *Gateway) serveHandoff(stream gatewayv1.GatewayService_HandoffServer, b *gatewayv1.HandoffBegin) error {
+	g.handoffsOut.Add(1) // a drain waits for it (drain.go)
+	defer g.handoffsOut.Add(-1)
 	r, acc, outcome := g.handOffBegin(b)
 	if r == nil {
 		g.metrics.handoffs.WithLabelValues("from", outcomeLabel(outcome)).Inc()
