@@ -20,8 +20,6 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	membershipv1 "github.com/socketrooms/membership/gen/membership/v1"
@@ -132,19 +130,9 @@ func startPeerStack(ctx context.Context, cfg config, e *etcdProc) (*stack, error
 		s.stop()
 		return nil, err
 	}
-	if s.cc, err = grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
+	if err := s.dialAPI(ctx, grpcAddr); err != nil {
 		s.stop()
 		return nil, err
-	}
-	s.api = membershipv1.NewMembershipServiceClient(s.cc)
-	if err := waitUntil(30*time.Second, func() bool {
-		c, cancel := context.WithTimeout(ctx, time.Second)
-		defer cancel()
-		_, err := s.api.ListRooms(c, &membershipv1.ListRoomsRequest{PageSize: 1})
-		return err == nil
-	}); err != nil {
-		s.stop()
-		return nil, fmt.Errorf("membership-server not serving: %w", err)
 	}
 	return s, nil
 }

@@ -80,22 +80,30 @@ func startStack(ctx context.Context, cfg config) (*stack, error) {
 		s.stop()
 		return nil, err
 	}
-	s.cc, err = grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
+	if err := s.dialAPI(ctx, grpcAddr); err != nil {
 		s.stop()
 		return nil, err
 	}
-	s.api = membershipv1.NewMembershipServiceClient(s.cc)
+	return s, nil
+}
+
+// dialAPI connects s to the membership-server at grpcAddr and waits up to
+// 30 s for it to serve.
+func (s *stack) dialAPI(ctx context.Context, grpcAddr string) error {
+	cc, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	s.cc, s.api = cc, membershipv1.NewMembershipServiceClient(cc)
 	if err := waitUntil(30*time.Second, func() bool {
 		c, cancel := context.WithTimeout(ctx, time.Second)
 		defer cancel()
 		_, err := s.api.ListRooms(c, &membershipv1.ListRoomsRequest{PageSize: 1})
 		return err == nil
 	}); err != nil {
-		s.stop()
-		return nil, fmt.Errorf("membership-server not serving: %w", err)
+		return fmt.Errorf("membership-server not serving: %w", err)
 	}
-	return s, nil
+	return nil
 }
 
 // addServer starts another membership-server on the same etcd, with extra
