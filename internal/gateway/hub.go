@@ -68,14 +68,20 @@ type outbound struct {
 	starts []*client
 }
 
-// startWriters starts the writers the fan-out put off (starts).
+// startWriters starts the writers the fan-out put off (starts), and pools
+// the array that held them: a room's worth of pointers, every Broadcast.
 func (o *outbound) startWriters() {
-	for i, c := range o.starts {
+	for _, c := range o.starts {
 		go c.writeLoop()
-		o.starts[i] = nil
 	}
-	o.starts = o.starts[:0]
+	if cap(o.starts) > 0 {
+		clear(o.starts)
+		startsPool.Put(&o.starts)
+	}
+	o.starts = nil
 }
+
+var startsPool = sync.Pool{New: func() any { return new([]*client) }}
 
 type laterDelivery struct {
 	c        *client
@@ -346,7 +352,7 @@ func (h *hub) deliver(d delivery) (delivered, dropped int64) {
 // native sockets and Socket.IO sessions (gateway_broadcast_deliveries_total's
 // protocol label).
 func (h *hub) deliverByProtocol(d delivery) (native, sio, dropped int64) {
-	o := &outbound{rev: d.rev, event: d.event, data: d.data}
+	o := &outbound{rev: d.rev, event: d.event, data: d.data, starts: (*startsPool.Get().(*[]*client))[:0]}
 	// Run last, with the hub unlocked: the writers need none of its locks.
 	defer o.startWriters()
 	h.mu.RLock()
