@@ -10,3 +10,6 @@ var monoBase = time.Now()
 // process is frozen; on Linux the gateway uses CLOCK_BOOTTIME, which also
 // counts machine suspension.
 func monoNow() int64 { return int64(time.Since(monoBase)) }
+
+// monoNowFast is monoNow, which makes no system call here.
+func monoNowFast() int64 { return monoNow() }

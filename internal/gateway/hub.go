@@ -57,7 +57,31 @@ type outbound struct {
 	// came to them (deliverResumable's try), each with the frame it is
 	// owed: delivered, waiting for them, once every other socket has been.
 	later []laterDelivery
+
+	// starts are the connections whose writers this fan-out is to start
+	// (startWriters) once it has queued the message to every socket. Until
+	// then each counts as writing, so the frames other Deliveries queue to
+	// it meanwhile wait in its queue and go out with this one in one
+	// writev: under concurrent Broadcasts to a room a socket's writer wakes
+	// once for several messages, where starting it at once woke it (a
+	// goroutine, a lease check, a system call) for nearly every message.
+	starts []*client
 }
+
+// startWriters starts the writers the fan-out put off (starts), and pools
+// the array that held them: a room's worth of pointers, every Broadcast.
+func (o *outbound) startWriters() {
+	for _, c := range o.starts {
+		go c.writeLoop()
+	}
+	if cap(o.starts) > 0 {
+		clear(o.starts)
+		startsPool.Put(&o.starts)
+	}
+	o.starts = nil
+}
+
+var startsPool = sync.Pool{New: func() any { return new([]*client) }}
 
 type laterDelivery struct {
 	c        *client
@@ -328,9 +352,11 @@ func (h *hub) deliver(d delivery) (delivered, dropped int64) {
 // native sockets and Socket.IO sessions (gateway_broadcast_deliveries_total's
 // protocol label).
 func (h *hub) deliverByProtocol(d delivery) (native, sio, dropped int64) {
+	o := &outbound{rev: d.rev, event: d.event, data: d.data, starts: (*startsPool.Get().(*[]*client))[:0]}
+	// Run last, with the hub unlocked: the writers need none of its locks.
+	defer o.startWriters()
 	h.mu.RLock()
 	defer h.mu.RUnlock()
-	o := &outbound{rev: d.rev, event: d.event, data: d.data}
 	defer o.flushLogged()
 	send := func(id string, c member) {
 		if _, skip := d.except[id]; skip {

@@ -330,10 +330,15 @@ func (g *Gateway) deliverResumable(r *resumable, frame []byte, blastRev int64, o
 	// is let go (deferred before its Unlock, so run after it): making a
 	// goroutine under r.mu made a concurrent Deliver at the same socket
 	// wait for it, and park, behind every writer the fan-out had made
-	// runnable.
+	// runnable. A fan-out (o) starts it only once it has been to every
+	// socket (outbound.starts).
 	var start *client
 	defer func() {
-		if start != nil {
+		switch {
+		case start == nil:
+		case o != nil:
+			o.starts = append(o.starts, start)
+		default:
 			go start.writeLoop()
 		}
 	}()

@@ -133,7 +133,11 @@ func (c *client) deliver(o *outbound) bool {
 		}
 		return queued
 	}
-	return c.enqueue(o.nativeFrame())
+	queued, start := c.queueFrame(outFrame{b: o.nativeFrame()})
+	if start {
+		o.starts = append(o.starts, c)
+	}
+	return queued
 }
 
 // notice queues a joined or left frame (member).

@@ -1,0 +1,127 @@
+package gateway
+
+import (
+	"bufio"
+	"encoding/json"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// A fan-out starts the writers of its sockets only once it has queued the
+// message to every one: the messages concurrent Broadcasts queue to a
+// socket meanwhile go out with it in one batch (one writev), rather than
+// a writer woken, a lease check and a system call each. Here one socket's
+// state is held, as by another Deliver, so that two Deliveries to the room
+// stay unfinished; every other socket must hold both messages unwritten
+// until they finish, then get both, in order, each once, numbered 1 and 2.
+func TestFanoutWritesConcurrentMessagesInOneBatch(t *testing.T) {
+	const n = 8
+	h, clients := resumableHub(t, n, 1, 1<<20)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	peers := make([]*bufio.Reader, n)
+	for i, c := range clients {
+		peer, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		server, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { peer.Close(); server.Close() })
+		_ = peer.SetReadDeadline(time.Now().Add(10 * time.Second))
+		c.mu.Lock()
+		c.nc, c.queue, c.queuedBytes = server, nil, 0 // their joined notices dropped
+		c.mu.Unlock()
+		c.release()
+		peers[i] = bufio.NewReader(peer)
+	}
+	held := clients[n-1]
+	held.rs.mu.Lock()
+	done := make(chan struct{}, 2)
+	for i := range 2 {
+		go func() {
+			h.deliver(delivery{rooms: []string{"r0"}, event: "chat", data: json.RawMessage(`{"n":` + string(rune('1'+i)) + `}`)})
+			done <- struct{}{}
+		}()
+	}
+	queued := func(c *client) int {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return len(c.queue)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		both := 0
+		for _, c := range clients[:n-1] {
+			if queued(c) == 2 {
+				both++
+			}
+		}
+		if both == n-1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			held.rs.mu.Unlock()
+			t.Fatalf("%d of %d sockets hold both messages unwritten while the Deliveries are unfinished", both, n-1)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	// A writer started early would take its queue away within this pause.
+	time.Sleep(50 * time.Millisecond)
+	for i, c := range clients[:n-1] {
+		if q := queued(c); q != 2 {
+			held.rs.mu.Unlock()
+			t.Fatalf("socket %d: %d messages left queued before the Deliveries finished, want 2 (a writer ran early)", i, q)
+		}
+	}
+	held.rs.mu.Unlock()
+	for range 2 {
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatal("Deliver did not return once the held socket was let go")
+		}
+	}
+	for i, r := range peers {
+		var seqs []uint64
+		for range 2 {
+			msg := readTextFrame(t, r)
+			var f struct {
+				Seq uint64 `json:"seq"`
+			}
+			if err := json.Unmarshal(msg, &f); err != nil {
+				t.Fatalf("socket %d: %v in %s", i, err, msg)
+			}
+			seqs = append(seqs, f.Seq)
+		}
+		if seqs[0] != 1 || seqs[1] != 2 {
+			t.Fatalf("socket %d got seqs %v, want [1 2]", i, seqs)
+		}
+	}
+}
+
+// readTextFrame reads one unmasked text frame of under 126 bytes.
+func readTextFrame(t *testing.T, r *bufio.Reader) []byte {
+	t.Helper()
+	hdr := make([]byte, 2)
+	if _, err := io.ReadFull(r, hdr); err != nil {
+		t.Fatal(err)
+	}
+	if int(hdr[0]&0x0f) != websocket.TextMessage || hdr[1] >= 126 {
+		t.Fatalf("unexpected frame header % x", hdr)
+	}
+	msg := make([]byte, hdr[1])
+	if _, err := io.ReadFull(r, msg); err != nil {
+		t.Fatal(err)
+	}
+	return msg
+}
