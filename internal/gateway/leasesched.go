@@ -9,7 +9,7 @@ import "time"
 // the leases found in one pass are proposed together, so their entries apply
 // back to back and every other write waits behind all of them. Shards renewed
 // together expire together after a crash and make one long pause, however
-// many there are. So the shards are renewed one at a time, evenly spaced over
+// many there are. So each shard is renewed at its own slot, evenly spaced over
 // the renewal period: their deadlines, and so their revocations after a crash,
 // are spread over that period, a few shards (and a fraction of the keys) per
 // lessor pass.

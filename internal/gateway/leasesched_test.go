@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -123,5 +124,98 @@ func BenchmarkLeaseRenewal(b *testing.B) {
 		if _, err := e.Client.KeepAliveOnce(clientv3.WithRequireLeader(context.Background()), lease.ID); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// leaseRenewalHang holds every renewal of one lease (its ID, once set) without
+// an answer until the renewal's own deadline, as an overloaded etcd or a
+// request lost in a dying connection would, and records whether a renewal of
+// another lease was sent while one of the hung lease's was outstanding.
+type leaseRenewalHang struct {
+	id       atomic.Int64
+	inFlight atomic.Int32
+	hung     chan struct{} // closed when the first hung renewal is sent
+	hungOnce sync.Once
+	ended    chan struct{} // closed when the first hung renewal gives up
+	endOnce  sync.Once
+	other    chan struct{} // closed when another lease's renewal is sent meanwhile
+	otherOne sync.Once
+}
+
+func newLeaseRenewalHang() *leaseRenewalHang {
+	return &leaseRenewalHang{hung: make(chan struct{}), ended: make(chan struct{}), other: make(chan struct{})}
+}
+
+func (h *leaseRenewalHang) intercept(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	cs, err := streamer(ctx, desc, cc, method, opts...)
+	if err != nil || method != "/etcdserverpb.Lease/LeaseKeepAlive" {
+		return cs, err
+	}
+	return &hungStream{ClientStream: cs, h: h}, nil
+}
+
+type hungStream struct {
+	grpc.ClientStream
+	h    *leaseRenewalHang
+	hung bool
+}
+
+func (s *hungStream) SendMsg(m any) error {
+	r, ok := m.(*pb.LeaseKeepAliveRequest)
+	switch {
+	case !ok || r.ID == 0:
+	case r.ID == s.h.id.Load():
+		s.hung = true
+		s.h.inFlight.Add(1)
+		s.h.hungOnce.Do(func() { close(s.h.hung) })
+	case s.h.inFlight.Load() > 0:
+		s.h.otherOne.Do(func() { close(s.h.other) })
+	}
+	return s.ClientStream.SendMsg(m)
+}
+
+func (s *hungStream) RecvMsg(m any) error {
+	if !s.hung {
+		return s.ClientStream.RecvMsg(m)
+	}
+	<-s.Context().Done()
+	s.h.inFlight.Add(-1)
+	s.h.endOnce.Do(func() { close(s.h.ended) })
+	return s.Context().Err()
+}
+
+// A renewal of one lease that hangs holds back no other lease's renewal: each
+// shard is renewed on its own slot while the hung request waits out its
+// deadline. With one renewal loop for all shards every renewal due behind the
+// hung one waited with it, and with many shards a few slow answers could add
+// up to the end of the session.
+func TestHungRenewalHoldsBackNoOtherShard(t *testing.T) {
+	const ttl, shards, hung = 6 * time.Second, 8, 0
+	e := testutil.StartEtcd(t)
+	h := newLeaseRenewalHang()
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints: []string{e.Endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
+		DialOptions: []grpc.DialOption{grpc.WithChainStreamInterceptor(h.intercept)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	g, _ := startGateway(t, Config{ID: "gw", AdvertiseAddr: "127.0.0.1:1", LeaseTTL: ttl, LeaseShards: shards,
+		EtcdTimeout: 2 * time.Second, PingInterval: time.Hour}, cli)
+	s := g.currentSession()
+	h.id.Store(int64(s.leases[hung]))
+
+	select {
+	case <-h.hung:
+	case <-time.After(2 * ttl):
+		t.Fatalf("lease %d not renewed within %v", hung, 2*ttl)
+	}
+	// The other shards' slots fall period/8 apart, all before the hung
+	// request's deadline (one period).
+	select {
+	case <-h.other:
+	case <-h.ended:
+		t.Fatalf("no other lease renewed while lease %d's renewal hung", hung)
 	}
 }
