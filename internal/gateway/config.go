@@ -111,14 +111,13 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("lease TTL %v is below etcd's floor of 2s", c.LeaseTTL)
 	}
 	if c.LeaseShards == 0 {
-		// 16 leases, renewed every half TTL at staggered slots
+		// 16 leases, each renewed every third of the TTL at its own slot
 		// (leasesched.go): after a crash etcd revokes about 1/16 of the
-		// gateway's keys at a time, 1 or 2 revocations in each 500 ms pass
-		// of its lessor, instead of all of them in one revocation that holds
-		// back every other write (BENCHMARKS.md section 5: 3.1 s against
-		// 0.55 s at 247,001 keys). The price: the session outlives an etcd
-		// outage of half the TTL less 0.5 s (4.5 s at 10 s) instead of two
-		// thirds of it (6.2 s with one lease, renewed every third).
+		// gateway's keys at a time, 2 or 3 revocations in each 500 ms pass
+		// of its lessor over the last third of the TTL, instead of all of
+		// them in one revocation that holds back every other write
+		// (BENCHMARKS.md section 5). The session outlives an etcd outage of
+		// two thirds of the TTL less 0.5 s, as with one lease.
 		c.LeaseShards = 16
 	}
 	if c.LeaseShards < 1 || c.LeaseShards > 64 {

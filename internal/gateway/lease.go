@@ -191,7 +191,7 @@ func (g *Gateway) pinger(s *session) error {
 // request. Now only the lease whose renewal hangs waits, and only up to its
 // own proof.
 func (g *Gateway) keepAlive(s *session) error {
-	period := renewalPeriod(g.cfg.LeaseTTL, len(s.leases))
+	period := renewalPeriod(g.cfg.LeaseTTL)
 	slots := firstRenewals(monoNow(), len(s.leases), period)
 	ctx, cancel := context.WithCancel(s.ctx)
 	defer cancel()

@@ -31,7 +31,7 @@ func TestLeaseShardsExpireApart(t *testing.T) {
 }
 
 func testLeaseShardsExpireApart(t *testing.T, shards int) {
-	const ttl = 8 * time.Second
+	const ttl = 12 * time.Second
 	e := testutil.StartEtcd(t)
 	g, _ := startGateway(t, Config{ID: "gw", AdvertiseAddr: "127.0.0.1:1", LeaseTTL: ttl, LeaseShards: shards,
 		EtcdTimeout: 2 * time.Second, PingInterval: time.Hour}, e.Client)
@@ -42,7 +42,7 @@ func testLeaseShardsExpireApart(t *testing.T, shards int) {
 	}
 	// Every shard has been renewed at least once one period after the grant;
 	// from then on the deadlines stay spread, whenever they are read.
-	time.Sleep(renewalPeriod(ttl, n) + 500*time.Millisecond)
+	time.Sleep(renewalPeriod(ttl) + 500*time.Millisecond)
 	if g.currentSession() != s {
 		t.Fatal("session ended")
 	}
@@ -55,8 +55,8 @@ func testLeaseShardsExpireApart(t *testing.T, shards int) {
 		remaining = append(remaining, resp.TTL)
 	}
 	// Renewed one at a time, period/n apart, the deadlines span (n-1)/n of
-	// the 4 s period: 3.5 s or more. Renewed together they would lie within
-	// 1 s.
+	// the 4 s period (a third of 12 s): 3.5 s or more. Renewed together they
+	// would lie within 1 s.
 	if spread := slices.Max(remaining) - slices.Min(remaining); spread < 2 {
 		t.Fatalf("remaining TTLs of the %d leases %v s: spread %d s, want at least 2 s", n, remaining, spread)
 	}
@@ -231,5 +231,51 @@ func TestHungRenewalHoldsBackNoOtherShard(t *testing.T) {
 	case <-h.other:
 	case <-h.ended:
 		t.Fatalf("no other lease renewed while lease %d's renewal hung", hung)
+	}
+}
+
+// renewalOutage fails every lease renewal while on, as an etcd that answers
+// none would.
+type renewalOutage struct{ on atomic.Bool }
+
+func (o *renewalOutage) intercept(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	if method == "/etcdserverpb.Lease/LeaseKeepAlive" && o.on.Load() {
+		return nil, status.Error(codes.Unavailable, "renewals cut off by the test")
+	}
+	return streamer(ctx, desc, cc, method, opts...)
+}
+
+// A sharded session outlives an etcd outage as long as a single lease does,
+// two thirds of the TTL less the margin: every shard is renewed every third
+// of the TTL. At 12 s that is 7.5 s; an outage of 6.5 s (longer than the
+// 5.5-6.25 s left to the oldest shard when several were renewed every half
+// TTL) must not end it.
+func TestShardedSessionOutlivesTwoThirdsOfTTLOutage(t *testing.T) {
+	const ttl, shards, outage = 12 * time.Second, 8, 6500 * time.Millisecond
+	e := testutil.StartEtcd(t)
+	var o renewalOutage
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints: []string{e.Endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
+		DialOptions: []grpc.DialOption{grpc.WithChainStreamInterceptor(o.intercept)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	g, _ := startGateway(t, Config{ID: "gw", AdvertiseAddr: "127.0.0.1:1", LeaseTTL: ttl, LeaseShards: shards,
+		EtcdTimeout: 2 * time.Second, PingInterval: time.Hour}, cli)
+	s := g.currentSession()
+	// Once every shard has been renewed on its slot, the deadlines are spread.
+	time.Sleep(renewalPeriod(ttl) + 500*time.Millisecond)
+	o.on.Store(true)
+	time.Sleep(outage)
+	o.on.Store(false)
+	if s.ctx.Err() != nil || g.currentSession() != s {
+		t.Fatalf("session ended during a %v outage of renewals; TTL %v", outage, ttl)
+	}
+	// Renewals resume and carry the session on.
+	time.Sleep(2 * time.Second)
+	if s.ctx.Err() != nil || !s.alive() {
+		t.Fatalf("session ended after the outage")
 	}
 }
