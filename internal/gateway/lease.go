@@ -185,11 +185,10 @@ func (g *Gateway) pinger(s *session) error {
 //
 // Each lease has its own renewal loop. With one loop for all, a renewal that
 // hung (a slow or overloaded etcd, a request lost in a dying connection) held
-// back every renewal due behind it, up to the whole session's proof: with
-// many shards, slots period/n apart, a backlog of renewals late by a
-// fraction of a second each could end a session whose etcd answered every
-// request. Now only the lease whose renewal hangs waits, and only up to its
-// own proof.
+// back every renewal due behind it, up to the whole session's proof; with
+// many shards the slots are period/n apart, so one slow answer delayed all
+// the shards after it. Now only the lease whose renewal hangs waits, and only
+// up to its own proof.
 func (g *Gateway) keepAlive(s *session) error {
 	period := renewalPeriod(g.cfg.LeaseTTL)
 	slots := firstRenewals(monoNow(), len(s.leases), period)
