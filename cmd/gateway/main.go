@@ -62,7 +62,7 @@ func run(args []string) error {
 	jwtKeyFile := fs.String("jwt-public-key-file", "", "PEM file with the public key (RSA, ECDSA or Ed25519) or certificate that verifies client tokens; sockets then need a token")
 	jwtIssuer := fs.String("jwt-issuer", "", "required iss claim of client tokens (empty: not checked)")
 	jwtAudience := fs.String("jwt-audience", "", "required aud claim of client tokens (empty: not checked)")
-	leaseShards := fs.Int("lease-shards", 1, "leases the gateway's sockets are spread over (1-64); several are renewed at staggered times so that after a crash etcd revokes them, and deletes their keys, in separate steps (16 for a gateway of tens of thousands of sockets)")
+	leaseShards := fs.Int("lease-shards", 16, "leases the gateway's sockets are spread over (1-64), each renewed every third of the TTL at its own slot, so that after a crash etcd revokes them, and deletes their keys, a few at a time over the last third of the TTL instead of in one step that holds back every other write")
 	gatewayID := fs.String("gateway-id", "", "unique gateway id, [A-Za-z0-9_-]{1,64} (default: host name and a random suffix)")
 	sendQueue := fs.Int("send-queue", 256, "frames queued per socket before a slow socket is disconnected")
 	maxSocketQueueBytes := fs.Int64("max-socket-queue-bytes", 4<<20, "bytes of frames queued per socket (those being written included) before a slow socket is disconnected (1013); keep it above the membership-server's --max-payload-bytes (0: the default)")

@@ -19,7 +19,7 @@ type Config struct {
 	AdvertiseAddr string        // internal gRPC address membership-servers dial; required
 	Prefix        string        // etcd key prefix; store.DefaultPrefix
 	LeaseTTL      time.Duration // 10s; etcd's floor is 2s
-	LeaseShards   int           // leases the gateway's sockets are spread over, renewed at staggered times; 1
+	LeaseShards   int           // leases the gateway's sockets are spread over, renewed at staggered times, 1-64; 16
 	// EtcdLimits are etcd's --max-txn-ops and --max-request-bytes, which
 	// socket removal is sized against; zero fields: etcd's defaults.
 	EtcdLimits store.TxnLimits
@@ -111,14 +111,14 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("lease TTL %v is below etcd's floor of 2s", c.LeaseTTL)
 	}
 	if c.LeaseShards == 0 {
-		// One lease: renewed every third of the TTL, so the session
-		// outlives an etcd outage of about two thirds of it. Several shards
-		// (16 for a gateway of tens of thousands of sockets: about 1/16 of a
-		// crashed gateway's keys in each revocation, 1 or 2 revocations in
-		// each 500 ms pass of etcd's lessor) are renewed every half TTL
-		// (leasesched.go), which shortens that to half the TTL less 0.5 s:
-		// a trade an operator makes knowingly.
-		c.LeaseShards = 1
+		// 16 leases, each renewed every third of the TTL at its own slot
+		// (leasesched.go): after a crash etcd revokes about 1/16 of the
+		// gateway's keys at a time, 2 or 3 revocations in each 500 ms pass
+		// of its lessor over the last third of the TTL, instead of all of
+		// them in one revocation that holds back every other write
+		// (BENCHMARKS.md section 5). The session outlives an etcd outage of
+		// two thirds of the TTL less 0.5 s, as with one lease.
+		c.LeaseShards = 16
 	}
 	if c.LeaseShards < 1 || c.LeaseShards > 64 {
 		return fmt.Errorf("lease shards %d: 1 to 64", c.LeaseShards)

@@ -49,8 +49,9 @@
 //
 // Per gateway, one set per session, all ended by the session's context
 // (gateway.go's serveSession starts them, lease.go holds most of them):
-//   - keepAlive renews the leases and fences the session: once a renewal
-//     cannot prove every lease alive, the session ends.
+//   - keepAlive renews the leases, one renewal loop per lease, and fences
+//     the session: once the renewals cannot prove every lease alive, the
+//     session ends.
 //   - the watch (watch.go, a watchfollow.Follower) follows gwm/{gateway}/
 //     from the registration revision and applies it to the hub. A failed
 //     watch resumes from the applied revision; only after a compaction does
@@ -63,8 +64,8 @@
 //
 // # When etcd goes away
 //
-// A session is a set of etcd leases (Config.LeaseShards, renewed one at a
-// time at staggered slots: leasesched.go) with
+// A session is a set of etcd leases (Config.LeaseShards, each renewed at its
+// own staggered slot: leasesched.go) with
 // everything on them. While renewals fail, the session lives on as long as
 // the last successful renewals prove every lease alive (their send time plus
 // the TTL, less a margin); sockets stay open and deliveries go on. Once the
@@ -84,7 +85,7 @@
 //	resume.go     connection state recovery: detached sockets, seq, resume tokens
 //	drain.go      SIGTERM: refuse new sockets, detach the rest (1012) until resumed elsewhere
 //	lease.go      sessions: leases, their renewal and fencing, the pinger, ending a session
-//	leasesched.go when each lease shard is renewed: one at a time, spread over the period
+//	leasesched.go when each lease shard is renewed: at its own slot, spread over the period
 //	socket.go     the upgrade and a socket's life: registration, the read loop
 //	socketio.go   Socket.IO and Sails clients at /socket.io/: the mapping, sessions as hub members
 //	writer.go     a socket's send queue and its writer goroutine

@@ -29,6 +29,7 @@ type session struct {
 	// TTL granted, less a margin. aliveUntil is the earliest of them.
 	until      []atomic.Int64
 	aliveUntil atomic.Int64
+	renewMu    sync.Mutex // serializes renewed
 
 	mu        sync.Mutex
 	follower  *watchfollow.Follower // the session's watch, for progress requests
@@ -53,8 +54,12 @@ func (s *session) alive() bool {
 
 // renewed records a renewal of leases[i] whose request left at sent (a
 // monoNow value): etcd renewed the lease after that, so it lives at least ttl
-// past it. Only the keep-alive loop calls it.
+// past it. Each lease's renewal loop calls it for its own lease; renewMu
+// keeps aliveUntil from being overwritten by an earliest computed before
+// another lease's newer proof.
 func (s *session) renewed(i int, sent int64, ttl time.Duration) {
+	s.renewMu.Lock()
+	defer s.renewMu.Unlock()
 	if until := sent + int64(ttl-leaseMargin); until > s.until[i].Load() {
 		s.until[i].Store(until)
 	}
@@ -173,53 +178,77 @@ func (g *Gateway) pinger(s *session) error {
 // keepAlive renews the leases and fences the session: each renewal proves its
 // lease alive for one TTL from the moment its request was sent, and once the
 // proof of any lease runs out the session ends, whatever etcd says or fails to
-// say. Each lease is renewed once per renewalPeriod, the leases one at a time
-// at evenly spaced slots (leasesched.go), so that after a crash they expire in
+// say. Each lease is renewed once per renewalPeriod, the leases at evenly
+// spaced slots (leasesched.go), so that after a crash they expire in
 // different passes of etcd's lessor. Renewals are single requests (not the
 // client's keep-alive stream) so that the send time of each is known: a reply
 // that sat in a buffer while the process was frozen proves nothing beyond its
 // send time plus TTL.
+//
+// Each lease has its own renewal loop. With one loop for all, a renewal that
+// hung (a slow or overloaded etcd, a request lost in a dying connection) held
+// back every renewal due behind it, up to the whole session's proof; with
+// many shards the slots are period/n apart, so one slow answer delayed all
+// the shards after it. Now only the lease whose renewal hangs waits, and only
+// up to its own proof.
 func (g *Gateway) keepAlive(s *session) error {
-	period := renewalPeriod(g.cfg.LeaseTTL, len(s.leases))
-	slot := firstRenewals(monoNow(), len(s.leases), period) // each lease's next slot
-	due := append([]int64(nil), slot...)                    // slot, or sooner to retry a failure
+	period := renewalPeriod(g.cfg.LeaseTTL)
+	slots := firstRenewals(monoNow(), len(s.leases), period)
+	ctx, cancel := context.WithCancel(s.ctx)
+	defer cancel()
+	errc := make(chan error, len(s.leases))
+	for i := range s.leases {
+		go func() { errc <- g.renewLoop(ctx, s, i, slots[i], period) }()
+	}
+	err := <-errc
+	cancel() // the first to end ends the others
+	for range len(s.leases) - 1 {
+		<-errc
+	}
+	if s.ctx.Err() != nil {
+		return s.ctx.Err()
+	}
+	return err
+}
+
+// renewLoop renews s.leases[i] at slot, slot+period, ..., retrying a failed
+// renewal 100 ms later, until ctx ends or the session can no longer be proven
+// alive (errLeaseLost).
+func (g *Gateway) renewLoop(ctx context.Context, s *session, i int, slot int64, period time.Duration) error {
+	lease := s.leases[i]
+	due := slot // slot, or sooner to retry a failure
 	for {
-		i := 0
-		for j := range due {
-			if due[j] < due[i] {
-				i = j
+		if wait := time.Duration(due - monoNow()); wait > 0 {
+			sleepCtx(ctx, wait)
+			if ctx.Err() != nil {
+				return ctx.Err()
 			}
 		}
-		if wait := time.Duration(due[i] - monoNow()); wait > 0 {
-			sleepCtx(s.ctx, wait)
-			if s.ctx.Err() != nil {
-				return s.ctx.Err()
-			}
-		}
-		lease := s.leases[i]
 		sent := monoNow()
-		timeout := min(period, time.Duration(s.aliveUntil.Load()-sent))
+		// A renewal is worth waiting for only while this lease's proof
+		// lasts; past it the session is over anyway.
+		timeout := min(period, time.Duration(s.until[i].Load()-sent))
 		if timeout <= 0 {
 			return errLeaseLost
 		}
-		ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(s.ctx), timeout)
-		resp, err := g.cli.KeepAliveOnce(ctx, lease)
+		rctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), timeout)
+		resp, err := g.cli.KeepAliveOnce(rctx, lease)
 		cancel()
 		switch {
-		case s.ctx.Err() != nil:
-			return s.ctx.Err()
+		case ctx.Err() != nil:
+			return ctx.Err()
 		case errors.Is(err, rpctypes.ErrLeaseNotFound):
 			return errLeaseLost
 		case err != nil:
 			g.metrics.renewFailures.Inc()
 			g.log.Warn("lease renewal failed", "err", err, "lease", fmt.Sprintf("%x", int64(lease)))
-			due[i] = monoNow() + int64(100*time.Millisecond) // retry soon; the proof is running out
+			due = monoNow() + int64(100*time.Millisecond) // retry soon; the proof is running out
 		case resp.TTL <= 0:
 			return errLeaseLost
 		default:
 			s.renewed(i, sent, time.Duration(resp.TTL)*time.Second)
-			slot[i] = nextSlot(slot[i], monoNow(), period)
-			due[i] = slot[i]
+			slot = nextSlot(slot, monoNow(), period)
+			due = slot
 		}
 		if !s.alive() {
 			return errLeaseLost

@@ -9,22 +9,24 @@ import "time"
 // the leases found in one pass are proposed together, so their entries apply
 // back to back and every other write waits behind all of them. Shards renewed
 // together expire together after a crash and make one long pause, however
-// many there are. So the shards are renewed one at a time, evenly spaced over
+// many there are. So each shard is renewed at its own slot, evenly spaced over
 // the renewal period: their deadlines, and so their revocations after a crash,
 // are spread over that period, a few shards (and a fraction of the keys) per
 // lessor pass.
 
-// renewalPeriod is how often each of n lease shards of TTL ttl is renewed.
-// One lease is renewed every third of its TTL. Several are renewed every half
-// TTL, so that their deadlines spread over ttl/2 (10 lessor passes at the
-// default 10 s): the shard renewed longest ago still has ttl/2 left, so the
-// session outlives an etcd outage of ttl/2 less leaseMargin (4.5 s at 10 s,
-// beyond a leader election) instead of 2/3 of the TTL.
-func renewalPeriod(ttl time.Duration, n int) time.Duration {
-	if n <= 1 {
-		return ttl / 3
-	}
-	return ttl / 2
+// renewalPeriod is how often each lease shard of TTL ttl is renewed:
+// every third of the TTL, however many there are. The shard renewed longest
+// ago still has 2/3 of the TTL left, so the session outlives an etcd outage
+// of 2/3 of the TTL less leaseMargin (6.2 s at the default 10 s) whatever
+// the number of shards, and after a crash the shards' deadlines lie spread
+// over the last third of the TTL (6 or 7 lessor passes at 10 s). The spread
+// and the outage a session outlives add up to the TTL less leaseMargin: a
+// wider spread costs tolerance, unless the TTL grows. Renewed every half TTL
+// (as several shards were before) the spread was 5 s and the tolerance 4.5 s;
+// in the crash benchmark under heavy load such sessions were lost more often
+// (BENCHMARKS.md section 5).
+func renewalPeriod(ttl time.Duration) time.Duration {
+	return ttl / 3
 }
 
 // firstRenewals gives, for a session whose n leases were granted at start (a

@@ -2,7 +2,9 @@ package gateway
 
 import (
 	"context"
+	"fmt"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -19,16 +21,28 @@ import (
 
 // After a renewal round, etcd holds the shards' leases with remaining TTLs
 // spread over the renewal period, so that after a crash they expire in
-// different passes of etcd's lessor rather than all in one.
+// different passes of etcd's lessor rather than all in one; so does a gateway
+// left at the default LeaseShards, so that a crash does not stall the cluster
+// unless the operator chose one lease.
 func TestLeaseShardsExpireApart(t *testing.T) {
-	const ttl, shards = 8 * time.Second, 8
+	for _, shards := range []int{8, 0} {
+		t.Run(fmt.Sprintf("shards=%d", shards), func(t *testing.T) { testLeaseShardsExpireApart(t, shards) })
+	}
+}
+
+func testLeaseShardsExpireApart(t *testing.T, shards int) {
+	const ttl = 12 * time.Second
 	e := testutil.StartEtcd(t)
 	g, _ := startGateway(t, Config{ID: "gw", AdvertiseAddr: "127.0.0.1:1", LeaseTTL: ttl, LeaseShards: shards,
 		EtcdTimeout: 2 * time.Second, PingInterval: time.Hour}, e.Client)
 	s := g.currentSession()
+	n := len(s.leases)
+	if n < 8 {
+		t.Fatalf("%d lease(s) with LeaseShards %d, want at least 8", n, shards)
+	}
 	// Every shard has been renewed at least once one period after the grant;
 	// from then on the deadlines stay spread, whenever they are read.
-	time.Sleep(renewalPeriod(ttl, shards) + 500*time.Millisecond)
+	time.Sleep(renewalPeriod(ttl) + 500*time.Millisecond)
 	if g.currentSession() != s {
 		t.Fatal("session ended")
 	}
@@ -40,10 +54,11 @@ func TestLeaseShardsExpireApart(t *testing.T) {
 		}
 		remaining = append(remaining, resp.TTL)
 	}
-	// Renewed one at a time, period/8 apart, the deadlines span 7/8 of the
-	// 4 s period: 3.5 s. Renewed together they would lie within 1 s.
+	// Renewed one at a time, period/n apart, the deadlines span (n-1)/n of
+	// the 4 s period (a third of 12 s): 3.5 s or more. Renewed together they
+	// would lie within 1 s.
 	if spread := slices.Max(remaining) - slices.Min(remaining); spread < 2 {
-		t.Fatalf("remaining TTLs of the %d leases %v s: spread %d s, want at least 2 s", shards, remaining, spread)
+		t.Fatalf("remaining TTLs of the %d leases %v s: spread %d s, want at least 2 s", n, remaining, spread)
 	}
 }
 
@@ -123,5 +138,144 @@ func BenchmarkLeaseRenewal(b *testing.B) {
 		if _, err := e.Client.KeepAliveOnce(clientv3.WithRequireLeader(context.Background()), lease.ID); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// leaseRenewalHang holds every renewal of one lease (its ID, once set) without
+// an answer until the renewal's own deadline, as an overloaded etcd or a
+// request lost in a dying connection would, and records whether a renewal of
+// another lease was sent while one of the hung lease's was outstanding.
+type leaseRenewalHang struct {
+	id       atomic.Int64
+	inFlight atomic.Int32
+	hung     chan struct{} // closed when the first hung renewal is sent
+	hungOnce sync.Once
+	ended    chan struct{} // closed when the first hung renewal gives up
+	endOnce  sync.Once
+	other    chan struct{} // closed when another lease's renewal is sent meanwhile
+	otherOne sync.Once
+}
+
+func newLeaseRenewalHang() *leaseRenewalHang {
+	return &leaseRenewalHang{hung: make(chan struct{}), ended: make(chan struct{}), other: make(chan struct{})}
+}
+
+func (h *leaseRenewalHang) intercept(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	cs, err := streamer(ctx, desc, cc, method, opts...)
+	if err != nil || method != "/etcdserverpb.Lease/LeaseKeepAlive" {
+		return cs, err
+	}
+	return &hungStream{ClientStream: cs, h: h}, nil
+}
+
+type hungStream struct {
+	grpc.ClientStream
+	h    *leaseRenewalHang
+	hung bool
+}
+
+func (s *hungStream) SendMsg(m any) error {
+	r, ok := m.(*pb.LeaseKeepAliveRequest)
+	switch {
+	case !ok || r.ID == 0:
+	case r.ID == s.h.id.Load():
+		s.hung = true
+		s.h.inFlight.Add(1)
+		s.h.hungOnce.Do(func() { close(s.h.hung) })
+	case s.h.inFlight.Load() > 0:
+		s.h.otherOne.Do(func() { close(s.h.other) })
+	}
+	return s.ClientStream.SendMsg(m)
+}
+
+func (s *hungStream) RecvMsg(m any) error {
+	if !s.hung {
+		return s.ClientStream.RecvMsg(m)
+	}
+	<-s.Context().Done()
+	s.h.inFlight.Add(-1)
+	s.h.endOnce.Do(func() { close(s.h.ended) })
+	return s.Context().Err()
+}
+
+// A renewal of one lease that hangs holds back no other lease's renewal: each
+// shard is renewed on its own slot while the hung request waits out its
+// deadline. With one renewal loop for all shards every renewal due behind the
+// hung one waited with it, and with many shards a few slow answers could add
+// up to the end of the session.
+func TestHungRenewalHoldsBackNoOtherShard(t *testing.T) {
+	const ttl, shards, hung = 6 * time.Second, 8, 0
+	e := testutil.StartEtcd(t)
+	h := newLeaseRenewalHang()
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints: []string{e.Endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
+		DialOptions: []grpc.DialOption{grpc.WithChainStreamInterceptor(h.intercept)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	g, _ := startGateway(t, Config{ID: "gw", AdvertiseAddr: "127.0.0.1:1", LeaseTTL: ttl, LeaseShards: shards,
+		EtcdTimeout: 2 * time.Second, PingInterval: time.Hour}, cli)
+	s := g.currentSession()
+	h.id.Store(int64(s.leases[hung]))
+
+	select {
+	case <-h.hung:
+	case <-time.After(2 * ttl):
+		t.Fatalf("lease %d not renewed within %v", hung, 2*ttl)
+	}
+	// The other shards' slots fall period/8 apart, all before the hung
+	// request's deadline (one period).
+	select {
+	case <-h.other:
+	case <-h.ended:
+		t.Fatalf("no other lease renewed while lease %d's renewal hung", hung)
+	}
+}
+
+// renewalOutage fails every lease renewal while on, as an etcd that answers
+// none would.
+type renewalOutage struct{ on atomic.Bool }
+
+func (o *renewalOutage) intercept(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	if method == "/etcdserverpb.Lease/LeaseKeepAlive" && o.on.Load() {
+		return nil, status.Error(codes.Unavailable, "renewals cut off by the test")
+	}
+	return streamer(ctx, desc, cc, method, opts...)
+}
+
+// A sharded session outlives an etcd outage as long as a single lease does,
+// two thirds of the TTL less the margin: every shard is renewed every third
+// of the TTL. At 12 s that is 7.5 s; an outage of 6.5 s (longer than the
+// 5.5-6.25 s left to the oldest shard when several were renewed every half
+// TTL) must not end it.
+func TestShardedSessionOutlivesTwoThirdsOfTTLOutage(t *testing.T) {
+	const ttl, shards, outage = 12 * time.Second, 8, 6500 * time.Millisecond
+	e := testutil.StartEtcd(t)
+	var o renewalOutage
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints: []string{e.Endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
+		DialOptions: []grpc.DialOption{grpc.WithChainStreamInterceptor(o.intercept)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	g, _ := startGateway(t, Config{ID: "gw", AdvertiseAddr: "127.0.0.1:1", LeaseTTL: ttl, LeaseShards: shards,
+		EtcdTimeout: 2 * time.Second, PingInterval: time.Hour}, cli)
+	s := g.currentSession()
+	// Once every shard has been renewed on its slot, the deadlines are spread.
+	time.Sleep(renewalPeriod(ttl) + 500*time.Millisecond)
+	o.on.Store(true)
+	time.Sleep(outage)
+	o.on.Store(false)
+	if s.ctx.Err() != nil || g.currentSession() != s {
+		t.Fatalf("session ended during a %v outage of renewals; TTL %v", outage, ttl)
+	}
+	// Renewals resume and carry the session on.
+	time.Sleep(2 * time.Second)
+	if s.ctx.Err() != nil || !s.alive() {
+		t.Fatalf("session ended after the outage")
 	}
 }
