@@ -112,17 +112,12 @@ func (p *readPoller) park(c *client) bool {
 	// once, and it fires once per park.
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT}
 	setEventKey(&ev, n.key)
+	// Re-armed (MOD) but the first time (ADD): nothing is written here once
+	// armed, as another reader may run from then on.
 	cerr := raw.Control(func(fd uintptr) {
-		op := unix.EPOLL_CTL_MOD
-		if !n.registered {
-			op = unix.EPOLL_CTL_ADD
-		}
-		err = unix.EpollCtl(p.epfd, op, int(fd), &ev)
-		if op == unix.EPOLL_CTL_MOD && errors.Is(err, unix.ENOENT) {
+		err = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_MOD, int(fd), &ev)
+		if errors.Is(err, unix.ENOENT) {
 			err = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev)
-		}
-		if err == nil {
-			n.registered = true
 		}
 	})
 	if cerr == nil && err == nil {

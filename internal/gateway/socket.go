@@ -515,11 +515,9 @@ type netConn struct {
 	// deadline is the read deadline (Unix ns; 0: none), for the poller to
 	// wake a parked socket whose client went silent.
 	deadline atomic.Int64
-	// The poller's (readpoll_linux.go), guarded by readPoller.mu but for
-	// registered, which only the socket's reader uses.
-	key        uint64 // names the socket in epoll events; 0 until parked once
-	parked     bool
-	registered bool // the descriptor is in the poller's epoll set
+	// The poller's (readpoll_linux.go), guarded by readPoller.mu.
+	key    uint64 // names the socket in epoll events; 0 until parked once
+	parked bool
 }
 
 // readBufSize is a reading socket's read buffer: a client frame of up to
