@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"errors"
+	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -24,9 +25,9 @@ import (
 type readPoller struct {
 	g *Gateway
 
-	once  sync.Once
-	epfd  int // -1: parking is off (epoll unavailable); readers block instead
-	wakeF int // eventfd that stops run
+	once sync.Once
+	epfd int      // -1: parking is off (epoll unavailable); readers block instead
+	ep   *os.File // epfd, non-blocking, itself waited on in the runtime's network poller
 	// sweep is how often run checks the parked sockets' read deadlines: a
 	// socket silent past its deadline is dropped at most this late.
 	sweep time.Duration
@@ -38,36 +39,28 @@ type readPoller struct {
 	stopped bool
 }
 
-// stopKey is the eventfd's epoll key; sockets' keys start at 1.
-const stopKey = 0
-
 func newReadPoller(g *Gateway) *readPoller {
 	sweep := min(max(g.cfg.PingInterval/4, 10*time.Millisecond), time.Second)
-	return &readPoller{g: g, epfd: -1, wakeF: -1, sweep: sweep, parked: map[uint64]*client{}}
+	return &readPoller{g: g, epfd: -1, sweep: sweep, parked: map[uint64]*client{}}
 }
 
-// start makes the epoll instance and starts run, on the first park.
+// start makes the epoll instance and starts run, on the first park. The
+// epoll descriptor is non-blocking and run waits for it to be readable (some
+// socket ready) in the runtime's network poller, as for any connection,
+// rather than in a blocking epoll_wait, which would cost a thread switch per
+// wake-up.
 func (p *readPoller) start() {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err == nil {
+		if err = unix.SetNonblock(epfd, true); err != nil {
+			unix.Close(epfd)
+		}
+	}
 	if err != nil {
 		p.g.log.Warn("epoll unavailable; each idle socket keeps a reader goroutine", "err", err)
 		return
 	}
-	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-	if err == nil {
-		ev := unix.EpollEvent{Events: unix.EPOLLIN}
-		setEventKey(&ev, stopKey)
-		err = unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, efd, &ev)
-	}
-	if err != nil {
-		p.g.log.Warn("eventfd unavailable; each idle socket keeps a reader goroutine", "err", err)
-		unix.Close(epfd)
-		if efd >= 0 {
-			unix.Close(efd)
-		}
-		return
-	}
-	p.epfd, p.wakeF, p.done = epfd, efd, make(chan struct{})
+	p.epfd, p.ep, p.done = epfd, os.NewFile(uintptr(epfd), "epoll"), make(chan struct{})
 	go p.run()
 }
 
@@ -154,25 +147,35 @@ func (p *readPoller) wake(c *client) {
 // reads then fail as a blocked read would have.
 func (p *readPoller) run() {
 	defer close(p.done)
+	raw, err := p.ep.SyscallConn()
+	if err != nil {
+		p.fail(err)
+		return
+	}
 	events := make([]unix.EpollEvent, 256)
 	lastSweep := time.Now()
 	for {
-		n, err := unix.EpollWait(p.epfd, events, int(p.sweep/time.Millisecond))
-		if err != nil && !errors.Is(err, unix.EINTR) {
-			p.g.log.Error("epoll wait failed; every idle socket keeps a reader goroutine from now on", "err", err)
-			p.wakeAll()
-			unix.Close(p.epfd)
-			unix.Close(p.wakeF)
+		_ = p.ep.SetReadDeadline(time.Now().Add(p.sweep))
+		n := 0
+		var werr error
+		err := raw.Read(func(fd uintptr) bool {
+			n, werr = unix.EpollWait(int(fd), events, 0)
+			return n > 0 || (werr != nil && !errors.Is(werr, unix.EINTR))
+		})
+		if err == nil {
+			err = werr
+		}
+		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			p.mu.Lock()
+			stopped := p.stopped
+			p.mu.Unlock()
+			if !stopped {
+				p.fail(err)
+			}
 			return
 		}
 		for i := range n {
 			key := eventKey(&events[i])
-			if key == stopKey {
-				p.wakeAll()
-				unix.Close(p.epfd)
-				unix.Close(p.wakeF)
-				return
-			}
 			p.mu.Lock()
 			c := p.parked[key]
 			p.mu.Unlock()
@@ -185,6 +188,14 @@ func (p *readPoller) run() {
 			p.wakeExpired(now.UnixNano())
 		}
 	}
+}
+
+// fail gives up parking: every parked socket's reader starts, and blocks in
+// its read from then on.
+func (p *readPoller) fail(err error) {
+	p.g.log.Error("epoll wait failed; every idle socket keeps a reader goroutine from now on", "err", err)
+	p.wakeAll()
+	p.ep.Close()
 }
 
 // wakeExpired starts the readers of the parked sockets whose read deadline
@@ -222,13 +233,10 @@ func (p *readPoller) wakeAll() {
 // end, when none should be.
 func (p *readPoller) stop() {
 	p.once.Do(func() {}) // no start after this
-	p.mu.Lock()
-	p.stopped = true
-	p.mu.Unlock()
-	if p.wakeF < 0 {
+	p.wakeAll()
+	if p.ep == nil {
 		return
 	}
-	var one = [8]byte{1}
-	_, _ = unix.Write(p.wakeF, one[:])
+	p.ep.Close()
 	<-p.done
 }
