@@ -490,7 +490,7 @@ func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	}
 	// The library reads through the reader given here (Upgrader's
 	// ReadBufferSize is 0), whose buffer the socket lends back to a pool
-	// while idle (readBufPool).
+	// while idle (readBufs).
 	nc.attachReadBuf()
 	return nc, bufio.NewReadWriter(&nc.br, brw.Writer), nil
 }
@@ -508,7 +508,7 @@ type netConn struct {
 	c *client // set before the reader starts, by the goroutine that starts it
 
 	// br is the WebSocket library's read buffer. Its array (rbuf's) is
-	// taken from readBufPool only while the socket reads: an idle socket
+	// taken from readBufs only while the socket reads: an idle socket
 	// parked (readpoll_linux.go) holds none.
 	br   bufio.Reader
 	rbuf *bufio.Reader // the pooled reader whose array br uses; nil: none
@@ -524,20 +524,29 @@ type netConn struct {
 // about a kilobyte (a request) comes in one read.
 const readBufSize = 1024
 
-var readBufPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, readBufSize) }}
+// readBufs holds the read buffers of sockets that stopped reading, for the
+// next to start. It is bounded (not a sync.Pool, which keeps what it is
+// given until two collections pass): a ping round wakes every socket at
+// once, and the buffers of that peak must not stay.
+var readBufs = make(chan *bufio.Reader, 256)
 
-// attachReadBuf gives br a buffer from the pool, unless it has one.
+// attachReadBuf gives br a buffer, unless it has one.
 func (n *netConn) attachReadBuf() {
 	if n.rbuf != nil {
 		return
 	}
-	r := readBufPool.Get().(*bufio.Reader)
-	r.Reset(n)
+	var r *bufio.Reader
+	select {
+	case r = <-readBufs:
+		r.Reset(n)
+	default:
+		r = bufio.NewReaderSize(n, readBufSize)
+	}
 	n.br, n.rbuf = *r, r
 }
 
-// detachReadBuf returns br's buffer to the pool; br holds nothing
-// (Buffered() == 0), and is not read again before attachReadBuf.
+// detachReadBuf lets go of br's buffer; br holds nothing (Buffered() == 0),
+// and is not read again before attachReadBuf.
 func (n *netConn) detachReadBuf() {
 	r := n.rbuf
 	if r == nil {
@@ -545,7 +554,10 @@ func (n *netConn) detachReadBuf() {
 	}
 	n.br, n.rbuf = bufio.Reader{}, nil
 	r.Reset(nil)
-	readBufPool.Put(r)
+	select {
+	case readBufs <- r:
+	default:
+	}
 }
 
 // handOver routes the library's writes to c's writer from now on.
