@@ -22,8 +22,13 @@
 //
 // Per socket (socket.go, writer.go):
 //   - the reader: reads client frames, answers them, and when the socket
-//     goes removes it from the hub and from etcd. Started by the HTTP
-//     handler and counted in Gateway.wg, so Run returns only after it.
+//     goes removes it from the hub and from etcd. Counted in Gateway.wg
+//     from the HTTP handler on, so Run returns only after it. It exists
+//     only while there is something to read: once nothing is buffered it
+//     parks the socket on the gateway's poller (readpoll_linux.go, epoll)
+//     and exits, and the poller starts it again when the connection is
+//     readable, past its read deadline or closed by the writer. (Elsewhere
+//     than Linux it stays, blocked in its read.)
 //   - the writer: the only goroutine that writes to the connection, after
 //     the upgrade: data frames, pings, pongs and the close frame, including
 //     the close the WebSocket library asks for on a read-limit or protocol
@@ -61,6 +66,9 @@
 //     dropped), and every ReconcileInterval removes socket records of the
 //     session's leases that no open socket holds.
 //   - the pinger pings every socket once per PingInterval.
+//
+// Per gateway, for its life: the read poller's goroutine (readpoll_linux.go),
+// started by the first socket to park, stopped once Run ends.
 //
 // # When etcd goes away
 //

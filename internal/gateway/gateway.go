@@ -39,8 +39,9 @@ type Gateway struct {
 	// sioConnecting counts Socket.IO sessions not yet in the hub (waiting
 	// for their CONNECT or registering), for --max-sockets.
 	sioConnecting atomic.Int64
-	resumes       *resumes   // resumable native sockets (resume.go)
-	drainSt       drainState // drain.go
+	resumes       *resumes    // resumable native sockets (resume.go)
+	reads         *readPoller // idle native sockets, parked (readpoll_linux.go)
+	drainSt       drainState  // drain.go
 	// handoffSlots holds one token per handoff to this gateway under way
 	// (handoff.go, maxHandoffsIn).
 	handoffSlots chan struct{}
@@ -87,10 +88,10 @@ func New(cfg Config, cli *clientv3.Client) (*Gateway, error) {
 		handoffSlots: make(chan struct{}, maxHandoffsIn),
 		applied:      revwait.New(),
 		upgrader: websocket.Upgrader{
-			// Client frames are small; server frames are written by the
+			// The read buffer is the socket's own, from a pool while it
+			// reads (hijacker, netConn.br); server frames are written by the
 			// client's writer straight to the connection, so the write buffer
 			// (taken from a pool only when used) stays unused.
-			ReadBufferSize:  512,
 			WriteBufferPool: &sync.Pool{},
 			CheckOrigin:     originChecker(cfg.AllowedOrigins),
 		},
@@ -99,6 +100,7 @@ func New(cfg Config, cli *clientv3.Client) (*Gateway, error) {
 		g.cfg.Registry = prometheus.NewRegistry()
 	}
 	g.metrics = newMetrics(g.cfg.Registry, g)
+	g.reads = newReadPoller(g)
 	g.eio = g.newEngineIO()
 	return g, nil
 }
@@ -206,6 +208,7 @@ func (g *Gateway) shutdownIdle() {
 	// still waiting for their CONNECT), then waits for their goroutines.
 	g.eio.Close()
 	g.wg.Wait()
+	g.reads.stop()
 	g.httpClient.CloseIdleConnections()
 }
 

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -29,6 +30,7 @@ type client struct {
 	user       string          // the authenticated user ("" without authentication)
 	conn       *websocket.Conn // for reading; the library writes nothing after the upgrade (netConn)
 	nc         net.Conn        // the connection itself, which only the writer writes
+	rd         *netConn        // the library's view of it: its read buffer and the poller's state
 	// alive reports whether the session the socket lives on can still prove
 	// its lease; the writer checks it before every batch of frames.
 	alive        func() bool
@@ -58,6 +60,15 @@ type client struct {
 	maxInflight int
 	inflight    chan struct{}  // a slot per socket request in flight; made by the reader on first use
 	requests    sync.WaitGroup // socket request goroutines
+
+	// The reader's, kept across its goroutines (an idle socket has none:
+	// readpoll_linux.go).
+	readSess  *session           // the session it removes the socket under
+	reads     *readPoller        // where the socket parks; nil before it reads
+	reqCtx    context.Context    // socket requests'; made on the first one
+	cancelReq context.CancelFunc // cancels reqCtx
+	bucket    *tokenBucket       // client frames' rate; made on the first frame
+	over      int                // frames over the rate in a row
 
 	// rs is the socket's recoverable state (resume.go), shared by each
 	// connection the socket has had; nil when sockets are not resumable.
@@ -207,7 +218,7 @@ func (g *Gateway) runSocket(sess *session, conn *websocket.Conn, user string, re
 	sid := store.NewSocketID(g.cfg.ID, sess.leaseForSocket())
 	nc := conn.NetConn().(*netConn)
 	c := newClient(sid, conn, g.cfg.SendQueue, g.cfg.MaxInflight, g.cfg.WriteTimeout, sess.alive)
-	c.nc = nc.Conn
+	c.nc, c.rd = nc.Conn, nc
 	c.maxBytes = g.cfg.MaxSocketQueueBytes
 	c.user = user
 	c.onSlow = g.metrics.slowClients.WithLabelValues(protocolNative).Inc
@@ -227,7 +238,7 @@ func (g *Gateway) runSocket(sess *session, conn *websocket.Conn, user string, re
 		if r != nil {
 			c.release()
 			nc.handOver(c)
-			go g.readSocket(r.sess, c)
+			g.startReading(r.sess, c)
 			return
 		}
 		if outcome == resumeRetry {
@@ -271,18 +282,46 @@ func (g *Gateway) runSocket(sess *session, conn *websocket.Conn, user string, re
 	}
 	c.release()
 	nc.handOver(c)
-	// Registering went deep into the etcd client and grew this goroutine's
-	// stack; the long-lived reader starts afresh with a small one (an idle
-	// socket's largest cost).
-	go g.readSocket(sess, c)
+	g.startReading(sess, c)
 }
 
-// readSocket reads until the socket goes, then removes it everywhere.
-func (g *Gateway) readSocket(sess *session, c *client) {
+// startReading sets up the reading of a socket handed over (under sess),
+// and parks it until its client sends something: an idle socket has no
+// reader goroutine (readpoll_linux.go). Registering went deep into the etcd
+// client and grew this goroutine's stack; readers start afresh, with small
+// ones.
+func (g *Gateway) startReading(sess *session, c *client) {
+	c.readSess, c.reads = sess, g.reads
+	c.conn.SetReadLimit(g.cfg.MaxFrameBytes)
+	pongWait := 2 * g.cfg.PingInterval
+	_ = c.conn.SetReadDeadline(time.Now().Add(pongWait))
+	c.conn.SetPongHandler(func(string) error {
+		return c.conn.SetReadDeadline(time.Now().Add(pongWait))
+	})
+	// The writer goroutine is the only one to write the connection, so the
+	// reader never writes: pings are answered, and closes acknowledged, by
+	// the writer; the close frame the library sends on a read-limit (1009) or
+	// protocol error (1002) is handed to the writer by netConn.
+	c.conn.SetPingHandler(func(string) error {
+		c.control(ctrlPong) // one pong answers any number of pings
+		return c.conn.SetReadDeadline(time.Now().Add(pongWait))
+	})
+	c.conn.SetCloseHandler(func(int, string) error { return nil })
+	if !g.reads.park(c) {
+		go g.readSocket(c)
+	}
+}
+
+// readSocket reads until nothing is left to read, then parks the socket
+// (the poller runs readSocket again when there is), or until the socket
+// goes: it then removes it everywhere. One runs at a time for a socket.
+func (g *Gateway) readSocket(c *client) {
+	parked, err := g.readLoop(c)
+	if parked {
+		return
+	}
 	defer g.wg.Done()
-	sid := c.sid
-	reqCtx, cancelRequests := context.WithCancel(context.Background())
-	err := g.readLoop(reqCtx, c)
+	sess, sid := c.readSess, c.sid
 	// The connection failed: no close frame came from the client, and the
 	// gateway chose no close but for a failed write. A resumable socket
 	// then detaches (resume.go) instead of ending.
@@ -303,9 +342,12 @@ func (g *Gateway) readSocket(sess *session, c *client) {
 	} else {
 		c.shutdown(closeNormal, "")
 	}
-	cancelRequests()
+	if c.cancelReq != nil {
+		c.cancelReq()
+	}
 	c.requests.Wait()
 	<-c.connClosed
+	c.rd.detachReadBuf()
 	if g.release(c, failed) {
 		if drained {
 			g.metrics.drainDetached.Inc()
@@ -326,52 +368,88 @@ func (c *client) closingCode() int {
 	return c.closeCode
 }
 
-// readLoop reads client frames until the connection fails or closes, and
-// returns the read error that ended it (a *websocket.CloseError when the
-// client sent a close frame), or nil when the gateway closed the socket.
-func (g *Gateway) readLoop(ctx context.Context, c *client) error {
-	c.conn.SetReadLimit(g.cfg.MaxFrameBytes)
-	pongWait := 2 * g.cfg.PingInterval
-	_ = c.conn.SetReadDeadline(time.Now().Add(pongWait))
-	c.conn.SetPongHandler(func(string) error {
-		return c.conn.SetReadDeadline(time.Now().Add(pongWait))
-	})
-	// The writer goroutine is the only one to write the connection, so the
-	// reader never writes: pings are answered, and closes acknowledged, by
-	// the writer; the close frame the library sends on a read-limit (1009) or
-	// protocol error (1002) is handed to the writer by netConn.
-	c.conn.SetPingHandler(func(string) error {
-		c.control(ctrlPong) // one pong answers any number of pings
-		return c.conn.SetReadDeadline(time.Now().Add(pongWait))
-	})
-	c.conn.SetCloseHandler(func(int, string) error { return nil })
-	bucket := newTokenBucket(g.cfg.FramesPerSecond, burstSeconds*g.cfg.FramesPerSecond)
-	over := 0
+// readLoop reads client frames until none is buffered and the socket
+// parks (parked), or the connection fails or closes: it returns the read
+// error that ended it (a *websocket.CloseError when the client sent a close
+// frame), or nil when the gateway closed the socket.
+func (g *Gateway) readLoop(c *client) (parked bool, err error) {
+	// Started (by the poller or startReading) when there is something to
+	// read, or a failure to see.
 	for {
-		typ, data, err := c.conn.ReadMessage()
-		if err != nil {
-			return err
-		}
-		_ = c.conn.SetReadDeadline(time.Now().Add(pongWait))
-		if !bucket.take(time.Now()) {
-			// Over the rate: a request is answered 429 and nothing else is
-			// done; a client that keeps going long past it is closed.
-			if over++; float64(over) > maxOverRate*g.cfg.FramesPerSecond {
-				c.shutdown(closePolicyViolation, "too many frames")
-				return nil
-			}
-			var f requestFrame
-			if json.Unmarshal(data, &f) == nil && len(f.ID) > 0 {
-				c.respond(f.ID, http.StatusTooManyRequests, errorBody("too many frames; slow down"))
+		c.rd.attachReadBuf()
+		if g.takeControl(c) {
+			if c.rd.br.Buffered() == 0 && g.reads.park(c) {
+				return true, nil
 			}
 			continue
 		}
-		over = 0
-		if code, reason := g.handleFrame(ctx, c, typ, data); code != 0 {
+		typ, data, err := c.conn.ReadMessage()
+		if err != nil {
+			return false, err
+		}
+		_ = c.conn.SetReadDeadline(time.Now().Add(2 * g.cfg.PingInterval))
+		if code, reason := g.takeFrame(c, typ, data); code != 0 {
 			c.shutdown(code, reason)
-			return nil
+			return false, nil
+		}
+		if c.rd.br.Buffered() == 0 && g.reads.park(c) {
+			return true, nil
 		}
 	}
+}
+
+// takeControl takes a ping or pong frame from the head of the socket's
+// read buffer, waiting for the rest of it, and reports whether it did. The
+// library would take it too, but then wait inside ReadMessage for the next
+// data frame: a socket that answers the gateway's pings would never park.
+// Anything else, or a frame the library would refuse (unmasked, reserved
+// bits, a payload past 125 bytes), or a failed read, is left to the library.
+func (g *Gateway) takeControl(c *client) bool {
+	const fin = 0x80
+	br := &c.rd.br
+	h, err := br.Peek(2)
+	if err != nil {
+		return false
+	}
+	op := int(h[0] &^ fin)
+	if h[0]&fin == 0 || (op != websocket.PingMessage && op != websocket.PongMessage) || h[1]&0x80 == 0 || h[1]&0x7f > 125 {
+		return false
+	}
+	n := 2 + 4 + int(h[1]&0x7f) // header, mask, payload: at most 131 bytes, in the buffer
+	if _, err := br.Peek(n); err != nil {
+		return false
+	}
+	_, _ = br.Discard(n)
+	if op == websocket.PingMessage {
+		c.control(ctrlPong) // as the ping handler (startReading)
+	}
+	_ = c.conn.SetReadDeadline(time.Now().Add(2 * g.cfg.PingInterval))
+	return true
+}
+
+// takeFrame acts on one client frame within the socket's rate: over it, a
+// request is answered 429 and nothing else is done, and a client that keeps
+// going long past it is closed. A non-zero code means the socket must be
+// closed with it.
+func (g *Gateway) takeFrame(c *client, typ int, data []byte) (code int, reason string) {
+	if c.bucket == nil {
+		c.bucket = newTokenBucket(g.cfg.FramesPerSecond, burstSeconds*g.cfg.FramesPerSecond)
+	}
+	if !c.bucket.take(time.Now()) {
+		if c.over++; float64(c.over) > maxOverRate*g.cfg.FramesPerSecond {
+			return closePolicyViolation, "too many frames"
+		}
+		var f requestFrame
+		if json.Unmarshal(data, &f) == nil && len(f.ID) > 0 {
+			c.respond(f.ID, http.StatusTooManyRequests, errorBody("too many frames; slow down"))
+		}
+		return 0, ""
+	}
+	c.over = 0
+	if c.reqCtx == nil {
+		c.reqCtx, c.cancelReq = context.WithCancel(context.Background())
+	}
+	return g.handleFrame(c.reqCtx, c, typ, data)
 }
 
 // handleFrame acts on one client frame; a non-zero code means the socket
@@ -410,7 +488,15 @@ func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	return &netConn{Conn: conn}, brw, nil
+	nc := &netConn{Conn: conn}
+	if brw.Reader.Buffered() > 0 {
+		return nc, brw, nil // the library refuses it: data before the handshake ended
+	}
+	// The library reads through the reader given here (Upgrader's
+	// ReadBufferSize is 0), whose buffer the socket lends back to a pool
+	// while idle (readBufs).
+	nc.attachReadBuf()
+	return nc, bufio.NewReadWriter(&nc.br, brw.Writer), nil
 }
 
 // netConn is a socket's connection as the WebSocket library sees it. The
@@ -424,6 +510,58 @@ func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 type netConn struct {
 	net.Conn
 	c *client // set before the reader starts, by the goroutine that starts it
+
+	// br is the WebSocket library's read buffer. Its array (rbuf's) is
+	// taken from readBufs only while the socket reads: an idle socket
+	// parked (readpoll_linux.go) holds none.
+	br   bufio.Reader
+	rbuf *bufio.Reader // the pooled reader whose array br uses; nil: none
+	// deadline is the read deadline (Unix ns; 0: none), for the poller to
+	// wake a parked socket whose client went silent.
+	deadline atomic.Int64
+	// The poller's (readpoll_linux.go), guarded by readPoller.mu.
+	key    uint64 // names the socket in epoll events; 0 until parked once
+	parked bool
+}
+
+// readBufSize is a reading socket's read buffer: a client frame of up to
+// about a kilobyte (a request) comes in one read.
+const readBufSize = 1024
+
+// readBufs holds the read buffers of sockets that stopped reading, for the
+// next to start. It is bounded (not a sync.Pool, which keeps what it is
+// given until two collections pass): a ping round wakes every socket at
+// once, and the buffers of that peak must not stay.
+var readBufs = make(chan *bufio.Reader, 256)
+
+// attachReadBuf gives br a buffer, unless it has one.
+func (n *netConn) attachReadBuf() {
+	if n.rbuf != nil {
+		return
+	}
+	var r *bufio.Reader
+	select {
+	case r = <-readBufs:
+		r.Reset(n)
+	default:
+		r = bufio.NewReaderSize(n, readBufSize)
+	}
+	n.br, n.rbuf = *r, r
+}
+
+// detachReadBuf lets go of br's buffer; br holds nothing (Buffered() == 0),
+// and is not read again before attachReadBuf.
+func (n *netConn) detachReadBuf() {
+	r := n.rbuf
+	if r == nil {
+		return
+	}
+	n.br, n.rbuf = bufio.Reader{}, nil
+	r.Reset(nil)
+	select {
+	case readBufs <- r:
+	default:
+	}
 }
 
 // handOver routes the library's writes to c's writer from now on.
@@ -458,5 +596,15 @@ func (n *netConn) SetDeadline(t time.Time) error {
 	if n.c == nil {
 		return n.Conn.SetDeadline(t)
 	}
+	return n.SetReadDeadline(t)
+}
+
+// SetReadDeadline notes the deadline for the poller too.
+func (n *netConn) SetReadDeadline(t time.Time) error {
+	d := int64(0)
+	if !t.IsZero() {
+		d = t.UnixNano()
+	}
+	n.deadline.Store(d)
 	return n.Conn.SetReadDeadline(t)
 }

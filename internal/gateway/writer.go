@@ -267,6 +267,11 @@ func (c *client) writeClose() {
 	}
 	c.conn.Close()
 	close(c.connClosed)
+	if c.reads != nil {
+		// A parked socket's epoll registration went with the descriptor:
+		// its reader starts to see the read fail.
+		c.reads.wake(c)
+	}
 }
 
 // closeReasonText cuts reason to what a close frame holds (123 bytes after
