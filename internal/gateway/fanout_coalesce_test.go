@@ -125,3 +125,24 @@ func readTextFrame(t *testing.T, r *bufio.Reader) []byte {
 	}
 	return msg
 }
+
+// startWriters pools the array that held a fan-out's writers, for the next
+// fan-out to reuse, and not the outbound with it.
+func TestStartWritersPoolsTheArray(t *testing.T) {
+	reused := false
+	for range 20 { // sync.Pool may drop what it is given (always under -race, at random)
+		o := &outbound{starts: make([]*client, 0, 64)}
+		o.startWriters()
+		got := startsPool.Get().(*[]*client)
+		if got == &o.starts {
+			t.Fatal("the pool holds the outbound's own field: it keeps the outbound and its message alive")
+		}
+		if cap(*got) == 64 {
+			reused = true
+			break
+		}
+	}
+	if !reused {
+		t.Fatal("no fan-out's array came back from the pool")
+	}
+}

@@ -76,7 +76,10 @@ func (o *outbound) startWriters() {
 	}
 	if cap(o.starts) > 0 {
 		clear(o.starts)
-		startsPool.Put(&o.starts)
+		// A header of its own: the address of o.starts would keep o (and its
+		// message) alive in the pool, and be emptied below.
+		starts := o.starts[:0]
+		startsPool.Put(&starts)
 	}
 	o.starts = nil
 }

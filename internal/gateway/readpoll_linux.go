@@ -82,7 +82,14 @@ func (p *readPoller) park(c *client) bool {
 		return false
 	}
 	n := c.rd
-	raw, err := n.Conn.(syscall.Conn).SyscallConn()
+	// Only a bare descriptor parks: a TLS connection (or any wrapper without
+	// one) may hold decrypted bytes that epoll cannot see, so its reader
+	// blocks in its read as before.
+	sc, ok := n.Conn.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	raw, err := sc.SyscallConn()
 	if err != nil {
 		return false
 	}
@@ -98,11 +105,12 @@ func (p *readPoller) park(c *client) bool {
 	}
 	p.parked[n.key] = c
 	n.parked = true
-	p.mu.Unlock()
 	// The registration is made while the descriptor is held (Control), so
 	// that a close under way cannot let its number go to another connection
-	// first. Level-triggered and one-shot: bytes already there wake it at
-	// once, and it fires once per park.
+	// first, and under p.mu, so that it is made before fail or stop (which
+	// set stopped under p.mu) close the epoll instance and free its number.
+	// Level-triggered and one-shot: bytes already there wake it at once, and
+	// it fires once per park.
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT}
 	setEventKey(&ev, n.key)
 	// Re-armed (MOD) but the first time (ADD): nothing is written here once
@@ -113,6 +121,7 @@ func (p *readPoller) park(c *client) bool {
 			err = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev)
 		}
 	})
+	p.mu.Unlock()
 	if cerr == nil && err == nil {
 		return true
 	}
@@ -185,7 +194,7 @@ func (p *readPoller) run() {
 		}
 		if now := time.Now(); now.Sub(lastSweep) >= p.sweep {
 			lastSweep = now
-			p.wakeExpired(now.UnixNano())
+			p.wakeExpired(readClock(now))
 		}
 	}
 }

@@ -2,9 +2,17 @@ package gateway
 
 import (
 	"bytes"
+	"context"
+	"crypto/tls"
+	"net/http/httptest"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/socketrooms/membership/internal/testutil"
 )
 
 // readers counts the goroutines reading a socket.
@@ -125,5 +133,60 @@ func TestParkedSocketsEnd(t *testing.T) {
 	waitFor(t, 5*time.Second, "both sockets gone", func() bool { return g.hub.count() == 0 })
 	if r := readers(); r != 0 {
 		t.Fatalf("%d reader goroutines left", r)
+	}
+}
+
+// A socket served over TLS is not parked (the TLS layer may hold decrypted
+// bytes epoll cannot see): its reader blocks in its read, and it is served
+// as any other.
+func TestTLSSocketIsServedWithoutParking(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	g, err := New(Config{ID: "gw", AdvertiseAddr: "127.0.0.1:1", PingInterval: time.Hour}, e.Client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewTLSServer(g.Handler())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { g.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done; srv.Close() })
+	waitFor(t, 10*time.Second, "the gateway registered", g.Ready)
+
+	d := websocket.Dialer{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
+	conn, _, err := d.Dial("wss://"+strings.TrimPrefix(srv.URL, "https://")+"/ws", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, msg, err := conn.ReadMessage(); err != nil || !bytes.Contains(msg, []byte(`"connected"`)) {
+		t.Fatalf("first frame %s, %v; want connected", msg, err)
+	}
+	waitFor(t, 5*time.Second, "the socket registered", func() bool { return g.hub.count() == 1 })
+	pong := make(chan struct{}, 1)
+	conn.SetPongHandler(func(string) error { pong <- struct{}{}; return nil })
+	read := make(chan error, 1)
+	go func() { // pongs are seen while reading
+		for {
+			if _, _, err := conn.ReadMessage(); err != nil {
+				read <- err
+				return
+			}
+		}
+	}()
+	for i := range 3 { // each ping after the reader had every chance to park
+		if err := conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(5*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-pong:
+		case err := <-read:
+			t.Fatalf("ping %d: connection ended: %v", i, err)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("ping %d: no pong", i)
+		}
+		if r := readers(); r != 1 {
+			t.Fatalf("ping %d: %d reader goroutines; want 1 (a TLS socket is not parked)", i, r)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -236,6 +236,7 @@ func (g *Gateway) runSocket(sess *session, conn *websocket.Conn, user string, re
 		}
 		g.metrics.resumes.WithLabelValues(outcomeLabel(outcome)).Inc()
 		if r != nil {
+			c.readSess, c.reads = r.sess, g.reads // before release: the writer reads reads once it may run
 			c.release()
 			nc.handOver(c)
 			g.startReading(r.sess, c)
@@ -280,6 +281,7 @@ func (g *Gateway) runSocket(sess *session, conn *websocket.Conn, user string, re
 		g.wg.Done()
 		return
 	}
+	c.readSess, c.reads = sess, g.reads // before release: the writer reads reads once it may run
 	c.release()
 	nc.handOver(c)
 	g.startReading(sess, c)
@@ -291,7 +293,6 @@ func (g *Gateway) runSocket(sess *session, conn *websocket.Conn, user string, re
 // client and grew this goroutine's stack; readers start afresh, with small
 // ones.
 func (g *Gateway) startReading(sess *session, c *client) {
-	c.readSess, c.reads = sess, g.reads
 	c.conn.SetReadLimit(g.cfg.MaxFrameBytes)
 	pongWait := 2 * g.cfg.PingInterval
 	_ = c.conn.SetReadDeadline(time.Now().Add(pongWait))
@@ -516,7 +517,7 @@ type netConn struct {
 	// parked (readpoll_linux.go) holds none.
 	br   bufio.Reader
 	rbuf *bufio.Reader // the pooled reader whose array br uses; nil: none
-	// deadline is the read deadline (Unix ns; 0: none), for the poller to
+	// deadline is the read deadline (readClock; 0: none), for the poller to
 	// wake a parked socket whose client went silent.
 	deadline atomic.Int64
 	// The poller's (readpoll_linux.go), guarded by readPoller.mu.
@@ -599,11 +600,20 @@ func (n *netConn) SetDeadline(t time.Time) error {
 	return n.SetReadDeadline(t)
 }
 
+// readEpoch is the origin of readClock.
+var readEpoch = time.Now()
+
+// readClock is t on the monotonic clock, in ns since readEpoch: what the
+// connection's own deadline goes by. A wall-clock reading would let a clock
+// step wake every parked socket at once (stepped forward) or keep a silent
+// one past its deadline (stepped back).
+func readClock(t time.Time) int64 { return int64(t.Sub(readEpoch)) }
+
 // SetReadDeadline notes the deadline for the poller too.
 func (n *netConn) SetReadDeadline(t time.Time) error {
 	d := int64(0)
 	if !t.IsZero() {
-		d = t.UnixNano()
+		d = max(readClock(t), 1)
 	}
 	n.deadline.Store(d)
 	return n.Conn.SetReadDeadline(t)
