@@ -360,7 +360,7 @@ func fmtFigure(v float64, unit string) string {
 //     gRPC (WAIT_FOR_COMMIT, then WAIT_FOR_APPLY) against server-side
 //     subscribe/unsubscribe pairs through Centrifugo's gRPC API, at each
 //     --peer-concurrency level for --duration: calls/s, latency and the
-//     server CPU per call (gateway + membership-server + etcd; Centrifugo);
+//     server CPU per call (gateway + membership-server + etcd; Centrifugo).
 //
 // etcd runs as its own process here, as production runs it.
 func benchPeer(ctx context.Context, cfg config) error {
