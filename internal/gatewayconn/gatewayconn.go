@@ -285,6 +285,15 @@ type Registration struct {
 // store.ErrGatewayNotFound or store.ErrCorruptRecord), the gateway's gRPC
 // status, or ctx's error once ctx is done. nil means all applied rev.
 func (p *Pool) WaitApplied(ctx context.Context, rev int64, regs []Registration) error {
+	if len(regs) == 1 || (len(regs) > 1 && allSame(regs)) {
+		// The common case (one socket, or sockets of one session): no
+		// goroutine, map or sort for a single wait.
+		err := p.waitOne(ctx, rev, regs[0])
+		if err != nil && ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return err
+	}
 	seen := make(map[Registration]bool, len(regs))
 	var todo []Registration
 	for _, r := range regs {
@@ -318,6 +327,15 @@ func (p *Pool) WaitApplied(ctx context.Context, rev int64, regs []Registration) 
 		return ctx.Err()
 	}
 	return first
+}
+
+func allSame(regs []Registration) bool {
+	for _, r := range regs[1:] {
+		if r != regs[0] {
+			return false
+		}
+	}
+	return true
 }
 
 // waitOne waits for one registration: it joins that registration's batch
