@@ -235,26 +235,46 @@ func unescapeRoom(s string) (string, error) {
 // keys names every key of the keyspace under one prefix.
 type keys struct{ prefix string }
 
+// Each key is built by one concatenation, the segments spelled out rather
+// than taken from the prefix methods: a concatenation of a concatenation
+// allocates both, and a Join or Leave builds several keys per socket.
 func (k keys) gatewaysPrefix() string        { return k.prefix + "gateways/" }
-func (k keys) gateway(gw string) string      { return k.gatewaysPrefix() + gw }
+func (k keys) gateway(gw string) string      { return k.prefix + "gateways/" + gw }
 func (k keys) socketsPrefix() string         { return k.prefix + "sockets/" }
-func (k keys) socket(id string) string       { return k.socketsPrefix() + id }
+func (k keys) socket(id string) string       { return k.prefix + "sockets/" + id }
 func (k keys) gwmRoot() string               { return k.prefix + "gwm/" }
-func (k keys) gwmPrefix(gw string) string    { return k.gwmRoot() + gw + "/" }
+func (k keys) gwmPrefix(gw string) string    { return k.prefix + "gwm/" + gw + "/" }
 func (k keys) roomsPrefix() string           { return k.prefix + "rooms/" }
-func (k keys) roomPrefix(room string) string { return k.roomsPrefix() + escapeRoom(room) + "/" }
+func (k keys) roomPrefix(room string) string { return k.prefix + "rooms/" + escapeRoom(room) + "/" }
 func (k keys) room(room, socket string) string {
-	return k.roomPrefix(room) + socket
+	return k.prefix + "rooms/" + escapeRoom(room) + "/" + socket
 }
 
 // socketRoomsPrefix is where the memberships of socket s live while gateway
 // gw holds it: its current gateway (SocketRecord.Home), not necessarily the
 // one its id names.
 func (k keys) socketRoomsPrefix(gw string, s SocketID) string {
-	return k.gwmPrefix(gw) + s.String() + "/"
+	return k.prefix + "gwm/" + gw + "/" + s.String() + "/"
 }
 func (k keys) gwm(gw string, s SocketID, room string) string {
-	return k.socketRoomsPrefix(gw, s) + escapeRoom(room)
+	return k.gwmOf(gw, s.String(), room)
+}
+
+// gwmOf is gwm for the socket whose id encodes (SocketID.String) as id.
+func (k keys) gwmOf(gw, id, room string) string {
+	return k.prefix + "gwm/" + gw + "/" + id + "/" + escapeRoom(room)
+}
+
+// socketRange is the socket record's key and the end of the range
+// [record, marker] (socketRangeEnd) of the socket whose id encodes as id, as
+// a request carries them: both in one allocation, the key a prefix of the
+// end and capped so that an append to it copies.
+func (k keys) socketRange(id string) (rec, end []byte) {
+	end = make([]byte, 0, len(k.prefix)+len("sockets/")+len(id)+1)
+	end = append(append(append(end, k.prefix...), "sockets/"...), id...)
+	n := len(end)
+	end = append(end, '0') // as socketRangeEnd
+	return end[:n:n], end
 }
 
 // moveMarker is the key of a move of socket id in progress (move.go). It
