@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -171,19 +172,21 @@ func ParseSocketID(id string) (SocketID, error) {
 	gw, rest, _ := strings.Cut(id, ".")
 	leaseHex, nonce, _ := strings.Cut(rest, ".")
 	lease, err := strconv.ParseUint(leaseHex, 16, 64)
-	if err != nil || lease == 0 {
+	if err != nil || lease == 0 || lease > math.MaxInt64 {
 		return SocketID{}, ErrInvalidSocketID
 	}
-	if _, err := base64.RawURLEncoding.DecodeString(nonce); err != nil {
+	// Only the canonical spelling is an id (String's: 16 lower-case hex
+	// digits of a positive lease): "ABC" and "abc" as lease digits would
+	// name the same socket with two different keys. Checked here rather
+	// than by encoding the id again, which every Join and Leave would pay.
+	if strings.ContainsAny(leaseHex, "ABCDEF") {
 		return SocketID{}, ErrInvalidSocketID
 	}
-	sid := SocketID{Gateway: gw, Lease: clientv3.LeaseID(lease), Nonce: nonce}
-	// Only the canonical spelling is an id: "ABC" and "abc" as lease digits
-	// would name the same socket with two different keys.
-	if sid.String() != id {
+	var b [nonceBytes + 1]byte
+	if _, err := base64.RawURLEncoding.Decode(b[:], []byte(nonce)); err != nil {
 		return SocketID{}, ErrInvalidSocketID
 	}
-	return sid, nil
+	return SocketID{Gateway: gw, Lease: clientv3.LeaseID(lease), Nonce: nonce}, nil
 }
 
 // escapeRoom makes a room name safe as one key segment: "%" and "/" are
