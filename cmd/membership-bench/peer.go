@@ -359,7 +359,8 @@ func fmtFigure(v float64, unit string) string {
 //   - membership changes: 256 more sockets each; Join/Leave pairs through
 //     gRPC (WAIT_FOR_COMMIT, then WAIT_FOR_APPLY) against server-side
 //     subscribe/unsubscribe pairs through Centrifugo's gRPC API, at each
-//     --peer-concurrency level for --duration.
+//     --peer-concurrency level for --duration: calls/s, latency and the
+//     server CPU per call (gateway + membership-server + etcd; Centrifugo).
 //
 // etcd runs as its own process here, as production runs it.
 func benchPeer(ctx context.Context, cfg config) error {
@@ -490,12 +491,33 @@ func peerRound(ctx context.Context, cfg config, st *stack, g *gatewayProc, e *et
 	if err != nil {
 		return err
 	}
+	// Server CPU per call: utime+stime of the gateway, membership-server and
+	// etcd (Centrifugo's process) over the phase, over the calls made.
+	// The membership-server first: its own share is reported too.
+	ourPids := []int{st.server.Process.Pid, g.cmd.Process.Pid, e.cmd.Process.Pid}
+	perCall := func(pids []int, rate *float64, run func()) (all, first float64) {
+		cpu0, first0, t0 := cpuOf(pids), processCPU(pids[0]), time.Now()
+		run()
+		calls := *rate * time.Since(t0).Seconds()
+		if calls == 0 {
+			return 0, 0
+		}
+		return float64(cpuOf(pids)-cpu0) / float64(time.Microsecond) / calls,
+			float64(processCPU(pids[0])-first0) / float64(time.Microsecond) / calls
+	}
 	for _, conc := range levels {
 		var or, ow, cr float64
+		var ocpu, osrv, wcpu, ccpu float64
 		var ol, wl, cl *latencies
-		runO := func() { or, ol = loop(ctx, conc, cfg.duration, apiJoinLeave(st.api, mo)) }
-		runW := func() { ow, wl = loop(ctx, conc, cfg.duration, apiJoinLeaveApply(st.api, mo)) }
-		runC := func() { cr, cl = loop(ctx, conc, cfg.duration, centSubUnsub(c, mc)) }
+		runO := func() {
+			ocpu, osrv = perCall(ourPids, &or, func() { or, ol = loop(ctx, conc, cfg.duration, apiJoinLeave(st.api, mo)) })
+		}
+		runW := func() {
+			wcpu, _ = perCall(ourPids, &ow, func() { ow, wl = loop(ctx, conc, cfg.duration, apiJoinLeaveApply(st.api, mo)) })
+		}
+		runC := func() {
+			ccpu, _ = perCall([]int{c.pid()}, &cr, func() { cr, cl = loop(ctx, conc, cfg.duration, centSubUnsub(c, mc)) })
+		}
 		if oursFirst {
 			runO()
 			runC()
@@ -509,8 +531,11 @@ func peerRound(ctx context.Context, cfg config, st *stack, g *gatewayProc, e *et
 		fig.add(row+", calls/s", "", or, cr)
 		fig.add(row+", p50", "ms", msf(ol.pct(50)), msf(cl.pct(50)))
 		fig.add(row+", p99", "ms", msf(ol.pct(99)), msf(cl.pct(99)))
+		fig.add(row+", server CPU per call", "µs", ocpu, ccpu)
+		fig.add(fmt.Sprintf("of which the membership-server's, concurrency %d", conc), "µs", osrv, ccpu)
 		fig.add(fmt.Sprintf("same with WAIT_FOR_APPLY, concurrency %d, calls/s", conc), "-", ow, cr)
 		fig.add(fmt.Sprintf("same with WAIT_FOR_APPLY, concurrency %d, p99", conc), "ms", msf(wl.pct(99)), msf(cl.pct(99)))
+		fig.add(fmt.Sprintf("same with WAIT_FOR_APPLY, concurrency %d, server CPU per call", conc), "µs", wcpu, ccpu)
 	}
 	return nil
 }

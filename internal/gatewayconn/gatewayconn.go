@@ -36,6 +36,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -80,6 +81,9 @@ type Pool struct {
 	conns  map[string]*conn // gateway id → its connection
 	closed bool
 
+	wmu     sync.Mutex
+	batches map[batchKey]*waitBatch // WaitApplied calls gathered per registration
+
 	stop chan struct{}
 	done chan struct{}
 }
@@ -93,7 +97,7 @@ type conn struct {
 
 // New returns a Pool following cfg.Index's gateway records until Close.
 func New(cfg Config) *Pool {
-	p := &Pool{cfg: cfg, log: cfg.Logger, conns: map[string]*conn{}, stop: make(chan struct{}), done: make(chan struct{})}
+	p := &Pool{cfg: cfg, log: cfg.Logger, conns: map[string]*conn{}, batches: map[batchKey]*waitBatch{}, stop: make(chan struct{}), done: make(chan struct{})}
 	if p.log == nil {
 		p.log = slog.Default()
 	}
@@ -272,13 +276,24 @@ type Registration struct {
 }
 
 // WaitApplied waits until every registration in regs has applied etcd
-// revision rev, asking each distinct one once (one call per gateway unless
-// its sockets span several of its leases), all in parallel: the call takes
-// as long as the slowest gateway, not the sum. The first failure ends
+// revision rev, waiting on each distinct one once (one gateway unless its
+// sockets span several of its leases), all in parallel: the call takes as
+// long as the slowest gateway, not the sum. Concurrent calls share the
+// gateway's answers (waitBatch): a gateway has at most one WaitApplied call
+// in flight per registration from this Pool. The first failure ends
 // it and cancels the other waits; it is the record lookup's error (such as
 // store.ErrGatewayNotFound or store.ErrCorruptRecord), the gateway's gRPC
 // status, or ctx's error once ctx is done. nil means all applied rev.
 func (p *Pool) WaitApplied(ctx context.Context, rev int64, regs []Registration) error {
+	if len(regs) == 1 || (len(regs) > 1 && allSame(regs)) {
+		// The common case (one socket, or sockets of one session): no
+		// goroutine, map or sort for a single wait.
+		err := p.waitOne(ctx, rev, regs[0])
+		if err != nil && ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return err
+	}
 	seen := make(map[Registration]bool, len(regs))
 	var todo []Registration
 	for _, r := range regs {
@@ -314,19 +329,159 @@ func (p *Pool) WaitApplied(ctx context.Context, rev int64, regs []Registration) 
 	return first
 }
 
-// waitOne waits for one registration.
+func allSame(regs []Registration) bool {
+	for _, r := range regs[1:] {
+		if r != regs[0] {
+			return false
+		}
+	}
+	return true
+}
+
+// waitOne waits for one registration: it joins that registration's batch
+// (waitBatch), which asks the gateway once for the highest revision its
+// waiters want, and returns when an answer covers rev, when the answer is a
+// failure, or when ctx is done (then ctx's error).
 func (p *Pool) waitOne(ctx context.Context, rev int64, r Registration) error {
 	rec, err := p.record(ctx, r.Gateway, rev)
 	if err != nil {
 		return err
 	}
+	w := &applyWaiter{rev: rev, done: make(chan error, 1)}
+	key := batchKey{reg: r, addr: rec.GRPCAddr}
+	p.wmu.Lock()
+	b := p.batches[key]
+	if b == nil {
+		b = &waitBatch{rec: rec, reg: r}
+		p.batches[key] = b
+	}
+	b.waiters = append(b.waiters, w)
+	if !b.running {
+		b.running = true
+		go p.runBatch(key, b)
+	}
+	p.wmu.Unlock()
+	select {
+	case err := <-w.done:
+		return err
+	case <-ctx.Done():
+		p.leaveBatch(b, w)
+		select {
+		case err := <-w.done: // answered while leaving: the answer stands
+			return err
+		default:
+			return ctx.Err()
+		}
+	}
+}
+
+// batchKey names a batch: one registration at one address. Waiters that
+// found the gateway at another address (a record changing under them) wait
+// apart, each on the connection its record names.
+type batchKey struct {
+	reg  Registration
+	addr string
+}
+
+// applyWaiter is one waitOne in a batch.
+type applyWaiter struct {
+	rev  int64
+	done chan error // gets the answer once; buffered
+}
+
+// waitBatch gathers the waits on one registration, so that a gateway gets
+// one WaitApplied call in flight from this Pool however many Join and Leave
+// calls wait on it: the call asks the highest revision its waiters want, and
+// its answer (the gateway's applied revision, at least the one asked)
+// releases every waiter at or below it together. Waiters that came while it
+// was in flight, for a higher revision, get the next call. Its fields are
+// guarded by Pool.wmu.
+//
+// The call is not bounded by any one waiter's deadline: each waiter gives up
+// on its own context, and the call is cancelled once no waiter is left. A
+// failure of the call (the gateway's status, a connection closing) is the
+// answer of every waiter whose revision it asked about, as it would have
+// been the answer of their own calls to that gateway at that time.
+type waitBatch struct {
+	rec     store.GatewayRecord
+	reg     Registration
+	waiters []*applyWaiter
+	running bool               // runBatch is serving this batch
+	cancel  context.CancelFunc // cancels the call in flight; nil between calls
+}
+
+// runBatch serves b until it has no waiters, then removes it.
+func (p *Pool) runBatch(key batchKey, b *waitBatch) {
+	for {
+		p.wmu.Lock()
+		if len(b.waiters) == 0 {
+			b.running = false
+			delete(p.batches, key)
+			p.wmu.Unlock()
+			return
+		}
+		var asked int64
+		for _, w := range b.waiters {
+			asked = max(asked, w.rev)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		b.cancel = cancel
+		p.wmu.Unlock()
+
+		applied, err := p.askApplied(ctx, b.rec, b.reg, asked)
+
+		p.wmu.Lock()
+		b.cancel = nil
+		cancelled := ctx.Err() != nil
+		cancel()
+		if !cancelled || err == nil {
+			upTo := asked
+			if err == nil {
+				upTo = max(asked, applied)
+			}
+			kept := b.waiters[:0]
+			for _, w := range b.waiters {
+				if w.rev <= upTo {
+					w.done <- err
+				} else {
+					kept = append(kept, w)
+				}
+			}
+			clear(b.waiters[len(kept):])
+			b.waiters = kept
+		}
+		// A call cancelled because its waiters left answers no one; any
+		// waiter that came since gets a call of its own next.
+		p.wmu.Unlock()
+	}
+}
+
+// leaveBatch takes w out of b (its caller gave up) and cancels the call in
+// flight when no waiter is left for it.
+func (p *Pool) leaveBatch(b *waitBatch, w *applyWaiter) {
+	p.wmu.Lock()
+	defer p.wmu.Unlock()
+	if i := slices.Index(b.waiters, w); i >= 0 {
+		b.waiters = slices.Delete(b.waiters, i, i+1)
+	}
+	if len(b.waiters) == 0 && b.cancel != nil {
+		b.cancel()
+	}
+}
+
+// askApplied makes one WaitApplied call and returns the gateway's applied
+// revision.
+func (p *Pool) askApplied(ctx context.Context, rec store.GatewayRecord, r Registration, rev int64) (int64, error) {
 	c, release, err := p.acquire(rec)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer release()
-	_, err = c.WaitApplied(ctx, &gatewayv1.WaitAppliedRequest{Revision: rev, GatewayId: r.Gateway, Lease: int64(r.Lease)})
-	return err
+	resp, err := c.WaitApplied(ctx, &gatewayv1.WaitAppliedRequest{Revision: rev, GatewayId: r.Gateway, Lease: int64(r.Lease)})
+	if err != nil {
+		return 0, err
+	}
+	return resp.AppliedRevision, nil
 }
 
 // record returns the gateway's record to wait on for a change committed at

@@ -25,13 +25,13 @@ const bound = 5 * time.Second
 
 // fixture is a Pool over a running target index of e.
 type fixture struct {
-	t     *testing.T
+	t     testing.TB
 	e     *testutil.Etcd
 	index *store.TargetIndex
 	pool  *gatewayconn.Pool
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	e := testutil.StartEtcd(t)
 	st := store.New(e.Client, "")

@@ -84,33 +84,50 @@ func socketsFromRequest(ctx context.Context, one string, many []string, max int)
 		sid, err := parseSocketID(SocketIDMetadata, md)
 		return []store.SocketID{sid}, err
 	}
-	tooMany := invalid("socket_ids", "at most "+itoa(int64(max))+" sockets per call")
+	// Errors and field names are built only when needed: this runs for
+	// every Join and Leave, and each allocation is work for the collector.
+	tooMany := func() error { return invalid("socket_ids", "at most "+itoa(int64(max))+" sockets per call") }
 	if len(many) > max {
-		return nil, tooMany
+		return nil, tooMany()
+	}
+	if len(many) == 0 { // one socket: nothing to drop
+		sid, err := parseSocketID("socket_id", one)
+		if err != nil {
+			return nil, err
+		}
+		return []store.SocketID{sid}, nil
 	}
 	seen := make(map[string]bool, len(many)+1)
-	var out []store.SocketID
-	add := func(field, id string) error {
+	out := make([]store.SocketID, 0, len(many)+1)
+	add := func(i int, id string) error {
 		if seen[id] {
 			return nil
 		}
 		seen[id] = true
-		sid, err := parseSocketID(field, id)
+		sid, err := store.ParseSocketID(id)
+		if id == "" || err != nil {
+			field := "socket_id"
+			if i >= 0 {
+				field = "socket_ids[" + itoa(int64(i)) + "]"
+			}
+			_, err = parseSocketID(field, id)
+			return err
+		}
 		out = append(out, sid)
-		return err
+		return nil
 	}
 	if one != "" {
-		if err := add("socket_id", one); err != nil {
+		if err := add(-1, one); err != nil {
 			return nil, err
 		}
 	}
 	for i, id := range many {
-		if err := add("socket_ids["+itoa(int64(i))+"]", id); err != nil {
+		if err := add(i, id); err != nil {
 			return nil, err
 		}
 	}
 	if len(out) > max {
-		return nil, tooMany
+		return nil, tooMany()
 	}
 	return out, nil
 }

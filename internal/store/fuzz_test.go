@@ -45,7 +45,7 @@ func FuzzRoomKey(f *testing.F) {
 // spelling of an id, one key segment.
 func FuzzSocketID(f *testing.F) {
 	id := NewSocketID("gw-1", 0x1234)
-	for _, seed := range []string{id.String(), "", "x", "gw.0000000000001234.short", "g/w.00000000000abcde." + id.Nonce, "gw.00000000000ABCDE." + id.Nonce} {
+	for _, seed := range []string{id.String(), "", "x", "gw.0000000000001234.short", "g/w.00000000000abcde." + id.Nonce, "gw.00000000000ABCDE." + id.Nonce, "gw.8000000000000000." + id.Nonce, "gw.ffffffffffffffff." + id.Nonce, "gw.0000000000000000." + id.Nonce} {
 		f.Add(seed)
 	}
 	f.Fuzz(func(t *testing.T, s string) {

@@ -115,21 +115,49 @@ func (st socketState) writeHome() Home {
 
 // pbSocketRange reads a socket's record and move marker.
 func (s *Store) pbSocketRange(id SocketID, keysOnly bool) *etcdserverpb.RequestOp {
-	return &etcdserverpb.RequestOp{Request: &etcdserverpb.RequestOp_RequestRange{RequestRange: &etcdserverpb.RangeRequest{
-		Key: []byte(s.k.socket(id.String())), RangeEnd: []byte(s.k.socketRangeEnd(id.String())), KeysOnly: keysOnly}}}
+	rec, end := s.k.socketRange(id.String())
+	return pbRange(rec, end, keysOnly)
+}
+
+// pbRange reads the keys [key, end), its request's parts in one allocation.
+func pbRange(key, end []byte, keysOnly bool) *etcdserverpb.RequestOp {
+	p := &struct {
+		op  etcdserverpb.RequestOp
+		rng etcdserverpb.RequestOp_RequestRange
+		req etcdserverpb.RangeRequest
+	}{}
+	p.req.Key, p.req.RangeEnd, p.req.KeysOnly = key, end, keysOnly
+	p.rng.RequestRange = &p.req
+	p.op.Request = &p.rng
+	return &p.op
 }
 
 // guard returns the compares that hold while st is still socket id's state
 // (holdsOn): one compare (the lease of its range) when it is not moving,
 // two (the record's and the marker's mod revisions) while it is.
 func (s *Store) guard(id SocketID, st socketState) []*etcdserverpb.Compare {
-	rec := []byte(s.k.socket(id.String()))
+	sid := id.String()
+	rec, end := s.k.socketRange(sid)
+	return s.guardOf(sid, rec, end, st)
+}
+
+// guardOf is guard for the socket whose id encodes as id, with its range
+// rec, end (keys.socketRange). The compare and its slice are one
+// allocation; the slice is capped, so that a caller's append copies it.
+func (s *Store) guardOf(id string, rec, end []byte, st socketState) []*etcdserverpb.Compare {
 	if st.move == nil {
-		return []*etcdserverpb.Compare{{Key: rec, RangeEnd: []byte(s.k.socketRangeEnd(id.String())),
-			Target: etcdserverpb.Compare_LEASE, Result: etcdserverpb.Compare_EQUAL,
-			TargetUnion: &etcdserverpb.Compare_Lease{Lease: int64(st.home.Lease)}}}
+		p := &struct {
+			cmps  [1]*etcdserverpb.Compare
+			cmp   etcdserverpb.Compare
+			lease etcdserverpb.Compare_Lease
+		}{}
+		p.lease.Lease = int64(st.home.Lease)
+		p.cmp.Key, p.cmp.RangeEnd = rec, end
+		p.cmp.Target, p.cmp.Result, p.cmp.TargetUnion = etcdserverpb.Compare_LEASE, etcdserverpb.Compare_EQUAL, &p.lease
+		p.cmps[0] = &p.cmp
+		return p.cmps[:1:1]
 	}
-	return []*etcdserverpb.Compare{pbModIs(rec, st.recRev), pbModIs([]byte(s.k.moveMarker(id.String())), st.moveRev)}
+	return []*etcdserverpb.Compare{pbModIs(rec, st.recRev), pbModIs([]byte(s.k.moveMarker(id)), st.moveRev)}
 }
 
 func pbModIs(key []byte, rev int64) *etcdserverpb.Compare {
@@ -143,22 +171,77 @@ func pbModIs(key []byte, rev int64) *etcdserverpb.Compare {
 // room key and the gwm/ key under every home the socket may have (both homes
 // of a move, so none outlives the membership).
 func (s *Store) pbMembershipOp(sock SocketID, st socketState, room string, join bool) *etcdserverpb.RequestOp {
-	roomKey := []byte(s.k.room(room, sock.String()))
-	t := &etcdserverpb.TxnRequest{Compare: []*etcdserverpb.Compare{pbExists(roomKey)}}
+	id := sock.String()
+	return s.pbMembershipOpOf(id, st, room, []byte(s.k.room(room, id)), join)
+}
+
+// membershipOpParts are the messages of one pbMembershipOp, allocated
+// together: a Join or Leave builds one per socket.
+type membershipOpParts struct {
+	op     etcdserverpb.RequestOp
+	txn    etcdserverpb.RequestOp_RequestTxn
+	req    etcdserverpb.TxnRequest
+	cmps   [1]*etcdserverpb.Compare
+	exists etcdserverpb.Compare
+	create etcdserverpb.Compare_CreateRevision
+	ops    [3]*etcdserverpb.RequestOp
+	writes [3]struct {
+		op     etcdserverpb.RequestOp
+		put    etcdserverpb.RequestOp_RequestPut
+		putReq etcdserverpb.PutRequest
+		del    etcdserverpb.RequestOp_RequestDeleteRange
+		delReq etcdserverpb.DeleteRangeRequest
+	}
+}
+
+// put makes write i a put of key on lease.
+func (p *membershipOpParts) put(i int, key []byte, lease clientv3.LeaseID) *etcdserverpb.RequestOp {
+	w := &p.writes[i]
+	w.putReq.Key, w.putReq.Lease = key, int64(lease)
+	w.put.RequestPut = &w.putReq
+	w.op.Request = &w.put
+	p.ops[i] = &w.op
+	return &w.op
+}
+
+// del makes write i a delete of key.
+func (p *membershipOpParts) del(i int, key []byte) *etcdserverpb.RequestOp {
+	w := &p.writes[i]
+	w.delReq.Key = key
+	w.del.RequestDeleteRange = &w.delReq
+	w.op.Request = &w.del
+	p.ops[i] = &w.op
+	return &w.op
+}
+
+// pbMembershipOpOf is pbMembershipOp for the socket whose id encodes as id,
+// with its room key roomKey (keys.room).
+func (s *Store) pbMembershipOpOf(id string, st socketState, room string, roomKey []byte, join bool) *etcdserverpb.RequestOp {
+	p := &membershipOpParts{}
+	p.exists.Key, p.exists.Target, p.exists.Result = roomKey, etcdserverpb.Compare_CREATE, etcdserverpb.Compare_GREATER
+	p.exists.TargetUnion = &p.create // CreateRevision 0
+	p.cmps[0] = &p.exists
+	p.req.Compare = p.cmps[:1:1]
 	if join {
 		h := st.writeHome()
-		t.Failure = []*etcdserverpb.RequestOp{
-			pbPut([]byte(s.k.gwm(h.Gateway, sock, room)), int64(h.Lease)),
-			pbPut(roomKey, int64(h.Lease)),
-		}
+		p.put(0, []byte(s.k.gwmOf(h.Gateway, id, room)), h.Lease)
+		p.put(1, roomKey, h.Lease)
+		p.req.Failure = p.ops[:2:2]
 	} else {
-		t.Success = []*etcdserverpb.RequestOp{pbDelete([]byte(s.k.gwm(st.home.Gateway, sock, room)), nil)}
+		n := 0
+		p.del(n, []byte(s.k.gwmOf(st.home.Gateway, id, room)))
+		n++
 		if st.move != nil {
-			t.Success = append(t.Success, pbDelete([]byte(s.k.gwm(st.move.To.Gateway, sock, room)), nil))
+			p.del(n, []byte(s.k.gwmOf(st.move.To.Gateway, id, room)))
+			n++
 		}
-		t.Success = append(t.Success, pbDelete(roomKey, nil))
+		p.del(n, roomKey)
+		n++
+		p.req.Success = p.ops[:n:n]
 	}
-	return &etcdserverpb.RequestOp{Request: &etcdserverpb.RequestOp_RequestTxn{RequestTxn: t}}
+	p.txn.RequestTxn = &p.req
+	p.op.Request = &p.txn
+	return &p.op
 }
 
 // roomPrefixes are the gwm/ prefixes socket id's memberships lie under in

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -171,19 +172,21 @@ func ParseSocketID(id string) (SocketID, error) {
 	gw, rest, _ := strings.Cut(id, ".")
 	leaseHex, nonce, _ := strings.Cut(rest, ".")
 	lease, err := strconv.ParseUint(leaseHex, 16, 64)
-	if err != nil || lease == 0 {
+	if err != nil || lease == 0 || lease > math.MaxInt64 {
 		return SocketID{}, ErrInvalidSocketID
 	}
-	if _, err := base64.RawURLEncoding.DecodeString(nonce); err != nil {
+	// Only the canonical spelling is an id (String's: 16 lower-case hex
+	// digits of a positive lease): "ABC" and "abc" as lease digits would
+	// name the same socket with two different keys. Checked here rather
+	// than by encoding the id again, which every Join and Leave would pay.
+	if strings.ContainsAny(leaseHex, "ABCDEF") {
 		return SocketID{}, ErrInvalidSocketID
 	}
-	sid := SocketID{Gateway: gw, Lease: clientv3.LeaseID(lease), Nonce: nonce}
-	// Only the canonical spelling is an id: "ABC" and "abc" as lease digits
-	// would name the same socket with two different keys.
-	if sid.String() != id {
+	var b [nonceBytes + 1]byte
+	if _, err := base64.RawURLEncoding.Decode(b[:], []byte(nonce)); err != nil {
 		return SocketID{}, ErrInvalidSocketID
 	}
-	return sid, nil
+	return SocketID{Gateway: gw, Lease: clientv3.LeaseID(lease), Nonce: nonce}, nil
 }
 
 // escapeRoom makes a room name safe as one key segment: "%" and "/" are
@@ -235,26 +238,46 @@ func unescapeRoom(s string) (string, error) {
 // keys names every key of the keyspace under one prefix.
 type keys struct{ prefix string }
 
+// Each key is built by one concatenation, the segments spelled out rather
+// than taken from the prefix methods: a concatenation of a concatenation
+// allocates both, and a Join or Leave builds several keys per socket.
 func (k keys) gatewaysPrefix() string        { return k.prefix + "gateways/" }
-func (k keys) gateway(gw string) string      { return k.gatewaysPrefix() + gw }
+func (k keys) gateway(gw string) string      { return k.prefix + "gateways/" + gw }
 func (k keys) socketsPrefix() string         { return k.prefix + "sockets/" }
-func (k keys) socket(id string) string       { return k.socketsPrefix() + id }
+func (k keys) socket(id string) string       { return k.prefix + "sockets/" + id }
 func (k keys) gwmRoot() string               { return k.prefix + "gwm/" }
-func (k keys) gwmPrefix(gw string) string    { return k.gwmRoot() + gw + "/" }
+func (k keys) gwmPrefix(gw string) string    { return k.prefix + "gwm/" + gw + "/" }
 func (k keys) roomsPrefix() string           { return k.prefix + "rooms/" }
-func (k keys) roomPrefix(room string) string { return k.roomsPrefix() + escapeRoom(room) + "/" }
+func (k keys) roomPrefix(room string) string { return k.prefix + "rooms/" + escapeRoom(room) + "/" }
 func (k keys) room(room, socket string) string {
-	return k.roomPrefix(room) + socket
+	return k.prefix + "rooms/" + escapeRoom(room) + "/" + socket
 }
 
 // socketRoomsPrefix is where the memberships of socket s live while gateway
 // gw holds it: its current gateway (SocketRecord.Home), not necessarily the
 // one its id names.
 func (k keys) socketRoomsPrefix(gw string, s SocketID) string {
-	return k.gwmPrefix(gw) + s.String() + "/"
+	return k.prefix + "gwm/" + gw + "/" + s.String() + "/"
 }
 func (k keys) gwm(gw string, s SocketID, room string) string {
-	return k.socketRoomsPrefix(gw, s) + escapeRoom(room)
+	return k.gwmOf(gw, s.String(), room)
+}
+
+// gwmOf is gwm for the socket whose id encodes (SocketID.String) as id.
+func (k keys) gwmOf(gw, id, room string) string {
+	return k.prefix + "gwm/" + gw + "/" + id + "/" + escapeRoom(room)
+}
+
+// socketRange is the socket record's key and the end of the range
+// [record, marker] (socketRangeEnd) of the socket whose id encodes as id, as
+// a request carries them: both in one allocation, the key a prefix of the
+// end and capped so that an append to it copies.
+func (k keys) socketRange(id string) (rec, end []byte) {
+	end = make([]byte, 0, len(k.prefix)+len("sockets/")+len(id)+1)
+	end = append(append(append(end, k.prefix...), "sockets/"...), id...)
+	n := len(end)
+	end = append(end, '0') // as socketRangeEnd
+	return end[:n:n], end
 }
 
 // moveMarker is the key of a move of socket id in progress (move.go). It

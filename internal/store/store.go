@@ -247,17 +247,7 @@ func (s *Store) commitChangeFrom(ctx context.Context, sockets []SocketID, states
 
 // sendChange sends one attempt of commitChange, guarded on states.
 func (s *Store) sendChange(ctx context.Context, sockets []SocketID, states []socketState, room string, join bool, extra []*etcdserverpb.Compare) (*etcdserverpb.TxnResponse, int64, error) {
-	call := &etcdserverpb.TxnRequest{
-		Compare: make([]*etcdserverpb.Compare, 0, len(sockets)+len(extra)),
-		Success: make([]*etcdserverpb.RequestOp, len(sockets)),
-		Failure: make([]*etcdserverpb.RequestOp, len(sockets)),
-	}
-	for i, sock := range sockets {
-		call.Compare = append(call.Compare, s.guard(sock, states[i])...)
-		call.Failure[i] = s.pbSocketRange(sock, false)
-		call.Success[i] = s.pbMembershipOp(sock, states[i], room, join)
-	}
-	call.Compare = append(call.Compare, extra...)
+	call, keys := s.buildChange(sockets, states, room, join, extra, s.batch != nil)
 	need, size, err := s.budget.nestedCost(call)
 	if err != nil {
 		return nil, 0, err
@@ -265,19 +255,6 @@ func (s *Store) sendChange(ctx context.Context, sockets []SocketID, states []soc
 	var resp *etcdserverpb.TxnResponse
 	var rev int64
 	if s.batch != nil {
-		keys := make([]string, len(sockets), 2*len(sockets))
-		for i, sock := range sockets {
-			keys[i] = s.k.room(room, sock.String())
-		}
-		if len(extra) > 0 {
-			// etcd evaluates every compare of a transaction, nested ones
-			// included, before it writes anything: two limited Joins of one
-			// socket in one transaction would both pass their guard. The
-			// socket's record keeps them in separate transactions.
-			for _, sock := range sockets {
-				keys = append(keys, s.k.socket(sock.String()))
-			}
-		}
 		resp, rev, err = s.batch.do(ctx, call, keys, need, size)
 	} else {
 		resp, err = s.tw.txnRetrying(ctx, s.pb, call)
@@ -289,6 +266,44 @@ func (s *Store) sendChange(ctx context.Context, sockets []SocketID, states []soc
 		return nil, 0, fmt.Errorf("change membership: %w", etcdError(ctx, err))
 	}
 	return resp, rev, nil
+}
+
+// buildChange builds the transaction of one attempt of a change guarded on
+// states, and, when withKeys, the keys that keep it apart from other calls
+// in a batch (batcher.do).
+func (s *Store) buildChange(sockets []SocketID, states []socketState, room string, join bool, extra []*etcdserverpb.Compare, withKeys bool) (*etcdserverpb.TxnRequest, []string) {
+	call := &etcdserverpb.TxnRequest{
+		Compare: make([]*etcdserverpb.Compare, 0, len(sockets)+len(extra)),
+		Success: make([]*etcdserverpb.RequestOp, len(sockets)),
+		Failure: make([]*etcdserverpb.RequestOp, len(sockets)),
+	}
+	var keys []string
+	if withKeys {
+		keys = make([]string, len(sockets), 2*len(sockets))
+	}
+	// Each socket's id is encoded once, and each key built once: the guard
+	// and the failure branch's read share the record's range, the batch
+	// keys and the membership transaction the room key.
+	for i, sock := range sockets {
+		id := sock.String()
+		rec, end := s.k.socketRange(id)
+		roomKey := s.k.room(room, id)
+		call.Compare = append(call.Compare, s.guardOf(id, rec, end, states[i])...)
+		call.Failure[i] = pbRange(rec, end, false)
+		call.Success[i] = s.pbMembershipOpOf(id, states[i], room, []byte(roomKey), join)
+		if withKeys {
+			keys[i] = roomKey
+			if len(extra) > 0 {
+				// etcd evaluates every compare of a transaction, nested ones
+				// included, before it writes anything: two limited Joins of
+				// one socket in one transaction would both pass their guard.
+				// The socket's record keeps them in separate transactions.
+				keys = append(keys, string(rec))
+			}
+		}
+	}
+	call.Compare = append(call.Compare, extra...)
+	return call, keys
 }
 
 // countRooms counts the keys under prefixes at revision rev.
