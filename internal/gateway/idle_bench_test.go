@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -12,27 +11,13 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/socketrooms/membership/internal/testutil"
 )
 
 // BenchmarkClientPing: a ping from each of 100 idle sockets, each answered
 // with a pong: what waking an idle socket's reader costs. cpu-ns/ping is
 // the process's CPU (user and system) per ping, the client's side included.
 func BenchmarkClientPing(b *testing.B) {
-	e := testutil.StartEtcd(b)
-	g, err := New(Config{ID: "gw", AdvertiseAddr: "127.0.0.1:1", PingInterval: time.Hour}, e.Client)
-	if err != nil {
-		b.Fatal(err)
-	}
-	srv := httptest.NewServer(g.Handler())
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { g.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done; srv.Close() }()
-	for !g.Ready() {
-		time.Sleep(10 * time.Millisecond)
-	}
+	g, srv := startGatewayServer(b, Config{PingInterval: time.Hour}, httptest.NewServer)
 	addr := strings.TrimPrefix(srv.URL, "http://")
 	const n = 100
 	conns := make([]net.Conn, n)

@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"bytes"
-	"context"
 	"crypto/tls"
 	"net/http/httptest"
 	"runtime"
@@ -11,8 +10,6 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-
-	"github.com/socketrooms/membership/internal/testutil"
 )
 
 // readers counts the goroutines reading a socket.
@@ -140,17 +137,7 @@ func TestParkedSocketsEnd(t *testing.T) {
 // bytes epoll cannot see): its reader blocks in its read, and it is served
 // as any other.
 func TestTLSSocketIsServedWithoutParking(t *testing.T) {
-	e := testutil.StartEtcd(t)
-	g, err := New(Config{ID: "gw", AdvertiseAddr: "127.0.0.1:1", PingInterval: time.Hour}, e.Client)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewTLSServer(g.Handler())
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { g.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done; srv.Close() })
-	waitFor(t, 10*time.Second, "the gateway registered", g.Ready)
+	g, srv := startGatewayServer(t, Config{PingInterval: time.Hour}, httptest.NewTLSServer)
 
 	d := websocket.Dialer{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
 	conn, _, err := d.Dial("wss://"+strings.TrimPrefix(srv.URL, "https://")+"/ws", nil)

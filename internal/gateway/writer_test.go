@@ -23,13 +23,22 @@ import (
 // handler; everything stops with the test.
 func startTestGateway(t *testing.T, cfg Config) (*Gateway, string) {
 	t.Helper()
+	g, srv := startGatewayServer(t, cfg, httptest.NewServer)
+	return g, strings.TrimPrefix(srv.URL, "http://")
+}
+
+// startGatewayServer runs a gateway "gw" on a fresh etcd until the test
+// ends, its Handler served by newServer (httptest.NewServer or
+// NewTLSServer), and waits until it has registered.
+func startGatewayServer(t testing.TB, cfg Config, newServer func(http.Handler) *httptest.Server) (*Gateway, *httptest.Server) {
+	t.Helper()
 	e := testutil.StartEtcd(t)
 	cfg.ID, cfg.AdvertiseAddr = "gw", "127.0.0.1:1"
 	g, err := New(cfg, e.Client)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(g.Handler())
+	srv := newServer(g.Handler())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { g.Run(ctx); close(done) }()
@@ -41,7 +50,7 @@ func startTestGateway(t *testing.T, cfg Config) (*Gateway, string) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	return g, strings.TrimPrefix(srv.URL, "http://")
+	return g, srv
 }
 
 // rawSocket is a WebSocket client that reads the server's bytes as they
