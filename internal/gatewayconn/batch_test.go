@@ -159,3 +159,64 @@ func TestWaitAppliedBatchOutlivesAGivenUpWait(t *testing.T) {
 		}
 	}
 }
+
+// A gateway ends a call that has no deadline at its default call timeout
+// (app.ServerOptions: 10 s in cmd/gateway). The shared call carries the
+// latest of its waiters' deadlines, and a call whose time ran out is asked
+// again for the waiters whose own time has not: a wait longer than the
+// gateway's default is answered when the gateway applies the revision, not
+// failed with the gateway's DEADLINE_EXCEEDED.
+func TestWaitAppliedOutlastsTheGatewaysDefaultTimeout(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		deadline bool
+	}{{"caller deadline", true}, {"no caller deadline", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t)
+			const gatewayDefault = 200 * time.Millisecond
+			defaultTimeout := grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+				if _, ok := ctx.Deadline(); !ok {
+					var cancel context.CancelFunc
+					ctx, cancel = context.WithTimeout(ctx, gatewayDefault)
+					defer cancel()
+				}
+				return h(ctx, req)
+			})
+			calls := &waitCalls{}
+			stacktest.StartGatewayServing(t, f.e.Endpoint, gateway.Config{ID: "gw", LeaseTTL: 10 * time.Second}, calls.interceptor(), defaultTimeout)
+			var reg gatewayconn.Registration
+			stacktest.WaitFor(t, bound, "the index to hold gw", func() bool {
+				rec, ok := f.index.Gateway("gw")
+				reg = gatewayconn.Registration{Gateway: "gw", Lease: rec.Lease}
+				return ok
+			})
+			ctx := context.Background()
+			if tc.deadline {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, 30*time.Second)
+				defer cancel()
+			}
+			want := f.revision() + 1 // not committed yet
+			done := make(chan error, 1)
+			go func() { done <- f.pool.WaitApplied(ctx, want, []gatewayconn.Registration{reg}) }()
+			// Past the gateway's default, the wait must still be open.
+			time.Sleep(5 * gatewayDefault)
+			select {
+			case err := <-done:
+				t.Fatalf("the wait ended before its revision was committed: %v", err)
+			default:
+			}
+			if _, err := f.e.Client.Put(context.Background(), "bump", "x"); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatalf("wait: %v; want nil once the gateway applied the revision", err)
+				}
+			case <-time.After(bound):
+				t.Fatal("the wait never ended")
+			}
+		})
+	}
+}

@@ -34,6 +34,7 @@ package gatewayconn
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -44,7 +45,9 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	gatewayv1 "github.com/socketrooms/membership/gen/gateway/v1"
@@ -329,6 +332,21 @@ func (p *Pool) WaitApplied(ctx context.Context, rev int64, regs []Registration) 
 	return first
 }
 
+// latestDeadline is the latest of the waiters' deadlines; false when any
+// waiter has none.
+func latestDeadline(ws []*applyWaiter) (time.Time, bool) {
+	var latest time.Time
+	for _, w := range ws {
+		if !w.hasDeadline {
+			return time.Time{}, false
+		}
+		if w.deadline.After(latest) {
+			latest = w.deadline
+		}
+	}
+	return latest, true
+}
+
 func allSame(regs []Registration) bool {
 	for _, r := range regs[1:] {
 		if r != regs[0] {
@@ -348,6 +366,7 @@ func (p *Pool) waitOne(ctx context.Context, rev int64, r Registration) error {
 		return err
 	}
 	w := &applyWaiter{rev: rev, done: make(chan error, 1)}
+	w.deadline, w.hasDeadline = ctx.Deadline()
 	key := batchKey{reg: r, addr: rec.GRPCAddr}
 	p.wmu.Lock()
 	b := p.batches[key]
@@ -385,8 +404,10 @@ type batchKey struct {
 
 // applyWaiter is one waitOne in a batch.
 type applyWaiter struct {
-	rev  int64
-	done chan error // gets the answer once; buffered
+	rev         int64
+	deadline    time.Time // its caller's deadline, if hasDeadline
+	hasDeadline bool
+	done        chan error // gets the answer once; buffered
 }
 
 // waitBatch gathers the waits on one registration, so that a gateway gets
@@ -425,6 +446,12 @@ func (p *Pool) runBatch(key batchKey, b *waitBatch) {
 			asked = max(asked, w.rev)
 		}
 		ctx, cancel := context.WithCancel(context.Background())
+		if d, ok := latestDeadline(b.waiters); ok {
+			// The call lasts as long as the waiter that waits longest: without
+			// a deadline of its own the gateway would end it at its default
+			// call timeout, long before a caller's longer deadline.
+			ctx, cancel = context.WithDeadline(context.Background(), d)
+		}
 		b.cancel = cancel
 		p.wmu.Unlock()
 
@@ -432,8 +459,27 @@ func (p *Pool) runBatch(key batchKey, b *waitBatch) {
 
 		p.wmu.Lock()
 		b.cancel = nil
-		cancelled := ctx.Err() != nil
+		cancelled := errors.Is(ctx.Err(), context.Canceled)
 		cancel()
+		if err != nil && !cancelled && status.Code(err) == codes.DeadlineExceeded {
+			// The call's time ran out (its deadline, or the gateway's default
+			// call timeout): that is no answer for a waiter whose own deadline
+			// has not passed, who is asked about again; the others are past
+			// theirs and get what their own call would have given them.
+			now := time.Now()
+			kept := b.waiters[:0]
+			for _, w := range b.waiters {
+				if w.hasDeadline && !now.Before(w.deadline) {
+					w.done <- context.DeadlineExceeded
+				} else {
+					kept = append(kept, w)
+				}
+			}
+			clear(b.waiters[len(kept):])
+			b.waiters = kept
+			p.wmu.Unlock()
+			continue
+		}
 		if !cancelled || err == nil {
 			upTo := asked
 			if err == nil {
