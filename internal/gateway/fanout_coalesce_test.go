@@ -107,6 +107,19 @@ func TestFanoutWritesConcurrentMessagesInOneBatch(t *testing.T) {
 			t.Fatalf("socket %d got seqs %v, want [1 2]", i, seqs)
 		}
 	}
+	// No writer may outlive the test: closing its connection under it would
+	// end it in writeClose, and these clients have no WebSocket to close.
+	waitFor(t, 5*time.Second, "every writer done", func() bool {
+		for _, c := range clients {
+			c.mu.Lock()
+			writing := c.writing
+			c.mu.Unlock()
+			if writing {
+				return false
+			}
+		}
+		return true
+	})
 }
 
 // readTextFrame reads one unmasked text frame of under 126 bytes.
