@@ -93,14 +93,7 @@ func TestSessionEndsWhenOneShardsProofRunsOut(t *testing.T) {
 	const ttl, shards, blocked = 6 * time.Second, 8, 3
 	e := testutil.StartEtcd(t)
 	var block leaseRenewalBlock
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints: []string{e.Endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
-		DialOptions: []grpc.DialOption{grpc.WithChainStreamInterceptor(block.intercept)},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
+	cli := interceptedClient(t, e.Endpoint, block.intercept)
 	g, _ := startGateway(t, Config{ID: "gw", AdvertiseAddr: "127.0.0.1:1", LeaseTTL: ttl, LeaseShards: shards,
 		EtcdTimeout: 2 * time.Second, PingInterval: time.Hour}, cli)
 	s := g.currentSession()
@@ -207,14 +200,7 @@ func TestHungRenewalHoldsBackNoOtherShard(t *testing.T) {
 	const ttl, shards, hung = 6 * time.Second, 8, 0
 	e := testutil.StartEtcd(t)
 	h := newLeaseRenewalHang()
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints: []string{e.Endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
-		DialOptions: []grpc.DialOption{grpc.WithChainStreamInterceptor(h.intercept)},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
+	cli := interceptedClient(t, e.Endpoint, h.intercept)
 	g, _ := startGateway(t, Config{ID: "gw", AdvertiseAddr: "127.0.0.1:1", LeaseTTL: ttl, LeaseShards: shards,
 		EtcdTimeout: 2 * time.Second, PingInterval: time.Hour}, cli)
 	s := g.currentSession()
@@ -254,14 +240,7 @@ func TestShardedSessionOutlivesTwoThirdsOfTTLOutage(t *testing.T) {
 	const ttl, shards, outage = 12 * time.Second, 8, 6500 * time.Millisecond
 	e := testutil.StartEtcd(t)
 	var o renewalOutage
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints: []string{e.Endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
-		DialOptions: []grpc.DialOption{grpc.WithChainStreamInterceptor(o.intercept)},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
+	cli := interceptedClient(t, e.Endpoint, o.intercept)
 	g, _ := startGateway(t, Config{ID: "gw", AdvertiseAddr: "127.0.0.1:1", LeaseTTL: ttl, LeaseShards: shards,
 		EtcdTimeout: 2 * time.Second, PingInterval: time.Hour}, cli)
 	s := g.currentSession()
@@ -278,4 +257,19 @@ func TestShardedSessionOutlivesTwoThirdsOfTTLOutage(t *testing.T) {
 	if s.ctx.Err() != nil || !s.alive() {
 		t.Fatalf("session ended after the outage")
 	}
+}
+
+// interceptedClient is an etcd client whose streams (lease keep-alives
+// among them) go through intercept, closed when the test ends.
+func interceptedClient(t *testing.T, endpoint string, intercept grpc.StreamClientInterceptor) *clientv3.Client {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
+		DialOptions: []grpc.DialOption{grpc.WithChainStreamInterceptor(intercept)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
 }
