@@ -575,7 +575,8 @@ func TestSocketIOSessionsFencedWithTheLease(t *testing.T) {
 		defer cancel()
 		api.Broadcast(bctx, &membershipv1.BroadcastRequest{Rooms: []string{"r"}, Event: "late"})
 	}()
-	waitFor(t, ttl+2*time.Second, "the frozen gateway's lease to expire", func() bool {
+	// Its lease shards were each granted 1 s more than the TTL.
+	waitFor(t, ttl+3*time.Second, "the frozen gateway's leases to expire", func() bool {
 		return len(members(t, api, "r")) == 0
 	})
 	time.Sleep(200 * time.Millisecond)

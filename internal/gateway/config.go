@@ -18,7 +18,7 @@ type Config struct {
 	ID            string        // gateway id, [A-Za-z0-9_-]{1,64}; required
 	AdvertiseAddr string        // internal gRPC address membership-servers dial; required
 	Prefix        string        // etcd key prefix; store.DefaultPrefix
-	LeaseTTL      time.Duration // 10s; etcd's floor is 2s
+	LeaseTTL      time.Duration // 10s; etcd's floor is 2s; with several LeaseShards each is granted 1s more (shardTTLExtra)
 	LeaseShards   int           // leases the gateway's sockets are spread over, renewed at staggered times, 1-64; 16
 	// EtcdLimits are etcd's --max-txn-ops and --max-request-bytes, which
 	// socket removal is sized against; zero fields: etcd's defaults.
@@ -111,13 +111,14 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("lease TTL %v is below etcd's floor of 2s", c.LeaseTTL)
 	}
 	if c.LeaseShards == 0 {
-		// 16 leases, each renewed every third of the TTL at its own slot
-		// (leasesched.go): after a crash etcd revokes about 1/16 of the
-		// gateway's keys at a time, 2 or 3 revocations in each 500 ms pass
-		// of its lessor over the last third of the TTL, instead of all of
-		// them in one revocation that holds back every other write
-		// (BENCHMARKS.md section 5). The session outlives an etcd outage of
-		// two thirds of the TTL less 0.5 s, as with one lease.
+		// 16 leases, each granted 1 s more than the TTL and renewed every
+		// third of the TTL and 1 s at its own slot (leasesched.go): after a
+		// crash etcd revokes about 1/16 of the gateway's keys at a time, 1
+		// or 2 revocations in each 500 ms pass of its lessor over those
+		// 4.33 s (at 10 s), instead of all of them in one revocation that
+		// holds back every other write (BENCHMARKS.md section 5). The
+		// session outlives an etcd outage of two thirds of the TTL less
+		// 0.5 s, as with one lease.
 		c.LeaseShards = 16
 	}
 	if c.LeaseShards < 1 || c.LeaseShards > 64 {

@@ -73,7 +73,8 @@
 // # When etcd goes away
 //
 // A session is a set of etcd leases (Config.LeaseShards, each renewed at its
-// own staggered slot: leasesched.go) with
+// own staggered slot; several are each granted 1 s more than
+// Config.LeaseTTL and renewed 1 s less often: leasesched.go) with
 // everything on them. While renewals fail, the session lives on as long as
 // the last successful renewals prove every lease alive (their send time plus
 // the TTL, less a margin); sockets stay open and deliveries go on. Once the

@@ -37,7 +37,8 @@ const drainReason = "gateway restarting"
 // registerWaitMargin is added to DrainTimeout + LeaseTTL for the default
 // Config.RegisterWait: a previous process's revocation and the watch that
 // sees it take a moment past its drain, and its lease's expiry, after a
-// crash, is etcd's to time.
+// crash, is etcd's to time (and with several shards its record's lease was
+// granted shardTTLExtra more than LeaseTTL).
 const registerWaitMargin = 5 * time.Second
 
 // drainCheckInterval is how often Drain looks whether sockets are left;

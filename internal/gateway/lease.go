@@ -113,9 +113,10 @@ func (g *Gateway) startSession(parent context.Context) (*session, error) {
 	leases := make([]clientv3.LeaseID, g.cfg.LeaseShards)
 	sent := make([]int64, len(leases))
 	ttls := make([]time.Duration, len(leases))
+	granted, _ := leaseSchedule(g.cfg.LeaseTTL, len(leases))
 	for i := range leases {
 		sent[i] = monoNow()
-		lease, err := g.cli.Grant(ctx, int64(g.cfg.LeaseTTL/time.Second))
+		lease, err := g.cli.Grant(ctx, int64(granted/time.Second))
 		if err != nil {
 			g.revoke(leases[:i]...)
 			return nil, fmt.Errorf("grant lease: %w", err)
@@ -178,9 +179,10 @@ func (g *Gateway) pinger(s *session) error {
 // keepAlive renews the leases and fences the session: each renewal proves its
 // lease alive for one TTL from the moment its request was sent, and once the
 // proof of any lease runs out the session ends, whatever etcd says or fails to
-// say. Each lease is renewed once per renewalPeriod, the leases at evenly
-// spaced slots (leasesched.go), so that after a crash they expire in
-// different passes of etcd's lessor. Renewals are single requests (not the
+// say. Each lease is renewed once per period (leaseSchedule: a third of the
+// TTL, and shardTTLExtra more with several leases, each granted as much
+// more), the leases at evenly spaced slots (leasesched.go), so that after a
+// crash they expire in different passes of etcd's lessor. Renewals are single requests (not the
 // client's keep-alive stream) so that the send time of each is known: a reply
 // that sat in a buffer while the process was frozen proves nothing beyond its
 // send time plus TTL.
@@ -192,7 +194,7 @@ func (g *Gateway) pinger(s *session) error {
 // the shards after it. Now only the lease whose renewal hangs waits, and only
 // up to its own proof.
 func (g *Gateway) keepAlive(s *session) error {
-	period := renewalPeriod(g.cfg.LeaseTTL)
+	_, period := leaseSchedule(g.cfg.LeaseTTL, len(s.leases))
 	slots := firstRenewals(monoNow(), len(s.leases), period)
 	ctx, cancel := context.WithCancel(s.ctx)
 	defer cancel()

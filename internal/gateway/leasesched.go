@@ -14,19 +14,43 @@ import "time"
 // are spread over that period, a few shards (and a fraction of the keys) per
 // lessor pass.
 
-// renewalPeriod is how often each lease shard of TTL ttl is renewed:
-// every third of the TTL, however many there are. The shard renewed longest
-// ago still has 2/3 of the TTL left, so the session outlives an etcd outage
-// of 2/3 of the TTL less leaseMargin (6.2 s at the default 10 s) whatever
-// the number of shards, and after a crash the shards' deadlines lie spread
-// over the last third of the TTL (6 or 7 lessor passes at 10 s). The spread
-// and the outage a session outlives add up to the TTL less leaseMargin: a
-// wider spread costs tolerance, unless the TTL grows. Renewed every half TTL
-// (as several shards were before) the spread was 5 s and the tolerance 4.5 s;
-// in the crash benchmark under heavy load such sessions were lost more often
-// (BENCHMARKS.md section 5).
-func renewalPeriod(ttl time.Duration) time.Duration {
-	return ttl / 3
+// shardTTLExtra is how much longer than Config.LeaseTTL each lease is granted
+// when there are several (Config.LeaseShards > 1), and how much longer than a
+// third of the TTL each waits between renewals. The two cancel out: the
+// shard renewed longest ago still has TTL - TTL/3 left, so the etcd outage a
+// session outlives is the same as with one lease (2/3 of the TTL less
+// leaseMargin: 6.2 s at 10 s). The spread of the deadlines after a crash
+// (the renewal period) and that outage add up to the granted TTL less
+// leaseMargin, so granting more is the one way to widen the spread without
+// shortening the outage. What the extra buys: after a crash the shards'
+// deadlines lie over TTL/3 + shardTTLExtra (4.33 s instead of 3.33 s at
+// 10 s, 8 or 9 of etcd's 500 ms lessor passes instead of 6 or 7), so fewer
+// keys are revoked per pass (2 of 16 shards at most instead of 3) and other
+// writes pause less (BENCHMARKS.md section 5). What it costs: a crashed
+// gateway's sockets and memberships go up to shardTTLExtra later (within
+// TTL + shardTTLExtra and one lessor pass: 11.5 s at 10 s). One second
+// because etcd grants whole seconds; more would widen the spread further at
+// the same price per second.
+const shardTTLExtra = time.Second
+
+// leaseSchedule gives, for n leases of the configured TTL ttl
+// (Config.LeaseTTL), the TTL each is granted (whole seconds, as etcd grants
+// them) and the period each is renewed at. One lease: granted ttl, renewed
+// every ttl/3. Several: granted ttl + shardTTLExtra, renewed every
+// ttl/3 + shardTTLExtra. Either way a lease renewed one period ago has
+// ttl - ttl/3 left (the floor of the outage a session outlives), and with
+// several the deadlines after a crash lie spread over the whole period
+// (firstRenewals).
+//
+// The session's proof of life uses the TTL etcd answers with (session.renewed),
+// not this one.
+func leaseSchedule(ttl time.Duration, n int) (granted, period time.Duration) {
+	granted, period = ttl.Truncate(time.Second), ttl/3
+	if n > 1 {
+		granted += shardTTLExtra
+		period += shardTTLExtra
+	}
+	return granted, period
 }
 
 // firstRenewals gives, for a session whose n leases were granted at start (a

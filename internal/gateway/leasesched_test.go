@@ -42,7 +42,8 @@ func testLeaseShardsExpireApart(t *testing.T, shards int) {
 	}
 	// Every shard has been renewed at least once one period after the grant;
 	// from then on the deadlines stay spread, whenever they are read.
-	time.Sleep(renewalPeriod(ttl) + 500*time.Millisecond)
+	_, period := leaseSchedule(ttl, n)
+	time.Sleep(period + 500*time.Millisecond)
 	if g.currentSession() != s {
 		t.Fatal("session ended")
 	}
@@ -55,7 +56,7 @@ func testLeaseShardsExpireApart(t *testing.T, shards int) {
 		remaining = append(remaining, resp.TTL)
 	}
 	// Renewed one at a time, period/n apart, the deadlines span (n-1)/n of
-	// the 4 s period (a third of 12 s): 3.5 s or more. Renewed together they
+	// the 5 s period (a third of 12 s, and shardTTLExtra): 4.375 s or more. Renewed together they
 	// would lie within 1 s.
 	if spread := slices.Max(remaining) - slices.Min(remaining); spread < 2 {
 		t.Fatalf("remaining TTLs of the %d leases %v s: spread %d s, want at least 2 s", n, remaining, spread)
@@ -120,7 +121,7 @@ func TestSessionEndsWhenOneShardsProofRunsOut(t *testing.T) {
 
 // BenchmarkLeaseRenewal is what one renewal (KeepAliveOnce, as keepAlive
 // sends it) costs against a single-member etcd, one at a time: the price of
-// more shards at idle, n/renewalPeriod renewals per second per gateway.
+// more shards at idle, n renewals per period (leaseSchedule) per gateway.
 func BenchmarkLeaseRenewal(b *testing.B) {
 	e := testutil.StartEtcd(b)
 	lease, err := e.Client.Grant(context.Background(), 10)
@@ -233,7 +234,8 @@ func (o *renewalOutage) intercept(ctx context.Context, desc *grpc.StreamDesc, cc
 
 // A sharded session outlives an etcd outage as long as a single lease does,
 // two thirds of the TTL less the margin: every shard is renewed every third
-// of the TTL. At 12 s that is 7.5 s; an outage of 6.5 s (longer than the
+// of the TTL, or granted shardTTLExtra more and renewed as much less often.
+// At 12 s that is 7.5 s; an outage of 6.5 s (longer than the
 // 5.5-6.25 s left to the oldest shard when several were renewed every half
 // TTL) must not end it.
 func TestShardedSessionOutlivesTwoThirdsOfTTLOutage(t *testing.T) {
@@ -245,7 +247,8 @@ func TestShardedSessionOutlivesTwoThirdsOfTTLOutage(t *testing.T) {
 		EtcdTimeout: 2 * time.Second, PingInterval: time.Hour}, cli)
 	s := g.currentSession()
 	// Once every shard has been renewed on its slot, the deadlines are spread.
-	time.Sleep(renewalPeriod(ttl) + 500*time.Millisecond)
+	_, period := leaseSchedule(ttl, shards)
+	time.Sleep(period + 500*time.Millisecond)
 	o.on.Store(true)
 	time.Sleep(outage)
 	o.on.Store(false)
@@ -272,4 +275,109 @@ func interceptedClient(t *testing.T, endpoint string, intercept grpc.StreamClien
 	}
 	t.Cleanup(func() { cli.Close() })
 	return cli
+}
+
+// The schedule, on a simulated timeline (grants at 0, renewals at
+// firstRenewals' slots then one period apart, every renewal answered at
+// once): with several shards each is granted TTL + shardTTLExtra and renewed
+// every TTL/3 + shardTTLExtra, so that after a crash at any instant the
+// shards' deadlines lie spread evenly over that whole period (at 16 shards
+// and 10 s, at most 2 in any 500 ms pass of etcd's lessor, not 3), while no
+// shard's remaining TTL ever drops below TTL - TTL/3: the etcd outage a
+// session outlives is a single lease's. One lease keeps TTL and TTL/3.
+func TestLeaseScheduleSpreadsDeadlinesOverPeriodPlusExtra(t *testing.T) {
+	const lessorPass = 500 * time.Millisecond // etcd's lessor looks for expired leases this often
+	for _, c := range []struct {
+		shards  int
+		ttl     time.Duration
+		fullest int // most deadlines in one lessor pass after a crash
+	}{
+		{16, 10 * time.Second, 2},
+		{64, 10 * time.Second, 8},
+		{8, 12 * time.Second, 1},
+		{2, 2 * time.Second, 1},
+		{1, 10 * time.Second, 1},
+	} {
+		t.Run(fmt.Sprintf("shards=%d,ttl=%v", c.shards, c.ttl), func(t *testing.T) {
+			third := c.ttl / 3
+			wantGranted, wantPeriod := c.ttl+shardTTLExtra, third+shardTTLExtra
+			if c.shards == 1 {
+				wantGranted, wantPeriod = c.ttl, third
+			}
+			granted, period := leaseSchedule(c.ttl, c.shards)
+			if granted != wantGranted || period != wantPeriod {
+				t.Fatalf("granted %v, renewed every %v; want %v every %v", granted, period, wantGranted, wantPeriod)
+			}
+			first := firstRenewals(0, c.shards, period)
+			deadlines := make([]int64, c.shards)
+			floor := int64(c.ttl - third)
+			for now := int64(0); now < int64(5*period); now += int64(time.Millisecond) {
+				for i, f := range first {
+					last := int64(0) // the grant
+					if now >= f {
+						last = f + (now-f)/int64(period)*int64(period)
+					}
+					deadlines[i] = last + int64(granted)
+					if left := deadlines[i] - now; left < floor {
+						t.Fatalf("at %v shard %d has %v left, below TTL - TTL/3 = %v", time.Duration(now), i, time.Duration(left), time.Duration(floor))
+					}
+				}
+				if now < first[c.shards-1] || c.shards == 1 {
+					continue // some shards not renewed yet: their deadlines are the grants'
+				}
+				// A crash now: the deadlines are period/n apart, spanning
+				// the whole period but one slot.
+				d := slices.Sorted(slices.Values(deadlines))
+				for j := 1; j < len(d); j++ {
+					gap := time.Duration(d[j] - d[j-1])
+					if want := wantPeriod / time.Duration(c.shards); gap < want-time.Nanosecond || gap > want+time.Nanosecond {
+						t.Fatalf("crash at %v: deadlines %v and %v apart, want %v (period %v over %d shards)", time.Duration(now), j, gap, want, wantPeriod, c.shards)
+					}
+				}
+				if span, want := time.Duration(d[len(d)-1]-d[0]), wantPeriod*time.Duration(c.shards-1)/time.Duration(c.shards); span < want-time.Nanosecond {
+					t.Fatalf("crash at %v: deadlines span %v, want %v", time.Duration(now), span, want)
+				}
+				for j := range d {
+					in := 0
+					for _, x := range d[j:] {
+						if x-d[j] < int64(lessorPass) {
+							in++
+						}
+					}
+					if in > c.fullest {
+						t.Fatalf("crash at %v: %d of %d deadlines within one %v lessor pass, want at most %d", time.Duration(now), in, c.shards, lessorPass, c.fullest)
+					}
+				}
+			}
+		})
+	}
+}
+
+// etcd holds what the schedule grants: a sharded session's leases were
+// granted TTL + shardTTLExtra, a single lease the TTL itself.
+func TestShardLeasesGrantedTTLPlusExtra(t *testing.T) {
+	const ttl = 5 * time.Second
+	e := testutil.StartEtcd(t)
+	for _, c := range []struct {
+		shards  int
+		granted int64
+	}{{4, 6}, {1, 5}} {
+		t.Run(fmt.Sprintf("shards=%d", c.shards), func(t *testing.T) {
+			g, _ := startGateway(t, Config{ID: fmt.Sprintf("gw%d", c.shards), AdvertiseAddr: "127.0.0.1:1", LeaseTTL: ttl, LeaseShards: c.shards,
+				EtcdTimeout: 2 * time.Second, PingInterval: time.Hour}, e.Client)
+			s := g.currentSession()
+			if len(s.leases) != c.shards {
+				t.Fatalf("%d leases, want %d", len(s.leases), c.shards)
+			}
+			for i, l := range s.leases {
+				resp, err := e.Client.TimeToLive(context.Background(), l)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if resp.GrantedTTL != c.granted || resp.TTL <= 0 || resp.TTL > c.granted {
+					t.Errorf("lease %d: %d s left of %d s granted, want up to %d of %d (--lease-ttl %v, %d shards)", i, resp.TTL, resp.GrantedTTL, c.granted, c.granted, ttl, c.shards)
+				}
+			}
+		})
+	}
 }

@@ -2099,7 +2099,8 @@ type Gateway struct {
 	// Seconds left on that lease when the call read it; -1 when the lease has
 	// just expired or been revoked (the record goes with it).
 	LeaseTtlSeconds int64 `protobuf:"varint,5,opt,name=lease_ttl_seconds,json=leaseTtlSeconds,proto3" json:"lease_ttl_seconds,omitempty"`
-	// The lease's granted TTL in seconds (the gateway's --lease-ttl).
+	// The lease's granted TTL in seconds (the gateway's --lease-ttl, and 1 more
+	// with several --lease-shards).
 	LeaseGrantedTtlSeconds int64 `protobuf:"varint,6,opt,name=lease_granted_ttl_seconds,json=leaseGrantedTtlSeconds,proto3" json:"lease_granted_ttl_seconds,omitempty"`
 	// When the gateway started.
 	StartedAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`

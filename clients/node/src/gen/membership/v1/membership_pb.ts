@@ -1162,7 +1162,8 @@ export type Gateway = Message<"membership.v1.Gateway"> & {
   leaseTtlSeconds: bigint;
 
   /**
-   * The lease's granted TTL in seconds (the gateway's --lease-ttl).
+   * The lease's granted TTL in seconds (the gateway's --lease-ttl, and 1 more
+   * with several --lease-shards).
    *
    * @generated from field: int64 lease_granted_ttl_seconds = 6;
    */
