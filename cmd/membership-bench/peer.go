@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -360,7 +361,9 @@ func fmtFigure(v float64, unit string) string {
 //     gRPC (WAIT_FOR_COMMIT, then WAIT_FOR_APPLY) against server-side
 //     subscribe/unsubscribe pairs through Centrifugo's gRPC API, at each
 //     --peer-concurrency level for --duration: calls/s, latency and the
-//     server CPU per call (gateway + membership-server + etcd; Centrifugo).
+//     server CPU per call (gateway + membership-server + etcd; Centrifugo),
+//     this process's own CPU per call (the load generator's), and the rate
+//     at which the two would keep every core busy (peerCeiling).
 //
 // etcd runs as its own process here, as production runs it.
 func benchPeer(ctx context.Context, cfg config) error {
@@ -495,28 +498,33 @@ func peerRound(ctx context.Context, cfg config, st *stack, g *gatewayProc, e *et
 	// etcd (Centrifugo's process) over the phase, over the calls made.
 	// The membership-server first: its own share is reported too.
 	ourPids := []int{st.server.Process.Pid, g.cmd.Process.Pid, e.cmd.Process.Pid}
-	perCall := func(pids []int, rate *float64, run func()) (all, first float64) {
-		cpu0, first0, t0 := cpuOf(pids), processCPU(pids[0]), time.Now()
+	// The load generator's own CPU per call (this process: its gRPC callers
+	// and its sockets' readers) is measured too: on these shared cores, the
+	// servers' CPU per call plus the generator's bounds the rate either
+	// system can reach (peerCeiling).
+	self := os.Getpid()
+	perCall := func(pids []int, rate *float64, run func()) (all, first, gen float64) {
+		cpu0, first0, self0, t0 := cpuOf(pids), processCPU(pids[0]), processCPU(self), time.Now()
 		run()
 		calls := *rate * time.Since(t0).Seconds()
 		if calls == 0 {
-			return 0, 0
+			return 0, 0, 0
 		}
-		return float64(cpuOf(pids)-cpu0) / float64(time.Microsecond) / calls,
-			float64(processCPU(pids[0])-first0) / float64(time.Microsecond) / calls
+		us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) / calls }
+		return us(cpuOf(pids) - cpu0), us(processCPU(pids[0]) - first0), us(processCPU(self) - self0)
 	}
 	for _, conc := range levels {
 		var or, ow, cr float64
-		var ocpu, osrv, wcpu, ccpu float64
+		var ocpu, osrv, ogen, wcpu, ccpu, cgen float64
 		var ol, wl, cl *latencies
 		runO := func() {
-			ocpu, osrv = perCall(ourPids, &or, func() { or, ol = loop(ctx, conc, cfg.duration, apiJoinLeave(st.api, mo)) })
+			ocpu, osrv, ogen = perCall(ourPids, &or, func() { or, ol = loop(ctx, conc, cfg.duration, apiJoinLeave(st.api, mo)) })
 		}
 		runW := func() {
-			wcpu, _ = perCall(ourPids, &ow, func() { ow, wl = loop(ctx, conc, cfg.duration, apiJoinLeaveApply(st.api, mo)) })
+			wcpu, _, _ = perCall(ourPids, &ow, func() { ow, wl = loop(ctx, conc, cfg.duration, apiJoinLeaveApply(st.api, mo)) })
 		}
 		runC := func() {
-			ccpu, _ = perCall([]int{c.pid()}, &cr, func() { cr, cl = loop(ctx, conc, cfg.duration, centSubUnsub(c, mc)) })
+			ccpu, _, cgen = perCall([]int{c.pid()}, &cr, func() { cr, cl = loop(ctx, conc, cfg.duration, centSubUnsub(c, mc)) })
 		}
 		if oursFirst {
 			runO()
@@ -533,6 +541,9 @@ func peerRound(ctx context.Context, cfg config, st *stack, g *gatewayProc, e *et
 		fig.add(row+", p99", "ms", msf(ol.pct(99)), msf(cl.pct(99)))
 		fig.add(row+", server CPU per call", "µs", ocpu, ccpu)
 		fig.add(fmt.Sprintf("of which the membership-server's, concurrency %d", conc), "µs", osrv, ccpu)
+		fig.add(fmt.Sprintf("load generator CPU per call, concurrency %d", conc), "µs", ogen, cgen)
+		fig.add(fmt.Sprintf("CPU-bound ceiling on %d cores (cores / (server + load generator CPU per call)), concurrency %d, calls/s", runtime.NumCPU(), conc),
+			"", peerCeiling(ocpu, ogen), peerCeiling(ccpu, cgen))
 		fig.add(fmt.Sprintf("same with WAIT_FOR_APPLY, concurrency %d, calls/s", conc), "-", ow, cr)
 		fig.add(fmt.Sprintf("same with WAIT_FOR_APPLY, concurrency %d, p99", conc), "ms", msf(wl.pct(99)), msf(cl.pct(99)))
 		fig.add(fmt.Sprintf("same with WAIT_FOR_APPLY, concurrency %d, server CPU per call", conc), "µs", wcpu, ccpu)
@@ -755,4 +766,14 @@ func fetchProfile(ctx context.Context, addr, file string) error {
 		return fmt.Errorf("cpu profile of %s: %s: %s", addr, resp.Status, b)
 	}
 	return os.WriteFile(file, b, 0o644)
+}
+
+// peerCeiling is the call rate at which the servers and the load generator,
+// at the given CPU per call (µs), would keep every core of this machine
+// busy: neither system can go faster here, whatever its latency.
+func peerCeiling(server, gen float64) float64 {
+	if server+gen <= 0 {
+		return 0
+	}
+	return float64(runtime.NumCPU()) * 1e6 / (server + gen)
 }
