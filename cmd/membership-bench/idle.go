@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -33,6 +34,20 @@ func benchIdle(ctx context.Context, cfg config) error {
 	}
 	defer closeAll(socks)
 	connectTime := time.Since(start)
+	// Each socket reads, as a browser's does: it answers the gateway's
+	// pings (a socket silent for two ping intervals is dropped) and counts
+	// its end here.
+	var ended atomic.Int64
+	for _, s := range socks {
+		go func() {
+			for {
+				if _, _, err := s.conn.NextReader(); err != nil {
+					ended.Add(1)
+					return
+				}
+			}
+		}()
+	}
 	time.Sleep(3 * time.Second)
 	rss1, err := g.rssKiB()
 	if err != nil {
@@ -46,7 +61,19 @@ func benchIdle(ctx context.Context, cfg config) error {
 	fmt.Println("|---|---|---|---|---|")
 	fmt.Printf("| %.1f s (%.0f sockets/s) | %d → %d KiB | %.2f KiB | %.2f KiB | %.2f |\n\n", connectTime.Seconds(), n/connectTime.Seconds(),
 		rss0, rss1, float64(rss1-rss0)/n, float64(heap1-heap0)/1024/n, float64(gr1-gr0)/n)
+	if cfg.idleHold <= 0 {
+		return nil
+	}
+	// Held past the gateway's ping rounds (every 25 s): each round starts a
+	// writer per socket for its ping and a reader for its pong.
 	time.Sleep(cfg.idleHold)
+	rss2, err := g.rssKiB()
+	if err != nil {
+		return err
+	}
+	heap2, _ := heapInuse(g)
+	fmt.Printf("After %s more (ping rounds included): gateway RSS %d KiB, %.2f KiB per socket; Go heap in use %.2f KiB per socket; sockets ended: %d\n\n",
+		cfg.idleHold, rss2, float64(rss2-rss0)/n, float64(heap2-heap0)/1024/n, ended.Load())
 	return nil
 }
 
