@@ -112,7 +112,7 @@ func (c *Config) setDefaults() error {
 	}
 	if c.LeaseShards == 0 {
 		// 16 leases, each granted 1 s more than the TTL and renewed every
-		// third of the TTL and 1 s at its own slot (leasesched.go): after a
+		// third of the TTL plus 1 s, at its own slot (leasesched.go): after a
 		// crash etcd revokes about 1/16 of the gateway's keys at a time, 1
 		// or 2 revocations in each 500 ms pass of its lessor over those
 		// 4.33 s (at 10 s), instead of all of them in one revocation that
