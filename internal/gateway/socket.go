@@ -239,7 +239,7 @@ func (g *Gateway) runSocket(sess *session, conn *websocket.Conn, user string, re
 			c.readSess, c.reads = r.sess, g.reads // before release: the writer reads reads once it may run
 			c.release()
 			nc.handOver(c)
-			g.startReading(r.sess, c)
+			g.startReading(c)
 			return
 		}
 		if outcome == resumeRetry {
@@ -284,15 +284,15 @@ func (g *Gateway) runSocket(sess *session, conn *websocket.Conn, user string, re
 	c.readSess, c.reads = sess, g.reads // before release: the writer reads reads once it may run
 	c.release()
 	nc.handOver(c)
-	g.startReading(sess, c)
+	g.startReading(c)
 }
 
-// startReading sets up the reading of a socket handed over (under sess),
-// and parks it until its client sends something: an idle socket has no
+// startReading sets up the reading of a socket handed over (its session,
+// c.readSess, set before its release), and parks it until its client sends something: an idle socket has no
 // reader goroutine (readpoll_linux.go). Registering went deep into the etcd
 // client and grew this goroutine's stack; readers start afresh, with small
 // ones.
-func (g *Gateway) startReading(sess *session, c *client) {
+func (g *Gateway) startReading(c *client) {
 	c.conn.SetReadLimit(g.cfg.MaxFrameBytes)
 	pongWait := 2 * g.cfg.PingInterval
 	_ = c.conn.SetReadDeadline(time.Now().Add(pongWait))
