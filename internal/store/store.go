@@ -199,8 +199,7 @@ func (s *Store) change(ctx context.Context, sockets []SocketID, room string, joi
 
 // changeAnswer is what the attempt of a change that ended it answered.
 type changeAnswer struct {
-	resp *etcdserverpb.TxnResponse
-	rev  int64 // the revision of the transaction that carried the attempt
+	rev int64 // the revision of the transaction that carried the attempt
 	// states are those the attempt was guarded on when applied, or those its
 	// failure branch read when not.
 	states []socketState
@@ -249,7 +248,7 @@ func (s *Store) commitChangeFrom(ctx context.Context, sockets []SocketID, states
 			return changeAnswer{}, err
 		}
 		if resp.Succeeded {
-			return changeAnswer{resp: resp, rev: rev, states: states, applied: true, wasMember: wasMembers(resp, flat, join)}, nil
+			return changeAnswer{rev: rev, states: states, applied: true, wasMember: wasMembers(resp, flat, join)}, nil
 		}
 		moved, gone := false, false
 		now := make([]socketState, len(sockets))
@@ -264,10 +263,10 @@ func (s *Store) commitChangeFrom(ctx context.Context, sockets []SocketID, states
 			// The guard held (holdsOn implies it), so the room key's compare
 			// failed: the socket is a member already, at the home the guard
 			// names, and the answer's revision is the one it was read at.
-			return changeAnswer{resp: resp, rev: rev, states: states, applied: true, wasMember: []bool{true}}, nil
+			return changeAnswer{rev: rev, states: states, applied: true, wasMember: []bool{true}}, nil
 		}
 		if gone || !moved || extra != nil || attempt+1 == changeAttempts {
-			return changeAnswer{resp: resp, rev: rev, states: now}, nil
+			return changeAnswer{rev: rev, states: now}, nil
 		}
 		states = now
 	}
