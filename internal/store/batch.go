@@ -21,10 +21,11 @@ import (
 // transaction with.
 //
 // Limits: a batch stays within the transaction budget (txnbudget.go) in both
-// operations and request bytes: a call on k sockets nests two levels deep (k
-// compares and k membership transactions of two operations), so a batch of
-// n calls needs n + max(k) + 2 operations, and its bytes are the sum of its
-// calls'. A call that cannot fit alone is refused before it is queued. etcd
+// operations and request bytes: a call on one socket is flat (at most three
+// compares and three writes: it needs 3 operations), a call on k sockets
+// nests two levels deep (k compares and k membership transactions of two
+// operations: k + 2), so a batch of n calls needs n plus the most any of its
+// calls needs, and its bytes are the sum of its calls'. A call that cannot fit alone is refused before it is queued. etcd
 // also refuses a transaction that writes one key twice, so two calls touching
 // the same membership never share a batch: the later one waits for the next.
 

@@ -140,9 +140,10 @@ type electionKV struct {
 
 func (k *electionKV) Txn(ctx context.Context, in *etcdserverpb.TxnRequest, opts ...grpc.CallOption) (*etcdserverpb.TxnResponse, error) {
 	room := "first"
-	// The call's nested transaction; in it, the membership's, guarded by its room key.
+	// The call's nested transaction (one socket's: flat), whose last
+	// compare is the room key's.
 	call := in.Success[0].GetRequestTxn()
-	if strings.Contains(string(call.Success[0].GetRequestTxn().Compare[0].Key), "/second/") {
+	if strings.Contains(string(call.Compare[len(call.Compare)-1].Key), "/second/") {
 		room = "second"
 	}
 	k.mu.Lock()

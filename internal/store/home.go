@@ -121,12 +121,21 @@ func (s *Store) pbSocketRange(id SocketID, keysOnly bool) *etcdserverpb.RequestO
 
 // pbRange reads the keys [key, end), its request's parts in one allocation.
 func pbRange(key, end []byte, keysOnly bool) *etcdserverpb.RequestOp {
-	p := &struct {
-		op  etcdserverpb.RequestOp
-		rng etcdserverpb.RequestOp_RequestRange
-		req etcdserverpb.RangeRequest
-	}{}
-	p.req.Key, p.req.RangeEnd, p.req.KeysOnly = key, end, keysOnly
+	p := &rangeParts{}
+	p.req.KeysOnly = keysOnly
+	return p.fill(key, end)
+}
+
+// rangeParts are the messages of one range read.
+type rangeParts struct {
+	op  etcdserverpb.RequestOp
+	rng etcdserverpb.RequestOp_RequestRange
+	req etcdserverpb.RangeRequest
+}
+
+// fill makes p a read of the keys [key, end), keeping the request's flags.
+func (p *rangeParts) fill(key, end []byte) *etcdserverpb.RequestOp {
+	p.req.Key, p.req.RangeEnd = key, end
 	p.rng.RequestRange = &p.req
 	p.op.Request = &p.rng
 	return &p.op
@@ -147,17 +156,27 @@ func (s *Store) guard(id SocketID, st socketState) []*etcdserverpb.Compare {
 func (s *Store) guardOf(id string, rec, end []byte, st socketState) []*etcdserverpb.Compare {
 	if st.move == nil {
 		p := &struct {
-			cmps  [1]*etcdserverpb.Compare
-			cmp   etcdserverpb.Compare
-			lease etcdserverpb.Compare_Lease
+			cmps [1]*etcdserverpb.Compare
+			leaseGuard
 		}{}
-		p.lease.Lease = int64(st.home.Lease)
-		p.cmp.Key, p.cmp.RangeEnd = rec, end
-		p.cmp.Target, p.cmp.Result, p.cmp.TargetUnion = etcdserverpb.Compare_LEASE, etcdserverpb.Compare_EQUAL, &p.lease
-		p.cmps[0] = &p.cmp
+		p.cmps[0] = p.fill(rec, end, st.home.Lease)
 		return p.cmps[:1:1]
 	}
 	return []*etcdserverpb.Compare{pbModIs(rec, st.recRev), pbModIs([]byte(s.k.moveMarker(id)), st.moveRev)}
+}
+
+// leaseGuard is the guard of a socket not moving: every key of its range
+// [rec, end) is on lease.
+type leaseGuard struct {
+	cmp   etcdserverpb.Compare
+	lease etcdserverpb.Compare_Lease
+}
+
+func (p *leaseGuard) fill(rec, end []byte, lease clientv3.LeaseID) *etcdserverpb.Compare {
+	p.lease.Lease = int64(lease)
+	p.cmp.Key, p.cmp.RangeEnd = rec, end
+	p.cmp.Target, p.cmp.Result, p.cmp.TargetUnion = etcdserverpb.Compare_LEASE, etcdserverpb.Compare_EQUAL, &p.lease
+	return &p.cmp
 }
 
 func pbModIs(key []byte, rev int64) *etcdserverpb.Compare {
@@ -184,6 +203,12 @@ type membershipOpParts struct {
 	cmps   [1]*etcdserverpb.Compare
 	exists etcdserverpb.Compare
 	create etcdserverpb.Compare_CreateRevision
+	membershipWrites
+}
+
+// membershipWrites are the writes of one socket's membership change: at
+// most three (a Leave during a move deletes under both homes).
+type membershipWrites struct {
 	ops    [3]*etcdserverpb.RequestOp
 	writes [3]struct {
 		op     etcdserverpb.RequestOp
@@ -195,7 +220,7 @@ type membershipOpParts struct {
 }
 
 // put makes write i a put of key on lease.
-func (p *membershipOpParts) put(i int, key []byte, lease clientv3.LeaseID) *etcdserverpb.RequestOp {
+func (p *membershipWrites) put(i int, key []byte, lease clientv3.LeaseID) *etcdserverpb.RequestOp {
 	w := &p.writes[i]
 	w.putReq.Key, w.putReq.Lease = key, int64(lease)
 	w.put.RequestPut = &w.putReq
@@ -205,13 +230,38 @@ func (p *membershipOpParts) put(i int, key []byte, lease clientv3.LeaseID) *etcd
 }
 
 // del makes write i a delete of key.
-func (p *membershipOpParts) del(i int, key []byte) *etcdserverpb.RequestOp {
+func (p *membershipWrites) del(i int, key []byte) *etcdserverpb.RequestOp {
 	w := &p.writes[i]
 	w.delReq.Key = key
 	w.del.RequestDeleteRange = &w.delReq
 	w.op.Request = &w.del
 	p.ops[i] = &w.op
 	return &w.op
+}
+
+// join fills the writes of sock id, in state st, joining room (room key
+// roomKey): both keys at st's write home. It returns them.
+func (p *membershipWrites) join(s *Store, id string, st socketState, room string, roomKey []byte) []*etcdserverpb.RequestOp {
+	h := st.writeHome()
+	p.put(0, []byte(s.k.gwmOf(h.Gateway, id, room)), h.Lease)
+	p.put(1, roomKey, h.Lease)
+	return p.ops[:2:2]
+}
+
+// leave fills the deletes of sock id, in state st, leaving room: its gwm/
+// key under every home it may have, then the room key (last, so that its
+// answer is the last response). It returns them.
+func (p *membershipWrites) leave(s *Store, id string, st socketState, room string, roomKey []byte) []*etcdserverpb.RequestOp {
+	n := 0
+	p.del(n, []byte(s.k.gwmOf(st.home.Gateway, id, room)))
+	n++
+	if st.move != nil {
+		p.del(n, []byte(s.k.gwmOf(st.move.To.Gateway, id, room)))
+		n++
+	}
+	p.del(n, roomKey)
+	n++
+	return p.ops[:n:n]
 }
 
 // pbMembershipOpOf is pbMembershipOp for the socket whose id encodes as id,
@@ -223,21 +273,9 @@ func (s *Store) pbMembershipOpOf(id string, st socketState, room string, roomKey
 	p.cmps[0] = &p.exists
 	p.req.Compare = p.cmps[:1:1]
 	if join {
-		h := st.writeHome()
-		p.put(0, []byte(s.k.gwmOf(h.Gateway, id, room)), h.Lease)
-		p.put(1, roomKey, h.Lease)
-		p.req.Failure = p.ops[:2:2]
+		p.req.Failure = p.join(s, id, st, room, roomKey)
 	} else {
-		n := 0
-		p.del(n, []byte(s.k.gwmOf(st.home.Gateway, id, room)))
-		n++
-		if st.move != nil {
-			p.del(n, []byte(s.k.gwmOf(st.move.To.Gateway, id, room)))
-			n++
-		}
-		p.del(n, roomKey)
-		n++
-		p.req.Success = p.ops[:n:n]
+		p.req.Success = p.leave(s, id, st, room, roomKey)
 	}
 	p.txn.RequestTxn = &p.req
 	p.op.Request = &p.txn

@@ -243,14 +243,14 @@ func (s *Store) joinLimited(ctx context.Context, sockets []SocketID, room string
 		if len(over.IDs) > 0 {
 			return ChangeResult{}, over
 		}
-		resp, crev, now, err := s.commitChangeFrom(ctx, sockets, states, room, true, guards)
+		a, err := s.commitChangeFrom(ctx, sockets, states, room, true, guards)
 		if err != nil {
 			return ChangeResult{}, err
 		}
-		if resp.Succeeded {
-			return changeResult(resp, crev, now), nil
+		if a.applied {
+			return a.result(), nil
 		}
-		if err := notFound(resp, now, sockets); err != nil {
+		if err := notFound(a.states, sockets); err != nil {
 			return ChangeResult{}, err
 		}
 		// A socket joined another room since the read: read again.

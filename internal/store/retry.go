@@ -53,8 +53,9 @@ import (
 //     attempt (a call without a deadline gets retryWindow); the call then
 //     fails with the last attempt's error.
 //
-// Why a retry is safe: Join and Leave are idempotent (each membership write is
-// guarded by the membership's existence), so applying a call twice leaves the
+// Why a retry is safe: Join and Leave are idempotent (a Join's writes are
+// guarded by the membership's absence, and a Leave's deletes of keys already
+// gone change nothing), so applying a call twice leaves the
 // state the call asked for. Ordering holds too: once the term has risen, an
 // entry of the old leader is either lost or committed by the new leader
 // before anything proposed in the new term, so it cannot land after the

@@ -184,17 +184,33 @@ func (s *Store) change(ctx context.Context, sockets []SocketID, room string, joi
 	if join && s.maxRooms > 0 {
 		return s.joinLimited(ctx, sockets, room)
 	}
-	resp, rev, states, err := s.commitChange(ctx, sockets, room, join)
+	a, err := s.commitChange(ctx, sockets, room, join)
 	if err != nil {
 		return ChangeResult{}, err
 	}
-	if !resp.Succeeded {
-		if err := notFound(resp, states, sockets); err != nil {
+	if !a.applied {
+		if err := notFound(a.states, sockets); err != nil {
 			return ChangeResult{}, err
 		}
 		return ChangeResult{}, fmt.Errorf("change membership: %w", ErrConflict)
 	}
-	return changeResult(resp, rev, states), nil
+	return a.result(), nil
+}
+
+// changeAnswer is what the attempt of a change that ended it answered.
+type changeAnswer struct {
+	rev int64 // the revision of the transaction that carried the attempt
+	// states are those the attempt was guarded on when applied, or those its
+	// failure branch read when not.
+	states []socketState
+	// applied tells that every socket's guard (and every extra compare)
+	// held, so the change took effect: etcd's answer succeeded, or a flat
+	// Join's only failed compare was the room key's (the socket was a
+	// member already; nothing was written).
+	applied bool
+	// wasMember is, when applied, per socket in call order, whether it was
+	// in the room before the attempt.
+	wasMember []bool
 }
 
 // changeAttempts bounds how often a change is retried against the homes its
@@ -203,16 +219,17 @@ func (s *Store) change(ctx context.Context, sockets []SocketID, room string, joi
 const changeAttempts = 8
 
 // commitChange commits one Join or Leave: guarded by every socket's home
-// (home.go) and by extra compares, with a membership transaction per socket.
+// (home.go) and by extra compares, with a membership transaction per socket,
+// or flat for one socket without extra (buildFlatChange).
 // It first assumes every socket at its origin; when a socket's guard fails
 // because it lives elsewhere, the failure branch has read where, and the
 // change is sent again against that (a socket that never moved costs one
-// round trip). It returns the states the answer was guarded on. A failed
-// answer is returned as is when a socket is gone or only extra failed. A
+// round trip). An answer not applied (changeAnswer) is returned when a
+// socket is gone or only extra failed. A
 // transaction lost to an etcd leader change is retried within ctx's
 // deadline (retry.go); the result is then that of the attempt that
 // committed.
-func (s *Store) commitChange(ctx context.Context, sockets []SocketID, room string, join bool) (*etcdserverpb.TxnResponse, int64, []socketState, error) {
+func (s *Store) commitChange(ctx context.Context, sockets []SocketID, room string, join bool) (changeAnswer, error) {
 	states := make([]socketState, len(sockets))
 	for i, sock := range sockets {
 		states[i] = originState(sock)
@@ -221,28 +238,58 @@ func (s *Store) commitChange(ctx context.Context, sockets []SocketID, room strin
 }
 
 // commitChangeFrom is commitChange guarded on states read by the caller,
-// and on extra compares built from them: then a failed answer is returned
-// with the states it read, for the caller to build extra again.
-func (s *Store) commitChangeFrom(ctx context.Context, sockets []SocketID, states []socketState, room string, join bool, extra []*etcdserverpb.Compare) (*etcdserverpb.TxnResponse, int64, []socketState, error) {
+// and on extra compares built from them: then an answer not applied is
+// returned with the states it read, for the caller to build extra again.
+func (s *Store) commitChangeFrom(ctx context.Context, sockets []SocketID, states []socketState, room string, join bool, extra []*etcdserverpb.Compare) (changeAnswer, error) {
+	flat := flatChange(len(sockets), extra)
 	for attempt := 0; ; attempt++ {
 		resp, rev, err := s.sendChange(ctx, sockets, states, room, join, extra)
-		if err != nil || resp.Succeeded {
-			return resp, rev, states, err
+		if err != nil {
+			return changeAnswer{}, err
+		}
+		if resp.Succeeded {
+			return changeAnswer{rev: rev, states: states, applied: true, wasMember: wasMembers(resp, flat, join)}, nil
 		}
 		moved, gone := false, false
 		now := make([]socketState, len(sockets))
 		for i, sock := range sockets {
 			if now[i], err = s.decodeState(sock, resp.Responses[i].GetResponseRange().Kvs); err != nil {
-				return nil, 0, nil, err
+				return changeAnswer{}, err
 			}
 			gone = gone || !now[i].exists
 			moved = moved || !states[i].holdsOn(now[i])
 		}
+		if flat && join && !moved && resp.Responses[1].GetResponseRange().GetCount() > 0 {
+			// The guard held (holdsOn implies it), so the room key's compare
+			// failed: the socket is a member already, at the home the guard
+			// names, and the answer's revision is the one it was read at.
+			return changeAnswer{rev: rev, states: states, applied: true, wasMember: []bool{true}}, nil
+		}
 		if gone || !moved || extra != nil || attempt+1 == changeAttempts {
-			return resp, rev, now, nil
+			return changeAnswer{rev: rev, states: now}, nil
 		}
 		states = now
 	}
+}
+
+// wasMembers reads, from the succeeded answer of a change, whether each
+// socket was in the room before it: the nested membership transaction
+// succeeded (its compare is the room key's existence); for a flat Leave,
+// the room key's delete (the last operation) deleted it; a flat Join
+// succeeds only for a socket that was not a member.
+func wasMembers(resp *etcdserverpb.TxnResponse, flat, join bool) []bool {
+	if flat {
+		if join {
+			return []bool{false}
+		}
+		last := resp.Responses[len(resp.Responses)-1]
+		return []bool{last.GetResponseDeleteRange().GetDeleted() > 0}
+	}
+	was := make([]bool, len(resp.Responses))
+	for i, r := range resp.Responses {
+		was[i] = r.GetResponseTxn().Succeeded
+	}
+	return was
 }
 
 // sendChange sends one attempt of commitChange, guarded on states.
@@ -272,6 +319,9 @@ func (s *Store) sendChange(ctx context.Context, sockets []SocketID, states []soc
 // states, and, when withKeys, the keys that keep it apart from other calls
 // in a batch (batcher.do).
 func (s *Store) buildChange(sockets []SocketID, states []socketState, room string, join bool, extra []*etcdserverpb.Compare, withKeys bool) (*etcdserverpb.TxnRequest, []string) {
+	if flatChange(len(sockets), extra) {
+		return s.buildFlatChange(sockets[0], states[0], room, join, withKeys)
+	}
 	call := &etcdserverpb.TxnRequest{
 		Compare: make([]*etcdserverpb.Compare, 0, len(sockets)+len(extra)),
 		Success: make([]*etcdserverpb.RequestOp, len(sockets)),
@@ -306,6 +356,71 @@ func (s *Store) buildChange(sockets []SocketID, states []socketState, room strin
 	return call, keys
 }
 
+// flatChange tells whether a change of n sockets guarded by extra is built
+// flat (buildFlatChange): the common case, one socket and no extra compares.
+func flatChange(n int, extra []*etcdserverpb.Compare) bool { return n == 1 && len(extra) == 0 }
+
+// flatChangeParts are the messages of a flat change, allocated together.
+type flatChangeParts struct {
+	call  etcdserverpb.TxnRequest
+	cmps  [3]*etcdserverpb.Compare // the guard (one compare, two during a move), a Join's room compare
+	guard leaseGuard
+	// absent is a Join's compare: the room key does not exist.
+	absent  etcdserverpb.Compare
+	create  etcdserverpb.Compare_CreateRevision
+	failure [2]*etcdserverpb.RequestOp
+	reads   [2]rangeParts
+	keys    [1]string
+	membershipWrites
+}
+
+// buildFlatChange is buildChange for one socket without extra compares: one
+// transaction, the membership's writes directly under the guard, where the
+// general shape nests a membership transaction (pbMembershipOp) per socket
+// guarded by the room key. A level fewer is an unmarshal, a compare and a
+// response fewer for etcd.
+//
+//	Leave: Compare [guard]; Success [delete gwm/ (both homes during a move),
+//	       delete rooms/]; Failure [range record..marker]
+//	Join:  Compare [guard, rooms/ CREATE == 0]; Success [put gwm/, put
+//	       rooms/]; Failure [range record..marker, count rooms/]
+//
+// A Leave of a socket not in the room deletes nothing, which etcd neither
+// writes nor watches; the room key's delete tells was_member. A Join of a
+// member fails with the guard holding (commitChangeFrom).
+func (s *Store) buildFlatChange(sock SocketID, st socketState, room string, join, withKeys bool) (*etcdserverpb.TxnRequest, []string) {
+	p := &flatChangeParts{}
+	id := sock.String()
+	rec, end := s.k.socketRange(id)
+	roomKey := s.k.room(room, id)
+	rk := []byte(roomKey)
+	cmps := p.cmps[:0]
+	if st.move == nil {
+		cmps = append(cmps, p.guard.fill(rec, end, st.home.Lease))
+	} else {
+		cmps = append(cmps, s.guardOf(id, rec, end, st)...)
+	}
+	p.failure[0] = p.reads[0].fill(rec, end)
+	if join {
+		p.absent.Key, p.absent.Target, p.absent.Result = rk, etcdserverpb.Compare_CREATE, etcdserverpb.Compare_EQUAL
+		p.absent.TargetUnion = &p.create // CreateRevision 0
+		cmps = append(cmps, &p.absent)
+		p.reads[1].req.CountOnly = true
+		p.failure[1] = p.reads[1].fill(rk, nil)
+		p.call.Success = p.join(s, id, st, room, rk)
+		p.call.Failure = p.failure[:2:2]
+	} else {
+		p.call.Success = p.leave(s, id, st, room, rk)
+		p.call.Failure = p.failure[:1:1]
+	}
+	p.call.Compare = cmps
+	if !withKeys {
+		return &p.call, nil
+	}
+	p.keys[0] = roomKey
+	return &p.call, p.keys[:1:1]
+}
+
 // countRooms counts the keys under prefixes at revision rev.
 func (s *Store) countRooms(ctx context.Context, prefixes []string, rev int64) (int64, error) {
 	var n int64
@@ -319,10 +434,10 @@ func (s *Store) countRooms(ctx context.Context, prefixes []string, rev int64) (i
 	return n, nil
 }
 
-// notFound names the sockets whose records a failed change found missing
-// (states, as commitChange read them); nil when all were there (another
-// compare failed).
-func notFound(resp *etcdserverpb.TxnResponse, states []socketState, sockets []SocketID) error {
+// notFound names the sockets whose records a change not applied found
+// missing (states, as commitChange read them); nil when all were there
+// (another compare failed).
+func notFound(states []socketState, sockets []SocketID) error {
 	nf := &SocketsNotFoundError{}
 	for i, st := range states {
 		if !st.exists {
@@ -335,12 +450,11 @@ func notFound(resp *etcdserverpb.TxnResponse, states []socketState, sockets []So
 	return nf
 }
 
-func changeResult(resp *etcdserverpb.TxnResponse, rev int64, states []socketState) ChangeResult {
-	res := ChangeResult{Revision: rev, WasMember: make([]bool, len(resp.Responses)), Homes: make([]Home, len(states))}
-	for i, r := range resp.Responses {
-		// Each membership transaction succeeds when the socket was a member.
-		res.WasMember[i] = r.GetResponseTxn().Succeeded
-		res.Homes[i] = states[i].writeHome()
+// result is the ChangeResult of an applied answer.
+func (a changeAnswer) result() ChangeResult {
+	res := ChangeResult{Revision: a.rev, WasMember: a.wasMember, Homes: make([]Home, len(a.states))}
+	for i, st := range a.states {
+		res.Homes[i] = st.writeHome()
 	}
 	return res
 }
