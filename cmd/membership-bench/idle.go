@@ -34,9 +34,11 @@ func benchIdle(ctx context.Context, cfg config) error {
 	}
 	defer closeAll(socks)
 	connectTime := time.Since(start)
-	// Each socket reads, as a browser's does: it answers the gateway's
-	// pings (a socket silent for two ping intervals is dropped) and counts
-	// its end here.
+	// Each socket reads, as a browser's does: a native socket answers the
+	// gateway's pings (a socket silent for two ping intervals is dropped;
+	// the bench's Socket.IO sockets do not answer Engine.IO's, so with
+	// --protocol socketio a hold past them measures dropped sockets), and
+	// its end is counted here.
 	var ended atomic.Int64
 	for _, s := range socks {
 		go func() {

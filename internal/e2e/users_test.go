@@ -129,8 +129,8 @@ func TestUserSelectorAcrossTwoGateways(t *testing.T) {
 
 	// gw2 dies: alice's socket and bob's there go with their leases, from
 	// her list and from the counts. A gateway's sockets are spread over its
-	// lease shards, whose deadlines lie spread over a third of the TTL, so
-	// bob's may go a little after alice's.
+	// lease shards, whose deadlines lie spread over a third of the TTL plus
+	// a second, so bob's may go a little after alice's.
 	if err := g2.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
