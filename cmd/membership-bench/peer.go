@@ -21,6 +21,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	membershipv1 "github.com/socketrooms/membership/gen/membership/v1"
@@ -317,7 +319,8 @@ func runFanout(ctx context.Context, d time.Duration, n int, received *atomic.Int
 // peerFigures collects one figure per round for each row of the table, in
 // the row's unit ("" for a count per second). The unit "-" marks a row of
 // ours without a Centrifugo counterpart (WAIT_FOR_APPLY): the Centrifugo
-// figure added with it is the one its ratio is taken against.
+// figure added with it is the one its ratio is taken against. The unit "µs-"
+// marks a row of ours alone, in µs, with no ratio.
 type peerFigures struct {
 	rows  []string
 	ours  map[string][]float64
@@ -419,6 +422,10 @@ func benchPeer(ctx context.Context, cfg config) error {
 			fmt.Printf("| %s | %s%s | – | %.2f× of Centrifugo's calls/s |\n", row, fmtFigure(o, ""), roundsOf(fig.ours[row], ""), o/median(fig.cents[row]))
 			continue
 		}
+		if u == "µs-" {
+			fmt.Printf("| %s | %s%s | – | – |\n", row, fmtFigure(o, "µs"), roundsOf(fig.ours[row], "µs"))
+			continue
+		}
 		fmt.Printf("| %s | %s%s | %s%s | %.2f× |\n", row, fmtFigure(o, u), roundsOf(fig.ours[row], u), fmtFigure(c, u), roundsOf(fig.cents[row], u), o/c)
 	}
 	fmt.Println()
@@ -514,8 +521,8 @@ func peerRound(ctx context.Context, cfg config, st *stack, g *gatewayProc, e *et
 		return us(cpuOf(pids) - cpu0), us(processCPU(pids[0]) - first0), us(processCPU(self) - self0)
 	}
 	for _, conc := range levels {
-		var or, ow, cr float64
-		var ocpu, osrv, ogen, wcpu, ccpu, cgen float64
+		var or, ow, cr, hr float64
+		var ocpu, osrv, ogen, wcpu, ccpu, cgen, hsrv, hgen float64
 		var ol, wl, cl *latencies
 		runO := func() {
 			ocpu, osrv, ogen = perCall(ourPids, &or, func() { or, ol = loop(ctx, conc, cfg.duration, apiJoinLeave(st.api, mo)) })
@@ -526,6 +533,13 @@ func peerRound(ctx context.Context, cfg config, st *stack, g *gatewayProc, e *et
 		runC := func() {
 			ccpu, _, cgen = perCall([]int{c.pid()}, &cr, func() { cr, cl = loop(ctx, conc, cfg.duration, centSubUnsub(c, mc)) })
 		}
+		// The floor of a call into the membership-server: the standard
+		// health check, answered in memory through the same listener and
+		// interceptors as Join and Leave, with no etcd request and no
+		// gateway behind it.
+		runH := func() {
+			hsrv, _, hgen = perCall([]int{st.server.Process.Pid}, &hr, func() { hr, _ = loop(ctx, conc, cfg.duration, healthCheck(st.cc)) })
+		}
 		if oursFirst {
 			runO()
 			runC()
@@ -535,6 +549,7 @@ func peerRound(ctx context.Context, cfg config, st *stack, g *gatewayProc, e *et
 			runO()
 			runW()
 		}
+		runH()
 		row := fmt.Sprintf("membership changes, concurrency %d (Join+Leave vs subscribe+unsubscribe)", conc)
 		fig.add(row+", calls/s", "", or, cr)
 		fig.add(row+", p50", "ms", msf(ol.pct(50)), msf(cl.pct(50)))
@@ -544,6 +559,8 @@ func peerRound(ctx context.Context, cfg config, st *stack, g *gatewayProc, e *et
 		fig.add(fmt.Sprintf("load generator CPU per call, concurrency %d", conc), "µs", ogen, cgen)
 		fig.add(fmt.Sprintf("CPU-bound ceiling on %d cores (cores / (server + load generator CPU per call)), concurrency %d, calls/s", runtime.NumCPU(), conc),
 			"", peerCeiling(ocpu, ogen), peerCeiling(ccpu, cgen))
+		fig.add(fmt.Sprintf("floor: a gRPC health check into the membership-server, concurrency %d, its CPU per call", conc), "µs-", hsrv, 0)
+		fig.add(fmt.Sprintf("floor: the same, load generator CPU per call, concurrency %d", conc), "µs-", hgen, 0)
 		fig.add(fmt.Sprintf("same with WAIT_FOR_APPLY, concurrency %d, calls/s", conc), "-", ow, cr)
 		fig.add(fmt.Sprintf("same with WAIT_FOR_APPLY, concurrency %d, p99", conc), "ms", msf(wl.pct(99)), msf(cl.pct(99)))
 		fig.add(fmt.Sprintf("same with WAIT_FOR_APPLY, concurrency %d, server CPU per call", conc), "µs", wcpu, ccpu)
@@ -776,4 +793,13 @@ func peerCeiling(server, gen float64) float64 {
 		return 0
 	}
 	return float64(runtime.NumCPU()) * 1e6 / (server + gen)
+}
+
+// healthCheck calls the membership-server's standard gRPC health check.
+func healthCheck(cc *grpc.ClientConn) func(ctx context.Context, w int, join bool) error {
+	hc := healthpb.NewHealthClient(cc)
+	return func(ctx context.Context, _ int, _ bool) error {
+		_, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
+		return err
+	}
 }
