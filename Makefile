@@ -80,14 +80,20 @@ test-js:
 # An iteration count rather than a duration: a time limit lets the fuzz engine
 # fail with "context deadline exceeded" when a worker is busy as time runs out.
 FUZZ_TIME ?= 20000x
+# Each input that widens coverage is minimized too, with up to FUZZ_TIME's
+# count over the workers (10,000 calls) or 60 s unless bounded; an input that
+# reaches a call which waits out its 500 ms deadline (FuzzRequestBytes'
+# Deliver, WaitApplied) stalled the run at 0 executions/s for minutes. Twenty
+# calls keep a found failure's input short enough to read.
+FUZZ_MINIMIZE ?= 20x
 
 ## fuzz: run each fuzz target FUZZ_TIME (seed corpora run in every go test).
 fuzz:
-	go test -run '^$$' -fuzz '^FuzzRoomKey$$' -fuzztime $(FUZZ_TIME) ./internal/store
-	go test -run '^$$' -fuzz '^FuzzSocketID$$' -fuzztime $(FUZZ_TIME) ./internal/store
-	go test -run '^$$' -fuzz '^FuzzClientFrame$$' -fuzztime $(FUZZ_TIME) ./internal/gateway
-	go test -run '^$$' -fuzz '^FuzzRequestBytes$$' -fuzztime $(FUZZ_TIME) ./internal/grpcedge
-	go test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZ_TIME) ./internal/socketio
+	go test -run '^$$' -fuzz '^FuzzRoomKey$$' -fuzztime $(FUZZ_TIME) -fuzzminimizetime $(FUZZ_MINIMIZE) ./internal/store
+	go test -run '^$$' -fuzz '^FuzzSocketID$$' -fuzztime $(FUZZ_TIME) -fuzzminimizetime $(FUZZ_MINIMIZE) ./internal/store
+	go test -run '^$$' -fuzz '^FuzzClientFrame$$' -fuzztime $(FUZZ_TIME) -fuzzminimizetime $(FUZZ_MINIMIZE) ./internal/gateway
+	go test -run '^$$' -fuzz '^FuzzRequestBytes$$' -fuzztime $(FUZZ_TIME) -fuzzminimizetime $(FUZZ_MINIMIZE) ./internal/grpcedge
+	go test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZ_TIME) -fuzzminimizetime $(FUZZ_MINIMIZE) ./internal/socketio
 
 ## bench: every scenario of cmd/membership-bench against a fresh local stack;
 ## BENCH_ARGS passes flags (e.g. BENCH_ARGS="-scenario fanout -duration 10s").
