@@ -294,23 +294,27 @@ func (g *Gateway) runSocket(sess *session, conn *websocket.Conn, user string, re
 // ones.
 func (g *Gateway) startReading(c *client) {
 	c.conn.SetReadLimit(g.cfg.MaxFrameBytes)
-	pongWait := 2 * g.cfg.PingInterval
-	_ = c.conn.SetReadDeadline(time.Now().Add(pongWait))
-	c.conn.SetPongHandler(func(string) error {
-		return c.conn.SetReadDeadline(time.Now().Add(pongWait))
-	})
+	_ = g.extendRead(c)
+	c.conn.SetPongHandler(func(string) error { return g.extendRead(c) })
 	// The writer goroutine is the only one to write the connection, so the
 	// reader never writes: pings are answered, and closes acknowledged, by
 	// the writer; the close frame the library sends on a read-limit (1009) or
 	// protocol error (1002) is handed to the writer by netConn.
 	c.conn.SetPingHandler(func(string) error {
 		c.control(ctrlPong) // one pong answers any number of pings
-		return c.conn.SetReadDeadline(time.Now().Add(pongWait))
+		return g.extendRead(c)
 	})
 	c.conn.SetCloseHandler(func(int, string) error { return nil })
 	if !g.reads.park(c) {
 		go g.readSocket(c)
 	}
+}
+
+// extendRead gives the socket's client two ping intervals from now to send
+// its next frame (any frame: a pong, a ping, a request), past which its
+// read fails and the socket is dropped.
+func (g *Gateway) extendRead(c *client) error {
+	return c.conn.SetReadDeadline(time.Now().Add(2 * g.cfg.PingInterval))
 }
 
 // readSocket reads until nothing is left to read, then parks the socket
@@ -378,20 +382,16 @@ func (g *Gateway) readLoop(c *client) (parked bool, err error) {
 	// read, or a failure to see.
 	for {
 		c.rd.attachReadBuf()
-		if g.takeControl(c) {
-			if c.rd.br.Buffered() == 0 && g.reads.park(c) {
-				return true, nil
+		if !g.takeControl(c) {
+			typ, data, err := c.conn.ReadMessage()
+			if err != nil {
+				return false, err
 			}
-			continue
-		}
-		typ, data, err := c.conn.ReadMessage()
-		if err != nil {
-			return false, err
-		}
-		_ = c.conn.SetReadDeadline(time.Now().Add(2 * g.cfg.PingInterval))
-		if code, reason := g.takeFrame(c, typ, data); code != 0 {
-			c.shutdown(code, reason)
-			return false, nil
+			_ = g.extendRead(c)
+			if code, reason := g.takeFrame(c, typ, data); code != 0 {
+				c.shutdown(code, reason)
+				return false, nil
+			}
 		}
 		if c.rd.br.Buffered() == 0 && g.reads.park(c) {
 			return true, nil
@@ -424,7 +424,7 @@ func (g *Gateway) takeControl(c *client) bool {
 	if op == websocket.PingMessage {
 		c.control(ctrlPong) // as the ping handler (startReading)
 	}
-	_ = c.conn.SetReadDeadline(time.Now().Add(2 * g.cfg.PingInterval))
+	_ = g.extendRead(c)
 	return true
 }
 
