@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"encoding/json"
+	"net"
 	"runtime"
 	"testing"
 	"time"
@@ -34,16 +35,11 @@ func TestDeliverPassesSocketsAnotherDeliverHolds(t *testing.T) {
 		delivered, dropped := h.deliver(delivery{rooms: []string{"r0"}, event: "chat", data: json.RawMessage(`{"n":1}`)})
 		done <- result{delivered, dropped}
 	}()
-	queued := func(c *client) int {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		return len(c.queue)
-	}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		missing := 0
 		for _, c := range clients {
-			if !held[c] && queued(c) != 1 {
+			if !held[c] && queuedFrames(c) != 1 {
 				missing++
 			}
 		}
@@ -60,7 +56,7 @@ func TestDeliverPassesSocketsAnotherDeliverHolds(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 	for c := range held {
-		if queued(c) != 0 {
+		if queuedFrames(c) != 0 {
 			t.Fatalf("socket %s got the message while its state was held", c.id)
 		}
 		c.rs.mu.Unlock()
@@ -127,4 +123,27 @@ func benchDeliverConcurrent(b *testing.B, h *hub) {
 			h.deliver(d)
 		}
 	})
+}
+
+// queuedFrames is how many frames c holds queued, not yet taken by a writer.
+func queuedFrames(c *client) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.queue)
+}
+
+// tcpPair connects to ln and returns both ends, closed when tb ends.
+func tcpPair(tb testing.TB, ln net.Listener) (peer, server net.Conn) {
+	tb.Helper()
+	peer, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	server, err = ln.Accept()
+	if err != nil {
+		peer.Close()
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { peer.Close(); server.Close() })
+	return peer, server
 }

@@ -86,14 +86,7 @@ func benchFanoutLoopback(b *testing.B, n int) {
 		readers.Wait()
 	}()
 	for i := 0; i < n; i++ {
-		peer, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			b.Fatal(err)
-		}
-		server, err := ln.Accept()
-		if err != nil {
-			b.Fatal(err)
-		}
+		peer, server := tcpPair(b, ln)
 		conns = append(conns, peer, server)
 		sid := store.NewSocketID("bench", 1)
 		c := newClient(sid, nil, 256, 1, 10*time.Second, sess.alive)

@@ -28,15 +28,7 @@ func TestFanoutWritesConcurrentMessagesInOneBatch(t *testing.T) {
 	defer ln.Close()
 	peers := make([]*bufio.Reader, n)
 	for i, c := range clients {
-		peer, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		server, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { peer.Close(); server.Close() })
+		peer, server := tcpPair(t, ln)
 		_ = peer.SetReadDeadline(time.Now().Add(10 * time.Second))
 		c.mu.Lock()
 		c.nc, c.queue, c.queuedBytes = server, nil, 0 // their joined notices dropped
@@ -53,16 +45,11 @@ func TestFanoutWritesConcurrentMessagesInOneBatch(t *testing.T) {
 			done <- struct{}{}
 		}()
 	}
-	queued := func(c *client) int {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		return len(c.queue)
-	}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		both := 0
 		for _, c := range clients[:n-1] {
-			if queued(c) == 2 {
+			if queuedFrames(c) == 2 {
 				both++
 			}
 		}
@@ -78,7 +65,7 @@ func TestFanoutWritesConcurrentMessagesInOneBatch(t *testing.T) {
 	// A writer started early would take its queue away within this pause.
 	time.Sleep(50 * time.Millisecond)
 	for i, c := range clients[:n-1] {
-		if q := queued(c); q != 2 {
+		if q := queuedFrames(c); q != 2 {
 			held.rs.mu.Unlock()
 			t.Fatalf("socket %d: %d messages left queued before the Deliveries finished, want 2 (a writer ran early)", i, q)
 		}
