@@ -143,6 +143,19 @@ func (p *readPoller) claim(c *client) bool {
 	return true
 }
 
+// claimKey unparks the socket parked under key, if one is, and returns it:
+// claim, for the key an epoll event carries.
+func (p *readPoller) claimKey(key uint64) *client {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c := p.parked[key]
+	if c != nil {
+		c.rd.parked = false
+		delete(p.parked, key)
+	}
+	return c
+}
+
 // wake starts c's reader if c is parked: the gateway closed its connection
 // (an epoll registration goes with the descriptor, with no event).
 func (p *readPoller) wake(c *client) {
@@ -184,12 +197,8 @@ func (p *readPoller) run() {
 			return
 		}
 		for i := range n {
-			key := eventKey(&events[i])
-			p.mu.Lock()
-			c := p.parked[key]
-			p.mu.Unlock()
-			if c != nil {
-				p.wake(c)
+			if c := p.claimKey(eventKey(&events[i])); c != nil {
+				go p.g.readSocket(c)
 			}
 		}
 		if now := time.Now(); now.Sub(lastSweep) >= p.sweep {
