@@ -45,6 +45,8 @@ type Gateway struct {
 	// handoffSlots holds one token per handoff to this gateway under way
 	// (handoff.go, maxHandoffsIn).
 	handoffSlots chan struct{}
+	// handoffTimeout is defaultHandoffTimeout (handoff.go); tests shorten it.
+	handoffTimeout time.Duration
 	// handoffsOut counts handoffs away from this gateway under way
 	// (handoff.go serveHandoff): a drain does not end the session under one.
 	handoffsOut atomic.Int64
@@ -77,16 +79,17 @@ func New(cfg Config, cli *clientv3.Client) (*Gateway, error) {
 		return nil, fmt.Errorf("etcd limits: %w", err)
 	}
 	g := &Gateway{
-		upstream:     upstream,
-		httpClient:   &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()},
-		cfg:          cfg,
-		cli:          cli,
-		store:        st,
-		log:          cfg.Logger.With("gateway", cfg.ID),
-		hub:          newHub(),
-		resumes:      newResumes(),
-		handoffSlots: make(chan struct{}, maxHandoffsIn),
-		applied:      revwait.New(),
+		upstream:       upstream,
+		httpClient:     &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()},
+		cfg:            cfg,
+		cli:            cli,
+		store:          st,
+		log:            cfg.Logger.With("gateway", cfg.ID),
+		hub:            newHub(),
+		resumes:        newResumes(),
+		handoffSlots:   make(chan struct{}, maxHandoffsIn),
+		handoffTimeout: defaultHandoffTimeout,
+		applied:        revwait.New(),
 		upgrader: websocket.Upgrader{
 			// The read buffer is the socket's own, from a pool while it
 			// reads (hijacker, netConn.br); server frames are written by the

@@ -29,9 +29,10 @@ import (
 //     the token is spent (no other resume of the socket can succeed) but
 //     kept, to be restored if the handoff fails.
 //  2. B adds the socket to its hub (held: nothing is written yet) and moves
-//     its keys to its own lease (store.MoveSocket). Each room r moves in one
-//     transaction, at revision M_r: A's watch sees its gwm/ key go, B's sees
-//     one come, both at M_r.
+//     its keys to its own lease (store.MoveSocket): in one transaction when
+//     they fit one (every room at one revision), else each room r in one,
+//     at revision M_r. A's watch sees its gwm/ key go, B's sees one come,
+//     both at M_r. A move whose answer was lost is settled by moving again.
 //  3. Exactly once, by revision: a Deliver carries its Broadcast's revision
 //     R. A gives the socket a message for r iff R < M_r (hub.gone keeps
 //     M_r after its watch removed the membership), B iff R >= M_r
@@ -52,15 +53,23 @@ import (
 //     A that dies takes the socket's record with its lease: B's MoveSocket
 //     then fails with store.ErrSocketNotFound, having removed what it moved,
 //     and the client gets a new socket with GATEWAY_LOST.
+//  6. A handoff that finishes after its client gave up leaves the socket
+//     detached on B, which takes A's token (resumable.inToken) as the
+//     socket's until a resume there spends it.
 
-// handoffTimeout bounds a handoff, on both sides: B's whole attempt, and
-// how long A waits for finish before it undoes the move.
-const handoffTimeout = 8 * time.Second
+// defaultHandoffTimeout is Gateway.handoffTimeout: it bounds B's attempt up
+// to the move, and once the move committed, as long again to finish it (the
+// keys are then B's, and only finishing keeps the socket); A waits twice as
+// long for finish before it undoes the move, and as long again for its
+// watch to apply the move.
+const defaultHandoffTimeout = 8 * time.Second
 
 // maxHandoffsIn bounds the handoffs to this gateway under way at once, and
 // handoffQueueWait how long one waits for its turn before its client is
-// told to try again; handoffQueueWait + handoffTimeout stay within
-// membership.js's 10 s connect timeout.
+// told to try again; handoffQueueWait + defaultHandoffTimeout stay within
+// membership.js's 10 s connect timeout. A handoff that finishes after its
+// client gave up leaves the socket detached here, resumable here with the
+// token the client holds (resumable.inToken).
 const (
 	maxHandoffsIn    = 32
 	handoffQueueWait = 1500 * time.Millisecond
@@ -453,7 +462,7 @@ func (g *Gateway) serveHandoff(stream gatewayv1.GatewayService_HandoffServer, b 
 		req, err := stream.Recv()
 		ch <- recv{req, err}
 	}()
-	timer := time.NewTimer(handoffTimeout)
+	timer := time.NewTimer(2 * g.handoffTimeout)
 	defer timer.Stop()
 	var fin *gatewayv1.HandoffFinish
 	select {
@@ -469,7 +478,7 @@ func (g *Gateway) serveHandoff(stream gatewayv1.GatewayService_HandoffServer, b 
 	case <-r.sess.ctx.Done():
 		return abort(status.Error(codes.Unavailable, "gateway lost its lease"))
 	}
-	ctx, cancel := context.WithTimeout(stream.Context(), handoffTimeout)
+	ctx, cancel := context.WithTimeout(stream.Context(), g.handoffTimeout)
 	defer cancel()
 	if _, err := g.waitApplied(ctx, r.sess, fin.Revision); err != nil {
 		return abort(waitError(err))
@@ -526,9 +535,13 @@ func (g *Gateway) handOffInSteps(sess *session, req *resumeRequest, user string,
 		wait.Stop()
 		return nil, resumeGatewayLost
 	}
-	ctx, cancel := context.WithTimeout(sess.ctx, handoffTimeout)
+	// The stream lives as long as A waits for finish; the steps up to the
+	// move have handoffTimeout of it, finishing the rest.
+	ctx, cancel := context.WithTimeout(sess.ctx, 2*g.handoffTimeout)
 	defer cancel()
-	rec, err := g.store.Gateway(ctx, t.issuer)
+	moveCtx, moveCancel := context.WithTimeout(ctx, g.handoffTimeout)
+	defer moveCancel()
+	rec, err := g.store.Gateway(moveCtx, t.issuer)
 	if errors.Is(err, store.ErrGatewayNotFound) {
 		return nil, resumeGatewayLost
 	}
@@ -593,15 +606,19 @@ func (g *Gateway) handOffInSteps(sess *session, req *resumeRequest, user string,
 		}
 	}
 	from, to := store.Home{Gateway: t.issuer, Lease: clientv3.LeaseID(acc.SocketLease)}, store.Home{Gateway: g.cfg.ID, Lease: lease}
-	err = g.store.MoveSocket(ctx, sid, from, to)
-	if err != nil && !errors.Is(err, store.ErrSocketNotFound) && ctx.Err() == nil {
-		// The move's last step may have committed with its answer lost:
-		// then the keys are this gateway's, and only finishing keeps the
-		// socket (the old gateway's undo would change nothing, and it
-		// would forget the socket).
-		if info, _, gerr := g.store.GetSocket(ctx, sid); gerr == nil && info.Gateway == g.cfg.ID && info.MovingTo == nil {
-			err = nil
-		}
+	err = g.store.MoveSocket(moveCtx, sid, from, to)
+	if err != nil && !errors.Is(err, store.ErrSocketNotFound) && sess.ctx.Err() == nil {
+		// The move's last transaction may have committed with its answer
+		// lost, or still be on its way to etcd when moveCtx ran out. Moving
+		// again, with time of its own, settles it: it reads the socket at
+		// this gateway (the keys are then this gateway's, and only
+		// finishing keeps the socket: the old gateway's undo would change
+		// nothing, and it would forget the socket), or moves it, or fails
+		// having changed nothing, and a transaction still on its way then
+		// fails its guard, as it fails after the old gateway's undo.
+		retryCtx, retryCancel := context.WithTimeout(ctx, g.cfg.EtcdTimeout)
+		err = g.store.MoveSocket(retryCtx, sid, from, to)
+		retryCancel()
 	}
 	if err != nil {
 		fail(false)
@@ -613,9 +630,11 @@ func (g *Gateway) handOffInSteps(sess *session, req *resumeRequest, user string,
 		g.log.Warn("resume on another gateway: cannot move the socket; its gateway keeps it", "socket", sid.String(), "err", err)
 		return nil, ""
 	}
-	info, rev, err := g.store.GetSocket(ctx, sid)
+	finishCtx, finishCancel := context.WithTimeout(ctx, g.handoffTimeout)
+	defer finishCancel()
+	info, rev, err := g.store.GetSocket(finishCtx, sid)
 	if err == nil {
-		_, err = g.waitApplied(ctx, sess, rev)
+		_, err = g.waitApplied(finishCtx, sess, rev)
 	}
 	if err == nil && info.Gateway != g.cfg.ID {
 		err = errors.New("the socket is not on this gateway after its move")
@@ -663,6 +682,7 @@ func (g *Gateway) handOffInSteps(sess *session, req *resumeRequest, user string,
 	c.blastSince = cut // blasts below it are the old gateway's
 	c.enqueue(resumedFrame(c.id, r.record.User, rooms, g.tokenLocked(r)))
 	r.seq = frames.Seq
+	r.inToken, r.inUntil = req.token, time.Now().Add(inTokenGrace)
 	var added int64
 	for _, f := range frames.Frames {
 		if !isMessageFrame(f.Frame) {

@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -27,7 +29,7 @@ import (
 
 // startPeer runs a resumable gateway id on cli that serves its internal
 // API (for handoffs) and its sockets until the test ends.
-func startPeer(t *testing.T, cli *clientv3.Client, id string) (*Gateway, string) {
+func startPeer(t *testing.T, cli *clientv3.Client, id string, opts ...func(*Gateway)) (*Gateway, string) {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -36,6 +38,9 @@ func startPeer(t *testing.T, cli *clientv3.Client, id string) (*Gateway, string)
 	g, err := New(Config{ID: id, AdvertiseAddr: lis.Addr().String(), ResumeWindow: time.Minute, LeaseTTL: 10 * time.Second}, cli)
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, o := range opts {
+		o(g)
 	}
 	gsrv := grpc.NewServer()
 	g.RegisterGRPC(gsrv)
@@ -114,15 +119,19 @@ func dialWS(t *testing.T, u string) (*websocket.Conn, wsFrame) {
 	return conn, f
 }
 
-// A resume on gw2 of a socket of gw1 whose move fails after gw2 moved its
-// rooms (gw2's store stops the move there, as a gateway that dies would)
-// is undone by gw1: every key of the socket is back on gw1's lease, no
-// move marker is left, and the socket resumes on gw1 with the same token,
-// in all its rooms. The client at gw2 was told to try again (1013).
+// A resume on gw2 of a socket of gw1 whose move fails after gw2 moved some
+// of its rooms (a socket in more rooms than one transaction carries moves
+// in steps; gw2's store stops the move after one, as a gateway that dies
+// would) is undone by gw1: every key of the socket is back on gw1's lease,
+// no move marker is left, and the socket resumes on gw1 with the same
+// token, in all its rooms. The client at gw2 was told to try again (1013).
 func TestHandoffUndoneWhenTheNewGatewayFailsMidMove(t *testing.T) {
 	e := testutil.StartEtcd(t)
 	g1, u1 := startPeer(t, e.Client, "gw1")
 	g2, u2 := startPeer(t, e.Client, "gw2")
+	if err := g2.store.SetTxnLimits(store.TxnLimits{MaxTxnOps: store.MinMaxTxnOps}); err != nil {
+		t.Fatal(err)
+	}
 	var cut atomic.Bool
 	g2.store.SetMoveHook(func(step string) error {
 		if step == "rooms" {
@@ -137,8 +146,10 @@ func TestHandoffUndoneWhenTheNewGatewayFailsMidMove(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rooms := []string{"r0", "r1", "r2"}
-	for _, room := range rooms {
+	var rooms []string // more than one transaction of 16 operations moves
+	for i := range 20 {
+		room := fmt.Sprintf("r%02d", i)
+		rooms = append(rooms, room)
 		if _, err := g1.store.Join(context.Background(), []store.SocketID{sid}, room); err != nil {
 			t.Fatal(err)
 		}
@@ -163,7 +174,7 @@ func TestHandoffUndoneWhenTheNewGatewayFailsMidMove(t *testing.T) {
 	}
 	waitFor(t, 10*time.Second, "the move undone", func() bool {
 		info, _, err := g1.store.GetSocket(context.Background(), sid)
-		return err == nil && info.MovingTo == nil && info.Gateway == "gw1" && len(info.Rooms) == 3
+		return err == nil && info.MovingTo == nil && info.Gateway == "gw1" && len(info.Rooms) == len(rooms)
 	})
 	resp, err := e.Client.Get(context.Background(), store.DefaultPrefix, clientv3.WithPrefix())
 	if err != nil {
@@ -176,12 +187,50 @@ func TestHandoffUndoneWhenTheNewGatewayFailsMidMove(t *testing.T) {
 		}
 	}
 	f := resumeAt(u1)
-	if f.Resumed == nil || !*f.Resumed || f.SocketID != hello.SocketID || f.Rooms == nil || strings.Join(*f.Rooms, ",") != "r0,r1,r2" {
-		t.Fatalf("at gw1: connected %+v, want socket %s resumed in r0,r1,r2", f, hello.SocketID)
+	if f.Resumed == nil || !*f.Resumed || f.SocketID != hello.SocketID || f.Rooms == nil || !slices.Equal(*f.Rooms, rooms) {
+		t.Fatalf("at gw1: connected %+v, want socket %s resumed in %v", f, hello.SocketID, rooms)
 	}
 	if n := labeledCounter(t, g1, "gateway_handoffs_total", map[string]string{"side": "from", "outcome": "aborted"}); n != 1 {
 		t.Errorf("gw1 counts %v aborted handoffs, want 1", n)
 	}
+}
+
+// detachedIn dials g1 (at u1), has its socket join room and cuts the
+// connection without a close frame: it returns the socket, detached on g1,
+// and its connected frame.
+func detachedIn(t *testing.T, g1 *Gateway, u1, room string) (store.SocketID, wsFrame) {
+	t.Helper()
+	conn, hello := dialWS(t, u1)
+	sid, err := store.ParseSocketID(hello.SocketID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g1.store.Join(context.Background(), []store.SocketID{sid}, room); err != nil {
+		t.Fatal(err)
+	}
+	if f := readFrame(t, conn); f.Type != "joined" {
+		t.Fatalf("frame %+v, want joined", f)
+	}
+	conn.UnderlyingConn().Close()
+	waitFor(t, 10*time.Second, "the socket detached", func() bool { return g1.resumes.detached.Load() == 1 })
+	return sid, hello
+}
+
+// holdMoves makes each move by g's store wait, once it read the socket,
+// until letGo is called: moving is closed when the first one waits.
+func holdMoves(t *testing.T, g *Gateway) (moving <-chan struct{}, letGo func()) {
+	m, release := make(chan struct{}), make(chan struct{})
+	var once, released sync.Once
+	letGo = func() { released.Do(func() { close(release) }) }
+	t.Cleanup(letGo) // before the gateways stop (cleanups run last first): a failed test hangs no move
+	g.store.SetMoveHook(func(step string) error {
+		if step == "whole-read" {
+			once.Do(func() { close(m) })
+			<-release
+		}
+		return nil
+	})
+	return m, letGo
 }
 
 // refusedWith dials u and returns the close code the gateway ends the
@@ -212,30 +261,8 @@ func TestResumeDuringAHandoffIsToldToTryAgain(t *testing.T) {
 	e := testutil.StartEtcd(t)
 	g1, u1 := startPeer(t, e.Client, "gw1")
 	g2, u2 := startPeer(t, e.Client, "gw2")
-	moving, release := make(chan struct{}), make(chan struct{})
-	var once, released sync.Once
-	letGo := func() { released.Do(func() { close(release) }) }
-	t.Cleanup(letGo) // before the gateways stop (cleanups run last first): a failed test hangs no move
-	g2.store.SetMoveHook(func(step string) error {
-		if step == "begin" {
-			once.Do(func() { close(moving) })
-			<-release
-		}
-		return nil
-	})
-	conn, hello := dialWS(t, u1)
-	sid, err := store.ParseSocketID(hello.SocketID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := g1.store.Join(context.Background(), []store.SocketID{sid}, "r0"); err != nil {
-		t.Fatal(err)
-	}
-	if f := readFrame(t, conn); f.Type != "joined" {
-		t.Fatalf("frame %+v, want joined", f)
-	}
-	conn.UnderlyingConn().Close()
-	waitFor(t, 10*time.Second, "the socket detached", func() bool { return g1.resumes.detached.Load() == 1 })
+	moving, letGo := holdMoves(t, g2)
+	_, hello := detachedIn(t, g1, u1, "r0")
 
 	q := "?resume_token=" + url.QueryEscape(hello.ResumeToken) + "&last_seq=0"
 	first := make(chan wsFrame, 1)
@@ -298,7 +325,7 @@ func TestHandoffWhoseOldGatewayDiesMidMove(t *testing.T) {
 	waitFor(t, 10*time.Second, "the socket detached", func() bool { return g1.resumes.detached.Load() == 1 })
 	var died atomic.Bool
 	g2.store.SetMoveHook(func(step string) error {
-		if step == "begin" && died.CompareAndSwap(false, true) {
+		if step == "whole-read" && died.CompareAndSwap(false, true) {
 			if _, err := e.Client.Revoke(context.Background(), sid.Lease); err != nil {
 				t.Error(err)
 			}
@@ -336,24 +363,12 @@ func TestHandoffWhoseMoveCommittedWithAnError(t *testing.T) {
 	g2, u2 := startPeer(t, e.Client, "gw2")
 	var failed atomic.Bool
 	g2.store.SetMoveHook(func(step string) error {
-		if step == "commit" && failed.CompareAndSwap(false, true) {
+		if step == "whole" && failed.CompareAndSwap(false, true) {
 			return errors.New("the answer to the commit was lost")
 		}
 		return nil
 	})
-	conn, hello := dialWS(t, u1)
-	sid, err := store.ParseSocketID(hello.SocketID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := g1.store.Join(context.Background(), []store.SocketID{sid}, "r0"); err != nil {
-		t.Fatal(err)
-	}
-	if f := readFrame(t, conn); f.Type != "joined" {
-		t.Fatalf("frame %+v, want joined", f)
-	}
-	conn.UnderlyingConn().Close()
-	waitFor(t, 10*time.Second, "the socket detached", func() bool { return g1.resumes.detached.Load() == 1 })
+	sid, hello := detachedIn(t, g1, u1, "r0")
 
 	_, f := dialWS(t, u2+"?resume_token="+url.QueryEscape(hello.ResumeToken)+"&last_seq=0")
 	if !failed.Load() {
@@ -365,6 +380,85 @@ func TestHandoffWhoseMoveCommittedWithAnError(t *testing.T) {
 	info, _, err := g2.store.GetSocket(context.Background(), sid)
 	if err != nil || info.Gateway != "gw2" || len(info.Rooms) != 1 {
 		t.Fatalf("after the handoff: %+v %v, want the socket on gw2 in r0", info, err)
+	}
+}
+
+// A move whose transaction committed only as its time ran out (its answer
+// came too late, or not at all) still resumes the socket on gw2: gw2 moves
+// again with time of its own, finds the socket there, and finishes the
+// handoff with time of its own.
+func TestHandoffWhoseMoveRanOutOfTime(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	g1, u1 := startPeer(t, e.Client, "gw1")
+	g2, u2 := startPeer(t, e.Client, "gw2", func(g *Gateway) { g.handoffTimeout = 2 * time.Second })
+	var late atomic.Bool
+	g2.store.SetMoveHook(func(step string) error {
+		if step == "whole" && late.CompareAndSwap(false, true) {
+			time.Sleep(2*time.Second + 300*time.Millisecond)
+			return errors.New("the answer came after the move's time ran out")
+		}
+		return nil
+	})
+	sid, hello := detachedIn(t, g1, u1, "r0")
+
+	conn2, f := dialWS(t, u2+"?resume_token="+url.QueryEscape(hello.ResumeToken)+"&last_seq=0")
+	if !late.Load() {
+		t.Fatal("the move's transaction never ran")
+	}
+	if f.Resumed == nil || !*f.Resumed || f.SocketID != hello.SocketID || f.Rooms == nil || !slices.Equal(*f.Rooms, []string{"r0"}) {
+		t.Fatalf("at gw2: connected %+v, want socket %s resumed in r0", f, hello.SocketID)
+	}
+	if _, err := g1.store.Join(context.Background(), []store.SocketID{sid}, "r1"); err != nil {
+		t.Fatal(err)
+	}
+	if f := readFrame(t, conn2); f.Type != "joined" || f.Room != "r1" {
+		t.Fatalf("frame %+v, want joined r1 at gw2", f)
+	}
+}
+
+// A client that gives up on a resume at gw2 while gw2 is still moving its
+// socket from gw1 (its connect timeout passed) holds only gw1's token: the
+// handoff finishes all the same, the socket stays detached on gw2, and
+// gw2 takes that token as the socket's until a resume there spends it.
+func TestHandoffFinishedAfterItsClientGaveUp(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	g1, u1 := startPeer(t, e.Client, "gw1")
+	g2, u2 := startPeer(t, e.Client, "gw2")
+	moving, letGo := holdMoves(t, g2)
+	sid, hello := detachedIn(t, g1, u1, "r0")
+
+	q := "?resume_token=" + url.QueryEscape(hello.ResumeToken) + "&last_seq=0"
+	gaveUp, _, err := websocket.DefaultDialer.Dial(u2+q, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-moving:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the resume never began moving the socket")
+	}
+	gaveUp.UnderlyingConn().Close() // before any frame
+	letGo()
+	waitFor(t, 10*time.Second, "the socket handed off to gw2 and detached there", func() bool {
+		info, _, err := g2.store.GetSocket(context.Background(), sid)
+		return err == nil && info.Gateway == "gw2" && g2.resumes.detached.Load() == 1
+	})
+
+	conn2, f := dialWS(t, u2+q)
+	if f.Resumed == nil || !*f.Resumed || f.SocketID != hello.SocketID || f.Rooms == nil || !slices.Equal(*f.Rooms, []string{"r0"}) {
+		t.Fatalf("at gw2 with gw1's token: connected %+v, want socket %s resumed in r0", f, hello.SocketID)
+	}
+	if _, err := g1.store.Join(context.Background(), []store.SocketID{sid}, "r1"); err != nil {
+		t.Fatal(err)
+	}
+	if f := readFrame(t, conn2); f.Type != "joined" || f.Room != "r1" {
+		t.Fatalf("frame %+v, want joined r1 at gw2", f)
+	}
+	// Spent by that resume, at either gateway.
+	for _, u := range []string{u2, u1} {
+		if _, f := dialWS(t, u+q); f.Resumed == nil || *f.Resumed || f.ResumeError != "UNKNOWN" {
+			t.Fatalf("gw1's token again at %s: connected %+v, want a new socket with UNKNOWN", u, f)
+		}
 	}
 }
 

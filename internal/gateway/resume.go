@@ -170,6 +170,26 @@ type resumable struct {
 	out *handoffOut
 	// in is set while a handoff of the socket to this gateway is under way.
 	in *handoffIn
+	// inToken is the token (another gateway's) the socket was handed off
+	// here with, since its client may have given up before the resumed
+	// frame carrying the new token reached it (handoff.go): good here as
+	// its own token is while the socket is detached, until inUntil or a
+	// resume here spends either.
+	inToken string
+	inUntil time.Time
+}
+
+// inTokenGrace is how long after its handoff a socket takes the token it
+// was handed off with: a client that gave up waiting tries again within
+// membership.js's longest backoff (30 s by default), and a token is a
+// secret that may have passed through logs (a query parameter), so it is
+// good for little longer than that.
+const inTokenGrace = time.Minute
+
+// inTokenGoodLocked reports, with r.mu held, whether r's handed-in token is
+// good now.
+func (r *resumable) inTokenGoodLocked() bool {
+	return r.inToken != "" && r.conn == nil && time.Now().Before(r.inUntil)
 }
 
 // resumes is the gateway's register of resumable sockets, by socket id, and
@@ -542,6 +562,20 @@ func (g *Gateway) endResumables(s *session) {
 	}
 }
 
+// handedInHere reports whether socket was handed off to this gateway and
+// its handed-in token is good here now (resumable.inToken).
+func (g *Gateway) handedInHere(socket string) bool {
+	g.resumes.mu.Lock()
+	r := g.resumes.live[socket]
+	g.resumes.mu.Unlock()
+	if r == nil {
+		return false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.inTokenGoodLocked()
+}
+
 // resume resolves a resume request presented with c, a new connection not
 // yet registered anywhere: on success ("resumed") c becomes the socket's
 // connection, its token spent, and c's first frames (held until the caller
@@ -550,17 +584,20 @@ func (g *Gateway) endResumables(s *session) {
 // its rooms, so joins and leaves applied while detached are current. A
 // connection still attached (the gateway had not yet seen it fail) is taken
 // over and closed. Otherwise it returns the resume_error and c is untouched.
+// A token of another gateway is good here only as a socket's handed-in
+// token (resumable.inToken).
 func (g *Gateway) resume(req *resumeRequest, user string, c *client) (*resumable, string) {
 	t, err := parseToken(req.token)
 	if err != nil {
 		return nil, resumeUnknown
 	}
-	if t.issuer != g.cfg.ID {
+	handedIn := t.issuer != g.cfg.ID
+	if handedIn && !g.handedInHere(t.socket) {
 		// Only the issuing gateway can verify a token: runSocket asks it
 		// (handOffIn).
 		return nil, resumeUnknown
 	}
-	if t.incarnation != g.resumes.incarnation {
+	if !handedIn && t.incarnation != g.resumes.incarnation {
 		// Issued by an earlier process with this gateway id: its lease,
 		// and the socket's keys with it, are gone.
 		return nil, resumeGatewayLost
@@ -584,7 +621,11 @@ func (g *Gateway) resume(req *resumeRequest, user string, c *client) (*resumable
 		// another gateway; if it fails, the token is good here again.
 		return nil, resumeRetry
 	}
-	if subtle.ConstantTimeCompare(t.secret, r.secret) != 1 || r.record.User != user {
+	matches := subtle.ConstantTimeCompare(t.secret, r.secret) == 1
+	if handedIn {
+		matches = r.inTokenGoodLocked() && subtle.ConstantTimeCompare([]byte(req.token), []byte(r.inToken)) == 1
+	}
+	if !matches || r.record.User != user {
 		// A guessed or spent token, or one presented by another user: the
 		// same answer for each, so none tells which.
 		return nil, resumeUnknown
@@ -616,7 +657,7 @@ func (g *Gateway) resume(req *resumeRequest, user string, c *client) (*resumable
 	} else {
 		r.conn.shutdown(closeNormal, "socket resumed on another connection")
 	}
-	r.secret = newSecret() // the presented token is spent
+	r.secret, r.inToken = newSecret(), "" // the presented token is spent, and the one it was handed in with
 	c.sid, c.id, c.alive, c.rs = r.sid, r.sid.String(), r.sess.alive, r
 	r.conn, r.member = c, c
 	rooms := g.hub.replaceLocked(old, c)

@@ -226,7 +226,7 @@ func (g *Gateway) runSocket(sess *session, conn *websocket.Conn, user string, re
 	if resume != nil {
 		var r *resumable
 		var outcome string
-		if t, err := parseToken(resume.token); err == nil && t.issuer != g.cfg.ID {
+		if t, err := parseToken(resume.token); err == nil && t.issuer != g.cfg.ID && !g.handedInHere(t.socket) {
 			r, outcome = g.handOffIn(sess, resume, user, c, t)
 			if r == nil {
 				c.sid, c.id, c.rs, c.movedIn, c.quiet, c.since, c.blastSince = sid, sid.String(), nil, false, false, nil, 0

@@ -9,13 +9,14 @@ import (
 
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
 )
 
 // Moving a socket to another gateway.
 //
 // A socket resumed on another gateway than the one holding it keeps its id;
-// its keys move to the new gateway's lease and gwm/ prefix. Nothing in the
-// server calls MoveSocket yet: the resume handoff between gateways will.
+// its keys move to the new gateway's lease and gwm/ prefix. The resume
+// handoff between gateways (gateway/handoff.go) calls MoveSocket.
 //
 // Every key of a socket lives on one lease, its home's (home.go): its
 // record, its user index key, and per room the pair rooms/{room}/{socket}
@@ -42,6 +43,19 @@ import (
 //     record (gateway and lease of the destination) and the user index key
 //     on the destination's lease, and delete the marker. The socket is now
 //     fully moved.
+//
+// One transaction when it fits. A socket whose keys fit one transaction
+// (at etcd's defaults, one in up to about 40 rooms: nearly all) moves in
+// one, with no marker: guarded on the record (its mod revision, and the
+// lease guard of home.go, which also tells that no marker exists) and on no
+// gwm/ key under the origin home having changed since they were read (a
+// Join meanwhile adds one), it moves every membership as step 2 does, then
+// re-puts the record and the user index key as step 3 does. Every room
+// then moves at one revision, the move is never seen half done, and an
+// undone handoff has nothing to bring back: a handoff cut short after step
+// 2 moved some rooms would leave the messages of those rooms between their
+// move and their way back with neither gateway (handoff.go). The steps
+// remain for sockets in more rooms.
 //
 // What a crash leaves. Each step is one transaction: it happened or not.
 // Between steps 1 and 3 the record is still on the origin's lease and the
@@ -89,6 +103,8 @@ const moveAttempts = 16
 
 // moveStep names the steps a move commits, for testHook.
 const (
+	moveStepWhole  = "whole"      // the move in one transaction
+	moveReadWhole  = "whole-read" // before it, once the socket was read
 	moveStepBegin  = "begin"
 	moveStepRooms  = "rooms"
 	moveStepCommit = "commit"
@@ -107,6 +123,9 @@ const (
 func (s *Store) MoveSocket(ctx context.Context, socket SocketID, from, to Home) error {
 	if from == to || from.Lease == to.Lease || to.Lease == 0 || ValidateGatewayID(to.Gateway) != nil {
 		return fmt.Errorf("move socket %s from %+v to %+v: the destination must be another gateway's lease", socket, from, to)
+	}
+	if done, err := s.moveWhole(ctx, socket, from, to); err != nil || done {
+		return err
 	}
 	for attempt := 0; attempt < moveAttempts; attempt++ {
 		st, err := s.socketState(ctx, socket)
@@ -156,12 +175,95 @@ func (s *Store) MoveSocket(ctx context.Context, socket SocketID, from, to Home) 
 	return fmt.Errorf("move socket %s: %w", socket, ErrConflict)
 }
 
+// moveWhole moves socket from from to to in one transaction (see "One
+// transaction when it fits" above). It reports false, having written
+// nothing, when the socket is not at from without a move, when its keys do
+// not fit one transaction, or when it kept changing under the guard: the
+// caller then goes by steps, which tell each case apart.
+func (s *Store) moveWhole(ctx context.Context, socket SocketID, from, to Home) (bool, error) {
+	id := socket.String()
+	prefix := s.k.socketRoomsPrefix(from.Gateway, socket)
+	for attempt := 0; attempt < moveAttempts; attempt++ {
+		resp, err := s.kv.Txn(ctx).Then(
+			clientv3.OpGet(s.k.socket(id), clientv3.WithRange(s.k.socketRangeEnd(id))),
+			clientv3.OpGet(prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithLimit(int64(s.budget.maxOps)))).Commit()
+		if err != nil {
+			return false, fmt.Errorf("move socket %s: read socket records: %w", socket, err)
+		}
+		st, err := s.decodeState(socket, resp.Responses[0].GetResponseRange().Kvs)
+		if err != nil {
+			return false, err
+		}
+		gwms := resp.Responses[1].GetResponseRange().Kvs
+		if !st.exists || st.bad != nil || st.move != nil || st.home != from || len(gwms) >= s.budget.maxOps {
+			return false, nil
+		}
+		recKey, _ := s.k.socketRange(id)
+		cmps := append(s.guard(socket, st), pbModIs(recKey, st.recRev), &etcdserverpb.Compare{
+			Key: []byte(prefix), RangeEnd: []byte(clientv3.GetPrefixRangeEnd(prefix)),
+			Target: etcdserverpb.Compare_MOD, Result: etcdserverpb.Compare_LESS,
+			TargetUnion: &etcdserverpb.Compare_ModRevision{ModRevision: resp.Header.Revision + 1}})
+		ops := make([]*etcdserverpb.RequestOp, 0, len(gwms)+2)
+		for _, kv := range gwms {
+			room, err := unescapeRoom(strings.TrimPrefix(string(kv.Key), prefix))
+			if err != nil {
+				return false, err
+			}
+			ops = append(ops, s.pbMoveMembership(kv.Key, socket, room, to))
+		}
+		rec := st.rec
+		rec.Gateway, rec.Lease = to.Gateway, to.Lease
+		b, err := json.Marshal(rec)
+		if err != nil {
+			return false, err
+		}
+		ops = append(ops, &etcdserverpb.RequestOp{Request: &etcdserverpb.RequestOp_RequestPut{RequestPut: &etcdserverpb.PutRequest{
+			Key: recKey, Value: b, Lease: int64(to.Lease)}}})
+		if rec.User != "" {
+			ops = append(ops, pbPut([]byte(s.k.user(rec.User, id)), int64(to.Lease)))
+		}
+		shape := guardShape(cmps, nil)
+		for _, op := range ops {
+			shape = shape.withOp(opNeed(op), proto.Size(op))
+		}
+		if !s.budget.fits(shape) {
+			return false, nil
+		}
+		if err := s.hook(moveReadWhole); err != nil {
+			return false, err
+		}
+		r, err := s.tw.txnRetrying(ctx, s.pb, &etcdserverpb.TxnRequest{Compare: cmps, Success: ops})
+		if err != nil {
+			return false, fmt.Errorf("move socket %s: %w", socket, etcdError(ctx, err))
+		}
+		if r.Succeeded {
+			return true, s.hook(moveStepWhole)
+		}
+	}
+	return false, nil
+}
+
+// pbMoveMembership moves the membership whose gwm/ key is key (of socket,
+// of room) to dst: guarded by that key's existence (a Leave may have
+// deleted it), it deletes the key and puts its twin under dst's prefix and
+// the room key, both on dst's lease.
+func (s *Store) pbMoveMembership(key []byte, socket SocketID, room string, dst Home) *etcdserverpb.RequestOp {
+	return pbTxn([]*etcdserverpb.Compare{pbExists(key)},
+		pbDelete(key, nil),
+		pbPut([]byte(s.k.gwm(dst.Gateway, socket, room)), int64(dst.Lease)),
+		pbPut([]byte(s.k.room(room, socket.String())), int64(dst.Lease)))
+}
+
 // AbortMove undoes a move of socket in progress: the memberships already at
 // the destination go back to the origin, then the marker goes, and the
-// socket is as before the move. It does nothing when no move is in progress
-// (nor once one committed: moving back is another MoveSocket). A socket
-// whose origin died mid-move has what the move left removed, and
-// ErrSocketNotFound is returned.
+// socket is as before the move. With no move in progress it changes
+// nothing but the record's mod revision (it re-puts the record as it is):
+// a move in one transaction whose caller stopped waiting for etcd's answer
+// may still be on its way, and that fails its guard, so that the socket
+// stays where AbortMove leaves it. Once a move committed, AbortMove does
+// not undo it (moving back is another MoveSocket). A socket whose origin
+// died mid-move has what the move left removed, and ErrSocketNotFound is
+// returned.
 func (s *Store) AbortMove(ctx context.Context, socket SocketID) error {
 	for attempt := 0; attempt < moveAttempts; attempt++ {
 		st, err := s.socketState(ctx, socket)
@@ -173,7 +275,11 @@ func (s *Store) AbortMove(ctx context.Context, socket SocketID) error {
 			if !st.exists {
 				return ErrSocketNotFound
 			}
-			return nil
+			ok, err := s.fenceRecord(ctx, socket, st)
+			if err != nil || ok {
+				return err
+			}
+			continue
 		case !st.exists:
 			if err := s.clearMove(ctx, socket, st); err != nil {
 				return err
@@ -222,6 +328,22 @@ func (s *Store) AbortMove(ctx context.Context, socket SocketID) error {
 	return fmt.Errorf("abort move of socket %s: %w", socket, ErrConflict)
 }
 
+// fenceRecord re-puts the record of socket, not moving, as it is (value and
+// lease), guarded on st: a move in one transaction read before it then
+// fails its guard (moveWhole). It reports false when st no longer held.
+func (s *Store) fenceRecord(ctx context.Context, socket SocketID, st socketState) (bool, error) {
+	recKey, _ := s.k.socketRange(socket.String())
+	resp, err := s.tw.txnRetrying(ctx, s.pb, &etcdserverpb.TxnRequest{
+		Compare: append(s.guard(socket, st), pbModIs(recKey, st.recRev)),
+		Success: []*etcdserverpb.RequestOp{{Request: &etcdserverpb.RequestOp_RequestPut{RequestPut: &etcdserverpb.PutRequest{
+			Key: recKey, IgnoreValue: true, IgnoreLease: true}}}},
+	})
+	if err != nil {
+		return false, fmt.Errorf("abort move of socket %s: %w", socket, etcdError(ctx, err))
+	}
+	return resp.Succeeded, nil
+}
+
 // socketState reads one socket's state.
 func (s *Store) socketState(ctx context.Context, socket SocketID) (socketState, error) {
 	states, err := s.socketStates(ctx, []SocketID{socket})
@@ -263,7 +385,6 @@ func (s *Store) putMarker(ctx context.Context, socket SocketID, st socketState, 
 func (s *Store) moveRooms(ctx context.Context, socket SocketID, st socketState, src, dst Home, step string) (bool, error) {
 	guard := s.guard(socket, st)
 	srcPrefix := s.k.socketRoomsPrefix(src.Gateway, socket)
-	id := socket.String()
 	for {
 		resp, err := s.kv.Get(ctx, srcPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithLimit(int64(s.budget.maxOps)))
 		if err != nil {
@@ -290,11 +411,7 @@ func (s *Store) moveRooms(ctx context.Context, socket SocketID, st socketState, 
 			if err != nil {
 				return false, err
 			}
-			op := pbTxn([]*etcdserverpb.Compare{pbExists(kv.Key)},
-				pbDelete(kv.Key, nil),
-				pbPut([]byte(s.k.gwm(dst.Gateway, socket, room)), int64(dst.Lease)),
-				pbPut([]byte(s.k.room(room, id)), int64(dst.Lease)))
-			if addErr = chunks.add(op); addErr != nil {
+			if addErr = chunks.add(s.pbMoveMembership(kv.Key, socket, room, dst)); addErr != nil {
 				break
 			}
 		}
@@ -375,7 +492,8 @@ func pbNoKeyUnder(prefix string) *etcdserverpb.Compare {
 		TargetUnion: &etcdserverpb.Compare_CreateRevision{CreateRevision: 0}}
 }
 
-// SetMoveHook makes hook run after each step a move (or an abort) commits:
+// SetMoveHook makes hook run after each step a move (or an abort) commits,
+// and between the read and the transaction of a move in one ("whole-read"):
 // its error ends the move right there, as a caller that dies after that
 // commit would. It is for tests (of this package, and of a gateway whose
 // handoff must survive a move cut short); set it before the store is used.

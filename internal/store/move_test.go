@@ -228,6 +228,144 @@ func TestMoveSocketThreeRooms(t *testing.T) {
 	}
 }
 
+// A socket whose keys fit one transaction moves in one: every room, its
+// record and its user key change at one revision, so that no reader (the
+// gateways' watches, the broadcast target index) ever sees it half moved.
+func TestMoveSocketInOneTransaction(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	s := store.New(e.Client, "/t/")
+	ctx := context.Background()
+	a, b := newHome(t, e.Client, s, "gwa"), newHome(t, e.Client, s, "gwb")
+	sock := connectUser(t, s, "gwa", a.Lease, "ida")
+	rooms := roomNames(5)
+	if _, _, err := s.AddToRooms(ctx, []store.SocketID{sock}, rooms); err != nil {
+		t.Fatal(err)
+	}
+	before, err := e.Client.Get(ctx, "/t/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if steps := moveSteps(t, s, sock, a, b); !slices.Equal(steps, []string{"whole-read", "whole"}) {
+		t.Fatalf("steps %v, want the move in one transaction", steps)
+	}
+	after, err := e.Client.Get(ctx, "/t/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := after.Header.Revision - before.Header.Revision; n != 1 {
+		t.Fatalf("the move took %d revisions, want 1", n)
+	}
+	if atA, atB := checkMembershipLeases(t, e.Client, sock, a, b); len(atA) != 0 || !slices.Equal(atB, escaped(rooms)) {
+		t.Fatalf("after the move: at gwa %q, at gwb %q", atA, atB)
+	}
+	for key, lease := range socketKeys(t, e.Client, sock) {
+		if lease != b.Lease {
+			t.Errorf("%s on lease %x, want gwb's %x", key, lease, b.Lease)
+		}
+	}
+	if info := wantRooms(t, s, sock, rooms); info.Gateway != "gwb" || info.MovingTo != nil {
+		t.Fatalf("after the move: %+v", info)
+	}
+}
+
+// A Join or a Leave of the socket committed between the read and the
+// transaction of a move in one (from another membership-server) is in
+// effect after it, at the new gateway: the move's guard sees it and the
+// move reads again.
+func TestMoveSocketWholeWithJoinLeaveAfterItsRead(t *testing.T) {
+	for _, change := range []string{"join", "leave", "rejoin"} {
+		t.Run(change, func(t *testing.T) {
+			e := testutil.StartEtcd(t)
+			s, other := store.New(e.Client, "/t/"), store.New(e.Client, "/t/")
+			ctx := context.Background()
+			a, b := newHome(t, e.Client, s, "gwa"), newHome(t, e.Client, s, "gwb")
+			sock := connectUser(t, s, "gwa", a.Lease, "jon")
+			rooms := roomNames(3)
+			if _, _, err := s.AddToRooms(ctx, []store.SocketID{sock}, rooms); err != nil {
+				t.Fatal(err)
+			}
+			want := slices.Clone(rooms)
+			once := false
+			s.SetMoveHook(func(step string) error {
+				if step != "whole-read" || once {
+					return nil
+				}
+				once = true
+				var err error
+				switch change {
+				case "join":
+					_, err = other.Join(ctx, []store.SocketID{sock}, "zz-new")
+				case "leave":
+					_, err = other.Leave(ctx, []store.SocketID{sock}, rooms[1])
+				case "rejoin":
+					if _, err = other.Leave(ctx, []store.SocketID{sock}, rooms[1]); err == nil {
+						_, err = other.Join(ctx, []store.SocketID{sock}, rooms[1])
+					}
+				}
+				return err
+			})
+			defer s.SetMoveHook(nil)
+			switch change {
+			case "join":
+				want = append(want, "zz-new")
+			case "leave":
+				want = slices.Delete(want, 1, 2)
+			}
+			if err := s.MoveSocket(ctx, sock, a, b); err != nil {
+				t.Fatal(err)
+			}
+			if atA, atB := checkMembershipLeases(t, e.Client, sock, a, b); len(atA) != 0 || !slices.Equal(atB, escaped(want)) {
+				t.Fatalf("after the move: at gwa %q, at gwb %q, want %q at gwb", atA, atB, escaped(want))
+			}
+			for key, lease := range socketKeys(t, e.Client, sock) {
+				if lease != b.Lease {
+					t.Errorf("%s on lease %x, want gwb's %x", key, lease, b.Lease)
+				}
+			}
+		})
+	}
+}
+
+// AbortMove with no move in progress fences a move in one transaction
+// that read the socket before it (one still on its way to etcd when its
+// caller gave up): that transaction fails, and the move has to read the
+// socket again.
+func TestAbortMoveFencesAWholeMoveReadBeforeIt(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	s, origin := store.New(e.Client, "/t/"), store.New(e.Client, "/t/")
+	ctx := context.Background()
+	a, b := newHome(t, e.Client, s, "gwa"), newHome(t, e.Client, s, "gwb")
+	sock := connectUser(t, s, "gwa", a.Lease, "kai")
+	if _, _, err := s.AddToRooms(ctx, []store.SocketID{sock}, roomNames(2)); err != nil {
+		t.Fatal(err)
+	}
+	reads := 0
+	s.SetMoveHook(func(step string) error {
+		if step == "whole-read" {
+			if reads++; reads == 1 {
+				return origin.AbortMove(ctx, sock)
+			}
+		}
+		return nil
+	})
+	defer s.SetMoveHook(nil)
+	if err := s.MoveSocket(ctx, sock, a, b); err != nil {
+		t.Fatal(err)
+	}
+	if reads != 2 {
+		t.Fatalf("the move read the socket %d times, want 2: its first transaction, read before AbortMove, must fail", reads)
+	}
+	if atA, atB := checkMembershipLeases(t, e.Client, sock, a, b); len(atA) != 0 || len(atB) != 2 {
+		t.Fatalf("after the move: at gwa %q, at gwb %q", atA, atB)
+	}
+	if err := origin.AbortMove(ctx, sock); err != nil {
+		t.Fatalf("AbortMove after the move committed: %v, want nil", err)
+	}
+	if info := wantRooms(t, s, sock, roomNames(2)); info.Gateway != "gwb" || info.Lease != b.Lease || info.MovingTo != nil {
+		t.Fatalf("AbortMove after the move committed changed it: %+v", info)
+	}
+}
+
 // smallTxnStores starts etcd at the least --max-txn-ops accepted and n
 // stores (membership-servers) over it sized to match, so that a socket in
 // a few dozen rooms takes several transactions to move.
