@@ -372,7 +372,10 @@ func TestRollingRestartLosesNoMessage(t *testing.T) {
 	if testing.Short() {
 		t.Skip("1,000 sockets through two gateway restarts; make test runs it")
 	}
-	e := testutil.StartEtcd(t)
+	// etcd runs as a process, as it does deployed: embedded in this test
+	// binary it would run under the race detector with -race, and a
+	// thousand handoffs would measure the detector.
+	e := testutil.StartEtcdProcess(t)
 	api := startMembershipServer(t, e)
 	flags := []string{"--drain-timeout", rrDrain}
 	gw1, _ := launchGatewayProcess(t, e, "gw1", rrLeaseTTL, testutil.FreeAddr(t), flags...)

@@ -85,6 +85,18 @@ func StartProcCluster(t testing.TB, n int) *ProcCluster {
 	return c
 }
 
+// StartEtcdProcess starts a single etcd member as a process (StartProcCluster
+// with one member) and returns it as an Etcd without a Server. A test whose
+// etcd must keep up with real load uses it: an etcd embedded in a test
+// binary built with -race runs under the race detector, several times
+// slower than the etcd a deployment runs.
+func StartEtcdProcess(t testing.TB) *Etcd {
+	t.Helper()
+	c := StartProcCluster(t, 1)
+	ep := c.Endpoints()[0]
+	return &Etcd{Endpoint: ep, Client: NewClient(t, ep)}
+}
+
 func (c *ProcCluster) start(m *procMember) error {
 	logf, err := os.OpenFile(filepath.Join(m.dir, "etcd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {

@@ -72,7 +72,7 @@ var (
 
 // Etcd is an embedded etcd for one test, with a client to it.
 type Etcd struct {
-	Server   *etcdembed.Server
+	Server   *etcdembed.Server // nil for an etcd run as a process (StartEtcdProcess)
 	Endpoint string
 	Client   *clientv3.Client
 }
