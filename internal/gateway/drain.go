@@ -116,12 +116,14 @@ func (g *Gateway) Drain(ctx context.Context) {
 		}
 		break
 	}
-	// A handoff away from here already begun ends within 3 handoff
-	// timeouts (its finish, then its watch); ending the session under it
-	// would lose its socket on both gateways (the new one removes it when
-	// this one no longer answers), so the drain waits for it, even past its
-	// timeout (not past a second signal).
-	for wait := time.Now().Add(3*g.handoffTimeout + time.Second); g.handoffsOut.Load() > 0 && time.Now().Before(wait) && ctx.Err() == nil; {
+	// A handoff away from here already begun ends within handoffTimeout
+	// unless etcd is slow (then up to 3 of them and the etcd timeout);
+	// ending the session under it would lose its socket on both gateways
+	// (the new one removes it when this one no longer answers), so the
+	// drain waits for it, even past its timeout (not past a second signal),
+	// for handoffTimeout and a second: what a pod's grace period allows
+	// for (deploy/k8s/base/chat.yaml).
+	for wait := time.Now().Add(g.handoffTimeout + time.Second); g.handoffsOut.Load() > 0 && time.Now().Before(wait) && ctx.Err() == nil; {
 		sleepCtx(ctx, drainCheckInterval)
 	}
 	g.log.Info("drain over", "outcome", outcome, "sockets_left", g.hub.count(), "detached_left", g.resumes.detached.Load(),

@@ -57,19 +57,23 @@ import (
 //     detached on B, which takes A's token (resumable.inToken) as the
 //     socket's until a resume there spends it.
 
-// defaultHandoffTimeout is Gateway.handoffTimeout: it bounds B's attempt up
-// to the move, and once the move committed, as long again to finish it (the
-// keys are then B's, and only finishing keeps the socket); A waits twice as
-// long for finish before it undoes the move, and as long again for its
-// watch to apply the move.
+// defaultHandoffTimeout is Gateway.handoffTimeout, T: B's steps up to the
+// move have T (with handoffQueueWait, within membership.js's 10 s connect
+// timeout, so that a client does not give up on a handoff that fails in
+// the usual time); a move whose answer was lost is settled by moving again
+// within the etcd timeout; once the move committed, B has T again to
+// finish (the keys are then B's, and only finishing keeps the socket), and
+// A T to apply it. A waits 2T and its etcd timeout for finish before it
+// undoes the move.
 const defaultHandoffTimeout = 8 * time.Second
 
 // maxHandoffsIn bounds the handoffs to this gateway under way at once, and
 // handoffQueueWait how long one waits for its turn before its client is
 // told to try again; handoffQueueWait + defaultHandoffTimeout stay within
-// membership.js's 10 s connect timeout. A handoff that finishes after its
-// client gave up leaves the socket detached here, resumable here with the
-// token the client holds (resumable.inToken).
+// membership.js's 10 s connect timeout. A handoff that finishes later (its
+// move was slow, and committed) may find its client gone: it leaves the
+// socket detached here, resumable here with the token the client holds
+// (resumable.inToken).
 const (
 	maxHandoffsIn    = 32
 	handoffQueueWait = 1500 * time.Millisecond
@@ -305,7 +309,7 @@ func (g *Gateway) handOffBegin(b *gatewayv1.HandoffBegin) (*resumable, *gatewayv
 	r.detaches++ // a window timer already firing does nothing
 	r.out = &handoffOut{oldSecret: r.secret, lastSeq: b.LastSeq, beginSeq: r.seq, blastRevs: map[uint64]int64{},
 		toID: b.ToGatewayId, toLease: b.ToLease, toAddr: b.ToGrpcAddr}
-	r.secret = nil // spent: nothing matches it
+	r.secret, r.inToken = nil, "" // spent: nothing matches them
 	m.handingOff = true
 	return r, &gatewayv1.HandoffAccepted{
 		SocketId:            r.sid.String(),
@@ -367,8 +371,8 @@ func (g *Gateway) handOffFinish(r *resumable, finish int64) *gatewayv1.HandoffFr
 // handOffAbort is the old gateway's step 5: the handoff did not finish, so
 // the move is undone and the socket is resumable here again with the same
 // token; or, when the move committed after all or the socket is gone, it is
-// forgotten here without its keys being removed (the new gateway holds and
-// removes them).
+// forgotten here and what is left of it removed: the new gateway, which got
+// no frames, does not hold it.
 func (g *Gateway) handOffAbort(r *resumable) {
 	ctx, cancel := context.WithTimeout(r.sess.ctx, g.cfg.LeaseTTL)
 	defer cancel()
@@ -404,8 +408,8 @@ func (g *Gateway) handOffAbort(r *resumable) {
 		r.timer = time.AfterFunc(g.cfg.ResumeWindow, func() { g.expire(r, n) })
 		return
 	}
-	// Not here: moved after all (the new gateway holds it, or removes it
-	// having failed to finish), or gone. Its keys are not this gateway's.
+	// Not here: moved after all (the new gateway, which got no frames,
+	// does not hold it, or removes it having failed to finish), or gone.
 	r.out.finished = true
 	g.endLocked(r, resumeUnknown)
 	if m != nil {
@@ -414,9 +418,12 @@ func (g *Gateway) handOffAbort(r *resumable) {
 	for room := range g.hub.gone {
 		g.hub.dropGoneLocked(room, r.sid.String())
 	}
-	if err != nil && !errors.Is(err, store.ErrSocketNotFound) {
-		// The move could not be undone in time: what is left goes as a
-		// closed socket's, wherever it lives.
+	if !errors.Is(err, store.ErrSocketNotFound) {
+		// The move could not be undone in time, or it committed and B, not
+		// having finished, does not hold the socket (its move's answer came
+		// too late, or never): what is left goes as a closed socket's,
+		// wherever it lives, rather than staying in rooms with no one to
+		// deliver to it.
 		go g.removeSocket(r.sess, r.sid)
 	}
 }
@@ -462,7 +469,7 @@ func (g *Gateway) serveHandoff(stream gatewayv1.GatewayService_HandoffServer, b 
 		req, err := stream.Recv()
 		ch <- recv{req, err}
 	}()
-	timer := time.NewTimer(2 * g.handoffTimeout)
+	timer := time.NewTimer(2*g.handoffTimeout + g.cfg.EtcdTimeout)
 	defer timer.Stop()
 	var fin *gatewayv1.HandoffFinish
 	select {
@@ -535,9 +542,9 @@ func (g *Gateway) handOffInSteps(sess *session, req *resumeRequest, user string,
 		wait.Stop()
 		return nil, resumeGatewayLost
 	}
-	// The stream lives as long as A waits for finish; the steps up to the
-	// move have handoffTimeout of it, finishing the rest.
-	ctx, cancel := context.WithTimeout(sess.ctx, 2*g.handoffTimeout)
+	// The stream outlives every step (defaultHandoffTimeout): the steps up
+	// to the move, moving again, finishing, and A applying the move.
+	ctx, cancel := context.WithTimeout(sess.ctx, 3*g.handoffTimeout+g.cfg.EtcdTimeout)
 	defer cancel()
 	moveCtx, moveCancel := context.WithTimeout(ctx, g.handoffTimeout)
 	defer moveCancel()

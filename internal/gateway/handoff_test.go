@@ -416,6 +416,63 @@ func TestHandoffWhoseMoveRanOutOfTime(t *testing.T) {
 	}
 }
 
+// A handoff whose move committed but that gw2 gave up on (here the socket
+// has moved on by the time gw2 moves again, so moving again fails) leaves
+// the socket with no gateway holding it: gw1, undoing the handoff, finds
+// it elsewhere and removes it rather than leaving it in its rooms for ever,
+// and the token gets UNKNOWN (a new socket).
+func TestHandoffUndoneWithTheSocketElsewhereRemovesIt(t *testing.T) {
+	e := testutil.StartEtcd(t)
+	g1, u1 := startPeer(t, e.Client, "gw1")
+	g2, u2 := startPeer(t, e.Client, "gw2")
+	ctx := context.Background()
+	lease, err := e.Client.Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	elsewhere := store.Home{Gateway: "gw3", Lease: lease.ID}
+	if _, err := g2.store.RegisterGateway(ctx, store.GatewayRecord{ID: "gw3", GRPCAddr: "127.0.0.1:1", Lease: lease.ID}); err != nil {
+		t.Fatal(err)
+	}
+	sid, hello := detachedIn(t, g1, u1, "r0")
+	var moved atomic.Bool
+	g2.store.SetMoveHook(func(step string) error {
+		if step != "whole" || !moved.CompareAndSwap(false, true) {
+			return nil
+		}
+		info, _, err := g2.store.GetSocket(ctx, sid)
+		if err != nil {
+			return err
+		}
+		if err := g2.store.MoveSocket(ctx, sid, store.Home{Gateway: "gw2", Lease: info.Lease}, elsewhere); err != nil {
+			return err
+		}
+		return errors.New("the answer to the move was lost")
+	})
+	q := "?resume_token=" + url.QueryEscape(hello.ResumeToken) + "&last_seq=0"
+	if code := refusedWith(t, u2+q); code != websocket.CloseTryAgainLater {
+		t.Fatalf("at gw2: closed with %d, want 1013 before any frame", code)
+	}
+	if !moved.Load() {
+		t.Fatal("the move never committed")
+	}
+	waitFor(t, 10*time.Second, "every key of the socket removed", func() bool {
+		resp, err := e.Client.Get(ctx, store.DefaultPrefix, clientv3.WithPrefix())
+		if err != nil {
+			return false
+		}
+		for _, kv := range resp.Kvs {
+			if strings.Contains(string(kv.Key), hello.SocketID) {
+				return false
+			}
+		}
+		return true
+	})
+	if _, f := dialWS(t, u1+q); f.Resumed == nil || *f.Resumed || f.ResumeError != "UNKNOWN" {
+		t.Fatalf("at gw1: connected %+v, want a new socket with UNKNOWN", f)
+	}
+}
+
 // A client that gives up on a resume at gw2 while gw2 is still moving its
 // socket from gw1 (its connect timeout passed) holds only gw1's token: the
 // handoff finishes all the same, the socket stays detached on gw2, and

@@ -173,8 +173,8 @@ type resumable struct {
 	// inToken is the token (another gateway's) the socket was handed off
 	// here with, since its client may have given up before the resumed
 	// frame carrying the new token reached it (handoff.go): good here as
-	// its own token is while the socket is detached, until inUntil or a
-	// resume here spends either.
+	// its own token is while the socket is detached and not being handed
+	// off again, until inUntil or a resume or a handoff away spends it.
 	inToken string
 	inUntil time.Time
 }
@@ -189,7 +189,7 @@ const inTokenGrace = time.Minute
 // inTokenGoodLocked reports, with r.mu held, whether r's handed-in token is
 // good now.
 func (r *resumable) inTokenGoodLocked() bool {
-	return r.inToken != "" && r.conn == nil && time.Now().Before(r.inUntil)
+	return r.inToken != "" && r.conn == nil && r.out == nil && r.in == nil && time.Now().Before(r.inUntil)
 }
 
 // resumes is the gateway's register of resumable sockets, by socket id, and
