@@ -308,34 +308,13 @@ func TestHandoffRefusesForgedReusedAndCrossUserTokens(t *testing.T) {
 // message) is forwarded by gw1 to gw2, which numbers it next; the
 // Broadcast returns once it is forwarded.
 func TestHandoffForwardsALateDeliver(t *testing.T) {
-	e := testutil.StartEtcd(t)
-	api := startMembershipServer(t, e)
-	var hold atomic.Bool
-	held, release := make(chan struct{}), make(chan struct{})
-	delay := grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-		if strings.HasSuffix(info.FullMethod, "/Deliver") && hold.CompareAndSwap(true, false) {
-			held <- struct{}{}
-			<-release
-		}
-		return h(ctx, req)
-	})
-	g1 := stacktest.StartGatewayServing(t, e.Endpoint, gateway.Config{ID: "gw1", LeaseTTL: 10 * time.Second, ResumeWindow: time.Minute}, delay)
-	g2 := startResumeGateway(t, e, gateway.Config{ID: "gw2", ResumeWindow: time.Minute})
-	s := detachedSocket(t, api, g1, "a")
-
-	hold.Store(true)
-	done := make(chan error, 1)
-	go func() {
-		_, err := api.Broadcast(context.Background(), &membershipv1.BroadcastRequest{Rooms: []string{"a"}, Event: "e", Data: text("late")})
-		done <- err
-	}()
-	<-held // the Broadcast's targets are resolved (gw1) and its Deliver waits
+	api, g1, g2, s, late, release := lateDeliverStack(t)
 	r := dial(t, resumeURL(g2, s.Connected.ResumeToken, 0))
 	wantResumed(t, r, s.ID, "a")
 	r.ExpectNothing(100 * time.Millisecond)
 	close(release)
-	if err := <-done; err != nil {
-		t.Fatal(err)
+	if resp := <-late; resp.err != nil || resp.failedGateways != 0 {
+		t.Fatalf("the late Broadcast: %+v", resp)
 	}
 	expectMessage(t, r, "late", 1)
 	bcast(t, api, "a", "live")
@@ -344,6 +323,67 @@ func TestHandoffForwardsALateDeliver(t *testing.T) {
 	if n := metric(t, g1, `gateway_handoff_forwarded_messages_total{result="forwarded"}`); n != 1 {
 		t.Errorf("gw1 forwarded %v messages, want 1", n)
 	}
+}
+
+// lateOutcome is how a Broadcast ended.
+type lateOutcome struct {
+	failedGateways int32
+	err            error
+}
+
+// lateDeliverStack is gw1 (in process, draining up to 10 s when asked) and
+// gw2, both resumable, and a socket of gw1 in room "a", detached, with a
+// Broadcast to "a" whose targets are resolved (gw1) and whose Deliver to
+// gw1 waits until release is closed; late gets how it ended.
+func lateDeliverStack(t *testing.T) (api membershipv1.MembershipServiceClient, g1, g2 *stacktest.Gateway, s *sock, late chan lateOutcome, release chan struct{}) {
+	t.Helper()
+	e := testutil.StartEtcd(t)
+	api = startMembershipServer(t, e)
+	var hold atomic.Bool
+	held := make(chan struct{})
+	release = make(chan struct{})
+	delay := grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		if strings.HasSuffix(info.FullMethod, "/Deliver") && hold.CompareAndSwap(true, false) {
+			held <- struct{}{}
+			<-release
+		}
+		return h(ctx, req)
+	})
+	g1 = stacktest.StartGatewayServing(t, e.Endpoint, gateway.Config{ID: "gw1", LeaseTTL: 10 * time.Second, ResumeWindow: time.Minute, DrainTimeout: 10 * time.Second}, delay)
+	g2 = startResumeGateway(t, e, gateway.Config{ID: "gw2", ResumeWindow: time.Minute})
+	s = detachedSocket(t, api, g1, "a")
+
+	hold.Store(true)
+	late = make(chan lateOutcome, 1)
+	go func() {
+		resp, err := api.Broadcast(context.Background(), &membershipv1.BroadcastRequest{Rooms: []string{"a"}, Event: "e", Data: text("late")})
+		late <- lateOutcome{failedGateways: resp.GetFailedGateways(), err: err}
+	}()
+	<-held // the Broadcast's targets are resolved (gw1) and its Deliver waits
+	return api, g1, g2, s, late, release
+}
+
+// A gateway that drains once its last socket was handed off stays up for
+// the Delivers it still owes that socket (a Broadcast resolved before the
+// move): it forwards the late one to the new gateway, and only then stops,
+// as the gateway binary does after its drain.
+func TestDrainWaitsForALateDeliverOfAHandedOffSocket(t *testing.T) {
+	_, g1, g2, s, late, release := lateDeliverStack(t)
+	r := dial(t, resumeURL(g2, s.Connected.ResumeToken, 0))
+	wantResumed(t, r, s.ID, "a")
+	drained := make(chan struct{})
+	go func() {
+		g1.G.Drain(context.Background()) // no socket left: the drain's loop ends at once
+		g1.Stop()
+		close(drained)
+	}()
+	time.Sleep(500 * time.Millisecond) // what a drain with nothing left took before it waited
+	close(release)
+	if resp := <-late; resp.err != nil || resp.failedGateways != 0 {
+		t.Fatalf("the late Broadcast: %+v, want it delivered through gw1", resp)
+	}
+	expectMessage(t, r, "late", 1)
+	<-drained
 }
 
 // A socket whose gateway was SIGKILLed (its record still in etcd, its

@@ -58,7 +58,7 @@ type Config struct {
 	// RegisterWait bounds how long Run waits, at registration, for another
 	// process's record of the same gateway id to go (one still draining, or
 	// a crashed one whose lease has yet to expire) before it fails with
-	// store.ErrGatewayTaken. Zero: DrainTimeout + LeaseTTL + 5s, the longest
+	// store.ErrGatewayTaken. Zero: DrainTimeout + LeaseTTL + 10s, the longest
 	// a previous process with the same settings can hold the id.
 	RegisterWait time.Duration
 	// PeerDialOptions are used to dial another gateway's internal API, for

@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/socketrooms/membership/internal/gatewayconn"
 	"github.com/socketrooms/membership/internal/store"
 )
 
@@ -25,21 +26,30 @@ import (
 //   - keeps the session (lease, watch, janitor) and leaves the internal gRPC
 //     API to the caller, which keeps serving it;
 //   - returns once no socket is left (each resumed elsewhere, expired or
-//     overflowed), the timeout passes or ctx ends (a second signal).
+//     overflowed), the timeout passes or ctx ends (a second signal); then,
+//     unless ctx ended, it waits for handoffs away still under way, and
+//     keeps the session for lateDeliverWindow after the last one finished,
+//     for the Delivers this gateway still owes the sockets it handed off.
 //
 // The caller then stops as without a drain: Run's end closes what is left
 // and revokes the lease, so detached sockets not resumed by then end
 // GATEWAY_LOST.
 
+// lateDeliverWindow is how long a drain keeps the session after the last
+// handoff away finished, for Delivers of Broadcasts resolved before it.
+const lateDeliverWindow = gatewayconn.DeliverTimeout + time.Second
+
 // drainReason is the close reason of a connection closed by a drain.
 const drainReason = "gateway restarting"
 
 // registerWaitMargin is added to DrainTimeout + LeaseTTL for the default
-// Config.RegisterWait: a previous process's revocation and the watch that
-// sees it take a moment past its drain, and its lease's expiry, after a
-// crash, is etcd's to time (and with several shards its record's lease was
-// granted shardTTLExtra more than LeaseTTL).
-const registerWaitMargin = 5 * time.Second
+// Config.RegisterWait: a previous process's drain goes on past its timeout
+// for handoffs under way and late Delivers (up to 15 s at the defaults, a
+// little more than LeaseTTL's 10 s), its revocation and the watch that sees
+// it take a moment past that, and its lease's expiry, after a crash, is
+// etcd's to time (and with several shards its record's lease was granted
+// shardTTLExtra more than LeaseTTL).
+const registerWaitMargin = 10 * time.Second
 
 // drainCheckInterval is how often Drain looks whether sockets are left;
 // every drainSweepEvery-th look it also closes connections that attached
@@ -125,6 +135,16 @@ func (g *Gateway) Drain(ctx context.Context) {
 	// for (deploy/k8s/base/chat.yaml).
 	for wait := time.Now().Add(g.handoffTimeout + time.Second); g.handoffsOut.Load() > 0 && time.Now().Before(wait) && ctx.Err() == nil; {
 		sleepCtx(ctx, drainCheckInterval)
+	}
+	// A Broadcast resolved before a socket's move may Deliver here after
+	// the socket was handed off (its revision below the move's), and only
+	// this gateway forwards such a message to the socket's new gateway
+	// (handoff.go): ending the session sooner would lose it, the Broadcast
+	// reporting this gateway failed. Each Deliver ends within the
+	// membership-server's DeliverTimeout, so the session stays up that long
+	// (and a second) after the last handoff away finished.
+	if last := g.lastHandoffOut.Load(); last != 0 {
+		sleepCtx(ctx, time.Until(time.Unix(0, last).Add(lateDeliverWindow)))
 	}
 	g.log.Info("drain over", "outcome", outcome, "sockets_left", g.hub.count(), "detached_left", g.resumes.detached.Load(),
 		"handoffs_left", g.handoffsOut.Load(), "took", time.Since(start).Round(time.Millisecond))

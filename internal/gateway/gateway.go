@@ -50,6 +50,10 @@ type Gateway struct {
 	// handoffsOut counts handoffs away from this gateway under way
 	// (handoff.go serveHandoff): a drain does not end the session under one.
 	handoffsOut atomic.Int64
+	// lastHandoffOut is when the last handoff away from this gateway
+	// finished (UnixNano; 0: none): a drain keeps the session for late
+	// Delivers a while after it (drain.go).
+	lastHandoffOut atomic.Int64
 	// prevRecordLease is the lease of this process's last gateway record
 	// (0: none yet), which a session started after a lost one may replace
 	// (store.ClaimGateway). Only Run's goroutine uses it.

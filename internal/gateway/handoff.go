@@ -495,6 +495,7 @@ func (g *Gateway) serveHandoff(stream gatewayv1.GatewayService_HandoffServer, b 
 		cut = fin.Revision
 	}
 	frames := g.handOffFinish(r, cut)
+	g.lastHandoffOut.Store(time.Now().UnixNano())
 	g.metrics.handoffs.WithLabelValues("from", handoffDone).Inc()
 	return stream.Send(&gatewayv1.HandoffResponse{Step: &gatewayv1.HandoffResponse_Frames{Frames: frames}})
 }
