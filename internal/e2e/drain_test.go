@@ -262,17 +262,17 @@ func TestGatewayWaitsForThePreviousProcessWithItsID(t *testing.T) {
 	}
 }
 
-// The wait is bounded (--drain-timeout + --lease-ttl + 10s): a process whose
+// The wait is bounded (--drain-timeout + --lease-ttl + 5s without a drain): a process whose
 // id stays taken fails with an error saying so.
 func TestGatewayFailsWhenItsIDStaysTaken(t *testing.T) {
 	e := testutil.StartEtcd(t)
 	startGatewayProcess(t, e, "same", 10*time.Second)
 	second, stderr := launchGatewayProcess(t, e, "same", 2*time.Second, testutil.FreeAddr(t), "--drain-timeout", "0")
-	took := waitExit(t, second, 20*time.Second, "while its id stays taken")
+	took := waitExit(t, second, 15*time.Second, "while its id stays taken")
 	if second.cmd.ProcessState.Success() {
 		t.Fatal("the second process exited 0")
 	}
-	if out := stderr.String(); !strings.Contains(out, `gateway "same" is registered by another process`) || !strings.Contains(out, "waiting 12s") {
+	if out := stderr.String(); !strings.Contains(out, `gateway "same" is registered by another process`) || !strings.Contains(out, "waiting 7s") {
 		t.Fatalf("stderr does not say the id is taken and for how long it waited:\n%s", out)
 	}
 	t.Logf("exited %v after its start", took.Round(time.Millisecond))

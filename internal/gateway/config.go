@@ -58,7 +58,8 @@ type Config struct {
 	// RegisterWait bounds how long Run waits, at registration, for another
 	// process's record of the same gateway id to go (one still draining, or
 	// a crashed one whose lease has yet to expire) before it fails with
-	// store.ErrGatewayTaken. Zero: DrainTimeout + LeaseTTL + 10s, the longest
+	// store.ErrGatewayTaken. Zero: DrainTimeout + the longer of LeaseTTL and
+	// the drain's 15s tail (none without a drain) + 5s, the longest
 	// a previous process with the same settings can hold the id.
 	RegisterWait time.Duration
 	// PeerDialOptions are used to dial another gateway's internal API, for
@@ -140,7 +141,11 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("drain timeout %v, register wait %v: must not be negative", c.DrainTimeout, c.RegisterWait)
 	}
 	if c.RegisterWait == 0 {
-		c.RegisterWait = c.DrainTimeout + c.LeaseTTL + registerWaitMargin
+		hold := c.LeaseTTL
+		if c.DrainTimeout > 0 {
+			hold = max(hold, drainTail)
+		}
+		c.RegisterWait = c.DrainTimeout + hold + registerWaitMargin
 	}
 	if c.ResumeBufferBytes == 0 {
 		c.ResumeBufferBytes = defaultResumeBufferBytes

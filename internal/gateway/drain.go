@@ -36,20 +36,24 @@ import (
 // GATEWAY_LOST.
 
 // lateDeliverWindow is how long a drain keeps the session after the last
-// handoff away finished, for Delivers of Broadcasts resolved before it.
-const lateDeliverWindow = gatewayconn.DeliverTimeout + time.Second
+// handoff away finished, for Delivers of Broadcasts resolved before it;
+// drainTail is the longest a drain goes on past its timeout at the default
+// handoff timeout (Drain).
+const (
+	lateDeliverWindow = gatewayconn.DeliverTimeout + time.Second
+	drainTail         = defaultHandoffTimeout + time.Second + lateDeliverWindow
+)
 
 // drainReason is the close reason of a connection closed by a drain.
 const drainReason = "gateway restarting"
 
-// registerWaitMargin is added to DrainTimeout + LeaseTTL for the default
-// Config.RegisterWait: a previous process's drain goes on past its timeout
-// for handoffs under way and late Delivers (up to 15 s at the defaults, a
-// little more than LeaseTTL's 10 s), its revocation and the watch that sees
-// it take a moment past that, and its lease's expiry, after a crash, is
-// etcd's to time (and with several shards its record's lease was granted
-// shardTTLExtra more than LeaseTTL).
-const registerWaitMargin = 10 * time.Second
+// registerWaitMargin is added, for the default Config.RegisterWait, to the
+// longest a previous process with the same settings holds the id:
+// DrainTimeout and its tail (drainTail), or LeaseTTL after a crash. Its
+// revocation and the watch that sees it take a moment past its drain, and
+// its lease's expiry, after a crash, is etcd's to time (and with several
+// shards its record's lease was granted shardTTLExtra more than LeaseTTL).
+const registerWaitMargin = 5 * time.Second
 
 // drainCheckInterval is how often Drain looks whether sockets are left;
 // every drainSweepEvery-th look it also closes connections that attached
@@ -126,25 +130,35 @@ func (g *Gateway) Drain(ctx context.Context) {
 		}
 		break
 	}
-	// A handoff away from here already begun ends within handoffTimeout
-	// unless etcd is slow (then up to 3 of them and the etcd timeout);
-	// ending the session under it would lose its socket on both gateways
-	// (the new one removes it when this one no longer answers), so the
-	// drain waits for it, even past its timeout (not past a second signal),
-	// for handoffTimeout and a second: what a pod's grace period allows
-	// for (deploy/k8s/base/chat.yaml).
-	for wait := time.Now().Add(g.handoffTimeout + time.Second); g.handoffsOut.Load() > 0 && time.Now().Before(wait) && ctx.Err() == nil; {
+	// The tail, past the drain's own end (not past a second signal), at
+	// most handoffTimeout + 1 s + lateDeliverWindow (drainTail at the
+	// default): what a pod's grace period allows for
+	// (deploy/k8s/base/chat.yaml).
+	//   - A handoff away from here already begun ends within handoffTimeout
+	//     unless etcd is slow; ending the session under it would lose its
+	//     socket on both gateways (the new one removes it when this one no
+	//     longer answers), so the drain waits for it, for handoffTimeout
+	//     and a second.
+	//   - A Broadcast resolved before a socket's move may Deliver here after
+	//     the socket was handed off (its revision below the move's), and
+	//     only this gateway forwards such a message to the socket's new
+	//     gateway (handoff.go): ending the session sooner would lose it,
+	//     the Broadcast reporting this gateway failed. Each Deliver ends
+	//     within the membership-server's DeliverTimeout, so the session
+	//     stays up lateDeliverWindow after the last handoff away finished,
+	//     one that finished during the tail included.
+	tailStart := time.Now()
+	handoffsUntil := tailStart.Add(g.handoffTimeout + time.Second)
+	tailUntil := handoffsUntil.Add(lateDeliverWindow)
+	for ctx.Err() == nil {
+		now := time.Now()
+		busy := g.handoffsOut.Load() > 0 && now.Before(handoffsUntil)
+		last := g.lastHandoffOut.Load()
+		late := last != 0 && now.Before(time.Unix(0, last).Add(lateDeliverWindow)) && now.Before(tailUntil)
+		if !busy && !late {
+			break
+		}
 		sleepCtx(ctx, drainCheckInterval)
-	}
-	// A Broadcast resolved before a socket's move may Deliver here after
-	// the socket was handed off (its revision below the move's), and only
-	// this gateway forwards such a message to the socket's new gateway
-	// (handoff.go): ending the session sooner would lose it, the Broadcast
-	// reporting this gateway failed. Each Deliver ends within the
-	// membership-server's DeliverTimeout, so the session stays up that long
-	// (and a second) after the last handoff away finished.
-	if last := g.lastHandoffOut.Load(); last != 0 {
-		sleepCtx(ctx, time.Until(time.Unix(0, last).Add(lateDeliverWindow)))
 	}
 	g.log.Info("drain over", "outcome", outcome, "sockets_left", g.hub.count(), "detached_left", g.resumes.detached.Load(),
 		"handoffs_left", g.handoffsOut.Load(), "took", time.Since(start).Round(time.Millisecond))

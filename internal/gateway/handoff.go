@@ -32,7 +32,7 @@ import (
 //     its keys to its own lease (store.MoveSocket): in one transaction when
 //     they fit one (every room at one revision), else each room r in one,
 //     at revision M_r. A's watch sees its gwm/ key go, B's sees one come,
-//     both at M_r. A move whose answer was lost is settled by moving again.
+//     both at M_r. A move whose answer was lost is settled by reading back.
 //  3. Exactly once, by revision: a Deliver carries its Broadcast's revision
 //     R. A gives the socket a message for r iff R < M_r (hub.gone keeps
 //     M_r after its watch removed the membership), B iff R >= M_r
@@ -60,7 +60,7 @@ import (
 // defaultHandoffTimeout is Gateway.handoffTimeout, T: B's steps up to the
 // move have T (with handoffQueueWait, within membership.js's 10 s connect
 // timeout, so that a client does not give up on a handoff that fails in
-// the usual time); a move whose answer was lost is settled by moving again
+// the usual time); a move whose answer was lost is settled by reading it back
 // within the etcd timeout; once the move committed, B has T again to
 // finish (the keys are then B's, and only finishing keeps the socket), and
 // A T to apply it. A waits 2T and its etcd timeout for finish before it
@@ -385,10 +385,11 @@ func (g *Gateway) handOffAbort(r *resumable) {
 		g.log.Warn("cannot undo a socket's move; retrying", "socket", r.sid.String(), "err", err)
 		sleepCtx(ctx, backoff.next())
 	}
-	here := false
+	here, elsewhere := false, false
 	if err == nil {
 		info, _, gerr := g.store.GetSocket(ctx, r.sid)
 		here = gerr == nil && info.Gateway == g.cfg.ID && info.MovingTo == nil
+		elsewhere = gerr == nil && !here
 	}
 	g.hub.mu.Lock()
 	defer g.hub.mu.Unlock()
@@ -418,12 +419,13 @@ func (g *Gateway) handOffAbort(r *resumable) {
 	for room := range g.hub.gone {
 		g.hub.dropGoneLocked(room, r.sid.String())
 	}
-	if !errors.Is(err, store.ErrSocketNotFound) {
+	if elsewhere || (err != nil && !errors.Is(err, store.ErrSocketNotFound)) {
 		// The move could not be undone in time, or it committed and B, not
 		// having finished, does not hold the socket (its move's answer came
 		// too late, or never): what is left goes as a closed socket's,
 		// wherever it lives, rather than staying in rooms with no one to
-		// deliver to it.
+		// deliver to it. (Not read at all: what is left on this gateway's
+		// lease goes with its reconciliation.)
 		go g.removeSocket(r.sess, r.sid)
 	}
 }
@@ -544,7 +546,7 @@ func (g *Gateway) handOffInSteps(sess *session, req *resumeRequest, user string,
 		return nil, resumeGatewayLost
 	}
 	// The stream outlives every step (defaultHandoffTimeout): the steps up
-	// to the move, moving again, finishing, and A applying the move.
+	// to the move, reading it back, finishing, and A applying the move.
 	ctx, cancel := context.WithTimeout(sess.ctx, 3*g.handoffTimeout+g.cfg.EtcdTimeout)
 	defer cancel()
 	moveCtx, moveCancel := context.WithTimeout(ctx, g.handoffTimeout)
@@ -617,16 +619,19 @@ func (g *Gateway) handOffInSteps(sess *session, req *resumeRequest, user string,
 	err = g.store.MoveSocket(moveCtx, sid, from, to)
 	if err != nil && !errors.Is(err, store.ErrSocketNotFound) && sess.ctx.Err() == nil {
 		// The move's last transaction may have committed with its answer
-		// lost, or still be on its way to etcd when moveCtx ran out. Moving
-		// again, with time of its own, settles it: it reads the socket at
-		// this gateway (the keys are then this gateway's, and only
-		// finishing keeps the socket: the old gateway's undo would change
-		// nothing, and it would forget the socket), or moves it, or fails
-		// having changed nothing, and a transaction still on its way then
-		// fails its guard, as it fails after the old gateway's undo.
-		retryCtx, retryCancel := context.WithTimeout(ctx, g.cfg.EtcdTimeout)
-		err = g.store.MoveSocket(retryCtx, sid, from, to)
-		retryCancel()
+		// lost, or as moveCtx ran out: read back, with time of its own, a
+		// socket at this gateway means its keys are this gateway's, and
+		// only finishing keeps it (the old gateway's undo would change
+		// nothing). Otherwise the old gateway undoes the move; a
+		// transaction still on its way then fails its guard against the
+		// undo's fence, or commits first and the old gateway, finding the
+		// socket here, removes it (handOffAbort). Moving again is not
+		// tried: the old gateway may have undone the move already.
+		checkCtx, checkCancel := context.WithTimeout(ctx, g.cfg.EtcdTimeout)
+		if info, _, gerr := g.store.GetSocket(checkCtx, sid); gerr == nil && info.Gateway == g.cfg.ID && info.MovingTo == nil {
+			err = nil
+		}
+		checkCancel()
 	}
 	if err != nil {
 		fail(false)

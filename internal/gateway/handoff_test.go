@@ -384,8 +384,8 @@ func TestHandoffWhoseMoveCommittedWithAnError(t *testing.T) {
 }
 
 // A move whose transaction committed only as its time ran out (its answer
-// came too late, or not at all) still resumes the socket on gw2: gw2 moves
-// again with time of its own, finds the socket there, and finishes the
+// came too late, or not at all) still resumes the socket on gw2: gw2 reads
+// it back with time of its own, finds the socket there, and finishes the
 // handoff with time of its own.
 func TestHandoffWhoseMoveRanOutOfTime(t *testing.T) {
 	e := testutil.StartEtcd(t)
@@ -417,7 +417,7 @@ func TestHandoffWhoseMoveRanOutOfTime(t *testing.T) {
 }
 
 // A handoff whose move committed but that gw2 gave up on (here the socket
-// has moved on by the time gw2 moves again, so moving again fails) leaves
+// has moved on by the time gw2 reads it back) leaves
 // the socket with no gateway holding it: gw1, undoing the handoff, finds
 // it elsewhere and removes it rather than leaving it in its rooms for ever,
 // and the token gets UNKNOWN (a new socket).

@@ -329,8 +329,9 @@ func (s *Store) AbortMove(ctx context.Context, socket SocketID) error {
 }
 
 // fenceRecord re-puts the record of socket, not moving, as it is (value and
-// lease), guarded on st: a move in one transaction read before it then
-// fails its guard (moveWhole). It reports false when st no longer held.
+// lease), guarded on st: a move in one transaction, or the first step of
+// one in steps, read before it then fails its guard (moveWhole,
+// putMarker). It reports false when st no longer held.
 func (s *Store) fenceRecord(ctx context.Context, socket SocketID, st socketState) (bool, error) {
 	recKey, _ := s.k.socketRange(socket.String())
 	resp, err := s.tw.txnRetrying(ctx, s.pb, &etcdserverpb.TxnRequest{
@@ -368,7 +369,14 @@ func (s *Store) putMarker(ctx context.Context, socket SocketID, st socketState, 
 	}
 	put := &etcdserverpb.RequestOp{Request: &etcdserverpb.RequestOp_RequestPut{RequestPut: &etcdserverpb.PutRequest{
 		Key: []byte(s.k.moveMarker(socket.String())), Value: b, Lease: int64(m.To.Lease)}}}
-	resp, err := s.tw.txnRetrying(ctx, s.pb, &etcdserverpb.TxnRequest{Compare: s.guard(socket, st), Success: []*etcdserverpb.RequestOp{put}})
+	cmps := s.guard(socket, st)
+	if st.move == nil {
+		// Beginning: also on the record's mod revision, so that a begin
+		// still on its way after AbortMove's fence (fenceRecord) fails.
+		recKey, _ := s.k.socketRange(socket.String())
+		cmps = append(cmps, pbModIs(recKey, st.recRev))
+	}
+	resp, err := s.tw.txnRetrying(ctx, s.pb, &etcdserverpb.TxnRequest{Compare: cmps, Success: []*etcdserverpb.RequestOp{put}})
 	if err != nil {
 		return false, fmt.Errorf("move socket %s: %w", socket, etcdError(ctx, err))
 	}
