@@ -198,8 +198,7 @@ func (s *Store) moveWhole(ctx context.Context, socket SocketID, from, to Home) (
 		if !st.exists || st.bad != nil || st.move != nil || st.home != from || len(gwms) >= s.budget.maxOps {
 			return false, nil
 		}
-		recKey, _ := s.k.socketRange(id)
-		cmps := append(s.guard(socket, st), pbModIs(recKey, st.recRev), &etcdserverpb.Compare{
+		cmps := append(s.pinnedGuard(socket, st), &etcdserverpb.Compare{
 			Key: []byte(prefix), RangeEnd: []byte(clientv3.GetPrefixRangeEnd(prefix)),
 			Target: etcdserverpb.Compare_MOD, Result: etcdserverpb.Compare_LESS,
 			TargetUnion: &etcdserverpb.Compare_ModRevision{ModRevision: resp.Header.Revision + 1}})
@@ -211,16 +210,8 @@ func (s *Store) moveWhole(ctx context.Context, socket SocketID, from, to Home) (
 			}
 			ops = append(ops, s.pbMoveMembership(kv.Key, socket, room, to))
 		}
-		rec := st.rec
-		rec.Gateway, rec.Lease = to.Gateway, to.Lease
-		b, err := json.Marshal(rec)
-		if err != nil {
+		if ops, err = s.recordAt(ops, socket, st.rec, to); err != nil {
 			return false, err
-		}
-		ops = append(ops, &etcdserverpb.RequestOp{Request: &etcdserverpb.RequestOp_RequestPut{RequestPut: &etcdserverpb.PutRequest{
-			Key: recKey, Value: b, Lease: int64(to.Lease)}}})
-		if rec.User != "" {
-			ops = append(ops, pbPut([]byte(s.k.user(rec.User, id)), int64(to.Lease)))
 		}
 		shape := guardShape(cmps, nil)
 		for _, op := range ops {
@@ -335,7 +326,7 @@ func (s *Store) AbortMove(ctx context.Context, socket SocketID) error {
 func (s *Store) fenceRecord(ctx context.Context, socket SocketID, st socketState) (bool, error) {
 	recKey, _ := s.k.socketRange(socket.String())
 	resp, err := s.tw.txnRetrying(ctx, s.pb, &etcdserverpb.TxnRequest{
-		Compare: append(s.guard(socket, st), pbModIs(recKey, st.recRev)),
+		Compare: s.pinnedGuard(socket, st),
 		Success: []*etcdserverpb.RequestOp{{Request: &etcdserverpb.RequestOp_RequestPut{RequestPut: &etcdserverpb.PutRequest{
 			Key: recKey, IgnoreValue: true, IgnoreLease: true}}}},
 	})
@@ -343,6 +334,36 @@ func (s *Store) fenceRecord(ctx context.Context, socket SocketID, st socketState
 		return false, fmt.Errorf("abort move of socket %s: %w", socket, etcdError(ctx, err))
 	}
 	return resp.Succeeded, nil
+}
+
+// pinnedGuard is guard plus, for a socket not moving, its record's mod
+// revision (a moving socket's guard already compares it): it fails once
+// AbortMove fenced the record (fenceRecord), which a write that moves the
+// socket must.
+func (s *Store) pinnedGuard(socket SocketID, st socketState) []*etcdserverpb.Compare {
+	cmps := s.guard(socket, st)
+	if st.move != nil {
+		return cmps
+	}
+	recKey, _ := s.k.socketRange(socket.String())
+	return append(cmps, pbModIs(recKey, st.recRev))
+}
+
+// recordAt appends to ops the puts that make rec, socket's record, its
+// home's: the record (naming to) and the user index key on to's lease.
+func (s *Store) recordAt(ops []*etcdserverpb.RequestOp, socket SocketID, rec SocketRecord, to Home) ([]*etcdserverpb.RequestOp, error) {
+	rec.Gateway, rec.Lease = to.Gateway, to.Lease
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return ops, err
+	}
+	id := socket.String()
+	ops = append(ops, &etcdserverpb.RequestOp{Request: &etcdserverpb.RequestOp_RequestPut{RequestPut: &etcdserverpb.PutRequest{
+		Key: []byte(s.k.socket(id)), Value: b, Lease: int64(to.Lease)}}})
+	if rec.User != "" {
+		ops = append(ops, pbPut([]byte(s.k.user(rec.User, id)), int64(to.Lease)))
+	}
+	return ops, nil
 }
 
 // socketState reads one socket's state.
@@ -369,14 +390,9 @@ func (s *Store) putMarker(ctx context.Context, socket SocketID, st socketState, 
 	}
 	put := &etcdserverpb.RequestOp{Request: &etcdserverpb.RequestOp_RequestPut{RequestPut: &etcdserverpb.PutRequest{
 		Key: []byte(s.k.moveMarker(socket.String())), Value: b, Lease: int64(m.To.Lease)}}}
-	cmps := s.guard(socket, st)
-	if st.move == nil {
-		// Beginning: also on the record's mod revision, so that a begin
-		// still on its way after AbortMove's fence (fenceRecord) fails.
-		recKey, _ := s.k.socketRange(socket.String())
-		cmps = append(cmps, pbModIs(recKey, st.recRev))
-	}
-	resp, err := s.tw.txnRetrying(ctx, s.pb, &etcdserverpb.TxnRequest{Compare: cmps, Success: []*etcdserverpb.RequestOp{put}})
+	// Beginning, also on the record's mod revision (pinnedGuard), so that a
+	// begin still on its way after AbortMove's fence (fenceRecord) fails.
+	resp, err := s.tw.txnRetrying(ctx, s.pb, &etcdserverpb.TxnRequest{Compare: s.pinnedGuard(socket, st), Success: []*etcdserverpb.RequestOp{put}})
 	if err != nil {
 		return false, fmt.Errorf("move socket %s: %w", socket, etcdError(ctx, err))
 	}
@@ -439,20 +455,9 @@ func (s *Store) moveRooms(ctx context.Context, socket SocketID, st socketState, 
 // commitMove is step 3; it reports false when its guard failed.
 func (s *Store) commitMove(ctx context.Context, socket SocketID, st socketState) (bool, error) {
 	m := *st.move
-	rec := st.rec
-	rec.Gateway, rec.Lease = m.To.Gateway, m.To.Lease
-	b, err := json.Marshal(rec)
+	ops, err := s.recordAt([]*etcdserverpb.RequestOp{pbDelete([]byte(s.k.moveMarker(socket.String())), nil)}, socket, st.rec, m.To)
 	if err != nil {
 		return false, err
-	}
-	id := socket.String()
-	ops := []*etcdserverpb.RequestOp{
-		{Request: &etcdserverpb.RequestOp_RequestPut{RequestPut: &etcdserverpb.PutRequest{
-			Key: []byte(s.k.socket(id)), Value: b, Lease: int64(m.To.Lease)}}},
-		pbDelete([]byte(s.k.moveMarker(id)), nil),
-	}
-	if rec.User != "" {
-		ops = append(ops, pbPut([]byte(s.k.user(rec.User, id)), int64(m.To.Lease)))
 	}
 	resp, err := s.tw.txnRetrying(ctx, s.pb, &etcdserverpb.TxnRequest{
 		Compare: append(s.guard(socket, st), pbNoKeyUnder(s.k.socketRoomsPrefix(m.From.Gateway, socket))),
