@@ -147,8 +147,7 @@ func (g *Gateway) Drain(ctx context.Context) {
 	//     within the membership-server's DeliverTimeout, so the session
 	//     stays up lateDeliverWindow after the last handoff away finished,
 	//     one that finished during the tail included.
-	tailStart := time.Now()
-	handoffsUntil := tailStart.Add(g.handoffTimeout + time.Second)
+	handoffsUntil := time.Now().Add(g.handoffTimeout + time.Second)
 	tailUntil := handoffsUntil.Add(lateDeliverWindow)
 	for ctx.Err() == nil {
 		now := time.Now()
