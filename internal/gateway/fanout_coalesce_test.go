@@ -38,29 +38,17 @@ func TestFanoutWritesConcurrentMessagesInOneBatch(t *testing.T) {
 	}
 	held := clients[n-1]
 	held.rs.mu.Lock()
+	// The second Deliver starts once the first has queued its message to
+	// every other socket and waits for the held one alone: two Deliveries
+	// meeting at a socket pass each other, and the one put off there could
+	// come back to it only after the held socket, leaving it one message.
 	done := make(chan struct{}, 2)
 	for i := range 2 {
 		go func() {
 			h.deliver(delivery{rooms: []string{"r0"}, event: "chat", data: json.RawMessage(`{"n":` + string(rune('1'+i)) + `}`)})
 			done <- struct{}{}
 		}()
-	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		both := 0
-		for _, c := range clients[:n-1] {
-			if queuedFrames(c) == 2 {
-				both++
-			}
-		}
-		if both == n-1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			held.rs.mu.Unlock()
-			t.Fatalf("%d of %d sockets hold both messages unwritten while the Deliveries are unfinished", both, n-1)
-		}
-		time.Sleep(time.Millisecond)
+		waitQueued(t, clients[:n-1], i+1, func() { held.rs.mu.Unlock() })
 	}
 	// A writer started early would take its queue away within this pause.
 	time.Sleep(50 * time.Millisecond)
@@ -107,6 +95,29 @@ func TestFanoutWritesConcurrentMessagesInOneBatch(t *testing.T) {
 		}
 		return true
 	})
+}
+
+// waitQueued waits for every one of clients to hold want frames unwritten;
+// it calls unhold before failing.
+func waitQueued(t *testing.T, clients []*client, want int, unhold func()) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		have := 0
+		for _, c := range clients {
+			if queuedFrames(c) == want {
+				have++
+			}
+		}
+		if have == len(clients) {
+			return
+		}
+		if time.Now().After(deadline) {
+			unhold()
+			t.Fatalf("%d of %d sockets hold %d messages unwritten while the Deliveries are unfinished", have, len(clients), want)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // readTextFrame reads one unmasked text frame of under 126 bytes.
